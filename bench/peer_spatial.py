@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""PyTorch-in-Python peer of bench/bench_spatial.cpp.
+
+The same four operations as libdrdm's spatial core, written the usual way in
+Python registration code (a spatial-transformer module with an identity grid
+kept as a buffer, the field added to it, normalised to [-1, 1] and the channel
+order reversed for grid_sample(align_corners=True)):
+
+  warp(I, u)          = grid_sample(I, grid(u)), linear, zero padding
+  compose(a, b)       = a + grid_sample(b, grid(a)), border padding
+  compose_power(v, n) = phi <- compose(v, phi), n copies of v
+  integrate_ss(v, k)  = u = v / 2^k, then k times u <- compose(u, u)
+
+Conventions follow DESIGN.md: fields [N, d, ...S] in voxels, channel i along
+tensor axis i. Inputs are drawn exactly as the C++ program draws them (same
+seeds, same order, same CPU generator), and results are printed in the same
+JSON-lines schema, with "impl": "pytorch-python".
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+SEED = 1234
+
+
+class SpatialTransformer:
+    """Pull-back sampler for one grid size; the identity grid is built once."""
+
+    def __init__(self, size, device):
+        self.size = list(size)
+        d = len(size)
+        axes = [torch.arange(s, dtype=torch.float32, device=device) for s in size]
+        self.grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), 0).unsqueeze(0)
+        scale = [2.0 / (s - 1) if s > 1 else 0.0 for s in size]
+        self.scale = torch.tensor(scale, device=device).view(1, d, *([1] * d))
+
+    def __call__(self, src, flow, padding_mode="zeros", mode="bilinear"):
+        # Absolute sampling positions in voxels, then normalised to [-1, 1].
+        loc = (self.grid + flow) * self.scale - 1.0
+        # [N, d, ...S] -> [N, ...S, d], last dim in x (= W) first order.
+        loc = loc.movedim(1, -1).flip(-1)
+        return F.grid_sample(src, loc, mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+def warp(st, image, u):
+    return st(image, u, padding_mode="zeros")
+
+
+def compose(st, a, b):
+    return a + st(b, a, padding_mode="border")
+
+
+def compose_power(st, v, n):
+    if n == 0:
+        return torch.zeros_like(v)
+    phi = v
+    for _ in range(1, n):
+        phi = compose(st, v, phi)
+    return phi
+
+
+def integrate_ss(st, v, steps):
+    u = v / (2.0 ** steps)
+    for _ in range(steps):
+        u = compose(st, u, u)
+    return u
+
+
+def smooth_field(batch, size, amplitude):
+    """Normal noise on a grid 8x coarser, times amplitude voxels, upsampled linearly."""
+    d = len(size)
+    coarse = [batch, d] + [max(2, s // 8) for s in size]
+    noise = torch.randn(coarse, dtype=torch.float32) * amplitude
+    mode = "bilinear" if d == 2 else "trilinear"
+    return F.interpolate(noise, size=list(size), mode=mode, align_corners=True)
+
+
+def random_image(batch, size):
+    return torch.rand([batch, 1] + list(size), dtype=torch.float32)
+
+
+def sync(t):
+    # CUDA launches are asynchronous; reading one element waits for the stream.
+    if t.is_cuda:
+        t.reshape(-1)[0].item()
+
+
+def time_op(fn, args):
+    for _ in range(args.warmup):
+        sync(fn())
+    ms = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        sync(fn())
+        t1 = time.perf_counter()
+        ms.append((t1 - t0) * 1e3)
+        if len(ms) >= args.max_reps or (len(ms) >= args.min_reps and t1 - start >= args.min_time):
+            break
+    s = sorted(ms)
+    n = len(s)
+    median = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+    return median, s[0], n
+
+
+def dump(args):
+    """Same files as `drdm_bench_spatial --dump DIR`: raw float32, C order."""
+    os.makedirs(args.dump, exist_ok=True)
+    for size, batch in (([64, 48], 2), ([24, 32, 20], 1)):
+        torch.manual_seed(args.seed)
+        image = random_image(batch, size)
+        a = smooth_field(batch, size, 3.0)
+        b = smooth_field(batch, size, 3.0)
+        st = SpatialTransformer(size, "cpu")
+        tag = f"{len(size)}d"
+        outs = {
+            "warp": warp(st, image, a),
+            "compose": compose(st, a, b),
+            "compose_power": compose_power(st, a, 8),
+            "integrate_ss": integrate_ss(st, a, 7),
+        }
+        for name, t in outs.items():
+            t.contiguous().float().cpu().numpy().tofile(os.path.join(args.dump, f"{name}_{tag}.f32"))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    p.add_argument("--sizes", choices=["quick", "full"], default="quick")
+    p.add_argument("--ops", default="all",
+                   help="comma-separated subset of warp,compose,compose_power,integrate_ss")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
+    p.add_argument("--min-time", type=float, default=0.5)
+    p.add_argument("--min-reps", type=int, default=5)
+    p.add_argument("--max-reps", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--out", default="", help="JSON-lines output file (default stdout)")
+    p.add_argument("--dump", default="", help="write cross-check results to this directory and exit")
+    args = p.parse_args()
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.dump:
+        dump(args)
+        return 0
+
+    devices = []
+    if args.device in ("cpu", "all"):
+        devices.append("cpu")
+    if args.device in ("cuda", "all"):
+        if torch.cuda.is_available():
+            devices.append("cuda")
+        elif args.device == "cuda":
+            print("peer_spatial.py: --device cuda but CUDA is not available", file=sys.stderr)
+            return 1
+
+    cases = [([256, 256], 1), ([256, 256], 8), ([64, 64, 64], 1)]
+    if args.sizes == "full":
+        cases.append(([128, 128, 128], 1))
+    wanted = None if args.ops == "all" else set(args.ops.split(","))
+
+    out = open(args.out, "w") if args.out else sys.stdout
+    threads = torch.get_num_threads()
+    for dev in devices:
+        for ci, (size, batch) in enumerate(cases):
+            # Same seed and drawing order as bench_spatial.cpp.
+            torch.manual_seed(args.seed + ci)
+            image = random_image(batch, size).to(dev)
+            a = smooth_field(batch, size, 3.0).to(dev)
+            b = smooth_field(batch, size, 3.0).to(dev)
+            st = SpatialTransformer(size, dev)  # built once, like a module buffer
+            ops = [
+                ("warp", lambda: warp(st, image, a)),
+                ("compose", lambda: compose(st, a, b)),
+                ("compose_power", lambda: compose_power(st, a, 8)),
+                ("integrate_ss", lambda: integrate_ss(st, a, 7)),
+            ]
+            for name, fn in ops:
+                if wanted is not None and name not in wanted:
+                    continue
+                median, best, reps = time_op(fn, args)
+                rec = {
+                    "impl": "pytorch-python", "op": name, "dims": len(size),
+                    "size": "x".join(map(str, size)), "batch": batch, "device": dev,
+                    "threads": threads, "median_ms": round(median, 4),
+                    "min_ms": round(best, 4), "reps": reps,
+                }
+                line = json.dumps(rec)
+                print(line, file=out, flush=True)
+                if args.out:
+                    print(line, file=sys.stderr, flush=True)
+    if args.out:
+        out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

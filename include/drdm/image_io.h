@@ -1,0 +1,84 @@
+/// @file Image and displacement-field IO with geometry (NIfTI, MetaImage, NRRD, PNG).
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace drdm {
+
+/// Pixel (component) types an image file can hold.
+enum class PixelType { kUInt8, kInt8, kUInt16, kInt16, kUInt32, kInt32, kUInt64, kInt64, kFloat32, kFloat64 };
+
+/// "uint8", "int16", "float32", ...
+std::string to_string(PixelType type);
+
+/// Where an image lies in physical space, as ITK defines it (LPS, mm).
+/// All vectors are in ITK's axis order (x, y[, z]): ITK axis k is tensor
+/// spatial axis d - 1 - k (x = W is the last tensor axis).
+struct Geometry {
+  std::vector<int64_t> size;      ///< voxels per ITK axis
+  std::vector<double> spacing;    ///< mm per voxel along each ITK axis
+  std::vector<double> origin;     ///< physical position (mm) of voxel 0
+  std::vector<double> direction;  ///< d x d row-major; column k is the direction of ITK axis k
+
+  int64_t dimension() const { return static_cast<int64_t>(size.size()); }
+  /// Spatial sizes in tensor order (D, H, W) / (H, W).
+  std::vector<int64_t> tensor_size() const { return {size.rbegin(), size.rend()}; }
+  /// Unit spacing, zero origin, identity direction for a grid given in tensor order.
+  static Geometry identity(const std::vector<int64_t>& tensor_size);
+};
+
+/// A tensor with its geometry and the pixel type it was stored with.
+struct Image {
+  torch::Tensor data;  ///< [1, C, ...S] (see the reader for C and dtype)
+  Geometry geometry;
+  PixelType pixel_type = PixelType::kFloat32;
+};
+
+/// What a file holds, read from its header only.
+struct ImageInfo {
+  Geometry geometry;
+  PixelType pixel_type = PixelType::kFloat32;
+  int64_t components = 1;
+};
+
+/// Reads the header of an image file. Throws std::runtime_error naming the
+/// file if it is missing or unreadable, or is not 2D/3D.
+ImageInfo read_image_info(const std::string& path);
+
+/// Reads a scalar 2D or 3D image of any integer or float pixel type as
+/// float32 [1, 1, ...S]. Throws (naming the file) for missing or unreadable
+/// files, other dimensions, vector images, and NaN/Inf values.
+Image read_image(const std::string& path);
+
+/// Reads a label map as int64 [1, 1, ...S]. Throws if a value is not an integer.
+Image read_labels(const std::string& path);
+
+/// Writes a scalar image [1, 1, ...S] (or [...S]) with `geometry` as `type`.
+/// Values are rounded and clamped to the type's range for integer types.
+/// PNG holds only uint8/uint16. The file is written atomically.
+void write_image(const std::string& path, const torch::Tensor& image, const Geometry& geometry,
+                 PixelType type = PixelType::kFloat32);
+
+/// Writes an integer class map [1, 1, ...S] with the smallest unsigned or
+/// signed integer type (>= 8 bit) that holds its values. Atomic.
+void write_labels(const std::string& path, const torch::Tensor& labels, const Geometry& geometry);
+
+/// Writes a displacement field [1, d, ...S] given in voxels of its grid (the
+/// library's convention) as an ITK vector image of physical displacements in
+/// mm (LPS): the form ITK's DisplacementFieldTransform, SimpleITK and ANTs
+/// apply. Atomic.
+void write_field(const std::string& path, const torch::Tensor& field, const Geometry& geometry);
+
+/// Reads an ITK displacement field (vector image, physical mm) into a voxel
+/// field float32 [1, d, ...S]. Throws (naming the file) unless the file holds
+/// d-component vectors on a d-dimensional grid, d = 2 or 3, all finite.
+Image read_field(const std::string& path);
+
+/// Writes an RGB picture uint8 [3, H, W] as a PNG (atomically): previews.
+void write_rgb_png(const std::string& path, const torch::Tensor& rgb);
+
+}  // namespace drdm

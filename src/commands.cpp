@@ -1,0 +1,160 @@
+#include "drdm/commands.h"
+
+#include "drdm/image_io.h"
+#include "drdm/log.h"
+#include "drdm/preview.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+
+namespace drdm {
+namespace detail {
+namespace {
+
+PixelType parse_pixel_type(const std::string& name) {
+  for (auto t : {PixelType::kUInt8, PixelType::kInt8, PixelType::kUInt16, PixelType::kInt16,
+                 PixelType::kUInt32, PixelType::kInt32, PixelType::kUInt64, PixelType::kInt64,
+                 PixelType::kFloat32, PixelType::kFloat64})
+    if (to_string(t) == name) return t;
+  throw std::invalid_argument("unknown pixel type '" + name +
+                              "' (expected auto, uint8, int8, uint16, int16, uint32, int32, "
+                              "uint64, int64, float32 or float64)");
+}
+
+bool is_png(const std::string& path) {
+  auto ext = fs::path(path).extension().string();
+  for (auto& c : ext) c = static_cast<char>(std::tolower(c));
+  return ext == ".png";
+}
+
+// Same grid up to float noise in the header: fields are only meaningful on
+// the grid they were written for.
+void check_same_grid(const Geometry& image, const Geometry& field, const std::string& image_path,
+                     const std::string& field_path) {
+  auto where = "'" + field_path + "' does not lie on the grid of '" + image_path + "': ";
+  if (image.size != field.size) {
+    std::string a, b;
+    for (auto s : image.size) a += (a.empty() ? "" : "x") + std::to_string(s);
+    for (auto s : field.size) b += (b.empty() ? "" : "x") + std::to_string(s);
+    throw std::runtime_error(where + "size " + b + " vs " + a);
+  }
+  auto close = [](const std::vector<double>& x, const std::vector<double>& y, double tol) {
+    for (size_t i = 0; i < x.size(); ++i)
+      if (std::abs(x[i] - y[i]) > tol * std::max(1.0, std::abs(x[i]))) return false;
+    return true;
+  };
+  if (!close(image.spacing, field.spacing, 1e-4)) throw std::runtime_error(where + "spacing differs");
+  if (!close(image.origin, field.origin, 1e-4)) throw std::runtime_error(where + "origin differs");
+  if (!close(image.direction, field.direction, 1e-4))
+    throw std::runtime_error(where + "direction differs");
+}
+
+}  // namespace
+}  // namespace detail
+
+void write_text_file(const std::string& path, const std::string& text) {
+  const fs::path target = fs::absolute(path);
+  std::error_code ec;
+  if (!fs::is_directory(target.parent_path(), ec))
+    throw std::runtime_error("'" + path + "': output folder does not exist");
+  static std::atomic<unsigned> counter{0};
+  const fs::path tmp = target.parent_path() / (".drdm-tmp-" + std::to_string(::getpid()) + "-" +
+                                               std::to_string(counter++) + "-" +
+                                               target.filename().string());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) {
+      fs::remove(tmp, ec);
+      throw std::runtime_error("'" + path + "': cannot write");
+    }
+  }
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    throw std::runtime_error("'" + path + "': cannot write: " + ec.message());
+  }
+}
+
+void warp_file(const WarpFileOptions& o) {
+  const auto field = read_field(o.field);
+  const auto info = read_image_info(o.input);
+  detail::check_same_grid(info.geometry, field.geometry, o.input, o.field);
+  log::info(c10::str("warping '", o.input, "' (", to_string(info.pixel_type), ") with '", o.field, "'"));
+  if (o.labels) {
+    if (!o.preview.empty())
+      throw std::invalid_argument("--preview draws images; it is not available with --labels");
+    const auto labels = read_labels(o.input);
+    auto out = warp_labels(labels.data, field.data, o.label_interpolation);
+    if (o.pixel_type == "auto")
+      write_labels(o.output, out, labels.geometry);
+    else
+      write_image(o.output, out, labels.geometry, detail::parse_pixel_type(o.pixel_type));
+  } else {
+    const auto image = read_image(o.input);
+    auto out = warp(image.data, field.data, o.interpolation, o.padding);
+    PixelType type = PixelType::kFloat32;
+    if (o.pixel_type != "auto") {
+      type = detail::parse_pixel_type(o.pixel_type);
+    } else if (detail::is_png(o.output)) {
+      if (image.pixel_type != PixelType::kUInt8 && image.pixel_type != PixelType::kUInt16)
+        throw std::runtime_error("'" + o.output + "': PNG holds only uint8/uint16 pixels and the input is " +
+                                 to_string(image.pixel_type) +
+                                 "; choose --pixel-type uint8 or uint16 to round and clamp");
+      type = image.pixel_type;
+    }
+    write_image(o.output, out, image.geometry, type);
+    if (!o.preview.empty()) write_warp_preview(o.preview, image.data, out, field.data);
+  }
+  log::info(c10::str("wrote '", o.output, "'"));
+}
+
+namespace detail {
+namespace {
+std::string stats_json(const std::string& path, const Image& field) {
+  const auto s = field_stats(field.data);
+  nlohmann::json j;
+  j["field"] = path;
+  j["size"] = field.geometry.tensor_size();
+  j["spacing_mm"] = std::vector<double>(field.geometry.spacing.rbegin(), field.geometry.spacing.rend());
+  j["axis_order"] = field.geometry.dimension() == 3 ? "D,H,W" : "H,W";
+  j["max_magnitude_pct"] = s.max_magnitude_pct.at(0);
+  j["mean_magnitude_pct"] = s.mean_magnitude_pct.at(0);
+  j["folding_ratio"] = s.folding_ratio.at(0);
+  j["min_jacobian"] = s.min_jacobian.at(0);
+  j["max_jacobian"] = s.max_jacobian.at(0);
+  return j.dump(2) + "\n";
+}
+}  // namespace
+}  // namespace detail
+
+std::string field_stats_file(const FieldStatsFileOptions& o) {
+  const auto field = read_field(o.field);
+  const auto text = detail::stats_json(o.field, field);
+  if (!o.jacobian_map.empty())
+    write_image(o.jacobian_map, jacobian_determinant(field.data), field.geometry, PixelType::kFloat32);
+  if (!o.json_output.empty()) write_text_file(o.json_output, text);
+  return text;
+}
+
+std::string random_field_file(const RandomFieldFileOptions& o) {
+  const auto info = read_image_info(o.reference);
+  Image field;
+  field.geometry = info.geometry;
+  field.data = random_smooth_field(info.geometry.tensor_size(), 1, o.seed, o.field);
+  write_field(o.output, field.data, field.geometry);
+  log::info(c10::str("wrote random field '", o.output, "' on the grid of '", o.reference, "'"));
+  return detail::stats_json(o.output, field);
+}
+
+}  // namespace drdm

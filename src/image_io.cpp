@@ -1,0 +1,651 @@
+#include "drdm/image_io.h"
+
+#include <ATen/ATen.h>
+#include <itkImage.h>
+#include <itkImageFileReader.h>
+#include <itkImageFileWriter.h>
+#include <itkImageIOBase.h>
+#include <itkImageIOFactory.h>
+#include <itkMetaImageIOFactory.h>
+#include <itkNiftiImageIOFactory.h>
+#include <itkNrrdImageIOFactory.h>
+#include <itkPNGImageIOFactory.h>
+#include <itkRGBPixel.h>
+#include <itkVector.h>
+#include <itkVectorImage.h>
+#include <itk_zlib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <mutex>
+#include <stdexcept>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+
+namespace drdm {
+namespace detail {
+namespace {
+
+// ITK's IO factories are not registered unless something asks for them.
+void register_io_factories() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    itk::NiftiImageIOFactory::RegisterOneFactory();
+    itk::MetaImageIOFactory::RegisterOneFactory();
+    itk::NrrdImageIOFactory::RegisterOneFactory();
+    itk::PNGImageIOFactory::RegisterOneFactory();
+  });
+}
+
+[[noreturn]] void fail(const std::string& path, const std::string& why) {
+  throw std::runtime_error("'" + path + "': " + why);
+}
+
+PixelType from_itk(itk::IOComponentEnum c, const std::string& path) {
+  using C = itk::IOComponentEnum;
+  switch (c) {
+    case C::UCHAR: return PixelType::kUInt8;
+    case C::CHAR: return PixelType::kInt8;
+    case C::USHORT: return PixelType::kUInt16;
+    case C::SHORT: return PixelType::kInt16;
+    case C::UINT: return PixelType::kUInt32;
+    case C::INT: return PixelType::kInt32;
+    case C::ULONG:
+    case C::ULONGLONG: return PixelType::kUInt64;
+    case C::LONG:
+    case C::LONGLONG: return PixelType::kInt64;
+    case C::FLOAT: return PixelType::kFloat32;
+    case C::DOUBLE: return PixelType::kFloat64;
+    default: fail(path, "unsupported pixel component type");
+  }
+}
+
+itk::ImageIOBase::Pointer open_io(const std::string& path) {
+  register_io_factories();
+  std::error_code ec;
+  if (!fs::exists(path, ec)) fail(path, "no such file");
+  if (fs::is_directory(path, ec)) fail(path, "is a directory, expected an image file");
+  auto io = itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::ReadMode);
+  if (!io) fail(path, "not a readable NIfTI, MetaImage, NRRD or PNG image (unknown format or corrupt header)");
+  io->SetFileName(path);
+  try {
+    io->ReadImageInformation();
+  } catch (const itk::ExceptionObject& e) {
+    fail(path, std::string("cannot read image header: ") + e.GetDescription());
+  }
+  return io;
+}
+
+ImageInfo info_from_io(const itk::ImageIOBase& io, const std::string& path) {
+  ImageInfo info;
+  const unsigned d = io.GetNumberOfDimensions();
+  // A trailing axis of size 1 beyond 3 (e.g. NIfTI time = 1) is dropped by ITK
+  // readers of lower dimension; anything else beyond 3D is not supported.
+  unsigned effective = d;
+  while (effective > 3 && io.GetDimensions(effective - 1) == 1) --effective;
+  if (effective < 2 || effective > 3)
+    fail(path, "unsupported image dimension " + std::to_string(d) + " (expected 2D or 3D)");
+  auto& g = info.geometry;
+  for (unsigned k = 0; k < effective; ++k) {
+    g.size.push_back(static_cast<int64_t>(io.GetDimensions(k)));
+    g.spacing.push_back(io.GetSpacing(k));
+    g.origin.push_back(io.GetOrigin(k));
+  }
+  g.direction.assign(effective * effective, 0.0);
+  for (unsigned k = 0; k < effective; ++k) {
+    const auto col = io.GetDirection(k);
+    for (unsigned r = 0; r < effective; ++r) g.direction[r * effective + k] = col[r];
+  }
+  info.pixel_type = from_itk(io.GetComponentType(), path);
+  info.components = static_cast<int64_t>(io.GetNumberOfComponents());
+  return info;
+}
+
+template <typename ImageT>
+Geometry geometry_of(const ImageT* image) {
+  constexpr unsigned D = ImageT::ImageDimension;
+  Geometry g;
+  const auto region = image->GetLargestPossibleRegion();
+  for (unsigned k = 0; k < D; ++k) {
+    g.size.push_back(static_cast<int64_t>(region.GetSize()[k]));
+    g.spacing.push_back(image->GetSpacing()[k]);
+    g.origin.push_back(image->GetOrigin()[k]);
+  }
+  for (unsigned r = 0; r < D; ++r)
+    for (unsigned c = 0; c < D; ++c) g.direction.push_back(image->GetDirection()(r, c));
+  return g;
+}
+
+template <typename ImageT>
+void apply_geometry(ImageT* image, const Geometry& g) {
+  constexpr unsigned D = ImageT::ImageDimension;
+  typename ImageT::SpacingType spacing;
+  typename ImageT::PointType origin;
+  typename ImageT::DirectionType direction;
+  for (unsigned k = 0; k < D; ++k) {
+    spacing[k] = g.spacing[k];
+    origin[k] = g.origin[k];
+    for (unsigned c = 0; c < D; ++c) direction(k, c) = g.direction[k * D + c];
+  }
+  image->SetSpacing(spacing);
+  image->SetOrigin(origin);
+  image->SetDirection(direction);
+}
+
+template <typename ImageT>
+typename ImageT::Pointer read_itk(const std::string& path) {
+  auto reader = itk::ImageFileReader<ImageT>::New();
+  reader->SetFileName(path);
+  try {
+    reader->Update();
+  } catch (const itk::ExceptionObject& e) {
+    fail(path, std::string("cannot read image data: ") + e.GetDescription());
+  }
+  return reader->GetOutput();
+}
+
+// Reads a scalar image as `double`, returns [1, 1, ...S] double and its geometry.
+template <unsigned D>
+std::pair<torch::Tensor, Geometry> read_scalar(const std::string& path) {
+  using ImageT = itk::Image<double, D>;
+  auto image = read_itk<ImageT>(path);
+  auto g = geometry_of(image.GetPointer());
+  std::vector<int64_t> shape{1, 1};
+  for (auto s : g.tensor_size()) shape.push_back(s);
+  auto t = at::empty(shape, at::kDouble);
+  std::memcpy(t.data_ptr<double>(), image->GetBufferPointer(), sizeof(double) * t.numel());
+  return {t, g};
+}
+
+// ITK 5.2 does not fail on a NIfTI or MetaImage file whose data is cut short:
+// it returns zeros (NIfTI) or uninitialised memory (MetaImage) for the missing
+// part. So the data size is checked before reading.
+
+// Bytes available from `offset` on in `file` (inflated when `compressed`, zlib
+// or gzip, concatenated members included), counted up to `needed`.
+uint64_t available_bytes(const fs::path& file, uint64_t offset, bool compressed, uint64_t needed) {
+  std::error_code ec;
+  const uint64_t size = fs::file_size(file, ec);
+  if (ec || size < offset) return 0;
+  if (!compressed) return size - offset;
+  std::ifstream in(file, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(offset));
+  z_stream z{};
+  if (inflateInit2(&z, 15 + 32) != Z_OK) return 0;
+  std::vector<unsigned char> input(1 << 16), output(1 << 16);
+  uint64_t total = 0;
+  while (total < needed) {
+    if (z.avail_in == 0) {
+      in.read(reinterpret_cast<char*>(input.data()), static_cast<std::streamsize>(input.size()));
+      z.next_in = input.data();
+      z.avail_in = static_cast<uInt>(in.gcount());
+      if (z.avail_in == 0) break;  // the stream ends early
+    }
+    z.next_out = output.data();
+    z.avail_out = static_cast<uInt>(output.size());
+    const int rc = inflate(&z, Z_NO_FLUSH);
+    total += output.size() - z.avail_out;
+    if (rc == Z_STREAM_END) {
+      if (z.avail_in == 0 && in.peek() == std::char_traits<char>::eof()) break;
+      inflateReset(&z);  // the next gzip member
+    } else if (rc != Z_OK) {
+      break;  // corrupt data
+    }
+  }
+  inflateEnd(&z);
+  return total;
+}
+
+// Where the data of a NIfTI-1/2 file (.nii, .nii.gz) starts; 0 if unknown.
+uint64_t nifti_data_offset(const std::string& path) {
+  unsigned char h[176] = {};
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (!f) return 0;
+  const int n = gzread(f, h, sizeof(h));
+  gzclose(f);
+  if (n < static_cast<int>(sizeof(h))) return 0;
+  auto swapped = [](unsigned char* p, int bytes) { std::reverse(p, p + bytes); };
+  int32_t sizeof_hdr = 0;
+  std::memcpy(&sizeof_hdr, h, 4);
+  bool swap = false;
+  if (sizeof_hdr != 348 && sizeof_hdr != 540) {
+    swapped(h, 4);
+    std::memcpy(&sizeof_hdr, h, 4);
+    swap = true;
+  }
+  if (sizeof_hdr == 348) {
+    float vox_offset = 0;
+    if (swap) swapped(h + 108, 4);
+    std::memcpy(&vox_offset, h + 108, 4);
+    return vox_offset > 0 && std::isfinite(vox_offset) ? static_cast<uint64_t>(vox_offset) : 352;
+  }
+  if (sizeof_hdr == 540) {
+    int64_t vox_offset = 0;
+    if (swap) swapped(h + 168, 8);
+    std::memcpy(&vox_offset, h + 168, 8);
+    return vox_offset > 0 ? static_cast<uint64_t>(vox_offset) : 0;
+  }
+  return 0;
+}
+
+bool has_extension(const std::string& path, const std::string& ext);
+
+void check_data_size(const itk::ImageIOBase& io, const std::string& path) {
+  uint64_t needed = io.GetImageSizeInBytes();
+  const std::string kind = io.GetNameOfClass();
+  fs::path data_file = path;
+  uint64_t offset = 0;
+  bool compressed = false;
+  if (kind == "NiftiImageIO") {
+    if (!has_extension(path, ".nii") && !has_extension(path, ".nii.gz")) return;  // .hdr/.img
+    offset = nifti_data_offset(path);
+    if (offset == 0) return;
+    std::ifstream in(path, std::ios::binary);
+    compressed = in.get() == 0x1f && in.get() == 0x8b;
+    if (compressed) {  // the offset counts inflated bytes: inflate from the start
+      const auto found = available_bytes(path, 0, true, offset + needed);
+      if (found < offset + needed)
+        fail(path, "image data is truncated or corrupt: expected " + std::to_string(needed) +
+                       " bytes of voxel data, found " +
+                       std::to_string(found > offset ? found - offset : 0));
+      return;
+    }
+  } else if (kind == "MetaImageIO") {
+    // The header is "Key = Value" lines; ElementDataFile is the last one.
+    std::ifstream in(path, std::ios::binary);
+    std::string line, element_data_file;
+    while (std::getline(in, line)) {
+      const auto eq = line.find('=');
+      if (eq == std::string::npos) continue;
+      auto trim = [](std::string t) {
+        const auto b = t.find_first_not_of(" \t\r"), e = t.find_last_not_of(" \t\r");
+        return b == std::string::npos ? std::string() : t.substr(b, e - b + 1);
+      };
+      const auto key = trim(line.substr(0, eq)), value = trim(line.substr(eq + 1));
+      if (key == "CompressedData") compressed = value == "True" || value == "true";
+      if (key == "HeaderSize") return;  // skipped bytes: rare, not checked
+      if (key == "ElementDataFile") {
+        element_data_file = value;
+        break;
+      }
+    }
+    if (element_data_file == "LOCAL") {
+      offset = static_cast<uint64_t>(in.tellg());
+    } else if (element_data_file.empty() || element_data_file.rfind("LIST", 0) == 0 ||
+               element_data_file.find_first_of("% ") != std::string::npos) {
+      return;  // slice lists and file patterns are not checked
+    } else {
+      data_file = fs::path(element_data_file).is_absolute()
+                      ? fs::path(element_data_file)
+                      : fs::path(path).parent_path() / element_data_file;
+    }
+  } else {
+    return;  // NRRD and PNG readers fail on short data themselves
+  }
+  const auto found = available_bytes(data_file, offset, compressed, needed);
+  if (found < needed)
+    fail(path, "image data is truncated or corrupt: expected " + std::to_string(needed) +
+                   " bytes of voxel data, found " + std::to_string(found) +
+                   (data_file.string() == path ? std::string() : " in '" + data_file.string() + "'"));
+}
+
+std::pair<torch::Tensor, Image> read_scalar_any(const std::string& path) {
+  const auto io = open_io(path);
+  const auto info = info_from_io(*io, path);
+  if (info.components != 1)
+    fail(path, "expected a scalar image, got " + std::to_string(info.components) +
+                   " components per voxel (a vector or RGB image)");
+  check_data_size(*io, path);
+  auto [t, g] = info.geometry.dimension() == 2 ? read_scalar<2>(path) : read_scalar<3>(path);
+  Image out;
+  out.geometry = g;
+  out.pixel_type = info.pixel_type;
+  return {t, out};
+}
+
+// Physical (mm, LPS) <- voxel matrix M = Direction * diag(spacing), ITK order.
+torch::Tensor voxel_to_physical(const Geometry& g) {
+  const int64_t d = g.dimension();
+  auto dir = at::tensor(g.direction, at::kDouble).view({d, d});
+  auto sp = at::tensor(g.spacing, at::kDouble);
+  return dir * sp.view({1, d});
+}
+
+void check_geometry(const Geometry& g, at::IntArrayRef tensor_size, const std::string& path) {
+  const auto d = static_cast<int64_t>(tensor_size.size());
+  if (g.dimension() != d || static_cast<int64_t>(g.spacing.size()) != d ||
+      static_cast<int64_t>(g.origin.size()) != d ||
+      static_cast<int64_t>(g.direction.size()) != d * d)
+    fail(path, "geometry is for a " + std::to_string(g.dimension()) + "D grid, data is " +
+                   std::to_string(d) + "D");
+  for (int64_t k = 0; k < d; ++k) {
+    if (g.size[k] != tensor_size[d - 1 - k])
+      fail(path, "geometry size does not match the data's spatial size along ITK axis " +
+                     std::to_string(k) + " (" + std::to_string(g.size[k]) + " vs " +
+                     std::to_string(tensor_size[d - 1 - k]) + ")");
+    if (!(g.spacing[k] > 0) || !std::isfinite(g.spacing[k]))
+      fail(path, "spacing must be positive and finite");
+  }
+  const auto m = voxel_to_physical(g);
+  const double det = at::linalg_det(m).item<double>();
+  if (!std::isfinite(det) || std::abs(det) < 1e-12) fail(path, "direction matrix is singular");
+}
+
+// Removes the (flat) temporary folder of write_atomically. Not fs::remove_all:
+// the PyPI LibTorch (built with GCC 13) exports its own std::filesystem::remove_all,
+// which wins symbol lookup over the system libstdc++ and, on a GCC 12
+// libstdc++, calls a missing weak symbol (recursive_directory_iterator::__erase)
+// and crashes as soon as the folder is not empty.
+void remove_temporary_folder(const fs::path& dir) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    fs::remove(it->path(), ec);
+  fs::remove(dir, ec);
+}
+
+// Writes via a temporary folder beside the target, then renames every file it
+// produced (a .mhd writes a .raw too; its header names the final file), data
+// files before the header, so no reader ever sees a half-written output.
+template <typename WriteFn>
+void write_atomically(const std::string& path, WriteFn&& write) {
+  register_io_factories();
+  const fs::path target = fs::absolute(path);
+  const fs::path parent = target.parent_path();
+  std::error_code ec;
+  if (!fs::is_directory(parent, ec)) fail(path, "output folder does not exist");
+  static std::atomic<unsigned> counter{0};
+  const fs::path tmp = parent / (".drdm-tmp-" + std::to_string(::getpid()) + "-" +
+                                 std::to_string(counter++));
+  fs::create_directory(tmp, ec);
+  if (ec) fail(path, "cannot create a temporary folder: " + ec.message());
+  try {
+    write((tmp / target.filename()).string());
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(tmp)) files.push_back(e.path());
+    std::stable_partition(files.begin(), files.end(),
+                          [&](const fs::path& p) { return p.filename() != target.filename(); });
+    for (const auto& f : files) fs::rename(f, parent / f.filename());
+    remove_temporary_folder(tmp);
+  } catch (const itk::ExceptionObject& e) {
+    remove_temporary_folder(tmp);
+    fail(path, std::string("cannot write: ") + e.GetDescription());
+  } catch (const fs::filesystem_error& e) {
+    remove_temporary_folder(tmp);
+    fail(path, std::string("cannot write: ") + e.what());
+  } catch (...) {
+    remove_temporary_folder(tmp);
+    throw;
+  }
+}
+
+template <typename T, unsigned D>
+void write_scalar(const std::string& path, const torch::Tensor& values, const Geometry& g) {
+  using ImageT = itk::Image<T, D>;
+  auto image = ImageT::New();
+  typename ImageT::RegionType region;
+  typename ImageT::SizeType size;
+  for (unsigned k = 0; k < D; ++k) size[k] = static_cast<itk::SizeValueType>(g.size[k]);
+  region.SetSize(size);
+  image->SetRegions(region);
+  apply_geometry(image.GetPointer(), g);
+  image->Allocate();
+  auto v = values.to(at::kDouble).contiguous().cpu();
+  const double* src = v.data_ptr<double>();
+  T* dst = image->GetBufferPointer();
+  const auto n = v.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (std::is_integral_v<T>) {
+      const double lo = static_cast<double>(std::numeric_limits<T>::lowest());
+      double hi = static_cast<double>(std::numeric_limits<T>::max());
+      // 64-bit maxima round up to 2^63 / 2^64 in double, which would overflow the cast.
+      if constexpr (std::numeric_limits<T>::digits > std::numeric_limits<double>::digits)
+        hi = std::nextafter(hi, 0.0);
+      dst[i] = static_cast<T>(std::clamp(std::nearbyint(src[i]), lo, hi));
+    } else {
+      dst[i] = static_cast<T>(src[i]);
+    }
+  }
+  write_atomically(path, [&](const std::string& tmp) {
+    auto writer = itk::ImageFileWriter<ImageT>::New();
+    writer->SetFileName(tmp);
+    writer->SetInput(image);
+    writer->SetUseCompression(true);
+    writer->Update();
+  });
+}
+
+template <unsigned D>
+void write_scalar_typed(const std::string& path, const torch::Tensor& values, const Geometry& g,
+                        PixelType type) {
+  switch (type) {
+    case PixelType::kUInt8: return write_scalar<uint8_t, D>(path, values, g);
+    case PixelType::kInt8: return write_scalar<int8_t, D>(path, values, g);
+    case PixelType::kUInt16: return write_scalar<uint16_t, D>(path, values, g);
+    case PixelType::kInt16: return write_scalar<int16_t, D>(path, values, g);
+    case PixelType::kUInt32: return write_scalar<uint32_t, D>(path, values, g);
+    case PixelType::kInt32: return write_scalar<int32_t, D>(path, values, g);
+    case PixelType::kUInt64: return write_scalar<uint64_t, D>(path, values, g);
+    case PixelType::kInt64: return write_scalar<int64_t, D>(path, values, g);
+    case PixelType::kFloat32: return write_scalar<float, D>(path, values, g);
+    case PixelType::kFloat64: return write_scalar<double, D>(path, values, g);
+  }
+}
+
+bool has_extension(const std::string& path, const std::string& ext) {
+  std::string lower = path;
+  std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
+  return lower.size() >= ext.size() && lower.compare(lower.size() - ext.size(), ext.size(), ext) == 0;
+}
+
+// Accepts [1, C, ...S] or [...S]; returns [C, ...S] on the CPU.
+torch::Tensor strip_batch(const torch::Tensor& t, const std::string& path, const char* what) {
+  TORCH_CHECK(t.defined(), what, " '", path, "': undefined tensor");
+  if (t.dim() == 2 || t.dim() == 3) return t.unsqueeze(0).cpu();
+  TORCH_CHECK(t.dim() == 4 || t.dim() == 5, what, " '", path,
+              "': expected [1, C, H, W] or [1, C, D, H, W], got sizes ", t.sizes());
+  TORCH_CHECK(t.size(0) == 1, what, " '", path, "': expected a batch of one, got sizes ",
+              t.sizes());
+  return t.squeeze(0).cpu();
+}
+
+template <unsigned D>
+void write_vector_field(const std::string& path, const torch::Tensor& phys, const Geometry& g) {
+  using VectorT = itk::Vector<float, D>;
+  using ImageT = itk::Image<VectorT, D>;
+  auto image = ImageT::New();
+  typename ImageT::RegionType region;
+  typename ImageT::SizeType size;
+  for (unsigned k = 0; k < D; ++k) size[k] = static_cast<itk::SizeValueType>(g.size[k]);
+  region.SetSize(size);
+  image->SetRegions(region);
+  apply_geometry(image.GetPointer(), g);
+  image->Allocate();
+  // phys is [...S, D] float, components in ITK order: exactly the vector buffer.
+  std::memcpy(static_cast<void*>(image->GetBufferPointer()), phys.data_ptr<float>(),
+              sizeof(float) * phys.numel());
+  write_atomically(path, [&](const std::string& tmp) {
+    auto writer = itk::ImageFileWriter<ImageT>::New();
+    writer->SetFileName(tmp);
+    writer->SetInput(image);
+    writer->SetUseCompression(true);
+    writer->Update();
+  });
+}
+
+template <unsigned D>
+std::pair<torch::Tensor, Geometry> read_vector_field(const std::string& path) {
+  using ImageT = itk::VectorImage<double, D>;
+  auto image = read_itk<ImageT>(path);
+  auto g = geometry_of(image.GetPointer());
+  std::vector<int64_t> shape;
+  for (auto s : g.tensor_size()) shape.push_back(s);
+  shape.push_back(D);
+  auto t = at::empty(shape, at::kDouble);
+  std::memcpy(t.data_ptr<double>(), image->GetBufferPointer(), sizeof(double) * t.numel());
+  return {t, g};
+}
+
+}  // namespace
+}  // namespace detail
+
+std::string to_string(PixelType type) {
+  switch (type) {
+    case PixelType::kUInt8: return "uint8";
+    case PixelType::kInt8: return "int8";
+    case PixelType::kUInt16: return "uint16";
+    case PixelType::kInt16: return "int16";
+    case PixelType::kUInt32: return "uint32";
+    case PixelType::kInt32: return "int32";
+    case PixelType::kUInt64: return "uint64";
+    case PixelType::kInt64: return "int64";
+    case PixelType::kFloat32: return "float32";
+    case PixelType::kFloat64: return "float64";
+  }
+  return "unknown";
+}
+
+Geometry Geometry::identity(const std::vector<int64_t>& tensor_size) {
+  Geometry g;
+  const auto d = tensor_size.size();
+  g.size.assign(tensor_size.rbegin(), tensor_size.rend());
+  g.spacing.assign(d, 1.0);
+  g.origin.assign(d, 0.0);
+  g.direction.assign(d * d, 0.0);
+  for (size_t k = 0; k < d; ++k) g.direction[k * d + k] = 1.0;
+  return g;
+}
+
+ImageInfo read_image_info(const std::string& path) {
+  const auto io = detail::open_io(path);
+  return detail::info_from_io(*io, path);
+}
+
+Image read_image(const std::string& path) {
+  auto [t, out] = detail::read_scalar_any(path);
+  if (!at::isfinite(t).all().item<bool>()) detail::fail(path, "image contains NaN or Inf values");
+  out.data = t.to(at::kFloat);
+  return out;
+}
+
+Image read_labels(const std::string& path) {
+  auto [t, out] = detail::read_scalar_any(path);
+  if (!at::isfinite(t).all().item<bool>()) detail::fail(path, "label map contains NaN or Inf values");
+  if (!at::equal(t, t.round()))
+    detail::fail(path, "label map contains non-integer values (is this an image, not labels?)");
+  out.data = t.to(at::kLong);
+  return out;
+}
+
+void write_image(const std::string& path, const torch::Tensor& image, const Geometry& geometry,
+                 PixelType type) {
+  auto t = detail::strip_batch(image, path, "write_image");
+  TORCH_CHECK(t.size(0) == 1, "write_image '", path,
+              "': expected one channel, got sizes ", image.sizes());
+  t = t.squeeze(0);
+  detail::check_geometry(geometry, t.sizes(), path);
+  if (detail::has_extension(path, ".png") && type != PixelType::kUInt8 &&
+      type != PixelType::kUInt16)
+    detail::fail(path, "PNG holds only uint8 or uint16 pixels, asked for " + to_string(type));
+  // ITK's PNG writer would silently keep only the first slice of a volume.
+  if (detail::has_extension(path, ".png") && geometry.dimension() == 3 && geometry.size[2] != 1)
+    detail::fail(path, "PNG holds 2D images only, got a volume of " +
+                           std::to_string(geometry.size[2]) + " slices");
+  if (!at::isfinite(t).all().item<bool>()) detail::fail(path, "refusing to write NaN or Inf values");
+  if (geometry.dimension() == 2)
+    detail::write_scalar_typed<2>(path, t, geometry, type);
+  else
+    detail::write_scalar_typed<3>(path, t, geometry, type);
+}
+
+void write_labels(const std::string& path, const torch::Tensor& labels, const Geometry& geometry) {
+  TORCH_CHECK(!at::isFloatingType(labels.scalar_type()), "write_labels '", path,
+              "': expected an integer class map, got ", labels.scalar_type());
+  int64_t lo = 0, hi = 0;
+  if (labels.numel()) {
+    lo = labels.min().item<int64_t>();
+    hi = labels.max().item<int64_t>();
+  }
+  PixelType type = PixelType::kInt64;
+  if (lo >= 0 && hi <= 255) type = PixelType::kUInt8;
+  else if (lo >= 0 && hi <= 65535) type = PixelType::kUInt16;
+  else if (lo >= -32768 && hi <= 32767) type = PixelType::kInt16;
+  else if (lo >= std::numeric_limits<int32_t>::min() && hi <= std::numeric_limits<int32_t>::max())
+    type = PixelType::kInt32;
+  write_image(path, labels, geometry, type);
+}
+
+void write_field(const std::string& path, const torch::Tensor& field, const Geometry& geometry) {
+  auto t = detail::strip_batch(field, path, "write_field");  // [d, ...S]
+  const int64_t d = t.dim() - 1;
+  TORCH_CHECK(t.size(0) == d && (d == 2 || d == 3), "write_field '", path,
+              "': expected a field [1, d, ...S] with d = 2 or 3 spatial dims, got sizes ",
+              field.sizes());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "write_field '", path,
+              "': expected a floating-point field, got ", t.scalar_type());
+  detail::check_geometry(geometry, t.sizes().slice(1), path);
+  if (!at::isfinite(t).all().item<bool>()) detail::fail(path, "refusing to write NaN or Inf values");
+  // Channel i is tensor axis i = ITK axis d-1-i: reverse into ITK order, then
+  // map continuous-index displacements to physical ones.
+  std::vector<int64_t> perm;
+  for (int64_t i = 1; i <= d; ++i) perm.push_back(i);
+  perm.push_back(0);
+  auto idx = t.to(at::kDouble).flip({0}).permute(perm);  // [...S, d], ITK order
+  auto phys = at::matmul(idx, detail::voxel_to_physical(geometry).t()).to(at::kFloat).contiguous();
+  if (d == 2)
+    detail::write_vector_field<2>(path, phys, geometry);
+  else
+    detail::write_vector_field<3>(path, phys, geometry);
+}
+
+Image read_field(const std::string& path) {
+  const auto io = detail::open_io(path);
+  const auto info = detail::info_from_io(*io, path);
+  const int64_t d = info.geometry.dimension();
+  if (info.components != d)
+    detail::fail(path, "expected a displacement field with " + std::to_string(d) +
+                           " components per voxel on a " + std::to_string(d) + "D grid, got " +
+                           std::to_string(info.components) + " component(s)");
+  detail::check_data_size(*io, path);
+  auto [phys, g] = d == 2 ? detail::read_vector_field<2>(path) : detail::read_vector_field<3>(path);
+  if (!at::isfinite(phys).all().item<bool>())
+    detail::fail(path, "displacement field contains NaN or Inf values");
+  auto m_inv = at::linalg_inv(detail::voxel_to_physical(g));
+  auto idx = at::matmul(phys, m_inv.t());  // [...S, d] ITK order
+  std::vector<int64_t> perm{d};
+  for (int64_t i = 0; i < d; ++i) perm.push_back(i);
+  Image out;
+  out.data = idx.permute(perm).flip({0}).to(at::kFloat).contiguous().unsqueeze(0);
+  out.geometry = g;
+  out.pixel_type = info.pixel_type;
+  return out;
+}
+
+void write_rgb_png(const std::string& path, const torch::Tensor& rgb) {
+  TORCH_CHECK(rgb.dim() == 3 && rgb.size(0) == 3 && rgb.scalar_type() == at::kByte,
+              "write_rgb_png '", path, "': expected uint8 [3, H, W], got ", rgb.scalar_type(), " ",
+              rgb.sizes());
+  if (!detail::has_extension(path, ".png")) detail::fail(path, "expected a .png file name");
+  using ImageT = itk::Image<itk::RGBPixel<uint8_t>, 2>;
+  auto image = ImageT::New();
+  ImageT::SizeType size;
+  size[0] = static_cast<itk::SizeValueType>(rgb.size(2));
+  size[1] = static_cast<itk::SizeValueType>(rgb.size(1));
+  image->SetRegions(ImageT::RegionType(size));
+  image->Allocate();
+  auto hwc = rgb.permute({1, 2, 0}).contiguous().cpu();
+  std::memcpy(static_cast<void*>(image->GetBufferPointer()), hwc.data_ptr<uint8_t>(), hwc.numel());
+  detail::write_atomically(path, [&](const std::string& tmp) {
+    auto writer = itk::ImageFileWriter<ImageT>::New();
+    writer->SetFileName(tmp);
+    writer->SetInput(image);
+    writer->Update();
+  });
+}
+
+}  // namespace drdm
