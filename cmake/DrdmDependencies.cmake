@@ -35,6 +35,7 @@ message(STATUS "libdrdm: LibTorch ${Torch_VERSION} from ${Torch_DIR}")
 find_package(ITK 5 REQUIRED COMPONENTS
   ITKCommon ITKIOImageBase ITKIONIFTI ITKIOMeta ITKIONRRD ITKIOPNG)
 find_package(spdlog REQUIRED)
+find_package(ZLIB REQUIRED)  # image_io checks compressed data sizes itself
 find_package(nlohmann_json 3 REQUIRED)
 find_package(CLI11 QUIET CONFIG)
 if(NOT CLI11_FOUND)

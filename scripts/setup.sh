@@ -35,16 +35,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then
-  log "installing torch==$TORCH_VERSION (CUDA 13.0 wheel, --no-deps; CUDA libraries from /usr/local/cuda)"
-  "$PY" -m pip install -q --upgrade pip
-  "$PY" -m pip install -q --no-deps "torch==$TORCH_VERSION"
-fi
+# Requirements first: torch goes in with --no-deps afterwards, so pip never
+# complains about the nvidia-* wheels we deliberately leave out.
 REQ_STAMP="$VENV/.drdm-requirements-$(sha256sum "$ROOT/scripts/requirements.txt" | cut -c1-16)"
 if [ ! -f "$REQ_STAMP" ]; then
+  "$PY" -m pip install -q --upgrade pip
   log "installing Python requirements (scripts/requirements.txt)"
   "$PY" -m pip install -q -r "$ROOT/scripts/requirements.txt"
   touch "$REQ_STAMP"
+fi
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then
+  log "installing torch==$TORCH_VERSION (CUDA 13.0 wheel, --no-deps; CUDA libraries from /usr/local/cuda)"
+  "$PY" -m pip install -q --no-deps "torch==$TORCH_VERSION"
 fi
 "$PY" -c "import torch; print('[setup] torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
 

@@ -1,5 +1,6 @@
 #include "drdm/commands.h"
 
+#include "atomic_file.h"
 #include "drdm/image_io.h"
 #include "drdm/log.h"
 #include "drdm/preview.h"
@@ -7,12 +8,10 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
-#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
-#include <unistd.h>
 
 namespace fs = std::filesystem;
 
@@ -62,28 +61,12 @@ void check_same_grid(const Geometry& image, const Geometry& field, const std::st
 }  // namespace detail
 
 void write_text_file(const std::string& path, const std::string& text) {
-  const fs::path target = fs::absolute(path);
-  std::error_code ec;
-  if (!fs::is_directory(target.parent_path(), ec))
-    throw std::runtime_error("'" + path + "': output folder does not exist");
-  static std::atomic<unsigned> counter{0};
-  const fs::path tmp = target.parent_path() / (".drdm-tmp-" + std::to_string(::getpid()) + "-" +
-                                               std::to_string(counter++) + "-" +
-                                               target.filename().string());
-  {
+  detail::write_via_temporary(path, [&](const std::string& tmp) {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out << text;
     out.flush();
-    if (!out) {
-      fs::remove(tmp, ec);
-      throw std::runtime_error("'" + path + "': cannot write");
-    }
-  }
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    throw std::runtime_error("'" + path + "': cannot write: " + ec.message());
-  }
+    if (!out) throw std::runtime_error("'" + path + "': cannot write");
+  });
 }
 
 void warp_file(const WarpFileOptions& o) {

@@ -1,5 +1,8 @@
 #include "drdm/image_io.h"
 
+#include "atomic_file.h"
+#include "drdm/log.h"
+
 #include <ATen/ATen.h>
 #include <itkImage.h>
 #include <itkImageFileReader.h>
@@ -237,7 +240,7 @@ uint64_t nifti_data_offset(const std::string& path) {
 bool has_extension(const std::string& path, const std::string& ext);
 
 void check_data_size(const itk::ImageIOBase& io, const std::string& path) {
-  uint64_t needed = io.GetImageSizeInBytes();
+  const uint64_t needed = io.GetImageSizeInBytes();
   const std::string kind = io.GetNameOfClass();
   fs::path data_file = path;
   uint64_t offset = 0;
@@ -295,12 +298,19 @@ void check_data_size(const itk::ImageIOBase& io, const std::string& path) {
                    (data_file.string() == path ? std::string() : " in '" + data_file.string() + "'"));
 }
 
-std::pair<torch::Tensor, Image> read_scalar_any(const std::string& path) {
+// allow_colour: RGB/RGBA pixels (colour or palette PNGs, which often hold
+// grey scans) are read as their luminance, which ITK computes on reading.
+std::pair<torch::Tensor, Image> read_scalar_any(const std::string& path, bool allow_colour) {
   const auto io = open_io(path);
   const auto info = info_from_io(*io, path);
-  if (info.components != 1)
+  const auto pixel = io->GetPixelType();
+  const bool colour = pixel == itk::IOPixelEnum::RGB || pixel == itk::IOPixelEnum::RGBA;
+  if (info.components != 1 && !(colour && allow_colour))
     fail(path, "expected a scalar image, got " + std::to_string(info.components) +
-                   " components per voxel (a vector or RGB image)");
+                   " components per voxel (" + (colour ? "an RGB image" : "a vector image") + ")");
+  if (info.components != 1)
+    log::info(c10::str("'", path, "': ", (pixel == itk::IOPixelEnum::RGB ? "RGB" : "RGBA"),
+                       " pixels read as grey (luminance)"));
   check_data_size(*io, path);
   auto [t, g] = info.geometry.dimension() == 2 ? read_scalar<2>(path) : read_scalar<3>(path);
   Image out;
@@ -337,50 +347,15 @@ void check_geometry(const Geometry& g, at::IntArrayRef tensor_size, const std::s
   if (!std::isfinite(det) || std::abs(det) < 1e-12) fail(path, "direction matrix is singular");
 }
 
-// Removes the (flat) temporary folder of write_atomically. Not fs::remove_all:
-// the PyPI LibTorch (built with GCC 13) exports its own std::filesystem::remove_all,
-// which wins symbol lookup over the system libstdc++ and, on a GCC 12
-// libstdc++, calls a missing weak symbol (recursive_directory_iterator::__erase)
-// and crashes as soon as the folder is not empty.
-void remove_temporary_folder(const fs::path& dir) {
-  std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
-    fs::remove(it->path(), ec);
-  fs::remove(dir, ec);
-}
-
-// Writes via a temporary folder beside the target, then renames every file it
-// produced (a .mhd writes a .raw too; its header names the final file), data
-// files before the header, so no reader ever sees a half-written output.
+// Writes through a temporary folder (see atomic_file.h), translating ITK's
+// exceptions into messages that name the file.
 template <typename WriteFn>
 void write_atomically(const std::string& path, WriteFn&& write) {
   register_io_factories();
-  const fs::path target = fs::absolute(path);
-  const fs::path parent = target.parent_path();
-  std::error_code ec;
-  if (!fs::is_directory(parent, ec)) fail(path, "output folder does not exist");
-  static std::atomic<unsigned> counter{0};
-  const fs::path tmp = parent / (".drdm-tmp-" + std::to_string(::getpid()) + "-" +
-                                 std::to_string(counter++));
-  fs::create_directory(tmp, ec);
-  if (ec) fail(path, "cannot create a temporary folder: " + ec.message());
   try {
-    write((tmp / target.filename()).string());
-    std::vector<fs::path> files;
-    for (const auto& e : fs::directory_iterator(tmp)) files.push_back(e.path());
-    std::stable_partition(files.begin(), files.end(),
-                          [&](const fs::path& p) { return p.filename() != target.filename(); });
-    for (const auto& f : files) fs::rename(f, parent / f.filename());
-    remove_temporary_folder(tmp);
+    write_via_temporary(path, write);
   } catch (const itk::ExceptionObject& e) {
-    remove_temporary_folder(tmp);
     fail(path, std::string("cannot write: ") + e.GetDescription());
-  } catch (const fs::filesystem_error& e) {
-    remove_temporary_folder(tmp);
-    fail(path, std::string("cannot write: ") + e.what());
-  } catch (...) {
-    remove_temporary_folder(tmp);
-    throw;
   }
 }
 
@@ -527,14 +502,14 @@ ImageInfo read_image_info(const std::string& path) {
 }
 
 Image read_image(const std::string& path) {
-  auto [t, out] = detail::read_scalar_any(path);
+  auto [t, out] = detail::read_scalar_any(path, /*allow_colour=*/true);
   if (!at::isfinite(t).all().item<bool>()) detail::fail(path, "image contains NaN or Inf values");
   out.data = t.to(at::kFloat);
   return out;
 }
 
 Image read_labels(const std::string& path) {
-  auto [t, out] = detail::read_scalar_any(path);
+  auto [t, out] = detail::read_scalar_any(path, /*allow_colour=*/false);
   if (!at::isfinite(t).all().item<bool>()) detail::fail(path, "label map contains NaN or Inf values");
   if (!at::equal(t, t.round()))
     detail::fail(path, "label map contains non-integer values (is this an image, not labels?)");

@@ -1,7 +1,5 @@
 // Tests for drdm/image_io.h: round trips with geometry, axis order, pixel
 // types, labels, displacement fields in physical units, errors and atomic writes.
-#include "drdm/image_io.h"
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
@@ -18,8 +16,11 @@
 #include <iterator>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "drdm/image_io.h"
 
 namespace fs = std::filesystem;
 using drdm::Geometry;
@@ -64,17 +65,17 @@ class TempDir {
 };
 
 // Expects `statement` to throw a std::exception whose message names `path`.
-#define EXPECT_THROW_NAMING(statement, path)                                          \
-  do {                                                                                \
-    bool thrown_ = false;                                                             \
-    try {                                                                             \
-      statement;                                                                      \
-    } catch (const std::exception& e_) {                                              \
-      thrown_ = true;                                                                 \
-      EXPECT_NE(std::string(e_.what()).find(path), std::string::npos)                 \
-          << "message does not name '" << (path) << "': " << e_.what();             \
-    }                                                                                 \
-    EXPECT_TRUE(thrown_) << #statement " did not throw";                            \
+#define EXPECT_THROW_NAMING(statement, path)                            \
+  do {                                                                  \
+    bool thrown_ = false;                                               \
+    try {                                                               \
+      statement;                                                        \
+    } catch (const std::exception& e_) {                                \
+      thrown_ = true;                                                   \
+      EXPECT_NE(std::string(e_.what()).find(path), std::string::npos)   \
+          << "message does not name '" << (path) << "': " << e_.what(); \
+    }                                                                   \
+    EXPECT_TRUE(thrown_) << #statement " did not throw";                \
   } while (0)
 
 // A proper rotation, far from axis-aligned, row-major d x d.
@@ -86,9 +87,11 @@ std::vector<double> rotation(int64_t d) {
   const double a = 0.4, b = -0.3, g = 0.7;  // Rz(a) Ry(b) Rx(g)
   const double ca = std::cos(a), sa = std::sin(a), cb = std::cos(b), sb = std::sin(b);
   const double cg = std::cos(g), sg = std::sin(g);
+  // clang-format off
   return {ca * cb, ca * sb * sg - sa * cg, ca * sb * cg + sa * sg,
           sa * cb, sa * sb * sg + ca * cg, sa * sb * cg - ca * sg,
           -sb,     cb * sg,                cb * cg};
+  // clang-format on
 }
 
 // Anisotropic spacing, non-zero origin, rotated direction.
@@ -130,11 +133,21 @@ torch::Tensor pattern(const std::vector<int64_t>& tensor_size, PixelType type) {
   auto i = at::arange(n, at::kDouble).view(shape);
   torch::Tensor v;
   switch (type) {
-    case PixelType::kUInt8: v = (i * 7).remainder(251); break;
-    case PixelType::kUInt16: v = (i * 977).remainder(65521); break;
-    case PixelType::kInt16: v = (i * 37).remainder(2001) - 1000; break;
-    case PixelType::kFloat32: v = (i * 13).remainder(97) * 0.25 - 11.5; break;
-    default: v = (i * 29).remainder(89) * 0.0078125 + 1000.0; break;  // float64
+    case PixelType::kUInt8:
+      v = (i * 7).remainder(251);
+      break;
+    case PixelType::kUInt16:
+      v = (i * 977).remainder(65521);
+      break;
+    case PixelType::kInt16:
+      v = (i * 37).remainder(2001) - 1000;
+      break;
+    case PixelType::kFloat32:
+      v = (i * 13).remainder(97) * 0.25 - 11.5;
+      break;
+    default:
+      v = (i * 29).remainder(89) * 0.0078125 + 1000.0;
+      break;  // float64
   }
   return v.to(at::kFloat);
 }
@@ -145,8 +158,8 @@ torch::Tensor pattern(const std::vector<int64_t>& tensor_size, PixelType type) {
 void write_raw_mha(const std::string& path, const std::string& fields, const void* data,
                    size_t bytes) {
   std::ofstream f(path, std::ios::binary);
-  f << "ObjectType = Image\n" << fields
-    << "BinaryData = True\nBinaryDataByteOrderMSB = False\nElementDataFile = LOCAL\n";
+  f << "ObjectType = Image\n"
+    << fields << "BinaryData = True\nBinaryDataByteOrderMSB = False\nElementDataFile = LOCAL\n";
   f.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
 }
 
@@ -159,7 +172,8 @@ struct RawNifti {
 
 RawNifti read_raw_nifti(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(f)),
+                                std::istreambuf_iterator<char>());
   RawNifti r;
   if (bytes.size() < 352) return r;
   int32_t sizeof_hdr = 0;
@@ -192,7 +206,8 @@ TEST_P(RoundTrip, ValuesGeometryAndPixelTypes) {
   const std::string ext = GetParam();
   for (const auto& size : kSizes) {
     const auto geometry = rotated_geometry(size);
-    for (auto type : {PixelType::kUInt8, PixelType::kInt16, PixelType::kFloat32, PixelType::kFloat64}) {
+    for (auto type :
+         {PixelType::kUInt8, PixelType::kInt16, PixelType::kFloat32, PixelType::kFloat64}) {
       SCOPED_TRACE(std::to_string(size.size()) + "D " + drdm::to_string(type) + " " + ext);
       const auto path = tmp.path("img_" + drdm::to_string(type) + ext);
       const auto values = pattern(size, type);
@@ -235,7 +250,8 @@ TEST(ImageIo, MhdWritesHeaderAndDataFile) {
   ASSERT_EQ(files.size(), 2u) << "expected a.mhd and its data file";
   EXPECT_EQ(files[0], "a.mhd");
   EXPECT_TRUE(files[1] == "a.raw" || files[1] == "a.zraw") << files[1];
-  EXPECT_TRUE(at::equal(drdm::read_image(tmp.path("a.mhd")).data, pattern(size, PixelType::kInt16)));
+  EXPECT_TRUE(
+      at::equal(drdm::read_image(tmp.path("a.mhd")).data, pattern(size, PixelType::kInt16)));
 }
 
 TEST(ImageIo, PngRoundTrip2D) {
@@ -258,6 +274,21 @@ TEST(ImageIo, PngRoundTrip2D) {
   }
 }
 
+// Grey scans stored as RGB or palette PNGs read as their grey values; a
+// colour picture is not a label map.
+TEST(ImageIo, RgbPngReadsAsGreyButNotAsLabels) {
+  TempDir tmp;
+  const auto path = tmp.path("grey_as_rgb.png");
+  auto grey = at::arange(6 * 9, at::kFloat).view({6, 9}).mul(4);  // 0..212
+  drdm::write_rgb_png(path, grey.to(at::kByte).unsqueeze(0).expand({3, 6, 9}).contiguous());
+  EXPECT_EQ(drdm::read_image_info(path).components, 3);
+  const auto image = drdm::read_image(path);
+  EXPECT_EQ(image.data.sizes(), at::IntArrayRef({1, 1, 6, 9}));
+  EXPECT_TRUE(at::equal(image.data[0][0], grey));
+  EXPECT_THROW(drdm::read_labels(path), std::exception);
+  EXPECT_THROW(drdm::write_rgb_png(tmp.path("bad.png"), at::zeros({3, 4, 4})), std::exception);
+}
+
 TEST(ImageIo, IntegerTypesRoundAndClamp) {
   TempDir tmp;
   const std::vector<int64_t> size{1, 5};
@@ -276,7 +307,8 @@ TEST(ImageIo, ReaderAxisOrderIsZYX) {
   std::vector<uint8_t> bytes(4 * 3 * 2);
   for (int z = 0; z < 2; ++z)
     for (int y = 0; y < 3; ++y)
-      for (int x = 0; x < 4; ++x) bytes[x + 4 * (y + 3 * z)] = static_cast<uint8_t>(x + 10 * y + 100 * z);
+      for (int x = 0; x < 4; ++x)
+        bytes[x + 4 * (y + 3 * z)] = static_cast<uint8_t>(x + 10 * y + 100 * z);
   const auto path = tmp.path("pin.mha");
   write_raw_mha(path,
                 "NDims = 3\nDimSize = 4 3 2\nElementSpacing = 0.5 1.5 2.5\nOffset = 1 2 3\n"
@@ -322,7 +354,8 @@ TEST(ImageIo, WriterAxisOrderIsZYX) {
       for (int64_t y = 0; y < ny; ++y)
         for (int64_t x = 0; x < nx; ++x)
           EXPECT_EQ(raw.values[x + nx * (y + ny * z)], x + 10 * y + 100 * z);
-    EXPECT_EQ(drdm::read_image_info(path).geometry.size, std::vector<int64_t>(size.rbegin(), size.rend()));
+    EXPECT_EQ(drdm::read_image_info(path).geometry.size,
+              std::vector<int64_t>(size.rbegin(), size.rend()));
   }
 }
 
@@ -438,8 +471,8 @@ TEST(ImageIo, FieldIsStoredInPhysicalMillimetres) {
       SCOPED_TRACE(std::to_string(d) + (rotated ? "D rotated" : "D axis-aligned"));
       auto geometry = rotated_geometry(size);
       if (!rotated) geometry.direction = Geometry::identity(size).direction;
-      const std::vector<double> u_tensor = d == 3 ? std::vector<double>{-0.5, 0.25, 1.0}
-                                                  : std::vector<double>{0.25, 1.0};
+      const std::vector<double> u_tensor =
+          d == 3 ? std::vector<double>{-0.5, 0.25, 1.0} : std::vector<double>{0.25, 1.0};
       auto field = at::empty(shape_of(size, d), at::kFloat);
       for (int64_t i = 0; i < d; ++i) field.select(1, i).fill_(u_tensor[i]);
       std::vector<double> want(d, 0.0);  // physical, ITK order
@@ -461,7 +494,8 @@ TEST(ImageIo, FieldIsStoredInPhysicalMillimetres) {
       const int64_t n = field[0][0].numel();
       ASSERT_EQ(static_cast<int64_t>(raw.values.size()), n * d);
       for (int64_t c = 0; c < d; ++c)
-        for (int64_t i = 0; i < n; i += 7) ASSERT_NEAR(raw.values[c * n + i], want[c], 1e-6) << "component " << c;
+        for (int64_t i = 0; i < n; i += 7)
+          ASSERT_NEAR(raw.values[c * n + i], want[c], 1e-6) << "component " << c;
       EXPECT_TRUE(at::allclose(drdm::read_field(path).data, field, 0, 1e-5));
     }
   }
@@ -507,23 +541,27 @@ TEST(ImageIo, ReadErrorsNameTheFile) {
 
   const std::vector<float> sixteen(16, 1.0f);
   const auto four_d = tmp.path("four_d.mha");
-  write_raw_mha(four_d, "NDims = 4\nDimSize = 2 2 2 2\nElementType = MET_FLOAT\n", sixteen.data(), 64);
+  write_raw_mha(four_d, "NDims = 4\nDimSize = 2 2 2 2\nElementType = MET_FLOAT\n", sixteen.data(),
+                64);
   EXPECT_THROW_NAMING(drdm::read_image(four_d), four_d);
   EXPECT_THROW_NAMING(drdm::read_image_info(four_d), four_d);
   // A trailing axis of size 1 (e.g. a single time point) is harmless.
   const auto four_d_one = tmp.path("four_d_one.mha");
-  write_raw_mha(four_d_one, "NDims = 4\nDimSize = 2 2 4 1\nElementType = MET_FLOAT\n", sixteen.data(), 64);
+  write_raw_mha(four_d_one, "NDims = 4\nDimSize = 2 2 4 1\nElementType = MET_FLOAT\n",
+                sixteen.data(), 64);
   EXPECT_EQ(drdm::read_image(four_d_one).data.sizes(), at::IntArrayRef({1, 1, 4, 2, 2}));
 
   std::vector<float> with_nan(8, 2.0f);
   with_nan[5] = std::numeric_limits<float>::quiet_NaN();
   const auto nan_file = tmp.path("nan.mha");
-  write_raw_mha(nan_file, "NDims = 3\nDimSize = 2 2 2\nElementType = MET_FLOAT\n", with_nan.data(), 32);
+  write_raw_mha(nan_file, "NDims = 3\nDimSize = 2 2 2\nElementType = MET_FLOAT\n", with_nan.data(),
+                32);
   EXPECT_THROW_NAMING(drdm::read_image(nan_file), nan_file);
   EXPECT_THROW_NAMING(drdm::read_labels(nan_file), nan_file);
   with_nan[5] = std::numeric_limits<float>::infinity();
   const auto inf_file = tmp.path("inf.mha");
-  write_raw_mha(inf_file, "NDims = 3\nDimSize = 2 2 2\nElementType = MET_FLOAT\n", with_nan.data(), 32);
+  write_raw_mha(inf_file, "NDims = 3\nDimSize = 2 2 2\nElementType = MET_FLOAT\n", with_nan.data(),
+                32);
   EXPECT_THROW_NAMING(drdm::read_image(inf_file), inf_file);
 
   // Vectors where scalars are expected, and the other way round.
@@ -537,9 +575,10 @@ TEST(ImageIo, ReadErrorsNameTheFile) {
   // A 2-vector on a 3D grid is not a 3D displacement field.
   std::vector<float> vec2(2 * 8, 0.5f);
   const auto wrong_components = tmp.path("vec2_on_3d.mha");
-  write_raw_mha(wrong_components,
-                "NDims = 3\nDimSize = 2 2 2\nElementNumberOfChannels = 2\nElementType = MET_FLOAT\n",
-                vec2.data(), vec2.size() * sizeof(float));
+  write_raw_mha(
+      wrong_components,
+      "NDims = 3\nDimSize = 2 2 2\nElementNumberOfChannels = 2\nElementType = MET_FLOAT\n",
+      vec2.data(), vec2.size() * sizeof(float));
   EXPECT_THROW_NAMING(drdm::read_field(wrong_components), wrong_components);
 }
 
@@ -558,11 +597,15 @@ TEST(ImageIo, WriteRejectsMismatchedGeometryAndLeavesNothing) {
   EXPECT_THROW_NAMING(drdm::write_image(path, values, wrong_dim), path);
   EXPECT_THROW_NAMING(drdm::write_image(path, values, bad_spacing), path);
   EXPECT_THROW_NAMING(drdm::write_image(path, values, singular), path);
-  EXPECT_THROW_NAMING(drdm::write_image(path, at::cat({values, values}, 1), Geometry::identity(size)), path);
+  EXPECT_THROW_NAMING(
+      drdm::write_image(path, at::cat({values, values}, 1), Geometry::identity(size)), path);
   EXPECT_THROW_NAMING(drdm::write_labels(path, values.to(at::kLong), wrong_size), path);
   EXPECT_THROW_NAMING(drdm::write_field(path, random_field(size, 1), wrong_size), path);
-  EXPECT_THROW_NAMING(drdm::write_field(path, random_field(size, 1).narrow(1, 0, 1), Geometry::identity(size)), path);
-  EXPECT_THROW_NAMING(drdm::write_field(path, at::zeros({1, 3, 4, 6}), Geometry::identity(size)), path);
+  EXPECT_THROW_NAMING(
+      drdm::write_field(path, random_field(size, 1).narrow(1, 0, 1), Geometry::identity(size)),
+      path);
+  EXPECT_THROW_NAMING(drdm::write_field(path, at::zeros({1, 3, 4, 6}), Geometry::identity(size)),
+                      path);
   EXPECT_TRUE(tmp.entries().empty());
 }
 
@@ -581,14 +624,18 @@ TEST(ImageIo, FailedWritesLeaveNoFileOrTemporaryFolder) {
   EXPECT_THROW_NAMING(drdm::write_image(png, pattern(size, PixelType::kUInt8), geometry), png);
   // Fails inside ITK's writer, after the temporary folder exists.
   const auto unknown = tmp.path("image.unknown-format");
-  EXPECT_THROW_NAMING(drdm::write_image(unknown, pattern(size, PixelType::kUInt8), geometry), unknown);
+  EXPECT_THROW_NAMING(drdm::write_image(unknown, pattern(size, PixelType::kUInt8), geometry),
+                      unknown);
   const auto png3d = tmp.path("volume.png");  // would keep one slice silently
   const std::vector<int64_t> size3{3, 4, 6};
   EXPECT_THROW_NAMING(drdm::write_image(png3d, pattern(size3, PixelType::kUInt8),
-                                        Geometry::identity(size3), PixelType::kUInt8), png3d);
+                                        Geometry::identity(size3), PixelType::kUInt8),
+                      png3d);
   const auto no_folder = tmp.path("no/such/folder/out.nii.gz");
-  EXPECT_THROW_NAMING(drdm::write_image(no_folder, pattern(size, PixelType::kUInt8), geometry), no_folder);
-  EXPECT_TRUE(tmp.entries().empty()) << "left behind: " << (tmp.entries().empty() ? "" : tmp.entries()[0]);
+  EXPECT_THROW_NAMING(drdm::write_image(no_folder, pattern(size, PixelType::kUInt8), geometry),
+                      no_folder);
+  EXPECT_TRUE(tmp.entries().empty())
+      << "left behind: " << (tmp.entries().empty() ? "" : tmp.entries()[0]);
 }
 
 TEST(ImageIo, WritingOverAnExistingFileReplacesIt) {

@@ -50,8 +50,9 @@ struct ImageInfo {
 ImageInfo read_image_info(const std::string& path);
 
 /// Reads a scalar 2D or 3D image of any integer or float pixel type as
-/// float32 [1, 1, ...S]. Throws (naming the file) for missing or unreadable
-/// files, other dimensions, vector images, and NaN/Inf values.
+/// float32 [1, 1, ...S]; RGB/RGBA pixels (colour or palette PNGs) are read as
+/// their luminance. Throws (naming the file) for missing, truncated or
+/// unreadable files, other dimensions, vector images, and NaN/Inf values.
 Image read_image(const std::string& path);
 
 /// Reads a label map as int64 [1, 1, ...S]. Throws if a value is not an integer.

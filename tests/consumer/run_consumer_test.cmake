@@ -1,6 +1,5 @@
 # Installs the already-built libdrdm into a scratch prefix, then configures,
 # builds and runs tests/consumer against it with find_package(drdm).
-string(REPLACE "|" ";" CMAKE_PREFIX_PATH_FOR_CONSUMER "${CMAKE_PREFIX_PATH_FOR_CONSUMER}")
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
 function(run)
@@ -17,7 +16,7 @@ if(_ccache)
   set(_launcher -DCMAKE_CXX_COMPILER_LAUNCHER=${_ccache})
 endif()
 run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/build
-    "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix;${CMAKE_PREFIX_PATH_FOR_CONSUMER}"
+    -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix -DTorch_DIR=${CONSUMER_TORCH_DIR}
     -DCMAKE_BUILD_TYPE=Release ${_launcher})
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)

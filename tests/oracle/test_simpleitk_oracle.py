@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """SimpleITK oracle for libdrdm's displacement fields.
 
-A field written by libdrdm (drdm_test_make_field -> drdm::write_field) is an
+A field written by libdrdm (drdm_random_field -> drdm::write_field) is an
 ITK vector image of physical displacements (mm, LPS). Applied by SimpleITK
 (DisplacementFieldTransform + Resample on the original image) it must give
 what libdrdm's own warp gives (drdm_warp -> drdm::read_field + drdm::warp).
@@ -125,8 +125,11 @@ def run_case(args, checks, name, size_xyz, spacing, origin, image_ext, field_ext
     sitk.WriteImage(labels, labels_path)
     labels = sitk.ReadImage(labels_path)
 
+    # One smooth level, no integration: the displacement's largest vector is
+    # exactly `amplitude` voxels, which the mm check below relies on.
     run([args.make_field, "--reference", image_path, "--output", field_path,
-         "--amplitude", str(amplitude), "--seed", str(seed)])
+         "--amplitude", str(amplitude), "--seed", str(seed),
+         "--control", "6", "--levels", "1", "--squarings", "0"])
     run([args.warp, "--input", image_path, "--field", field_path, "--output", warped_path])
     run([args.warp, "--input", labels_path, "--field", field_path, "--output",
          warped_labels_path, "--labels"])
@@ -191,7 +194,7 @@ def run_case(args, checks, name, size_xyz, spacing, origin, image_ext, field_ext
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warp", required=True, help="drdm_warp program")
-    parser.add_argument("--make-field", required=True, help="drdm_test_make_field program")
+    parser.add_argument("--make-field", required=True, help="drdm_random_field program")
     parser.add_argument("--workdir", required=True, help="scratch folder (recreated)")
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)

@@ -1,0 +1,76 @@
+#include "atomic_file.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+namespace drdm::detail {
+namespace {
+
+std::string dirname_of(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+std::string basename_of(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::vector<std::string> list_files(const std::string& dir) {
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      if (name != "." && name != "..") names.push_back(name);
+    }
+    ::closedir(d);
+  }
+  return names;
+}
+
+void remove_flat_folder(const std::string& dir) {
+  for (const auto& name : list_files(dir)) ::unlink((dir + "/" + name).c_str());
+  ::rmdir(dir.c_str());
+}
+
+}  // namespace
+
+void write_via_temporary(const std::string& path,
+                         const std::function<void(const std::string&)>& write) {
+  const std::string parent = dirname_of(path), name = basename_of(path);
+  struct stat st {};
+  if (name.empty()) throw std::runtime_error("'" + path + "': expected a file name");
+  if (::stat(parent.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw std::runtime_error("'" + path + "': output folder does not exist");
+  static std::atomic<unsigned> counter{0};
+  const std::string tmp = parent + "/.drdm-tmp-" + std::to_string(::getpid()) + "-" +
+                          std::to_string(counter++);
+  if (::mkdir(tmp.c_str(), 0700) != 0)
+    throw std::runtime_error("'" + path + "': cannot create a temporary folder: " +
+                             std::strerror(errno));
+  try {
+    write(tmp + "/" + name);
+    auto files = list_files(tmp);
+    // The target last, so that a header never points at a missing data file.
+    std::stable_partition(files.begin(), files.end(), [&](const std::string& f) { return f != name; });
+    for (const auto& f : files)
+      if (::rename((tmp + "/" + f).c_str(), (parent + "/" + f).c_str()) != 0)
+        throw std::runtime_error("'" + path + "': cannot move the finished file into place: " +
+                                 std::strerror(errno));
+  } catch (...) {
+    remove_flat_folder(tmp);
+    throw;
+  }
+  remove_flat_folder(tmp);
+}
+
+}  // namespace drdm::detail

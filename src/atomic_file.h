@@ -1,0 +1,22 @@
+// Private: atomic output files, shared by every writer in the library.
+#pragma once
+
+#include <functional>
+#include <string>
+
+namespace drdm::detail {
+
+/// Calls write(tmp) where tmp carries the target's file name inside a fresh
+/// temporary folder beside the target, then moves every file the writer made
+/// there next to the target (the target itself last: a .mhd header after its
+/// data file) and removes the folder. On any exception the folder is removed
+/// and the exception propagates; nothing half-written is ever visible.
+/// Throws std::runtime_error naming `path` when the folder is missing or a
+/// move fails.
+///
+/// Uses POSIX calls, not std::filesystem: the PyPI LibTorch exports its own
+/// (GCC 13) std::filesystem symbols, which interpose on the system's and
+/// crash in remove_all on GCC 12's libstdc++.
+void write_via_temporary(const std::string& path, const std::function<void(const std::string&)>& write);
+
+}  // namespace drdm::detail
