@@ -2,13 +2,32 @@
 #pragma once
 
 #include "drdm/log.h"
+#include "drdm/runtime.h"
+
+#include <exception>
+#include <iostream>
 
 namespace drdm::app {
 
-// Logs go to stderr so that stdout carries only results (e.g. JSON).
-inline void init_logging(bool verbose) {
+// Logs go to stderr so that stdout carries only results (e.g. JSON); freed
+// tensor memory is kept for reuse (see drdm/runtime.h).
+inline void init_program(bool verbose) {
+  keep_freed_memory_for_reuse();
   log::use_stderr();
   log::set_level(verbose ? log::Level::kInfo : log::Level::kWarn);
+}
+
+// Runs the program's work: any exception becomes "<program>: error: <what>"
+// on stderr and exit status 1.
+template <typename Fn>
+int run_reporting_errors(const char* program, Fn&& work) {
+  try {
+    work();
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << program << ": error: " << e.what() << "\n";
+    return 1;
+  }
 }
 
 }  // namespace drdm::app

@@ -22,12 +22,6 @@ int main(int argc, char** argv) {
   cli.add_flag("-v,--verbose", verbose, "Log progress");
   CLI11_PARSE(cli, argc, argv);
 
-  drdm::app::init_logging(verbose);
-  try {
-    std::cout << drdm::field_stats_file(o);
-  } catch (const std::exception& e) {
-    std::cerr << "drdm_field_stats: error: " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+  drdm::app::init_program(verbose);
+  return drdm::app::run_reporting_errors("drdm_field_stats", [&] { std::cout << drdm::field_stats_file(o); });
 }

@@ -39,16 +39,10 @@ int main(int argc, char** argv) {
   cli.add_flag("-v,--verbose", verbose, "Log progress");
   CLI11_PARSE(cli, argc, argv);
 
-  drdm::app::init_logging(verbose);
+  drdm::app::init_program(verbose);
   o.interpolation = interpolation == "linear" ? drdm::Interpolation::kLinear : drdm::Interpolation::kNearest;
   o.label_interpolation =
       label_mode == "soft" ? drdm::LabelInterpolation::kSoft : drdm::LabelInterpolation::kNearest;
   o.padding = padding == "border" ? drdm::Padding::kBorder : drdm::Padding::kZeros;
-  try {
-    drdm::warp_file(o);
-  } catch (const std::exception& e) {
-    std::cerr << "drdm_warp: error: " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+  return drdm::app::run_reporting_errors("drdm_warp", [&] { drdm::warp_file(o); });
 }

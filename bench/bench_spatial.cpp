@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <torch/types.h>
 
+#include "drdm/runtime.h"
 #include "drdm/spatial.h"
 
 #include <algorithm>
@@ -40,12 +41,14 @@ struct Options {
   std::string ops = "all";      // comma-separated subset of warp,compose,compose_power,integrate_ss
   std::string out;              // empty: stdout
   std::string dump;             // directory: write deterministic results for a cross-check, then exit
+  int case_index = -1;          // -1: all cases of --sizes; else only this one
   int threads = 0;              // 0: leave ATen's default
   double min_time_s = 0.5;
   int min_reps = 5;
   int max_reps = 1000;
   int warmup = 2;
   uint64_t seed = 1234;
+  bool default_malloc = false;  // true: skip drdm::keep_freed_memory_for_reuse()
 };
 
 [[noreturn]] void usage(int rc) {
@@ -53,9 +56,12 @@ struct Options {
                "usage: drdm_bench_spatial [--device cpu|cuda|all] [--sizes quick|full]\n"
                "                          [--threads N] [--ops warp,compose,compose_power,integrate_ss]\n"
                "                          [--min-time S] [--min-reps N] [--max-reps N] [--warmup N]\n"
-               "                          [--seed N] [--out FILE] [--dump DIR]\n"
+               "                          [--case I] [--seed N] [--out FILE] [--dump DIR] [--default-malloc]\n"
+               "  Like the libdrdm programs, calls drdm::keep_freed_memory_for_reuse() at start-up\n"
+               "  unless --default-malloc is given.\n"
                "  quick: 2D 256x256 (batch 1, 8), 3D 64^3 (batch 1); full adds 3D 128^3 (batch 1).\n"
-               "  --dump DIR writes warp/compose results of small deterministic inputs as raw\n"
+               "  --case I runs only the I-th (0-based) of those cases.\n"
+               "  --dump DIR writes the results of all four ops on small deterministic inputs as raw\n"
                "  float32 files (for bench/run.py's cross-check) and exits.\n");
   std::exit(rc);
 }
@@ -79,11 +85,13 @@ Options parse(int argc, char** argv) {
       else if (a == "--out") o.out = value();
       else if (a == "--dump") o.dump = value();
       else if (a == "--threads") o.threads = std::stoi(value());
+      else if (a == "--case") o.case_index = std::stoi(value());
       else if (a == "--min-time") o.min_time_s = std::stod(value());
       else if (a == "--min-reps") o.min_reps = std::stoi(value());
       else if (a == "--max-reps") o.max_reps = std::stoi(value());
       else if (a == "--warmup") o.warmup = std::stoi(value());
       else if (a == "--seed") o.seed = std::stoull(value());
+      else if (a == "--default-malloc") o.default_malloc = true;
       else {
         std::fprintf(stderr, "unknown argument: %s\n", a.c_str());
         usage(2);
@@ -196,6 +204,7 @@ void dump(const Options& o) {
 
 int main(int argc, char** argv) {
   const Options o = parse(argc, argv);
+  if (!o.default_malloc) drdm::keep_freed_memory_for_reuse();  // as the programs ship
   if (o.threads > 0) at::set_num_threads(o.threads);
 
   if (!o.dump.empty()) {
@@ -216,6 +225,11 @@ int main(int argc, char** argv) {
 
   std::vector<Case> cases{{{256, 256}, 1}, {{256, 256}, 8}, {{64, 64, 64}, 1}};
   if (o.sizes == "full") cases.push_back({{128, 128, 128}, 1});
+  if (o.case_index >= static_cast<int>(cases.size())) {
+    std::fprintf(stderr, "drdm_bench_spatial: --case %d but --sizes %s has %zu cases\n",
+                 o.case_index, o.sizes.c_str(), cases.size());
+    return 2;
+  }
 
   std::ofstream file;
   if (!o.out.empty()) {
@@ -231,6 +245,7 @@ int main(int argc, char** argv) {
   for (const auto& dev : devices) {
     const at::Device device(dev == "cuda" ? at::kCUDA : at::kCPU);
     for (size_t ci = 0; ci < cases.size(); ++ci) {
+      if (o.case_index >= 0 && static_cast<size_t>(o.case_index) != ci) continue;
       const auto& c = cases[ci];
       // Same seed and drawing order as bench/peer_spatial.py.
       at::manual_seed(o.seed + ci);

@@ -135,6 +135,8 @@ def main():
     p.add_argument("--sizes", choices=["quick", "full"], default="quick")
     p.add_argument("--ops", default="all",
                    help="comma-separated subset of warp,compose,compose_power,integrate_ss")
+    p.add_argument("--case", type=int, default=-1,
+                   help="run only the I-th (0-based) case of --sizes (-1: all)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
     p.add_argument("--min-time", type=float, default=0.5)
     p.add_argument("--min-reps", type=int, default=5)
@@ -164,12 +166,18 @@ def main():
     cases = [([256, 256], 1), ([256, 256], 8), ([64, 64, 64], 1)]
     if args.sizes == "full":
         cases.append(([128, 128, 128], 1))
+    if args.case >= len(cases):
+        print(f"peer_spatial.py: --case {args.case} but --sizes {args.sizes} has {len(cases)} cases",
+              file=sys.stderr)
+        return 2
     wanted = None if args.ops == "all" else set(args.ops.split(","))
 
     out = open(args.out, "w") if args.out else sys.stdout
     threads = torch.get_num_threads()
     for dev in devices:
         for ci, (size, batch) in enumerate(cases):
+            if args.case >= 0 and ci != args.case:
+                continue
             # Same seed and drawing order as bench_spatial.cpp.
             torch.manual_seed(args.seed + ci)
             image = random_image(batch, size).to(dev)

@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,29 @@ def run(cmd):
     subprocess.run(cmd, check=True)
 
 
+def measured_run(cmd):
+    """Runs one benchmark program; returns its JSON rows and the share of CPU
+    time that other processes used meanwhile (0: the machine was ours)."""
+    def proc_stat():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+
+    def children_cpu():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as tmp:
+        t0, i0, c0 = *proc_stat(), children_cpu()
+        run(cmd + ["--out", tmp.name])
+        t1, i1, c1 = *proc_stat(), children_cpu()
+        rows = read_jsonl(tmp.name)
+    tick = os.sysconf("SC_CLK_TCK")
+    capacity = (t1 - t0) / tick
+    others = ((t1 - t0) - (i1 - i0)) / tick - (c1 - c0)
+    return rows, round(max(0.0, others) / capacity, 3) if capacity > 0 else None
+
+
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -140,10 +164,17 @@ def main():
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     p.add_argument("--min-time", type=float, default=0.5)
     p.add_argument("--min-reps", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=2,
-                   help="run both programs this many times, alternating; keep each row's best median")
-    p.add_argument("--wait-idle", type=float, default=600,
+    p.add_argument("--rounds", type=int, default=3,
+                   help="per case, run both programs this many times, alternating; keep each row's best median")
+    p.add_argument("--wait-idle", type=float, default=120,
                    help="before each program, wait up to this many seconds for the CPUs to go idle")
+    p.add_argument("--fixed-malloc", action="store_true",
+                   help="run both programs with glibc's mmap/trim thresholds fixed at 1 GiB, so that "
+                        "freed tensor memory is reused instead of returned to the OS and page-faulted "
+                        "back (takes allocator state out of the comparison)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="run libdrdm without drdm::keep_freed_memory_for_reuse() (glibc defaults), "
+                        "to see what the allocator setting is worth")
     p.add_argument("--no-check", action="store_true", help="skip the correctness cross-check")
     args = p.parse_args()
 
@@ -160,25 +191,37 @@ def main():
               "--min-time", str(args.min_time), "--min-reps", str(args.min_reps)]
     info["command"] = " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
 
+    if args.fixed_malloc:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 30)
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(1 << 30)
+    if args.fixed_malloc:
+        info["malloc"] = "glibc, mmap/trim thresholds fixed at 1 GiB in both programs"
+    elif args.default_malloc:
+        info["malloc"] = "glibc defaults in both programs"
+    else:
+        info["malloc"] = ("libdrdm as its programs ship (drdm::keep_freed_memory_for_reuse()); "
+                          "Python peer with glibc defaults")
     checks = [] if args.no_check else cross_check(args.bench, args.python, peer, args.threads)
-    # Alternate the two programs so that drift in machine load hits both alike;
-    # each row keeps its best (lowest) median over the rounds.
+    # Each case (size, batch) is run by both programs in turn, `rounds` times,
+    # alternating which goes first, so that changes in machine load hit both
+    # alike; each row keeps its best (lowest) median over the rounds.
+    ncases = 4 if args.sizes == "full" else 3
     ours, theirs = {}, {}
     raw_ours, raw_peer = [], []
-    info["cpu_busy_before_runs"] = []
-    for rnd in range(max(1, args.rounds)):
-        for cmd, store, raw in (([args.bench, *common], ours, raw_ours),
-                                ([args.python, peer, *common], theirs, raw_peer)):
-            info["cpu_busy_before_runs"].append(wait_idle(args.wait_idle))
-            with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as tmp:
-                run(cmd + ["--out", tmp.name])
-                rows = read_jsonl(tmp.name)
-            for r in rows:
-                r["round"] = rnd
-                raw.append(r)
-                k = (r["op"], r["size"], r["batch"], r["device"])
-                if k not in store or r["median_ms"] < store[k]["median_ms"]:
-                    store[k] = r
+    ours_flags = ["--default-malloc"] if (args.default_malloc or args.fixed_malloc) else []
+    programs = [("libdrdm", [args.bench, *common, *ours_flags], ours, raw_ours),
+                ("peer", [args.python, peer, *common], theirs, raw_peer)]
+    for case in range(ncases):
+        for rnd in range(max(1, args.rounds)):
+            for name, cmd, store, raw in (programs if rnd % 2 == 0 else programs[::-1]):
+                busy_before = wait_idle(args.wait_idle)
+                rows, others = measured_run(cmd + ["--case", str(case)])
+                for r in rows:
+                    r.update(round=rnd, cpu_busy_before=busy_before, others_cpu=others)
+                    raw.append(r)
+                    k = (r["op"], r["size"], r["batch"], r["device"])
+                    if k not in store or r["median_ms"] < store[k]["median_ms"]:
+                        store[k] = r
     for path, raw in ((ours_path, raw_ours), (peer_path, raw_peer)):
         with open(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in raw)
@@ -199,6 +242,10 @@ def main():
         lines.append(f"| {OP_LABEL.get(op, op)} | {label} | {dev} | {fmt_ms(a)} | {fmt_ms(b)} | {ratio} |")
     table = "\n".join(lines)
 
+    others = [r.get("others_cpu") for r in list(ours.values()) + list(theirs.values())]
+    others = [o for o in others if o is not None]
+    max_others = f"{max(others):.0%}" if others else "unknown"
+    info["max_others_cpu_kept_rows"] = max(others) if others else None
     md = [
         "# Spatial core: libdrdm vs PyTorch-in-Python",
         "",
@@ -206,11 +253,12 @@ def main():
         f"- date: {info['date']}",
         f"- machine: {info['nproc']} cores, {info['cpu_model']}"
         + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"),
-        f"- threads: {args.threads}; torch {info['torch']}; Python {info['python']}",
+        f"- threads: {args.threads}; torch {info['torch']}; Python {info['python']}; "
+        f"allocator: {info['malloc']}",
         "- per row: median of >= %d timed runs and >= %.1f s, after 2 warm-up runs; "
-        "best median of %d alternating rounds" % (args.min_reps, args.min_time, max(1, args.rounds)),
-        "- CPU busy before each program run: "
-        + ", ".join("-" if b is None else f"{b:.0%}" for b in info["cpu_busy_before_runs"]),
+        "best median of %d rounds per case, the two programs alternating" % (args.min_reps, args.min_time, max(1, args.rounds)),
+        "- CPU time taken by other processes while the kept rows ran: "
+        + "max %s" % max_others,
         "- ratio = PyTorch-Python ms / libdrdm ms (> 1: libdrdm faster)",
         "",
         table,

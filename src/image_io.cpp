@@ -359,17 +359,34 @@ void write_atomically(const std::string& path, WriteFn&& write) {
   }
 }
 
+// An image of type ImageT allocated on the grid of `g`.
+template <typename ImageT>
+typename ImageT::Pointer allocate_on(const Geometry& g) {
+  constexpr unsigned D = ImageT::ImageDimension;
+  auto image = ImageT::New();
+  typename ImageT::SizeType size;
+  for (unsigned k = 0; k < D; ++k) size[k] = static_cast<itk::SizeValueType>(g.size[k]);
+  image->SetRegions(typename ImageT::RegionType(size));
+  apply_geometry(image.GetPointer(), g);
+  image->Allocate();
+  return image;
+}
+
+template <typename ImageT>
+void write_itk(const std::string& path, const ImageT* image, bool compress) {
+  write_atomically(path, [&](const std::string& tmp) {
+    auto writer = itk::ImageFileWriter<ImageT>::New();
+    writer->SetFileName(tmp);
+    writer->SetInput(image);
+    writer->SetUseCompression(compress);
+    writer->Update();
+  });
+}
+
 template <typename T, unsigned D>
 void write_scalar(const std::string& path, const torch::Tensor& values, const Geometry& g) {
   using ImageT = itk::Image<T, D>;
-  auto image = ImageT::New();
-  typename ImageT::RegionType region;
-  typename ImageT::SizeType size;
-  for (unsigned k = 0; k < D; ++k) size[k] = static_cast<itk::SizeValueType>(g.size[k]);
-  region.SetSize(size);
-  image->SetRegions(region);
-  apply_geometry(image.GetPointer(), g);
-  image->Allocate();
+  auto image = allocate_on<ImageT>(g);
   auto v = values.to(at::kDouble).contiguous().cpu();
   const double* src = v.data_ptr<double>();
   T* dst = image->GetBufferPointer();
@@ -386,13 +403,7 @@ void write_scalar(const std::string& path, const torch::Tensor& values, const Ge
       dst[i] = static_cast<T>(src[i]);
     }
   }
-  write_atomically(path, [&](const std::string& tmp) {
-    auto writer = itk::ImageFileWriter<ImageT>::New();
-    writer->SetFileName(tmp);
-    writer->SetInput(image);
-    writer->SetUseCompression(true);
-    writer->Update();
-  });
+  write_itk(path, image.GetPointer(), /*compress=*/true);
 }
 
 template <unsigned D>
@@ -433,24 +444,11 @@ template <unsigned D>
 void write_vector_field(const std::string& path, const torch::Tensor& phys, const Geometry& g) {
   using VectorT = itk::Vector<float, D>;
   using ImageT = itk::Image<VectorT, D>;
-  auto image = ImageT::New();
-  typename ImageT::RegionType region;
-  typename ImageT::SizeType size;
-  for (unsigned k = 0; k < D; ++k) size[k] = static_cast<itk::SizeValueType>(g.size[k]);
-  region.SetSize(size);
-  image->SetRegions(region);
-  apply_geometry(image.GetPointer(), g);
-  image->Allocate();
+  auto image = allocate_on<ImageT>(g);
   // phys is [...S, D] float, components in ITK order: exactly the vector buffer.
   std::memcpy(static_cast<void*>(image->GetBufferPointer()), phys.data_ptr<float>(),
               sizeof(float) * phys.numel());
-  write_atomically(path, [&](const std::string& tmp) {
-    auto writer = itk::ImageFileWriter<ImageT>::New();
-    writer->SetFileName(tmp);
-    writer->SetInput(image);
-    writer->SetUseCompression(true);
-    writer->Update();
-  });
+  write_itk(path, image.GetPointer(), /*compress=*/true);
 }
 
 template <unsigned D>
@@ -607,20 +605,10 @@ void write_rgb_png(const std::string& path, const torch::Tensor& rgb) {
               rgb.sizes());
   if (!detail::has_extension(path, ".png")) detail::fail(path, "expected a .png file name");
   using ImageT = itk::Image<itk::RGBPixel<uint8_t>, 2>;
-  auto image = ImageT::New();
-  ImageT::SizeType size;
-  size[0] = static_cast<itk::SizeValueType>(rgb.size(2));
-  size[1] = static_cast<itk::SizeValueType>(rgb.size(1));
-  image->SetRegions(ImageT::RegionType(size));
-  image->Allocate();
+  auto image = detail::allocate_on<ImageT>(Geometry::identity({rgb.size(1), rgb.size(2)}));
   auto hwc = rgb.permute({1, 2, 0}).contiguous().cpu();
   std::memcpy(static_cast<void*>(image->GetBufferPointer()), hwc.data_ptr<uint8_t>(), hwc.numel());
-  detail::write_atomically(path, [&](const std::string& tmp) {
-    auto writer = itk::ImageFileWriter<ImageT>::New();
-    writer->SetFileName(tmp);
-    writer->SetInput(image);
-    writer->Update();
-  });
+  detail::write_itk(path, image.GetPointer(), /*compress=*/false);
 }
 
 }  // namespace drdm

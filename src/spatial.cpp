@@ -187,8 +187,13 @@ torch::Tensor compose_power(const torch::Tensor& v, int64_t n) {
   detail::check_field(v, "compose_power");
   TORCH_CHECK(n >= 0, "compose_power: expected n >= 0, got ", n);
   if (n == 0) return at::zeros_like(v);
+  // compose(v, phi) = v + phi(x + v(x)): the sampling grid of v is the same
+  // at every step, so it is built once.
+  const auto grid = n > 1 ? detail::sampling_grid(v) : torch::Tensor();
   auto phi = v;
-  for (int64_t k = 1; k < n; ++k) phi = compose(v, phi);
+  for (int64_t k = 1; k < n; ++k)
+    phi = v + at::grid_sampler(phi, grid, detail::kGridBilinear, detail::kGridBorder,
+                               /*align_corners=*/true);
   return phi;
 }
 
