@@ -1,5 +1,7 @@
 #include "drdm/runtime.h"
 
+#include <cstdlib>  // defines __GLIBC__ on glibc systems; test it only after a libc header
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif

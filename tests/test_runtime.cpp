@@ -1,0 +1,38 @@
+// Tests for drdm/runtime.h. Each test runs in its own process (CTest), so the
+// allocator starts from glibc's defaults in every one.
+#include "drdm/runtime.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+
+namespace {
+
+constexpr size_t kBytes = size_t{8} << 20;  // a 2D batch-8 field is about this size
+
+// Allocates, touches and frees one large buffer; returns the free bytes the
+// heap keeps afterwards.
+size_t free_heap_bytes_after_large_free() {
+  void* p = std::malloc(kBytes);
+  std::memset(p, 1, kBytes);
+  std::free(p);
+  return mallinfo2().fordblks;
+}
+
+TEST(Runtime, FreedLargeBuffersStayInTheProcess) {
+  drdm::keep_freed_memory_for_reuse();
+  EXPECT_GE(free_heap_bytes_after_large_free(), kBytes);
+}
+
+// Control: glibc's default maps such a buffer and unmaps it on free, which is
+// what made every tensor operation page-fault its output in again.
+TEST(Runtime, GlibcDefaultReturnsLargeBuffers) {
+  EXPECT_LT(free_heap_bytes_after_large_free(), kBytes);
+}
+
+}  // namespace
+#endif
