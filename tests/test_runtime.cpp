@@ -16,10 +16,15 @@ constexpr size_t kBytes = size_t{8} << 20;  // a 2D batch-8 field is about this 
 
 // Allocates, touches and frees one large buffer; returns the free bytes the
 // heap keeps afterwards.
+// The pointer escapes through a volatile, or the compiler would elide the
+// whole malloc/memset/free sequence.
+void* volatile g_sink = nullptr;
+
 size_t free_heap_bytes_after_large_free() {
   void* p = std::malloc(kBytes);
   std::memset(p, 1, kBytes);
-  std::free(p);
+  g_sink = p;
+  std::free(g_sink);
   return mallinfo2().fordblks;
 }
 
