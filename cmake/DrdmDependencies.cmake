@@ -31,6 +31,11 @@ if(NOT Torch_DIR AND NOT DEFINED ENV{Torch_DIR})
 endif()
 find_package(Torch REQUIRED)
 message(STATUS "libdrdm: LibTorch ${Torch_VERSION} from ${Torch_DIR}")
+# Installed binaries must find LibTorch. CMAKE_INSTALL_RPATH_USE_LINK_PATH
+# skips directories inside the project, which is where scripts/setup.sh puts
+# the torch wheel (.venv), so its library folder is added explicitly.
+get_filename_component(DRDM_TORCH_LIBRARY_DIR "${TORCH_LIBRARY}" DIRECTORY)
+list(APPEND CMAKE_INSTALL_RPATH "${DRDM_TORCH_LIBRARY_DIR}")
 
 find_package(ITK 5 REQUIRED COMPONENTS
   ITKCommon ITKIOImageBase ITKIONIFTI ITKIOMeta ITKIONRRD ITKIOPNG)
