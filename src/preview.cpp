@@ -13,7 +13,7 @@ namespace detail {
 namespace {
 
 constexpr int64_t kGap = 4;           // pixels between panels
-constexpr int64_t kMinPanelSide = 192;  // enlarge smaller planes up to this
+constexpr int64_t kMinPanelSide = 192;  // enlarge planes whose long side is shorter
 
 // Perceptually ordered colour map (dark violet -> blue -> teal -> green ->
 // yellow), sampled at five anchors and interpolated linearly.
@@ -116,8 +116,10 @@ torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tenso
     // Coronal and sagittal planes have D vertical: draw increasing D upwards
     // (superior up for the usual NIfTI orientations).
     if (i > 0) row = row.flip({1});
-    const int64_t side = std::min(row.size(1), p.image.size(1));
-    const int64_t factor = std::max<int64_t>(1, (detail::kMinPanelSide + side - 1) / side);
+    // Enlarge by the long side, so thin slabs (few slices) stay thin strips
+    // instead of exploding the width.
+    const int64_t side = std::max(p.image.size(0), p.image.size(1));
+    const int64_t factor = std::clamp<int64_t>((detail::kMinPanelSide + side - 1) / side, 1, 8);
     if (factor > 1) row = row.repeat_interleave(factor, 1).repeat_interleave(factor, 2);
     width = std::max(width, row.size(2));
     rows.push_back(row);

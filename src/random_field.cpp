@@ -37,7 +37,16 @@ torch::Tensor random_smooth_field(at::IntArrayRef size, int64_t batch, uint64_t 
                      : at::upsample_trilinear3d(noise, size, /*align_corners=*/true);
     v.add_(up, weight);
   }
-  // Scale so the largest vector of each sample has length `amplitude`.
+  // Component i scaled by the length of axis i relative to the longest axis:
+  // every axis deforms by the same fraction of the field of view (a 10-slice
+  // cardiac slab is not pushed by half its thickness), size-1 axes not at all.
+  const int64_t longest = *std::max_element(size.begin(), size.end());
+  std::vector<double> axis_scale;
+  for (auto s : size) axis_scale.push_back(longest > 1 ? static_cast<double>(s - 1) / (longest - 1) : 0.0);
+  std::vector<int64_t> cshape(full.size(), 1);
+  cshape[1] = d;
+  v = v * at::tensor(axis_scale, at::kDouble).to(opts).view(cshape);
+  // Then scale so the largest vector of each sample has length `amplitude`.
   auto peak = v.pow(2).sum(1).sqrt().flatten(1).amax(1).clamp_min(1e-12);
   std::vector<int64_t> bshape(full.size(), 1);
   bshape[0] = batch;
