@@ -30,7 +30,7 @@ deform rat-lung-2d /usr/share/doc/insighttoolkit5-examples/examples/Data/RatLung
 deform colin27-3d /usr/share/mricron/templates/ch2.nii.gz /usr/share/mricron/templates/aal.nii.gz 6 2
 ACDC="$ROOT/../shared/data/acdc"
 if [ -f "$ACDC/images/patient001_frame01.nii.gz" ]; then
-  deform acdc-3d "$ACDC/images/patient001_frame01.nii.gz" "$ACDC/labels/patient001_frame01.nii.gz" 5 3
+  deform acdc-3d "$ACDC/images/patient001_frame01.nii.gz" "$ACDC/labels/patient001_frame01.nii.gz" 8 3
 fi
 
 say "outputs in $OUT"

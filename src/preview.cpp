@@ -108,18 +108,17 @@ torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tenso
                         sizes[fixed], uu[fixed]});
     }
   }
+  // One enlargement for all rows, from the longest image axis, so that the
+  // planes keep a common scale and thin slabs stay thin strips.
+  const int64_t side = *std::max_element(img.sizes().begin(), img.sizes().end());
+  const int64_t factor = std::clamp<int64_t>((detail::kMinPanelSide + side - 1) / side, 1, 8);
   std::vector<torch::Tensor> rows;
   int64_t width = 0;
   for (size_t i = 0; i < planes.size(); ++i) {
-    const auto& p = planes[i];
-    auto row = detail::render_row(p, lo, hi);
+    auto row = detail::render_row(planes[i], lo, hi);
     // Coronal and sagittal planes have D vertical: draw increasing D upwards
     // (superior up for the usual NIfTI orientations).
     if (i > 0) row = row.flip({1});
-    // Enlarge by the long side, so thin slabs (few slices) stay thin strips
-    // instead of exploding the width.
-    const int64_t side = std::max(p.image.size(0), p.image.size(1));
-    const int64_t factor = std::clamp<int64_t>((detail::kMinPanelSide + side - 1) / side, 1, 8);
     if (factor > 1) row = row.repeat_interleave(factor, 1).repeat_interleave(factor, 2);
     width = std::max(width, row.size(2));
     rows.push_back(row);
