@@ -2,22 +2,17 @@
 #include "drdm/preview.h"
 
 #include "drdm/spatial.h"
+#include "test_util.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 namespace {
 
-at::Tensor ramp(at::IntArrayRef size) {
-  std::vector<int64_t> shape{1, 1};
-  shape.insert(shape.end(), size.begin(), size.end());
-  int64_t n = 1;
-  for (auto s : size) n *= s;
-  return at::arange(n, at::kFloat).view(shape);
-}
+using drdm::test::ramp_image;
 
 TEST(Preview, TwoDimensionalMontage) {
-  auto img = ramp({40, 50});
+  auto img = ramp_image({40, 50});
   auto zero = at::zeros({1, 2, 40, 50});
   auto rgb = drdm::render_warp_preview(img, img, zero);
   ASSERT_EQ(rgb.scalar_type(), at::kByte);
@@ -32,7 +27,7 @@ TEST(Preview, TwoDimensionalMontage) {
 }
 
 TEST(Preview, DeformationShowsInTheWarpedPanels) {
-  auto img = ramp({40, 50});
+  auto img = ramp_image({40, 50});
   auto u = at::zeros({1, 2, 40, 50});
   u.select(1, 1).fill_(3.0);
   auto warped = drdm::warp(img, u);
@@ -42,7 +37,7 @@ TEST(Preview, DeformationShowsInTheWarpedPanels) {
 }
 
 TEST(Preview, ThreeDimensionalRowsStayNarrowForThinSlabs) {
-  auto img = ramp({6, 120, 100});
+  auto img = ramp_image({6, 120, 100});
   auto zero = at::zeros({1, 3, 6, 120, 100});
   auto rgb = drdm::render_warp_preview(img, img, zero);
   // Three rows (axial, coronal, sagittal); enlargement follows the long side
@@ -52,7 +47,7 @@ TEST(Preview, ThreeDimensionalRowsStayNarrowForThinSlabs) {
 }
 
 TEST(Preview, RejectsMismatchedInputs) {
-  auto img = ramp({20, 20});
+  auto img = ramp_image({20, 20});
   EXPECT_THROW(drdm::render_warp_preview(img, img, at::zeros({1, 2, 20, 21})), std::exception);
   EXPECT_THROW(drdm::render_warp_preview(img, img, at::zeros({1, 3, 20, 20})), std::exception);
   EXPECT_THROW(drdm::render_warp_preview(img.squeeze(0), img, at::zeros({1, 2, 20, 20})), std::exception);

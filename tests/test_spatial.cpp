@@ -1,6 +1,7 @@
 // Tests for drdm/spatial.h: conventions pinned with analytic cases, invariants
 // and finite differences.
 #include "drdm/spatial.h"
+#include "test_util.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -13,6 +14,7 @@
 namespace {
 
 using drdm::compose;
+using drdm::test::ramp_image;
 using drdm::warp;
 
 // Smooth random field [n, d, ...size] with max |u| about `amp` voxels:
@@ -37,15 +39,6 @@ at::Tensor smooth_image(at::IntArrayRef size, at::ScalarType dtype = at::kFloat)
   auto img = at::sin(g.select(1, 0) * 0.11 + 0.2) * at::cos(g.select(1, 1) * 0.07);
   if (size.size() == 3) img = img + 0.5 * at::sin(g.select(1, 2) * 0.09);
   return img.unsqueeze(1).to(dtype);
-}
-
-// Strictly increasing, asymmetric values: I[idx] = linear index.
-at::Tensor ramp_image(at::IntArrayRef size) {
-  std::vector<int64_t> shape{1, 1};
-  shape.insert(shape.end(), size.begin(), size.end());
-  int64_t n = 1;
-  for (auto s : size) n *= s;
-  return at::arange(n, at::kFloat).view(shape);
 }
 
 at::Tensor interior(const at::Tensor& t, int64_t margin) {
