@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -71,6 +72,13 @@ void write_via_temporary(const std::string& path,
     throw;
   }
   remove_flat_folder(tmp);
+}
+
+bool has_extension(const std::string& path, const std::string& ext) {
+  std::string lower = path;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return lower.size() >= ext.size() && lower.compare(lower.size() - ext.size(), ext.size(), ext) == 0;
 }
 
 }  // namespace drdm::detail

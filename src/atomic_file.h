@@ -1,4 +1,4 @@
-// Private: atomic output files, shared by every writer in the library.
+// Private: atomic output files and file-name helpers, shared by every writer in the library.
 #pragma once
 
 #include <functional>
@@ -18,5 +18,8 @@ namespace drdm::detail {
 /// (GCC 13) std::filesystem symbols, which interpose on the system's and
 /// crash in remove_all on GCC 12's libstdc++.
 void write_via_temporary(const std::string& path, const std::function<void(const std::string&)>& write);
+
+/// True if `path` ends with `ext` (e.g. ".nii.gz"), ignoring case.
+bool has_extension(const std::string& path, const std::string& ext);
 
 }  // namespace drdm::detail

@@ -9,11 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 #include <stdexcept>
-
-namespace fs = std::filesystem;
 
 namespace drdm {
 namespace detail {
@@ -27,12 +24,6 @@ PixelType parse_pixel_type(const std::string& name) {
   throw std::invalid_argument("unknown pixel type '" + name +
                               "' (expected auto, uint8, int8, uint16, int16, uint32, int32, "
                               "uint64, int64, float32 or float64)");
-}
-
-bool is_png(const std::string& path) {
-  auto ext = fs::path(path).extension().string();
-  for (auto& c : ext) c = static_cast<char>(std::tolower(c));
-  return ext == ".png";
 }
 
 // Same grid up to float noise in the header: fields are only meaningful on
@@ -89,7 +80,7 @@ void warp_file(const WarpFileOptions& o) {
     PixelType type = PixelType::kFloat32;
     if (o.pixel_type != "auto") {
       type = detail::parse_pixel_type(o.pixel_type);
-    } else if (detail::is_png(o.output)) {
+    } else if (detail::has_extension(o.output, ".png")) {
       if (image.pixel_type != PixelType::kUInt8 && image.pixel_type != PixelType::kUInt16)
         throw std::runtime_error("'" + o.output + "': PNG holds only uint8/uint16 pixels and the input is " +
                                  to_string(image.pixel_type) +

@@ -237,8 +237,6 @@ uint64_t nifti_data_offset(const std::string& path) {
   return 0;
 }
 
-bool has_extension(const std::string& path, const std::string& ext);
-
 void check_data_size(const itk::ImageIOBase& io, const std::string& path) {
   const uint64_t needed = io.GetImageSizeInBytes();
   const std::string kind = io.GetNameOfClass();
@@ -421,12 +419,6 @@ void write_scalar_typed(const std::string& path, const torch::Tensor& values, co
     case PixelType::kFloat32: return write_scalar<float, D>(path, values, g);
     case PixelType::kFloat64: return write_scalar<double, D>(path, values, g);
   }
-}
-
-bool has_extension(const std::string& path, const std::string& ext) {
-  std::string lower = path;
-  std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
-  return lower.size() >= ext.size() && lower.compare(lower.size() - ext.size(), ext.size(), ext) == 0;
 }
 
 // Accepts [1, C, ...S] or [...S]; returns [C, ...S] on the CPU.
