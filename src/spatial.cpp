@@ -197,6 +197,30 @@ torch::Tensor compose_power(const torch::Tensor& v, int64_t n) {
   return phi;
 }
 
+torch::Tensor compose_power(const torch::Tensor& v, const std::vector<int64_t>& counts) {
+  detail::check_field(v, "compose_power");
+  TORCH_CHECK(static_cast<int64_t>(counts.size()) == v.size(0), "compose_power: expected one count per sample, got ",
+              counts.size(), " counts for a batch of ", v.size(0));
+  int64_t most = 0;
+  for (auto c : counts) {
+    TORCH_CHECK(c >= 0, "compose_power: expected counts >= 0, got ", c);
+    most = std::max(most, c);
+  }
+  if (most == 0) return at::zeros_like(v);
+  std::vector<int64_t> shape(v.dim(), 1);
+  shape[0] = v.size(0);
+  const auto count = at::tensor(counts, at::kLong).to(v.device()).view(shape);
+  // Sample b keeps phi once it has counts[b] copies; a count of 0 is the zero field.
+  auto phi = at::where(count >= 1, v, at::zeros_like(v));
+  const auto grid = most > 1 ? detail::sampling_grid(v) : torch::Tensor();
+  for (int64_t k = 1; k < most; ++k) {
+    auto next = v + at::grid_sampler(phi, grid, detail::kGridBilinear, detail::kGridBorder,
+                                     /*align_corners=*/true);
+    phi = at::where(count > k, next, phi);
+  }
+  return phi;
+}
+
 torch::Tensor integrate_scaling_squaring(const torch::Tensor& v, int64_t steps) {
   detail::check_field(v, "integrate_scaling_squaring");
   TORCH_CHECK(steps >= 0 && steps <= 30,

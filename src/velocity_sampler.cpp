@@ -1,2 +1,172 @@
-// placeholder: being written
 #include "drdm/velocity_sampler.h"
+
+#include "drdm/spatial.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace drdm {
+
+std::string to_string(DiffusionProcess process) {
+  return process == DiffusionProcess::kMarkov ? "markov" : "stationary";
+}
+
+DiffusionProcess parse_diffusion_process(const std::string& name) {
+  if (name == "stationary") return DiffusionProcess::kStationary;
+  if (name == "markov") return DiffusionProcess::kMarkov;
+  throw std::invalid_argument("unknown diffusion process '" + name +
+                              "' (expected \"stationary\" or \"markov\")");
+}
+
+void validate(const SamplerOptions& o) {
+  auto fail = [](const std::string& key, const std::string& why) {
+    throw std::invalid_argument("sampler." + key + ": " + why);
+  };
+  if (o.timesteps < 1 || o.timesteps > 10000) fail("timesteps", "must be in [1, 10000]");
+  if (o.control < 4 || o.control > 1024) fail("control", "must be in [4, 1024]");
+  if (o.levels < 1 || (o.control >> (o.levels - 1)) < 2)
+    fail("levels", "must be >= 1 and leave at least 2 control points on the coarsest level");
+  if (!(o.sigma >= 0) || !std::isfinite(o.sigma)) fail("sigma", "must be a finite number >= 0");
+  if (!(o.alpha > 0) || !std::isfinite(o.alpha)) fail("alpha", "must be > 0");
+  if (!(o.beta > 0) || !std::isfinite(o.beta)) fail("beta", "must be > 0");
+  if (!(o.integrated_alpha > 0) || !std::isfinite(o.integrated_alpha)) fail("integrated_alpha", "must be > 0");
+  if (!(o.integrated_beta > 0) || !std::isfinite(o.integrated_beta)) fail("integrated_beta", "must be > 0");
+  if (o.integrated_max < 1 || o.integrated_max > 100000) fail("integrated_max", "must be in [1, 100000]");
+  if (!(o.perturbation >= 0) || !std::isfinite(o.perturbation)) fail("perturbation", "must be >= 0");
+}
+
+int64_t step_count(int64_t t, const SamplerOptions& o) {
+  if (t <= 0) return 0;
+  // A tiny tolerance keeps exact powers (e.g. 32^0.6 = 8) from rounding down.
+  return static_cast<int64_t>(std::floor(std::pow(static_cast<double>(t), o.alpha) / o.beta + 1e-9));
+}
+
+int64_t integrated_count(int64_t t, const SamplerOptions& o) {
+  if (t <= 0) return 0;
+  const auto m = static_cast<int64_t>(
+      std::floor(std::pow(static_cast<double>(t), o.integrated_alpha) / o.integrated_beta + 1e-9));
+  return std::clamp<int64_t>(m, 1, o.integrated_max);
+}
+
+at::Generator make_generator(const torch::Device& device, uint64_t seed) {
+  if (device.is_cpu()) return at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto gen = at::globalContext().defaultGenerator(device).clone();
+  gen.set_current_seed(seed);
+  gen.set_offset(0);
+  return gen;
+}
+
+namespace {
+
+torch::Tensor sample_mask(const std::vector<int64_t>& flags, const torch::Tensor& like) {
+  std::vector<int64_t> shape(like.dim(), 1);
+  shape[0] = static_cast<int64_t>(flags.size());
+  std::vector<float> f(flags.begin(), flags.end());
+  return at::tensor(f, at::kFloat).to(like.options()).view(shape);
+}
+
+}  // namespace
+
+VelocitySampler::VelocitySampler(const SamplerOptions& options, std::vector<int64_t> image_size,
+                                 torch::Device device)
+    : options_(options), image_size_(std::move(image_size)), device_(device) {
+  validate(options_);
+  TORCH_CHECK(image_size_.size() == 2 || image_size_.size() == 3,
+              "VelocitySampler: expected 2 or 3 spatial sizes, got ", image_size_.size());
+  for (auto s : image_size_) TORCH_CHECK(s >= 2, "VelocitySampler: image sizes must be >= 2, got ", s);
+}
+
+torch::Tensor VelocitySampler::velocity(int64_t batch, at::Generator& gen) const {
+  TORCH_CHECK(batch >= 1, "VelocitySampler::velocity: batch must be >= 1");
+  const auto d = static_cast<int64_t>(image_size_.size());
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(device_);
+  std::vector<int64_t> full{batch, d};
+  for (int64_t i = 0; i < d; ++i) full.push_back(options_.control);
+  auto v = at::zeros(full, opts);
+  for (int64_t level = 0; level < options_.levels; ++level) {
+    const int64_t c = options_.control >> level;
+    std::vector<int64_t> coarse{batch, d};
+    for (int64_t i = 0; i < d; ++i) coarse.push_back(c);
+    // Standard deviation sigma * 2^level in control-grid voxels (Eq. 6), as
+    // values on the finest grid: upsampling interpolates values unchanged.
+    auto noise = at::randn(coarse, gen, opts).mul_(options_.sigma * std::ldexp(1.0, static_cast<int>(level)));
+    if (level == 0) {
+      v.add_(noise);
+      continue;
+    }
+    std::vector<int64_t> size(d, options_.control);
+    v.add_(d == 2 ? at::upsample_bilinear2d(noise, size, /*align_corners=*/true)
+                  : at::upsample_trilinear3d(noise, size, /*align_corners=*/true));
+  }
+  return v;
+}
+
+torch::Tensor VelocitySampler::to_image(const torch::Tensor& control_field) const {
+  const auto d = static_cast<int64_t>(image_size_.size());
+  std::vector<int64_t> doubled;
+  for (auto s : image_size_) doubled.push_back(2 * s);
+  auto big = resize_field(control_field, doubled);
+  for (int64_t i = 0; i < d; ++i) big = big.narrow(2 + i, image_size_[i] / 2, image_size_[i]);
+  return big.contiguous();
+}
+
+ForwardSample VelocitySampler::sample(const torch::Tensor& t, at::Generator& gen) const {
+  return sample_impl(t, gen, /*need_psi=*/true);
+}
+
+torch::Tensor VelocitySampler::sample_field(const torch::Tensor& t, at::Generator& gen) const {
+  return sample_impl(t, gen, /*need_psi=*/false).phi;
+}
+
+ForwardSample VelocitySampler::sample_impl(const torch::Tensor& t, at::Generator& gen,
+                                           bool need_psi) const {
+  TORCH_CHECK(t.dim() == 1 && t.numel() >= 1 && !t.is_floating_point(),
+              "VelocitySampler: t must be an integer tensor [N], got ", t.sizes(), " ", t.dtype());
+  const auto tc = t.to(at::kCPU, at::kLong).contiguous();
+  std::vector<int64_t> ts(tc.data_ptr<int64_t>(), tc.data_ptr<int64_t>() + tc.numel());
+  for (auto v : ts)
+    TORCH_CHECK(v >= 1 && v <= options_.timesteps, "VelocitySampler: t must be in [1, ",
+                options_.timesteps, "], got ", v);
+  const auto batch = static_cast<int64_t>(ts.size());
+  ForwardSample out;
+  if (options_.process == DiffusionProcess::kStationary) {
+    const auto v = velocity(batch, gen);
+    std::vector<int64_t> n, m;
+    for (auto tt : ts) {
+      n.push_back(step_count(tt, options_));
+      m.push_back(integrated_count(tt, options_));
+    }
+    auto perturbed = v;
+    if (options_.perturbation > 0) perturbed = v + velocity(batch, gen) * options_.perturbation;
+    out.phi = to_image(compose_power(perturbed, m));
+    if (need_psi) out.psi = to_image(compose_power(v, n));
+    return out;
+  }
+  // Markov: phi <- compose(psi_tau, phi) for tau = 1..t (psi_tau acts last);
+  // the target of each sample is its own last step.
+  const int64_t t_max = *std::max_element(ts.begin(), ts.end());
+  torch::Tensor phi, psi;
+  for (int64_t tau = 1; tau <= t_max; ++tau) {
+    const auto v = velocity(batch, gen);
+    std::vector<int64_t> active(batch), last(batch);
+    for (int64_t b = 0; b < batch; ++b) {
+      active[b] = tau <= ts[b] ? step_count(tau, options_) : 0;
+      last[b] = tau == ts[b] ? 1 : 0;
+    }
+    const auto step = compose_power(v, active);
+    phi = phi.defined() ? compose(step, phi) : step;
+    if (need_psi) {
+      const auto mask = sample_mask(last, step);
+      psi = psi.defined() ? psi + step * mask : step * mask;
+    }
+  }
+  out.phi = to_image(phi);
+  if (need_psi) out.psi = to_image(psi);
+  return out;
+}
+
+}  // namespace drdm

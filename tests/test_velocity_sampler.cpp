@@ -1,2 +1,254 @@
-// placeholder: being written
+// The forward process: schedules, field statistics, smoothness, both processes.
+#include "drdm/spatial.h"
+#include "drdm/velocity_sampler.h"
+
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace {
+
+using drdm::SamplerOptions;
+using drdm::VelocitySampler;
+
+at::Tensor levels(std::vector<int64_t> t) { return at::tensor(t, at::kLong); }
+
+double mean_norm(const at::Tensor& f) { return f.pow(2).sum(1).sqrt().mean().item<double>(); }
+
+TEST(Schedule, MatchesThePaperFormulas) {
+  SamplerOptions o;
+  EXPECT_EQ(drdm::step_count(0, o), 0);
+  EXPECT_EQ(drdm::step_count(1, o), 1);
+  EXPECT_EQ(drdm::step_count(32, o), 8);  // 32^0.6 = 8 exactly
+  for (int64_t t = 1; t <= 80; ++t) {
+    EXPECT_EQ(drdm::step_count(t, o), static_cast<int64_t>(std::floor(std::pow(t, 0.6) + 1e-9))) << t;
+    const auto m = static_cast<int64_t>(std::floor(std::pow(t, 1.3) / 1.5 + 1e-9));
+    EXPECT_EQ(drdm::integrated_count(t, o), std::clamp<int64_t>(m, 1, 200)) << t;
+  }
+  EXPECT_EQ(drdm::step_count(80, o), 13);
+  EXPECT_EQ(drdm::integrated_count(80, o), 198);
+  o.integrated_max = 50;
+  EXPECT_EQ(drdm::integrated_count(80, o), 50);
+  // Schedules are monotone.
+  for (int64_t t = 2; t <= 80; ++t) {
+    EXPECT_GE(drdm::step_count(t, SamplerOptions{}), drdm::step_count(t - 1, SamplerOptions{}));
+    EXPECT_GE(drdm::integrated_count(t, SamplerOptions{}), drdm::integrated_count(t - 1, SamplerOptions{}));
+  }
+}
+
+TEST(Schedule, InvalidOptionsNameTheKey) {
+  SamplerOptions o;
+  o.levels = 7;  // 64 >> 6 = 1 control point
+  try {
+    drdm::validate(o);
+    FAIL() << "expected an error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("sampler.levels"), std::string::npos) << e.what();
+  }
+  o = {};
+  o.sigma = std::nan("");
+  EXPECT_THROW(drdm::validate(o), std::invalid_argument);
+  EXPECT_THROW(drdm::parse_diffusion_process("markow"), std::invalid_argument);
+  EXPECT_EQ(drdm::parse_diffusion_process("markov"), drdm::DiffusionProcess::kMarkov);
+}
+
+TEST(ComposePowerCounts, EqualsSingleSampleSelfComposition) {
+  SamplerOptions o;
+  o.sigma = 0.02;
+  VelocitySampler s(o, {32, 32});
+  auto gen = drdm::make_generator(torch::kCPU, 3);
+  const auto v = s.velocity(4, gen);
+  const std::vector<int64_t> counts{0, 1, 5, 13};
+  const auto batched = drdm::compose_power(v, counts);
+  for (int64_t b = 0; b < 4; ++b) {
+    const auto single = drdm::compose_power(v.narrow(0, b, 1), counts[b]);
+    EXPECT_LT((batched.narrow(0, b, 1) - single).abs().max().item<double>(), 1e-6) << counts[b];
+  }
+  EXPECT_EQ(batched[0].abs().max().item<double>(), 0.0);
+  EXPECT_THROW(drdm::compose_power(v, std::vector<int64_t>{1, 2}), c10::Error);
+  EXPECT_THROW(drdm::compose_power(v, std::vector<int64_t>{1, 2, -1, 0}), c10::Error);
+}
+
+TEST(VelocityField, MultiScaleStandardDeviation) {
+  // One level: i.i.d. N(0, sigma^2) on the control grid.
+  SamplerOptions o;
+  o.levels = 1;
+  o.sigma = 0.5;
+  VelocitySampler s(o, {64, 64});
+  auto gen = drdm::make_generator(torch::kCPU, 1);
+  auto v = s.velocity(8, gen);
+  EXPECT_NEAR(v.std().item<double>(), 0.5, 0.01);
+  EXPECT_NEAR(v.mean().item<double>(), 0.0, 0.01);
+  // Adding a coarser level of amplitude 2 sigma: at the coarse level's own
+  // control points (every other point, aligned corners: 0, 2, ..., 62 map
+  // exactly onto coarse points only at the ends) the variance grows; overall it
+  // must lie between sigma^2 + (2 sigma)^2 / 2 (interpolation averages) and sigma^2 + (2 sigma)^2.
+  o.levels = 2;
+  VelocitySampler s2(o, {64, 64});
+  auto v2 = s2.velocity(8, gen);
+  const double var = v2.var().item<double>();
+  EXPECT_GT(var, 0.25 + 1.0 * 0.44);  // bilinear interpolation keeps >= (2/3)^2 of the variance
+  EXPECT_LT(var, 0.25 + 1.0 * 1.02);
+}
+
+TEST(VelocityField, ControlToImageIsTheCentralHalf) {
+  // A constant control field c (control voxels) becomes c * (2S - 1) / (control - 1) image voxels.
+  SamplerOptions o;
+  o.control = 16;
+  VelocitySampler s(o, {20, 30});
+  auto c = at::ones({1, 2, 16, 16});
+  c.select(1, 0).fill_(1.5);
+  c.select(1, 1).fill_(-0.5);
+  const auto f = s.to_image(c);
+  ASSERT_EQ(f.sizes(), (std::vector<int64_t>{1, 2, 20, 30}));
+  EXPECT_NEAR(f.select(1, 0).mean().item<double>(), 1.5 * 39.0 / 15.0, 1e-4);
+  EXPECT_NEAR(f.select(1, 1).mean().item<double>(), -0.5 * 59.0 / 15.0, 1e-4);
+  // A linear control field x -> a * x maps to the same physical linear field:
+  // the image is the central half of the control grid's field of view, so
+  // the field at image voxel j is a * (control position of that voxel) scaled to image voxels.
+  auto lin = drdm::identity_grid({16, 16}).select(1, 0).unsqueeze(1).repeat({1, 2, 1, 1}) * 0.1;
+  const auto fl = s.to_image(lin);
+  // Image voxel j (axis 0) sits at big-grid index j + 10 of 40, control position (j + 10) * 15 / 39.
+  for (int64_t j : {0, 7, 19}) {
+    const double control_pos = (j + 10) * 15.0 / 39.0;
+    EXPECT_NEAR(fl[0][0][j][4].item<double>(), 0.1 * control_pos * 39.0 / 15.0, 1e-3) << j;
+  }
+}
+
+TEST(Stationary, MagnitudeGrowsWithTheSchedule) {
+  SamplerOptions o;
+  VelocitySampler s(o, {64, 64});
+  std::vector<double> phi_mag, psi_mag;
+  for (int64_t t : {1, 10, 40, 80}) {
+    auto gen = drdm::make_generator(torch::kCPU, 7);  // same velocity at every t
+    const auto f = s.sample(levels(std::vector<int64_t>(2, t)), gen);
+    ASSERT_EQ(f.psi.sizes(), (std::vector<int64_t>{2, 2, 64, 64}));
+    ASSERT_EQ(f.phi.sizes(), (std::vector<int64_t>{2, 2, 64, 64}));
+    phi_mag.push_back(mean_norm(f.phi));
+    psi_mag.push_back(mean_norm(f.psi));
+  }
+  for (size_t i = 1; i < phi_mag.size(); ++i) {  // t = 1, 10, 40, 80
+    EXPECT_GT(phi_mag[i], phi_mag[i - 1]);
+    EXPECT_GE(psi_mag[i], psi_mag[i - 1]);
+  }
+  // Large flows cross the finest scale's structure, so phi grows less than
+  // linearly in m_t; it still grows several-fold from t = 10 to t = 80.
+  EXPECT_GT(phi_mag[3] / phi_mag[1], 5.0);
+}
+
+TEST(Stationary, SmallSmoothFieldsFollowTheScheduleLinearly) {
+  // A smooth (coarse, one level) and small velocity: composing it n times is
+  // n times the velocity, so magnitudes follow n_t and m_t.
+  SamplerOptions o;
+  o.control = 8;
+  o.levels = 1;
+  o.sigma = 1e-4;
+  VelocitySampler s(o, {64, 64});
+  auto mags = [&](int64_t t) {
+    auto gen = drdm::make_generator(torch::kCPU, 7);
+    const auto f = s.sample(levels(std::vector<int64_t>(4, t)), gen);
+    return std::make_pair(mean_norm(f.psi), mean_norm(f.phi));
+  };
+  const auto [psi1, phi1] = mags(1);
+  const auto [psi10, phi10] = mags(10);
+  const auto [psi80, phi80] = mags(80);
+  EXPECT_NEAR(psi80 / psi1, 13.0, 0.05);
+  EXPECT_NEAR(psi10 / psi1, 3.0, 0.02);
+  EXPECT_NEAR(phi80 / phi10, 198.0 / drdm::integrated_count(10, o), 0.3);  // m_10 = 13
+}
+
+TEST(Stationary, SmallLevelsAreSmoothAndInvertible) {
+  VelocitySampler s(SamplerOptions{}, {64, 64});
+  auto gen = drdm::make_generator(torch::kCPU, 11);
+  const auto f = s.sample(levels({1, 5, 10, 20}), gen);
+  EXPECT_EQ(drdm::folding_ratio(f.phi).max().item<double>(), 0.0);
+  EXPECT_EQ(drdm::folding_ratio(f.psi).max().item<double>(), 0.0);
+  // Smooth: neighbouring displacements differ by a small fraction of the displacement.
+  const auto diff = (f.phi.narrow(2, 1, 63) - f.phi.narrow(2, 0, 63)).abs().mean().item<double>();
+  EXPECT_LT(diff, 0.2 * f.phi.abs().mean().item<double>());
+}
+
+TEST(Stationary, PerSampleLevelsAndDeterminism) {
+  VelocitySampler s(SamplerOptions{}, {32, 48});
+  auto g1 = drdm::make_generator(torch::kCPU, 5);
+  auto g2 = drdm::make_generator(torch::kCPU, 5);
+  const auto a = s.sample(levels({2, 70}), g1);
+  const auto b = s.sample(levels({2, 70}), g2);
+  EXPECT_TRUE(at::equal(a.phi, b.phi));
+  EXPECT_TRUE(at::equal(a.psi, b.psi));
+  EXPECT_GT(mean_norm(a.phi.narrow(0, 1, 1)), 5 * mean_norm(a.phi.narrow(0, 0, 1)));
+  auto g3 = drdm::make_generator(torch::kCPU, 6);
+  EXPECT_FALSE(at::equal(s.sample(levels({2, 70}), g3).phi, a.phi));
+  EXPECT_THROW(s.sample(levels({0}), g1), c10::Error);
+  EXPECT_THROW(s.sample(levels({81}), g1), c10::Error);
+}
+
+TEST(Stationary, PerturbationIsFivePercent) {
+  // phi at t = 1 is the perturbed velocity itself (m_1 = 1), psi at t = 1 is v:
+  // their difference is the perturbation, 5% of an independent velocity.
+  VelocitySampler s(SamplerOptions{}, {64, 64});
+  auto gen = drdm::make_generator(torch::kCPU, 2);
+  const auto f = s.sample(levels(std::vector<int64_t>(8, 1)), gen);
+  const double ratio = (f.phi - f.psi).pow(2).mean().sqrt().item<double>() /
+                       f.psi.pow(2).mean().sqrt().item<double>();
+  EXPECT_NEAR(ratio, 0.05, 0.01);
+}
+
+TEST(Markov, ComposesIndependentSteps) {
+  SamplerOptions o;
+  o.process = drdm::DiffusionProcess::kMarkov;
+  VelocitySampler s(o, {32, 32});
+  // t = 3: phi = compose(psi_3, compose(psi_2, psi_1)) with psi_tau = v_tau^(n_tau),
+  // the v_tau drawn in order from the generator; psi is the last step.
+  auto gen = drdm::make_generator(torch::kCPU, 9);
+  const auto f = s.sample(levels({3}), gen);
+  auto ref = drdm::make_generator(torch::kCPU, 9);
+  const auto v1 = s.velocity(1, ref), v2 = s.velocity(1, ref), v3 = s.velocity(1, ref);
+  const auto p1 = drdm::compose_power(v1, drdm::step_count(1, o));
+  const auto p2 = drdm::compose_power(v2, drdm::step_count(2, o));
+  const auto p3 = drdm::compose_power(v3, drdm::step_count(3, o));
+  const auto phi = s.to_image(drdm::compose(p3, drdm::compose(p2, p1)));
+  EXPECT_LT((f.phi - phi).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((f.psi - s.to_image(p3)).abs().max().item<double>(), 1e-5);
+  // Independent steps are uncorrelated.
+  const auto a = v1.flatten(), b = v2.flatten();
+  const double corr = ((a * b).mean() / (a.std() * b.std())).item<double>();
+  EXPECT_LT(std::abs(corr), 0.05);
+  // Markov fields grow with t too, and a batch with mixed t works.
+  auto g = drdm::make_generator(torch::kCPU, 4);
+  const auto mixed = s.sample(levels({1, 40}), g);
+  EXPECT_GT(mean_norm(mixed.phi.narrow(0, 1, 1)), 3 * mean_norm(mixed.phi.narrow(0, 0, 1)));
+  // At t = 1 the image field is the step itself.
+  EXPECT_LT((mixed.phi.narrow(0, 0, 1) - mixed.psi.narrow(0, 0, 1)).abs().max().item<double>(), 1e-4);
+}
+
+TEST(Sampler, ThreeDimensional) {
+  SamplerOptions o;
+  o.control = 16;
+  o.levels = 3;
+  VelocitySampler s(o, {16, 24, 20});
+  auto gen = drdm::make_generator(torch::kCPU, 1);
+  const auto f = s.sample(levels({10, 60}), gen);
+  ASSERT_EQ(f.phi.sizes(), (std::vector<int64_t>{2, 3, 16, 24, 20}));
+  EXPECT_EQ(drdm::folding_ratio(f.psi).max().item<double>(), 0.0);
+  EXPECT_GT(mean_norm(f.phi.narrow(0, 1, 1)), mean_norm(f.phi.narrow(0, 0, 1)));
+}
+
+TEST(Sampler, CudaMatchesItsOwnSeeds_CUDA) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  VelocitySampler s(SamplerOptions{}, {64, 64}, torch::Device(torch::kCUDA));
+  auto g1 = drdm::make_generator(torch::Device(torch::kCUDA), 3);
+  auto g2 = drdm::make_generator(torch::Device(torch::kCUDA), 3);
+  const auto t = levels({5, 50});
+  const auto a = s.sample(t, g1), b = s.sample(t, g2);
+  EXPECT_TRUE(a.phi.is_cuda());
+  EXPECT_TRUE(at::equal(a.phi, b.phi));
+  // The statistics match the CPU's: same schedule, same magnitude growth.
+  VelocitySampler c(SamplerOptions{}, {64, 64});
+  auto g3 = drdm::make_generator(torch::kCPU, 3);
+  const auto cpu = c.sample(t, g3);
+  EXPECT_NEAR(mean_norm(a.phi.cpu()) / mean_norm(cpu.phi), 1.0, 0.5);
+}
+
+}  // namespace

@@ -62,6 +62,11 @@ torch::Tensor resize_field(const torch::Tensor& field, at::IntArrayRef size);
 /// self-composition" of the forward process.
 torch::Tensor compose_power(const torch::Tensor& v, int64_t n);
 
+/// compose_power with a count per sample (v [N, d, ...S], counts.size() == N,
+/// counts >= 0): sample b is v composed with itself counts[b] times, exactly as
+/// compose_power(v[b], counts[b]) computes it, in one batched loop.
+torch::Tensor compose_power(const torch::Tensor& v, const std::vector<int64_t>& counts);
+
 /// Displacement of exp(v) for a stationary velocity field v [N, d, ...S]
 /// (voxels) by scaling and squaring with `steps` squarings (v / 2^steps, then
 /// `steps` self-compositions).

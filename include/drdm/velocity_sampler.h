@@ -1,2 +1,97 @@
+/// @file The forward (deformation diffusion) process: multi-scale random velocity fields,
+/// the noise schedules, and the fields that deform a training image (paper Sec. 2.1, DESIGN.md).
 #pragma once
-// placeholder: being written
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace drdm {
+
+/// How the image field phi_{t:1} relates to the target step psi_t.
+enum class DiffusionProcess {
+  /// One velocity v per sample (what the authors' code does and what produced
+  /// the published numbers): psi_t = v composed n_t times, phi_{t:1} = a 5%
+  /// perturbed v composed m_t times.
+  kStationary,
+  /// The paper's Eq. (2): independent steps psi_1..psi_t (psi_tau = v_tau
+  /// composed n_tau times), phi_{t:1} = compose(psi_t, compose(psi_{t-1}, ...)).
+  kMarkov,
+};
+
+std::string to_string(DiffusionProcess process);
+/// "stationary" or "markov"; throws std::invalid_argument otherwise.
+DiffusionProcess parse_diffusion_process(const std::string& name);
+
+struct SamplerOptions {
+  int64_t timesteps = 80;  ///< T
+  /// Control grid points per axis. The control grid covers twice the image's
+  /// field of view (the image is its central half), corners aligned.
+  int64_t control = 64;
+  /// Scales: the control grid and its 1/2, 1/4, ... subsamplings (levels >= 1).
+  int64_t levels = 4;
+  /// Standard deviation of the finest component, in control-grid voxels; the
+  /// component of level i has sigma * 2^i (paper Eq. 6).
+  double sigma = 0.005;
+  double alpha = 0.6;  ///< n_t = floor(t^alpha / beta)
+  double beta = 1.0;
+  double integrated_alpha = 1.3;  ///< m_t = clamp(floor(t^integrated_alpha / integrated_beta), 1, integrated_max)
+  double integrated_beta = 1.5;
+  int64_t integrated_max = 200;
+  /// Relative strength of the independent multi-scale perturbation added to v
+  /// before it builds the image field (stationary process; paper Sec. 3.3: 5%).
+  double perturbation = 0.05;
+  DiffusionProcess process = DiffusionProcess::kStationary;
+};
+
+/// Throws std::invalid_argument naming the option when an option is out of range.
+void validate(const SamplerOptions& options);
+
+/// n_t = floor(t^alpha / beta) for t >= 1 (0 for t = 0).
+int64_t step_count(int64_t t, const SamplerOptions& options);
+/// m_t = clamp(floor(t^integrated_alpha / integrated_beta), 1, integrated_max) for t >= 1 (0 for t = 0).
+int64_t integrated_count(int64_t t, const SamplerOptions& options);
+
+/// A generator for `device` seeded with `seed` (CPU or CUDA): the sampler
+/// draws its noise on the device it works on.
+at::Generator make_generator(const torch::Device& device, uint64_t seed);
+
+/// One draw of the forward process for a batch.
+struct ForwardSample {
+  torch::Tensor psi;  ///< the step psi_t [N, d, ...S], voxels of the image grid (the network learns its inverse)
+  torch::Tensor phi;  ///< the image field phi_{t:1} [N, d, ...S]; the training input is warp(I_0, phi)
+};
+
+/// Samples the forward process for images of one size on one device.
+class VelocitySampler {
+ public:
+  /// image_size: the tensor spatial size (2 or 3 entries).
+  VelocitySampler(const SamplerOptions& options, std::vector<int64_t> image_size,
+                  torch::Device device = torch::kCPU);
+
+  /// A multi-scale velocity on the control grid, [batch, d, control, ...], in control-grid voxels.
+  torch::Tensor velocity(int64_t batch, at::Generator& gen) const;
+
+  /// Control-grid field -> image grid: resampled to twice the image size
+  /// (DESIGN's resize rule) and centre-cropped, in image voxels.
+  torch::Tensor to_image(const torch::Tensor& control_field) const;
+
+  /// psi_t and phi_{t:1} for per-sample levels t (int64 [N], 1 <= t <= T).
+  ForwardSample sample(const torch::Tensor& t, at::Generator& gen) const;
+
+  /// Only phi_{t:1} (what generation starts from, Alg. 2 line 3).
+  torch::Tensor sample_field(const torch::Tensor& t, at::Generator& gen) const;
+
+  const SamplerOptions& options() const { return options_; }
+  const std::vector<int64_t>& image_size() const { return image_size_; }
+
+ private:
+  ForwardSample sample_impl(const torch::Tensor& t, at::Generator& gen, bool need_psi) const;
+  SamplerOptions options_;
+  std::vector<int64_t> image_size_;
+  torch::Device device_;
+};
+
+}  // namespace drdm
