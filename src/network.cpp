@@ -1,2 +1,317 @@
-// placeholder: being written
 #include "drdm/network.h"
+
+#include <torch/nn.h>
+
+#include "drdm/spatial.h"
+
+#include <cmath>
+#include <set>
+#include <utility>
+
+namespace drdm {
+namespace {
+
+namespace nn = torch::nn;
+
+// Leaky ReLU slopes: 1e-6 inside the ACNN-II blocks (Table B.5), 0.01 in the
+// time-embedding MLPs (App. A).
+constexpr double kBlockSlope = 1e-6;
+constexpr double kEmbedSlope = 0.01;
+// Three stride-2 levels: every spatial size must be divisible by 2^3.
+constexpr int64_t kDivisor = 8;
+
+// Dimension-generic layer factories: the 2D network uses the *2d modules, the
+// 3D network the *3d ones; both are driven through AnyModule.
+nn::AnyModule make_conv(nn::Module& owner, const std::string& name, int64_t dims, int64_t cin,
+                        int64_t cout, int64_t kernel, int64_t stride, int64_t padding,
+                        int64_t dilation) {
+  if (dims == 2) {
+    return nn::AnyModule(owner.register_module(
+        name, nn::Conv2d(nn::Conv2dOptions(cin, cout, kernel)
+                             .stride(stride)
+                             .padding(padding)
+                             .dilation(dilation)
+                             .bias(true))));
+  }
+  return nn::AnyModule(owner.register_module(
+      name, nn::Conv3d(nn::Conv3dOptions(cin, cout, kernel)
+                           .stride(stride)
+                           .padding(padding)
+                           .dilation(dilation)
+                           .bias(true))));
+}
+
+nn::AnyModule make_up(nn::Module& owner, const std::string& name, int64_t dims, int64_t c) {
+  if (dims == 2) {
+    return nn::AnyModule(owner.register_module(
+        name, nn::ConvTranspose2d(nn::ConvTranspose2dOptions(c, c, 4).stride(2).padding(1))));
+  }
+  return nn::AnyModule(owner.register_module(
+      name, nn::ConvTranspose3d(nn::ConvTranspose3dOptions(c, c, 4).stride(2).padding(1))));
+}
+
+nn::AnyModule make_norm(nn::Module& owner, const std::string& name, int64_t dims, int64_t c) {
+  if (dims == 2) {
+    return nn::AnyModule(owner.register_module(
+        name, nn::InstanceNorm2d(
+                  nn::InstanceNorm2dOptions(c).affine(true).track_running_stats(false))));
+  }
+  return nn::AnyModule(owner.register_module(
+      name,
+      nn::InstanceNorm3d(nn::InstanceNorm3dOptions(c).affine(true).track_running_stats(false))));
+}
+
+torch::Tensor block_act(const torch::Tensor& x) {
+  return torch::leaky_relu(x, kBlockSlope);
+}
+
+// ACNN-II block (Table B.5):
+//   x = norm(conv3x3(f));  r = conv3x3_dil1(act(x));  r = conv3x3_dil3(act(r));
+//   out = act(r + x).
+struct AcnnBlockImpl : nn::Module {
+  AcnnBlockImpl(int64_t dims, int64_t cin, int64_t cout) {
+    conv_in = make_conv(*this, "conv_in", dims, cin, cout, 3, 1, 1, 1);
+    norm = make_norm(*this, "norm", dims, cout);
+    conv_d1 = make_conv(*this, "conv_d1", dims, cout, cout, 3, 1, 1, 1);
+    conv_d3 = make_conv(*this, "conv_d3", dims, cout, cout, 3, 1, 3, 3);
+  }
+  torch::Tensor forward(const torch::Tensor& f) {
+    auto x = norm.forward(conv_in.forward(f));
+    auto r = conv_d1.forward(block_act(x));
+    r = conv_d3.forward(block_act(r));
+    return block_act(r + x);
+  }
+  nn::AnyModule conv_in, norm, conv_d1, conv_d3;
+};
+
+// A stack of ACNN-II blocks registered as a ModuleList ("enc1.0", "enc1.1", ...).
+struct Stage {
+  nn::ModuleList list;
+  std::vector<std::shared_ptr<AcnnBlockImpl>> blocks;
+
+  void build(nn::Module& owner, const std::string& name, int64_t dims,
+             const std::vector<int64_t>& widths) {
+    list = owner.register_module(name, nn::ModuleList());
+    for (size_t i = 0; i + 1 < widths.size(); ++i) {
+      auto b = std::make_shared<AcnnBlockImpl>(dims, widths[i], widths[i + 1]);
+      list->push_back(b);
+      blocks.push_back(b);
+    }
+  }
+  torch::Tensor forward(torch::Tensor x) const {
+    for (const auto& b : blocks) x = b->forward(x);
+    return x;
+  }
+};
+
+// Sinusoidal table [T+1, E]: row t, pair j: column 2j = sin(t w_j), column
+// 2j+1 = cos(t w_j), w_j = 1 / 10000^(2j/E).
+torch::Tensor sinusoidal_table(int64_t timesteps, int64_t width) {
+  auto t = torch::arange(timesteps + 1, torch::kDouble).unsqueeze(1);             // [T+1, 1]
+  auto j = torch::arange(width / 2, torch::kDouble);                              // [E/2]
+  auto w = torch::pow(10000.0, -2.0 * j / static_cast<double>(width)).unsqueeze(0);  // [1, E/2]
+  auto arg = t * w;                                                                // [T+1, E/2]
+  return torch::stack({torch::sin(arg), torch::cos(arg)}, 2)
+      .reshape({timesteps + 1, width})
+      .to(torch::kFloat);
+}
+
+// The U-Net of Table B.4 (one pass, no recursion).
+struct UNetImpl : nn::Module {
+  explicit UNetImpl(const NetworkOptions& o) : dims(o.dims) {
+    const int64_t E = o.time_embedding;
+    const int64_t c0 = o.in_channels;
+    time_table = register_buffer("time_table", sinusoidal_table(o.timesteps, E));
+
+    // Per-level time MLPs te1..te7: Linear(E, c) -> LeakyReLU(0.01) -> Linear(c, c).
+    const std::vector<int64_t> te_widths{c0, 10, 20, 40, 80, 40, 20};
+    for (size_t i = 0; i < te_widths.size(); ++i) {
+      const int64_t c = te_widths[i];
+      te.push_back(register_module(
+          "te" + std::to_string(i + 1),
+          nn::Sequential(nn::Linear(E, c),
+                         nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(kEmbedSlope)),
+                         nn::Linear(c, c))));
+    }
+
+    enc1.build(*this, "enc1", dims, {c0, 10, 10, 10});
+    down1 = make_conv(*this, "down1", dims, 10, 10, 4, 2, 1, 1);
+    enc2.build(*this, "enc2", dims, {10, 20, 20, 20});
+    down2 = make_conv(*this, "down2", dims, 20, 20, 4, 2, 1, 1);
+    enc3.build(*this, "enc3", dims, {20, 40, 40, 40});
+    down3 = make_conv(*this, "down3", dims, 40, 40, 4, 2, 1, 1);
+    bottleneck.build(*this, "bottleneck", dims, {40, 20, 20, 40});
+
+    up1 = make_up(*this, "up1", dims, 40);
+    dec1.build(*this, "dec1", dims, {80, 40, 20, 20});
+    up2 = make_up(*this, "up2", dims, 20);
+    dec2.build(*this, "dec2", dims, {40, 20, 10, 10});
+    up3 = make_up(*this, "up3", dims, 10);
+    dec3.build(*this, "dec3", dims, {20, 10, 10, 10});
+    out = make_conv(*this, "out", dims, 10, dims, 3, 1, 1, 1);
+
+    // The output conv starts near zero (weights N(0, 1e-5), bias 0) so that an
+    // untrained network predicts ~0 voxels, i.e. the identity transform: the
+    // recursion then starts from an unwarped image and early training is not
+    // swamped by random large displacements. All other layers keep PyTorch's
+    // default initialisation.
+    torch::NoGradGuard no_grad;
+    auto out_params = out.ptr()->named_parameters(/*recurse=*/false);
+    out_params["weight"].normal_(0.0, 1e-5);
+    out_params["bias"].zero_();
+  }
+
+  // [N, c] -> [N, c, 1, ...] for broadcasting over the spatial axes.
+  torch::Tensor embed(size_t level, const torch::Tensor& t0) {
+    auto e = te[level]->forward(t0);
+    std::vector<int64_t> shape{e.size(0), e.size(1)};
+    shape.resize(2 + dims, 1);
+    return e.view(shape);
+  }
+
+  torch::Tensor forward(const torch::Tensor& image, const torch::Tensor& t) {
+    auto t0 = time_table.index_select(0, t);  // [N, E]
+    auto f1 = enc1.forward(image + embed(0, t0));
+    auto f2 = enc2.forward(down1.forward(f1) + embed(1, t0));
+    auto f3 = enc3.forward(down2.forward(f2) + embed(2, t0));
+    auto f4 = bottleneck.forward(down3.forward(f3) * embed(3, t0));
+    auto f5 = dec1.forward(torch::cat({f3, up1.forward(f4)}, 1) + embed(4, t0));
+    auto f6 = dec2.forward(torch::cat({f2, up2.forward(f5)}, 1) + embed(5, t0));
+    auto f7 = dec3.forward(torch::cat({f1, up3.forward(f6)}, 1) + embed(6, t0));
+    return out.forward(f7);
+  }
+
+  int64_t dims;
+  torch::Tensor time_table;
+  std::vector<nn::Sequential> te;
+  Stage enc1, enc2, enc3, bottleneck, dec1, dec2, dec3;
+  nn::AnyModule down1, down2, down3, up1, up2, up3, out;
+};
+
+}  // namespace
+
+struct RecoveryNet::Impl {
+  NetworkOptions options;
+  std::shared_ptr<UNetImpl> net;
+
+  std::map<std::string, torch::Tensor> named() const {
+    std::map<std::string, torch::Tensor> m;
+    for (const auto& p : net->named_parameters(/*recurse=*/true)) {
+      if (p.value().defined()) m.emplace(p.key(), p.value());
+    }
+    for (const auto& b : net->named_buffers(/*recurse=*/true)) {
+      if (b.value().defined()) m.emplace(b.key(), b.value());
+    }
+    return m;
+  }
+};
+
+RecoveryNet::RecoveryNet(const NetworkOptions& options) : impl_(std::make_unique<Impl>()) {
+  TORCH_CHECK(options.dims == 2 || options.dims == 3,
+              "RecoveryNet: dims must be 2 or 3, got ", options.dims);
+  TORCH_CHECK(options.in_channels >= 1,
+              "RecoveryNet: in_channels must be >= 1, got ", options.in_channels);
+  TORCH_CHECK(options.timesteps >= 1,
+              "RecoveryNet: timesteps must be >= 1, got ", options.timesteps);
+  TORCH_CHECK(options.time_embedding >= 2 && options.time_embedding % 2 == 0,
+              "RecoveryNet: time_embedding must be even and >= 2, got ", options.time_embedding);
+  TORCH_CHECK(options.recursion >= 1,
+              "RecoveryNet: recursion must be >= 1, got ", options.recursion);
+  impl_->options = options;
+  impl_->net = std::make_shared<UNetImpl>(options);
+}
+
+RecoveryNet::~RecoveryNet() = default;
+RecoveryNet::RecoveryNet(RecoveryNet&&) noexcept = default;
+RecoveryNet& RecoveryNet::operator=(RecoveryNet&&) noexcept = default;
+
+torch::Tensor RecoveryNet::forward(const torch::Tensor& image, const torch::Tensor& t) {
+  const auto& o = impl_->options;
+  auto& net = *impl_->net;
+  const auto& table = net.time_table;
+
+  TORCH_CHECK(image.defined(), "RecoveryNet::forward: image is undefined");
+  TORCH_CHECK(image.dim() == 2 + o.dims, "RecoveryNet::forward: expected a ", o.dims,
+              "D image [N, C, ...S] with ", 2 + o.dims, " dims, got sizes ", image.sizes());
+  TORCH_CHECK(image.size(1) == o.in_channels, "RecoveryNet::forward: expected ",
+              o.in_channels, " image channels, got sizes ", image.sizes());
+  TORCH_CHECK(image.size(0) >= 1, "RecoveryNet::forward: empty batch, sizes ", image.sizes());
+  for (int64_t i = 2; i < image.dim(); ++i) {
+    TORCH_CHECK(image.size(i) > 0 && image.size(i) % kDivisor == 0,
+                "RecoveryNet::forward: every spatial size must be a positive multiple of ",
+                kDivisor, " (three stride-2 levels), got sizes ", image.sizes());
+  }
+  TORCH_CHECK(image.device() == table.device(), "RecoveryNet::forward: image is on ",
+              image.device(), " but the network is on ", table.device(),
+              " (call RecoveryNet::to first)");
+  TORCH_CHECK(image.scalar_type() == table.scalar_type(), "RecoveryNet::forward: image dtype ",
+              image.scalar_type(), " differs from the network's ", table.scalar_type());
+
+  const int64_t n = image.size(0);
+  TORCH_CHECK(t.defined(), "RecoveryNet::forward: t is undefined");
+  TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false),
+              "RecoveryNet::forward: t must be an integer tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.numel() == n || t.numel() == 1, "RecoveryNet::forward: t must hold 1 or N = ", n,
+              " steps, got sizes ", t.sizes());
+  auto steps = t.reshape({-1}).to(table.device(), torch::kLong);
+  if (steps.numel() != n) steps = steps.expand({n}).contiguous();
+  {
+    const auto lo = steps.min().item<int64_t>();
+    const auto hi = steps.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi <= o.timesteps, "RecoveryNet::forward: t must lie in [0, ",
+                o.timesteps, "], got values in [", lo, ", ", hi, "]");
+  }
+
+  auto acc = net.forward(image, steps);
+  for (int64_t k = 1; k < o.recursion; ++k) {
+    // Re-warp the ORIGINAL image by the accumulated field (never a warped
+    // image), predict the next step, and let it act after the previous ones.
+    auto warped = warp(image, acc, Interpolation::kLinear, Padding::kZeros);
+    auto psi = net.forward(warped, steps);
+    acc = compose(psi, acc);
+  }
+  return acc;
+}
+
+std::vector<torch::Tensor> RecoveryNet::parameters() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : impl_->net->parameters(/*recurse=*/true)) {
+    if (p.defined() && p.requires_grad()) out.push_back(p);
+  }
+  return out;
+}
+
+std::map<std::string, torch::Tensor> RecoveryNet::state() const { return impl_->named(); }
+
+void RecoveryNet::load_state(const std::map<std::string, torch::Tensor>& state) {
+  auto own = impl_->named();
+  for (const auto& [key, value] : own) {
+    auto it = state.find(key);
+    TORCH_CHECK(it != state.end(), "RecoveryNet::load_state: missing key '", key, "'");
+    TORCH_CHECK(it->second.defined(), "RecoveryNet::load_state: key '", key,
+                "' holds an undefined tensor");
+    TORCH_CHECK(it->second.sizes() == value.sizes(), "RecoveryNet::load_state: key '", key,
+                "' has shape ", it->second.sizes(), ", expected ", value.sizes());
+  }
+  for (const auto& [key, value] : state) {
+    TORCH_CHECK(own.count(key) == 1, "RecoveryNet::load_state: unexpected key '", key, "'");
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [key, value] : own) value.copy_(state.at(key));
+}
+
+int64_t RecoveryNet::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+void RecoveryNet::to(const torch::Device& device) { impl_->net->to(device); }
+
+void RecoveryNet::train(bool on) { impl_->net->train(on); }
+
+bool RecoveryNet::is_training() const { return impl_->net->is_training(); }
+
+const NetworkOptions& RecoveryNet::options() const { return impl_->options; }
+
+}  // namespace drdm
