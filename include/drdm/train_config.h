@@ -1,0 +1,58 @@
+/// @file Training configuration: JSON files in configs/, validated, with dotted-key overrides.
+#pragma once
+
+#include "drdm/dataset.h"
+#include "drdm/losses.h"
+#include "drdm/network.h"
+#include "drdm/velocity_sampler.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace drdm {
+
+/// Everything a training run needs. Every field has a JSON key
+/// (section.key, documented in docs/configs.md); defaults are the paper's
+/// where the paper gives one.
+struct TrainConfig {
+  std::string name = "drdm";
+  DatasetOptions data;        ///< "data": folders, include, exclude, dims, slice_axis, size, clip_*, min_foreground
+  AugmentOptions augment;     ///< "augment"
+  SamplerOptions sampler;     ///< "sampler" (process as "stationary" | "markov")
+  NetworkOptions model;       ///< "model": time_embedding, recursion (dims and timesteps follow data and sampler)
+  LossWeights loss;           ///< "loss": distance, angle, regularisation, eps
+  struct Train {
+    int64_t batch_size = 64;
+    int64_t steps = 10000;
+    double lr = 1e-4;
+    double lr_decay = 1.0;          ///< learning rate multiplied by this every step (exponential schedule)
+    uint64_t seed = 0;
+    int64_t checkpoint_every = 500; ///< steps between checkpoints (one is always written at the end)
+    int64_t preview_every = 500;    ///< steps between preview PNGs (0 = never)
+    int64_t log_every = 10;         ///< steps between metrics lines
+    std::string mixed_precision = "none";  ///< "none" or "bf16" (CUDA only)
+    std::string device = "auto";    ///< "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
+    int64_t threads = 0;            ///< CPU intra-op threads, 0 = LibTorch's default
+    int64_t prefetch = 2;           ///< batches prepared ahead by the loader thread
+  } train;
+};
+
+/// Reads a JSON config. Keys missing from the file take their defaults;
+/// unknown keys, wrong types and out-of-range values are errors naming the
+/// file and the dotted key. `overrides` are "section.key=value" strings
+/// (value: JSON, or a bare string), applied after the file.
+/// Throws std::invalid_argument.
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+/// The same from JSON text; `source` names it in error messages.
+TrainConfig parse_train_config(const std::string& json_text, const std::string& source,
+                               const std::vector<std::string>& overrides = {});
+
+/// The full resolved config as pretty JSON (every key), which parses back to the same config.
+std::string to_json(const TrainConfig& config);
+
+/// The network options a config implies (dims from data, timesteps from sampler).
+NetworkOptions network_options(const TrainConfig& config);
+
+}  // namespace drdm
