@@ -67,12 +67,20 @@ torch::Tensor angle_loss(const torch::Tensor& psi, const torch::Tensor& psi_hat,
 torch::Tensor smoothness_loss(const torch::Tensor& psi_hat) {
   check_field(psi_hat, "smoothness_loss", "psi_hat");
   const int64_t d = psi_hat.size(1);
+  // Displacements as fractions of the image size along their axis (the
+  // units of Table 1), so that the weight means the same at every resolution:
+  // the authors' code measures this term on fields in those units too.
+  std::vector<double> inv_size;
+  for (int64_t i = 0; i < d; ++i) inv_size.push_back(1.0 / static_cast<double>(psi_hat.size(2 + i)));
+  std::vector<int64_t> shape(psi_hat.dim(), 1);
+  shape[1] = d;
+  const auto scaled = psi_hat * at::tensor(inv_size, at::kDouble).to(psi_hat.options()).view(shape);
   torch::Tensor sum = at::zeros({}, psi_hat.options());
   for (int64_t j = 0; j < d; ++j) {
     const int64_t dim = 2 + j;
     const int64_t n = psi_hat.size(dim);
     if (n < 2) continue;  // no difference along this axis: derivative 0
-    const auto diff = psi_hat.narrow(dim, 1, n - 1) - psi_hat.narrow(dim, 0, n - 1);
+    const auto diff = scaled.narrow(dim, 1, n - 1) - scaled.narrow(dim, 0, n - 1);
     sum = sum + diff.abs().mean();
   }
   return sum / static_cast<double>(d);

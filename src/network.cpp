@@ -204,6 +204,23 @@ struct RecoveryNet::Impl {
     }
     return m;
   }
+
+  // On the CPU, convolution weights are kept channels-last: oneDNN's
+  // convolutions then run channels-last end to end, about 3x faster for these
+  // narrow (10-80 channel) layers than the default layout (measured: one 10->10
+  // 3x3 conv, batch 8 at 64^2, forward + backward 11.8 ms vs 4.1 ms).
+  // On CUDA the default layout is kept.
+  void choose_memory_format() {
+    const bool cpu = time_table_device().is_cpu();
+    for (auto& p : net->parameters(/*recurse=*/true)) {
+      if (p.dim() < 4) continue;
+      const auto format = !cpu ? at::MemoryFormat::Contiguous
+                               : p.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d;
+      torch::NoGradGuard no_grad;
+      p.set_data(p.contiguous(format));
+    }
+  }
+  torch::Device time_table_device() const { return net->time_table.device(); }
 };
 
 RecoveryNet::RecoveryNet(const NetworkOptions& options) : impl_(std::make_unique<Impl>()) {
@@ -219,6 +236,7 @@ RecoveryNet::RecoveryNet(const NetworkOptions& options) : impl_(std::make_unique
               "RecoveryNet: recursion must be >= 1, got ", options.recursion);
   impl_->options = options;
   impl_->net = std::make_shared<UNetImpl>(options);
+  impl_->choose_memory_format();
 }
 
 RecoveryNet::~RecoveryNet() = default;
@@ -306,7 +324,10 @@ int64_t RecoveryNet::parameter_count() const {
   return n;
 }
 
-void RecoveryNet::to(const torch::Device& device) { impl_->net->to(device); }
+void RecoveryNet::to(const torch::Device& device) {
+  impl_->net->to(device);
+  impl_->choose_memory_format();
+}
 
 void RecoveryNet::train(bool on) { impl_->net->train(on); }
 

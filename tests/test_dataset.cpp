@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "drdm/image_io.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using drdm::AugmentOptions;
@@ -27,28 +28,7 @@ using drdm::ImageDataset;
 
 namespace {
 
-int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
-
-// A fresh folder per test, removed afterwards with POSIX calls (not
-// fs::remove_all, which crashes with the PyPI LibTorch's exported copy).
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "drdm-test-dataset-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    dir_ = tmpl;
-  }
-  ~TempDir() { ::nftw(dir_.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
-  std::string path(const std::string& rel) const {
-    fs::path p = fs::path(dir_) / rel;
-    fs::create_directories(p.parent_path());
-    return p.string();
-  }
-  const std::string& dir() const { return dir_; }
-
- private:
-  std::string dir_;
-};
+using TempDir = drdm::test::TempDir;
 
 /// Random image [1, 1, ...size] in [0.2, 1]: no slice is empty.
 at::Tensor busy_image(std::vector<int64_t> size, uint64_t seed = 1) {

@@ -108,16 +108,19 @@ TEST(Losses, EpsIsInVoxels) {
 // ---------------------------------------------------------------------------
 // 2. Smoothness on analytic fields.
 
-TEST(Losses, SmoothnessOfLinearFieldIsMeanAbsMatrix) {
+TEST(Losses, SmoothnessOfLinearFieldIsMeanAbsMatrixInImageUnits) {
+  // u_i = sum_j A_ij x_j; component i is measured in units of S_i.
   const std::vector<double> A2{0.3, -1.2, 0.05, 2.0};
+  const std::vector<double> S2{6, 9};
   double m2 = 0;
-  for (double a : A2) m2 += std::abs(a) / 4.0;
-  EXPECT_NEAR(val(smoothness_loss(linear_field({6, 9}, A2))), m2, 1e-5);
+  for (int i = 0; i < 4; ++i) m2 += std::abs(A2[i]) / S2[i / 2] / 4.0;
+  EXPECT_NEAR(val(smoothness_loss(linear_field({6, 9}, A2))), m2, 1e-6);
 
   const std::vector<double> A3{0.3, -1.2, 0.05, 2.0, -0.4, 0.0, 0.7, 0.1, -0.9};
+  const std::vector<double> S3{4, 5, 7};
   double m3 = 0;
-  for (double a : A3) m3 += std::abs(a) / 9.0;
-  EXPECT_NEAR(val(smoothness_loss(linear_field({4, 5, 7}, A3))), m3, 1e-5);
+  for (int i = 0; i < 9; ++i) m3 += std::abs(A3[i]) / S3[i / 3] / 9.0;
+  EXPECT_NEAR(val(smoothness_loss(linear_field({4, 5, 7}, A3))), m3, 1e-6);
 }
 
 TEST(Losses, SmoothnessOfConstantFieldIsZero) {
@@ -127,12 +130,12 @@ TEST(Losses, SmoothnessOfConstantFieldIsZero) {
 
 TEST(Losses, SmoothnessAveragesOverVoxelsChannelsAxes) {
   // u = (x0^2, 0) on 5 x 4: along axis 0 channel 0 differs by 1, 3, 5, 7
-  // (mean 4), channel 1 by 0; along axis 1 nothing changes:
-  // ((4 + 0) / 2 + 0) / 2 = 1.
+  // (mean 4, in units of the axis size 5: 0.8), channel 1 by 0; along axis 1
+  // nothing changes: ((0.8 + 0) / 2 + 0) / 2 = 0.2.
   auto grid = drdm::identity_grid({5, 4}, at::TensorOptions().dtype(at::kDouble));
   auto u = at::zeros_like(grid);
   u.select(1, 0).copy_(grid.select(1, 0).pow(2));
-  EXPECT_NEAR(val(smoothness_loss(u)), 1.0, 1e-12);
+  EXPECT_NEAR(val(smoothness_loss(u)), 0.2, 1e-12);
 }
 
 // ---------------------------------------------------------------------------

@@ -50,10 +50,14 @@ torch::Tensor distance_loss(const torch::Tensor& psi, const torch::Tensor& psi_h
 torch::Tensor angle_loss(const torch::Tensor& psi, const torch::Tensor& psi_hat,
                          double eps = 1e-3);
 
-/// L1 smoothness: for each spatial axis j, the mean over samples, channels and
-/// voxels of |psi_hat(x + e_j) - psi_hat(x)| (forward differences), then the
-/// average over the d axes. An axis of size 1 contributes 0. For a linear
-/// field u = A x this is mean_ij |A_ij|.
+/// L1 smoothness of the field in units of the image size: with
+/// v_i = psi_hat_i / S_i (S_i the size of spatial axis i), for each axis j the
+/// mean over samples, channels and voxels of |v(x + e_j) - v(x)| (forward
+/// differences), then the average over the d axes. An axis of size 1
+/// contributes 0. For a linear field u = A x this is mean_ij |A_ij| / S_i.
+/// (In voxel units, with the paper's weight 10, this term pins the prediction
+/// to ~0 on small images; the authors' code measures it on fields in image-size
+/// units, as here, so the weight means the same at every resolution.)
 torch::Tensor smoothness_loss(const torch::Tensor& psi_hat);
 
 /// Folding penalty: mean_x relu(-det(I + grad psi_hat)), with the determinant

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Command-line behaviour of drdm_warp and drdm_field_stats.
+"""Command-line behaviour of drdm_warp, drdm_field_stats, drdm_random_field, drdm_train and
+drdm_check_recovery.
 
 Inputs are made with SimpleITK (an independent implementation of the file
 formats); expected statistics come from analytic fields.
@@ -181,6 +182,52 @@ def main():
                  "no_such_dir", "output folder missing", None)
     expect_error([warp, "-i", w("img.nii.gz"), "-f", w("shift.nii.gz"), "-o", w("o10.nii.gz"), "--padding", "mirror"],
                  "mirror", "invalid --padding value", w("o10.nii.gz"))
+
+    # --- drdm_train / drdm_check_recovery: a real two-step run on a tiny folder.
+    train = os.path.join(a.bin_dir, "drdm_train")
+    check_rec = os.path.join(a.bin_dir, "drdm_check_recovery")
+    data_dir = w("train_data")
+    os.makedirs(data_dir, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        arr = np.kron(rng.random((4, 4)), np.ones((6, 6))).astype(np.float32) * 200 + 10
+        sitk.WriteImage(sitk.GetImageFromArray(arr), os.path.join(data_dir, f"case{i}.nii.gz"))
+    cfg = w("tiny.json")
+    with open(cfg, "w") as f:
+        json.dump({"name": "tiny", "data": {"folders": [data_dir], "size": [16, 16], "min_foreground": 0},
+                   "sampler": {"control": 16, "levels": 2, "integrated_max": 10},
+                   "train": {"batch_size": 2, "steps": 2, "checkpoint_every": 1, "preview_every": 1,
+                             "log_every": 1, "device": "cpu", "threads": 1}}, f)
+    run_dir = w("tiny_run")
+    rc, out, err = run([train, "--config", cfg, "--output", run_dir, "--no-progress"])
+    summary = json.loads(out) if rc == 0 else {}
+    check(rc == 0 and summary.get("steps") == 2, f"drdm_train runs 2 steps (rc {rc}, {err.strip()[-200:]})")
+    for name in ["config.json", "checkpoint.pt", "model.pt", "metrics.jsonl", "previews/step_000002.png"]:
+        check(os.path.exists(os.path.join(run_dir, name)), f"drdm_train wrote {name}")
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    check([r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows),
+          "metrics.jsonl has one finite row per step")
+    rc, out, err = run([train, "--config", cfg, "--output", run_dir, "--resume", "--set", "train.steps=3",
+                        "--no-progress"])
+    check(rc == 0 and json.loads(out).get("first_step") == 2, f"--resume continues at step 2 ({err.strip()[-160:]})")
+    rc, out, err = run([check_rec, "--model", os.path.join(run_dir, "model.pt"), "--data", data_dir,
+                        "--levels", "5,40", "--repeats", "1", "--device", "cpu"])
+    res = json.loads(out) if rc == 0 else {}
+    check(rc == 0 and [l["t"] for l in res.get("levels", [])] == [5, 40]
+          and all(l["no_step_error_voxels"] > 0 for l in res["levels"]),
+          f"drdm_check_recovery reports both levels ({err.strip()[-160:]})")
+
+    with open(w("typo.json"), "w") as f:
+        json.dump({"train": {"batchsize": 2}}, f)
+    expect_error([train, "--config", w("typo.json"), "--output", w("typo_run")],
+                 "train.batchsize", "mistyped config key", w("typo_run"))
+    expect_error([train, "--config", cfg, "--output", w("set_run"), "--set", "sampler.sigmaa=1"],
+                 "sampler.sigmaa", "mistyped --set key", w("set_run"))
+    expect_error([train, "--config", cfg, "--output", w("res_run"), "--resume"],
+                 "checkpoint", "--resume without a checkpoint", None)
+    expect_error([check_rec, "--model", w("corrupt.nii.gz"), "--data", data_dir],
+                 "corrupt.nii.gz", "check_recovery with a file that is no model", None)
 
     leftovers = [n for n in os.listdir(a.workdir) if n.startswith(".drdm-tmp")]
     check(not leftovers, f"no temporary files left behind {leftovers}")
