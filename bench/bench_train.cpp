@@ -28,6 +28,7 @@
 
 #include "drdm/losses.h"
 #include "drdm/network.h"
+#include "drdm/optim.h"
 #include "drdm/runtime.h"
 #include "drdm/spatial.h"
 #include "drdm/velocity_sampler.h"
@@ -162,38 +163,6 @@ drdm::SamplerOptions sampler_options(const Case& c) {
   return s;
 }
 
-// The same update as torch.optim.Adam with its defaults (and as src/trainer.cpp).
-struct Adam {
-  std::vector<at::Tensor> params, exp_avg, exp_avg_sq;
-  int64_t step = 0;
-  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-
-  explicit Adam(std::vector<at::Tensor> p) : params(std::move(p)) {
-    for (const auto& t : params) {
-      exp_avg.push_back(at::zeros_like(t));
-      exp_avg_sq.push_back(at::zeros_like(t));
-    }
-  }
-  void zero_grad() {
-    for (auto& p : params)
-      if (p.grad().defined()) p.mutable_grad() = at::Tensor();
-  }
-  void update(double lr) {
-    at::NoGradGuard no_grad;
-    ++step;
-    const double bc1 = 1 - std::pow(beta1, static_cast<double>(step));
-    const double bc2 = 1 - std::pow(beta2, static_cast<double>(step));
-    for (size_t i = 0; i < params.size(); ++i) {
-      const auto& g = params[i].grad();
-      if (!g.defined()) continue;
-      exp_avg[i].lerp_(g, 1 - beta1);
-      exp_avg_sq[i].mul_(beta2).addcmul_(g, g, 1 - beta2);
-      const auto denom = (exp_avg_sq[i].sqrt() / std::sqrt(bc2)).add_(eps);
-      params[i].addcdiv_(exp_avg[i], denom, -lr / bc1);
-    }
-  }
-};
-
 // A fixed training input: uniform-noise image warped by a sampled phi, with
 // its psi and t. Drawn on the CPU generator (same on every device).
 struct TrainInput {
@@ -316,7 +285,7 @@ void dump(const Options& o) {
     out.insert("t", in.t);
     out.insert("psi", in.psi);
     out.insert("params", at::scalar_tensor(static_cast<int64_t>(net.parameter_count()), at::kLong));
-    Adam adam(net.parameters());
+    drdm::Adam adam(net.parameters());
     auto psi_hat = net.forward(in.xt, in.t);
     auto terms = drdm::recovery_loss(in.psi, psi_hat);
     out.insert("psi_hat", psi_hat.detach().contiguous());
@@ -329,7 +298,7 @@ void dump(const Options& o) {
     terms.total.backward();
     for (const auto& [k, v] : state)
       if (v.requires_grad() && v.grad().defined()) out.insert("grad." + k, v.grad().contiguous().clone());
-    adam.update(1e-3);
+    adam.step(1e-3);
     for (const auto& [k, v] : state)
       if (v.requires_grad()) out.insert("after." + k, v.detach().contiguous().clone());
     {
@@ -428,7 +397,7 @@ int main(int argc, char** argv) {
         drdm::RecoveryNet net(drdm::NetworkOptions{d});
         net.to(device);
         net.train(true);
-        Adam adam(net.parameters());
+        drdm::Adam adam(net.parameters());
         const auto in = make_input(c, device, o.seed + ci);
         const Timing t = time_op(
             [&](int) {
@@ -437,8 +406,8 @@ int main(int argc, char** argv) {
               (void)terms.total.item<double>();  // the trainer reads the loss each step
               adam.zero_grad();
               terms.total.backward();
-              adam.update(o.lr);
-              return adam.params.front();
+              adam.step(o.lr);
+              return net.parameters().front();
             },
             o);
         const auto w = net.state().at("enc1.1.conv_in.weight");  // 10 -> 10 (a 1-channel weight is both layouts)

@@ -5,6 +5,7 @@
 #include "drdm/image_io.h"
 #include "drdm/log.h"
 #include "drdm/losses.h"
+#include "drdm/optim.h"
 #include "drdm/preview.h"
 #include "drdm/spatial.h"
 #include "progress.h"
@@ -76,40 +77,6 @@ void write_bytes_atomically(const std::string& path, const std::vector<char>& by
   });
 }
 
-/// Adam (Kingma & Ba), the same update as torch.optim.Adam with default
-/// betas (0.9, 0.999), eps 1e-8, no weight decay. Written here so that its
-/// whole state is ours to checkpoint and restore exactly.
-struct Adam {
-  std::vector<at::Tensor> params, exp_avg, exp_avg_sq;
-  int64_t step = 0;
-  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-
-  explicit Adam(std::vector<at::Tensor> p) : params(std::move(p)) {
-    for (const auto& t : params) {
-      exp_avg.push_back(at::zeros_like(t));
-      exp_avg_sq.push_back(at::zeros_like(t));
-    }
-  }
-  void zero_grad() {
-    for (auto& p : params)
-      if (p.grad().defined()) p.mutable_grad() = at::Tensor();
-  }
-  void update(double lr) {
-    at::NoGradGuard no_grad;
-    ++step;
-    const double bc1 = 1 - std::pow(beta1, static_cast<double>(step));
-    const double bc2 = 1 - std::pow(beta2, static_cast<double>(step));
-    for (size_t i = 0; i < params.size(); ++i) {
-      const auto& g = params[i].grad();
-      if (!g.defined()) continue;
-      exp_avg[i].lerp_(g, 1 - beta1);
-      exp_avg_sq[i].mul_(beta2).addcmul_(g, g, 1 - beta2);
-      const auto denom = (exp_avg_sq[i].sqrt() / std::sqrt(bc2)).add_(eps);
-      params[i].addcdiv_(exp_avg[i], denom, -lr / bc1);
-    }
-  }
-};
-
 c10::Dict<std::string, at::Tensor> to_dict(const std::map<std::string, at::Tensor>& state) {
   c10::Dict<std::string, at::Tensor> d;
   for (const auto& [k, v] : state) d.insert(k, v.detach().cpu());
@@ -131,11 +98,11 @@ void save_checkpoint(const std::string& path, const TrainConfig& config, int64_t
   d.insert("model", c10::IValue(to_dict(net.state())));
   if (adam) {
     c10::List<at::Tensor> m, v;
-    for (const auto& t : adam->exp_avg) m.push_back(t.cpu());
-    for (const auto& t : adam->exp_avg_sq) v.push_back(t.cpu());
+    for (const auto& t : adam->exp_avg()) m.push_back(t.cpu());
+    for (const auto& t : adam->exp_avg_sq()) v.push_back(t.cpu());
     d.insert("adam_exp_avg", c10::IValue(m));
     d.insert("adam_exp_avg_sq", c10::IValue(v));
-    d.insert("adam_step", c10::IValue(adam->step));
+    d.insert("adam_step", c10::IValue(adam->steps()));
   }
   write_bytes_atomically(path, torch::jit::pickle_save(c10::IValue(d)));
 }
@@ -252,13 +219,14 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
                                  "' was trained with (only train.steps may change); see " + output_dir + "/config.json");
     }
     net.load_state(ck.model);
-    if (ck.adam_step < 0 || ck.exp_avg.size() != adam.params.size())
-      throw std::runtime_error("--resume: '" + checkpoint_path + "' has no optimiser state for this network");
-    for (size_t i = 0; i < adam.params.size(); ++i) {
-      adam.exp_avg[i].copy_(ck.exp_avg[i]);
-      adam.exp_avg_sq[i].copy_(ck.exp_avg_sq[i]);
+    if (ck.adam_step < 0)
+      throw std::runtime_error("--resume: '" + checkpoint_path + "' has no optimiser state");
+    try {
+      adam.load_state(ck.adam_step, ck.exp_avg, ck.exp_avg_sq);
+    } catch (const c10::Error& e) {
+      throw std::runtime_error("--resume: the optimiser state in '" + checkpoint_path +
+                               "' does not fit this network: " + std::string(e.what_without_backtrace()));
     }
-    adam.step = ck.adam_step;
     first_step = ck.step;
     log::info("resuming from " + checkpoint_path + " at step " + std::to_string(first_step));
   }
@@ -352,7 +320,7 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
     adam.zero_grad();
     terms.total.backward();
     const double lr = config.train.lr * std::pow(config.train.lr_decay, static_cast<double>(step));
-    adam.update(lr);
+    adam.step(lr);
 
     window_loss += loss;
     window_dist += terms.distance.item<double>();

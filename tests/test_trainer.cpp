@@ -1,5 +1,6 @@
 // Training: config parsing, a real (tiny) training run, bit-exact resume, NaN stop, model loading.
 #include "drdm/image_io.h"
+#include "drdm/optim.h"
 #include "drdm/spatial.h"
 #include "drdm/train_config.h"
 #include "drdm/trainer.h"
@@ -244,6 +245,35 @@ TEST_F(TinyTraining, BadInputsAreClearErrors) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("junk.pt"), std::string::npos) << e.what();
   }
+}
+
+TEST(Adam, FollowsThePapersUpdate) {
+  // Kingma & Ba, Alg. 1, written out in doubles for two steps with known gradients.
+  auto p = at::tensor({1.0, -2.0, 0.5}, at::kDouble).requires_grad_();
+  drdm::Adam adam({p});
+  const std::vector<std::vector<double>> grads{{0.5, -0.1, 0.0}, {-0.2, -0.3, 4.0}};
+  std::vector<double> expect{1.0, -2.0, 0.5}, m(3, 0.0), v(3, 0.0);
+  const double lr = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  for (int step = 1; step <= 2; ++step) {
+    p.mutable_grad() = at::tensor(grads[step - 1], at::kDouble);
+    adam.step(lr);
+    for (int i = 0; i < 3; ++i) {
+      const double g = grads[step - 1][i];
+      m[i] = b1 * m[i] + (1 - b1) * g;
+      v[i] = b2 * v[i] + (1 - b2) * g * g;
+      const double mh = m[i] / (1 - std::pow(b1, step)), vh = v[i] / (1 - std::pow(b2, step));
+      expect[i] -= lr * mh / (std::sqrt(vh) + eps);
+    }
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(p[i].item<double>(), expect[i], 1e-12) << "step " << step << " i " << i;
+  }
+  EXPECT_EQ(adam.steps(), 2);
+  adam.zero_grad();
+  EXPECT_FALSE(p.grad().defined());
+  // State round trip, and a wrong state is refused.
+  drdm::Adam other({at::zeros({3}, at::kDouble).requires_grad_()});
+  other.load_state(adam.steps(), adam.exp_avg(), adam.exp_avg_sq());
+  EXPECT_TRUE(at::equal(other.exp_avg()[0], adam.exp_avg()[0]));
+  EXPECT_THROW(other.load_state(1, {at::zeros({4}, at::kDouble)}, {at::zeros({4}, at::kDouble)}), c10::Error);
 }
 
 TEST(CheckRecovery, UntrainedNetworkRecoversNothing) {
