@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <torch/types.h>
 
+#include "bench_common.h"
 #include "drdm/runtime.h"
 #include "drdm/spatial.h"
 
@@ -30,25 +31,19 @@
 
 namespace {
 
+using drdm::bench::size_string;
+using drdm::bench::sync;
+using drdm::bench::time_op;
+using drdm::bench::Timing;
+using drdm::bench::wanted;
+
 struct Case {
   std::vector<int64_t> size;  // spatial size, 2 or 3 entries
   int64_t batch;
 };
 
-struct Options {
-  std::string device = "all";  // cpu | cuda | all
+struct Options : drdm::bench::CommonOptions {
   std::string sizes = "quick";  // quick | full
-  std::string ops = "all";      // comma-separated subset of warp,compose,compose_power,integrate_ss
-  std::string out;              // empty: stdout
-  std::string dump;             // directory: write deterministic results for a cross-check, then exit
-  int case_index = -1;          // -1: all cases of --sizes; else only this one
-  int threads = 0;              // 0: leave ATen's default
-  double min_time_s = 0.5;
-  int min_reps = 5;
-  int max_reps = 1000;
-  int warmup = 2;
-  uint64_t seed = 1234;
-  bool default_malloc = false;  // true: skip drdm::keep_freed_memory_for_reuse()
 };
 
 [[noreturn]] void usage(int rc) {
@@ -56,7 +51,8 @@ struct Options {
                "usage: drdm_bench_spatial [--device cpu|cuda|all] [--sizes quick|full]\n"
                "                          [--threads N] [--ops warp,compose,compose_power,integrate_ss]\n"
                "                          [--min-time S] [--min-reps N] [--max-reps N] [--warmup N]\n"
-               "                          [--case I] [--seed N] [--out FILE] [--dump DIR] [--default-malloc]\n"
+               "                          [--rounds N] [--case I] [--seed N] [--out FILE] [--dump DIR]\n"
+               "                          [--default-malloc]\n"
                "  Like the libdrdm programs, calls drdm::keep_freed_memory_for_reuse() at start-up\n"
                "  unless --default-malloc is given.\n"
                "  quick: 2D 256x256 (batch 1, 8), 3D 64^3 (batch 1); full adds 3D 128^3 (batch 1).\n"
@@ -79,19 +75,8 @@ Options parse(int argc, char** argv) {
     };
     try {
       if (a == "-h" || a == "--help") usage(0);
-      else if (a == "--device") o.device = value();
+      else if (drdm::bench::parse_common_flag(a, value, o)) continue;
       else if (a == "--sizes") o.sizes = value();
-      else if (a == "--ops") o.ops = value();
-      else if (a == "--out") o.out = value();
-      else if (a == "--dump") o.dump = value();
-      else if (a == "--threads") o.threads = std::stoi(value());
-      else if (a == "--case") o.case_index = std::stoi(value());
-      else if (a == "--min-time") o.min_time_s = std::stod(value());
-      else if (a == "--min-reps") o.min_reps = std::stoi(value());
-      else if (a == "--max-reps") o.max_reps = std::stoi(value());
-      else if (a == "--warmup") o.warmup = std::stoi(value());
-      else if (a == "--seed") o.seed = std::stoull(value());
-      else if (a == "--default-malloc") o.default_malloc = true;
       else {
         std::fprintf(stderr, "unknown argument: %s\n", a.c_str());
         usage(2);
@@ -101,25 +86,9 @@ Options parse(int argc, char** argv) {
       usage(2);
     }
   }
-  if (o.device != "cpu" && o.device != "cuda" && o.device != "all") usage(2);
+  if (!drdm::bench::common_options_valid(o)) usage(2);
   if (o.sizes != "quick" && o.sizes != "full") usage(2);
-  if (o.min_reps < 1 || o.max_reps < o.min_reps || o.warmup < 0) usage(2);
   return o;
-}
-
-bool wanted(const std::string& list, const std::string& op) {
-  if (list == "all") return true;
-  std::stringstream ss(list);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (item == op) return true;
-  return false;
-}
-
-std::string size_string(const std::vector<int64_t>& size) {
-  std::string s;
-  for (size_t i = 0; i < size.size(); ++i) s += (i ? "x" : "") + std::to_string(size[i]);
-  return s;
 }
 
 // Smooth random displacement field [N, d, ...S] in voxels: standard normal
@@ -139,39 +108,6 @@ at::Tensor random_image(int64_t batch, const std::vector<int64_t>& size) {
   std::vector<int64_t> shape{batch, 1};
   shape.insert(shape.end(), size.begin(), size.end());
   return at::rand(shape, at::kFloat);
-}
-
-// Forces completion of all queued work that produced `t` (CUDA launches are
-// asynchronous; copying one element to the host waits for the stream).
-void sync(const at::Tensor& t) {
-  if (t.is_cuda()) (void)t.reshape(-1)[0].item<float>();
-}
-
-struct Timing {
-  double median_ms;
-  double min_ms;
-  int reps;
-};
-
-Timing time_op(const std::function<at::Tensor()>& op, const Options& o) {
-  for (int i = 0; i < o.warmup; ++i) sync(op());
-  using clock = std::chrono::steady_clock;
-  std::vector<double> ms;
-  const auto start = clock::now();
-  while (true) {
-    const auto t0 = clock::now();
-    sync(op());
-    const auto t1 = clock::now();
-    ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-    const double total = std::chrono::duration<double>(t1 - start).count();
-    const int reps = static_cast<int>(ms.size());
-    if (reps >= o.max_reps || (reps >= o.min_reps && total >= o.min_time_s)) break;
-  }
-  std::vector<double> sorted = ms;
-  std::sort(sorted.begin(), sorted.end());
-  const size_t n = sorted.size();
-  const double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
-  return {median, sorted.front(), static_cast<int>(n)};
 }
 
 // Writes results of small deterministic cases as raw little-endian float32
@@ -262,7 +198,8 @@ int main(int argc, char** argv) {
       };
       for (const auto& [name, fn] : ops) {
         if (!wanted(o.ops, name)) continue;
-        const Timing t = time_op(fn, o);
+        const auto& op = fn;  // (structured bindings cannot be captured in C++17)
+        const Timing t = time_op([&](int) { return op(); }, o);
         char line[512];
         std::snprintf(line, sizeof line,
                       "{\"impl\": \"libdrdm\", \"op\": \"%s\", \"dims\": %zu, \"size\": \"%s\", "

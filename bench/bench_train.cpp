@@ -32,6 +32,7 @@
 #include "drdm/runtime.h"
 #include "drdm/spatial.h"
 #include "drdm/velocity_sampler.h"
+#include "bench_common.h"
 
 #include <algorithm>
 #include <chrono>
@@ -51,6 +52,12 @@
 
 namespace {
 
+using drdm::bench::size_string;
+using drdm::bench::sync;
+using drdm::bench::time_op;
+using drdm::bench::Timing;
+using drdm::bench::wanted;
+
 struct Case {
   std::vector<int64_t> size;  // spatial size, 2 or 3 entries
   int64_t batch;
@@ -63,21 +70,10 @@ const std::vector<Case>& cases() {
   return c;
 }
 
-struct Options {
-  std::string device = "all";  // cpu | cuda | all
-  std::string ops = "all";     // comma-separated subset of train_step,sample_t40,sample_mixed
-  std::string out;             // empty: stdout
-  std::string dump;            // directory: write cross-check data, then exit
-  std::string dump_state;      // file: write the initial network state of --case, then exit
-  int case_index = -1;         // -1: all cases
-  int threads = 0;             // 0: leave ATen's default
-  double min_time_s = 2.0;
-  int min_reps = 5;
-  int max_reps = 1000;
-  int warmup = 2;
+struct Options : drdm::bench::CommonOptions {
+  std::string dump_state;  // file: write the initial network state of --case, then exit
   double lr = 1e-4;
-  uint64_t seed = 1234;
-  bool default_malloc = false;  // true: skip drdm::keep_freed_memory_for_reuse()
+  Options() { min_time_s = 2.0; }
 };
 
 [[noreturn]] void usage(int rc) {
@@ -109,23 +105,9 @@ Options parse(int argc, char** argv) {
     };
     try {
       if (a == "-h" || a == "--help") usage(0);
-      else if (a == "--device") o.device = value();
-      else if (a == "--ops") o.ops = value();
-      else if (a == "--out") o.out = value();
-      else if (a == "--dump") o.dump = value();
+      else if (drdm::bench::parse_common_flag(a, value, o)) continue;
       else if (a == "--dump-state") o.dump_state = value();
-      else if (a == "--threads") o.threads = std::stoi(value());
-      else if (a == "--case") o.case_index = std::stoi(value());
-      else if (a == "--min-time") o.min_time_s = std::stod(value());
-      else if (a == "--min-reps") o.min_reps = std::stoi(value());
-      else if (a == "--max-reps") o.max_reps = std::stoi(value());
-      else if (a == "--rounds") {
-        o.min_reps = o.max_reps = std::stoi(value());
-        o.min_time_s = 0;
-      } else if (a == "--warmup") o.warmup = std::stoi(value());
       else if (a == "--lr") o.lr = std::stod(value());
-      else if (a == "--seed") o.seed = std::stoull(value());
-      else if (a == "--default-malloc") o.default_malloc = true;
       else {
         std::fprintf(stderr, "unknown argument: %s\n", a.c_str());
         usage(2);
@@ -135,25 +117,9 @@ Options parse(int argc, char** argv) {
       usage(2);
     }
   }
-  if (o.device != "cpu" && o.device != "cuda" && o.device != "all") usage(2);
-  if (o.min_reps < 1 || o.max_reps < o.min_reps || o.warmup < 0) usage(2);
+  if (!drdm::bench::common_options_valid(o)) usage(2);
   if (o.case_index >= static_cast<int>(cases().size())) usage(2);
   return o;
-}
-
-bool wanted(const std::string& list, const std::string& op) {
-  if (list == "all") return true;
-  std::stringstream ss(list);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (item == op) return true;
-  return false;
-}
-
-std::string size_string(const std::vector<int64_t>& size) {
-  std::string s;
-  for (size_t i = 0; i < size.size(); ++i) s += (i ? "x" : "") + std::to_string(size[i]);
-  return s;
 }
 
 drdm::SamplerOptions sampler_options(const Case& c) {
@@ -183,44 +149,6 @@ TrainInput make_input(const Case& c, const at::Device& device, uint64_t seed) {
   in.psi = fwd.psi.to(device);
   in.t = t.to(device);
   return in;
-}
-
-// Forces completion of queued work (CUDA launches are asynchronous).
-void sync(const at::Tensor& t) {
-  if (t.is_cuda()) (void)t.reshape(-1)[0].item<float>();
-}
-
-struct Timing {
-  double median_ms, mean_ms, min_ms;
-  int reps;
-};
-
-// `op(i)` is the i-th call (i counts warm-up calls too). `cycle` > 1: the
-// number of timed calls is rounded up to a multiple of it.
-Timing time_op(const std::function<at::Tensor(int)>& op, const Options& o, int cycle = 1) {
-  int call = 0;
-  for (int i = 0; i < o.warmup; ++i) sync(op(call++));
-  using clock = std::chrono::steady_clock;
-  std::vector<double> ms;
-  const auto start = clock::now();
-  while (true) {
-    const auto t0 = clock::now();
-    sync(op(call++));
-    const auto t1 = clock::now();
-    ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-    const double total = std::chrono::duration<double>(t1 - start).count();
-    const int reps = static_cast<int>(ms.size());
-    const bool whole = reps % cycle == 0;
-    if (whole && (reps >= std::max(o.max_reps, cycle) ||
-                  (reps >= o.min_reps && total >= o.min_time_s)))
-      break;
-  }
-  std::vector<double> sorted = ms;
-  std::sort(sorted.begin(), sorted.end());
-  const size_t n = sorted.size();
-  const double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
-  const double mean = std::accumulate(ms.begin(), ms.end(), 0.0) / static_cast<double>(n);
-  return {median, mean, sorted.front(), static_cast<int>(n)};
 }
 
 std::string int_list(const at::Tensor& t) {

@@ -1,0 +1,116 @@
+// Shared by the benchmark programs: common flags, timing, helpers.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <numeric>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace drdm::bench {
+
+/// Flags every benchmark program takes.
+struct CommonOptions {
+  std::string device = "all";  // cpu | cuda | all
+  std::string ops = "all";     // comma-separated subset of the program's ops
+  std::string out;             // empty: stdout
+  std::string dump;            // directory: write cross-check data, then exit
+  int case_index = -1;         // -1: all cases
+  int threads = 0;             // 0: leave ATen's default
+  double min_time_s = 0.5;
+  int min_reps = 5;
+  int max_reps = 1000;
+  int warmup = 2;
+  uint64_t seed = 1234;
+  bool default_malloc = false;  // true: skip drdm::keep_freed_memory_for_reuse()
+};
+
+/// Parses flag `a` if it is a common one (value() fetches its argument and
+/// may throw std::logic_error on a bad number); returns false otherwise.
+inline bool parse_common_flag(const std::string& a, const std::function<std::string()>& value, CommonOptions& o) {
+  if (a == "--device") o.device = value();
+  else if (a == "--ops") o.ops = value();
+  else if (a == "--out") o.out = value();
+  else if (a == "--dump") o.dump = value();
+  else if (a == "--threads") o.threads = std::stoi(value());
+  else if (a == "--case") o.case_index = std::stoi(value());
+  else if (a == "--min-time") o.min_time_s = std::stod(value());
+  else if (a == "--min-reps") o.min_reps = std::stoi(value());
+  else if (a == "--max-reps") o.max_reps = std::stoi(value());
+  else if (a == "--warmup") o.warmup = std::stoi(value());
+  else if (a == "--seed") o.seed = std::stoull(value());
+  else if (a == "--default-malloc") o.default_malloc = true;
+  else if (a == "--rounds") {
+    o.min_reps = o.max_reps = std::stoi(value());
+    o.min_time_s = 0;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+/// Common checks; false if the options are inconsistent.
+inline bool common_options_valid(const CommonOptions& o) {
+  return (o.device == "cpu" || o.device == "cuda" || o.device == "all") && o.min_reps >= 1 &&
+         o.max_reps >= o.min_reps && o.warmup >= 0;
+}
+
+inline bool wanted(const std::string& list, const std::string& op) {
+  if (list == "all") return true;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (item == op) return true;
+  return false;
+}
+
+inline std::string size_string(const std::vector<int64_t>& size) {
+  std::string s;
+  for (size_t i = 0; i < size.size(); ++i) s += (i ? "x" : "") + std::to_string(size[i]);
+  return s;
+}
+
+/// Forces completion of all queued work that produced `t` (CUDA launches are
+/// asynchronous; copying one element to the host waits for the stream).
+inline void sync(const at::Tensor& t) {
+  if (t.is_cuda()) (void)t.reshape(-1)[0].item<float>();
+}
+
+struct Timing {
+  double median_ms, mean_ms, min_ms;
+  int reps;
+};
+
+/// Times `op(i)` (i counts calls, warm-up included) after o.warmup calls:
+/// at least min_reps calls and min_time_s seconds, at most max_reps calls.
+/// cycle > 1: the number of timed calls is rounded up to a multiple of it.
+inline Timing time_op(const std::function<at::Tensor(int)>& op, const CommonOptions& o, int cycle = 1) {
+  int call = 0;
+  for (int i = 0; i < o.warmup; ++i) sync(op(call++));
+  using clock = std::chrono::steady_clock;
+  std::vector<double> ms;
+  const auto start = clock::now();
+  while (true) {
+    const auto t0 = clock::now();
+    sync(op(call++));
+    const auto t1 = clock::now();
+    ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    const double total = std::chrono::duration<double>(t1 - start).count();
+    const int reps = static_cast<int>(ms.size());
+    const bool whole = reps % cycle == 0;
+    if (whole && (reps >= std::max(o.max_reps, cycle) || (reps >= o.min_reps && total >= o.min_time_s))) break;
+  }
+  std::vector<double> sorted = ms;
+  std::sort(sorted.begin(), sorted.end());
+  const size_t n = sorted.size();
+  const double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+  const double mean = std::accumulate(ms.begin(), ms.end(), 0.0) / static_cast<double>(n);
+  return {median, mean, sorted.front(), static_cast<int>(n)};
+}
+
+}  // namespace drdm::bench
