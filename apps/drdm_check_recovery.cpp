@@ -1,18 +1,20 @@
-// drdm_check_recovery: does a trained model recover? One predicted step at several t on held-out images.
-#include "app_common.h"
-#include "drdm/dataset.h"
-#include "drdm/trainer.h"
-
-#include <CLI/CLI.hpp>
+// drdm_check_recovery: does a trained model recover? One predicted step at several t on held-out
+// images.
 #include <ATen/ATen.h>
 
+#include <CLI/CLI.hpp>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
+#include "app_common.h"
+#include "drdm/dataset.h"
+#include "drdm/trainer.h"
+
 int main(int argc, char** argv) {
   CLI::App cli{
-      "Measure whether a trained DRDM model has learned to recover: for each level t, deform held-out "
+      "Measure whether a trained DRDM model has learned to recover: for each level t, deform "
+      "held-out "
       "images by the forward process and compare the error left after one predicted recovery step, "
       "mean ||compose(psi_t, psi_hat)||, with the error of doing nothing, mean ||psi_t|| (voxels). "
       "Prints JSON."};
@@ -22,13 +24,19 @@ int main(int argc, char** argv) {
   int64_t repeats = 2, max_images = 64;
   uint64_t seed = 0;
   bool quiet = false;
-  cli.add_option("-m,--model", model, "model.pt or checkpoint.pt from drdm_train")->required()->check(CLI::ExistingFile);
-  cli.add_option("-d,--data", folders, "Folder(s) of held-out images (not used in training)")->required();
+  cli.add_option("-m,--model", model, "model.pt or checkpoint.pt from drdm_train")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cli.add_option("-d,--data", folders, "Folder(s) of held-out images (not used in training)")
+      ->required();
   cli.add_option("--include", include, "File name patterns (default: the model's data.include)");
   cli.add_option("--levels", levels, "Levels t to test")->delimiter(',')->capture_default_str();
-  cli.add_option("--repeats", repeats, "Forward draws per image and level")->check(CLI::Range(1, 100))->capture_default_str();
+  cli.add_option("--repeats", repeats, "Forward draws per image and level")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
   cli.add_option("--max-images", max_images, "Use at most this many images (evenly spread)")
-      ->check(CLI::Range(1, 100000))->capture_default_str();
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
   cli.add_option("--seed", seed, "Random seed")->capture_default_str();
   cli.add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cli.add_option("-o,--output", output, "Also write the JSON to this file");
@@ -55,14 +63,14 @@ int main(int argc, char** argv) {
     drdm::VelocitySampler sampler(m.config.sampler, m.config.data.size, dev);
     const auto checks = drdm::check_recovery(m.net, sampler, images, levels, repeats, seed);
     std::ostringstream js;
-    js << "{\n  \"model\": \"" << model << "\",\n  \"model_step\": " << m.step << ",\n  \"images\": " << n
-       << ",\n  \"repeats\": " << repeats << ",\n  \"levels\": [\n";
+    js << "{\n  \"model\": \"" << model << "\",\n  \"model_step\": " << m.step
+       << ",\n  \"images\": " << n << ",\n  \"repeats\": " << repeats << ",\n  \"levels\": [\n";
     for (size_t i = 0; i < checks.size(); ++i) {
       const auto& c = checks[i];
       js << "    {\"t\": " << c.t << ", \"no_step_error_voxels\": " << c.no_step_error
          << ", \"one_step_error_voxels\": " << c.one_step_error << ", \"ratio\": " << c.ratio
-         << ", \"cosine\": " << c.cosine << ", \"samples\": " << c.samples << "}" << (i + 1 < checks.size() ? "," : "")
-         << "\n";
+         << ", \"cosine\": " << c.cosine << ", \"samples\": " << c.samples << "}"
+         << (i + 1 < checks.size() ? "," : "") << "\n";
     }
     js << "  ]\n}\n";
     if (!output.empty()) {

@@ -1,11 +1,10 @@
 // drdm_train: train the DRDM recovery network on folders of unlabelled images (paper Alg. 1).
+#include <CLI/CLI.hpp>
+#include <iostream>
+
 #include "app_common.h"
 #include "drdm/train_config.h"
 #include "drdm/trainer.h"
-
-#include <CLI/CLI.hpp>
-
-#include <iostream>
 
 int main(int argc, char** argv) {
   CLI::App cli{
@@ -15,11 +14,15 @@ int main(int argc, char** argv) {
   std::string config_path, output, device;
   std::vector<std::string> overrides;
   bool resume = false, quiet = false, no_progress = false;
-  cli.add_option("-c,--config", config_path, "JSON config (see configs/)")->required()->check(CLI::ExistingFile);
+  cli.add_option("-c,--config", config_path, "JSON config (see configs/)")
+      ->required()
+      ->check(CLI::ExistingFile);
   cli.add_option("-o,--output", output, "Output folder (default: runs/<config name>)");
   cli.add_flag("--resume", resume, "Continue from OUTPUT/checkpoint.pt exactly where it stopped");
   cli.add_option("--device", device, "cpu, cuda, cuda:N or auto (overrides train.device)");
-  cli.add_option("--set", overrides, "Override a config key: section.key=value (repeatable), e.g. --set train.steps=500")
+  cli.add_option(
+         "--set", overrides,
+         "Override a config key: section.key=value (repeatable), e.g. --set train.steps=500")
       ->take_all();
   cli.add_flag("--no-progress", no_progress, "Do not draw the progress bar");
   cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");
@@ -31,8 +34,9 @@ int main(int argc, char** argv) {
     const auto config = drdm::load_train_config(config_path, overrides);
     if (output.empty()) output = "runs/" + config.name;
     const auto s = drdm::train(config, output, resume, !no_progress);
-    std::cout << "{\"output\": \"" << output << "\", \"first_step\": " << s.first_step << ", \"steps\": " << s.steps
-              << ", \"seconds\": " << s.seconds << ", \"last_loss\": " << s.last_loss << ", \"checkpoint\": \""
-              << s.checkpoint << "\"}\n";
+    std::cout << "{\"output\": \"" << output << "\", \"first_step\": " << s.first_step
+              << ", \"steps\": " << s.steps << ", \"seconds\": " << s.seconds
+              << ", \"last_loss\": " << s.last_loss << ", \"checkpoint\": \"" << s.checkpoint
+              << "\"}\n";
   });
 }

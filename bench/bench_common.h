@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <numeric>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -32,19 +34,32 @@ struct CommonOptions {
 
 /// Parses flag `a` if it is a common one (value() fetches its argument and
 /// may throw std::logic_error on a bad number); returns false otherwise.
-inline bool parse_common_flag(const std::string& a, const std::function<std::string()>& value, CommonOptions& o) {
-  if (a == "--device") o.device = value();
-  else if (a == "--ops") o.ops = value();
-  else if (a == "--out") o.out = value();
-  else if (a == "--dump") o.dump = value();
-  else if (a == "--threads") o.threads = std::stoi(value());
-  else if (a == "--case") o.case_index = std::stoi(value());
-  else if (a == "--min-time") o.min_time_s = std::stod(value());
-  else if (a == "--min-reps") o.min_reps = std::stoi(value());
-  else if (a == "--max-reps") o.max_reps = std::stoi(value());
-  else if (a == "--warmup") o.warmup = std::stoi(value());
-  else if (a == "--seed") o.seed = std::stoull(value());
-  else if (a == "--default-malloc") o.default_malloc = true;
+inline bool parse_common_flag(const std::string& a, const std::function<std::string()>& value,
+                              CommonOptions& o) {
+  if (a == "--device")
+    o.device = value();
+  else if (a == "--ops")
+    o.ops = value();
+  else if (a == "--out")
+    o.out = value();
+  else if (a == "--dump")
+    o.dump = value();
+  else if (a == "--threads")
+    o.threads = std::stoi(value());
+  else if (a == "--case")
+    o.case_index = std::stoi(value());
+  else if (a == "--min-time")
+    o.min_time_s = std::stod(value());
+  else if (a == "--min-reps")
+    o.min_reps = std::stoi(value());
+  else if (a == "--max-reps")
+    o.max_reps = std::stoi(value());
+  else if (a == "--warmup")
+    o.warmup = std::stoi(value());
+  else if (a == "--seed")
+    o.seed = std::stoull(value());
+  else if (a == "--default-malloc")
+    o.default_malloc = true;
   else if (a == "--rounds") {
     o.min_reps = o.max_reps = std::stoi(value());
     o.min_time_s = 0;
@@ -52,6 +67,35 @@ inline bool parse_common_flag(const std::string& a, const std::function<std::str
     return false;
   }
   return true;
+}
+
+/// Parses argv into o: -h/--help calls usage(0); common flags, then
+/// extra(flag, value) for the program's own flags (returns false for an
+/// unknown one); an unknown flag, a missing value or a bad number calls
+/// usage(2). usage must not return.
+inline void parse_flags(
+    int argc, char** argv, CommonOptions& o,
+    const std::function<bool(const std::string&, const std::function<std::string()>&)>& extra,
+    void (*usage)(int)) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const std::function<std::string()> value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "missing value after %s\n", a.c_str());
+        usage(2);
+      }
+      return argv[++i];
+    };
+    try {
+      if (a == "-h" || a == "--help") usage(0);
+      if (parse_common_flag(a, value, o) || extra(a, value)) continue;
+      std::fprintf(stderr, "unknown argument: %s\n", a.c_str());
+      usage(2);
+    } catch (const std::logic_error&) {  // stoi/stod on a bad number
+      std::fprintf(stderr, "bad value for %s\n", a.c_str());
+      usage(2);
+    }
+  }
 }
 
 /// Common checks; false if the options are inconsistent.
@@ -89,7 +133,8 @@ struct Timing {
 /// Times `op(i)` (i counts calls, warm-up included) after o.warmup calls:
 /// at least min_reps calls and min_time_s seconds, at most max_reps calls.
 /// cycle > 1: the number of timed calls is rounded up to a multiple of it.
-inline Timing time_op(const std::function<at::Tensor(int)>& op, const CommonOptions& o, int cycle = 1) {
+inline Timing time_op(const std::function<at::Tensor(int)>& op, const CommonOptions& o,
+                      int cycle = 1) {
   int call = 0;
   for (int i = 0; i < o.warmup; ++i) sync(op(call++));
   using clock = std::chrono::steady_clock;
@@ -103,7 +148,9 @@ inline Timing time_op(const std::function<at::Tensor(int)>& op, const CommonOpti
     const double total = std::chrono::duration<double>(t1 - start).count();
     const int reps = static_cast<int>(ms.size());
     const bool whole = reps % cycle == 0;
-    if (whole && (reps >= std::max(o.max_reps, cycle) || (reps >= o.min_reps && total >= o.min_time_s))) break;
+    if (whole &&
+        (reps >= std::max(o.max_reps, cycle) || (reps >= o.min_reps && total >= o.min_time_s)))
+      break;
   }
   std::vector<double> sorted = ms;
   std::sort(sorted.begin(), sorted.end());

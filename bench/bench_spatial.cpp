@@ -12,10 +12,6 @@
 #include <ATen/Parallel.h>
 #include <torch/types.h>
 
-#include "bench_common.h"
-#include "drdm/runtime.h"
-#include "drdm/spatial.h"
-
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -28,6 +24,10 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "bench_common.h"
+#include "drdm/runtime.h"
+#include "drdm/spatial.h"
 
 namespace {
 
@@ -47,45 +47,34 @@ struct Options : drdm::bench::CommonOptions {
 };
 
 [[noreturn]] void usage(int rc) {
-  std::fprintf(rc ? stderr : stdout,
-               "usage: drdm_bench_spatial [--device cpu|cuda|all] [--sizes quick|full]\n"
-               "                          [--threads N] [--ops warp,compose,compose_power,integrate_ss]\n"
-               "                          [--min-time S] [--min-reps N] [--max-reps N] [--warmup N]\n"
-               "                          [--rounds N] [--case I] [--seed N] [--out FILE] [--dump DIR]\n"
-               "                          [--default-malloc]\n"
-               "  Like the libdrdm programs, calls drdm::keep_freed_memory_for_reuse() at start-up\n"
-               "  unless --default-malloc is given.\n"
-               "  quick: 2D 256x256 (batch 1, 8), 3D 64^3 (batch 1); full adds 3D 128^3 (batch 1).\n"
-               "  --case I runs only the I-th (0-based) of those cases.\n"
-               "  --dump DIR writes the results of all four ops on small deterministic inputs as raw\n"
-               "  float32 files (for bench/run.py's cross-check) and exits.\n");
+  std::fprintf(
+      rc ? stderr : stdout,
+      "usage: drdm_bench_spatial [--device cpu|cuda|all] [--sizes quick|full]\n"
+      "                          [--threads N] [--ops warp,compose,compose_power,integrate_ss]\n"
+      "                          [--min-time S] [--min-reps N] [--max-reps N] [--warmup N]\n"
+      "                          [--rounds N] [--case I] [--seed N] [--out FILE] [--dump DIR]\n"
+      "                          [--default-malloc]\n"
+      "  Like the libdrdm programs, calls drdm::keep_freed_memory_for_reuse() at start-up\n"
+      "  unless --default-malloc is given.\n"
+      "  quick: 2D 256x256 (batch 1, 8), 3D 64^3 (batch 1); full adds 3D 128^3 (batch 1).\n"
+      "  --case I runs only the I-th (0-based) of those cases.\n"
+      "  --dump DIR writes the results of all four ops on small deterministic inputs as raw\n"
+      "  float32 files (for bench/run.py's cross-check) and exits.\n");
   std::exit(rc);
 }
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "missing value after %s\n", a.c_str());
-        usage(2);
-      }
-      return argv[++i];
-    };
-    try {
-      if (a == "-h" || a == "--help") usage(0);
-      else if (drdm::bench::parse_common_flag(a, value, o)) continue;
-      else if (a == "--sizes") o.sizes = value();
-      else {
-        std::fprintf(stderr, "unknown argument: %s\n", a.c_str());
-        usage(2);
-      }
-    } catch (const std::logic_error&) {  // stoi/stod on a bad number
-      std::fprintf(stderr, "bad value for %s\n", a.c_str());
-      usage(2);
-    }
-  }
+  drdm::bench::parse_flags(
+      argc, argv, o,
+      [&](const std::string& a, const std::function<std::string()>& value) {
+        if (a == "--sizes")
+          o.sizes = value();
+        else
+          return false;
+        return true;
+      },
+      usage);
   if (!drdm::bench::common_options_valid(o)) usage(2);
   if (o.sizes != "quick" && o.sizes != "full") usage(2);
   return o;
@@ -190,8 +179,10 @@ int main(int argc, char** argv) {
       const auto b = smooth_field(c.batch, c.size, 3.0).to(device);
 
       const std::vector<std::pair<std::string, std::function<at::Tensor()>>> ops{
-          {"warp", [&] { return drdm::warp(image, a, drdm::Interpolation::kLinear,
-                                           drdm::Padding::kZeros); }},
+          {"warp",
+           [&] {
+             return drdm::warp(image, a, drdm::Interpolation::kLinear, drdm::Padding::kZeros);
+           }},
           {"compose", [&] { return drdm::compose(a, b); }},
           {"compose_power", [&] { return drdm::compose_power(a, 8); }},
           {"integrate_ss", [&] { return drdm::integrate_scaling_squaring(a, 7); }},
@@ -206,8 +197,8 @@ int main(int argc, char** argv) {
                       "\"batch\": %lld, \"device\": \"%s\", \"threads\": %d, "
                       "\"median_ms\": %.4f, \"min_ms\": %.4f, \"reps\": %d}",
                       name.c_str(), c.size.size(), size_string(c.size).c_str(),
-                      static_cast<long long>(c.batch), dev.c_str(), threads, t.median_ms,
-                      t.min_ms, t.reps);
+                      static_cast<long long>(c.batch), dev.c_str(), threads, t.median_ms, t.min_ms,
+                      t.reps);
         out << line << std::endl;
         if (!o.out.empty()) std::fprintf(stderr, "%s\n", line);
       }

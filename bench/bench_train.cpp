@@ -26,14 +26,6 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/types.h>
 
-#include "drdm/losses.h"
-#include "drdm/network.h"
-#include "drdm/optim.h"
-#include "drdm/runtime.h"
-#include "drdm/spatial.h"
-#include "drdm/velocity_sampler.h"
-#include "bench_common.h"
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -49,6 +41,14 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "bench_common.h"
+#include "drdm/losses.h"
+#include "drdm/network.h"
+#include "drdm/optim.h"
+#include "drdm/runtime.h"
+#include "drdm/spatial.h"
+#include "drdm/velocity_sampler.h"
 
 namespace {
 
@@ -94,29 +94,18 @@ struct Options : drdm::bench::CommonOptions {
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "missing value after %s\n", a.c_str());
-        usage(2);
-      }
-      return argv[++i];
-    };
-    try {
-      if (a == "-h" || a == "--help") usage(0);
-      else if (drdm::bench::parse_common_flag(a, value, o)) continue;
-      else if (a == "--dump-state") o.dump_state = value();
-      else if (a == "--lr") o.lr = std::stod(value());
-      else {
-        std::fprintf(stderr, "unknown argument: %s\n", a.c_str());
-        usage(2);
-      }
-    } catch (const std::logic_error&) {
-      std::fprintf(stderr, "bad value for %s\n", a.c_str());
-      usage(2);
-    }
-  }
+  drdm::bench::parse_flags(
+      argc, argv, o,
+      [&](const std::string& a, const std::function<std::string()>& value) {
+        if (a == "--dump-state")
+          o.dump_state = value();
+        else if (a == "--lr")
+          o.lr = std::stod(value());
+        else
+          return false;
+        return true;
+      },
+      usage);
   if (!drdm::bench::common_options_valid(o)) usage(2);
   if (o.case_index >= static_cast<int>(cases().size())) usage(2);
   return o;
@@ -154,7 +143,8 @@ TrainInput make_input(const Case& c, const at::Device& device, uint64_t seed) {
 std::string int_list(const at::Tensor& t) {
   const auto c = t.to(at::kCPU, at::kLong).contiguous().reshape(-1);
   std::string s = "[";
-  for (int64_t i = 0; i < c.numel(); ++i) s += (i ? ", " : "") + std::to_string(c[i].item<int64_t>());
+  for (int64_t i = 0; i < c.numel(); ++i)
+    s += (i ? ", " : "") + std::to_string(c[i].item<int64_t>());
   return s + "]";
 }
 
@@ -172,8 +162,8 @@ void dump_state(const Options& o) {
   c10::Dict<std::string, at::Tensor> d;
   for (const auto& [k, v] : net.state()) d.insert(k, v.detach().contiguous().cpu());
   save(o.dump_state, d);
-  std::fprintf(stderr, "drdm_bench_train: wrote %s (%lld trainable scalars)\n", o.dump_state.c_str(),
-               static_cast<long long>(net.parameter_count()));
+  std::fprintf(stderr, "drdm_bench_train: wrote %s (%lld trainable scalars)\n",
+               o.dump_state.c_str(), static_cast<long long>(net.parameter_count()));
 }
 
 // Mean L2 norm per voxel and root mean square of a batch of fields, per sample: [N, 2].
@@ -225,7 +215,8 @@ void dump(const Options& o) {
     adam.zero_grad();
     terms.total.backward();
     for (const auto& [k, v] : state)
-      if (v.requires_grad() && v.grad().defined()) out.insert("grad." + k, v.grad().contiguous().clone());
+      if (v.requires_grad() && v.grad().defined())
+        out.insert("grad." + k, v.grad().contiguous().clone());
     adam.step(1e-3);
     for (const auto& [k, v] : state)
       if (v.requires_grad()) out.insert("after." + k, v.detach().contiguous().clone());
@@ -338,13 +329,13 @@ int main(int argc, char** argv) {
               return net.parameters().front();
             },
             o);
-        const auto w = net.state().at("enc1.1.conv_in.weight");  // 10 -> 10 (a 1-channel weight is both layouts)
+        const auto w = net.state().at(
+            "enc1.1.conv_in.weight");  // 10 -> 10 (a 1-channel weight is both layouts)
         const std::string fmt =
-            w.is_contiguous() ? "contiguous"
-                              : (d == 2 ? "channels_last" : "channels_last_3d");
+            w.is_contiguous() ? "contiguous" : (d == 2 ? "channels_last" : "channels_last_3d");
         emit("train_step", t, t.median_ms,
-             ", \"params\": " + std::to_string(net.parameter_count()) +
-                 ", \"memory_format\": \"" + fmt + " weights\", \"t\": " + int_list(in.t));
+             ", \"params\": " + std::to_string(net.parameter_count()) + ", \"memory_format\": \"" +
+                 fmt + " weights\", \"t\": " + int_list(in.t));
       }
 
       drdm::VelocitySampler sampler(sampler_options(c), c.size, device);
@@ -363,8 +354,8 @@ int main(int argc, char** argv) {
         const auto table = at::randint(1, 81, {rows, c.batch}, tgen, at::kLong);
         // Warm-up calls use the table too; timed calls start at row `warmup % rows`,
         // and cover whole cycles of the table.
-        const Timing t = time_op([&](int i) { return sampler.sample(table[i % rows], gen).phi; },
-                                 o, static_cast<int>(rows));
+        const Timing t = time_op([&](int i) { return sampler.sample(table[i % rows], gen).phi; }, o,
+                                 static_cast<int>(rows));
         emit("sample_mixed", t, t.mean_ms, sampler_extra + ", \"t\": " + int_list(table));
       }
     }

@@ -6,7 +6,8 @@
 
 namespace drdm {
 
-Adam::Adam(std::vector<torch::Tensor> params, AdamOptions options) : params_(std::move(params)), options_(options) {
+Adam::Adam(std::vector<torch::Tensor> params, AdamOptions options)
+    : params_(std::move(params)), options_(options) {
   for (const auto& p : params_) {
     exp_avg_.push_back(at::zeros_like(p));
     exp_avg_sq_.push_back(at::zeros_like(p));
@@ -37,12 +38,13 @@ void Adam::load_state(int64_t steps, const std::vector<torch::Tensor>& exp_avg,
                       const std::vector<torch::Tensor>& exp_avg_sq) {
   TORCH_CHECK(steps >= 0, "Adam::load_state: steps must be >= 0, got ", steps);
   TORCH_CHECK(exp_avg.size() == params_.size() && exp_avg_sq.size() == params_.size(),
-              "Adam::load_state: expected ", params_.size(), " moment pairs, got ", exp_avg.size(), " and ",
-              exp_avg_sq.size());
+              "Adam::load_state: expected ", params_.size(), " moment pairs, got ", exp_avg.size(),
+              " and ", exp_avg_sq.size());
   for (size_t i = 0; i < params_.size(); ++i) {
-    TORCH_CHECK(exp_avg[i].sizes() == params_[i].sizes() && exp_avg_sq[i].sizes() == params_[i].sizes(),
-                "Adam::load_state: moment ", i, " has shape ", exp_avg[i].sizes(), ", the parameter ",
-                params_[i].sizes());
+    TORCH_CHECK(
+        exp_avg[i].sizes() == params_[i].sizes() && exp_avg_sq[i].sizes() == params_[i].sizes(),
+        "Adam::load_state: moment ", i, " has shape ", exp_avg[i].sizes(), ", the parameter ",
+        params_[i].sizes());
   }
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {

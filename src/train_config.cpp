@@ -1,10 +1,9 @@
 #include "drdm/train_config.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
 
@@ -18,10 +17,14 @@ json defaults_json(const TrainConfig& c) {
   json j;
   j["name"] = c.name;
   const auto& d = c.data;
-  j["data"] = {{"folders", d.folders},       {"include", d.include},
-               {"exclude", d.exclude},       {"dims", d.dims},
-               {"slice_axis", d.slice_axis}, {"size", d.size},
-               {"clip_low_pct", d.clip_low_pct}, {"clip_high_pct", d.clip_high_pct},
+  j["data"] = {{"folders", d.folders},
+               {"include", d.include},
+               {"exclude", d.exclude},
+               {"dims", d.dims},
+               {"slice_axis", d.slice_axis},
+               {"size", d.size},
+               {"clip_low_pct", d.clip_low_pct},
+               {"clip_high_pct", d.clip_high_pct},
                {"min_foreground", d.min_foreground}};
   const auto& a = c.augment;
   j["augment"] = {{"enabled", a.enabled},         {"rotation_deg", a.rotation_deg},
@@ -103,7 +106,8 @@ bool same_kind(const json& expected, const json& given) {
 void check_against(const json& expected, const json& given, const std::string& prefix,
                    const std::string& source) {
   if (!given.is_object())
-    throw std::invalid_argument(source + ": " + (prefix.empty() ? "the config" : "'" + prefix + "'") +
+    throw std::invalid_argument(source + ": " +
+                                (prefix.empty() ? "the config" : "'" + prefix + "'") +
                                 " must be a JSON object, got " + type_name(given));
   for (auto it = given.begin(); it != given.end(); ++it) {
     const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
@@ -114,26 +118,31 @@ void check_against(const json& expected, const json& given, const std::string& p
         const auto dist = edit_distance(it.key(), e.key());
         if (dist < best_d) best_d = dist, best = e.key();
       }
-      throw std::invalid_argument(source + ": unknown config key '" + key + "'" +
-                                  (best.empty() ? "" : " (did you mean '" + (prefix.empty() ? best : prefix + "." + best) + "'?)"));
+      throw std::invalid_argument(
+          source + ": unknown config key '" + key + "'" +
+          (best.empty()
+               ? ""
+               : " (did you mean '" + (prefix.empty() ? best : prefix + "." + best) + "'?)"));
     }
     const auto& exp = expected.at(it.key());
     if (exp.is_object()) {
       check_against(exp, it.value(), key, source);
     } else if (!same_kind(exp, it.value())) {
       throw std::invalid_argument(source + ": config key '" + key + "' must be " + type_name(exp) +
-                                  ", got " + type_name(it.value()) + " (" + it.value().dump() + ")");
+                                  ", got " + type_name(it.value()) + " (" + it.value().dump() +
+                                  ")");
     }
   }
 }
 
 template <typename T>
-T get(const json& j, const std::string& section, const std::string& key, const std::string& source) {
+T get(const json& j, const std::string& section, const std::string& key,
+      const std::string& source) {
   try {
     return j.at(section).at(key).get<T>();
   } catch (const json::exception& e) {
-    throw std::invalid_argument(source + ": config key '" + section + "." + key + "' has the wrong type: " +
-                                j.at(section).at(key).dump());
+    throw std::invalid_argument(source + ": config key '" + section + "." + key +
+                                "' has the wrong type: " + j.at(section).at(key).dump());
   }
 }
 
@@ -161,12 +170,14 @@ TrainConfig from_json(const json& j, const std::string& src) {
           "must have data.dims = " + std::to_string(d.dims) + " entries");
   for (auto s : d.size)
     require(s >= 8 && s % 8 == 0 && s <= 4096, src, "data.size",
-            "entries must be multiples of 8 in [8, 4096] (the network halves the size three times), got " +
+            "entries must be multiples of 8 in [8, 4096] (the network halves the size three "
+            "times), got " +
                 std::to_string(s));
   require(d.slice_axis >= 0 && d.slice_axis <= 2, src, "data.slice_axis", "must be 0, 1 or 2");
   require(d.clip_low_pct >= 0 && d.clip_low_pct < d.clip_high_pct && d.clip_high_pct <= 100, src,
           "data.clip_low_pct", "and data.clip_high_pct must satisfy 0 <= low < high <= 100");
-  require(d.min_foreground >= 0 && d.min_foreground < 1, src, "data.min_foreground", "must be in [0, 1)");
+  require(d.min_foreground >= 0 && d.min_foreground < 1, src, "data.min_foreground",
+          "must be in [0, 1)");
   require(!d.include.empty(), src, "data.include", "must list at least one pattern");
 
   auto& a = c.augment;
@@ -176,8 +187,10 @@ TrainConfig from_json(const json& j, const std::string& src) {
   a.flip_prob = get<double>(j, "augment", "flip_prob", src);
   a.crop_min = get<double>(j, "augment", "crop_min", src);
   a.crop_max = get<double>(j, "augment", "crop_max", src);
-  require(a.rotation_deg >= 0 && a.rotation_deg <= 180, src, "augment.rotation_deg", "must be in [0, 180]");
-  require(a.translation >= 0 && a.translation <= 0.5, src, "augment.translation", "must be in [0, 0.5]");
+  require(a.rotation_deg >= 0 && a.rotation_deg <= 180, src, "augment.rotation_deg",
+          "must be in [0, 180]");
+  require(a.translation >= 0 && a.translation <= 0.5, src, "augment.translation",
+          "must be in [0, 0.5]");
   require(a.flip_prob >= 0 && a.flip_prob <= 1, src, "augment.flip_prob", "must be in [0, 1]");
   require(a.crop_min > 0 && a.crop_min <= a.crop_max && a.crop_max <= 1, src, "augment.crop_min",
           "and augment.crop_max must satisfy 0 < crop_min <= crop_max <= 1");
@@ -208,9 +221,11 @@ TrainConfig from_json(const json& j, const std::string& src) {
   c.model.time_embedding = get<int64_t>(j, "model", "time_embedding", src);
   c.model.recursion = get<int64_t>(j, "model", "recursion", src);
   require(c.model.in_channels == 1, src, "model.in_channels", "must be 1 (grey images)");
-  require(c.model.time_embedding >= 2 && c.model.time_embedding % 2 == 0 && c.model.time_embedding <= 4096,
+  require(c.model.time_embedding >= 2 && c.model.time_embedding % 2 == 0 &&
+              c.model.time_embedding <= 4096,
           src, "model.time_embedding", "must be an even number in [2, 4096]");
-  require(c.model.recursion >= 1 && c.model.recursion <= 8, src, "model.recursion", "must be in [1, 8]");
+  require(c.model.recursion >= 1 && c.model.recursion <= 8, src, "model.recursion",
+          "must be in [1, 8]");
   c.model.dims = d.dims;
   c.model.timesteps = s.timesteps;
 
@@ -239,16 +254,19 @@ TrainConfig from_json(const json& j, const std::string& src) {
   t.device = get<std::string>(j, "train", "device", src);
   t.threads = get<int64_t>(j, "train", "threads", src);
   t.prefetch = get<int64_t>(j, "train", "prefetch", src);
-  require(t.batch_size >= 1 && t.batch_size <= 4096, src, "train.batch_size", "must be in [1, 4096]");
+  require(t.batch_size >= 1 && t.batch_size <= 4096, src, "train.batch_size",
+          "must be in [1, 4096]");
   require(t.steps >= 1, src, "train.steps", "must be >= 1");
   require(finite(t.lr) && t.lr > 0, src, "train.lr", "must be > 0");
-  require(finite(t.lr_decay) && t.lr_decay > 0 && t.lr_decay <= 1, src, "train.lr_decay", "must be in (0, 1]");
+  require(finite(t.lr_decay) && t.lr_decay > 0 && t.lr_decay <= 1, src, "train.lr_decay",
+          "must be in (0, 1]");
   require(t.checkpoint_every >= 1, src, "train.checkpoint_every", "must be >= 1");
   require(t.preview_every >= 0, src, "train.preview_every", "must be >= 0 (0 = no previews)");
   require(t.log_every >= 1, src, "train.log_every", "must be >= 1");
   require(t.mixed_precision == "none" || t.mixed_precision == "bf16", src, "train.mixed_precision",
           "must be \"none\" or \"bf16\", got \"" + t.mixed_precision + "\"");
-  require(t.device == "auto" || t.device == "cpu" || t.device.rfind("cuda", 0) == 0, src, "train.device",
+  require(t.device == "auto" || t.device == "cpu" || t.device.rfind("cuda", 0) == 0, src,
+          "train.device",
           "must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"" + t.device + "\"");
   require(t.threads >= 0 && t.threads <= 1024, src, "train.threads", "must be in [0, 1024]");
   require(t.prefetch >= 0 && t.prefetch <= 64, src, "train.prefetch", "must be in [0, 64]");
@@ -274,7 +292,8 @@ void apply_override(json& user, const std::string& text) {
   for (size_t i = 0; i + 1 < path.size(); ++i) {
     if (!node->contains(path[i])) (*node)[path[i]] = json::object();
     node = &(*node)[path[i]];
-    if (!node->is_object()) throw std::invalid_argument("--set '" + text + "': '" + path[i] + "' is not a section");
+    if (!node->is_object())
+      throw std::invalid_argument("--set '" + text + "': '" + path[i] + "' is not a section");
   }
   (*node)[path.back()] = parsed;
 }

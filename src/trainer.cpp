@@ -1,5 +1,20 @@
 #include "drdm/trainer.h"
 
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <sys/stat.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <stdexcept>
+
 #include "atomic_file.h"
 #include "drdm/dataset.h"
 #include "drdm/image_io.h"
@@ -9,22 +24,6 @@
 #include "drdm/preview.h"
 #include "drdm/spatial.h"
 #include "progress.h"
-
-#include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
-#include <torch/csrc/jit/serialization/pickle.h>
-
-#include <sys/stat.h>
-
-#include <chrono>
-#include <cmath>
-#include <cstdio>
-#include <fstream>
-#include <iterator>
-#include <sstream>
-#include <stdexcept>
 
 namespace drdm {
 
@@ -41,7 +40,8 @@ uint64_t splitmix64(uint64_t x) {
 
 /// Independent streams for (seed, step, purpose).
 uint64_t stream_seed(uint64_t seed, int64_t step, uint64_t purpose) {
-  return splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^ (purpose * 0x632BE59BD9B4E019ULL));
+  return splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^
+                    (purpose * 0x632BE59BD9B4E019ULL));
 }
 
 bool file_exists(const std::string& path) {
@@ -89,8 +89,8 @@ std::map<std::string, at::Tensor> from_dict(const c10::IValue& v) {
   return out;
 }
 
-void save_checkpoint(const std::string& path, const TrainConfig& config, int64_t step, const RecoveryNet& net,
-                     const Adam* adam) {
+void save_checkpoint(const std::string& path, const TrainConfig& config, int64_t step,
+                     const RecoveryNet& net, const Adam* adam) {
   c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
   d.insert("format", std::string(kCheckpointFormat));
   d.insert("config", to_json(config));
@@ -121,13 +121,17 @@ LoadedCheckpoint read_checkpoint(const std::string& path) {
   try {
     root = torch::jit::pickle_load(read_bytes(path));
   } catch (const std::exception& e) {
-    throw std::runtime_error("'" + path + "' is not a libdrdm model or checkpoint (cannot unpickle: " +
+    throw std::runtime_error("'" + path +
+                             "' is not a libdrdm model or checkpoint (cannot unpickle: " +
                              std::string(e.what()).substr(0, 200) + ")");
   }
-  if (!root.isGenericDict()) throw std::runtime_error("'" + path + "' is not a libdrdm model or checkpoint");
+  if (!root.isGenericDict())
+    throw std::runtime_error("'" + path + "' is not a libdrdm model or checkpoint");
   const auto d = root.toGenericDict();
-  if (!d.contains("format") || !d.at("format").isString() || d.at("format").toStringRef() != kCheckpointFormat)
-    throw std::runtime_error("'" + path + "' is not a libdrdm model or checkpoint (format tag missing or unknown)");
+  if (!d.contains("format") || !d.at("format").isString() ||
+      d.at("format").toStringRef() != kCheckpointFormat)
+    throw std::runtime_error(
+        "'" + path + "' is not a libdrdm model or checkpoint (format tag missing or unknown)");
   LoadedCheckpoint c;
   try {
     c.config = parse_train_config(d.at("config").toStringRef(), path + " (embedded config)");
@@ -139,7 +143,8 @@ LoadedCheckpoint read_checkpoint(const std::string& path) {
       for (const auto& t : d.at("adam_exp_avg_sq").toTensorList()) c.exp_avg_sq.push_back(t);
     }
   } catch (const c10::Error& e) {
-    throw std::runtime_error("'" + path + "' is damaged: " + std::string(e.what_without_backtrace()));
+    throw std::runtime_error("'" + path +
+                             "' is damaged: " + std::string(e.what_without_backtrace()));
   }
   return c;
 }
@@ -153,7 +158,9 @@ void write_training_preview(const std::string& path, const at::Tensor& x0, const
   std::vector<at::Tensor> rows;
   const int64_t n = std::min<int64_t>(x0.size(0), 4);
   for (int64_t i = 0; i < n; ++i) {
-    auto s = [&](const at::Tensor& t) { return t.narrow(0, i, 1).detach().to(at::kCPU, at::kFloat); };
+    auto s = [&](const at::Tensor& t) {
+      return t.narrow(0, i, 1).detach().to(at::kCPU, at::kFloat);
+    };
     auto left = render_warp_preview(s(x0), s(xt), s(phi));
     auto right = render_warp_preview(s(xt), s(recovered), s(psi_hat));
     auto gap = at::full({3, left.size(1), 6}, 255, left.options());
@@ -172,27 +179,33 @@ std::string fixed(double v, int digits = 4) {
 }  // namespace
 
 torch::Device resolve_device(const std::string& name) {
-  if (name == "auto") return at::hasCUDA() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  if (name == "auto")
+    return at::hasCUDA() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
   if (name == "cpu") return torch::kCPU;
   if (name.rfind("cuda", 0) == 0) {
     if (!at::hasCUDA())
-      throw std::invalid_argument("device '" + name + "' requested but no CUDA GPU is available (use --device cpu)");
+      throw std::invalid_argument("device '" + name +
+                                  "' requested but no CUDA GPU is available (use --device cpu)");
     try {
       return torch::Device(name);
     } catch (const c10::Error&) {
-      throw std::invalid_argument("unknown device '" + name + "' (expected auto, cpu, cuda or cuda:N)");
+      throw std::invalid_argument("unknown device '" + name +
+                                  "' (expected auto, cpu, cuda or cuda:N)");
     }
   }
   throw std::invalid_argument("unknown device '" + name + "' (expected auto, cpu, cuda or cuda:N)");
 }
 
-TrainSummary train(const TrainConfig& config, const std::string& output_dir, bool resume, bool progress) {
+TrainSummary train(const TrainConfig& config, const std::string& output_dir, bool resume,
+                   bool progress) {
   const auto begin = std::chrono::steady_clock::now();
   const auto device = resolve_device(config.train.device);
   if (config.train.mixed_precision == "bf16" && !device.is_cuda())
-    throw std::invalid_argument("train.mixed_precision = bf16 needs a CUDA device (device is " + device.str() + ")");
+    throw std::invalid_argument("train.mixed_precision = bf16 needs a CUDA device (device is " +
+                                device.str() + ")");
   if (config.data.folders.empty())
-    throw std::invalid_argument("config key 'data.folders' is empty: give at least one folder of training images");
+    throw std::invalid_argument(
+        "config key 'data.folders' is empty: give at least one folder of training images");
   if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
 
   const std::string checkpoint_path = output_dir + "/checkpoint.pt";
@@ -216,7 +229,8 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
       a.train.steps = b.train.steps = 0;
       if (to_json(a) != to_json(b))
         throw std::runtime_error("--resume: the config differs from the one '" + checkpoint_path +
-                                 "' was trained with (only train.steps may change); see " + output_dir + "/config.json");
+                                 "' was trained with (only train.steps may change); see " +
+                                 output_dir + "/config.json");
     }
     net.load_state(ck.model);
     if (ck.adam_step < 0)
@@ -224,20 +238,23 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
     try {
       adam.load_state(ck.adam_step, ck.exp_avg, ck.exp_avg_sq);
     } catch (const c10::Error& e) {
-      throw std::runtime_error("--resume: the optimiser state in '" + checkpoint_path +
-                               "' does not fit this network: " + std::string(e.what_without_backtrace()));
+      throw std::runtime_error(
+          "--resume: the optimiser state in '" + checkpoint_path +
+          "' does not fit this network: " + std::string(e.what_without_backtrace()));
     }
     first_step = ck.step;
     log::info("resuming from " + checkpoint_path + " at step " + std::to_string(first_step));
   }
-  log::info("recovery network: " + std::to_string(net.parameter_count()) + " trainable parameters (" +
-            std::to_string(config.data.dims) + "D, K = " + std::to_string(config.model.recursion) + ")");
+  log::info("recovery network: " + std::to_string(net.parameter_count()) +
+            " trainable parameters (" + std::to_string(config.data.dims) +
+            "D, K = " + std::to_string(config.model.recursion) + ")");
 
   make_dirs(output_dir);
   if (config.train.preview_every > 0) make_dirs(output_dir + "/previews");
   {
     const auto text = to_json(config) + "\n";
-    write_bytes_atomically(output_dir + "/config.json", std::vector<char>(text.begin(), text.end()));
+    write_bytes_atomically(output_dir + "/config.json",
+                           std::vector<char>(text.begin(), text.end()));
   }
   // Metrics of steps after the resumed checkpoint are dropped (they will be redone).
   {
@@ -247,7 +264,8 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
       std::string line;
       while (std::getline(in, line)) {
         const auto pos = line.find("\"step\":");
-        if (pos != std::string::npos && std::stoll(line.substr(pos + 7)) <= first_step) kept.push_back(line);
+        if (pos != std::string::npos && std::stoll(line.substr(pos + 7)) <= first_step)
+          kept.push_back(line);
       }
     }
     std::string text;
@@ -271,12 +289,14 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
   VelocitySampler sampler(config.sampler, size, device);
   std::unique_ptr<BatchPrefetcher> prefetcher;
   if (config.train.prefetch > 0)
-    prefetcher = std::make_unique<BatchPrefetcher>(dataset, config.train.batch_size, config.train.seed, first_step,
-                                                   config.augment, config.train.prefetch, 1);
+    prefetcher =
+        std::make_unique<BatchPrefetcher>(dataset, config.train.batch_size, config.train.seed,
+                                          first_step, config.augment, config.train.prefetch, 1);
 
   std::ofstream metrics(metrics_path, std::ios::app);
   detail::ProgressBar bar("train", config.train.steps, first_step, progress);
-  double window_loss = 0, window_dist = 0, window_ang = 0, window_smooth = 0, window_fold = 0, window_t = 0;
+  double window_loss = 0, window_dist = 0, window_ang = 0, window_smooth = 0, window_fold = 0,
+         window_t = 0;
   int64_t window_n = 0;
   auto window_begin = std::chrono::steady_clock::now();
   const bool bf16 = config.train.mixed_precision == "bf16";
@@ -312,9 +332,11 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
     const double loss = terms.total.item<double>();
     if (!std::isfinite(loss)) {
       bar.finish();
-      throw std::runtime_error("the loss became " + std::to_string(loss) + " at step " + std::to_string(step) +
+      throw std::runtime_error("the loss became " + std::to_string(loss) + " at step " +
+                               std::to_string(step) +
                                "; training stopped. The last good checkpoint is kept" +
-                               (file_exists(checkpoint_path) ? " at '" + checkpoint_path + "'" : " (none was written yet)") +
+                               (file_exists(checkpoint_path) ? " at '" + checkpoint_path + "'"
+                                                             : " (none was written yet)") +
                                ". Try a smaller train.lr.");
     }
     adam.zero_grad();
@@ -333,21 +355,25 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
     bar.update(done, "loss " + fixed(window_loss / window_n));
 
     if (done % config.train.log_every == 0 || done == config.train.steps) {
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_begin).count();
+      const double secs =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - window_begin).count();
       std::ostringstream line;
-      line << "{\"step\":" << done << ",\"loss\":" << window_loss / window_n << ",\"distance\":" << window_dist / window_n
-           << ",\"angle\":" << window_ang / window_n << ",\"smoothness\":" << window_smooth / window_n
-           << ",\"folding\":" << window_fold / window_n << ",\"t_mean\":" << window_t / window_n << ",\"lr\":" << lr
-           << ",\"seconds_per_step\":" << secs / window_n << ",\"images_per_second\":" << window_n * batch / secs
-           << ",\"elapsed_seconds\":"
-           << std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() << "}";
+      line << "{\"step\":" << done << ",\"loss\":" << window_loss / window_n
+           << ",\"distance\":" << window_dist / window_n << ",\"angle\":" << window_ang / window_n
+           << ",\"smoothness\":" << window_smooth / window_n
+           << ",\"folding\":" << window_fold / window_n << ",\"t_mean\":" << window_t / window_n
+           << ",\"lr\":" << lr << ",\"seconds_per_step\":" << secs / window_n
+           << ",\"images_per_second\":" << window_n * batch / secs << ",\"elapsed_seconds\":"
+           << std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count()
+           << "}";
       metrics << line.str() << "\n" << std::flush;
       summary.last_loss = window_loss / window_n;
       window_loss = window_dist = window_ang = window_smooth = window_fold = window_t = 0;
       window_n = 0;
       window_begin = std::chrono::steady_clock::now();
     }
-    if (config.train.preview_every > 0 && (done % config.train.preview_every == 0 || done == config.train.steps)) {
+    if (config.train.preview_every > 0 &&
+        (done % config.train.preview_every == 0 || done == config.train.steps)) {
       char name[64];
       std::snprintf(name, sizeof name, "/previews/step_%06lld.png", static_cast<long long>(done));
       write_training_preview(output_dir + name, x0, xt, fwd.phi, psi_hat.detach());
@@ -359,8 +385,8 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
   }
   bar.finish();
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
-  log::info("trained to step " + std::to_string(config.train.steps) + " in " + detail::format_duration(summary.seconds) +
-            "; model: " + model_path);
+  log::info("trained to step " + std::to_string(config.train.steps) + " in " +
+            detail::format_duration(summary.seconds) + "; model: " + model_path);
   return summary;
 }
 
@@ -378,11 +404,13 @@ TrainedModel load_model(const std::string& path, const torch::Device& device) {
   return m;
 }
 
-std::vector<RecoveryCheck> check_recovery(RecoveryNet& net, const VelocitySampler& sampler, const at::Tensor& images,
-                                          const std::vector<int64_t>& levels, int64_t repeats, uint64_t seed,
-                                          int64_t batch) {
-  TORCH_CHECK(images.dim() == 2 + static_cast<int64_t>(sampler.image_size().size()) && images.size(1) == 1,
-              "check_recovery: images must be [N, 1, ...S] matching the sampler");
+std::vector<RecoveryCheck> check_recovery(RecoveryNet& net, const VelocitySampler& sampler,
+                                          const at::Tensor& images,
+                                          const std::vector<int64_t>& levels, int64_t repeats,
+                                          uint64_t seed, int64_t batch) {
+  TORCH_CHECK(
+      images.dim() == 2 + static_cast<int64_t>(sampler.image_size().size()) && images.size(1) == 1,
+      "check_recovery: images must be [N, 1, ...S] matching the sampler");
   TORCH_CHECK(repeats >= 1 && batch >= 1, "check_recovery: repeats and batch must be >= 1");
   at::NoGradGuard no_grad;
   const bool was_training = net.is_training();
@@ -403,12 +431,15 @@ std::vector<RecoveryCheck> check_recovery(RecoveryNet& net, const VelocitySample
         const auto fwd = sampler.sample(t, gen);
         const auto xt = warp(x0, fwd.phi);
         const auto psi_hat = net.forward(xt, t.to(device));
-        const auto back = warp(psi_hat, fwd.psi, Interpolation::kLinear, Padding::kBorder);  // psi_hat(x + psi(x))
-        const auto residual = fwd.psi + back;                                               // compose(psi, psi_hat)
+        const auto back = warp(psi_hat, fwd.psi, Interpolation::kLinear,
+                               Padding::kBorder);  // psi_hat(x + psi(x))
+        const auto residual = fwd.psi + back;      // compose(psi, psi_hat)
         const auto psi_norm = fwd.psi.norm(2, 1);
         no_step += psi_norm.mean().item<double>() * n;
         one_step += residual.norm(2, 1).mean().item<double>() * n;
-        cosine += (-(fwd.psi * back).sum(1) / (psi_norm * back.norm(2, 1) + 1e-6)).mean().item<double>() * n;
+        cosine +=
+            (-(fwd.psi * back).sum(1) / (psi_norm * back.norm(2, 1) + 1e-6)).mean().item<double>() *
+            n;
         c.samples += n;
       }
     }

@@ -1,13 +1,13 @@
 #include "drdm/velocity_sampler.h"
 
-#include "drdm/spatial.h"
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+
+#include "drdm/spatial.h"
 
 namespace drdm {
 
@@ -33,16 +33,21 @@ void validate(const SamplerOptions& o) {
   if (!(o.sigma >= 0) || !std::isfinite(o.sigma)) fail("sigma", "must be a finite number >= 0");
   if (!(o.alpha > 0) || !std::isfinite(o.alpha)) fail("alpha", "must be > 0");
   if (!(o.beta > 0) || !std::isfinite(o.beta)) fail("beta", "must be > 0");
-  if (!(o.integrated_alpha > 0) || !std::isfinite(o.integrated_alpha)) fail("integrated_alpha", "must be > 0");
-  if (!(o.integrated_beta > 0) || !std::isfinite(o.integrated_beta)) fail("integrated_beta", "must be > 0");
-  if (o.integrated_max < 1 || o.integrated_max > 100000) fail("integrated_max", "must be in [1, 100000]");
-  if (!(o.perturbation >= 0) || !std::isfinite(o.perturbation)) fail("perturbation", "must be >= 0");
+  if (!(o.integrated_alpha > 0) || !std::isfinite(o.integrated_alpha))
+    fail("integrated_alpha", "must be > 0");
+  if (!(o.integrated_beta > 0) || !std::isfinite(o.integrated_beta))
+    fail("integrated_beta", "must be > 0");
+  if (o.integrated_max < 1 || o.integrated_max > 100000)
+    fail("integrated_max", "must be in [1, 100000]");
+  if (!(o.perturbation >= 0) || !std::isfinite(o.perturbation))
+    fail("perturbation", "must be >= 0");
 }
 
 int64_t step_count(int64_t t, const SamplerOptions& o) {
   if (t <= 0) return 0;
   // A tiny tolerance keeps exact powers (e.g. 32^0.6 = 8) from rounding down.
-  return static_cast<int64_t>(std::floor(std::pow(static_cast<double>(t), o.alpha) / o.beta + 1e-9));
+  return static_cast<int64_t>(
+      std::floor(std::pow(static_cast<double>(t), o.alpha) / o.beta + 1e-9));
 }
 
 int64_t integrated_count(int64_t t, const SamplerOptions& o) {
@@ -77,7 +82,8 @@ VelocitySampler::VelocitySampler(const SamplerOptions& options, std::vector<int6
   validate(options_);
   TORCH_CHECK(image_size_.size() == 2 || image_size_.size() == 3,
               "VelocitySampler: expected 2 or 3 spatial sizes, got ", image_size_.size());
-  for (auto s : image_size_) TORCH_CHECK(s >= 2, "VelocitySampler: image sizes must be >= 2, got ", s);
+  for (auto s : image_size_)
+    TORCH_CHECK(s >= 2, "VelocitySampler: image sizes must be >= 2, got ", s);
 }
 
 torch::Tensor VelocitySampler::velocity(int64_t batch, at::Generator& gen) const {
@@ -93,7 +99,8 @@ torch::Tensor VelocitySampler::velocity(int64_t batch, at::Generator& gen) const
     for (int64_t i = 0; i < d; ++i) coarse.push_back(c);
     // Standard deviation sigma * 2^level in control-grid voxels (Eq. 6), as
     // values on the finest grid: upsampling interpolates values unchanged.
-    auto noise = at::randn(coarse, gen, opts).mul_(options_.sigma * std::ldexp(1.0, static_cast<int>(level)));
+    auto noise = at::randn(coarse, gen, opts)
+                     .mul_(options_.sigma * std::ldexp(1.0, static_cast<int>(level)));
     if (level == 0) {
       v.add_(noise);
       continue;

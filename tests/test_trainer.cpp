@@ -1,11 +1,4 @@
 // Training: config parsing, a real (tiny) training run, bit-exact resume, NaN stop, model loading.
-#include "drdm/image_io.h"
-#include "drdm/optim.h"
-#include "drdm/spatial.h"
-#include "drdm/train_config.h"
-#include "drdm/trainer.h"
-#include "test_util.h"
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
@@ -13,6 +6,13 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+
+#include "drdm/image_io.h"
+#include "drdm/optim.h"
+#include "drdm/spatial.h"
+#include "drdm/train_config.h"
+#include "drdm/trainer.h"
+#include "test_util.h"
 
 namespace {
 
@@ -40,10 +40,11 @@ TEST(TrainConfig, DefaultsAreThePapers) {
 }
 
 TEST(TrainConfig, RoundTripsThroughJson) {
-  auto c = drdm::parse_train_config(R"({"name": "x", "data": {"size": [32, 48], "folders": ["a", "b"]},
+  auto c =
+      drdm::parse_train_config(R"({"name": "x", "data": {"size": [32, 48], "folders": ["a", "b"]},
                                         "sampler": {"process": "markov", "sigma": 0.01},
                                         "train": {"seed": 7, "steps": 12}})",
-                                    "test.json");
+                               "test.json");
   const auto again = drdm::parse_train_config(drdm::to_json(c), "resolved");
   EXPECT_EQ(drdm::to_json(again), drdm::to_json(c));
   EXPECT_EQ(again.sampler.process, drdm::DiffusionProcess::kMarkov);
@@ -87,9 +88,9 @@ TEST(TrainConfig, WrongTypesAndRangesNameTheKey) {
 }
 
 TEST(TrainConfig, OverridesApplyAfterTheFile) {
-  const auto c = drdm::parse_train_config(R"({"train": {"steps": 10}})", "test.json",
-                                          {"train.steps=25", "train.device=cpu", "data.size=[16,16]",
-                                           "sampler.process=markov"});
+  const auto c = drdm::parse_train_config(
+      R"({"train": {"steps": 10}})", "test.json",
+      {"train.steps=25", "train.device=cpu", "data.size=[16,16]", "sampler.process=markov"});
   EXPECT_EQ(c.train.steps, 25);
   EXPECT_EQ(c.train.device, "cpu");
   EXPECT_EQ(c.data.size, (std::vector<int64_t>{16, 16}));
@@ -144,8 +145,8 @@ TEST_F(TinyTraining, TrainsWritesAllOutputsAndLoads) {
   const auto s = drdm::train(config(4), dir, /*resume=*/false, /*progress=*/false);
   EXPECT_EQ(s.steps, 4);
   EXPECT_TRUE(std::isfinite(s.last_loss));
-  for (const auto* f : {"/config.json", "/checkpoint.pt", "/model.pt", "/metrics.jsonl", "/previews/step_000002.png",
-                        "/previews/step_000004.png"})
+  for (const auto* f : {"/config.json", "/checkpoint.pt", "/model.pt", "/metrics.jsonl",
+                        "/previews/step_000002.png", "/previews/step_000004.png"})
     EXPECT_TRUE(std::ifstream(dir + f).good()) << f;
   EXPECT_EQ(lines(dir + "/metrics.jsonl"), 4);
   // The resolved config parses back to the same config.
@@ -225,8 +226,9 @@ TEST_F(TinyTraining, BadInputsAreClearErrors) {
   EXPECT_ANY_THROW(drdm::train(c, out_.path("b"), false, false));
   // bf16 needs CUDA.
   if (!at::hasCUDA()) {
-    EXPECT_THROW(drdm::train(config(2, {"train.mixed_precision=bf16"}), out_.path("c"), false, false),
-                 std::invalid_argument);
+    EXPECT_THROW(
+        drdm::train(config(2, {"train.mixed_precision=bf16"}), out_.path("c"), false, false),
+        std::invalid_argument);
     EXPECT_THROW(drdm::resolve_device("cuda"), std::invalid_argument);
   }
   EXPECT_THROW(drdm::resolve_device("tpu"), std::invalid_argument);
@@ -264,7 +266,8 @@ TEST(Adam, FollowsThePapersUpdate) {
       const double mh = m[i] / (1 - std::pow(b1, step)), vh = v[i] / (1 - std::pow(b2, step));
       expect[i] -= lr * mh / (std::sqrt(vh) + eps);
     }
-    for (int i = 0; i < 3; ++i) EXPECT_NEAR(p[i].item<double>(), expect[i], 1e-12) << "step " << step << " i " << i;
+    for (int i = 0; i < 3; ++i)
+      EXPECT_NEAR(p[i].item<double>(), expect[i], 1e-12) << "step " << step << " i " << i;
   }
   EXPECT_EQ(adam.steps(), 2);
   adam.zero_grad();
@@ -273,7 +276,8 @@ TEST(Adam, FollowsThePapersUpdate) {
   drdm::Adam other({at::zeros({3}, at::kDouble).requires_grad_()});
   other.load_state(adam.steps(), adam.exp_avg(), adam.exp_avg_sq());
   EXPECT_TRUE(at::equal(other.exp_avg()[0], adam.exp_avg()[0]));
-  EXPECT_THROW(other.load_state(1, {at::zeros({4}, at::kDouble)}, {at::zeros({4}, at::kDouble)}), c10::Error);
+  EXPECT_THROW(other.load_state(1, {at::zeros({4}, at::kDouble)}, {at::zeros({4}, at::kDouble)}),
+               c10::Error);
 }
 
 TEST(CheckRecovery, UntrainedNetworkRecoversNothing) {

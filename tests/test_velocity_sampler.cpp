@@ -1,11 +1,11 @@
 // The forward process: schedules, field statistics, smoothness, both processes.
-#include "drdm/spatial.h"
-#include "drdm/velocity_sampler.h"
-
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+
+#include "drdm/spatial.h"
+#include "drdm/velocity_sampler.h"
 
 namespace {
 
@@ -22,7 +22,8 @@ TEST(Schedule, MatchesThePaperFormulas) {
   EXPECT_EQ(drdm::step_count(1, o), 1);
   EXPECT_EQ(drdm::step_count(32, o), 8);  // 32^0.6 = 8 exactly
   for (int64_t t = 1; t <= 80; ++t) {
-    EXPECT_EQ(drdm::step_count(t, o), static_cast<int64_t>(std::floor(std::pow(t, 0.6) + 1e-9))) << t;
+    EXPECT_EQ(drdm::step_count(t, o), static_cast<int64_t>(std::floor(std::pow(t, 0.6) + 1e-9)))
+        << t;
     const auto m = static_cast<int64_t>(std::floor(std::pow(t, 1.3) / 1.5 + 1e-9));
     EXPECT_EQ(drdm::integrated_count(t, o), std::clamp<int64_t>(m, 1, 200)) << t;
   }
@@ -33,7 +34,8 @@ TEST(Schedule, MatchesThePaperFormulas) {
   // Schedules are monotone.
   for (int64_t t = 2; t <= 80; ++t) {
     EXPECT_GE(drdm::step_count(t, SamplerOptions{}), drdm::step_count(t - 1, SamplerOptions{}));
-    EXPECT_GE(drdm::integrated_count(t, SamplerOptions{}), drdm::integrated_count(t - 1, SamplerOptions{}));
+    EXPECT_GE(drdm::integrated_count(t, SamplerOptions{}),
+              drdm::integrated_count(t - 1, SamplerOptions{}));
   }
 }
 
@@ -109,7 +111,8 @@ TEST(VelocityField, ControlToImageIsTheCentralHalf) {
   // the field at image voxel j is a * (control position of that voxel) scaled to image voxels.
   auto lin = drdm::identity_grid({16, 16}).select(1, 0).unsqueeze(1).repeat({1, 2, 1, 1}) * 0.1;
   const auto fl = s.to_image(lin);
-  // Image voxel j (axis 0) sits at big-grid index j + 10 of 40, control position (j + 10) * 15 / 39.
+  // Image voxel j (axis 0) sits at big-grid index j + 10 of 40, control position (j + 10) * 15
+  // / 39.
   for (int64_t j : {0, 7, 19}) {
     const double control_pos = (j + 10) * 15.0 / 39.0;
     EXPECT_NEAR(fl[0][0][j][4].item<double>(), 0.1 * control_pos * 39.0 / 15.0, 1e-3) << j;
@@ -220,7 +223,8 @@ TEST(Markov, ComposesIndependentSteps) {
   const auto mixed = s.sample(levels({1, 40}), g);
   EXPECT_GT(mean_norm(mixed.phi.narrow(0, 1, 1)), 3 * mean_norm(mixed.phi.narrow(0, 0, 1)));
   // At t = 1 the image field is the step itself.
-  EXPECT_LT((mixed.phi.narrow(0, 0, 1) - mixed.psi.narrow(0, 0, 1)).abs().max().item<double>(), 1e-4);
+  EXPECT_LT((mixed.phi.narrow(0, 0, 1) - mixed.psi.narrow(0, 0, 1)).abs().max().item<double>(),
+            1e-4);
 }
 
 TEST(Sampler, ThreeDimensional) {

@@ -1,14 +1,14 @@
 /// @file Training configuration: JSON files in configs/, validated, with dotted-key overrides.
 #pragma once
 
+#include <cstdint>
+#include <string>
+#include <vector>
+
 #include "drdm/dataset.h"
 #include "drdm/losses.h"
 #include "drdm/network.h"
 #include "drdm/velocity_sampler.h"
-
-#include <cstdint>
-#include <string>
-#include <vector>
 
 namespace drdm {
 
@@ -17,24 +17,27 @@ namespace drdm {
 /// where the paper gives one.
 struct TrainConfig {
   std::string name = "drdm";
-  DatasetOptions data;        ///< "data": folders, include, exclude, dims, slice_axis, size, clip_*, min_foreground
-  AugmentOptions augment;     ///< "augment"
-  SamplerOptions sampler;     ///< "sampler" (process as "stationary" | "markov")
-  NetworkOptions model;       ///< "model": time_embedding, recursion (dims and timesteps follow data and sampler)
-  LossWeights loss;           ///< "loss": distance, angle, regularisation, eps
+  DatasetOptions
+      data;  ///< "data": folders, include, exclude, dims, slice_axis, size, clip_*, min_foreground
+  AugmentOptions augment;  ///< "augment"
+  SamplerOptions sampler;  ///< "sampler" (process as "stationary" | "markov")
+  NetworkOptions
+      model;  ///< "model": time_embedding, recursion (dims and timesteps follow data and sampler)
+  LossWeights loss;  ///< "loss": distance, angle, regularisation, eps
   struct Train {
     int64_t batch_size = 64;
     int64_t steps = 10000;
     double lr = 1e-4;
-    double lr_decay = 1.0;          ///< learning rate multiplied by this every step (exponential schedule)
+    double lr_decay = 1.0;  ///< learning rate multiplied by this every step (exponential schedule)
     uint64_t seed = 0;
-    int64_t checkpoint_every = 500; ///< steps between checkpoints (one is always written at the end)
-    int64_t preview_every = 500;    ///< steps between preview PNGs (0 = never)
-    int64_t log_every = 10;         ///< steps between metrics lines
+    int64_t checkpoint_every =
+        500;                      ///< steps between checkpoints (one is always written at the end)
+    int64_t preview_every = 500;  ///< steps between preview PNGs (0 = never)
+    int64_t log_every = 10;       ///< steps between metrics lines
     std::string mixed_precision = "none";  ///< "none" or "bf16" (CUDA only)
-    std::string device = "auto";    ///< "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
-    int64_t threads = 0;            ///< CPU intra-op threads, 0 = LibTorch's default
-    int64_t prefetch = 2;           ///< batches prepared ahead by the loader thread
+    std::string device = "auto";           ///< "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
+    int64_t threads = 0;                   ///< CPU intra-op threads, 0 = LibTorch's default
+    int64_t prefetch = 2;                  ///< batches prepared ahead by the loader thread
   } train;
 };
 
@@ -43,7 +46,8 @@ struct TrainConfig {
 /// file and the dotted key. `overrides` are "section.key=value" strings
 /// (value: JSON, or a bare string), applied after the file.
 /// Throws std::invalid_argument.
-TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides = {});
+TrainConfig load_train_config(const std::string& path,
+                              const std::vector<std::string>& overrides = {});
 
 /// The same from JSON text; `source` names it in error messages.
 TrainConfig parse_train_config(const std::string& json_text, const std::string& source,

@@ -1,15 +1,15 @@
 /// @file Training the recovery network (paper Alg. 1), checkpoints, and loading trained models.
 #pragma once
 
-#include "drdm/network.h"
-#include "drdm/train_config.h"
-#include "drdm/velocity_sampler.h"
-
 #include <torch/types.h>
 
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "drdm/network.h"
+#include "drdm/train_config.h"
+#include "drdm/velocity_sampler.h"
 
 namespace drdm {
 
@@ -19,11 +19,11 @@ torch::Device resolve_device(const std::string& name);
 
 /// What a training run ended with.
 struct TrainSummary {
-  int64_t first_step = 0;    ///< the step training started from (0, or the resumed step)
-  int64_t steps = 0;         ///< the step count reached (== config.train.steps)
-  double seconds = 0;        ///< wall time of this run
-  double last_loss = 0;      ///< mean total loss over the last logging window
-  std::string checkpoint;    ///< path of the final checkpoint
+  int64_t first_step = 0;  ///< the step training started from (0, or the resumed step)
+  int64_t steps = 0;       ///< the step count reached (== config.train.steps)
+  double seconds = 0;      ///< wall time of this run
+  double last_loss = 0;    ///< mean total loss over the last logging window
+  std::string checkpoint;  ///< path of the final checkpoint
 };
 
 /// Trains per Alg. 1: for each step, a batch (dataset.training_batch with the
@@ -57,10 +57,11 @@ TrainedModel load_model(const std::string& path, const torch::Device& device = t
 /// Recovery error of one predicted step at level t, on held-out images.
 struct RecoveryCheck {
   int64_t t = 0;
-  double no_step_error = 0;     ///< mean_x ||psi_t(x)|| in voxels (error if the network predicted nothing)
-  double one_step_error = 0;    ///< mean_x ||compose(psi_t, psi_hat)(x)|| in voxels
-  double ratio = 0;             ///< one_step_error / no_step_error (< 1: the network recovers)
-  double cosine = 0;            ///< mean_x cos(psi_t(x), -psi_hat(x + psi_t(x))) (1: points exactly back)
+  double no_step_error =
+      0;  ///< mean_x ||psi_t(x)|| in voxels (error if the network predicted nothing)
+  double one_step_error = 0;  ///< mean_x ||compose(psi_t, psi_hat)(x)|| in voxels
+  double ratio = 0;           ///< one_step_error / no_step_error (< 1: the network recovers)
+  double cosine = 0;  ///< mean_x cos(psi_t(x), -psi_hat(x + psi_t(x))) (1: points exactly back)
   int64_t samples = 0;
 };
 
@@ -68,7 +69,8 @@ struct RecoveryCheck {
 /// [N, 1, ...S] (already preprocessed to the model's size), the network's
 /// prediction, and the errors above. Deterministic for a seed.
 std::vector<RecoveryCheck> check_recovery(RecoveryNet& net, const VelocitySampler& sampler,
-                                          const torch::Tensor& images, const std::vector<int64_t>& levels,
-                                          int64_t repeats, uint64_t seed, int64_t batch = 16);
+                                          const torch::Tensor& images,
+                                          const std::vector<int64_t>& levels, int64_t repeats,
+                                          uint64_t seed, int64_t batch = 16);
 
 }  // namespace drdm

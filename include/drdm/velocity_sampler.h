@@ -37,7 +37,8 @@ struct SamplerOptions {
   double sigma = 0.005;
   double alpha = 0.6;  ///< n_t = floor(t^alpha / beta)
   double beta = 1.0;
-  double integrated_alpha = 1.3;  ///< m_t = clamp(floor(t^integrated_alpha / integrated_beta), 1, integrated_max)
+  double integrated_alpha =
+      1.3;  ///< m_t = clamp(floor(t^integrated_alpha / integrated_beta), 1, integrated_max)
   double integrated_beta = 1.5;
   int64_t integrated_max = 200;
   /// Relative strength of the independent multi-scale perturbation added to v
@@ -51,7 +52,8 @@ void validate(const SamplerOptions& options);
 
 /// n_t = floor(t^alpha / beta) for t >= 1 (0 for t = 0).
 int64_t step_count(int64_t t, const SamplerOptions& options);
-/// m_t = clamp(floor(t^integrated_alpha / integrated_beta), 1, integrated_max) for t >= 1 (0 for t = 0).
+/// m_t = clamp(floor(t^integrated_alpha / integrated_beta), 1, integrated_max) for t >= 1 (0 for t
+/// = 0).
 int64_t integrated_count(int64_t t, const SamplerOptions& options);
 
 /// A generator for `device` seeded with `seed` (CPU or CUDA): the sampler
@@ -60,8 +62,10 @@ at::Generator make_generator(const torch::Device& device, uint64_t seed);
 
 /// One draw of the forward process for a batch.
 struct ForwardSample {
-  torch::Tensor psi;  ///< the step psi_t [N, d, ...S], voxels of the image grid (the network learns its inverse)
-  torch::Tensor phi;  ///< the image field phi_{t:1} [N, d, ...S]; the training input is warp(I_0, phi)
+  torch::Tensor psi;  ///< the step psi_t [N, d, ...S], voxels of the image grid (the network learns
+                      ///< its inverse)
+  torch::Tensor
+      phi;  ///< the image field phi_{t:1} [N, d, ...S]; the training input is warp(I_0, phi)
 };
 
 /// Samples the forward process for images of one size on one device.
