@@ -129,6 +129,19 @@ def dump(args):
             t.contiguous().float().cpu().numpy().tofile(os.path.join(args.dump, f"{name}_{tag}.f32"))
 
 
+def requested_devices(device, program):
+    """["cpu"], ["cuda"] or both for --device cpu|cuda|all; exits if CUDA is asked for but absent."""
+    devices = []
+    if device in ("cpu", "all"):
+        devices.append("cpu")
+    if device in ("cuda", "all"):
+        if torch.cuda.is_available():
+            devices.append("cuda")
+        elif device == "cuda":
+            sys.exit(f"{program}: --device cuda but CUDA is not available")
+    return devices
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
@@ -153,15 +166,7 @@ def main():
         dump(args)
         return 0
 
-    devices = []
-    if args.device in ("cpu", "all"):
-        devices.append("cpu")
-    if args.device in ("cuda", "all"):
-        if torch.cuda.is_available():
-            devices.append("cuda")
-        elif args.device == "cuda":
-            print("peer_spatial.py: --device cuda but CUDA is not available", file=sys.stderr)
-            return 1
+    devices = requested_devices(args.device, "peer_spatial.py")
 
     cases = [([256, 256], 1), ([256, 256], 8), ([64, 64, 64], 1)]
     if args.sizes == "full":

@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from peer_spatial import requested_devices
+
 SEED = 1234
 T_MAX = 80
 # (size, batch, sampler control, sampler levels); case indices as in bench_train.cpp.
@@ -359,14 +361,7 @@ def train_timing(dims, size, batch, control, levels, device, fmt, args, case):
 
 
 def main_bench(args):
-    devices = []
-    if args.device in ("cpu", "all"):
-        devices.append("cpu")
-    if args.device in ("cuda", "all"):
-        if torch.cuda.is_available():
-            devices.append("cuda")
-        elif args.device == "cuda":
-            sys.exit("peer_train.py: --device cuda but CUDA is not available")
+    devices = requested_devices(args.device, "peer_train.py")
     out = open(args.out, "w") if args.out else sys.stdout
     threads = torch.get_num_threads()
     ops = None if args.ops == "all" else set(args.ops.split(","))
