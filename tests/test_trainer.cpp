@@ -249,6 +249,19 @@ TEST_F(TinyTraining, BadInputsAreClearErrors) {
   }
 }
 
+TEST_F(TinyTraining, TrainsOnCudaWithAndWithoutBf16_CUDA) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (const std::string precision : {"none", "bf16"}) {
+    const auto dir = out_.path("cuda_" + precision);
+    const auto s = drdm::train(config(3, {"train.device=cuda", "train.mixed_precision=" + precision}), dir, false, false);
+    EXPECT_TRUE(std::isfinite(s.last_loss)) << precision;
+    auto m = drdm::load_model(dir + "/model.pt", torch::Device(torch::kCUDA));
+    const auto y = m.net.forward(at::rand({1, 1, 16, 16}, at::kCUDA), at::full({1}, 5, at::kLong));
+    EXPECT_TRUE(y.is_cuda());
+    EXPECT_TRUE(at::isfinite(y).all().item<bool>());
+  }
+}
+
 TEST(Adam, FollowsThePapersUpdate) {
   // Kingma & Ba, Alg. 1, written out in doubles for two steps with known gradients.
   auto p = at::tensor({1.0, -2.0, 0.5}, at::kDouble).requires_grad_();
