@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <functional>
 #include <numeric>
 #include <sstream>
@@ -117,6 +118,33 @@ inline std::string size_string(const std::vector<int64_t>& size) {
   std::string s;
   for (size_t i = 0; i < size.size(); ++i) s += (i ? "x" : "") + std::to_string(size[i]);
   return s;
+}
+
+/// The devices --device asks for: "cpu", "cuda" or both (CUDA only when present).
+/// Returns false (after a message) when CUDA alone is asked for but absent.
+inline bool requested_devices(const CommonOptions& o, const char* program, std::vector<std::string>& devices) {
+  devices.clear();
+  if (o.device == "cpu" || o.device == "all") devices.push_back("cpu");
+  if (o.device == "cuda" || o.device == "all") {
+    if (at::hasCUDA()) {
+      devices.push_back("cuda");
+    } else if (o.device == "cuda") {
+      std::fprintf(stderr, "%s: --device cuda but CUDA is not available\n", program);
+      return false;
+    }
+  }
+  return true;
+}
+
+/// Opens --out (or stands for stdout when it is empty); false after a message if it cannot.
+inline bool open_output(const CommonOptions& o, const char* program, std::ofstream& file) {
+  if (o.out.empty()) return true;
+  file.open(o.out);
+  if (!file) {
+    std::fprintf(stderr, "%s: cannot open %s\n", program, o.out.c_str());
+    return false;
+  }
+  return true;
 }
 
 /// Forces completion of all queued work that produced `t` (CUDA launches are

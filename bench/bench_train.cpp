@@ -271,24 +271,10 @@ int main(int argc, char** argv) {
   }
 
   std::vector<std::string> devices;
-  if (o.device == "cpu" || o.device == "all") devices.push_back("cpu");
-  if (o.device == "cuda" || o.device == "all") {
-    if (at::hasCUDA()) {
-      devices.push_back("cuda");
-    } else if (o.device == "cuda") {
-      std::fprintf(stderr, "drdm_bench_train: --device cuda but CUDA is not available\n");
-      return 1;
-    }
-  }
+  if (!drdm::bench::requested_devices(o, "drdm_bench_train", devices)) return 1;
 
   std::ofstream file;
-  if (!o.out.empty()) {
-    file.open(o.out);
-    if (!file) {
-      std::fprintf(stderr, "drdm_bench_train: cannot open %s\n", o.out.c_str());
-      return 1;
-    }
-  }
+  if (!drdm::bench::open_output(o, "drdm_bench_train", file)) return 1;
   std::ostream& out = o.out.empty() ? std::cout : file;
 
   const int threads = at::get_num_threads();
