@@ -1,5 +1,7 @@
 #include "drdm/dataset.h"
 
+#include "seeds.h"
+
 #include "drdm/image_io.h"
 #include "drdm/log.h"
 
@@ -33,13 +35,6 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 constexpr double kForegroundLevel = 0.05;
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
 
 /// Seed of the generator of one training step: depends on (seed, step) only.
 uint64_t step_seed(uint64_t seed, int64_t step) {

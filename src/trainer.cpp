@@ -24,6 +24,7 @@
 #include "drdm/preview.h"
 #include "drdm/spatial.h"
 #include "progress.h"
+#include "seeds.h"
 
 namespace drdm {
 
@@ -31,15 +32,9 @@ namespace {
 
 constexpr const char* kCheckpointFormat = "libdrdm-checkpoint-1";
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
 /// Independent streams for (seed, step, purpose).
 uint64_t stream_seed(uint64_t seed, int64_t step, uint64_t purpose) {
+  using detail::splitmix64;
   return splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^
                     (purpose * 0x632BE59BD9B4E019ULL));
 }
@@ -223,15 +218,13 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
     if (!file_exists(checkpoint_path))
       throw std::runtime_error("--resume: no checkpoint at '" + checkpoint_path + "'");
     auto ck = read_checkpoint(checkpoint_path);
-    if (to_json(ck.config) != to_json(config)) {
-      // Only the step count may change on resume (to train longer).
-      auto a = ck.config, b = config;
-      a.train.steps = b.train.steps = 0;
-      if (to_json(a) != to_json(b))
-        throw std::runtime_error("--resume: the config differs from the one '" + checkpoint_path +
-                                 "' was trained with (only train.steps may change); see " +
-                                 output_dir + "/config.json");
-    }
+    // Only the step count may change on resume (to train longer).
+    auto a = ck.config, b = config;
+    a.train.steps = b.train.steps = 0;
+    if (to_json(a) != to_json(b))
+      throw std::runtime_error("--resume: the config differs from the one '" + checkpoint_path +
+                               "' was trained with (only train.steps may change); see " + output_dir +
+                               "/config.json");
     net.load_state(ck.model);
     if (ck.adam_step < 0)
       throw std::runtime_error("--resume: '" + checkpoint_path + "' has no optimiser state");
@@ -431,9 +424,8 @@ std::vector<RecoveryCheck> check_recovery(RecoveryNet& net, const VelocitySample
         const auto fwd = sampler.sample(t, gen);
         const auto xt = warp(x0, fwd.phi);
         const auto psi_hat = net.forward(xt, t.to(device));
-        const auto back = warp(psi_hat, fwd.psi, Interpolation::kLinear,
-                               Padding::kBorder);  // psi_hat(x + psi(x))
-        const auto residual = fwd.psi + back;      // compose(psi, psi_hat)
+        const auto residual = compose(fwd.psi, psi_hat);  // psi + psi_hat(x + psi(x))
+        const auto back = residual - fwd.psi;               // psi_hat(x + psi(x))
         const auto psi_norm = fwd.psi.norm(2, 1);
         no_step += psi_norm.mean().item<double>() * n;
         one_step += residual.norm(2, 1).mean().item<double>() * n;
