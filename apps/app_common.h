@@ -4,6 +4,8 @@
 #include "drdm/log.h"
 #include "drdm/runtime.h"
 
+#include <c10/util/Exception.h>
+
 #include <exception>
 #include <iostream>
 
@@ -24,6 +26,9 @@ int run_reporting_errors(const char* program, Fn&& work) {
   try {
     work();
     return 0;
+  } catch (const c10::Error& e) {  // LibTorch's messages without the C++ backtrace
+    std::cerr << program << ": error: " << e.what_without_backtrace() << "\n";
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << program << ": error: " << e.what() << "\n";
     return 1;

@@ -9,6 +9,8 @@ install(TARGETS drdm EXPORT drdmTargets
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(DIRECTORY include/drdm DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+# The shipped models, where drdm_deform looks for its default (share/drdm/models).
+install(DIRECTORY models/ DESTINATION ${CMAKE_INSTALL_DATADIR}/drdm/models)
 install(EXPORT drdmTargets NAMESPACE drdm:: DESTINATION ${DRDM_INSTALL_CMAKEDIR})
 
 get_target_property(_drdm_type drdm TYPE)

@@ -19,6 +19,13 @@ namespace drdm::detail {
 /// crash in remove_all on GCC 12's libstdc++.
 void write_via_temporary(const std::string& path, const std::function<void(const std::string&)>& write);
 
+/// True if `path` is a regular file / a folder (following links).
+bool file_exists(const std::string& path);
+bool dir_exists(const std::string& path);
+
+/// mkdir -p; throws std::runtime_error naming the folder that cannot be made.
+void make_dirs(const std::string& path);
+
 /// True if `path` ends with `ext` (e.g. ".nii.gz"), ignoring case.
 bool has_extension(const std::string& path, const std::string& ext);
 

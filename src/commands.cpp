@@ -1,6 +1,7 @@
 #include "drdm/commands.h"
 
 #include "atomic_file.h"
+#include "grid_check.h"
 #include "drdm/image_io.h"
 #include "drdm/log.h"
 #include "drdm/preview.h"
@@ -24,28 +25,6 @@ PixelType parse_pixel_type(const std::string& name) {
   throw std::invalid_argument("unknown pixel type '" + name +
                               "' (expected auto, uint8, int8, uint16, int16, uint32, int32, "
                               "uint64, int64, float32 or float64)");
-}
-
-// Same grid up to float noise in the header: fields are only meaningful on
-// the grid they were written for.
-void check_same_grid(const Geometry& image, const Geometry& field, const std::string& image_path,
-                     const std::string& field_path) {
-  auto where = "'" + field_path + "' does not lie on the grid of '" + image_path + "': ";
-  if (image.size != field.size) {
-    std::string a, b;
-    for (auto s : image.size) a += (a.empty() ? "" : "x") + std::to_string(s);
-    for (auto s : field.size) b += (b.empty() ? "" : "x") + std::to_string(s);
-    throw std::runtime_error(where + "size " + b + " vs " + a);
-  }
-  auto close = [](const std::vector<double>& x, const std::vector<double>& y, double tol) {
-    for (size_t i = 0; i < x.size(); ++i)
-      if (std::abs(x[i] - y[i]) > tol * std::max(1.0, std::abs(x[i]))) return false;
-    return true;
-  };
-  if (!close(image.spacing, field.spacing, 1e-4)) throw std::runtime_error(where + "spacing differs");
-  if (!close(image.origin, field.origin, 1e-4)) throw std::runtime_error(where + "origin differs");
-  if (!close(image.direction, field.direction, 1e-4))
-    throw std::runtime_error(where + "direction differs");
 }
 
 }  // namespace

@@ -155,22 +155,13 @@ std::vector<double> foreground_per_slice(const at::Tensor& normalised, int64_t a
   return out;
 }
 
-/// Resamples an image [1, ...S] (values in [0, 1]) so that its physical
-/// extent fits `size` with its aspect ratio kept, centred in zero padding.
-at::Tensor fit_to_size(const at::Tensor& image, const std::vector<double>& spacing, const std::vector<int64_t>& size) {
-  const auto d = static_cast<int64_t>(size.size());
-  std::vector<double> extent(d);
-  double scale = 0;  // mm per output voxel
-  for (int64_t i = 0; i < d; ++i) {
-    extent[i] = static_cast<double>(image.size(i + 1)) * spacing[i];
-    scale = std::max(scale, extent[i] / static_cast<double>(size[i]));
-  }
-  std::vector<int64_t> fitted(d);
+/// Resamples an image [1, ...S] (values in [0, 1]) as `fit` places it:
+/// antialiased resize to fit.fitted, centred in zero padding.
+at::Tensor fit_with(const at::Tensor& image, const GridFit& fit) {
+  const auto d = static_cast<int64_t>(fit.model_size.size());
+  const std::vector<int64_t>& fitted = fit.fitted;
   bool same = true;
-  for (int64_t i = 0; i < d; ++i) {
-    fitted[i] = std::clamp<int64_t>(std::llround(extent[i] / scale), 1, size[i]);
-    same = same && fitted[i] == image.size(i + 1);
-  }
+  for (int64_t i = 0; i < d; ++i) same = same && fitted[i] == image.size(i + 1);
   at::Tensor x = image.unsqueeze(0);  // [1, 1, ...S]
   if (!same) {
     if (d == 2) {
@@ -194,12 +185,19 @@ at::Tensor fit_to_size(const at::Tensor& image, const std::vector<double>& spaci
   }
   std::vector<int64_t> pad;  // last axis first, as constant_pad_nd wants
   for (int64_t i = d - 1; i >= 0; --i) {
-    const int64_t total = size[i] - fitted[i];
-    pad.push_back(total / 2);
-    pad.push_back(total - total / 2);
+    const int64_t total = fit.model_size[i] - fitted[i];
+    pad.push_back(fit.pad_before[i]);
+    pad.push_back(total - fit.pad_before[i]);
   }
   x = at::constant_pad_nd(x, pad, 0.0);
   return x.squeeze(0).contiguous();
+}
+
+/// Resamples an image [1, ...S] (values in [0, 1]) so that its physical
+/// extent fits `size` with its aspect ratio kept, centred in zero padding.
+at::Tensor fit_to_size(const at::Tensor& image, const std::vector<double>& spacing, const std::vector<int64_t>& size) {
+  std::vector<int64_t> shape(image.sizes().begin() + 1, image.sizes().end());
+  return fit_with(image, fit_grid(shape, spacing, size));
 }
 
 void check_preprocess_args(const at::Tensor& image, const std::vector<double>& spacing, const std::vector<int64_t>& size,
@@ -344,6 +342,86 @@ at::Tensor affine_grid(const at::Tensor& theta, at::IntArrayRef spatial) {
 
 }  // namespace
 }  // namespace detail
+
+double GridFit::to_model(int64_t axis, double x) const {
+  const auto a = static_cast<size_t>(axis);
+  return static_cast<double>(pad_before[a]) +
+         (x + 0.5) * static_cast<double>(fitted[a]) / static_cast<double>(input_size[a]) - 0.5;
+}
+
+GridFit fit_grid(const std::vector<int64_t>& input_size, const std::vector<double>& spacing,
+                 const std::vector<int64_t>& model_size) {
+  const auto d = model_size.size();
+  TORCH_CHECK(d == 2 || d == 3, "fit_grid: expected 2 or 3 model sizes, got ", d);
+  TORCH_CHECK(input_size.size() == d && spacing.size() == d, "fit_grid: expected ", d,
+              " input sizes and spacings, got ", input_size.size(), " and ", spacing.size());
+  GridFit fit;
+  fit.input_size = input_size;
+  fit.model_size = model_size;
+  double scale = 0;  // mm per model voxel
+  for (size_t i = 0; i < d; ++i) {
+    TORCH_CHECK(input_size[i] > 0 && model_size[i] > 0 && std::isfinite(spacing[i]) && spacing[i] > 0,
+                "fit_grid: sizes and spacings must be positive");
+    scale = std::max(scale, static_cast<double>(input_size[i]) * spacing[i] / static_cast<double>(model_size[i]));
+  }
+  for (size_t i = 0; i < d; ++i) {
+    const double extent = static_cast<double>(input_size[i]) * spacing[i];
+    fit.fitted.push_back(std::clamp<int64_t>(std::llround(extent / scale), 1, model_size[i]));
+    fit.pad_before.push_back((model_size[i] - fit.fitted.back()) / 2);
+  }
+  return fit;
+}
+
+torch::Tensor normalise_intensity(const torch::Tensor& image, double clip_low_pct, double clip_high_pct) {
+  TORCH_CHECK(image.numel() > 0, "normalise_intensity: empty image");
+  TORCH_CHECK(0 <= clip_low_pct && clip_low_pct < clip_high_pct && clip_high_pct <= 100,
+              "normalise_intensity: expected 0 <= clip_low_pct < clip_high_pct <= 100");
+  TORCH_CHECK(at::isfinite(image).all().item<bool>(), "normalise_intensity: the image holds NaN or Inf");
+  return detail::clip_normalise(image, clip_low_pct, clip_high_pct);
+}
+
+torch::Tensor fit_image(const torch::Tensor& image, const GridFit& fit) {
+  const auto d = static_cast<int64_t>(fit.model_size.size());
+  TORCH_CHECK(image.dim() == d + 1 && image.size(0) == 1 &&
+                  std::equal(fit.input_size.begin(), fit.input_size.end(), image.sizes().begin() + 1),
+              "fit_image: expected an image [1, ", at::IntArrayRef(fit.input_size), "], got ", image.sizes());
+  return detail::fit_with(image.to(at::kFloat), fit);
+}
+
+torch::Tensor field_to_input(const torch::Tensor& field, const GridFit& fit) {
+  const auto d = static_cast<int64_t>(fit.model_size.size());
+  TORCH_CHECK(field.dim() == d + 2 && field.size(1) == d &&
+                  std::equal(fit.model_size.begin(), fit.model_size.end(), field.sizes().begin() + 2),
+              "field_to_input: expected a field [N, ", d, ", ", at::IntArrayRef(fit.model_size), "], got ",
+              field.sizes());
+  const auto opts = field.options();
+  // Normalised sampling coordinates (align_corners) of the input voxels, one
+  // 1-D table per axis, broadcast into the grid (x = W first in its last dim).
+  std::vector<at::Tensor> coords;
+  for (int64_t i = 0; i < d; ++i) {
+    const auto a = static_cast<size_t>(i);
+    const double step = static_cast<double>(fit.fitted[a]) / static_cast<double>(fit.input_size[a]);
+    at::Tensor x = at::arange(fit.input_size[a], opts.dtype(at::kDouble));
+    at::Tensor m = (x + 0.5) * step + (static_cast<double>(fit.pad_before[a]) - 0.5);
+    const double denom = std::max<double>(1.0, static_cast<double>(fit.model_size[a] - 1));
+    coords.push_back((m * (2.0 / denom) - 1.0).to(opts.dtype()));
+  }
+  std::vector<at::Tensor> mesh = at::meshgrid(coords, "ij");
+  std::vector<at::Tensor> reversed(mesh.rbegin(), mesh.rend());
+  std::vector<int64_t> gshape{field.size(0)};
+  for (auto s : fit.input_size) gshape.push_back(s);
+  gshape.push_back(d);
+  at::Tensor grid = at::stack(reversed, -1).unsqueeze(0).expand(gshape);
+  at::Tensor sampled = at::grid_sampler(field, grid, /*interpolation=*/0, /*padding=*/1, /*align_corners=*/true);
+  // Model voxels -> input voxels along each axis.
+  std::vector<at::Tensor> channels;
+  for (int64_t i = 0; i < d; ++i) {
+    const auto a = static_cast<size_t>(i);
+    channels.push_back(sampled.select(1, i) *
+                       (static_cast<double>(fit.input_size[a]) / static_cast<double>(fit.fitted[a])));
+  }
+  return at::stack(channels, 1).contiguous();
+}
 
 torch::Tensor preprocess_image(const torch::Tensor& image, const std::vector<double>& spacing,
                                const std::vector<int64_t>& size, double clip_low_pct, double clip_high_pct) {

@@ -29,6 +29,8 @@
 namespace drdm {
 
 namespace {
+using detail::file_exists;
+using detail::make_dirs;
 
 constexpr const char* kCheckpointFormat = "libdrdm-checkpoint-1";
 
@@ -37,24 +39,6 @@ uint64_t stream_seed(uint64_t seed, int64_t step, uint64_t purpose) {
   using detail::splitmix64;
   return splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^
                     (purpose * 0x632BE59BD9B4E019ULL));
-}
-
-bool file_exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-void make_dirs(const std::string& path) {
-  std::string partial;
-  std::stringstream parts(path);
-  std::string part;
-  if (!path.empty() && path[0] == '/') partial = "/";
-  while (std::getline(parts, part, '/')) {
-    if (part.empty()) continue;
-    partial += part + "/";
-    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
-      throw std::runtime_error("cannot create folder '" + partial + "'");
-  }
 }
 
 std::vector<char> read_bytes(const std::string& path) {

@@ -129,7 +129,25 @@ torch::Tensor VelocitySampler::sample_field(const torch::Tensor& t, at::Generato
   return sample_impl(t, gen, /*need_psi=*/false).phi;
 }
 
+torch::Tensor VelocitySampler::sample_field(const torch::Tensor& t, std::vector<at::Generator>& gens) const {
+  TORCH_CHECK(t.dim() == 1 && static_cast<size_t>(t.numel()) == gens.size(),
+              "VelocitySampler::sample_field: expected one generator per sample, got ", gens.size(), " for t ",
+              t.sizes());
+  const auto draw = [&](int64_t batch) {
+    std::vector<at::Tensor> parts;
+    for (int64_t b = 0; b < batch; ++b) parts.push_back(velocity(1, gens[static_cast<size_t>(b)]));
+    return at::cat(parts, 0);
+  };
+  return sample_impl(t, draw, /*need_psi=*/false).phi;
+}
+
 ForwardSample VelocitySampler::sample_impl(const torch::Tensor& t, at::Generator& gen,
+                                           bool need_psi) const {
+  return sample_impl(t, [&](int64_t batch) { return velocity(batch, gen); }, need_psi);
+}
+
+ForwardSample VelocitySampler::sample_impl(const torch::Tensor& t,
+                                           const std::function<torch::Tensor(int64_t)>& draw,
                                            bool need_psi) const {
   TORCH_CHECK(t.dim() == 1 && t.numel() >= 1 && !t.is_floating_point(),
               "VelocitySampler: t must be an integer tensor [N], got ", t.sizes(), " ", t.dtype());
@@ -141,14 +159,14 @@ ForwardSample VelocitySampler::sample_impl(const torch::Tensor& t, at::Generator
   const auto batch = static_cast<int64_t>(ts.size());
   ForwardSample out;
   if (options_.process == DiffusionProcess::kStationary) {
-    const auto v = velocity(batch, gen);
+    const auto v = draw(batch);
     std::vector<int64_t> n, m;
     for (auto tt : ts) {
       n.push_back(step_count(tt, options_));
       m.push_back(integrated_count(tt, options_));
     }
     auto perturbed = v;
-    if (options_.perturbation > 0) perturbed = v + velocity(batch, gen) * options_.perturbation;
+    if (options_.perturbation > 0) perturbed = v + draw(batch) * options_.perturbation;
     out.phi = to_image(compose_power(perturbed, m));
     if (need_psi) out.psi = to_image(compose_power(v, n));
     return out;
@@ -158,7 +176,7 @@ ForwardSample VelocitySampler::sample_impl(const torch::Tensor& t, at::Generator
   const int64_t t_max = *std::max_element(ts.begin(), ts.end());
   torch::Tensor phi, psi;
   for (int64_t tau = 1; tau <= t_max; ++tau) {
-    const auto v = velocity(batch, gen);
+    const auto v = draw(batch);
     std::vector<int64_t> active(batch), last(batch);
     for (int64_t b = 0; b < batch; ++b) {
       active[b] = tau <= ts[b] ? step_count(tau, options_) : 0;

@@ -106,6 +106,37 @@ torch::Tensor augment_batch(const torch::Tensor& batch, const AugmentOptions& op
 torch::Tensor preprocess_image(const torch::Tensor& image, const std::vector<double>& spacing,
                                const std::vector<int64_t>& size, double clip_low_pct, double clip_high_pct);
 
+/// Where an image lies in the model grid after the aspect-keeping fit of
+/// preprocess_image: along tensor axis i the image (input_size[i] voxels)
+/// is resampled to `fitted[i]` voxels and placed after `pad_before[i]` voxels
+/// of zero padding in a grid of `model_size[i]`. Input voxel x maps to the
+/// model coordinate pad_before[i] + (x + 0.5) * fitted[i] / input_size[i] - 0.5.
+struct GridFit {
+  std::vector<int64_t> input_size, model_size, fitted, pad_before;
+  /// Model-grid coordinate of input voxel coordinate x along axis i.
+  double to_model(int64_t axis, double x) const;
+};
+
+/// The fit preprocess_image uses for an image of tensor size `input_size`
+/// with `spacing` (mm per tensor axis) and a model grid of `model_size`.
+GridFit fit_grid(const std::vector<int64_t>& input_size, const std::vector<double>& spacing,
+                 const std::vector<int64_t>& model_size);
+
+/// Intensity step of preprocess_image alone: clip to the percentiles of the
+/// image and map to [0, 1] (float32, same shape).
+torch::Tensor normalise_intensity(const torch::Tensor& image, double clip_low_pct, double clip_high_pct);
+
+/// Resampling step of preprocess_image alone: image [1, ...input_size] with
+/// values in [0, 1] -> float32 [1, ...model_size] placed as `fit` says.
+torch::Tensor fit_image(const torch::Tensor& image, const GridFit& fit);
+
+/// Brings a field generated on the model grid back to the input grid of
+/// `fit`: field [N, d, ...model_size] in model voxels -> [N, d, ...input_size]
+/// in input voxels, sampled linearly at the input voxels' model coordinates
+/// (border padding) and rescaled per axis, so that
+/// warp(input, result) matches warp(model image, field) mapped back.
+torch::Tensor field_to_input(const torch::Tensor& field, const GridFit& fit);
+
 /// Background producer of training batches: keeps up to `depth` future
 /// batches (steps first_step, first_step + 1, ...) prepared on `workers`
 /// threads (with several workers, each runs its tensor operations serially);

@@ -5,6 +5,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -87,12 +88,17 @@ class VelocitySampler {
 
   /// Only phi_{t:1} (what generation starts from, Alg. 2 line 3).
   torch::Tensor sample_field(const torch::Tensor& t, at::Generator& gen) const;
+  /// sample_field with one generator per sample (gens.size() == N): sample b
+  /// depends only on t[b] and gens[b], whatever else is in the batch.
+  torch::Tensor sample_field(const torch::Tensor& t, std::vector<at::Generator>& gens) const;
 
   const SamplerOptions& options() const { return options_; }
   const std::vector<int64_t>& image_size() const { return image_size_; }
 
  private:
   ForwardSample sample_impl(const torch::Tensor& t, at::Generator& gen, bool need_psi) const;
+  ForwardSample sample_impl(const torch::Tensor& t, const std::function<torch::Tensor(int64_t)>& draw,
+                            bool need_psi) const;
   SamplerOptions options_;
   std::vector<int64_t> image_size_;
   torch::Device device_;

@@ -1,0 +1,87 @@
+/// @file What `drdm_deform` does: files, folders or MSD / nnU-Net datasets in,
+/// generated fields, warped images and labels, previews and a manifest out.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "drdm/generate.h"
+
+namespace drdm {
+
+/// What to produce for each input case.
+enum class DeformMode {
+  kDeform,   ///< Alg. 2: generated field, warped image (and labels when given)
+  kAugment,  ///< Alg. 3: as kDeform, labels required
+  kPairs,    ///< Alg. 4: moving, fixed and the target field phi_syn
+};
+std::string to_string(DeformMode mode);
+/// "deform", "augment" or "pairs"; throws std::invalid_argument otherwise.
+DeformMode parse_deform_mode(const std::string& name);
+
+/// One deformation level; in pairs mode `syn` is T'_syn (aug = syn when
+/// written as a single number). Text form: "45" or "45:30" (aug:syn).
+struct DeformLevel {
+  int64_t aug = 45;
+  int64_t syn = 45;
+};
+/// Parses "30,45" or "45:30,60:20"; throws std::invalid_argument naming the bad entry.
+std::vector<DeformLevel> parse_levels(const std::string& text);
+
+/// Everything drdm_deform takes. JSON config keys (drdm_deform --config) are
+/// the member names; the command line overrides the file.
+struct DeformJobOptions {
+  std::string model;   ///< model.pt / checkpoint.pt; empty: default_model_path()
+  std::string input;   ///< a file, a folder of images, or an MSD / nnU-Net dataset folder
+  std::string labels;  ///< a label file, or a folder of label maps matched by name (optional)
+  std::string output;  ///< output folder (created)
+  DeformMode mode = DeformMode::kDeform;
+  std::vector<DeformLevel> levels{{30, 30}, {45, 45}};
+  int64_t samples = 4;  ///< samples per input and level
+  uint64_t seed = 0;
+  std::string device = "auto";
+  int64_t shard_index = 0, shard_count = 1;  ///< this job does inputs i, i + n, i + 2n, ... (0 <= i < n)
+  int64_t batch = 16;                        ///< samples per network pass (2D slices count one each)
+  RecoverySchedule schedule = RecoverySchedule::kFromLevel;
+  LabelInterpolation label_interpolation = LabelInterpolation::kNearest;
+  Padding padding = Padding::kZeros;
+  int64_t slice_axis = -1;  ///< 3D inputs to a 2D model: tensor axis; -1: the model's
+  bool previews = true;
+  bool progress = true;
+  int64_t threads = 0;  ///< CPU threads (0: LibTorch's default)
+};
+
+/// Reads a drdm_deform JSON config into `options` (keys present replace the
+/// defaults). Unknown keys and wrong types are errors naming the file and key.
+void load_deform_config(const std::string& path, DeformJobOptions& options);
+/// The options as JSON (what `config.json` in the output holds).
+std::string to_json(const DeformJobOptions& options);
+
+/// The shipped default model: $DRDM_MODEL if set, else
+/// <prefix>/share/drdm/models/cardiac2d-cpu/model.pt next to the installed
+/// programs, else the source tree's models/cardiac2d-cpu/model.pt. Throws if
+/// none exists.
+std::string default_model_path();
+
+/// What a run produced.
+struct DeformJobSummary {
+  int64_t cases = 0;     ///< input cases processed by this shard
+  int64_t samples = 0;   ///< samples written
+  double seconds = 0;
+  std::string manifest;  ///< path of the manifest
+};
+
+/// Runs drdm_deform: checks every input first (readable, labels on the
+/// image's grid, dimensions the model can take) so that bad input stops the
+/// run before anything is written; then writes per sample the field (ITK
+/// displacement field, mm), the warped image(s), the warped labels and a
+/// preview PNG, and finally manifest.json (manifest-shard-I-of-N.json for a
+/// shard) with every sample's input, level, seed, outputs and metrics
+/// (max/mean magnitude in % of the image size and folding ratio, on the
+/// written field). For a dataset input the output is a dataset of the same
+/// layout (originals copied, augmented cases added, dataset.json updated).
+/// Throws std::runtime_error / std::invalid_argument naming the file or key.
+DeformJobSummary run_deform_job(const DeformJobOptions& options);
+
+}  // namespace drdm

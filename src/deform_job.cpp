@@ -1,0 +1,690 @@
+#include "drdm/deform_job.h"
+
+#include "atomic_file.h"
+#include "grid_check.h"
+#include "progress.h"
+
+#include "drdm/commands.h"
+#include "drdm/image_io.h"
+#include "drdm/log.h"
+#include "drdm/preview.h"
+#include "drdm/trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <dirent.h>
+#include <unistd.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#ifndef DRDM_SOURCE_DIR
+#define DRDM_SOURCE_DIR ""
+#endif
+
+namespace drdm {
+
+using nlohmann::json;
+
+std::string to_string(DeformMode mode) {
+  switch (mode) {
+    case DeformMode::kAugment:
+      return "augment";
+    case DeformMode::kPairs:
+      return "pairs";
+    default:
+      return "deform";
+  }
+}
+
+DeformMode parse_deform_mode(const std::string& name) {
+  if (name == "deform") return DeformMode::kDeform;
+  if (name == "augment") return DeformMode::kAugment;
+  if (name == "pairs") return DeformMode::kPairs;
+  throw std::invalid_argument("unknown mode '" + name + "' (expected deform, augment or pairs)");
+}
+
+std::vector<DeformLevel> parse_levels(const std::string& text) {
+  std::vector<DeformLevel> out;
+  std::stringstream in(text);
+  std::string item;
+  auto number = [&](const std::string& s) {
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(s, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != s.size() || v < 1)
+      throw std::invalid_argument("levels: '" + item + "' is not a level (a positive integer, or aug:syn)");
+    return v;
+  };
+  while (std::getline(in, item, ',')) {
+    item.erase(0, item.find_first_not_of(" \t"));
+    item.erase(item.find_last_not_of(" \t") + 1);
+    if (item.empty()) continue;
+    const auto colon = item.find(':');
+    DeformLevel l;
+    if (colon == std::string::npos) {
+      l.aug = l.syn = number(item);
+    } else {
+      l.aug = number(item.substr(0, colon));
+      l.syn = number(item.substr(colon + 1));
+    }
+    out.push_back(l);
+  }
+  if (out.empty()) throw std::invalid_argument("levels: none given in '" + text + "'");
+  return out;
+}
+
+namespace {
+
+std::string levels_text(const std::vector<DeformLevel>& levels) {
+  std::string s;
+  for (const auto& l : levels) {
+    if (!s.empty()) s += ",";
+    s += std::to_string(l.aug);
+    if (l.syn != l.aug) s += ":" + std::to_string(l.syn);
+  }
+  return s;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read '" + path + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+json parse_json_file(const std::string& path) {
+  try {
+    return json::parse(read_text(path));
+  } catch (const json::exception& e) {
+    throw std::runtime_error("'" + path + "' is not valid JSON: " + e.what());
+  }
+}
+
+}  // namespace
+
+void load_deform_config(const std::string& path, DeformJobOptions& o) {
+  const json j = parse_json_file(path);
+  if (!j.is_object()) throw std::invalid_argument("'" + path + "': expected a JSON object");
+  for (const auto& [key, value] : j.items()) {
+    const std::string where = "'" + path + "': key '" + key + "'";
+    try {
+      if (key == "model") {
+        o.model = value.get<std::string>();
+      } else if (key == "mode") {
+        o.mode = parse_deform_mode(value.get<std::string>());
+      } else if (key == "levels") {
+        o.levels = parse_levels(value.is_string() ? value.get<std::string>() : [&] {
+          std::string s;
+          for (const auto& v : value) s += (s.empty() ? "" : ",") + (v.is_string() ? v.get<std::string>() : std::to_string(v.get<int64_t>()));
+          return s;
+        }());
+      } else if (key == "samples") {
+        o.samples = value.get<int64_t>();
+      } else if (key == "seed") {
+        o.seed = value.get<uint64_t>();
+      } else if (key == "device") {
+        o.device = value.get<std::string>();
+      } else if (key == "batch") {
+        o.batch = value.get<int64_t>();
+      } else if (key == "schedule") {
+        o.schedule = parse_recovery_schedule(value.get<std::string>());
+      } else if (key == "label_interpolation") {
+        const auto s = value.get<std::string>();
+        if (s != "nearest" && s != "soft") throw std::invalid_argument("expected 'nearest' or 'soft', got '" + s + "'");
+        o.label_interpolation = s == "soft" ? LabelInterpolation::kSoft : LabelInterpolation::kNearest;
+      } else if (key == "padding") {
+        const auto s = value.get<std::string>();
+        if (s != "zeros" && s != "border") throw std::invalid_argument("expected 'zeros' or 'border', got '" + s + "'");
+        o.padding = s == "border" ? Padding::kBorder : Padding::kZeros;
+      } else if (key == "slice_axis") {
+        o.slice_axis = value.get<int64_t>();
+      } else if (key == "previews") {
+        o.previews = value.get<bool>();
+      } else if (key == "threads") {
+        o.threads = value.get<int64_t>();
+      } else {
+        throw std::invalid_argument(
+            "unknown key (expected model, mode, levels, samples, seed, device, batch, schedule, "
+            "label_interpolation, padding, slice_axis, previews, threads)");
+      }
+    } catch (const json::exception& e) {
+      throw std::invalid_argument(where + ": wrong type (" + std::string(e.what()) + ")");
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(where + ": " + e.what());
+    }
+  }
+}
+
+std::string to_json(const DeformJobOptions& o) {
+  json j;
+  j["model"] = o.model;
+  j["input"] = o.input;
+  j["labels"] = o.labels;
+  j["output"] = o.output;
+  j["mode"] = to_string(o.mode);
+  j["levels"] = levels_text(o.levels);
+  j["samples"] = o.samples;
+  j["seed"] = o.seed;
+  j["device"] = o.device;
+  j["shard"] = std::to_string(o.shard_index) + "/" + std::to_string(o.shard_count);
+  j["batch"] = o.batch;
+  j["schedule"] = to_string(o.schedule);
+  j["label_interpolation"] = o.label_interpolation == LabelInterpolation::kSoft ? "soft" : "nearest";
+  j["padding"] = o.padding == Padding::kBorder ? "border" : "zeros";
+  j["slice_axis"] = o.slice_axis;
+  j["previews"] = o.previews;
+  j["threads"] = o.threads;
+  return j.dump(2);
+}
+
+std::string default_model_path() {
+  const std::string rel = "models/cardiac2d-cpu/model.pt";
+  std::vector<std::string> tried;
+  if (const char* env = std::getenv("DRDM_MODEL"); env != nullptr && *env != '\0') {
+    if (!detail::file_exists(env)) throw std::runtime_error(std::string("DRDM_MODEL='") + env + "' does not exist");
+    return env;
+  }
+  char exe[4096];
+  const ssize_t len = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (len > 0) {
+    std::string dir(exe, static_cast<size_t>(len));
+    dir = dir.substr(0, dir.find_last_of('/'));
+    const std::string installed = dir + "/../share/drdm/" + rel;
+    tried.push_back(installed);
+    if (detail::file_exists(installed)) return installed;
+  }
+  const std::string source = std::string(DRDM_SOURCE_DIR) + "/" + rel;
+  tried.push_back(source);
+  if (std::string(DRDM_SOURCE_DIR).size() > 0 && detail::file_exists(source)) return source;
+  std::string list;
+  for (const auto& t : tried) list += " '" + t + "'";
+  throw std::runtime_error("no default model found (tried" + list + "); pass --model or set DRDM_MODEL");
+}
+
+// ---------------------------------------------------------------------------
+namespace {
+
+const char* const kExtensions[] = {".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png"};
+
+/// (stem, extension) for a supported image file name, or ("", "").
+std::pair<std::string, std::string> split_name(const std::string& name) {
+  for (const char* ext : kExtensions)
+    if (detail::has_extension(name, ext) && name.size() > std::string(ext).size())
+      return {name.substr(0, name.size() - std::string(ext).size()), name.substr(name.size() - std::string(ext).size())};
+  return {"", ""};
+}
+
+std::string base_name(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string join(const std::string& a, const std::string& b) {
+  if (a.empty()) return b;
+  return a.back() == '/' ? a + b : a + "/" + b;
+}
+
+/// Supported image files directly in `folder` (not hidden), sorted by name.
+std::vector<std::string> list_images(const std::string& folder) {
+  DIR* dir = ::opendir(folder.c_str());
+  if (dir == nullptr) throw std::runtime_error("cannot read folder '" + folder + "'");
+  std::vector<std::string> names;
+  while (const dirent* e = ::readdir(dir)) {
+    const std::string name = e->d_name;
+    if (name.empty() || name[0] == '.') continue;
+    if (split_name(name).first.empty()) continue;
+    if (detail::file_exists(join(folder, name))) names.push_back(name);
+  }
+  ::closedir(dir);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+/// "case_0000" -> ("case", 0) for nnU-Net channel files; ("", -1) otherwise.
+std::pair<std::string, int> nnunet_channel(const std::string& stem) {
+  if (stem.size() < 6 || stem[stem.size() - 5] != '_') return {"", -1};
+  for (size_t i = stem.size() - 4; i < stem.size(); ++i)
+    if (!std::isdigit(static_cast<unsigned char>(stem[i]))) return {"", -1};
+  return {stem.substr(0, stem.size() - 5), std::stoi(stem.substr(stem.size() - 4))};
+}
+
+struct Case {
+  std::string name;                 ///< case identifier (output names start with it)
+  std::vector<std::string> images;  ///< one file per channel
+  std::string labels;               ///< optional
+  std::string ext;                  ///< extension of the image files
+};
+
+struct Inputs {
+  std::vector<Case> cases;
+  bool dataset = false;  ///< an MSD / nnU-Net dataset folder
+  bool nnunet = false;   ///< channel files named CASE_XXXX
+  std::string root;      ///< the dataset folder
+  json dataset_json;
+};
+
+Inputs discover(const DeformJobOptions& o) {
+  Inputs in;
+  if (detail::file_exists(o.input)) {
+    const auto [stem, ext] = split_name(base_name(o.input));
+    if (stem.empty())
+      throw std::runtime_error("'" + o.input + "' is not a supported image (.nii.gz, .nii, .mha, .mhd, .nrrd, .png)");
+    if (!o.labels.empty() && !detail::file_exists(o.labels))
+      throw std::runtime_error("labels '" + o.labels + "' is not a file (the input is one file)");
+    in.cases.push_back({stem, {o.input}, o.labels, ext});
+    return in;
+  }
+  if (!detail::dir_exists(o.input)) throw std::runtime_error("input '" + o.input + "' does not exist");
+  const std::string dataset_json = join(o.input, "dataset.json");
+  if (detail::file_exists(dataset_json) && detail::dir_exists(join(o.input, "imagesTr"))) {
+    in.dataset = true;
+    in.root = o.input;
+    in.dataset_json = parse_json_file(dataset_json);
+    if (!in.dataset_json.is_object()) throw std::runtime_error("'" + dataset_json + "': expected a JSON object");
+    if (!o.labels.empty())
+      throw std::invalid_argument("--labels is not used with a dataset folder (labels come from its labelsTr/)");
+    const auto files = list_images(join(o.input, "imagesTr"));
+    if (files.empty()) throw std::runtime_error("'" + join(o.input, "imagesTr") + "' holds no images");
+    bool all_channels = true;
+    for (const auto& f : files) all_channels = all_channels && nnunet_channel(split_name(f).first).second >= 0;
+    in.nnunet = all_channels;
+    std::map<std::string, std::map<int, std::string>> grouped;
+    std::map<std::string, std::string> ext_of;
+    for (const auto& f : files) {
+      const auto [stem, ext] = split_name(f);
+      const auto [name, channel] = in.nnunet ? nnunet_channel(stem) : std::make_pair(stem, 0);
+      if (in.nnunet && name.empty()) continue;
+      grouped[name][channel] = join(join(o.input, "imagesTr"), f);
+      ext_of[name] = ext;
+    }
+    const std::string label_dir = join(o.input, "labelsTr");
+    for (const auto& [name, channels] : grouped) {
+      Case c{name, {}, "", ext_of[name]};
+      int expect = 0;
+      for (const auto& [ch, path] : channels) {
+        if (ch != expect++)
+          throw std::runtime_error("dataset case '" + name + "' misses channel " + std::to_string(expect - 1) +
+                                   " in imagesTr/");
+        c.images.push_back(path);
+      }
+      const std::string label = join(label_dir, name + c.ext);
+      if (detail::file_exists(label)) c.labels = label;
+      in.cases.push_back(std::move(c));
+    }
+    return in;
+  }
+  // A plain folder of images, with an optional parallel folder of labels.
+  const auto files = list_images(o.input);
+  if (files.empty()) throw std::runtime_error("folder '" + o.input + "' holds no supported images");
+  std::map<std::string, std::string> labels;  // stem -> path
+  if (!o.labels.empty()) {
+    if (!detail::dir_exists(o.labels))
+      throw std::runtime_error("labels '" + o.labels + "' is not a folder (the input is a folder)");
+    for (const auto& f : list_images(o.labels)) labels[split_name(f).first] = join(o.labels, f);
+  }
+  for (const auto& f : files) {
+    const auto [stem, ext] = split_name(f);
+    Case c{stem, {join(o.input, f)}, "", ext};
+    if (!o.labels.empty()) {
+      auto it = labels.find(stem);
+      if (it == labels.end()) {
+        const auto [name, ch] = nnunet_channel(stem);
+        if (ch >= 0) it = labels.find(name);
+      }
+      if (it == labels.end()) throw std::runtime_error("no label map for '" + c.images[0] + "' in '" + o.labels + "'");
+      c.labels = it->second;
+    }
+    in.cases.push_back(std::move(c));
+  }
+  return in;
+}
+
+/// Checks one case's headers: dimension, channels and labels on one grid.
+void check_case(const Case& c, int64_t model_dims, DeformMode mode) {
+  const ImageInfo first = read_image_info(c.images[0]);
+  if (first.components != 1)
+    throw std::runtime_error("'" + c.images[0] + "' has " + std::to_string(first.components) +
+                             " components per voxel; expected a scalar image");
+  if (first.geometry.dimension() < model_dims)
+    throw std::runtime_error("'" + c.images[0] + "' is " + std::to_string(first.geometry.dimension()) +
+                             "D but the model is " + std::to_string(model_dims) + "D");
+  for (size_t i = 1; i < c.images.size(); ++i)
+    detail::check_same_grid(first.geometry, read_image_info(c.images[i]).geometry, c.images[0], c.images[i]);
+  if (!c.labels.empty()) {
+    const ImageInfo lab = read_image_info(c.labels);
+    if (lab.components != 1) throw std::runtime_error("label map '" + c.labels + "' is not scalar");
+    detail::check_same_grid(first.geometry, lab.geometry, c.images[0], c.labels);
+  } else if (mode == DeformMode::kAugment) {
+    throw std::runtime_error("augment mode needs labels, and '" + c.images[0] +
+                             "' has none (give --labels, or use --mode deform)");
+  }
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char ch : s) {
+    h ^= ch;
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+std::string two_digits(int64_t k) {
+  std::string s = std::to_string(k);
+  return s.size() < 2 ? "0" + s : s;
+}
+
+/// Copies a file atomically (nothing partial is ever visible at `to`).
+void copy_file(const std::string& from, const std::string& to) {
+  detail::write_via_temporary(to, [&](const std::string& tmp) {
+    std::ifstream in(from, std::ios::binary);
+    if (!in) throw std::runtime_error("cannot read '" + from + "'");
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << in.rdbuf();
+    out.flush();
+    if (!out) throw std::runtime_error("cannot write '" + to + "'");
+  });
+}
+
+json metrics_json(const at::Tensor& field) {
+  const FieldStats s = field_stats(field);
+  return {{"max_magnitude_pct", s.max_magnitude_pct[0]},
+          {"mean_magnitude_pct", s.mean_magnitude_pct[0]},
+          {"folding_ratio", s.folding_ratio[0]}};
+}
+
+json level_summary(const json& samples) {
+  std::map<std::string, std::vector<json>> by_level;
+  for (const auto& s : samples) by_level[s["level"].dump()].push_back(s["metrics"]);
+  json out = json::array();
+  for (const auto& [level, list] : by_level) {
+    json row;
+    row["level"] = json::parse(level);
+    row["samples"] = list.size();
+    for (const char* key : {"max_magnitude_pct", "mean_magnitude_pct", "folding_ratio"}) {
+      double sum = 0, sq = 0;
+      for (const auto& m : list) sum += m[key].get<double>();
+      const double mean = sum / static_cast<double>(list.size());
+      for (const auto& m : list) sq += std::pow(m[key].get<double>() - mean, 2);
+      row[key] = {{"mean", mean}, {"std", list.size() > 1 ? std::sqrt(sq / static_cast<double>(list.size() - 1)) : 0.0}};
+    }
+    out.push_back(row);
+  }
+  return out;
+}
+
+/// Rewrites OUT/dataset.json from the input's, listing every case now in
+/// OUT/imagesTr (all shards' work that has finished).
+void update_dataset_json(const Inputs& in, const std::string& out_dir) {
+  json j = in.dataset_json;
+  const auto files = list_images(join(out_dir, "imagesTr"));
+  std::set<std::string> cases;
+  std::map<std::string, std::string> ext_of;
+  for (const auto& f : files) {
+    const auto [stem, ext] = split_name(f);
+    const std::string name = in.nnunet ? nnunet_channel(stem).first : stem;
+    if (name.empty()) continue;
+    cases.insert(name);
+    ext_of[name] = ext;
+  }
+  j["numTraining"] = cases.size();
+  if (j.contains("training") && j["training"].is_array()) {
+    json list = json::array();
+    for (const auto& name : cases) {
+      json e{{"image", "./imagesTr/" + name + ext_of[name]}};
+      if (detail::file_exists(join(join(out_dir, "labelsTr"), name + ext_of[name])))
+        e["label"] = "./labelsTr/" + name + ext_of[name];
+      list.push_back(e);
+    }
+    j["training"] = list;
+  }
+  write_text_file(join(out_dir, "dataset.json"), j.dump(4) + "\n");
+}
+
+std::vector<double> tensor_spacing(const Geometry& g) { return {g.spacing.rbegin(), g.spacing.rend()}; }
+
+}  // namespace
+
+DeformJobSummary run_deform_job(const DeformJobOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  if (o.input.empty()) throw std::invalid_argument("no input given");
+  if (o.output.empty()) throw std::invalid_argument("no output folder given");
+  if (o.samples < 1) throw std::invalid_argument("samples must be >= 1, got " + std::to_string(o.samples));
+  if (o.batch < 1) throw std::invalid_argument("batch must be >= 1, got " + std::to_string(o.batch));
+  if (o.shard_count < 1 || o.shard_index < 0 || o.shard_index >= o.shard_count)
+    throw std::invalid_argument("shard must be i/n with 0 <= i < n, got " + std::to_string(o.shard_index) + "/" +
+                                std::to_string(o.shard_count));
+  if (o.levels.empty()) throw std::invalid_argument("levels: none given");
+  if (o.threads > 0) at::set_num_threads(static_cast<int>(o.threads));
+
+  // Everything is checked before anything is written.
+  const std::string model_path = o.model.empty() ? default_model_path() : o.model;
+  const torch::Device device = resolve_device(o.device);
+  TrainedModel trained = load_model(model_path, device);
+  const int64_t big_t = trained.config.sampler.timesteps;
+  for (const auto& l : o.levels)
+    if (l.aug > big_t || l.syn > big_t)
+      throw std::invalid_argument("levels: " + levels_text({l}) + " exceeds the model's T = " + std::to_string(big_t));
+  Inputs in = discover(o);
+  std::vector<Case> mine;
+  for (size_t i = 0; i < in.cases.size(); ++i)
+    if (static_cast<int64_t>(i % static_cast<size_t>(o.shard_count)) == o.shard_index) mine.push_back(in.cases[i]);
+  const int64_t model_dims = trained.config.data.dims;
+  for (const auto& c : mine) check_case(c, model_dims, o.mode);
+  if (in.dataset) {
+    char a[4096], b[4096];
+    if (::realpath(in.root.c_str(), a) != nullptr && ::realpath(o.output.c_str(), b) != nullptr &&
+        std::string(a) == std::string(b))
+      throw std::invalid_argument("the output folder must not be the input dataset '" + in.root + "'");
+  }
+  log::info(c10::str("drdm_deform: ", mine.size(), " of ", in.cases.size(), " cases (shard ", o.shard_index, "/",
+                     o.shard_count, "), mode ", to_string(o.mode), ", levels ", levels_text(o.levels), " x ",
+                     o.samples, " samples, model '", model_path, "' (", model_dims, "D, step ", trained.step,
+                     ") on ", device.str()));
+
+  DeformerOptions dopt;
+  dopt.generation.batch = o.batch;
+  dopt.generation.schedule = o.schedule;
+  dopt.label_interpolation = o.label_interpolation;
+  dopt.padding = o.padding;
+  dopt.slice_axis = o.slice_axis;
+  const int64_t model_step = trained.step;
+  const Deformer deformer(std::move(trained), device, dopt);
+
+  // Output layout.
+  const bool pairs = o.mode == DeformMode::kPairs;
+  const bool dataset_out = in.dataset && !pairs;
+  const std::string image_dir = dataset_out ? "imagesTr" : (pairs ? "moving" : "images");
+  const std::string label_dir = dataset_out ? "labelsTr" : (pairs ? "moving_labels" : "labels");
+  const std::string field_dir = dataset_out ? "drdm_fields" : "fields";
+  const std::string preview_dir = dataset_out ? "drdm_previews" : "previews";
+  detail::make_dirs(o.output);
+  write_text_file(join(o.output, o.shard_count > 1 ? "config-shard-" + std::to_string(o.shard_index) + "-of-" +
+                                                         std::to_string(o.shard_count) + ".json"
+                                                   : "config.json"),
+                  to_json(o) + "\n");
+  for (const auto& d : {image_dir, label_dir, field_dir, preview_dir}) detail::make_dirs(join(o.output, d));
+  if (pairs)
+    for (const auto& d : {"fixed", "fixed_labels", "moving_fields"}) detail::make_dirs(join(o.output, d));
+
+  // Work: every case x level x sample.
+  const int64_t per_case = static_cast<int64_t>(o.levels.size()) * o.samples;
+  detail::ProgressBar bar("drdm_deform", static_cast<int64_t>(mine.size()) * per_case, 0, o.progress);
+  json samples = json::array();
+  int64_t done = 0;
+  for (const auto& c : mine) {
+    // Read the case.
+    std::vector<at::Tensor> channels;
+    Image first;
+    for (size_t i = 0; i < c.images.size(); ++i) {
+      Image img = read_image(c.images[i]);
+      channels.push_back(img.data);
+      if (i == 0) first = std::move(img);
+    }
+    const at::Tensor image = at::cat(channels, 1);  // [1, C, ...S]
+    at::Tensor labels;
+    if (!c.labels.empty()) labels = read_labels(c.labels).data;
+    const Geometry& geo = first.geometry;
+    const auto spacing = tensor_spacing(geo);
+    const std::string label_ext = c.labels.empty() ? c.ext : split_name(base_name(c.labels)).second;
+    const std::string field_ext = detail::has_extension(c.ext, ".png") ? ".nii.gz" : c.ext;
+    // Output pixel type: the input's (PNG keeps uint8 / uint16).
+    const PixelType pixel = first.pixel_type;
+
+    // Chunks of samples: a 3D volume through a 2D model is many network items per sample.
+    const int64_t items_per_sample =
+        model_dims < geo.dimension() ? *std::max_element(geo.size.begin(), geo.size.end()) : 1;
+    const int64_t chunk = std::max<int64_t>(1, o.batch / items_per_sample);
+    struct Work {
+      DeformLevel level;
+      int64_t k;
+      uint64_t seed;
+    };
+    std::vector<Work> work;
+    for (size_t li = 0; li < o.levels.size(); ++li)
+      for (int64_t k = 0; k < o.samples; ++k) {
+        const auto& l = o.levels[li];
+        work.push_back({l, k, derive_seed(o.seed, fnv1a(c.name), static_cast<uint64_t>(l.aug * 1000 + l.syn),
+                                          static_cast<uint64_t>(k))});
+      }
+    for (size_t w0 = 0; w0 < work.size(); w0 += static_cast<size_t>(chunk)) {
+      const size_t w1 = std::min(work.size(), w0 + static_cast<size_t>(chunk));
+      const auto n = static_cast<int64_t>(w1 - w0);
+      std::vector<int64_t> aug, syn;
+      std::vector<uint64_t> seeds;
+      for (size_t w = w0; w < w1; ++w) {
+        aug.push_back(work[w].level.aug);
+        syn.push_back(work[w].level.syn);
+        seeds.push_back(work[w].seed);
+      }
+      const auto repeat = [n](const at::Tensor& x) {
+        if (!x.defined()) return x;
+        std::vector<int64_t> shape(static_cast<size_t>(x.dim()), -1);
+        shape[0] = n;
+        return x.expand(shape).contiguous();
+      };
+      const at::Tensor imgs = repeat(image);
+      const at::Tensor labs = repeat(labels);
+      at::Tensor out_images, out_labels, out_fields, fixed, fixed_labels, moving_fields;
+      if (pairs) {
+        auto r = deformer.pairs(imgs, labs, aug, syn, seeds, spacing);
+        out_images = r.moving, out_labels = r.moving_labels, out_fields = r.field;
+        fixed = r.fixed, fixed_labels = r.fixed_labels, moving_fields = r.moving_field;
+      } else {
+        auto r = deformer.deform(imgs, labs, aug, seeds, spacing);
+        out_images = r.images, out_labels = r.labels, out_fields = r.fields;
+      }
+      out_images = out_images.cpu(), out_fields = out_fields.cpu();
+      for (int64_t i = 0; i < n; ++i) {
+        const Work& w = work[w0 + static_cast<size_t>(i)];
+        std::string sample = c.name + "_drdm_T" + std::to_string(w.level.aug);
+        if (pairs) sample += "-" + std::to_string(w.level.syn);
+        sample += "_s" + two_digits(w.k);
+        json outputs;
+        auto write_channels = [&](const std::string& dir, const at::Tensor& x) {
+          json files = json::array();
+          for (int64_t ch = 0; ch < x.size(1); ++ch) {
+            std::string suffix;
+            if (in.nnunet && dataset_out) {
+              suffix = std::to_string(ch);
+              suffix = "_" + std::string(4 - std::min<size_t>(4, suffix.size()), '0') + suffix;
+            } else if (x.size(1) > 1) {
+              suffix = "_c" + std::to_string(ch);
+            }
+            const std::string rel = dir + "/" + sample + suffix + c.ext;
+            write_image(join(o.output, rel), x[i].narrow(0, ch, 1).unsqueeze(0), geo, pixel);
+            files.push_back(rel);
+          }
+          return files.size() == 1 ? files[0] : files;
+        };
+        outputs[pairs ? "moving" : "image"] = write_channels(image_dir, out_images);
+        if (out_labels.defined()) {
+          const std::string rel = label_dir + "/" + sample + label_ext;
+          write_labels(join(o.output, rel), out_labels[i].unsqueeze(0).cpu(), geo);
+          outputs[pairs ? "moving_labels" : "labels"] = rel;
+        }
+        const at::Tensor field = out_fields[i].unsqueeze(0);
+        const std::string field_rel = field_dir + "/" + sample + field_ext;
+        write_field(join(o.output, field_rel), field, geo);
+        outputs["field"] = field_rel;
+        if (pairs) {
+          outputs["fixed"] = write_channels("fixed", fixed.cpu());
+          if (fixed_labels.defined()) {
+            const std::string rel = "fixed_labels/" + sample + label_ext;
+            write_labels(join(o.output, rel), fixed_labels[i].unsqueeze(0).cpu(), geo);
+            outputs["fixed_labels"] = rel;
+          }
+          const std::string rel = "moving_fields/" + sample + field_ext;
+          write_field(join(o.output, rel), moving_fields[i].unsqueeze(0).cpu(), geo);
+          outputs["moving_field"] = rel;
+        }
+        if (o.previews) {
+          const std::string rel = preview_dir + "/" + sample + ".png";
+          const at::Tensor before = pairs ? out_images[i].narrow(0, 0, 1).unsqueeze(0) : image.narrow(1, 0, 1);
+          const at::Tensor after = pairs ? fixed.cpu()[i].narrow(0, 0, 1).unsqueeze(0) : out_images[i].narrow(0, 0, 1).unsqueeze(0);
+          write_warp_preview(join(o.output, rel), before, after, field);
+          outputs["preview"] = rel;
+        }
+        json s;
+        s["case"] = c.name;
+        s["input"] = c.images.size() == 1 ? json(c.images[0]) : json(c.images);
+        s["labels"] = c.labels.empty() ? json(nullptr) : json(c.labels);
+        s["level"] = pairs ? json{{"aug", w.level.aug}, {"syn", w.level.syn}} : json(w.level.aug);
+        s["sample"] = w.k;
+        s["seed"] = w.seed;
+        s["outputs"] = outputs;
+        s["metrics"] = metrics_json(field);
+        samples.push_back(s);
+        bar.update(++done, c.name);
+      }
+    }
+    if (dataset_out) {  // the original case beside its augmented copies
+      for (const auto& f : c.images) copy_file(f, join(join(o.output, "imagesTr"), base_name(f)));
+      if (!c.labels.empty()) copy_file(c.labels, join(join(o.output, "labelsTr"), base_name(c.labels)));
+    }
+  }
+  bar.finish();
+  if (dataset_out) update_dataset_json(in, o.output);
+
+  json manifest;
+  manifest["program"] = "drdm_deform";
+  manifest["mode"] = to_string(o.mode);
+  manifest["model"] = model_path;
+  manifest["model_step"] = model_step;
+  manifest["model_size"] = deformer.model_size();
+  manifest["device"] = device.str();
+  manifest["options"] = json::parse(to_json(o));
+  manifest["metrics_note"] =
+      "metrics of the written field on the input grid: magnitude ||(u_i / size_i)_i|| in % of the image size (max "
+      "and mean over voxels), folding_ratio = fraction of voxels with det(I + grad u) <= 0";
+  manifest["cases"] = mine.size();
+  manifest["samples"] = samples;
+  manifest["summary"] = level_summary(samples);
+  const std::string manifest_name =
+      o.shard_count > 1 ? "manifest-shard-" + std::to_string(o.shard_index) + "-of-" + std::to_string(o.shard_count) + ".json"
+                        : "manifest.json";
+  const std::string manifest_path = join(o.output, manifest_name);
+  write_text_file(manifest_path, manifest.dump(2) + "\n");
+  DeformJobSummary summary;
+  summary.cases = static_cast<int64_t>(mine.size());
+  summary.samples = static_cast<int64_t>(samples.size());
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  summary.manifest = manifest_path;
+  return summary;
+}
+
+}  // namespace drdm

@@ -1,0 +1,310 @@
+#include "drdm/generate.h"
+
+#include "seeds.h"
+
+#include "drdm/dataset.h"
+#include "drdm/trainer.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <utility>
+
+namespace drdm {
+
+std::string to_string(RecoverySchedule schedule) {
+  return schedule == RecoverySchedule::kAllSteps ? "all" : "level";
+}
+
+RecoverySchedule parse_recovery_schedule(const std::string& name) {
+  if (name == "level") return RecoverySchedule::kFromLevel;
+  if (name == "all") return RecoverySchedule::kAllSteps;
+  throw std::invalid_argument("unknown recovery schedule '" + name + "' (expected 'level' or 'all')");
+}
+
+uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
+  uint64_t h = detail::splitmix64(seed ^ 0x6a09e667f3bcc908ULL);
+  h = detail::splitmix64(h ^ a);
+  h = detail::splitmix64(h ^ (b + 0x3c6ef372fe94f82bULL));
+  return detail::splitmix64(h ^ (c + 0xa54ff53a5f1d36f1ULL));
+}
+
+namespace {
+
+at::Tensor rows(const at::Tensor& x, const std::vector<int64_t>& index) {
+  return x.index_select(0, at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(x.device()));
+}
+
+}  // namespace
+
+GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_options, const torch::Tensor& images,
+                                const std::vector<int64_t>& levels, const std::vector<uint64_t>& seeds,
+                                const GenerationOptions& options) {
+  const int64_t d = net.options().dims;
+  TORCH_CHECK(images.dim() == d + 2 && images.size(1) == net.options().in_channels,
+              "generate_fields: expected images [N, ", net.options().in_channels, ", ...S] with ", d,
+              " spatial dims, got ", images.sizes());
+  const int64_t n = images.size(0);
+  TORCH_CHECK(static_cast<int64_t>(levels.size()) == n && static_cast<int64_t>(seeds.size()) == n,
+              "generate_fields: expected ", n, " levels and seeds, got ", levels.size(), " and ", seeds.size());
+  TORCH_CHECK(options.batch >= 1, "generate_fields: batch must be >= 1");
+  const int64_t big_t = sampler_options.timesteps;
+  for (auto level : levels)
+    TORCH_CHECK(level >= 1 && level <= big_t, "generate_fields: levels must be in [1, ", big_t, "], got ", level);
+  at::NoGradGuard no_grad;
+  const bool was_training = net.is_training();
+  net.train(false);
+  const auto device = net.parameters().front().device();
+  std::vector<int64_t> size(images.sizes().begin() + 2, images.sizes().end());
+  const VelocitySampler sampler(sampler_options, size, device);
+  const at::Tensor all = images.to(device, at::kFloat);
+
+  std::vector<at::Tensor> fields, starts;
+  for (int64_t first = 0; first < n; first += options.batch) {
+    const int64_t count = std::min(options.batch, n - first);
+    const at::Tensor image = all.narrow(0, first, count);
+    std::vector<int64_t> t(levels.begin() + first, levels.begin() + first + count);
+    std::vector<at::Generator> gens;
+    for (int64_t i = 0; i < count; ++i) gens.push_back(make_generator(device, seeds[static_cast<size_t>(first + i)]));
+    at::Tensor phi = sampler.sample_field(at::tensor(t, at::TensorOptions().dtype(at::kLong)), gens);
+    starts.push_back(phi.clone());
+    const int64_t top =
+        options.schedule == RecoverySchedule::kAllSteps ? big_t : *std::max_element(t.begin(), t.end());
+    for (int64_t step = top; step >= 1; --step) {
+      std::vector<int64_t> active;
+      for (int64_t i = 0; i < count; ++i)
+        if (options.schedule == RecoverySchedule::kAllSteps || t[static_cast<size_t>(i)] >= step) active.push_back(i);
+      const bool everyone = static_cast<int64_t>(active.size()) == count;
+      const at::Tensor img = everyone ? image : rows(image, active);
+      const at::Tensor cur = everyone ? phi : rows(phi, active);
+      const at::Tensor tt = at::full({static_cast<int64_t>(active.size())}, step,
+                                     at::TensorOptions().dtype(at::kLong).device(device));
+      const at::Tensor psi_hat = net.forward(warp(img, cur), tt);
+      const at::Tensor next = compose(psi_hat, cur);
+      if (everyone) {
+        phi = next;
+      } else {
+        phi = phi.index_copy(0, at::tensor(active, at::TensorOptions().dtype(at::kLong)).to(device), next);
+      }
+    }
+    fields.push_back(phi);
+  }
+  net.train(was_training);
+  return {at::cat(fields, 0), at::cat(starts, 0)};
+}
+
+// ---------------------------------------------------------------------------
+// Deformer
+
+struct Deformer::Impl {
+  mutable TrainedModel model;  // forward passes are not const
+  torch::Device device;
+  DeformerOptions options;
+  int64_t slice_axis = 0;
+
+  /// The batch on the model grid, and how to bring fields back.
+  struct Prepared {
+    at::Tensor model_images;  ///< [N * slices, 1, ...model]
+    GridFit fit;              ///< per image (3D model / 2D model on 2D) or per slice
+    int64_t n = 0;
+    int64_t slices = 1;     ///< model items per input image
+    int64_t axis = -1;      ///< slicing axis (tensor spatial axis) or -1
+    std::vector<int64_t> input_size;
+  };
+
+  Impl(TrainedModel m, const torch::Device& dev, DeformerOptions o)
+      : model(std::move(m)), device(dev), options(std::move(o)) {
+    TORCH_CHECK(options.generation.batch >= 1, "Deformer: generation.batch must be >= 1");
+    slice_axis = options.slice_axis >= 0 ? options.slice_axis : model.config.data.slice_axis;
+    TORCH_CHECK(slice_axis >= 0 && slice_axis <= 2, "Deformer: slice_axis must be 0, 1 or 2, got ", slice_axis);
+    model.net.to(device);
+    model.net.train(false);
+  }
+
+  int64_t dims() const { return model.config.data.dims; }
+
+  Prepared prepare(const at::Tensor& images, const std::vector<double>& spacing_in) const {
+    const int64_t d_in = images.dim() - 2;
+    TORCH_CHECK(d_in == 2 || d_in == 3, "Deformer: expected images [N, C, H, W] or [N, C, D, H, W], got ",
+                images.sizes());
+    TORCH_CHECK(images.size(0) >= 1 && images.size(1) >= 1 && images.numel() > 0, "Deformer: empty batch ",
+                images.sizes());
+    TORCH_CHECK(d_in >= dims(), "Deformer: a ", d_in, "D batch cannot go through a ", dims(), "D model");
+    std::vector<double> spacing = spacing_in.empty() ? std::vector<double>(static_cast<size_t>(d_in), 1.0) : spacing_in;
+    TORCH_CHECK(static_cast<int64_t>(spacing.size()) == d_in, "Deformer: expected ", d_in, " spacings, got ",
+                spacing.size());
+    TORCH_CHECK(at::isfinite(images).all().item<bool>(), "Deformer: the images hold NaN or Inf");
+    Prepared p;
+    p.n = images.size(0);
+    p.input_size.assign(images.sizes().begin() + 2, images.sizes().end());
+    const auto& data = model.config.data;
+    std::vector<int64_t> plane = p.input_size;
+    std::vector<double> plane_spacing = spacing;
+    if (d_in != dims()) {
+      // A volume of one slice along some axis is one 2D image.
+      p.axis = slice_axis;
+      for (int64_t a = 0; a < 3; ++a)
+        if (p.input_size[static_cast<size_t>(a)] == 1) {
+          p.axis = a;
+          break;
+        }
+      p.slices = p.input_size[static_cast<size_t>(p.axis)];
+      plane.erase(plane.begin() + p.axis);
+      plane_spacing.erase(plane_spacing.begin() + p.axis);
+    }
+    p.fit = fit_grid(plane, plane_spacing, data.size);
+    std::vector<at::Tensor> items;
+    const at::Tensor cpu = images.select(1, 0).to(at::kCPU, at::kFloat);  // channel 0: [N, ...S]
+    for (int64_t b = 0; b < p.n; ++b) {
+      // One intensity scale per image (a volume's slices share it).
+      const at::Tensor norm = normalise_intensity(cpu[b].unsqueeze(0), data.clip_low_pct, data.clip_high_pct);
+      if (p.axis < 0) {
+        items.push_back(fit_image(norm, p.fit));
+        continue;
+      }
+      for (int64_t k = 0; k < p.slices; ++k) items.push_back(fit_image(norm.select(p.axis + 1, k), p.fit));
+    }
+    p.model_images = at::stack(items, 0).to(device);  // [M, 1, ...model]
+    return p;
+  }
+
+  std::vector<uint64_t> item_seeds(const Prepared& p, const std::vector<uint64_t>& seeds) const {
+    std::vector<uint64_t> out;
+    for (int64_t b = 0; b < p.n; ++b)
+      for (int64_t k = 0; k < p.slices; ++k)
+        out.push_back(p.slices == 1 ? seeds[static_cast<size_t>(b)]
+                                    : derive_seed(seeds[static_cast<size_t>(b)], static_cast<uint64_t>(k)));
+    return out;
+  }
+
+  std::vector<int64_t> item_levels(const Prepared& p, const std::vector<int64_t>& levels) const {
+    TORCH_CHECK(levels.size() == 1 || static_cast<int64_t>(levels.size()) == p.n, "Deformer: expected 1 or ", p.n,
+                " levels, got ", levels.size());
+    std::vector<int64_t> out;
+    for (int64_t b = 0; b < p.n; ++b)
+      for (int64_t k = 0; k < p.slices; ++k) out.push_back(levels.size() == 1 ? levels[0] : levels[static_cast<size_t>(b)]);
+    return out;
+  }
+
+  at::Tensor generate(const at::Tensor& model_images, const std::vector<int64_t>& levels,
+                      const std::vector<uint64_t>& seeds) const {
+    return generate_fields(model.net, model.config.sampler, model_images, levels, seeds, options.generation).field;
+  }
+
+  /// Model-grid fields [M, dm, ...model] -> input fields [N, d_in, ...S] on the model device.
+  at::Tensor to_input(const Prepared& p, const at::Tensor& model_fields) const {
+    at::Tensor f = field_to_input(model_fields, p.fit);  // [M, dm, ...plane]
+    if (p.axis < 0) return f;
+    // [N * slices, 2, a, b] -> [N, 3, ...S]: insert a zero through-plane
+    // component and stack the slices along the slicing axis.
+    std::vector<int64_t> shape{p.n, p.slices};
+    shape.insert(shape.end(), f.sizes().begin() + 1, f.sizes().end());
+    f = f.reshape(shape);  // [N, slices, 2, a, b]
+    const at::Tensor zero = at::zeros_like(f.select(2, 0));
+    std::vector<at::Tensor> comps;
+    int64_t c = 0;
+    for (int64_t i = 0; i < 3; ++i) comps.push_back(i == p.axis ? zero : f.select(2, c++));
+    at::Tensor g = at::stack(comps, 1);  // [N, 3, slices, a, b]
+    // Move the slice dimension (2) to spatial position p.axis.
+    return g.movedim(2, 2 + p.axis).contiguous();
+  }
+
+  at::Tensor warp_images(const at::Tensor& images, const at::Tensor& field) const {
+    return warp(images.to(at::kFloat), field, Interpolation::kLinear, options.padding);
+  }
+
+  at::Tensor warp_label_maps(const at::Tensor& labels, const at::Tensor& field) const {
+    if (!labels.defined()) return {};
+    return warp_labels(labels, field, options.label_interpolation);
+  }
+
+  void check_labels(const at::Tensor& images, const at::Tensor& labels) const {
+    if (!labels.defined()) return;
+    TORCH_CHECK(labels.dim() == images.dim() && labels.size(0) == images.size(0) &&
+                    std::equal(labels.sizes().begin() + 2, labels.sizes().end(), images.sizes().begin() + 2),
+                "Deformer: labels ", labels.sizes(), " do not match images ", images.sizes());
+    TORCH_CHECK(labels.scalar_type() == at::kLong || labels.is_floating_point(),
+                "Deformer: labels must be int64 class maps or one-hot float, got ", labels.scalar_type());
+    TORCH_CHECK(labels.scalar_type() != at::kLong || labels.size(1) == 1,
+                "Deformer: int64 class maps must have one channel, got ", labels.sizes());
+  }
+};
+
+Deformer::Deformer(const std::string& model_path, const torch::Device& device, DeformerOptions options)
+    : Deformer(load_model(model_path, device), device, std::move(options)) {}
+
+Deformer::Deformer(TrainedModel model, const torch::Device& device, DeformerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(model), device, std::move(options))) {}
+
+Deformer::~Deformer() = default;
+Deformer::Deformer(Deformer&&) noexcept = default;
+Deformer& Deformer::operator=(Deformer&&) noexcept = default;
+
+DeformedBatch Deformer::deform(const torch::Tensor& images, const torch::Tensor& labels,
+                               const std::vector<int64_t>& levels, const std::vector<uint64_t>& seeds,
+                               const std::vector<double>& spacing) const {
+  const Impl& m = *impl_;
+  m.check_labels(images, labels);
+  const auto p = m.prepare(images, spacing);
+  TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ", seeds.size());
+  DeformedBatch out;
+  out.model_fields = m.generate(p.model_images, m.item_levels(p, levels), m.item_seeds(p, seeds));
+  const at::Tensor field = m.to_input(p, out.model_fields);
+  const auto back = images.device();
+  out.images = m.warp_images(images.to(m.device), field).to(back);
+  if (labels.defined()) out.labels = m.warp_label_maps(labels.to(m.device), field).to(back);
+  out.fields = field.to(back);
+  out.model_fields = out.model_fields.to(back);
+  return out;
+}
+
+DeformedBatch Deformer::deform(const torch::Tensor& images, const torch::Tensor& labels,
+                               const std::vector<int64_t>& levels, uint64_t seed,
+                               const std::vector<double>& spacing) const {
+  TORCH_CHECK(images.dim() >= 1, "Deformer: expected a batch of images");
+  std::vector<uint64_t> seeds;
+  for (int64_t i = 0; i < images.size(0); ++i) seeds.push_back(derive_seed(seed, static_cast<uint64_t>(i)));
+  return deform(images, labels, levels, seeds, spacing);
+}
+
+PairBatch Deformer::pairs(const torch::Tensor& images, const torch::Tensor& labels,
+                          const std::vector<int64_t>& aug_levels, const std::vector<int64_t>& syn_levels,
+                          const std::vector<uint64_t>& seeds, const std::vector<double>& spacing) const {
+  const Impl& m = *impl_;
+  m.check_labels(images, labels);
+  const auto p = m.prepare(images, spacing);
+  TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ", seeds.size());
+  const auto item_seed = m.item_seeds(p, seeds);
+  const at::Tensor aug = m.generate(p.model_images, m.item_levels(p, aug_levels), item_seed);
+  // phi_syn is generated for the moving image (Alg. 4 line 8).
+  const at::Tensor moving_model = warp(p.model_images, aug);
+  std::vector<uint64_t> syn_seed;
+  for (auto s : item_seed) syn_seed.push_back(derive_seed(s, 1));
+  const at::Tensor syn = m.generate(moving_model, m.item_levels(p, syn_levels), syn_seed);
+  const at::Tensor aug_in = m.to_input(p, aug);
+  const at::Tensor syn_in = m.to_input(p, syn);
+  const at::Tensor total = compose(syn_in, aug_in);  // aug acts first, then syn
+  const auto back = images.device();
+  const at::Tensor img = images.to(m.device);
+  PairBatch out;
+  out.moving = m.warp_images(img, aug_in).to(back);
+  out.fixed = m.warp_images(img, total).to(back);
+  if (labels.defined()) {
+    const at::Tensor lab = labels.to(m.device);
+    out.moving_labels = m.warp_label_maps(lab, aug_in).to(back);
+    out.fixed_labels = m.warp_label_maps(lab, total).to(back);
+  }
+  out.field = syn_in.to(back);
+  out.moving_field = aug_in.to(back);
+  return out;
+}
+
+int64_t Deformer::dims() const { return impl_->dims(); }
+const std::vector<int64_t>& Deformer::model_size() const { return impl_->model.config.data.size; }
+int64_t Deformer::timesteps() const { return impl_->model.config.sampler.timesteps; }
+int64_t Deformer::slice_axis() const { return impl_->slice_axis; }
+const torch::Device& Deformer::device() const { return impl_->device; }
+const DeformerOptions& Deformer::options() const { return impl_->options; }
+
+}  // namespace drdm
