@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The main job, end to end, on real images: installs what is missing, builds,
-# then deforms real scans with smooth random fields and writes fields, warped
-# images and labels, statistics and preview PNGs to demo-output/.
+# then runs drdm_deform with the shipped DRDM model (models/cardiac2d-cpu):
+# generated deformation fields, warped images and labels, registration pairs,
+# previews and manifests, written to demo-output/.
 #   scripts/demo.sh [OUTPUT_DIR]
 # Images: Debian packages insighttoolkit5-examples (rat lung MRI slice) and
 # mricron-data (Colin27 T1 with the AAL atlas on the same grid); and, when
-# ../shared/data is present, an ACDC cardiac MRI volume with its labels.
+# ../shared/data is present, ACDC cardiac MRI volumes with their labels (the
+# domain the model was made for).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
@@ -13,28 +15,39 @@ BIN="${DRDM_BUILD_DIR:-$ROOT/build}/apps"
 OUT="$(realpath -m "${1:-$ROOT/demo-output}")"
 mkdir -p "$OUT"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
-deform() {  # name image [labels] amplitude seed
-  local name=$1 image=$2 labels=$3 amp=$4 seed=$5 ext=".nii.gz"
-  say "$name: $(basename "$image")"
-  "$BIN/drdm_random_field" -r "$image" -o "$OUT/$name-field$ext" --amplitude "$amp" --seed "$seed" > /dev/null
-  "$BIN/drdm_warp" -i "$image" -f "$OUT/$name-field$ext" -o "$OUT/$name-warped$ext" --preview "$OUT/$name-preview.png"
-  if [ -n "$labels" ]; then
-    "$BIN/drdm_warp" -i "$labels" -f "$OUT/$name-field$ext" -o "$OUT/$name-labels-warped$ext" --labels
-  fi
-  "$BIN/drdm_field_stats" -f "$OUT/$name-field$ext" --json "$OUT/$name-stats.json" \
-    --jacobian-map "$OUT/$name-jacobian$ext" | grep -E '"(max|mean)_magnitude_pct"|folding_ratio|min_jacobian'
+summary() {  # manifest -> one line per level
+  "$ROOT/.venv/bin/python" - "$1" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+for row in m["summary"]:
+    f = lambda k: "%.1f ± %.1f" % (row[k]["mean"], row[k]["std"])
+    print(f"  level {row['level']}: max |u| {f('max_magnitude_pct')} %, mean |u| {f('mean_magnitude_pct')} %, "
+          f"folding {100 * row['folding_ratio']['mean']:.2f} % ({row['samples']} samples)")
+PY
 }
 
-deform rat-lung-2d /usr/share/doc/insighttoolkit5-examples/examples/Data/RatLungSlice1.mha "" 6 1
-deform colin27-3d /usr/share/mricron/templates/ch2.nii.gz /usr/share/mricron/templates/aal.nii.gz 6 2
 ACDC="$ROOT/../shared/data/acdc"
 if [ -f "$ACDC/images/patient001_frame01.nii.gz" ]; then
-  deform acdc-3d "$ACDC/images/patient001_frame01.nii.gz" "$ACDC/labels/patient001_frame01.nii.gz" 8 3
+  say "ACDC cardiac MRI (3D, deformed slice by slice): augmentation with labels (Alg. 3)"
+  "$BIN/drdm_deform" --mode augment -i "$ACDC/images/patient001_frame01.nii.gz" \
+    -l "$ACDC/labels/patient001_frame01.nii.gz" -o "$OUT/acdc-augment" --levels 30,45 --samples 2 --seed 1
+  summary "$OUT/acdc-augment/manifest.json"
+  say "ACDC: a synthetic registration pair (Alg. 4): moving, fixed, target field"
+  "$BIN/drdm_deform" --mode pairs -i "$ACDC/images/patient001_frame02.nii.gz" \
+    -l "$ACDC/labels/patient001_frame02.nii.gz" -o "$OUT/acdc-pairs" --levels 45:30 --samples 1 --seed 2
+  summary "$OUT/acdc-pairs/manifest.json"
 fi
 
-say "outputs in $OUT"
-ls -1 "$OUT"
-echo
-echo "Look at the previews (input | warped | deformed grid | displacement magnitude):"
-ls -1 "$OUT"/*-preview.png
+say "Rat lung MRI slice (2D, insighttoolkit5-examples): instance deformation (Alg. 2)"
+"$BIN/drdm_deform" -i /usr/share/doc/insighttoolkit5-examples/examples/Data/RatLungSlice1.mha \
+  -o "$OUT/rat-lung" --levels 30,55 --samples 2 --seed 3
+summary "$OUT/rat-lung/manifest.json"
+
+say "Colin27 T1 + AAL atlas (3D, mricron-data): augmentation with 116 labels, slice by slice"
+"$BIN/drdm_deform" --mode augment -i /usr/share/mricron/templates/ch2.nii.gz \
+  -l /usr/share/mricron/templates/aal.nii.gz -o "$OUT/colin27" --levels 45 --samples 1 --seed 4
+summary "$OUT/colin27/manifest.json"
+
+say "outputs in $OUT (each folder: images/ labels/ fields/ previews/ manifest.json config.json)"
+echo "Look at the previews (input | deformed | deformed grid | displacement magnitude):"
+find "$OUT" -name '*.png' -path '*previews*' | sort

@@ -636,7 +636,23 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
           const std::string rel = preview_dir + "/" + sample + ".png";
           const at::Tensor before = pairs ? out_images[i].narrow(0, 0, 1).unsqueeze(0) : image.narrow(1, 0, 1);
           const at::Tensor after = pairs ? fixed.cpu()[i].narrow(0, 0, 1).unsqueeze(0) : out_images[i].narrow(0, 0, 1).unsqueeze(0);
-          write_warp_preview(join(o.output, rel), before, after, field);
+          if (model_dims == 2 && geo.dimension() == 3) {
+            // Deformed slice by slice: show the central slice of the slicing axis.
+            const auto ts = geo.tensor_size();
+            int64_t axis = deformer.slice_axis();
+            for (int64_t a = 0; a < 3; ++a)
+              if (ts[static_cast<size_t>(a)] == 1) axis = a;
+            const int64_t mid = ts[static_cast<size_t>(axis)] / 2;
+            std::vector<int64_t> keep;
+            for (int64_t a = 0; a < 3; ++a)
+              if (a != axis) keep.push_back(a);
+            const at::Tensor plane_field =
+                at::stack({field.select(1, keep[0]), field.select(1, keep[1])}, 1).select(2 + axis, mid);
+            write_warp_preview(join(o.output, rel), before.select(2 + axis, mid), after.select(2 + axis, mid),
+                               plane_field);
+          } else {
+            write_warp_preview(join(o.output, rel), before, after, field);
+          }
           outputs["preview"] = rel;
         }
         json s;

@@ -20,3 +20,5 @@ run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/build
     -DCMAKE_BUILD_TYPE=Release ${_launcher})
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)
+# The installed default model and the streaming API, from outside the project.
+run(${WORK_DIR}/build/deformer_training_loop ${WORK_DIR}/prefix/share/drdm/models/cardiac2d-cpu/model.pt cpu)
