@@ -274,7 +274,7 @@ struct Inputs {
   bool dataset = false;  ///< an MSD / nnU-Net dataset folder
   bool nnunet = false;   ///< channel files named CASE_XXXX
   std::string root;      ///< the dataset folder
-  json dataset_json;
+  nlohmann::ordered_json dataset_json;  ///< keeps the file's key order
 };
 
 Inputs discover(const DeformJobOptions& o) {
@@ -293,7 +293,11 @@ Inputs discover(const DeformJobOptions& o) {
   if (detail::file_exists(dataset_json) && detail::dir_exists(join(o.input, "imagesTr"))) {
     in.dataset = true;
     in.root = o.input;
-    in.dataset_json = parse_json_file(dataset_json);
+    try {
+      in.dataset_json = nlohmann::ordered_json::parse(read_text(dataset_json));
+    } catch (const json::exception& e) {
+      throw std::runtime_error("'" + dataset_json + "' is not valid JSON: " + e.what());
+    }
     if (!in.dataset_json.is_object()) throw std::runtime_error("'" + dataset_json + "': expected a JSON object");
     if (!o.labels.empty())
       throw std::invalid_argument("--labels is not used with a dataset folder (labels come from its labelsTr/)");
@@ -430,7 +434,7 @@ json level_summary(const json& samples) {
 /// Rewrites OUT/dataset.json from the input's, listing every case now in
 /// OUT/imagesTr (all shards' work that has finished).
 void update_dataset_json(const Inputs& in, const std::string& out_dir) {
-  json j = in.dataset_json;
+  nlohmann::ordered_json j = in.dataset_json;
   const auto files = list_images(join(out_dir, "imagesTr"));
   std::set<std::string> cases;
   std::map<std::string, std::string> ext_of;
@@ -443,9 +447,9 @@ void update_dataset_json(const Inputs& in, const std::string& out_dir) {
   }
   j["numTraining"] = cases.size();
   if (j.contains("training") && j["training"].is_array()) {
-    json list = json::array();
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
     for (const auto& name : cases) {
-      json e{{"image", "./imagesTr/" + name + ext_of[name]}};
+      nlohmann::ordered_json e{{"image", "./imagesTr/" + name + ext_of[name]}};
       if (detail::file_exists(join(join(out_dir, "labelsTr"), name + ext_of[name])))
         e["label"] = "./labelsTr/" + name + ext_of[name];
       list.push_back(e);
@@ -512,14 +516,21 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
   const std::string label_dir = dataset_out ? "labelsTr" : (pairs ? "moving_labels" : "labels");
   const std::string field_dir = dataset_out ? "drdm_fields" : "fields";
   const std::string preview_dir = dataset_out ? "drdm_previews" : "previews";
-  detail::make_dirs(o.output);
-  write_text_file(join(o.output, o.shard_count > 1 ? "config-shard-" + std::to_string(o.shard_index) + "-of-" +
-                                                         std::to_string(o.shard_count) + ".json"
-                                                   : "config.json"),
-                  to_json(o) + "\n");
-  for (const auto& d : {image_dir, label_dir, field_dir, preview_dir}) detail::make_dirs(join(o.output, d));
-  if (pairs)
-    for (const auto& d : {"fixed", "fixed_labels", "moving_fields"}) detail::make_dirs(join(o.output, d));
+  // Folders are made when the first sample is ready, so that a case that
+  // fails to read (corrupt data, NaN) before it leaves nothing behind.
+  bool folders_made = false;
+  const auto make_folders = [&] {
+    if (folders_made) return;
+    std::vector<std::string> dirs{image_dir, field_dir};
+    if (o.previews) dirs.push_back(preview_dir);
+    if (pairs) dirs.insert(dirs.end(), {"fixed", "moving_fields"});
+    bool any_labels = false;
+    for (const auto& c : mine) any_labels = any_labels || !c.labels.empty();
+    if (any_labels) dirs.push_back(label_dir);
+    if (any_labels && pairs) dirs.push_back("fixed_labels");
+    for (const auto& d : dirs) detail::make_dirs(join(o.output, d));
+    folders_made = true;
+  };
 
   // Work: every case x level x sample.
   const int64_t per_case = static_cast<int64_t>(o.levels.size()) * o.samples;
@@ -589,6 +600,7 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
         out_images = r.images, out_labels = r.labels, out_fields = r.fields;
       }
       out_images = out_images.cpu(), out_fields = out_fields.cpu();
+      make_folders();
       for (int64_t i = 0; i < n; ++i) {
         const Work& w = work[w0 + static_cast<size_t>(i)];
         std::string sample = c.name + "_drdm_T" + std::to_string(w.level.aug);
@@ -674,7 +686,11 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
     }
   }
   bar.finish();
+  make_folders();
   if (dataset_out) update_dataset_json(in, o.output);
+  const std::string shard_suffix =
+      o.shard_count > 1 ? "-shard-" + std::to_string(o.shard_index) + "-of-" + std::to_string(o.shard_count) : "";
+  write_text_file(join(o.output, "config" + shard_suffix + ".json"), to_json(o) + "\n");
 
   json manifest;
   manifest["program"] = "drdm_deform";
@@ -690,10 +706,7 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
   manifest["cases"] = mine.size();
   manifest["samples"] = samples;
   manifest["summary"] = level_summary(samples);
-  const std::string manifest_name =
-      o.shard_count > 1 ? "manifest-shard-" + std::to_string(o.shard_index) + "-of-" + std::to_string(o.shard_count) + ".json"
-                        : "manifest.json";
-  const std::string manifest_path = join(o.output, manifest_name);
+  const std::string manifest_path = join(o.output, "manifest" + shard_suffix + ".json");
   write_text_file(manifest_path, manifest.dump(2) + "\n");
   DeformJobSummary summary;
   summary.cases = static_cast<int64_t>(mine.size());

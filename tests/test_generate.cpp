@@ -493,7 +493,11 @@ TEST(FieldToInput, WarpCommutesWithFitting) {
   EXPECT_LT(err.max().item<double>(), 1e-4);
   // Control: forgetting the per-axis rescaling (model voxels used as input
   // voxels) is caught by this check.
-  const auto wrong = drdm::fit_image(drdm::warp(image, u_in * 0.8)[0], fit).unsqueeze(0);
+  auto unscaled = u_in.clone();
+  for (int64_t i = 0; i < 2; ++i)
+    unscaled.select(1, i).mul_(static_cast<double>(fit.fitted[static_cast<size_t>(i)]) /
+                               static_cast<double>(input[static_cast<size_t>(i)]));
+  const auto wrong = drdm::fit_image(drdm::warp(image, unscaled)[0], fit).unsqueeze(0);
   EXPECT_GT((lhs - wrong).abs()[0][0].masked_select(mask).max().item<double>(), 5e-3);
 }
 
@@ -648,10 +652,14 @@ TEST(Deformer, VolumeThroughA2DModelIsDeformedSliceBySlice) {
   const auto c = tiny_config();
   Deformer deformer(make_model(c, 13, 0.05), torch::kCPU);
   EXPECT_EQ(deformer.slice_axis(), 0);
-  // Three slices with the same value set (flips of one image), so that the
-  // volume's intensity scale equals each slice's own.
+  // Three slices with the same value set (flips of one image), clipped so
+  // that the lowest and highest few percent are exactly the extremes: the
+  // 0.5 / 99.5 percentiles of the volume then equal each slice's own, and
+  // the volume's intensity scale is each slice's.
   const int64_t h = 20, w = 24;
-  const auto s0 = smooth_images({h, w}) * 500.0;
+  const auto s0 = smooth_images({h, w}).clamp(0.1, 0.9) * 500.0;
+  ASSERT_GT((s0 == 50.0).to(at::kFloat).mean().item<double>(), 0.02);
+  ASSERT_GT((s0 == 450.0).to(at::kFloat).mean().item<double>(), 0.02);
   const auto volume = at::stack({s0, s0.flip({3}), s0.flip({2})}, 2).contiguous();  // [1, 1, 3, h, w]
   const auto labels = (volume > 250.0).to(at::kLong);
   const std::vector<double> spacing{4.0, 1.0, 1.5};
