@@ -357,7 +357,7 @@ Inputs discover(const DeformJobOptions& o) {
   return in;
 }
 
-/// Checks one case's headers: dimension, channels and labels on one grid.
+/// Checks one case: dimension, channels and labels on one grid, data readable.
 void check_case(const Case& c, int64_t model_dims, DeformMode mode) {
   const ImageInfo first = read_image_info(c.images[0]);
   if (first.components != 1)
@@ -372,7 +372,12 @@ void check_case(const Case& c, int64_t model_dims, DeformMode mode) {
     const ImageInfo lab = read_image_info(c.labels);
     if (lab.components != 1) throw std::runtime_error("label map '" + c.labels + "' is not scalar");
     detail::check_same_grid(first.geometry, lab.geometry, c.images[0], c.labels);
-  } else if (mode == DeformMode::kAugment) {
+  }
+  // Read the data too (truncated or corrupt files, NaN / Inf, non-integer
+  // labels) so that a bad case stops the run before anything is written.
+  for (const auto& f : c.images) read_image(f);
+  if (!c.labels.empty()) read_labels(c.labels);
+  if (c.labels.empty() && mode == DeformMode::kAugment) {
     throw std::runtime_error("augment mode needs labels, and '" + c.images[0] +
                              "' has none (give --labels, or use --mode deform)");
   }

@@ -203,21 +203,30 @@ TEST(GenerateFields, UntrainedNetworkKeepsTheStartField) {
 
 TEST(GenerateFields, SampleDoesNotDependOnItsBatchOrChunking) {
   const auto c = tiny_config();
-  auto net = make_net(c, 4, 0.05);
+  auto net = make_net(c, 4, 0.02);
   const auto images = smooth_images({32, 32}, 3);
   const std::vector<int64_t> levels{2, 9, 5};
   const std::vector<uint64_t> seeds{21, 22, 23};
+  std::vector<drdm::GeneratedFields> alones;
+  for (int64_t i = 0; i < 3; ++i)
+    alones.push_back(drdm::generate_fields(net, c.sampler, images.narrow(0, i, 1), {levels[static_cast<size_t>(i)]},
+                                           {seeds[static_cast<size_t>(i)]}));
   for (int64_t chunk : {1, 2, 16}) {
     GenerationOptions o;
     o.batch = chunk;
     const auto all = drdm::generate_fields(net, c.sampler, images, levels, seeds, o);
     for (int64_t i = 0; i < 3; ++i) {
-      const auto alone = drdm::generate_fields(net, c.sampler, images.narrow(0, i, 1),
-                                               {levels[static_cast<size_t>(i)]}, {seeds[static_cast<size_t>(i)]});
+      const auto& alone = alones[static_cast<size_t>(i)];
       SCOPED_TRACE("chunk " + std::to_string(chunk) + ", sample " + std::to_string(i));
       EXPECT_TRUE(at::equal(all.initial[i], alone.initial[0])) << max_diff(all.initial[i], alone.initial[0]);
-      // Forward passes of different batch sizes may round differently.
-      EXPECT_LT(max_diff(all.field[i], alone.field[0]), 1e-4 * (1 + max_abs(alone.field)));
+      if (chunk == 1) {
+        // Every pass runs this sample alone: the same arithmetic.
+        EXPECT_TRUE(at::equal(all.field[i], alone.field[0])) << max_diff(all.field[i], alone.field[0]);
+      } else {
+        // CPU convolutions over batches of different sizes round differently
+        // (~3e-6 per pass), and the steps amplify that.
+        EXPECT_LT(max_diff(all.field[i], alone.field[0]), 1e-3 * (1 + max_abs(alone.field)));
+      }
     }
   }
   // The network changed the fields (else the check above would be the previous test).
@@ -648,9 +657,33 @@ TEST(Deformer, RejectsBadInputsWithClearMessages) {
   expect_error_containing([&] { d3.deform(images, {}, {3}, 1); }, "3D model");
 }
 
+TEST(Deformer, VolumeThroughA3DModel) {
+  const auto c = tiny_config(4, 1, {16, 16, 16});
+  Deformer deformer(make_model(c, 17), torch::kCPU);
+  const std::vector<double> spacing{2.0, 1.0, 1.0};
+  const auto volume = smooth_images({10, 20, 12}) * 7.0;
+  const auto labels = (volume > 3.5).to(at::kLong);
+  const auto out = deformer.deform(volume, labels, {4}, 8, spacing);
+  ASSERT_EQ(out.fields.sizes(), (std::vector<int64_t>{1, 3, 10, 20, 12}));
+  ASSERT_EQ(out.model_fields.sizes(), (std::vector<int64_t>{1, 3, 16, 16, 16}));
+  ASSERT_EQ(out.labels.sizes(), labels.sizes());
+  EXPECT_GT(max_abs(out.fields.select(1, 0)), 0.1);  // all three components move
+  EXPECT_GT(max_abs(out.fields.select(1, 2)), 0.1);
+  const auto fit = drdm::fit_grid({10, 20, 12}, spacing, {16, 16, 16});
+  EXPECT_LT(max_diff(out.fields, drdm::field_to_input(out.model_fields, fit)), 1e-5);
+  EXPECT_LT(max_diff(out.images, drdm::warp(volume, out.fields)), 1e-4);
+  EXPECT_TRUE(at::equal(out.labels, drdm::warp_labels(labels, out.fields)));
+}
+
 TEST(Deformer, VolumeThroughA2DModelIsDeformedSliceBySlice) {
   const auto c = tiny_config();
-  Deformer deformer(make_model(c, 13, 0.05), torch::kCPU);
+  // One network pass per slice (generation.batch = 1), as when the slice is
+  // deformed alone: the same arithmetic, so the fields must agree exactly.
+  // (In larger passes CPU convolutions round differently, ~3e-6 per pass,
+  // which this randomly weighted network amplifies over the steps.)
+  DeformerOptions one;
+  one.generation.batch = 1;
+  Deformer deformer(make_model(c, 13, 0.05), torch::kCPU, one);
   EXPECT_EQ(deformer.slice_axis(), 0);
   // Three slices with the same value set (flips of one image), clipped so
   // that the lowest and highest few percent are exactly the extremes: the
@@ -676,11 +709,13 @@ TEST(Deformer, VolumeThroughA2DModelIsDeformedSliceBySlice) {
     const auto alone = deformer.deform(slice, labels.select(2, k), {7},
                                        std::vector<uint64_t>{drdm::derive_seed(seed, static_cast<uint64_t>(k))},
                                        {spacing[1], spacing[2]});
-    EXPECT_LT(max_diff(out.model_fields[k], alone.model_fields[0]), 1e-4);
-    EXPECT_LT(max_diff(out.fields.select(2, k).narrow(1, 1, 2), alone.fields), 1e-4);
-    EXPECT_LT(max_diff(out.images.select(2, k), alone.images), 1e-2);
+    EXPECT_TRUE(at::equal(out.model_fields[k], alone.model_fields[0]))
+        << max_diff(out.model_fields[k], alone.model_fields[0]);
+    EXPECT_LT(max_diff(out.fields.select(2, k).narrow(1, 1, 2), alone.fields), 1e-5);
+    // A 3D warp with zero through-plane motion reads the slice itself.
+    EXPECT_LT(max_diff(out.images.select(2, k), alone.images), 1e-3);
     // Labels agree except where a source coordinate sits on a rounding tie.
-    EXPECT_LT((out.labels.select(2, k) != alone.labels).sum().item<int64_t>(), 3);
+    EXPECT_LE((out.labels.select(2, k) != alone.labels).sum().item<int64_t>(), 1);
   }
   // The slices got different fields (per-slice seeds).
   EXPECT_GT(max_diff(out.model_fields[0], out.model_fields[1]), 0.1);
@@ -816,7 +851,7 @@ TEST(GenerateFields, ReproducibleForTheSameSeeds_CUDA) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   const auto c = tiny_config();
   const torch::Device gpu(torch::kCUDA);
-  auto net = make_net(c, 16, 0.05);
+  auto net = make_net(c, 16, 0.02);
   net.to(gpu);
   const auto images = smooth_images({32, 32}, 3).to(gpu);
   const std::vector<int64_t> levels{2, 10, 6};
@@ -830,10 +865,12 @@ TEST(GenerateFields, ReproducibleForTheSameSeeds_CUDA) {
   std::vector<at::Generator> gens;
   for (auto s : seeds) gens.push_back(drdm::make_generator(gpu, s));
   EXPECT_TRUE(at::equal(a.initial, sampler.sample_field(at::tensor(levels, at::kLong).to(gpu), gens)));
-  // Batch independence on the GPU too.
+  // Batch independence on the GPU too: the start field exactly; the result
+  // up to rounding (cuDNN may pick other algorithms, with TF32, for another
+  // batch size; a wrong seed or step would differ by voxels).
   const auto alone = drdm::generate_fields(net, c.sampler, images.narrow(0, 1, 1), {10}, {5});
   EXPECT_TRUE(at::equal(alone.initial[0], a.initial[1]));
-  EXPECT_LT(max_diff(alone.field[0], a.field[1]), 1e-4 * (1 + max_abs(alone.field)));
+  EXPECT_LT(max_diff(alone.field[0], a.field[1]), 2e-2 * (1 + max_abs(alone.field)));
   // A Deformer on the GPU returns results on the device the images came on.
   Deformer deformer(make_model(c, 16, 0.05), gpu);
   const auto out = deformer.deform(smooth_images({20, 24}, 2), {}, {4}, 1);

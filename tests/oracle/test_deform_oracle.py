@@ -51,8 +51,10 @@ LABEL_AGREEMENT = 0.99
 # second derivative f'' errs by at most |f''| h^2 / 8 per axis, here h <= 1
 # voxel, with |f''| of these images a few % of the range per voxel^2, so the
 # two routes differ by ~1e-2 x range at worst and much less on average.
-PAIR_MAX = 0.05      # max |diff| over the interior, x range
-PAIR_MEAN = 0.005    # mean |diff| over the interior, x range
+# The negative controls (fixed vs moving; the target field negated) err by
+# 3e-2 and 6e-2 on average, ten times PAIR_MEAN.
+PAIR_MAX = 0.02      # max |diff| over the interior, x range (seen: 5e-3)
+PAIR_MEAN = 0.003    # mean |diff| over the interior, x range (seen: 6e-4)
 # Labels, nearest twice vs once: class boundaries may move by a voxel, so
 # disagreement is bounded by the fraction of voxels near a boundary (~15 %
 # for these 4-class maps); what must hold exactly is that every disagreement
@@ -205,8 +207,16 @@ def pairs_case(args, checks, name, size_xyz, spacing, origin, level, seed):
     checks.expect(same_geometry(field, image) and same_geometry(moving, image),
                   "%s: target field and moving on the input's grid" % name)
     phys, vox = voxel_field(field)
-    _, vox_aug = voxel_field(sitk.ReadImage(os.path.join(out, o["moving_field"])))
-    mask = sample_mask(vox, 2) & sample_mask(vox_aug, 2)
+    aug = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(os.path.join(out, o["moving_field"])),
+                                                    sitk.sitkVectorFloat64))
+    syn = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    # The total displacement x -> x + syn(x) + aug(x + syn(x)), by SimpleITK,
+    # for the mask: both x + syn(x) and the total sample point inside the grid.
+    total = sitk.TransformToDisplacementField(sitk.CompositeTransform([aug, syn]), sitk.sitkVectorFloat64,
+                                              image.GetSize(), image.GetOrigin(), image.GetSpacing(),
+                                              image.GetDirection())
+    mask = sample_mask(vox, 2) & sample_mask(voxel_field(total)[1], 2)
+    checks.expect(mask.mean() > 0.5, "%s: %.2f of the voxels are in the comparison mask" % (name, mask.mean()))
     fixed = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, o["fixed"]))).astype(np.float64)
     value_range = float(np.ptp(sitk.GetArrayFromImage(image)))
 
@@ -221,10 +231,10 @@ def pairs_case(args, checks, name, size_xyz, spacing, origin, level, seed):
                   % (name, emax, emean, PAIR_MAX, PAIR_MEAN))
     moving_arr = sitk.GetArrayFromImage(moving).astype(np.float64)
     still = np.abs(fixed - moving_arr)[mask] / value_range
-    checks.expect(still.mean() > 2 * PAIR_MEAN, "%s: negative control, fixed vs moving: mean %.3g x range"
+    checks.expect(still.mean() > 3 * PAIR_MEAN, "%s: negative control, fixed vs moving: mean %.3g x range"
                   % (name, still.mean()))
     bmax, bmean = errors(vector_image(-phys, field))
-    checks.expect(bmean > 2 * PAIR_MEAN, "%s: negative control, target field negated: mean %.3g x range"
+    checks.expect(bmean > 3 * PAIR_MEAN, "%s: negative control, target field negated: mean %.3g x range"
                   % (name, bmean))
 
     moving_l = sitk.ReadImage(os.path.join(out, o["moving_labels"]))
@@ -247,9 +257,6 @@ def pairs_case(args, checks, name, size_xyz, spacing, origin, level, seed):
     # resampling of the input through ITK's composite transform (the last
     # transform added acts first on the point: syn, then aug) reproduces
     # fixed to float rounding, like the deform cases.
-    aug = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(os.path.join(out, o["moving_field"])),
-                                                    sitk.sitkVectorFloat64))
-    syn = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
     def composite_error(transforms):
         t = sitk.CompositeTransform(transforms)
         theirs = sitk.GetArrayFromImage(sitk.Resample(image, image, t, sitk.sitkLinear, 0.0)).astype(np.float64)
