@@ -601,7 +601,7 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
         out_images = r.moving, out_labels = r.moving_labels, out_fields = r.field;
         fixed = r.fixed, fixed_labels = r.fixed_labels, moving_fields = r.moving_field;
       } else {
-        auto r = deformer.deform(imgs, labs, aug, seeds, spacing);
+        auto r = deformer.deform_with_seeds(imgs, labs, aug, seeds, spacing);
         out_images = r.images, out_labels = r.labels, out_fields = r.fields;
       }
       out_images = out_images.cpu(), out_fields = out_fields.cpu();

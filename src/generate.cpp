@@ -241,9 +241,9 @@ Deformer::~Deformer() = default;
 Deformer::Deformer(Deformer&&) noexcept = default;
 Deformer& Deformer::operator=(Deformer&&) noexcept = default;
 
-DeformedBatch Deformer::deform(const torch::Tensor& images, const torch::Tensor& labels,
-                               const std::vector<int64_t>& levels, const std::vector<uint64_t>& seeds,
-                               const std::vector<double>& spacing) const {
+DeformedBatch Deformer::deform_with_seeds(const torch::Tensor& images, const torch::Tensor& labels,
+                                          const std::vector<int64_t>& levels, const std::vector<uint64_t>& seeds,
+                                          const std::vector<double>& spacing) const {
   const Impl& m = *impl_;
   m.check_labels(images, labels);
   const auto p = m.prepare(images, spacing);
@@ -265,7 +265,7 @@ DeformedBatch Deformer::deform(const torch::Tensor& images, const torch::Tensor&
   TORCH_CHECK(images.dim() >= 1, "Deformer: expected a batch of images");
   std::vector<uint64_t> seeds;
   for (int64_t i = 0; i < images.size(0); ++i) seeds.push_back(derive_seed(seed, static_cast<uint64_t>(i)));
-  return deform(images, labels, levels, seeds, spacing);
+  return deform_with_seeds(images, labels, levels, seeds, spacing);
 }
 
 PairBatch Deformer::pairs(const torch::Tensor& images, const torch::Tensor& labels,

@@ -62,7 +62,8 @@ void expect_error_containing(const std::function<void()>& fn, const std::string&
   ADD_FAILURE() << "expected an exception containing '" << needle << "'";
 }
 
-TrainConfig tiny_config(int64_t timesteps = 10, int64_t recursion = 1, std::vector<int64_t> size = {32, 32}) {
+TrainConfig tiny_config(int64_t timesteps = 10, int64_t recursion = 1,
+                        std::vector<int64_t> size = {32, 32}) {
   TrainConfig c;
   c.data.dims = static_cast<int64_t>(size.size());
   c.data.size = size;
@@ -106,7 +107,8 @@ TrainedModel make_model(const TrainConfig& c, uint64_t seed, double out_std = 0)
 at::Tensor smooth_images(at::IntArrayRef size, int64_t n = 1) {
   std::vector<at::Tensor> out;
   const auto r = drdm::test::ramp_image(size);
-  for (int64_t i = 0; i < n; ++i) out.push_back(at::sin(r / r.max() * (20.0 + 3.0 * i) + i) * 0.5 + 0.5);
+  for (int64_t i = 0; i < n; ++i)
+    out.push_back(at::sin(r / r.max() * (20.0 + 3.0 * i) + i) * 0.5 + 0.5);
   return at::cat(out, 0).contiguous();
 }
 
@@ -209,7 +211,8 @@ TEST(GenerateFields, SampleDoesNotDependOnItsBatchOrChunking) {
   const std::vector<uint64_t> seeds{21, 22, 23};
   std::vector<drdm::GeneratedFields> alones;
   for (int64_t i = 0; i < 3; ++i)
-    alones.push_back(drdm::generate_fields(net, c.sampler, images.narrow(0, i, 1), {levels[static_cast<size_t>(i)]},
+    alones.push_back(drdm::generate_fields(net, c.sampler, images.narrow(0, i, 1),
+                                           {levels[static_cast<size_t>(i)]},
                                            {seeds[static_cast<size_t>(i)]}));
   for (int64_t chunk : {1, 2, 16}) {
     GenerationOptions o;
@@ -218,10 +221,12 @@ TEST(GenerateFields, SampleDoesNotDependOnItsBatchOrChunking) {
     for (int64_t i = 0; i < 3; ++i) {
       const auto& alone = alones[static_cast<size_t>(i)];
       SCOPED_TRACE("chunk " + std::to_string(chunk) + ", sample " + std::to_string(i));
-      EXPECT_TRUE(at::equal(all.initial[i], alone.initial[0])) << max_diff(all.initial[i], alone.initial[0]);
+      EXPECT_TRUE(at::equal(all.initial[i], alone.initial[0]))
+          << max_diff(all.initial[i], alone.initial[0]);
       if (chunk == 1) {
         // Every pass runs this sample alone: the same arithmetic.
-        EXPECT_TRUE(at::equal(all.field[i], alone.field[0])) << max_diff(all.field[i], alone.field[0]);
+        EXPECT_TRUE(at::equal(all.field[i], alone.field[0]))
+            << max_diff(all.field[i], alone.field[0]);
       } else {
         // CPU convolutions over batches of different sizes round differently
         // (~3e-6 per pass), and the steps amplify that.
@@ -252,12 +257,14 @@ TEST(GenerateFields, ConstantPredictionGivesAnalyticShifts) {
       o.batch = 2;  // mixed levels across chunks
       const auto g = drdm::generate_fields(net, c.sampler, images, levels, {1, 2, 3}, o);
       for (int64_t i = 0; i < 3; ++i) {
-        const int64_t steps = schedule == RecoverySchedule::kAllSteps ? 10 : levels[static_cast<size_t>(i)];
+        const int64_t steps =
+            schedule == RecoverySchedule::kAllSteps ? 10 : levels[static_cast<size_t>(i)];
         const int64_t s = steps * k;
         auto expected = shifted_clamped(g.initial.narrow(0, i, 1), s, -s).clone();
         expected.select(1, 0).add_(static_cast<double>(s));
         expected.select(1, 1).sub_(static_cast<double>(s));
-        SCOPED_TRACE("K " + std::to_string(k) + ", " + drdm::to_string(schedule) + ", sample " + std::to_string(i));
+        SCOPED_TRACE("K " + std::to_string(k) + ", " + drdm::to_string(schedule) + ", sample " +
+                     std::to_string(i));
         EXPECT_LT(max_diff(g.field.narrow(0, i, 1), expected), 1e-3);
         // One step more or fewer is clearly different.
         auto off_by_one = shifted_clamped(g.initial.narrow(0, i, 1), s + k, -s - k).clone();
@@ -296,15 +303,38 @@ TEST(GenerateFields, RejectsBadArguments) {
   const auto c = tiny_config();
   auto net = make_net(c, 7);
   const auto img = smooth_images({32, 32}, 2);
-  expect_error_containing([&] { drdm::generate_fields(net, c.sampler, img, {0, 3}, {1, 2}); }, "levels");
-  expect_error_containing([&] { drdm::generate_fields(net, c.sampler, img, {3, 11}, {1, 2}); }, "levels");
-  expect_error_containing([&] { drdm::generate_fields(net, c.sampler, img, {3}, {1, 2}); }, "levels");
-  expect_error_containing([&] { drdm::generate_fields(net, c.sampler, img, {3, 3}, {1}); }, "seeds");
+  expect_error_containing(
+      [&] {
+        drdm::generate_fields(net, c.sampler, img, {0, 3}, {1, 2});
+      },
+      "levels");
+  expect_error_containing(
+      [&] {
+        drdm::generate_fields(net, c.sampler, img, {3, 11}, {1, 2});
+      },
+      "levels");
+  expect_error_containing(
+      [&] {
+        drdm::generate_fields(net, c.sampler, img, {3}, {1, 2});
+      },
+      "levels");
+  expect_error_containing(
+      [&] {
+        drdm::generate_fields(net, c.sampler, img, {3, 3}, {1});
+      },
+      "seeds");
   GenerationOptions o;
   o.batch = 0;
-  expect_error_containing([&] { drdm::generate_fields(net, c.sampler, img, {3, 3}, {1, 2}, o); }, "batch");
   expect_error_containing(
-      [&] { drdm::generate_fields(net, c.sampler, at::rand({2, 1, 32, 32, 8}), {3, 3}, {1, 2}); }, "images");
+      [&] {
+        drdm::generate_fields(net, c.sampler, img, {3, 3}, {1, 2}, o);
+      },
+      "batch");
+  expect_error_containing(
+      [&] {
+        drdm::generate_fields(net, c.sampler, at::rand({2, 1, 32, 32, 8}), {3, 3}, {1, 2});
+      },
+      "images");
   // Level T itself is accepted.
   EXPECT_NO_THROW(drdm::generate_fields(net, c.sampler, img, {10, 1}, {1, 2}));
 }
@@ -314,7 +344,8 @@ TEST(GenerateFields, RejectsBadArguments) {
 /// Linear field u_i(m) = sum_j A_ij m_j + b_i on the model grid [1, d, ...size].
 at::Tensor linear_field(const std::vector<int64_t>& size, const std::vector<std::vector<double>>& a,
                         const std::vector<double>& b) {
-  const auto grid = drdm::identity_grid(size, at::TensorOptions().dtype(at::kDouble));  // [1, d, ...]
+  const auto grid =
+      drdm::identity_grid(size, at::TensorOptions().dtype(at::kDouble));  // [1, d, ...]
   const auto d = size.size();
   std::vector<at::Tensor> comps;
   for (size_t i = 0; i < d; ++i) {
@@ -348,7 +379,8 @@ TEST(GridFit, KeepsTheAspectRatioAndCentres) {
   EXPECT_EQ(f3.fitted, (std::vector<int64_t>{11, 11, 16}));
   EXPECT_EQ(f3.pad_before, (std::vector<int64_t>{2, 2, 0}));
   for (size_t i = 0; i < 2; ++i)
-    for (double x : {0.0, 3.5, 19.0}) EXPECT_NEAR(f.to_model(static_cast<int64_t>(i), x), model_coord(f, i, x), 1e-12);
+    for (double x : {0.0, 3.5, 19.0})
+      EXPECT_NEAR(f.to_model(static_cast<int64_t>(i), x), model_coord(f, i, x), 1e-12);
   // The input's centre maps to the fitted region's centre.
   EXPECT_NEAR(f.to_model(0, 19.5), 5 + 21 / 2.0 - 0.5, 1e-12);
   EXPECT_THROW(drdm::fit_grid({40, 20}, {1.0, 0.0}, {32, 32}), std::exception);
@@ -415,17 +447,19 @@ TEST(FieldToInput, LinearFieldMapsToTheTransformedLinearField) {
     std::vector<double> spacing;
     std::vector<int64_t> model;
   };
-  const std::vector<Case> cases{{{40, 20}, {1.0, 3.0}, {32, 32}},   // shrink one axis, stretch the other
-                                {{64, 64}, {1.0, 1.0}, {32, 32}},   // m(0) = -0.25: clamped
-                                {{12, 20}, {2.0, 1.0}, {32, 24}},   // upsampling, non-square model
-                                {{10, 20, 30}, {2.0, 1.0, 1.0}, {16, 16, 16}}};
+  const std::vector<Case> cases{
+      {{40, 20}, {1.0, 3.0}, {32, 32}},  // shrink one axis, stretch the other
+      {{64, 64}, {1.0, 1.0}, {32, 32}},  // m(0) = -0.25: clamped
+      {{12, 20}, {2.0, 1.0}, {32, 24}},  // upsampling, non-square model
+      {{10, 20, 30}, {2.0, 1.0, 1.0}, {16, 16, 16}}};
   for (const auto& k : cases) {
     const auto d = k.model.size();
     std::vector<std::vector<double>> a(d, std::vector<double>(d));
     std::vector<double> b(d);
     for (size_t i = 0; i < d; ++i) {
       b[i] = 0.7 - 0.4 * static_cast<double>(i);
-      for (size_t j = 0; j < d; ++j) a[i][j] = 0.05 * static_cast<double>(1 + i) - 0.03 * static_cast<double>(j);
+      for (size_t j = 0; j < d; ++j)
+        a[i][j] = 0.05 * static_cast<double>(1 + i) - 0.03 * static_cast<double>(j);
     }
     const auto u = linear_field(k.model, a, b);
     const auto fit = drdm::fit_grid(k.input, k.spacing, k.model);
@@ -458,7 +492,9 @@ TEST(FieldToInput, IdentityFitGivesTheSameField) {
   const auto v = drdm::field_to_input(u, drdm::fit_grid({32, 24}, {1.2, 1.2}, {32, 24}));
   EXPECT_LT(max_diff(u, v), 1e-4);
   const auto u3 = at::randn({1, 3, 8, 16, 8});
-  EXPECT_LT(max_diff(u3, drdm::field_to_input(u3, drdm::fit_grid({8, 16, 8}, {1, 1, 1}, {8, 16, 8}))), 1e-4);
+  EXPECT_LT(
+      max_diff(u3, drdm::field_to_input(u3, drdm::fit_grid({8, 16, 8}, {1, 1, 1}, {8, 16, 8}))),
+      1e-4);
 }
 
 TEST(FieldToInput, RejectsAFieldOfTheWrongGrid) {
@@ -477,8 +513,10 @@ TEST(FieldToInput, WarpCommutesWithFitting) {
   const std::vector<double> spacing{1.5, 1.0};  // 30 x 24 mm: axis 0 fills 32, axis 1 gets 26
   const auto fit = drdm::fit_grid(input, spacing, model);
   ASSERT_EQ(fit.fitted, (std::vector<int64_t>{32, 26}));
-  const auto grid = drdm::identity_grid(input, at::TensorOptions().dtype(at::kFloat));  // [1, 2, 20, 24]
-  const auto image = (0.2 + 0.025 * grid.select(1, 0) + 0.012 * grid.select(1, 1)).unsqueeze(1);  // [1, 1, ...]
+  const auto grid =
+      drdm::identity_grid(input, at::TensorOptions().dtype(at::kFloat));  // [1, 2, 20, 24]
+  const auto image =
+      (0.2 + 0.025 * grid.select(1, 0) + 0.012 * grid.select(1, 1)).unsqueeze(1);  // [1, 1, ...]
   const auto u = linear_field(model, {{0.04, -0.02}, {0.03, 0.05}}, {-0.6, -0.8});
   const auto u_in = drdm::field_to_input(u, fit);
   const auto lhs = drdm::warp(drdm::fit_image(image[0], fit).unsqueeze(0), u);
@@ -489,8 +527,8 @@ TEST(FieldToInput, WarpCommutesWithFitting) {
   for (size_t i = 0; i < 2; ++i) {
     std::vector<uint8_t> ok;
     for (int64_t m = 0; m < 32; ++m) {
-      const double x = (static_cast<double>(m - fit.pad_before[i]) + 0.5) * static_cast<double>(input[i]) /
-                           static_cast<double>(fit.fitted[i]) -
+      const double x = (static_cast<double>(m - fit.pad_before[i]) + 0.5) *
+                           static_cast<double>(input[i]) / static_cast<double>(fit.fitted[i]) -
                        0.5;
       ok.push_back(x >= 3.0 && x <= static_cast<double>(input[i]) - 4.0);
     }
@@ -522,7 +560,7 @@ TEST(Deformer, OutputsHaveTheInputsSizeAndWarpByTheirFields) {
   // Two channels, arbitrary intensities, non-square, anisotropic.
   const auto base = smooth_images({40, 20}, 2) * 900.0 - 100.0;
   const auto images = at::cat({base, base * 0.5}, 1);  // [2, 2, 40, 20]
-  const auto out = deformer.deform(images, {}, {8}, {3, 4}, {1.0, 3.0});
+  const auto out = deformer.deform_with_seeds(images, {}, {8}, {3, 4}, {1.0, 3.0});
   ASSERT_EQ(out.images.sizes(), images.sizes());
   EXPECT_FALSE(out.labels.defined());
   ASSERT_EQ(out.fields.sizes(), (std::vector<int64_t>{2, 2, 40, 20}));
@@ -538,8 +576,9 @@ TEST(Deformer, OutputsHaveTheInputsSizeAndWarpByTheirFields) {
   // The model fields are Alg. 2 on the preprocessed images with these seeds.
   auto net = make_net(c, 8);
   std::vector<at::Tensor> pre;
-  for (int64_t b = 0; b < 2; ++b) pre.push_back(drdm::preprocess_image(images[b].narrow(0, 0, 1), {1.0, 3.0}, {32, 32},
-                                                                    c.data.clip_low_pct, c.data.clip_high_pct));
+  for (int64_t b = 0; b < 2; ++b)
+    pre.push_back(drdm::preprocess_image(images[b].narrow(0, 0, 1), {1.0, 3.0}, {32, 32},
+                                         c.data.clip_low_pct, c.data.clip_high_pct));
   const auto g = drdm::generate_fields(net, c.sampler, at::stack(pre, 0), {8, 8}, {3, 4});
   EXPECT_LT(max_diff(out.model_fields, g.field), 1e-5);
 }
@@ -553,7 +592,8 @@ TEST(Deformer, ReproducibleAndSeededPerSample) {
   EXPECT_TRUE(at::equal(a.fields, b.fields));
   EXPECT_TRUE(at::equal(a.images, b.images));
   const auto explicit_seeds =
-      deformer.deform(images, {}, {5, 9}, std::vector<uint64_t>{drdm::derive_seed(77, 0), drdm::derive_seed(77, 1)});
+      deformer.deform_with_seeds(images, {}, {5, 9},
+                      std::vector<uint64_t>{drdm::derive_seed(77, 0), drdm::derive_seed(77, 1)});
   EXPECT_TRUE(at::equal(a.fields, explicit_seeds.fields));
   const auto other = deformer.deform(images, {}, {5, 9}, 78);
   EXPECT_GT(max_diff(a.fields, other.fields), 0.1);
@@ -562,7 +602,8 @@ TEST(Deformer, ReproducibleAndSeededPerSample) {
   const auto each = deformer.deform(images, {}, {6, 6}, 5);
   EXPECT_TRUE(at::equal(one.fields, each.fields));
   expect_error_containing([&] { deformer.deform(images, {}, {5, 9, 3}, 5); }, "levels");
-  expect_error_containing([&] { deformer.deform(images, {}, {5}, std::vector<uint64_t>{1}); }, "seeds");
+  expect_error_containing([&] { deformer.deform_with_seeds(images, {}, {5}, std::vector<uint64_t>{1}); },
+                          "seeds");
 }
 
 TEST(Deformer, NearestLabelsComeFromTheRoundedSourceVoxel) {
@@ -573,7 +614,7 @@ TEST(Deformer, NearestLabelsComeFromTheRoundedSourceVoxel) {
   Deformer deformer(make_model(c, 10), torch::kCPU);
   const int64_t h = 24, w = 40;
   const auto labels = drdm::test::ramp_image({h, w}).to(at::kLong);
-  const auto out = deformer.deform(smooth_images({h, w}), labels, {10}, {5}, {2.0, 1.0});
+  const auto out = deformer.deform(smooth_images({h, w}), labels, {10}, 5, {2.0, 1.0});
   ASSERT_EQ(out.labels.scalar_type(), at::kLong);
   ASSERT_EQ(out.labels.sizes(), labels.sizes());
   EXPECT_GT(max_abs(out.fields), 1.0);
@@ -591,7 +632,8 @@ TEST(Deformer, NearestLabelsComeFromTheRoundedSourceVoxel) {
   EXPECT_LE(((li - src[0]).abs().masked_select(sel)).max().item<double>(), 0.5 + 1e-4);
   EXPECT_LE(((lj - src[1]).abs().masked_select(sel)).max().item<double>(), 0.5 + 1e-4);
   const auto outside = ~inside;
-  if (outside.any().item<bool>()) EXPECT_EQ(lab.masked_select(outside).abs().max().item<int64_t>(), 0);
+  if (outside.any().item<bool>())
+    EXPECT_EQ(lab.masked_select(outside).abs().max().item<int64_t>(), 0);
 }
 
 TEST(Deformer, LabelsNeverGainClassesAndOneHotIsSupported) {
@@ -620,7 +662,8 @@ TEST(Deformer, LabelsNeverGainClassesAndOneHotIsSupported) {
   // One-hot float labels [N, K, ...]: nearest keeps them one-hot, and their
   // argmax is the class-map result.
   Deformer deformer(make_model(c, 11), torch::kCPU);
-  const auto onehot = at::one_hot(labels.squeeze(1), 6).permute({0, 3, 1, 2}).to(at::kFloat).contiguous();
+  const auto onehot =
+      at::one_hot(labels.squeeze(1), 6).permute({0, 3, 1, 2}).to(at::kFloat).contiguous();
   const auto a = deformer.deform(images, onehot, {10}, 3);
   const auto b = deformer.deform(images, labels, {10}, 3);
   ASSERT_EQ(a.labels.sizes(), onehot.sizes());
@@ -636,12 +679,21 @@ TEST(Deformer, RejectsBadInputsWithClearMessages) {
   const auto c = tiny_config();
   Deformer deformer(make_model(c, 12), torch::kCPU);
   const auto images = smooth_images({32, 32}, 2);
-  expect_error_containing([&] { deformer.deform(images, at::zeros({2, 1, 32, 30}, at::kLong), {3}, 1); },
-                          "do not match");
-  expect_error_containing([&] { deformer.deform(images, at::zeros({1, 1, 32, 32}, at::kLong), {3}, 1); },
-                          "do not match");
-  expect_error_containing([&] { deformer.deform(images, at::zeros({2, 2, 32, 32}, at::kLong), {3}, 1); },
-                          "one channel");
+  expect_error_containing(
+      [&] {
+        deformer.deform(images, at::zeros({2, 1, 32, 30}, at::kLong), {3}, 1);
+      },
+      "do not match");
+  expect_error_containing(
+      [&] {
+        deformer.deform(images, at::zeros({1, 1, 32, 32}, at::kLong), {3}, 1);
+      },
+      "do not match");
+  expect_error_containing(
+      [&] {
+        deformer.deform(images, at::zeros({2, 2, 32, 32}, at::kLong), {3}, 1);
+      },
+      "one channel");
   auto nan = images.clone();
   nan[1][0][5][5] = std::nan("");
   expect_error_containing([&] { deformer.deform(nan, {}, {3}, 1); }, "NaN");
@@ -650,7 +702,11 @@ TEST(Deformer, RejectsBadInputsWithClearMessages) {
   expect_error_containing([&] { deformer.deform(inf, {}, {3}, 1); }, "NaN or Inf");
   expect_error_containing([&] { deformer.deform(images, {}, {11}, 1); }, "levels");
   expect_error_containing([&] { deformer.deform(images, {}, {3}, 1, {1.0}); }, "spacings");
-  expect_error_containing([&] { deformer.deform(at::rand({2, 1, 32}), {}, {3}, 1); }, "expected images");
+  expect_error_containing(
+      [&] {
+        deformer.deform(at::rand({2, 1, 32}), {}, {3}, 1);
+      },
+      "expected images");
   // A 2D batch cannot go through a 3D model.
   Deformer d3(make_model(tiny_config(10, 1, {16, 16, 16}), 1), torch::kCPU);
   EXPECT_EQ(d3.dims(), 3);
@@ -693,11 +749,12 @@ TEST(Deformer, VolumeThroughA2DModelIsDeformedSliceBySlice) {
   const auto s0 = smooth_images({h, w}).clamp(0.1, 0.9) * 500.0;
   ASSERT_GT((s0 == 50.0).to(at::kFloat).mean().item<double>(), 0.02);
   ASSERT_GT((s0 == 450.0).to(at::kFloat).mean().item<double>(), 0.02);
-  const auto volume = at::stack({s0, s0.flip({3}), s0.flip({2})}, 2).contiguous();  // [1, 1, 3, h, w]
+  const auto volume =
+      at::stack({s0, s0.flip({3}), s0.flip({2})}, 2).contiguous();  // [1, 1, 3, h, w]
   const auto labels = (volume > 250.0).to(at::kLong);
   const std::vector<double> spacing{4.0, 1.0, 1.5};
   const uint64_t seed = 1234;
-  const auto out = deformer.deform(volume, labels, {7}, std::vector<uint64_t>{seed}, spacing);
+  const auto out = deformer.deform_with_seeds(volume, labels, {7}, std::vector<uint64_t>{seed}, spacing);
   ASSERT_EQ(out.fields.sizes(), (std::vector<int64_t>{1, 3, 3, h, w}));
   ASSERT_EQ(out.images.sizes(), volume.sizes());
   ASSERT_EQ(out.labels.sizes(), labels.sizes());
@@ -706,9 +763,10 @@ TEST(Deformer, VolumeThroughA2DModelIsDeformedSliceBySlice) {
   for (int64_t k = 0; k < 3; ++k) {
     SCOPED_TRACE("slice " + std::to_string(k));
     const auto slice = volume.select(2, k);
-    const auto alone = deformer.deform(slice, labels.select(2, k), {7},
-                                       std::vector<uint64_t>{drdm::derive_seed(seed, static_cast<uint64_t>(k))},
-                                       {spacing[1], spacing[2]});
+    const auto alone =
+        deformer.deform_with_seeds(slice, labels.select(2, k), {7},
+                        std::vector<uint64_t>{drdm::derive_seed(seed, static_cast<uint64_t>(k))},
+                        {spacing[1], spacing[2]});
     EXPECT_TRUE(at::equal(out.model_fields[k], alone.model_fields[0]))
         << max_diff(out.model_fields[k], alone.model_fields[0]);
     EXPECT_LT(max_diff(out.fields.select(2, k).narrow(1, 1, 2), alone.fields), 1e-5);
@@ -737,18 +795,21 @@ TEST(Deformer, VolumeWithASizeOneAxisIsOne2DImage) {
   const auto c = tiny_config();
   Deformer deformer(make_model(c, 14, 0.05), torch::kCPU);
   const auto image = smooth_images({20, 24}) * 3.0;  // [1, 1, 20, 24]
-  const auto plane = deformer.deform(image, {}, {6}, std::vector<uint64_t>{42}, {1.0, 2.0});
+  const auto plane = deformer.deform_with_seeds(image, {}, {6}, std::vector<uint64_t>{42}, {1.0, 2.0});
   // The single slice lies along H (axis 1), not the configured slice axis 0.
   const auto vol = image.unsqueeze(3);  // [1, 1, 20, 1, 24]
-  const auto out = deformer.deform(vol, {}, {6}, std::vector<uint64_t>{42}, {1.0, 5.0, 2.0});
+  const auto out = deformer.deform_with_seeds(vol, {}, {6}, std::vector<uint64_t>{42}, {1.0, 5.0, 2.0});
   ASSERT_EQ(out.fields.sizes(), (std::vector<int64_t>{1, 3, 20, 1, 24}));
   ASSERT_EQ(out.model_fields.size(0), 1);
   EXPECT_EQ(max_abs(out.fields.select(1, 1)), 0.0);
   // Same seed as the 2D image (not a derived per-slice seed): the same field.
-  EXPECT_LT(max_diff(out.fields.select(3, 0).index_select(1, at::tensor({0, 2}, at::kLong)), plane.fields), 1e-5);
+  EXPECT_LT(max_diff(out.fields.select(3, 0).index_select(1, at::tensor({0, 2}, at::kLong)),
+                     plane.fields),
+            1e-5);
   EXPECT_LT(max_diff(out.images.select(3, 0), plane.images), 1e-4);
   // And along D.
-  const auto out_d = deformer.deform(image.unsqueeze(2), {}, {6}, std::vector<uint64_t>{42}, {9.0, 1.0, 2.0});
+  const auto out_d =
+      deformer.deform_with_seeds(image.unsqueeze(2), {}, {6}, std::vector<uint64_t>{42}, {9.0, 1.0, 2.0});
   EXPECT_EQ(max_abs(out_d.fields.select(1, 0)), 0.0);
   EXPECT_LT(max_diff(out_d.fields.select(2, 0).narrow(1, 1, 2), plane.fields), 1e-5);
 }
@@ -760,8 +821,9 @@ TEST(Deformer, PairsComposeTheAugmentationAndTheSyntheticField) {
   const std::vector<double> spacing{1.2, 1.0};
   // A slowly varying image, so that two linear resamplings agree with one.
   const auto grid = drdm::identity_grid({h, w}, at::TensorOptions().dtype(at::kFloat));
-  auto images =
-      (at::sin(grid.select(1, 0) * 0.25) * at::cos(grid.select(1, 1) * 0.2) * 0.4 + 0.5).unsqueeze(1).repeat({2, 1, 1, 1});
+  auto images = (at::sin(grid.select(1, 0) * 0.25) * at::cos(grid.select(1, 1) * 0.2) * 0.4 + 0.5)
+                    .unsqueeze(1)
+                    .repeat({2, 1, 1, 1});
   images[1] = images[1].flip({2}) * 2.0;
   const auto labels = (images > 0.5).to(at::kLong);
   const std::vector<uint64_t> seeds{5, 6};
@@ -802,12 +864,13 @@ TEST(Deformer, PairsComposeTheAugmentationAndTheSyntheticField) {
   // Alg. 4 by hand: phi_aug = deform()'s field for the same seeds and
   // levels; phi_syn generated from the MOVING model image (warp of the
   // preprocessed image by phi_aug) with seeds derive_seed(seed, 1).
-  const auto aug = deformer.deform(images, {}, {6, 3}, seeds, spacing);
+  const auto aug = deformer.deform_with_seeds(images, {}, {6, 3}, seeds, spacing);
   EXPECT_LT(max_diff(aug.fields, p.moving_field), 1e-5);
   auto net = make_net(c, 15, 0.05);
   std::vector<at::Tensor> pre;
   for (int64_t b = 0; b < 2; ++b)
-    pre.push_back(drdm::preprocess_image(images[b], spacing, {32, 32}, c.data.clip_low_pct, c.data.clip_high_pct));
+    pre.push_back(drdm::preprocess_image(images[b], spacing, {32, 32}, c.data.clip_low_pct,
+                                         c.data.clip_high_pct));
   const auto model_images = at::stack(pre, 0);
   const auto moving_model = drdm::warp(model_images, aug.model_fields);
   const std::vector<uint64_t> syn_seeds{drdm::derive_seed(5, 1), drdm::derive_seed(6, 1)};
@@ -864,7 +927,8 @@ TEST(GenerateFields, ReproducibleForTheSameSeeds_CUDA) {
   drdm::VelocitySampler sampler(c.sampler, {32, 32}, gpu);
   std::vector<at::Generator> gens;
   for (auto s : seeds) gens.push_back(drdm::make_generator(gpu, s));
-  EXPECT_TRUE(at::equal(a.initial, sampler.sample_field(at::tensor(levels, at::kLong).to(gpu), gens)));
+  EXPECT_TRUE(
+      at::equal(a.initial, sampler.sample_field(at::tensor(levels, at::kLong).to(gpu), gens)));
   // Batch independence on the GPU too: the start field exactly; the result
   // up to rounding (cuDNN may pick other algorithms, with TF32, for another
   // batch size; a wrong seed or step would differ by voxels).

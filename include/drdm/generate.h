@@ -106,12 +106,14 @@ class Deformer {
   Deformer(Deformer&&) noexcept;
   Deformer& operator=(Deformer&&) noexcept;
 
-  /// One field per image: levels has N entries (or one, for all), seeds N.
-  DeformedBatch deform(const torch::Tensor& images, const torch::Tensor& labels, const std::vector<int64_t>& levels,
-                       const std::vector<uint64_t>& seeds, const std::vector<double>& spacing = {}) const;
-  /// As above with per-sample seeds derive_seed(seed, i).
+  /// One field per image (labels may be undefined): levels has N entries
+  /// (or one, for all); sample i is seeded with derive_seed(seed, i).
   DeformedBatch deform(const torch::Tensor& images, const torch::Tensor& labels, const std::vector<int64_t>& levels,
                        uint64_t seed, const std::vector<double>& spacing = {}) const;
+  /// As deform() with an explicit seed per sample (seeds.size() == N).
+  DeformedBatch deform_with_seeds(const torch::Tensor& images, const torch::Tensor& labels,
+                                  const std::vector<int64_t>& levels, const std::vector<uint64_t>& seeds,
+                                  const std::vector<double>& spacing = {}) const;
   /// Alg. 4: phi_aug at aug_levels (seeds[i]), then phi_syn generated from the
   /// moving image at syn_levels (derive_seed(seeds[i], 1)).
   PairBatch pairs(const torch::Tensor& images, const torch::Tensor& labels, const std::vector<int64_t>& aug_levels,
