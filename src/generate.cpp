@@ -111,6 +111,9 @@ struct Deformer::Impl {
     int64_t slices = 1;     ///< model items per input image
     int64_t axis = -1;      ///< slicing axis (tensor spatial axis) or -1
     std::vector<int64_t> input_size;
+    /// Per model item: a slice with less foreground than the model was
+    /// trained on (data.min_foreground), left undeformed.
+    std::vector<bool> empty;
   };
 
   Impl(TrainedModel m, const torch::Device& dev, DeformerOptions o)
@@ -155,6 +158,7 @@ struct Deformer::Impl {
     }
     p.fit = fit_grid(plane, plane_spacing, data.size);
     std::vector<at::Tensor> items;
+    p.empty.assign(static_cast<size_t>(p.n * p.slices), false);
     const at::Tensor cpu = images.select(1, 0).to(at::kCPU, at::kFloat);  // channel 0: [N, ...S]
     for (int64_t b = 0; b < p.n; ++b) {
       // One intensity scale per image (a volume's slices share it).
@@ -163,7 +167,13 @@ struct Deformer::Impl {
         items.push_back(fit_image(norm, p.fit));
         continue;
       }
-      for (int64_t k = 0; k < p.slices; ++k) items.push_back(fit_image(norm.select(p.axis + 1, k), p.fit));
+      for (int64_t k = 0; k < p.slices; ++k) {
+        const at::Tensor slice = norm.select(p.axis + 1, k);
+        // The same foreground measure that chose the training slices.
+        const double foreground = slice.gt(0.05).to(at::kFloat).mean().item<double>();
+        p.empty[static_cast<size_t>(b * p.slices + k)] = foreground < data.min_foreground;
+        items.push_back(fit_image(slice, p.fit));
+      }
     }
     p.model_images = at::stack(items, 0).to(device);  // [M, 1, ...model]
     return p;
@@ -187,9 +197,30 @@ struct Deformer::Impl {
     return out;
   }
 
-  at::Tensor generate(const at::Tensor& model_images, const std::vector<int64_t>& levels,
+  /// Alg. 2 for every item that is not an empty slice; empty slices get the zero field.
+  at::Tensor generate(const Prepared& p, const at::Tensor& model_images, const std::vector<int64_t>& levels,
                       const std::vector<uint64_t>& seeds) const {
-    return generate_fields(model.net, model.config.sampler, model_images, levels, seeds, options.generation).field;
+    std::vector<int64_t> keep;
+    for (size_t i = 0; i < p.empty.size(); ++i)
+      if (!p.empty[i]) keep.push_back(static_cast<int64_t>(i));
+    if (keep.size() == p.empty.size())
+      return generate_fields(model.net, model.config.sampler, model_images, levels, seeds, options.generation).field;
+    std::vector<int64_t> shape{model_images.size(0), dims()};
+    shape.insert(shape.end(), model_images.sizes().begin() + 2, model_images.sizes().end());
+    at::Tensor out = at::zeros(shape, model_images.options());
+    if (keep.empty()) return out;
+    std::vector<int64_t> kl;
+    std::vector<uint64_t> ks;
+    for (auto i : keep) {
+      kl.push_back(levels[static_cast<size_t>(i)]);
+      ks.push_back(seeds[static_cast<size_t>(i)]);
+    }
+    const at::Tensor index = at::tensor(keep, at::TensorOptions().dtype(at::kLong)).to(model_images.device());
+    const at::Tensor fields =
+        generate_fields(model.net, model.config.sampler, model_images.index_select(0, index), kl, ks,
+                        options.generation)
+            .field;
+    return out.index_copy(0, index, fields);
   }
 
   /// Model-grid fields [M, dm, ...model] -> input fields [N, d_in, ...S] on the model device.
@@ -249,7 +280,7 @@ DeformedBatch Deformer::deform_with_seeds(const torch::Tensor& images, const tor
   const auto p = m.prepare(images, spacing);
   TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ", seeds.size());
   DeformedBatch out;
-  out.model_fields = m.generate(p.model_images, m.item_levels(p, levels), m.item_seeds(p, seeds));
+  out.model_fields = m.generate(p, p.model_images, m.item_levels(p, levels), m.item_seeds(p, seeds));
   const at::Tensor field = m.to_input(p, out.model_fields);
   const auto back = images.device();
   out.images = m.warp_images(images.to(m.device), field).to(back);
@@ -276,12 +307,12 @@ PairBatch Deformer::pairs(const torch::Tensor& images, const torch::Tensor& labe
   const auto p = m.prepare(images, spacing);
   TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ", seeds.size());
   const auto item_seed = m.item_seeds(p, seeds);
-  const at::Tensor aug = m.generate(p.model_images, m.item_levels(p, aug_levels), item_seed);
+  const at::Tensor aug = m.generate(p, p.model_images, m.item_levels(p, aug_levels), item_seed);
   // phi_syn is generated for the moving image (Alg. 4 line 8).
   const at::Tensor moving_model = warp(p.model_images, aug);
   std::vector<uint64_t> syn_seed;
   for (auto s : item_seed) syn_seed.push_back(derive_seed(s, 1));
-  const at::Tensor syn = m.generate(moving_model, m.item_levels(p, syn_levels), syn_seed);
+  const at::Tensor syn = m.generate(p, moving_model, m.item_levels(p, syn_levels), syn_seed);
   const at::Tensor aug_in = m.to_input(p, aug);
   const at::Tensor syn_in = m.to_input(p, syn);
   const at::Tensor total = compose(syn_in, aug_in);  // aug acts first, then syn

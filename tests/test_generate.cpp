@@ -791,6 +791,27 @@ TEST(Deformer, VolumeThroughA2DModelIsDeformedSliceBySlice) {
   EXPECT_GT(max_abs(out_w.fields.select(1, 0)), 0.1);
 }
 
+TEST(Deformer, EmptySlicesOfAVolumeAreLeftUndeformed) {
+  // A slice with less foreground than the model's data.min_foreground (the
+  // rule that chose the training slices) gets the zero field; the others are
+  // deformed as usual, with the same fields as without the empty slice.
+  const auto c = tiny_config();
+  DeformerOptions one;
+  one.generation.batch = 1;
+  Deformer deformer(make_model(c, 13, 0.05), torch::kCPU, one);
+  const int64_t h = 20, w = 24;
+  const auto s0 = smooth_images({h, w}) * 500.0 + 100.0;
+  auto empty = at::zeros_like(s0);
+  empty.index_put_({0, 0, 0, 0}, 1000.0);  // one bright voxel: 1/480 foreground, far below 0.05
+  const auto volume = at::stack({s0, empty, s0.flip({3})}, 2).contiguous();  // [1, 1, 3, h, w]
+  const auto out = deformer.deform(volume, {}, {7}, 5);
+  EXPECT_EQ(max_abs(out.model_fields[1]), 0.0);
+  EXPECT_EQ(max_abs(out.fields.select(2, 1)), 0.0);
+  EXPECT_GT(max_abs(out.model_fields[0]), 0.1);
+  EXPECT_GT(max_abs(out.model_fields[2]), 0.1);
+  EXPECT_LT(max_diff(out.images.select(2, 1), volume.select(2, 1)), 1e-3);  // identity up to grid rounding
+}
+
 TEST(Deformer, VolumeWithASizeOneAxisIsOne2DImage) {
   const auto c = tiny_config();
   Deformer deformer(make_model(c, 14, 0.05), torch::kCPU);

@@ -96,7 +96,9 @@ struct PairBatch {
 /// (`spacing`, mm per tensor axis; default isotropic), deformed there, and
 /// the fields resampled back, so the outputs have the input's size. A 3D
 /// batch given to a 2D model is deformed slice by slice (the through-plane
-/// displacement is 0). Labels: int64 [N, 1, ...S] class maps (never new
+/// displacement is 0); a slice with less foreground than the model's
+/// data.min_foreground (the rule that chose its training slices: fraction of
+/// normalised voxels > 0.05) is left undeformed, as the network never saw one. Labels: int64 [N, 1, ...S] class maps (never new
 /// classes) or one-hot float [N, K, ...S].
 class Deformer {
  public:
