@@ -466,6 +466,28 @@ void update_dataset_json(const Inputs& in, const std::string& out_dir) {
 
 std::vector<double> tensor_spacing(const Geometry& g) { return {g.spacing.rbegin(), g.spacing.rend()}; }
 
+/// Network items per sample of a case: 1, or its slices for a volume through a 2D model.
+int64_t items_per_sample(const Geometry& g, int64_t model_dims, int64_t slice_axis) {
+  if (g.dimension() == model_dims) return 1;
+  const auto ts = g.tensor_size();
+  for (auto s : ts)
+    if (s == 1) return 1;  // a one-slice volume is one 2D image
+  return ts[static_cast<size_t>(slice_axis)];
+}
+
+/// Total recovery steps x items of a run (the progress bar's units).
+int64_t deformer_steps_total(const std::vector<Case>& cases, const DeformJobOptions& o, int64_t model_dims,
+                             int64_t big_t, int64_t slice_axis) {
+  const bool all = o.schedule == RecoverySchedule::kAllSteps;
+  int64_t per_sample = 0;
+  for (const auto& l : o.levels)
+    per_sample += (all ? big_t : l.aug) + (o.mode == DeformMode::kPairs ? (all ? big_t : l.syn) : 0);
+  int64_t total = 0;
+  for (const auto& c : cases)
+    total += items_per_sample(read_image_info(c.images[0]).geometry, model_dims, slice_axis) * per_sample * o.samples;
+  return std::max<int64_t>(total, 1);
+}
+
 }  // namespace
 
 DeformJobSummary run_deform_job(const DeformJobOptions& o) {
@@ -505,7 +527,18 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
                      o.samples, " samples, model '", model_path, "' (", model_dims, "D, step ", trained.step,
                      ") on ", device.str()));
 
+  // Progress in network steps (one model item, i.e. an image or a 2D slice,
+  // advanced by one recovery step), so that long volumes show progress too.
+  const int64_t big_steps = deformer_steps_total(mine, o, model_dims, big_t,
+                                                 o.slice_axis >= 0 ? o.slice_axis : trained.config.data.slice_axis);
+  detail::ProgressBar bar("drdm_deform recovery steps", big_steps, 0, o.progress);
+  int64_t steps_done = 0;
+  std::string current_case;
   DeformerOptions dopt;
+  dopt.generation.on_step = [&](int64_t n) {
+    steps_done += n;
+    bar.update(std::min(steps_done, big_steps), current_case);
+  };
   dopt.generation.batch = o.batch;
   dopt.generation.schedule = o.schedule;
   dopt.label_interpolation = o.label_interpolation;
@@ -538,11 +571,9 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
   };
 
   // Work: every case x level x sample.
-  const int64_t per_case = static_cast<int64_t>(o.levels.size()) * o.samples;
-  detail::ProgressBar bar("drdm_deform", static_cast<int64_t>(mine.size()) * per_case, 0, o.progress);
   json samples = json::array();
-  int64_t done = 0;
   for (const auto& c : mine) {
+    current_case = c.name;
     // Read the case.
     std::vector<at::Tensor> channels;
     Image first;
@@ -562,9 +593,8 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
     const PixelType pixel = first.pixel_type;
 
     // Chunks of samples: a 3D volume through a 2D model is many network items per sample.
-    const int64_t items_per_sample =
-        model_dims < geo.dimension() ? *std::max_element(geo.size.begin(), geo.size.end()) : 1;
-    const int64_t chunk = std::max<int64_t>(1, o.batch / items_per_sample);
+    const int64_t chunk =
+        std::max<int64_t>(1, o.batch / items_per_sample(geo, model_dims, deformer.slice_axis()));
     struct Work {
       DeformLevel level;
       int64_t k;
@@ -682,7 +712,6 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
         s["outputs"] = outputs;
         s["metrics"] = metrics_json(field);
         samples.push_back(s);
-        bar.update(++done, c.name);
       }
     }
     if (dataset_out) {  // the original case beside its augmented copies

@@ -87,6 +87,7 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
       } else {
         phi = phi.index_copy(0, at::tensor(active, at::TensorOptions().dtype(at::kLong)).to(device), next);
       }
+      if (options.on_step) options.on_step(static_cast<int64_t>(active.size()));
     }
     fields.push_back(phi);
   }
@@ -205,6 +206,14 @@ struct Deformer::Impl {
       if (!p.empty[i]) keep.push_back(static_cast<int64_t>(i));
     if (keep.size() == p.empty.size())
       return generate_fields(model.net, model.config.sampler, model_images, levels, seeds, options.generation).field;
+    if (options.generation.on_step) {  // the skipped slices' steps count as done
+      int64_t skipped = 0;
+      for (size_t i = 0; i < p.empty.size(); ++i)
+        if (p.empty[i])
+          skipped += options.generation.schedule == RecoverySchedule::kAllSteps ? model.config.sampler.timesteps
+                                                                                : levels[i];
+      options.generation.on_step(skipped);
+    }
     std::vector<int64_t> shape{model_images.size(0), dims()};
     shape.insert(shape.end(), model_images.sizes().begin() + 2, model_images.sizes().end());
     at::Tensor out = at::zeros(shape, model_images.options());

@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,6 +36,9 @@ uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0, uint64_t c = 0);
 struct GenerationOptions {
   RecoverySchedule schedule = RecoverySchedule::kFromLevel;
   int64_t batch = 16;  ///< samples per network forward pass (>= 1)
+  /// Progress: called after every recovery step with the number of samples
+  /// it advanced (skipped empty slices are reported at once), if set.
+  std::function<void(int64_t)> on_step;
 };
 
 /// What Alg. 2 produced for a batch.
