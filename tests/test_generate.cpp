@@ -178,6 +178,26 @@ TEST(GenerateFields, RestoresTheTrainingFlag) {
   EXPECT_FALSE(net.is_training());
 }
 
+TEST(GenerateFields, ReportsEveryRecoveryStepOfEverySample) {
+  // on_step sums to sum(T') (recovery t = T'..1 per sample) or N * T (all steps).
+  const auto c = tiny_config();  // T = 10
+  auto net = make_net(c, 1);
+  int64_t calls = 0, total = 0;
+  drdm::GenerationOptions o;
+  o.batch = 2;
+  o.on_step = [&](int64_t n) {
+    ++calls;
+    total += n;
+  };
+  drdm::generate_fields(net, c.sampler, smooth_images({32, 32}, 3), {2, 5, 3}, {1, 2, 3}, o);
+  EXPECT_EQ(total, 2 + 5 + 3);
+  EXPECT_EQ(calls, 5 + 3);  // chunk {2, 5}: 5 steps; chunk {3}: 3 steps
+  calls = total = 0;
+  o.schedule = drdm::RecoverySchedule::kAllSteps;
+  drdm::generate_fields(net, c.sampler, smooth_images({32, 32}, 3), {2, 5, 3}, {1, 2, 3}, o);
+  EXPECT_EQ(total, 3 * 10);
+}
+
 TEST(GenerateFields, InitialIsTheSamplersFieldForThePerSampleSeeds) {
   const auto c = tiny_config();
   auto net = make_net(c, 2);
