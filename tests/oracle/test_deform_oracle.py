@@ -294,16 +294,8 @@ def main():
     for fn, *case in cases:
         print("%s: %s voxels, spacing %s, origin %s, rotated direction" % (case[0], "x".join(map(str, case[1])),
                                                                            case[2], case[3]))
-        try:
-            results[case[0]] = fn(args, checks, *case)
-        except Exception as e:  # a crash is a failure, with its reason
-            checks.expect(False, "%s: %s" % (case[0], e))
-    print("summary: max |drdm_deform - SimpleITK| / range: %s" % ", ".join("%s %.3g" % kv for kv in results.items()))
-    if checks.failures:
-        print("FAILED %d check(s):\n  %s" % (len(checks.failures), "\n  ".join(checks.failures)))
-        return 1
-    print("all checks passed")
-    return 0
+        results[case[0]] = checks.run(case[0], fn, args, checks, *case)
+    return checks.finish("summary: max |drdm_deform - SimpleITK| / range", results)
 
 
 if __name__ == "__main__":

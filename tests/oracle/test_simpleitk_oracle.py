@@ -102,6 +102,23 @@ class Checks:
         if not ok:
             self.failures.append(what)
 
+    def run(self, name, fn, *args):
+        """fn(*args) -> a result; a crash is a failure, with its reason."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            self.expect(False, "%s: %s" % (name, e))
+            return None
+
+    def finish(self, summary, results):
+        """Prints the summary of per-case results and the verdict; the exit status."""
+        print("%s: %s" % (summary, ", ".join("%s %.3g" % kv for kv in results.items() if kv[1] is not None)))
+        if self.failures:
+            print("FAILED %d check(s):\n  %s" % (len(self.failures), "\n  ".join(self.failures)))
+            return 1
+        print("all checks passed")
+        return 0
+
 
 def run_case(args, checks, name, size_xyz, spacing, origin, image_ext, field_ext, seed):
     d = len(size_xyz)
@@ -207,17 +224,8 @@ def main():
         ("3d", (48, 56, 40), (0.8, 1.3, 2.1), (10.5, -20.25, 35.0), ".nii.gz", ".nii.gz", 12),
     ]
     for case in cases:
-        try:
-            results[case[0]] = run_case(args, checks, *case)
-        except Exception as e:  # a crash is a failure, with its reason
-            checks.expect(False, "%s: %s" % (case[0], e))
-    print("summary: max |drdm - SimpleITK| / range: %s" % ", ".join(
-        "%s %.3g" % kv for kv in results.items()))
-    if checks.failures:
-        print("FAILED %d check(s):\n  %s" % (len(checks.failures), "\n  ".join(checks.failures)))
-        return 1
-    print("all checks passed")
-    return 0
+        results[case[0]] = checks.run(case[0], run_case, args, checks, *case)
+    return checks.finish("summary: max |drdm - SimpleITK| / range", results)
 
 
 if __name__ == "__main__":
