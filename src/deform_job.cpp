@@ -468,11 +468,9 @@ std::vector<double> tensor_spacing(const Geometry& g) { return {g.spacing.rbegin
 
 /// Network items per sample of a case: 1, or its slices for a volume through a 2D model.
 int64_t items_per_sample(const Geometry& g, int64_t model_dims, int64_t slice_axis) {
-  if (g.dimension() == model_dims) return 1;
   const auto ts = g.tensor_size();
-  for (auto s : ts)
-    if (s == 1) return 1;  // a one-slice volume is one 2D image
-  return ts[static_cast<size_t>(slice_axis)];
+  const int64_t axis = slicing_axis(ts, model_dims, slice_axis);
+  return axis < 0 ? 1 : ts[static_cast<size_t>(axis)];
 }
 
 /// Total recovery steps x items of a run (the progress bar's units).
@@ -635,6 +633,7 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
         out_images = r.images, out_labels = r.labels, out_fields = r.fields;
       }
       out_images = out_images.cpu(), out_fields = out_fields.cpu();
+      if (pairs) fixed = fixed.cpu();
       make_folders();
       for (int64_t i = 0; i < n; ++i) {
         const Work& w = work[w0 + static_cast<size_t>(i)];
@@ -669,7 +668,7 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
         write_field(join(o.output, field_rel), field, geo);
         outputs["field"] = field_rel;
         if (pairs) {
-          outputs["fixed"] = write_channels("fixed", fixed.cpu());
+          outputs["fixed"] = write_channels("fixed", fixed);
           if (fixed_labels.defined()) {
             const std::string rel = "fixed_labels/" + sample + label_ext;
             write_labels(join(o.output, rel), fixed_labels[i].unsqueeze(0).cpu(), geo);
@@ -682,13 +681,11 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
         if (o.previews) {
           const std::string rel = preview_dir + "/" + sample + ".png";
           const at::Tensor before = pairs ? out_images[i].narrow(0, 0, 1).unsqueeze(0) : image.narrow(1, 0, 1);
-          const at::Tensor after = pairs ? fixed.cpu()[i].narrow(0, 0, 1).unsqueeze(0) : out_images[i].narrow(0, 0, 1).unsqueeze(0);
-          if (model_dims == 2 && geo.dimension() == 3) {
+          const at::Tensor after = pairs ? fixed[i].narrow(0, 0, 1).unsqueeze(0) : out_images[i].narrow(0, 0, 1).unsqueeze(0);
+          const auto ts = geo.tensor_size();
+          const int64_t axis = slicing_axis(ts, model_dims, deformer.slice_axis());
+          if (axis >= 0) {
             // Deformed slice by slice: show the central slice of the slicing axis.
-            const auto ts = geo.tensor_size();
-            int64_t axis = deformer.slice_axis();
-            for (int64_t a = 0; a < 3; ++a)
-              if (ts[static_cast<size_t>(a)] == 1) axis = a;
             const int64_t mid = ts[static_cast<size_t>(axis)] / 2;
             std::vector<int64_t> keep;
             for (int64_t a = 0; a < 3; ++a)

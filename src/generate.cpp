@@ -30,6 +30,13 @@ uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
   return detail::splitmix64(h ^ (c + 0xa54ff53a5f1d36f1ULL));
 }
 
+int64_t slicing_axis(const std::vector<int64_t>& tensor_size, int64_t model_dims, int64_t slice_axis) {
+  if (static_cast<int64_t>(tensor_size.size()) == model_dims) return -1;
+  for (size_t a = 0; a < tensor_size.size(); ++a)
+    if (tensor_size[a] == 1) return static_cast<int64_t>(a);
+  return slice_axis;
+}
+
 namespace {
 
 at::Tensor rows(const at::Tensor& x, const std::vector<int64_t>& index) {
@@ -145,14 +152,8 @@ struct Deformer::Impl {
     const auto& data = model.config.data;
     std::vector<int64_t> plane = p.input_size;
     std::vector<double> plane_spacing = spacing;
-    if (d_in != dims()) {
-      // A volume of one slice along some axis is one 2D image.
-      p.axis = slice_axis;
-      for (int64_t a = 0; a < 3; ++a)
-        if (p.input_size[static_cast<size_t>(a)] == 1) {
-          p.axis = a;
-          break;
-        }
+    p.axis = slicing_axis(p.input_size, dims(), slice_axis);
+    if (p.axis >= 0) {
       p.slices = p.input_size[static_cast<size_t>(p.axis)];
       plane.erase(plane.begin() + p.axis);
       plane_spacing.erase(plane_spacing.begin() + p.axis);

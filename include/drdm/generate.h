@@ -33,6 +33,12 @@ RecoverySchedule parse_recovery_schedule(const std::string& name);
 /// sample is the same whatever else runs with it (batch, shard, order).
 uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0, uint64_t c = 0);
 
+/// The tensor axis along which an image of `tensor_size` is cut into 2D
+/// slices for a model of `model_dims`: -1 when the dimensions match (the
+/// image goes through whole), else its first axis of size 1 (a one-slice
+/// volume is one 2D image), else `slice_axis`.
+int64_t slicing_axis(const std::vector<int64_t>& tensor_size, int64_t model_dims, int64_t slice_axis);
+
 struct GenerationOptions {
   RecoverySchedule schedule = RecoverySchedule::kFromLevel;
   int64_t batch = 16;  ///< samples per network forward pass (>= 1)
