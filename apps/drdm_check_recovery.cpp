@@ -24,12 +24,19 @@ int main(int argc, char** argv) {
   int64_t repeats = 2, max_images = 64;
   uint64_t seed = 0;
   bool quiet = false;
-  cli.add_option("-m,--model", model, "model.pt or checkpoint.pt from drdm_train")
-      ->required()
-      ->check(CLI::ExistingFile);
+  cli.add_option("-m,--model", model,
+                 "a shipped model's name (cardiac2d, chest2d, hippocampus3d) or a model.pt / "
+                 "checkpoint.pt from drdm_train")
+      ->required();
   cli.add_option("-d,--data", folders, "Folder(s) of held-out images (not used in training)")
       ->required();
   cli.add_option("--include", include, "File name patterns (default: the model's data.include)");
+  std::vector<double> subset{0.0, 1.0};
+  cli.add_option("--subset", subset,
+                 "FROM,TO: use this part of each folder's sorted files, e.g. 0.7,1 = the last 30 % "
+                 "(default 0,1: all)")
+      ->delimiter(',')
+      ->expected(2);
   cli.add_option("--levels", levels, "Levels t to test")->delimiter(',')->capture_default_str();
   cli.add_option("--repeats", repeats, "Forward draws per image and level")
       ->check(CLI::Range(1, 100))
@@ -51,6 +58,9 @@ int main(int argc, char** argv) {
     data.folders = folders;
     if (!include.empty()) data.include = include;
     data.exclude.clear();
+    if (subset.size() != 2 || !(subset[0] >= 0 && subset[0] < subset[1] && subset[1] <= 1))
+      throw std::invalid_argument("--subset: expected FROM,TO with 0 <= FROM < TO <= 1");
+    data.subset = subset;
     drdm::ImageDataset dataset(data);
     const int64_t n = std::min(dataset.size(), max_images);
     std::vector<at::Tensor> picked;

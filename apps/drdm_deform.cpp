@@ -14,12 +14,16 @@ int main(int argc, char** argv) {
       "the field (ITK displacement field, mm), warped image(s) and labels, a preview PNG, and "
       "OUTPUT/manifest.json with every sample's level, seed, files and metrics."};
   drdm::DeformJobOptions o;
-  std::string config, levels, mode, shard, labels_mode, padding, schedule;
+  std::string config, levels, mode, shard, labels_mode, padding, schedule, slice_mode;
+  double slice_sigma = -1;
   int64_t samples = -1, batch = -1, slice_axis = -2, threads = -1;
   uint64_t seed = 0;
   bool seed_given = false, quiet = false, no_progress = false, no_preview = false;
   std::string device;
-  cli.add_option("--model", o.model, "model.pt from drdm_train (default: the shipped cardiac2d-cpu model)");
+  cli.add_option("--model", o.model,
+                 "a shipped model's name or a model.pt from drdm_train (default: " +
+                     std::string(drdm::kDefaultModelName) + ", or $DRDM_MODEL). Shipped models:\n" +
+                     drdm::shipped_models_help());
   cli.add_option("-i,--input", o.input, "Image file, folder of images, or MSD / nnU-Net dataset folder")->required();
   cli.add_option("-l,--labels", o.labels, "Label map file, or folder of label maps matched by name");
   cli.add_option("-o,--output", o.output, "Output folder")->required();
@@ -40,6 +44,12 @@ int main(int argc, char** argv) {
   cli.add_option("--padding", padding, "Image padding outside the field of view: zeros (default) or border")
       ->check(CLI::IsMember({"zeros", "border"}));
   cli.add_option("--slice-axis", slice_axis, "3D input, 2D model: tensor axis to slice (0 = D, 1 = H, 2 = W)");
+  cli.add_option("--slice-mode", slice_mode,
+                 "3D input, 2D model: coherent (default: one start field per volume, recovery steps "
+                 "smoothed across slices) or independent (every slice its own 2D sample)")
+      ->check(CLI::IsMember({"coherent", "independent"}));
+  cli.add_option("--slice-sigma", slice_sigma,
+                 "coherent slices: Gaussian smoothing of each recovery step across slices, in slices (default 2)");
   cli.add_option("--threads", threads, "CPU threads (default: all)");
   cli.add_flag("--no-preview", no_preview, "Do not write preview PNGs");
   cli.add_flag("--no-progress", no_progress, "Do not draw the progress bar");
@@ -62,6 +72,8 @@ int main(int argc, char** argv) {
           labels_mode == "soft" ? drdm::LabelInterpolation::kSoft : drdm::LabelInterpolation::kNearest;
     if (!padding.empty()) o.padding = padding == "border" ? drdm::Padding::kBorder : drdm::Padding::kZeros;
     if (slice_axis != -2) o.slice_axis = slice_axis;
+    if (!slice_mode.empty()) o.slice_mode = drdm::parse_slice_mode(slice_mode);
+    if (slice_sigma != -1) o.slice_sigma = slice_sigma;
     if (threads != -1) o.threads = threads;
     if (no_preview) o.previews = false;
     o.progress = !no_progress;

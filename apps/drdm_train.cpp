@@ -4,6 +4,7 @@
 
 #include "app_common.h"
 #include "drdm/train_config.h"
+#include "drdm/models.h"
 #include "drdm/trainer.h"
 
 int main(int argc, char** argv) {
@@ -11,7 +12,7 @@ int main(int argc, char** argv) {
       "Train the DRDM recovery network (paper Alg. 1) on folders of unlabelled images. "
       "Writes OUTPUT/config.json, checkpoint.pt, model.pt (for drdm_deform), metrics.jsonl and "
       "previews/*.png. Every config key is documented in docs/configs.md."};
-  std::string config_path, output, device;
+  std::string config_path, output, device, init_from;
   std::vector<std::string> overrides;
   bool resume = false, quiet = false, no_progress = false;
   cli.add_option("-c,--config", config_path, "JSON config (see configs/)")
@@ -19,6 +20,9 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   cli.add_option("-o,--output", output, "Output folder (default: runs/<config name>)");
   cli.add_flag("--resume", resume, "Continue from OUTPUT/checkpoint.pt exactly where it stopped");
+  cli.add_option("--init-from", init_from,
+                 "Start from these weights (a model.pt, a checkpoint.pt or a shipped model's name) "
+                 "with a fresh optimiser and schedule (sets train.init_from)");
   cli.add_option("--device", device, "cpu, cuda, cuda:N or auto (overrides train.device)");
   cli.add_option(
          "--set", overrides,
@@ -31,6 +35,8 @@ int main(int argc, char** argv) {
   drdm::app::init_program(!quiet);
   return drdm::app::run_reporting_errors("drdm_train", [&] {
     if (!device.empty()) overrides.push_back("train.device=" + device);
+    if (!init_from.empty())
+      overrides.push_back("train.init_from=" + drdm::resolve_model_path(init_from));
     const auto config = drdm::load_train_config(config_path, overrides);
     if (output.empty()) output = "runs/" + config.name;
     const auto s = drdm::train(config, output, resume, !no_progress);

@@ -42,20 +42,27 @@ void write_text_file(const std::string& path, const std::string& text) {
 void warp_file(const WarpFileOptions& o) {
   const auto field = read_field(o.field);
   const auto info = read_image_info(o.input);
-  detail::check_same_grid(info.geometry, field.geometry, o.input, o.field);
+  detail::check_field_grid(info.geometry, field.geometry, o.input, o.field);
   log::info(c10::str("warping '", o.input, "' (", to_string(info.pixel_type), ") with '", o.field, "'"));
+  // A 2D field on a single-slice volume warps the slice in 2D; the output
+  // keeps the volume's grid.
+  const int64_t slice =
+      field.geometry.dimension() < info.geometry.dimension() ? info.geometry.single_slice_axis() : -1;
+  const auto to_field_grid = [slice](const at::Tensor& x) { return slice < 0 ? x : x.squeeze(2 + slice); };
+  const auto to_input_grid = [slice](const at::Tensor& x) { return slice < 0 ? x : x.unsqueeze(2 + slice); };
   if (o.labels) {
     if (!o.preview.empty())
       throw std::invalid_argument("--preview draws images; it is not available with --labels");
     const auto labels = read_labels(o.input);
-    auto out = warp_labels(labels.data, field.data, o.label_interpolation);
+    auto out = to_input_grid(warp_labels(to_field_grid(labels.data), field.data, o.label_interpolation));
     if (o.pixel_type == "auto")
       write_labels(o.output, out, labels.geometry);
     else
       write_image(o.output, out, labels.geometry, detail::parse_pixel_type(o.pixel_type));
   } else {
     const auto image = read_image(o.input);
-    auto out = warp(image.data, field.data, o.interpolation, o.padding);
+    const auto input = to_field_grid(image.data);
+    auto out = warp(input, field.data, o.interpolation, o.padding);
     PixelType type = PixelType::kFloat32;
     if (o.pixel_type != "auto") {
       type = detail::parse_pixel_type(o.pixel_type);
@@ -66,8 +73,8 @@ void warp_file(const WarpFileOptions& o) {
                                  "; choose --pixel-type uint8 or uint16 to round and clamp");
       type = image.pixel_type;
     }
-    write_image(o.output, out, image.geometry, type);
-    if (!o.preview.empty()) write_warp_preview(o.preview, image.data, out, field.data);
+    write_image(o.output, to_input_grid(out), image.geometry, type);
+    if (!o.preview.empty()) write_warp_preview(o.preview, input, out, field.data);
   }
   log::info(c10::str("wrote '", o.output, "'"));
 }
@@ -103,8 +110,8 @@ std::string field_stats_file(const FieldStatsFileOptions& o) {
 std::string random_field_file(const RandomFieldFileOptions& o) {
   const auto info = read_image_info(o.reference);
   Image field;
-  field.geometry = info.geometry;
-  field.data = random_smooth_field(info.geometry.tensor_size(), 1, o.seed, o.field);
+  field.geometry = info.geometry.squeeze_single_slice();  // a single-slice reference gets a 2D field
+  field.data = random_smooth_field(field.geometry.tensor_size(), 1, o.seed, o.field);
   write_field(o.output, field.data, field.geometry);
   log::info(c10::str("wrote random field '", o.output, "' on the grid of '", o.reference, "'"));
   return detail::stats_json(o.output, field);

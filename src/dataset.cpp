@@ -10,6 +10,9 @@
 #include <c10/util/ParallelGuard.h>
 
 #include <fnmatch.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -84,6 +87,14 @@ std::vector<std::string> scan_folder(const std::string& folder, const DatasetOpt
                              join(options.include) + (options.exclude.empty() ? "" : "; exclude: " + join(options.exclude)) +
                              ")");
   return files;
+}
+
+std::vector<std::string> subset_of(const std::vector<std::string>& files, const std::vector<double>& subset) {
+  const auto n = static_cast<double>(files.size());
+  const auto first = static_cast<size_t>(std::floor(subset.at(0) * n + 1e-9));
+  const auto last = static_cast<size_t>(std::floor(subset.at(1) * n + 1e-9));
+  return {files.begin() + static_cast<std::ptrdiff_t>(std::min(first, files.size())),
+          files.begin() + static_cast<std::ptrdiff_t>(std::min(last, files.size()))};
 }
 
 /// Percentiles lo <= hi (numpy's default "linear" method, p in [0, 100]) of
@@ -512,7 +523,10 @@ ImageDataset::ImageDataset(const DatasetOptions& options) : options_(options) {
   detail::check_options(options_);
   std::vector<std::string> files;
   for (const auto& folder : options_.folders) {
-    auto f = detail::scan_folder(folder, options_);
+    const auto f = detail::subset_of(detail::scan_folder(folder, options_), options_.subset);
+    if (f.empty())
+      throw std::runtime_error("dataset: data.subset [" + std::to_string(options_.subset[0]) + ", " +
+                               std::to_string(options_.subset[1]) + ") leaves no file of folder '" + folder + "'");
     files.insert(files.end(), f.begin(), f.end());
   }
   num_files_ = static_cast<int64_t>(files.size());
@@ -566,9 +580,23 @@ ImageDataset::ImageDataset(const DatasetOptions& options) : options_(options) {
     throw std::runtime_error("dataset: no usable samples in " + detail::join(options_.folders) + " (" +
                              std::to_string(skipped) + " " + (options_.dims == 2 ? "slices" : "volumes") +
                              " below min_foreground " + std::to_string(options_.min_foreground) + ")");
-  all_ = at::stack(samples).contiguous();
+  // The cache is filled sample by sample, each released once copied, so that
+  // loading never holds the dataset twice (at::stack would).
+  std::vector<int64_t> shape{static_cast<int64_t>(samples.size())};
+  shape.insert(shape.end(), samples.front().sizes().begin(), samples.front().sizes().end());
+  all_ = at::empty(shape, samples.front().options());
+  for (size_t i = 0; i < samples.size(); ++i) {
+    all_[static_cast<int64_t>(i)].copy_(samples[i]);
+    samples[i] = at::Tensor();
+  }
   samples.clear();
   for (int64_t i = 0; i < all_.size(0); ++i) samples_.push_back(all_[i]);
+#if defined(__GLIBC__)
+  // What the loader threads read and resampled is free now, but glibc keeps it
+  // in their arenas for good when drdm::keep_freed_memory_for_reuse() is in
+  // effect (as in drdm_train): give it back to the system.
+  malloc_trim(0);
+#endif
 
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::ostringstream msg;

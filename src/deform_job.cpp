@@ -26,9 +26,6 @@
 #include <sstream>
 #include <stdexcept>
 
-#ifndef DRDM_SOURCE_DIR
-#define DRDM_SOURCE_DIR ""
-#endif
 
 namespace drdm {
 
@@ -152,6 +149,10 @@ void load_deform_config(const std::string& path, DeformJobOptions& o) {
         o.padding = s == "border" ? Padding::kBorder : Padding::kZeros;
       } else if (key == "slice_axis") {
         o.slice_axis = value.get<int64_t>();
+      } else if (key == "slice_mode") {
+        o.slice_mode = parse_slice_mode(value.get<std::string>());
+      } else if (key == "slice_sigma") {
+        o.slice_sigma = value.get<double>();
       } else if (key == "previews") {
         o.previews = value.get<bool>();
       } else if (key == "threads") {
@@ -159,7 +160,7 @@ void load_deform_config(const std::string& path, DeformJobOptions& o) {
       } else {
         throw std::invalid_argument(
             "unknown key (expected model, mode, levels, samples, seed, device, batch, schedule, "
-            "label_interpolation, padding, slice_axis, previews, threads)");
+            "label_interpolation, padding, slice_axis, slice_mode, slice_sigma, previews, threads)");
       }
     } catch (const json::exception& e) {
       throw std::invalid_argument(where + ": wrong type (" + std::string(e.what()) + ")");
@@ -186,33 +187,11 @@ std::string to_json(const DeformJobOptions& o) {
   j["label_interpolation"] = o.label_interpolation == LabelInterpolation::kSoft ? "soft" : "nearest";
   j["padding"] = o.padding == Padding::kBorder ? "border" : "zeros";
   j["slice_axis"] = o.slice_axis;
+  j["slice_mode"] = to_string(o.slice_mode);
+  j["slice_sigma"] = o.slice_sigma;
   j["previews"] = o.previews;
   j["threads"] = o.threads;
   return j.dump(2);
-}
-
-std::string default_model_path() {
-  const std::string rel = "models/cardiac2d-cpu/model.pt";
-  std::vector<std::string> tried;
-  if (const char* env = std::getenv("DRDM_MODEL"); env != nullptr && *env != '\0') {
-    if (!detail::file_exists(env)) throw std::runtime_error(std::string("DRDM_MODEL='") + env + "' does not exist");
-    return env;
-  }
-  char exe[4096];
-  const ssize_t len = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  if (len > 0) {
-    std::string dir(exe, static_cast<size_t>(len));
-    dir = dir.substr(0, dir.find_last_of('/'));
-    const std::string installed = dir + "/../share/drdm/" + rel;
-    tried.push_back(installed);
-    if (detail::file_exists(installed)) return installed;
-  }
-  const std::string source = std::string(DRDM_SOURCE_DIR) + "/" + rel;
-  tried.push_back(source);
-  if (std::string(DRDM_SOURCE_DIR).size() > 0 && detail::file_exists(source)) return source;
-  std::string list;
-  for (const auto& t : tried) list += " '" + t + "'";
-  throw std::runtime_error("no default model found (tried" + list + "); pass --model or set DRDM_MODEL");
 }
 
 // ---------------------------------------------------------------------------
@@ -409,11 +388,15 @@ void copy_file(const std::string& from, const std::string& to) {
   });
 }
 
-json metrics_json(const at::Tensor& field) {
+/// slice_axis >= 0: the volume went slice by slice through a 2D model, and
+/// its slice incoherence (drdm::slice_incoherence) is reported too.
+json metrics_json(const at::Tensor& field, int64_t slice_axis) {
   const FieldStats s = field_stats(field);
-  return {{"max_magnitude_pct", s.max_magnitude_pct[0]},
-          {"mean_magnitude_pct", s.mean_magnitude_pct[0]},
-          {"folding_ratio", s.folding_ratio[0]}};
+  json j = {{"max_magnitude_pct", s.max_magnitude_pct[0]},
+            {"mean_magnitude_pct", s.mean_magnitude_pct[0]},
+            {"folding_ratio", s.folding_ratio[0]}};
+  if (slice_axis >= 0 && field.size(2 + slice_axis) > 1) j["slice_incoherence"] = slice_incoherence(field, slice_axis);
+  return j;
 }
 
 json level_summary(const json& samples) {
@@ -424,12 +407,16 @@ json level_summary(const json& samples) {
     json row;
     row["level"] = json::parse(level);
     row["samples"] = list.size();
-    for (const char* key : {"max_magnitude_pct", "mean_magnitude_pct", "folding_ratio"}) {
+    for (const char* key : {"max_magnitude_pct", "mean_magnitude_pct", "folding_ratio", "slice_incoherence"}) {
+      std::vector<double> v;
+      for (const auto& m : list)
+        if (m.contains(key)) v.push_back(m[key].get<double>());
+      if (v.empty()) continue;  // slice_incoherence: only volumes deformed slice by slice
       double sum = 0, sq = 0;
-      for (const auto& m : list) sum += m[key].get<double>();
-      const double mean = sum / static_cast<double>(list.size());
-      for (const auto& m : list) sq += std::pow(m[key].get<double>() - mean, 2);
-      row[key] = {{"mean", mean}, {"std", list.size() > 1 ? std::sqrt(sq / static_cast<double>(list.size() - 1)) : 0.0}};
+      for (double x : v) sum += x;
+      const double mean = sum / static_cast<double>(v.size());
+      for (double x : v) sq += std::pow(x - mean, 2);
+      row[key] = {{"mean", mean}, {"std", v.size() > 1 ? std::sqrt(sq / static_cast<double>(v.size() - 1)) : 0.0}};
     }
     out.push_back(row);
   }
@@ -498,10 +485,12 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
     throw std::invalid_argument("shard must be i/n with 0 <= i < n, got " + std::to_string(o.shard_index) + "/" +
                                 std::to_string(o.shard_count));
   if (o.levels.empty()) throw std::invalid_argument("levels: none given");
+  if (!(o.slice_sigma >= 0) || !std::isfinite(o.slice_sigma))
+    throw std::invalid_argument("slice_sigma must be a finite number >= 0, got " + std::to_string(o.slice_sigma));
   if (o.threads > 0) at::set_num_threads(static_cast<int>(o.threads));
 
   // Everything is checked before anything is written.
-  const std::string model_path = o.model.empty() ? default_model_path() : o.model;
+  const std::string model_path = o.model.empty() ? default_model_path() : resolve_model_path(o.model);
   const torch::Device device = resolve_device(o.device);
   TrainedModel trained = load_model(model_path, device);
   const int64_t big_t = trained.config.sampler.timesteps;
@@ -542,6 +531,8 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
   dopt.label_interpolation = o.label_interpolation;
   dopt.padding = o.padding;
   dopt.slice_axis = o.slice_axis;
+  dopt.slice_mode = o.slice_mode;
+  dopt.slice_sigma = o.slice_sigma;
   const int64_t model_step = trained.step;
   const Deformer deformer(std::move(trained), device, dopt);
 
@@ -587,6 +578,11 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
     const auto spacing = tensor_spacing(geo);
     const std::string label_ext = c.labels.empty() ? c.ext : split_name(base_name(c.labels)).second;
     const std::string field_ext = detail::has_extension(c.ext, ".png") ? ".nii.gz" : c.ext;
+    // A single-slice volume (e.g. 256x256x1) gets 2D fields on its in-plane grid.
+    const auto write_case_field = [&](const std::string& rel, const at::Tensor& field) {
+      const Image written = squeeze_single_slice_field(field, geo);
+      write_field(join(o.output, rel), written.data, written.geometry);
+    };
     // Output pixel type: the input's (PNG keeps uint8 / uint16).
     const PixelType pixel = first.pixel_type;
 
@@ -665,7 +661,7 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
         }
         const at::Tensor field = out_fields[i].unsqueeze(0);
         const std::string field_rel = field_dir + "/" + sample + field_ext;
-        write_field(join(o.output, field_rel), field, geo);
+        write_case_field(field_rel, field);
         outputs["field"] = field_rel;
         if (pairs) {
           outputs["fixed"] = write_channels("fixed", fixed);
@@ -675,7 +671,7 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
             outputs["fixed_labels"] = rel;
           }
           const std::string rel = "moving_fields/" + sample + field_ext;
-          write_field(join(o.output, rel), moving_fields[i].unsqueeze(0).cpu(), geo);
+          write_case_field(rel, moving_fields[i].unsqueeze(0).cpu());
           outputs["moving_field"] = rel;
         }
         if (o.previews) {
@@ -707,7 +703,7 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
         s["sample"] = w.k;
         s["seed"] = w.seed;
         s["outputs"] = outputs;
-        s["metrics"] = metrics_json(field);
+        s["metrics"] = metrics_json(field, slicing_axis(geo.tensor_size(), model_dims, deformer.slice_axis()));
         samples.push_back(s);
       }
     }

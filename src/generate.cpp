@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <utility>
 
@@ -102,6 +103,111 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
   return {at::cat(fields, 0), at::cat(starts, 0)};
 }
 
+std::string to_string(SliceMode mode) { return mode == SliceMode::kIndependent ? "independent" : "coherent"; }
+
+SliceMode parse_slice_mode(const std::string& name) {
+  if (name == "coherent") return SliceMode::kCoherent;
+  if (name == "independent") return SliceMode::kIndependent;
+  throw std::invalid_argument("unknown slice mode '" + name + "' (expected 'coherent' or 'independent')");
+}
+
+namespace {
+
+/// [Z, Z] weights of a Gaussian of `sigma` slices over the valid slices,
+/// each row normalised (a row with no valid slice in reach is all zero).
+at::Tensor slice_smoothing_matrix(const std::vector<bool>& valid, double sigma) {
+  const auto z = static_cast<int64_t>(valid.size());
+  at::Tensor w = at::zeros({z, z}, at::kDouble);
+  auto a = w.accessor<double, 2>();
+  const int64_t reach = sigma > 0 ? static_cast<int64_t>(std::ceil(3 * sigma)) : 0;
+  for (int64_t i = 0; i < z; ++i) {
+    double total = 0;
+    for (int64_t j = std::max<int64_t>(0, i - reach); j <= std::min(z - 1, i + reach); ++j) {
+      if (!valid[static_cast<size_t>(j)]) continue;
+      const double k = static_cast<double>(j - i);
+      a[i][j] = sigma > 0 ? std::exp(-k * k / (2 * sigma * sigma)) : 1.0;
+      total += a[i][j];
+    }
+    for (int64_t j = 0; j < z && total > 0; ++j) a[i][j] /= total;
+  }
+  return w.to(at::kFloat);
+}
+
+/// The network's step for the valid slices, in chunks of `batch`; zero elsewhere.
+at::Tensor predict_valid(RecoveryNet& net, const at::Tensor& warped, const at::Tensor& valid_index, int64_t step,
+                         int64_t batch) {
+  const auto device = warped.device();
+  std::vector<int64_t> shape(warped.sizes().begin(), warped.sizes().end());
+  shape[1] = warped.dim() - 2;
+  at::Tensor out = at::zeros(shape, warped.options());
+  const at::Tensor inputs = warped.index_select(0, valid_index);
+  std::vector<at::Tensor> parts;
+  for (int64_t first = 0; first < inputs.size(0); first += batch) {
+    const int64_t count = std::min(batch, inputs.size(0) - first);
+    const at::Tensor t = at::full({count}, step, at::TensorOptions().dtype(at::kLong).device(device));
+    parts.push_back(net.forward(inputs.narrow(0, first, count), t));
+  }
+  return out.index_copy(0, valid_index, at::cat(parts, 0));
+}
+
+}  // namespace
+
+at::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sampler_options, const at::Tensor& slices,
+                                  int64_t level, uint64_t seed, const std::vector<bool>& valid, double sigma,
+                                  const GenerationOptions& options) {
+  TORCH_CHECK(net.options().dims == 2 && slices.dim() == 4 && slices.size(1) == net.options().in_channels,
+              "generate_volume_fields: expected a 2D model and slices [Z, ", net.options().in_channels,
+              ", H, W], got ", slices.sizes());
+  const int64_t z = slices.size(0);
+  TORCH_CHECK(static_cast<int64_t>(valid.size()) == z, "generate_volume_fields: expected ", z, " valid flags, got ",
+              valid.size());
+  TORCH_CHECK(level >= 1 && level <= sampler_options.timesteps, "generate_volume_fields: level must be in [1, ",
+              sampler_options.timesteps, "], got ", level);
+  TORCH_CHECK(sigma >= 0 && std::isfinite(sigma), "generate_volume_fields: sigma must be >= 0, got ", sigma);
+  TORCH_CHECK(options.batch >= 1, "generate_volume_fields: batch must be >= 1");
+  at::NoGradGuard no_grad;
+  const bool was_training = net.is_training();
+  net.train(false);
+  const auto device = net.parameters().front().device();
+  const at::Tensor image = slices.to(device, at::kFloat);
+  const std::vector<int64_t> size(slices.sizes().begin() + 2, slices.sizes().end());
+  const VelocitySampler sampler(sampler_options, size, device);
+  std::vector<at::Generator> gens{make_generator(device, seed)};
+  const at::Tensor start = sampler.sample_field(at::full({1}, level, at::kLong), gens);
+  std::vector<int64_t> valid_rows;
+  for (int64_t i = 0; i < z; ++i)
+    if (valid[static_cast<size_t>(i)]) valid_rows.push_back(i);
+  if (valid_rows.empty()) {
+    net.train(was_training);
+    return at::zeros({z, 2, size[0], size[1]}, image.options());
+  }
+  const at::Tensor valid_index = at::tensor(valid_rows, at::TensorOptions().dtype(at::kLong)).to(device);
+  const at::Tensor smooth = slice_smoothing_matrix(valid, sigma).to(device);
+  at::Tensor phi = start.expand({z, 2, size[0], size[1]}).contiguous();
+  const int64_t top = options.schedule == RecoverySchedule::kAllSteps ? sampler_options.timesteps : level;
+  for (int64_t step = top; step >= 1; --step) {
+    const at::Tensor psi_hat = predict_valid(net, warp(image, phi), valid_index, step, options.batch);
+    const at::Tensor smoothed = at::matmul(smooth, psi_hat.reshape({z, -1})).reshape(psi_hat.sizes());
+    phi = compose(smoothed, phi);
+    if (options.on_step) options.on_step(z);
+  }
+  net.train(was_training);
+  return phi;
+}
+
+double slice_incoherence(const at::Tensor& field, int64_t axis) {
+  TORCH_CHECK(field.dim() >= 4 && field.size(1) == field.dim() - 2,
+              "slice_incoherence: expected a field [N, d, ...S], got ", field.sizes());
+  TORCH_CHECK(axis >= 0 && axis < field.dim() - 2, "slice_incoherence: axis ", axis, " out of range for ",
+              field.sizes());
+  const int64_t dim = 2 + axis, n = field.size(dim);
+  const at::Tensor f = field.to(at::kDouble);
+  const double magnitude = f.norm(2, 1).mean().item<double>();
+  if (n < 2 || magnitude == 0) return 0.0;
+  const at::Tensor diff = f.narrow(dim, 1, n - 1) - f.narrow(dim, 0, n - 1);
+  return diff.norm(2, 1).mean().item<double>() / magnitude;
+}
+
 // ---------------------------------------------------------------------------
 // Deformer
 
@@ -128,6 +234,8 @@ struct Deformer::Impl {
       : model(std::move(m)), device(dev), options(std::move(o)) {
     TORCH_CHECK(options.generation.batch >= 1, "Deformer: generation.batch must be >= 1");
     slice_axis = options.slice_axis >= 0 ? options.slice_axis : model.config.data.slice_axis;
+    TORCH_CHECK(options.slice_sigma >= 0 && std::isfinite(options.slice_sigma),
+                "Deformer: slice_sigma must be >= 0, got ", options.slice_sigma);
     TORCH_CHECK(slice_axis >= 0 && slice_axis <= 2, "Deformer: slice_axis must be 0, 1 or 2, got ", slice_axis);
     model.net.to(device);
     model.net.train(false);
@@ -233,6 +341,31 @@ struct Deformer::Impl {
     return out.index_copy(0, index, fields);
   }
 
+  /// Fields on the model grid for per-input levels and seeds: coherent
+  /// volumes (one generation per volume) or independent items. syn: the
+  /// second field of a pair (seeds derived with derive_seed(., 1)).
+  at::Tensor generate_for_inputs(const Prepared& p, const at::Tensor& model_images, const std::vector<int64_t>& levels,
+                                 const std::vector<uint64_t>& seeds, bool syn = false) const {
+    const auto item_level = item_levels(p, levels);
+    if (options.slice_mode == SliceMode::kIndependent || p.axis < 0 || p.slices < 2) {
+      auto item_seed = item_seeds(p, seeds);
+      if (syn)
+        for (auto& s : item_seed) s = derive_seed(s, 1);
+      return generate(p, model_images, item_level, item_seed);
+    }
+    std::vector<at::Tensor> volumes;
+    for (int64_t b = 0; b < p.n; ++b) {
+      const auto first = static_cast<size_t>(b * p.slices);
+      std::vector<bool> valid;
+      for (int64_t k = 0; k < p.slices; ++k) valid.push_back(!p.empty[first + static_cast<size_t>(k)]);
+      const uint64_t seed = syn ? derive_seed(seeds[static_cast<size_t>(b)], 1) : seeds[static_cast<size_t>(b)];
+      volumes.push_back(generate_volume_fields(model.net, model.config.sampler,
+                                               model_images.narrow(0, b * p.slices, p.slices), item_level[first],
+                                               seed, valid, options.slice_sigma, options.generation));
+    }
+    return at::cat(volumes, 0);
+  }
+
   /// Model-grid fields [M, dm, ...model] -> input fields [N, d_in, ...S] on the model device.
   at::Tensor to_input(const Prepared& p, const at::Tensor& model_fields) const {
     at::Tensor f = field_to_input(model_fields, p.fit);  // [M, dm, ...plane]
@@ -290,7 +423,7 @@ DeformedBatch Deformer::deform_with_seeds(const torch::Tensor& images, const tor
   const auto p = m.prepare(images, spacing);
   TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ", seeds.size());
   DeformedBatch out;
-  out.model_fields = m.generate(p, p.model_images, m.item_levels(p, levels), m.item_seeds(p, seeds));
+  out.model_fields = m.generate_for_inputs(p, p.model_images, levels, seeds);
   const at::Tensor field = m.to_input(p, out.model_fields);
   const auto back = images.device();
   out.images = m.warp_images(images.to(m.device), field).to(back);
@@ -316,13 +449,10 @@ PairBatch Deformer::pairs(const torch::Tensor& images, const torch::Tensor& labe
   m.check_labels(images, labels);
   const auto p = m.prepare(images, spacing);
   TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ", seeds.size());
-  const auto item_seed = m.item_seeds(p, seeds);
-  const at::Tensor aug = m.generate(p, p.model_images, m.item_levels(p, aug_levels), item_seed);
+  const at::Tensor aug = m.generate_for_inputs(p, p.model_images, aug_levels, seeds);
   // phi_syn is generated for the moving image (Alg. 4 line 8).
   const at::Tensor moving_model = warp(p.model_images, aug);
-  std::vector<uint64_t> syn_seed;
-  for (auto s : item_seed) syn_seed.push_back(derive_seed(s, 1));
-  const at::Tensor syn = m.generate(p, moving_model, m.item_levels(p, syn_levels), syn_seed);
+  const at::Tensor syn = m.generate_for_inputs(p, moving_model, syn_levels, seeds, /*syn=*/true);
   const at::Tensor aug_in = m.to_input(p, aug);
   const at::Tensor syn_in = m.to_input(p, syn);
   const at::Tensor total = compose(syn_in, aug_in);  // aug acts first, then syn

@@ -486,6 +486,47 @@ Geometry Geometry::identity(const std::vector<int64_t>& tensor_size) {
   return g;
 }
 
+int64_t Geometry::single_slice_axis() const {
+  if (dimension() != 3 || std::count(size.begin(), size.end(), int64_t{1}) != 1) return -1;
+  const auto itk_axis = std::find(size.begin(), size.end(), int64_t{1}) - size.begin();
+  return 2 - itk_axis;
+}
+
+Geometry Geometry::squeeze_single_slice() const {
+  const int64_t axis = single_slice_axis();
+  if (axis < 0) return *this;
+  const auto drop = static_cast<size_t>(2 - axis);  // ITK axis
+  Geometry g;
+  for (size_t r = 0; r < 3; ++r) {
+    if (r == drop) continue;
+    g.size.push_back(size[r]);
+    g.spacing.push_back(spacing[r]);
+    g.origin.push_back(origin[r]);
+    for (size_t c = 0; c < 3; ++c)
+      if (c != drop) g.direction.push_back(direction[r * 3 + c]);
+  }
+  return g;
+}
+
+Image squeeze_single_slice_field(const torch::Tensor& field, const Geometry& geometry) {
+  Image out;
+  out.geometry = geometry.squeeze_single_slice();
+  const int64_t axis = geometry.single_slice_axis();
+  if (axis < 0) {
+    out.data = field;
+    return out;
+  }
+  TORCH_CHECK(field.dim() == 5 && field.size(1) == 3 && field.size(2 + axis) == 1,
+              "squeeze_single_slice_field: expected a field [N, 3, ...S] on the single-slice grid ",
+              geometry.tensor_size(), ", got sizes ", field.sizes());
+  std::vector<int64_t> in_plane;
+  for (int64_t a = 0; a < 3; ++a)
+    if (a != axis) in_plane.push_back(a);
+  const auto index = at::tensor(in_plane, at::TensorOptions().dtype(at::kLong).device(field.device()));
+  out.data = field.index_select(1, index).select(2 + axis, 0).contiguous();
+  return out;
+}
+
 ImageInfo read_image_info(const std::string& path) {
   const auto io = detail::open_io(path);
   return detail::info_from_io(*io, path);

@@ -20,6 +20,7 @@ json defaults_json(const TrainConfig& c) {
   j["data"] = {{"folders", d.folders},
                {"include", d.include},
                {"exclude", d.exclude},
+               {"subset", d.subset},
                {"dims", d.dims},
                {"slice_axis", d.slice_axis},
                {"size", d.size},
@@ -54,6 +55,10 @@ json defaults_json(const TrainConfig& c) {
                 {"steps", t.steps},
                 {"lr", t.lr},
                 {"lr_decay", t.lr_decay},
+                {"lr_schedule", t.lr_schedule},
+                {"warmup_steps", t.warmup_steps},
+                {"lr_min", t.lr_min},
+                {"init_from", t.init_from},
                 {"seed", t.seed},
                 {"checkpoint_every", t.checkpoint_every},
                 {"preview_every", t.preview_every},
@@ -159,6 +164,9 @@ TrainConfig from_json(const json& j, const std::string& src) {
   d.folders = get<std::vector<std::string>>(j, "data", "folders", src);
   d.include = get<std::vector<std::string>>(j, "data", "include", src);
   d.exclude = get<std::vector<std::string>>(j, "data", "exclude", src);
+  d.subset = get<std::vector<double>>(j, "data", "subset", src);
+  require(d.subset.size() == 2 && d.subset[0] >= 0 && d.subset[0] < d.subset[1] && d.subset[1] <= 1, src,
+          "data.subset", "must be [from, to] with 0 <= from < to <= 1 (fractions of each folder's sorted files)");
   d.dims = get<int64_t>(j, "data", "dims", src);
   d.slice_axis = get<int64_t>(j, "data", "slice_axis", src);
   d.size = get<std::vector<int64_t>>(j, "data", "size", src);
@@ -244,6 +252,10 @@ TrainConfig from_json(const json& j, const std::string& src) {
   t.steps = get<int64_t>(j, "train", "steps", src);
   t.lr = get<double>(j, "train", "lr", src);
   t.lr_decay = get<double>(j, "train", "lr_decay", src);
+  t.lr_schedule = get<std::string>(j, "train", "lr_schedule", src);
+  t.warmup_steps = get<int64_t>(j, "train", "warmup_steps", src);
+  t.lr_min = get<double>(j, "train", "lr_min", src);
+  t.init_from = get<std::string>(j, "train", "init_from", src);
   const auto seed = get<int64_t>(j, "train", "seed", src);
   require(seed >= 0, src, "train.seed", "must be >= 0");
   t.seed = static_cast<uint64_t>(seed);
@@ -260,6 +272,16 @@ TrainConfig from_json(const json& j, const std::string& src) {
   require(finite(t.lr) && t.lr > 0, src, "train.lr", "must be > 0");
   require(finite(t.lr_decay) && t.lr_decay > 0 && t.lr_decay <= 1, src, "train.lr_decay",
           "must be in (0, 1]");
+  require(t.lr_schedule == "exponential" || t.lr_schedule == "cosine" ||
+              t.lr_schedule == "constant",
+          src, "train.lr_schedule",
+          "must be \"exponential\", \"cosine\" or \"constant\", got \"" + t.lr_schedule + "\"");
+  require(t.warmup_steps >= 0 && t.warmup_steps < t.steps, src, "train.warmup_steps",
+          "must be in [0, train.steps)");
+  require(t.lr_schedule != "exponential" || t.warmup_steps == 0, src, "train.warmup_steps",
+          "is only used by the \"cosine\" and \"constant\" schedules");
+  require(finite(t.lr_min) && t.lr_min >= 0 && t.lr_min <= t.lr, src, "train.lr_min",
+          "must be in [0, train.lr]");
   require(t.checkpoint_every >= 1, src, "train.checkpoint_every", "must be >= 1");
   require(t.preview_every >= 0, src, "train.preview_every", "must be >= 0 (0 = no previews)");
   require(t.log_every >= 1, src, "train.log_every", "must be >= 1");
@@ -331,6 +353,16 @@ TrainConfig load_train_config(const std::string& path, const std::vector<std::st
 }
 
 std::string to_json(const TrainConfig& config) { return defaults_json(config).dump(2); }
+
+double learning_rate(const TrainConfig::Train& t, int64_t step) {
+  const double s = static_cast<double>(step);
+  if (t.lr_schedule == "exponential") return t.lr * std::pow(t.lr_decay, s);
+  if (step < t.warmup_steps) return t.lr * (s + 1) / static_cast<double>(t.warmup_steps);
+  if (t.lr_schedule == "constant") return t.lr;
+  const double span = static_cast<double>(std::max<int64_t>(1, t.steps - t.warmup_steps));
+  const double p = std::min(1.0, (s - static_cast<double>(t.warmup_steps)) / span);
+  return t.lr_min + (t.lr - t.lr_min) * 0.5 * (1.0 + std::cos(M_PI * p));
+}
 
 NetworkOptions network_options(const TrainConfig& config) {
   NetworkOptions o = config.model;

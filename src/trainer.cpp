@@ -20,6 +20,7 @@
 #include "drdm/image_io.h"
 #include "drdm/log.h"
 #include "drdm/losses.h"
+#include "drdm/models.h"
 #include "drdm/optim.h"
 #include "drdm/preview.h"
 #include "drdm/spatial.h"
@@ -149,6 +150,31 @@ void write_training_preview(const std::string& path, const at::Tensor& x0, const
   write_rgb_png(path, at::cat(rows, 1));
 }
 
+/// train.init_from: the weights of another run (fresh optimiser, step 0).
+/// The network must have the same shape; the image size may differ (the
+/// network is fully convolutional), so a model can be fine-tuned at another size.
+void init_weights_from(const std::string& name_or_path, const TrainConfig& config, RecoveryNet& net) {
+  const auto path = resolve_model_path(name_or_path);
+  auto ck = read_checkpoint(path);
+  const auto want = network_options(config), have = network_options(ck.config);
+  const auto describe = [](const NetworkOptions& o) {
+    return std::to_string(o.dims) + "D, " + std::to_string(o.in_channels) + " channel(s), " +
+           "time embedding " + std::to_string(o.time_embedding) + ", T = " +
+           std::to_string(o.timesteps) + ", K = " + std::to_string(o.recursion);
+  };
+  if (describe(want) != describe(have))
+    throw std::runtime_error("train.init_from: '" + path + "' holds a network of " +
+                             describe(have) + ", but this config builds " + describe(want));
+  try {
+    net.load_state(ck.model);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("train.init_from: '" + path + "' does not fit this network: " +
+                             std::string(e.what_without_backtrace()));
+  }
+  log::info("initialised from " + path + " (trained " + std::to_string(ck.step) +
+            " steps); fresh optimiser and schedule");
+}
+
 std::string fixed(double v, int digits = 4) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f", digits, v);
@@ -221,6 +247,8 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
     }
     first_step = ck.step;
     log::info("resuming from " + checkpoint_path + " at step " + std::to_string(first_step));
+  } else if (!config.train.init_from.empty()) {
+    init_weights_from(config.train.init_from, config, net);
   }
   log::info("recovery network: " + std::to_string(net.parameter_count()) +
             " trainable parameters (" + std::to_string(config.data.dims) +
@@ -318,7 +346,7 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
     }
     adam.zero_grad();
     terms.total.backward();
-    const double lr = config.train.lr * std::pow(config.train.lr_decay, static_cast<double>(step));
+    const double lr = learning_rate(config.train, step);
     adam.step(lr);
 
     window_loss += loss;
@@ -367,7 +395,8 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
   return summary;
 }
 
-TrainedModel load_model(const std::string& path, const torch::Device& device) {
+TrainedModel load_model(const std::string& name_or_path, const torch::Device& device) {
+  const auto path = resolve_model_path(name_or_path);
   auto ck = read_checkpoint(path);
   TrainedModel m{RecoveryNet(network_options(ck.config)), ck.config, ck.step};
   try {

@@ -106,6 +106,33 @@ TEST(Dataset, ScansRecursivelyWithIncludeAndExclude) {
   EXPECT_NE(only.source(0).find("skip_me.nii.gz"), std::string::npos);
 }
 
+TEST(Dataset, SubsetSplitsEachFoldersSortedFiles) {
+  TempDir tmp;
+  for (int i = 0; i < 10; ++i) write(tmp.path("case" + std::to_string(i) + ".mha"), busy_image({12, 10}, 10 + i));
+  auto names = [&](std::vector<double> subset) {
+    DatasetOptions o = options_for(tmp.dir());
+    o.subset = subset;
+    ImageDataset d(o);
+    std::vector<std::string> out;
+    for (int64_t i = 0; i < d.size(); ++i) out.push_back(fs::path(d.source(i)).filename().string());
+    return out;
+  };
+  const auto train = names({0.0, 0.7}), test = names({0.7, 1.0});
+  EXPECT_EQ(train, (std::vector<std::string>{"case0.mha", "case1.mha", "case2.mha", "case3.mha", "case4.mha",
+                                             "case5.mha", "case6.mha"}));
+  EXPECT_EQ(test, (std::vector<std::string>{"case7.mha", "case8.mha", "case9.mha"}));
+  EXPECT_EQ(names({0.0, 1.0}).size(), 10u);
+  // A subset that holds no file of a folder is an error naming it.
+  DatasetOptions o = options_for(tmp.dir());
+  o.subset = {0.0, 0.05};
+  try {
+    ImageDataset d(o);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("data.subset"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Dataset, VolumesAreSlicedAndEmptySlicesSkipped) {
   TempDir tmp;
   at::Tensor vol = busy_image({5, 8, 6});  // tensor [D, H, W]

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <set>
 #include <string>
@@ -23,6 +24,8 @@
 
 #include "drdm/dataset.h"
 #include "drdm/generate.h"
+#include "drdm/image_io.h"
+#include "drdm/models.h"
 #include "drdm/network.h"
 #include "drdm/spatial.h"
 #include "drdm/train_config.h"
@@ -759,6 +762,7 @@ TEST(Deformer, VolumeThroughA2DModelIsDeformedSliceBySlice) {
   // which this randomly weighted network amplifies over the steps.)
   DeformerOptions one;
   one.generation.batch = 1;
+  one.slice_mode = drdm::SliceMode::kIndependent;
   Deformer deformer(make_model(c, 13, 0.05), torch::kCPU, one);
   EXPECT_EQ(deformer.slice_axis(), 0);
   // Three slices with the same value set (flips of one image), clipped so
@@ -801,6 +805,7 @@ TEST(Deformer, VolumeThroughA2DModelIsDeformedSliceBySlice) {
   // Slicing along W instead (option): the W component is 0.
   DeformerOptions o;
   o.slice_axis = 2;
+  o.slice_mode = drdm::SliceMode::kIndependent;
   Deformer along_w(make_model(c, 13, 0.05), torch::kCPU, o);
   EXPECT_EQ(along_w.slice_axis(), 2);
   const auto vol_w = smooth_images({16, 20, 3}) * 10.0;
@@ -818,6 +823,7 @@ TEST(Deformer, EmptySlicesOfAVolumeAreLeftUndeformed) {
   const auto c = tiny_config();
   DeformerOptions one;
   one.generation.batch = 1;
+  one.slice_mode = drdm::SliceMode::kIndependent;
   Deformer deformer(make_model(c, 13, 0.05), torch::kCPU, one);
   const int64_t h = 20, w = 24;
   const auto s0 = smooth_images({h, w}) * 500.0 + 100.0;
@@ -853,6 +859,118 @@ TEST(Deformer, VolumeWithASizeOneAxisIsOne2DImage) {
       deformer.deform_with_seeds(image.unsqueeze(2), {}, {6}, std::vector<uint64_t>{42}, {9.0, 1.0, 2.0});
   EXPECT_EQ(max_abs(out_d.fields.select(1, 0)), 0.0);
   EXPECT_LT(max_diff(out_d.fields.select(2, 0).narrow(1, 1, 2), plane.fields), 1e-5);
+}
+
+// ======================================================== coherent volumes
+
+TEST(SliceIncoherence, AnalyticFields) {
+  const auto c = at::tensor({0.6, -0.8}, at::kDouble).view({1, 2, 1, 1, 1});  // |c| = 1
+  // The same vector in every slice: 0.
+  auto same = at::zeros({1, 3, 5, 4, 6}, at::kDouble);
+  same.narrow(1, 1, 2).copy_(c.expand({1, 2, 5, 4, 6}));
+  EXPECT_DOUBLE_EQ(drdm::slice_incoherence(same, 0), 0.0);
+  // Alternating sign along D: every step changes by 2|c|, the mean |u| is |c|: 2.
+  auto alternating = same.clone();
+  alternating.select(2, 1).neg_();
+  alternating.select(2, 3).neg_();
+  EXPECT_NEAR(drdm::slice_incoherence(alternating, 0), 2.0, 1e-12);
+  // Along W nothing changes in that field.
+  EXPECT_NEAR(drdm::slice_incoherence(alternating, 2), 0.0, 1e-12);
+  // u(z) = z c for z = 0..4: steps of |c|, mean |u| = 2|c|: 0.5.
+  auto linear = at::zeros({1, 2, 5, 3}, at::kDouble);
+  for (int64_t z = 0; z < 5; ++z) linear.select(2, z).copy_(c.view({1, 2, 1}).expand({1, 2, 3}) * double(z));
+  EXPECT_NEAR(drdm::slice_incoherence(linear, 0), 0.5, 1e-12);
+  EXPECT_EQ(drdm::slice_incoherence(at::zeros({1, 2, 4, 4}), 0), 0.0);
+  EXPECT_THROW(drdm::slice_incoherence(linear, 2), c10::Error);
+}
+
+/// Three different slices [3, 1, 32, 32] of a smooth "volume".
+at::Tensor three_slices() {
+  const auto s = smooth_images({32, 32}, 3);
+  return s.contiguous();
+}
+
+TEST(GenerateVolumeFields, SharedStartAndUnsmoothedStepsEqualPerSliceGeneration) {
+  const auto c = tiny_config();
+  auto net = make_net(c, 21, 0.05);
+  const auto slices = three_slices();
+  GenerationOptions one;
+  one.batch = 1;  // the same arithmetic per slice as generate_fields below
+  const auto f = drdm::generate_volume_fields(net, c.sampler, slices, 7, 99, {true, true, true}, 0.0, one);
+  ASSERT_EQ(f.sizes(), (std::vector<int64_t>{3, 2, 32, 32}));
+  for (int64_t k = 0; k < 3; ++k) {
+    const auto alone = drdm::generate_fields(net, c.sampler, slices.narrow(0, k, 1), {7}, {99}, one);
+    EXPECT_LT(max_diff(f[k], alone.field[0]), 1e-5) << k;
+  }
+  // Different slices recover differently without smoothing.
+  EXPECT_GT(max_diff(f[0], f[1]), 1e-2);
+}
+
+TEST(GenerateVolumeFields, SmoothingAcrossSlicesMakesThemCoherent) {
+  const auto c = tiny_config();
+  auto net = make_net(c, 21, 0.05);
+  const auto slices = smooth_images({32, 32}, 8);
+  const std::vector<bool> all(8, true);
+  auto incoherence = [&](double sigma) {
+    const auto f = drdm::generate_volume_fields(net, c.sampler, slices, 8, 5, all, sigma);
+    return drdm::slice_incoherence(f.movedim(0, 2).unsqueeze(0).contiguous().view({1, 2, 8, 32, 32}), 0);
+  };
+  const double raw = incoherence(0), smooth = incoherence(2), flat = incoherence(1e6);
+  EXPECT_GT(raw, 0.05);
+  EXPECT_LT(smooth, 0.5 * raw);
+  EXPECT_LT(flat, 1e-5);  // one shared step for all slices: the same field everywhere
+}
+
+TEST(GenerateVolumeFields, InvalidSlicesAreNotSeenAndBorrowTheirNeighboursSteps) {
+  const auto c = tiny_config();
+  auto net = make_net(c, 21, 0.05);
+  auto slices = three_slices();
+  slices[1].fill_(std::nan(""));  // fed to the network, this would make everything NaN
+  const auto f = drdm::generate_volume_fields(net, c.sampler, slices, 6, 3, {true, false, true}, 1.0);
+  EXPECT_TRUE(at::isfinite(f).all().item<bool>());
+  auto untouched = make_net(c, 21);
+  const auto start = drdm::generate_fields(untouched, c.sampler, slices.narrow(0, 0, 1), {6}, {3}).initial;
+  EXPECT_GT(max_diff(f[1], start[0]), 1e-2);  // recovered with its neighbours' steps
+  // No valid slice at all: the zero field.
+  const auto none = drdm::generate_volume_fields(net, c.sampler, slices, 6, 3, {false, false, false}, 1.0);
+  EXPECT_EQ(max_abs(none), 0.0);
+  expect_error_containing([&] { drdm::generate_volume_fields(net, c.sampler, slices, 6, 3, {true}, 1.0); },
+                          "valid flags");
+  expect_error_containing([&] { drdm::generate_volume_fields(net, c.sampler, slices, 0, 3, {true, true, true}, 1.0); },
+                          "level");
+}
+
+TEST(Deformer, VolumesThroughA2DModelAreCoherentByDefault) {
+  const auto c = tiny_config();
+  const auto volume = smooth_images({20, 24}, 6).movedim(0, 2).contiguous() * 300.0;  // [1, 1, 6, 20, 24]
+  Deformer coherent(make_model(c, 13, 0.05), torch::kCPU);
+  DeformerOptions io;
+  io.slice_mode = drdm::SliceMode::kIndependent;
+  Deformer independent(make_model(c, 13, 0.05), torch::kCPU, io);
+  EXPECT_EQ(coherent.options().slice_mode, drdm::SliceMode::kCoherent);
+  const auto a = coherent.deform(volume, {}, {8}, 4);
+  const auto b = independent.deform(volume, {}, {8}, 4);
+  ASSERT_EQ(a.fields.sizes(), b.fields.sizes());
+  EXPECT_EQ(max_abs(a.fields.select(1, 0)), 0.0);  // still no through-plane motion
+  const double ia = drdm::slice_incoherence(a.fields, 0), ib = drdm::slice_incoherence(b.fields, 0);
+  EXPECT_LT(ia, 0.25);
+  EXPECT_GT(ib, 0.8);  // independent start fields: about sqrt(2)
+  // Pairs go through the same path.
+  const auto p = coherent.pairs(volume, {}, {8}, {5}, {4});
+  EXPECT_LT(drdm::slice_incoherence(p.field, 0), 0.25);
+  EXPECT_LT(drdm::slice_incoherence(p.moving_field, 0), 0.25);
+}
+
+TEST(Deformer, ShippedModelIsCoherentOnARealAcdcVolume) {
+  const std::string image_path = std::string(DRDM_TEST_DATA_DIR) + "/acdc/images/patient001_frame01.nii.gz";
+  if (!std::filesystem::exists(image_path)) GTEST_SKIP() << "no " << image_path;
+  const auto image = drdm::read_image(image_path);
+  std::vector<double> spacing(image.geometry.spacing.rbegin(), image.geometry.spacing.rend());
+  Deformer coherent(std::string(drdm::kDefaultModelName), torch::kCPU);
+  const auto f = coherent.deform(image.data, {}, {45}, 1, spacing).fields;
+  // The criterion: mean over slices of ||u(z+1) - u(z)|| <= 0.25 mean ||u|| (independent: ~1.4).
+  EXPECT_LT(drdm::slice_incoherence(f, 0), 0.25);
+  EXPECT_GT(f.norm(2, 1).mean().item<double>(), 0.5);  // and it did deform
 }
 
 TEST(Deformer, PairsComposeTheAugmentationAndTheSyntheticField) {

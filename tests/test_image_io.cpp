@@ -501,6 +501,112 @@ TEST(ImageIo, FieldIsStoredInPhysicalMillimetres) {
   }
 }
 
+// ---- single-slice volumes: 2D fields on the in-plane grid --------------------
+
+TEST(ImageIo, SingleSliceAxisIsTheOnlyAxisOfSizeOne) {
+  EXPECT_EQ(Geometry::identity({1, 6, 5}).single_slice_axis(), 0);  // 5 x 6 x 1 (ITK)
+  EXPECT_EQ(Geometry::identity({6, 1, 5}).single_slice_axis(), 1);
+  EXPECT_EQ(Geometry::identity({6, 5, 1}).single_slice_axis(), 2);
+  EXPECT_EQ(Geometry::identity({1, 1, 5}).single_slice_axis(), -1);  // two axes of size 1
+  EXPECT_EQ(Geometry::identity({4, 5, 6}).single_slice_axis(), -1);
+  EXPECT_EQ(Geometry::identity({1, 7}).single_slice_axis(), -1);  // already 2D
+}
+
+// Dropping ITK axis k removes entry k of size, spacing and origin, and row
+// and column k of the direction (entries 1..9 show which ones are kept).
+TEST(ImageIo, SqueezeSingleSliceKeepsTheInPlaneGeometry) {
+  struct Case {
+    std::vector<int64_t> tensor_size;
+    std::vector<int64_t> size;
+    std::vector<double> spacing, origin, direction;
+  };
+  const std::vector<Case> cases = {
+      {{1, 6, 5}, {5, 6}, {0.8, 1.3}, {-12.5, 33.25}, {1, 2, 4, 5}},  // ITK z dropped
+      {{6, 1, 5}, {5, 6}, {0.8, 2.1}, {-12.5, 7.75}, {1, 3, 7, 9}},   // ITK y dropped
+      {{6, 5, 1}, {5, 6}, {1.3, 2.1}, {33.25, 7.75}, {5, 6, 8, 9}},   // ITK x dropped
+  };
+  for (const auto& c : cases) {
+    Geometry g = Geometry::identity(c.tensor_size);
+    g.spacing = {0.8, 1.3, 2.1};
+    g.origin = {-12.5, 33.25, 7.75};
+    g.direction = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    const Geometry s = g.squeeze_single_slice();
+    EXPECT_EQ(s.size, c.size);
+    EXPECT_EQ(s.spacing, c.spacing);
+    EXPECT_EQ(s.origin, c.origin);
+    EXPECT_EQ(s.direction, c.direction);
+  }
+  const auto volume = rotated_geometry({4, 5, 6});
+  const auto squeezed = volume.squeeze_single_slice();
+  EXPECT_EQ(squeezed.size, volume.size) << "not a single slice: unchanged";
+  EXPECT_EQ(squeezed.direction, volume.direction);
+}
+
+// The 3D field of a 256x256x1-like volume loses its through-plane component
+// and its size-1 axis; other grids keep their field.
+TEST(ImageIo, SqueezeSingleSliceFieldDropsTheThroughPlaneComponent) {
+  for (int64_t axis = 0; axis < 3; ++axis) {
+    SCOPED_TRACE("slice axis " + std::to_string(axis));
+    std::vector<int64_t> size{4, 6, 5};
+    size[static_cast<size_t>(axis)] = 1;
+    const auto geometry = Geometry::identity(size);
+    auto field = at::empty({2, 3, size[0], size[1], size[2]});
+    for (int64_t i = 0; i < 3; ++i) field.select(1, i).fill_(10.0 * (i + 1));
+    field[1].add_(1.0);  // the batch stays in order
+    const auto out = drdm::squeeze_single_slice_field(field, geometry);
+    std::vector<int64_t> plane = size;
+    plane.erase(plane.begin() + axis);
+    ASSERT_EQ(out.data.sizes(), at::IntArrayRef({2, 2, plane[0], plane[1]}));
+    EXPECT_EQ(out.geometry.tensor_size(), plane);
+    int64_t k = 0;
+    for (int64_t i = 0; i < 3; ++i) {
+      if (i == axis) continue;
+      EXPECT_TRUE(out.data[0][k].eq(10.0 * (i + 1)).all().item<bool>()) << "component " << i;
+      EXPECT_TRUE(out.data[1][k].eq(10.0 * (i + 1) + 1).all().item<bool>()) << "component " << i;
+      ++k;
+    }
+    EXPECT_THROW(drdm::squeeze_single_slice_field(field.narrow(1, 0, 2), geometry), std::exception);
+  }
+  const auto field = random_field({4, 5, 6}, 3);
+  const auto out = drdm::squeeze_single_slice_field(field, Geometry::identity({4, 5, 6}));
+  EXPECT_TRUE(out.data.equal(field));
+  EXPECT_EQ(out.geometry.size, (std::vector<int64_t>{6, 5, 4}));
+}
+
+// The 2D field written for a single-slice volume holds, in mm, the in-plane
+// components of the volume's own physical displacement: the slice's direction
+// is a rotation about its normal (z) with x and y flipped, as in JSRT's files.
+TEST(ImageIo, SingleSliceFieldIsWrittenAs2DInMillimetres) {
+  TempDir tmp;
+  const std::vector<int64_t> size{1, 6, 5};  // ITK 5 x 6 x 1
+  Geometry volume = rotated_geometry(size);
+  const double c = std::cos(0.5), s = std::sin(0.5);
+  volume.direction = {-c, s, 0, -s, -c, 0, 0, 0, 1};
+  const std::vector<double> u_tensor{0.0, 0.25, 1.0};  // D (through-plane), H, W voxels
+  auto field = at::empty(shape_of(size, 3), at::kFloat);
+  for (int64_t i = 0; i < 3; ++i) field.select(1, i).fill_(u_tensor[static_cast<size_t>(i)]);
+  std::vector<double> want(3, 0.0);  // the volume's physical displacement, ITK order
+  for (size_t r = 0; r < 3; ++r)
+    for (size_t k = 0; k < 3; ++k)
+      want[r] += volume.direction[r * 3 + k] * volume.spacing[k] * u_tensor[2 - k];
+  EXPECT_DOUBLE_EQ(want[2], 0.0);
+  const auto squeezed = drdm::squeeze_single_slice_field(field, volume);
+  const auto path = tmp.path("field.nii");
+  drdm::write_field(path, squeezed.data, squeezed.geometry);
+  const auto info = drdm::read_image_info(path);
+  EXPECT_EQ(info.geometry.dimension(), 2);
+  EXPECT_EQ(info.components, 2);
+  expect_geometry_near(info.geometry, volume.squeeze_single_slice());
+  const auto raw = read_raw_nifti(path);
+  ASSERT_EQ(raw.values.size(), 2u * 5 * 6);
+  for (size_t comp = 0; comp < 2; ++comp)
+    for (size_t i = 0; i < 30; ++i)
+      ASSERT_NEAR(raw.values[comp * 30 + i], want[comp], 1e-6) << "component " << comp;
+  const auto back = drdm::read_field(path);
+  ASSERT_EQ(back.data.sizes(), at::IntArrayRef({1, 2, 6, 5}));
+  EXPECT_TRUE(at::allclose(back.data, field.select(2, 0).narrow(1, 1, 2), 0, 1e-5));
+}
+
 // ---- errors -------------------------------------------------------------------
 
 TEST(ImageIo, ReadErrorsNameTheFile) {

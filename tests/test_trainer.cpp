@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -247,6 +248,64 @@ TEST_F(TinyTraining, BadInputsAreClearErrors) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("junk.pt"), std::string::npos) << e.what();
   }
+}
+
+TEST(LearningRate, SchedulesFollowTheirFormulas) {
+  auto c = drdm::parse_train_config(R"({"train": {"lr": 0.001, "lr_decay": 0.99, "steps": 1000}})", "t");
+  EXPECT_DOUBLE_EQ(drdm::learning_rate(c.train, 0), 0.001);
+  EXPECT_NEAR(drdm::learning_rate(c.train, 100), 0.001 * std::pow(0.99, 100), 1e-15);
+  c = drdm::parse_train_config(
+      R"({"train": {"lr": 0.001, "lr_schedule": "cosine", "warmup_steps": 100, "lr_min": 0.0001, "steps": 1100}})",
+      "t");
+  // Linear warm-up: step s (0-based) uses lr * (s + 1) / warmup.
+  EXPECT_DOUBLE_EQ(drdm::learning_rate(c.train, 0), 0.001 / 100);
+  EXPECT_DOUBLE_EQ(drdm::learning_rate(c.train, 49), 0.001 / 2);
+  // Cosine from lr at the end of warm-up to lr_min at the last step; halfway = the mean.
+  EXPECT_DOUBLE_EQ(drdm::learning_rate(c.train, 100), 0.001);
+  EXPECT_NEAR(drdm::learning_rate(c.train, 600), 0.00055, 1e-12);
+  EXPECT_NEAR(drdm::learning_rate(c.train, 1100), 0.0001, 1e-12);
+  for (int64_t s = 100; s < 1100; ++s)
+    EXPECT_LE(drdm::learning_rate(c.train, s + 1), drdm::learning_rate(c.train, s)) << s;
+  c = drdm::parse_train_config(R"({"train": {"lr": 0.002, "lr_schedule": "constant", "warmup_steps": 4}})", "t");
+  EXPECT_DOUBLE_EQ(drdm::learning_rate(c.train, 1), 0.001);
+  EXPECT_DOUBLE_EQ(drdm::learning_rate(c.train, 500), 0.002);
+  // Bad schedule keys name the key.
+  EXPECT_NE(error_of(R"({"train": {"lr_schedule": "linear"}})").find("train.lr_schedule"), std::string::npos);
+  EXPECT_NE(error_of(R"({"train": {"warmup_steps": 5}})").find("train.warmup_steps"), std::string::npos);
+  EXPECT_NE(error_of(R"({"train": {"lr_schedule": "cosine", "lr_min": 1}})").find("train.lr_min"),
+            std::string::npos);
+}
+
+TEST_F(TinyTraining, InitFromStartsFromTheWeightsWithAFreshOptimiser) {
+  const auto first = out_.path("first");
+  drdm::train(config(2), first, false, false);
+  // Zero steps of training would be no test: compare step-0 predictions instead.
+  // A run initialised from `first` and trained with lr -> ~0 keeps its weights.
+  const auto tuned = out_.path("tuned");
+  drdm::train(config(1, {"train.init_from=\"" + first + "/model.pt\"", "train.lr=1e-30"}), tuned, false, false);
+  auto a = drdm::load_model(first + "/model.pt");
+  auto b = drdm::load_model(tuned + "/checkpoint.pt");
+  EXPECT_EQ(b.step, 1);  // a fresh schedule: steps count from 0
+  const auto x = at::rand({2, 1, 16, 16});
+  const auto t = at::full({2}, 30, at::kLong);
+  EXPECT_TRUE(at::allclose(a.net.forward(x, t), b.net.forward(x, t), 1e-5, 1e-6));
+  // Without init_from the same run starts elsewhere (the test can fail).
+  const auto fresh = out_.path("fresh");
+  drdm::train(config(1, {"train.lr=1e-30"}), fresh, false, false);
+  auto c = drdm::load_model(fresh + "/model.pt");
+  EXPECT_FALSE(at::allclose(a.net.forward(x, t), c.net.forward(x, t), 1e-5, 1e-6));
+  // A network of another shape is refused with both shapes named.
+  try {
+    drdm::train(config(1, {"train.init_from=\"" + first + "/model.pt\"", "model.recursion=1"}), out_.path("bad"),
+                false, false);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("train.init_from"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("K = 2"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(drdm::train(config(1, {"train.init_from=\"" + out_.path("none.pt") + "\""}), out_.path("bad2"),
+                           false, false),
+               std::runtime_error);
 }
 
 TEST_F(TinyTraining, TrainsOnCudaWithAndWithoutBf16_CUDA) {

@@ -19,6 +19,10 @@ struct DatasetOptions {
   /// A file is skipped when its path relative to its folder (so "labels/*"
   /// excludes a labels subfolder) or its name matches one of these (fnmatch).
   std::vector<std::string> exclude;
+  /// The part of each folder's sorted file list to use, as fractions
+  /// [from, to): files with index in [floor(from * n), floor(to * n)). {0, 0.7}
+  /// is the first 70 % of the cases by name (a training split), {0.7, 1} the rest.
+  std::vector<double> subset{0.0, 1.0};
   /// Model dimension: 2 or 3.
   int64_t dims = 2;
   /// For dims = 2, a 3D volume is cut into slices along this tensor axis

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "drdm/generate.h"
+#include "drdm/models.h"
 
 namespace drdm {
 
@@ -47,6 +48,8 @@ struct DeformJobOptions {
   LabelInterpolation label_interpolation = LabelInterpolation::kNearest;
   Padding padding = Padding::kZeros;
   int64_t slice_axis = -1;  ///< 3D inputs to a 2D model: tensor axis; -1: the model's
+  SliceMode slice_mode = SliceMode::kCoherent;  ///< 3D inputs to a 2D model: coherent volumes or independent slices
+  double slice_sigma = 2.0;                     ///< kCoherent: smoothing of recovery steps across slices, in slices
   bool previews = true;
   bool progress = true;
   int64_t threads = 0;  ///< CPU threads (0: LibTorch's default)
@@ -58,11 +61,6 @@ void load_deform_config(const std::string& path, DeformJobOptions& options);
 /// The options as JSON (what `config.json` in the output holds).
 std::string to_json(const DeformJobOptions& options);
 
-/// The shipped default model: $DRDM_MODEL if set, else
-/// <prefix>/share/drdm/models/cardiac2d-cpu/model.pt next to the installed
-/// programs, else the source tree's models/cardiac2d-cpu/model.pt. Throws if
-/// none exists.
-std::string default_model_path();
 
 /// What a run produced.
 struct DeformJobSummary {

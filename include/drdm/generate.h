@@ -66,8 +66,39 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler,
                                 const std::vector<int64_t>& levels, const std::vector<uint64_t>& seeds,
                                 const GenerationOptions& options = {});
 
+/// Alg. 2 for the slices of ONE volume through a 2D model, coherent across
+/// slices: all slices share one start field phi_{T':1} (seeded by `seed`),
+/// and every predicted recovery step is smoothed along the slice axis by a
+/// Gaussian of `sigma` slices before it is composed, so neighbouring slices
+/// recover alike. slices [Z, 1, H, W] on the model grid (network device);
+/// valid[z] = false marks a slice the network never saw the like of (less
+/// foreground than data.min_foreground): it is not fed to the network and
+/// takes its neighbours' smoothed step (a volume without any valid slice
+/// gets the zero field). sigma = 0 smooths nothing. Returns [Z, 2, H, W].
+torch::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sampler, const torch::Tensor& slices,
+                                     int64_t level, uint64_t seed, const std::vector<bool>& valid, double sigma,
+                                     const GenerationOptions& options = {});
+
+/// How far a field [N, d, ...S] changes from one slice to the next along
+/// spatial axis `axis` (0-based, tensor order): the mean over adjacent slice
+/// pairs and samples of mean_x ||u(z+1) - u(z)||, divided by the mean ||u||.
+/// 0 for a field that is the same in every slice; about 1.4 for
+/// independent random fields of equal size. Returns 0 for the zero field.
+double slice_incoherence(const torch::Tensor& field, int64_t axis);
+
+/// How a 3D volume given to a 2D model is deformed.
+enum class SliceMode {
+  kCoherent,     ///< one start field per volume, recovery steps smoothed across slices (default)
+  kIndependent,  ///< every slice is an independent 2D sample (for training 2D networks on slices)
+};
+std::string to_string(SliceMode mode);
+/// "coherent" or "independent"; throws std::invalid_argument otherwise.
+SliceMode parse_slice_mode(const std::string& name);
+
 struct DeformerOptions {
   GenerationOptions generation;
+  SliceMode slice_mode = SliceMode::kCoherent;
+  double slice_sigma = 2.0;  ///< kCoherent: Gaussian smoothing of each recovery step across slices, in slices
   LabelInterpolation label_interpolation = LabelInterpolation::kNearest;
   Padding padding = Padding::kZeros;  ///< for images (labels: class 0 outside)
   /// 3D images given to a 2D model are deformed slice by slice along this

@@ -29,6 +29,15 @@ struct Geometry {
   std::vector<int64_t> tensor_size() const { return {size.rbegin(), size.rend()}; }
   /// Unit spacing, zero origin, identity direction for a grid given in tensor order.
   static Geometry identity(const std::vector<int64_t>& tensor_size);
+  /// A single-slice volume is a 3D grid with exactly one axis of size 1 (a
+  /// 256x256x1 radiograph). Returns that axis in tensor order (0 = D, as
+  /// tensor_size(); ITK axis 2 - it), or -1 for any other grid.
+  int64_t single_slice_axis() const;
+  /// The 2D in-plane grid of a single-slice volume: the size-1 axis dropped
+  /// from size, spacing and origin, and its row and column from direction
+  /// (ITK's DIRECTIONCOLLAPSETOSUBMATRIX, as SimpleITK's image[:, :, 0]).
+  /// Any other grid is returned unchanged.
+  Geometry squeeze_single_slice() const;
 };
 
 /// A tensor with its geometry and the pixel type it was stored with.
@@ -73,6 +82,13 @@ void write_labels(const std::string& path, const torch::Tensor& labels, const Ge
 /// mm (LPS): the form ITK's DisplacementFieldTransform, SimpleITK and ANTs
 /// apply. Atomic.
 void write_field(const std::string& path, const torch::Tensor& field, const Geometry& geometry);
+
+/// A field [N, d, ...S] on `geometry` as the programs write it: on a
+/// single-slice volume, the 2D field [N, 2, ...S2] on
+/// geometry.squeeze_single_slice() (the size-1 axis and the displacement
+/// along it dropped; warping ignores that displacement anyway); on any other
+/// grid, the field and geometry unchanged.
+Image squeeze_single_slice_field(const torch::Tensor& field, const Geometry& geometry);
 
 /// Reads an ITK displacement field (vector image, physical mm) into a voxel
 /// field float32 [1, d, ...S]. Throws (naming the file) unless the file holds

@@ -28,7 +28,15 @@ struct TrainConfig {
     int64_t batch_size = 64;
     int64_t steps = 10000;
     double lr = 1e-4;
-    double lr_decay = 1.0;  ///< learning rate multiplied by this every step (exponential schedule)
+    double lr_decay = 1.0;  ///< "exponential" schedule: lr multiplied by this every step
+    /// "exponential" (lr * lr_decay^step), "cosine" (linear warm-up to lr, then
+    /// cosine decay to lr_min at `steps`) or "constant" (warm-up, then lr).
+    std::string lr_schedule = "exponential";
+    int64_t warmup_steps = 0;  ///< linear warm-up from lr/warmup_steps to lr ("cosine", "constant")
+    double lr_min = 0.0;       ///< the learning rate that "cosine" ends at
+    /// Start from these weights (a model.pt or checkpoint.pt) with a fresh
+    /// optimiser and schedule (fine-tuning, continuing across sessions).
+    std::string init_from;
     uint64_t seed = 0;
     int64_t checkpoint_every =
         500;                      ///< steps between checkpoints (one is always written at the end)
@@ -55,6 +63,9 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
 
 /// The full resolved config as pretty JSON (every key), which parses back to the same config.
 std::string to_json(const TrainConfig& config);
+
+/// The learning rate of optimiser step `step` (0-based) under train's schedule.
+double learning_rate(const TrainConfig::Train& train, int64_t step);
 
 /// The network options a config implies (dims from data, timesteps from sampler).
 NetworkOptions network_options(const TrainConfig& config);

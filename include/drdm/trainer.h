@@ -50,9 +50,10 @@ struct TrainedModel {
   int64_t step = 0;
 };
 
-/// Loads model.pt or checkpoint.pt written by train(); the network is put on
-/// `device` in eval mode. Throws std::runtime_error naming the file.
-TrainedModel load_model(const std::string& path, const torch::Device& device = torch::kCPU);
+/// Loads model.pt or checkpoint.pt written by train(), or a shipped model by
+/// name ("cardiac2d", see drdm/models.h); the network is put on `device` in
+/// eval mode. Throws std::runtime_error naming the file.
+TrainedModel load_model(const std::string& name_or_path, const torch::Device& device = torch::kCPU);
 
 /// Recovery error of one predicted step at level t, on held-out images.
 struct RecoveryCheck {

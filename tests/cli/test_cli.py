@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Command-line behaviour of drdm_warp, drdm_field_stats, drdm_random_field, drdm_train and
-drdm_check_recovery (--section tools), and of drdm_deform (--section deform).
+drdm_check_recovery (--section tools), of drdm_deform (--section deform), and of all of them on
+single-slice (256x256x1) images, whose fields are 2D (--section single-slice).
 
 Inputs are made with SimpleITK (an independent implementation of the file
 formats); expected statistics come from analytic fields.
@@ -461,15 +462,208 @@ def deform_tests(deform, workdir):
     check(not leftovers, f"drdm_deform leaves no temporary files {leftovers}")
 
 
+# ---------------------------------------------------------------------------
+# Single-slice volumes (--section single-slice): a 256 x 256 x 1 image, as
+# every JSRT chest radiograph is stored, gets 2D fields (2 components on the
+# in-plane grid) from drdm_random_field and drdm_deform; drdm_warp applies
+# them to the volume (which keeps its 256 x 256 x 1 grid) and drdm_field_stats
+# reads them; SimpleITK applies them to the 2D slice image[:, :, 0] and must
+# reproduce drdm's warped slice (tolerances as in tests/oracle/).
+
+SLICE_TOLERANCE = 1e-3          # max |drdm - SimpleITK| over the interior, x image range
+SLICE_NEGATIVE_MIN = 10 * SLICE_TOLERANCE
+SLICE_LABEL_AGREEMENT = 0.99
+
+
+def single_slice_image(shape_xy, spacing, origin, angle, seed):
+    """A 3D float32 image of one slice (ITK size x, y, 1), direction Rz(angle)
+    with x and y flipped (JSRT's files have diag(-1, -1, 1))."""
+    img = smooth_image((1, shape_xy[1], shape_xy[0]), spacing, origin, seed)
+    c, s = math.cos(angle), math.sin(angle)
+    rz = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([-1.0, -1.0, 1.0])
+    img.SetDirection(tuple(rz.ravel()))
+    return img
+
+
+def sitk_apply(image2d, field, interpolator):
+    """SimpleITK's DisplacementFieldTransform of `field`, resampling `image2d` on its own grid."""
+    t = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    return sitk.GetArrayFromImage(sitk.Resample(image2d, image2d, t, interpolator, 0.0))
+
+
+def interior_mask(u, margin=2):
+    """Voxels `margin` from the border whose sample point x + u(x) lies at
+    least one voxel inside the grid (u: [d, ...S] voxels, numpy order)."""
+    shape = u.shape[1:]
+    mask = np.ones(shape, dtype=bool)
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    for a, n in enumerate(shape):
+        mask &= (grids[a] >= margin) & (grids[a] < n - margin)
+        pos = grids[a] + u[a]
+        mask &= (pos >= 1.0) & (pos <= n - 2.0)
+    return mask
+
+
+def single_slice_tests(bin_dir, workdir):
+    exe = lambda name: os.path.join(bin_dir, name)  # noqa: E731
+    p = lambda *names: os.path.join(workdir, *names)  # noqa: E731
+    vol = single_slice_image((256, 256), (1.4, 1.2, 1.0), (3.0, -2.0, 5.0), 0.3, 41)
+    sitk.WriteImage(vol, p("slice.nii.gz"))
+    sitk.WriteImage(label_map(vol), p("slice_labels.nii.gz"))
+    vol = sitk.ReadImage(p("slice.nii.gz"))  # the geometry exactly as stored
+    labels = sitk.ReadImage(p("slice_labels.nii.gz"))
+    check(vol.GetSize() == (256, 256, 1), "input is a 256x256x1 volume")
+    plane, plane_labels = vol[:, :, 0], labels[:, :, 0]  # SimpleITK's own 2D reduction
+    values = sitk.GetArrayFromImage(plane).astype(np.float64)
+    value_range = float(values.max() - values.min())
+
+    def is_2d_field(path, what):
+        """The header says 2D with 2 components, on the slice's in-plane grid."""
+        if not os.path.exists(path):
+            check(False, f"{what}: {path} exists")
+            return None
+        r = sitk.ImageFileReader()
+        r.SetFileName(path)
+        r.ReadImageInformation()
+        field = sitk.ReadImage(path)
+        check(r.GetDimension() == 2 and r.GetNumberOfComponents() == 2 and same_grid(field, plane),
+              f"{what}: header is 2D with 2 components on the in-plane grid (dim {r.GetDimension()}, "
+              f"{r.GetNumberOfComponents()} components, size {r.GetSize()})")
+        return field if field.GetDimension() == 2 else None
+
+    def oracle(field, warped_path, what, labels_path=None):
+        """drdm's warped volume vs SimpleITK applying the 2D field to the 2D slice."""
+        warped = sitk.ReadImage(warped_path)
+        check(same_grid(warped, vol) and warped.GetPixelID() == vol.GetPixelID(),
+              f"{what}: warped image keeps the input's 256x256x1 grid and pixel type ({warped.GetSize()})")
+        if warped.GetSize() != vol.GetSize():
+            return
+        ours = sitk.GetArrayFromImage(warped)[0].astype(np.float64)
+        _, u = field_metrics(field)
+        mask = interior_mask(u)
+        check(mask.mean() > 0.5 and np.abs(u).max() > 1.0,
+              f"{what}: the field moves voxels (max {np.abs(u).max():.2f}), {mask.mean():.2f} in the mask")
+        err = np.abs(ours - sitk_apply(plane, field, sitk.sitkLinear))[mask].max() / value_range
+        check(err < SLICE_TOLERANCE, f"{what}: drdm vs SimpleITK DisplacementFieldTransform on image[:, :, 0]: "
+                                     f"max |diff| {err:.3g} x range (tolerance {SLICE_TOLERANCE:.0e})")
+        moved = np.abs(ours - values)[mask].max() / value_range
+        check(moved > SLICE_NEGATIVE_MIN, f"{what}: negative control, no warp: {moved:.3g} x range")
+        swapped = sitk.GetImageFromArray(sitk.GetArrayFromImage(field)[..., ::-1].copy(), isVector=True)
+        swapped.CopyInformation(field)
+        bad = np.abs(ours - sitk_apply(plane, swapped, sitk.sitkLinear))[mask].max() / value_range
+        check(bad > SLICE_NEGATIVE_MIN, f"{what}: negative control, components swapped: {bad:.3g} x range")
+        if labels_path:
+            lab = sitk.ReadImage(labels_path)
+            check(same_grid(lab, labels) and lab.GetSize() == (256, 256, 1),
+                  f"{what}: warped labels keep the 256x256x1 grid")
+            ours_l = sitk.GetArrayFromImage(lab)[0]
+            agree = (ours_l == sitk_apply(plane_labels, field, sitk.sitkNearestNeighbor))[mask].mean()
+            check(agree >= SLICE_LABEL_AGREEMENT, f"{what}: labels vs SimpleITK nearest: {agree:.4f} agree")
+
+    def stats_of(path, what):
+        rc, out, err = run([exe("drdm_field_stats"), "--field", path])
+        check(rc == 0, f"{what}: drdm_field_stats on the 2D field (rc {rc}: {err.strip()[-200:]})")
+        if rc != 0:
+            return None
+        st = json.loads(out)
+        check(st["size"] == [256, 256] and st["axis_order"] == "H,W", f"{what}: stats on the 256x256 grid")
+        return st
+
+    # drdm_random_field: generated in 2D on the in-plane grid.
+    rc, out, err = run([exe("drdm_random_field"), "-r", p("slice.nii.gz"), "-o", p("rf.nii.gz"),
+                        "--amplitude", "6", "--seed", "3"])
+    check(rc == 0, f"drdm_random_field on a 256x256x1 reference (rc {rc}: {err.strip()[-200:]})")
+    rf = is_2d_field(p("rf.nii.gz"), "drdm_random_field")
+    if rf is not None:
+        st = stats_of(p("rf.nii.gz"), "random field")
+        if st:
+            printed = json.loads(out)
+            check(abs(st["max_magnitude_pct"] - printed["max_magnitude_pct"]) < 1e-4 and st["folding_ratio"] == 0,
+                  "random field: drdm_field_stats agrees with drdm_random_field, no folding")
+            mine, _ = field_metrics(rf)
+            check(abs(mine["max_magnitude_pct"] - st["max_magnitude_pct"]) < 1e-4,
+                  "random field: magnitude equals numpy's recomputation from the file")
+        rc, _, err = run([exe("drdm_warp"), "-i", p("slice.nii.gz"), "-f", p("rf.nii.gz"), "-o", p("w.nii.gz")])
+        check(rc == 0, f"drdm_warp: 2D field on the 256x256x1 image (rc {rc}: {err.strip()[-200:]})")
+        rc, _, err = run([exe("drdm_warp"), "-i", p("slice_labels.nii.gz"), "-f", p("rf.nii.gz"),
+                          "-o", p("wl.nii.gz"), "--labels"])
+        check(rc == 0, f"drdm_warp --labels: 2D field on the 256x256x1 label map (rc {rc}: {err.strip()[-200:]})")
+        if os.path.exists(p("w.nii.gz")) and os.path.exists(p("wl.nii.gz")):
+            oracle(rf, p("w.nii.gz"), "drdm_warp (random field)", p("wl.nii.gz"))
+
+    # Grids that do not match: clear errors naming both files, nothing written.
+    other = single_slice_image((256, 256), (1.4, 1.3, 1.0), (3.0, -2.0, 5.0), 0.3, 42)  # spacing differs
+    sitk.WriteImage(other, p("other_slice.nii.gz"))
+    two = single_slice_image((256, 256), (1.4, 1.2, 1.0), (3.0, -2.0, 5.0), 0.3, 43)
+    two = sitk.JoinSeries([two[:, :, 0], two[:, :, 0]])  # 256x256x2: not a single slice
+    sitk.WriteImage(two, p("two_slices.nii.gz"))
+    for img_name, what in (("other_slice.nii.gz", "in-plane spacing differs"),
+                           ("two_slices.nii.gz", "256x256x2 volume")):
+        rc, _, err = run([exe("drdm_warp"), "-i", p(img_name), "-f", p("rf.nii.gz"), "-o", p("bad.nii.gz")])
+        check(rc != 0 and img_name in err and "rf.nii.gz" in err and "does not lie on the" in err
+              and not os.path.exists(p("bad.nii.gz")),
+              f"drdm_warp refuses the 2D field on another grid ({what}): {err.strip()[-200:]}")
+
+    # drdm_deform: 2D fields; images and labels keep the 256x256x1 grid.
+    model = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models", "cardiac2d-cpu",
+                         "model.pt")
+    common = ["--model", model, "-n", "1", "--threads", "1", "--no-progress", "-q", "--no-preview"]
+    out = p("deform")
+    rc, _, err = run([exe("drdm_deform"), "-i", p("slice.nii.gz"), "-l", p("slice_labels.nii.gz"), "-o", out,
+                      "--levels", "5"] + common)
+    check(rc == 0, f"drdm_deform on a 256x256x1 image (rc {rc}: {err.strip()[-300:]})")
+    if rc == 0:
+        with open(os.path.join(out, "manifest.json")) as f:
+            sample = json.load(f)["samples"][0]
+        o = {k: os.path.join(out, v) for k, v in sample["outputs"].items()}
+        field = is_2d_field(o["field"], "drdm_deform fields/")
+        if field is not None:
+            oracle(field, o["image"], "drdm_deform", o["labels"])
+            st = stats_of(o["field"], "drdm_deform field")
+            if st:
+                check(all(abs(st[k] - sample["metrics"][k]) < 1e-5
+                          for k in ("max_magnitude_pct", "mean_magnitude_pct", "folding_ratio")),
+                      "drdm_deform field: drdm_field_stats equals the manifest's metrics")
+            rc, _, err = run([exe("drdm_warp"), "-i", p("slice.nii.gz"), "-f", o["field"], "-o", p("dw.nii.gz")])
+            check(rc == 0, f"drdm_warp with drdm_deform's 2D field (rc {rc}: {err.strip()[-200:]})")
+            if rc == 0:
+                a = sitk.GetArrayFromImage(sitk.ReadImage(p("dw.nii.gz")))
+                b = sitk.GetArrayFromImage(sitk.ReadImage(o["image"]))
+                diff = float(np.abs(a - b).max()) / value_range
+                check(a.shape == b.shape and diff < 1e-4,
+                      f"drdm_warp with the written field reproduces drdm_deform's image ({diff:.2g} x range)")
+
+    out = p("pairs")
+    rc, _, err = run([exe("drdm_deform"), "-i", p("slice.nii.gz"), "-o", out, "--mode", "pairs",
+                      "--levels", "5:5"] + common)
+    check(rc == 0, f"drdm_deform pairs on a 256x256x1 image (rc {rc}: {err.strip()[-300:]})")
+    if rc == 0:
+        with open(os.path.join(out, "manifest.json")) as f:
+            o = {k: os.path.join(out, v) for k, v in json.load(f)["samples"][0]["outputs"].items()}
+        is_2d_field(o["field"], "pairs fields/")
+        moving_field = is_2d_field(o["moving_field"], "pairs moving_fields/")
+        if moving_field is not None:
+            oracle(moving_field, o["moving"], "pairs moving")
+        fixed = sitk.ReadImage(o["fixed"])
+        check(same_grid(fixed, vol), "pairs: fixed keeps the 256x256x1 grid")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--make-field", help="drdm_random_field (section tools)")
     ap.add_argument("--workdir", required=True)
-    ap.add_argument("--section", choices=["tools", "deform"], default="tools",
+    ap.add_argument("--section", choices=["tools", "deform", "single-slice"], default="tools",
                     help="tools: drdm_warp, drdm_field_stats, drdm_random_field, drdm_train, "
-                         "drdm_check_recovery; deform: drdm_deform")
+                         "drdm_check_recovery; deform: drdm_deform; single-slice: 2D fields of "
+                         "256x256x1 images through all of them")
     a = ap.parse_args()
+    if a.section == "single-slice":
+        shutil.rmtree(a.workdir, ignore_errors=True)
+        os.makedirs(a.workdir)
+        single_slice_tests(a.bin_dir, a.workdir)
+        print(f"cli single-slice: {len(FAILURES)} failure(s)")
+        return 1 if FAILURES else 0
     if a.section == "deform":
         shutil.rmtree(a.workdir, ignore_errors=True)
         os.makedirs(a.workdir)

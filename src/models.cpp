@@ -1,0 +1,96 @@
+#include "drdm/models.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include "atomic_file.h"
+
+#ifndef DRDM_SOURCE_DIR
+#define DRDM_SOURCE_DIR ""
+#endif
+
+namespace drdm {
+namespace {
+
+namespace fs = std::filesystem;
+
+/// Folders that may hold shipped models, in the order they are preferred.
+std::vector<std::string> model_roots() {
+  std::vector<std::string> roots;
+  char exe[4096];
+  const ssize_t len = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (len > 0) {
+    std::string dir(exe, static_cast<size_t>(len));
+    dir = dir.substr(0, dir.find_last_of('/'));
+    roots.push_back(dir + "/../share/drdm/models");
+  }
+  if (std::string(DRDM_SOURCE_DIR).size() > 0) roots.push_back(std::string(DRDM_SOURCE_DIR) + "/models");
+  return roots;
+}
+
+std::string card_title(const std::string& folder) {
+  std::ifstream in(folder + "/README.md");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("# ", 0) == 0) return line.substr(2);
+  }
+  return "";
+}
+
+}  // namespace
+
+std::vector<ShippedModel> shipped_models() {
+  std::vector<ShippedModel> out;
+  for (const auto& root : model_roots()) {
+    std::error_code ec;
+    if (!fs::is_directory(root, ec)) continue;
+    for (const auto& entry : fs::directory_iterator(root, ec)) {
+      const auto name = entry.path().filename().string();
+      const auto model = entry.path().string() + "/model.pt";
+      const bool known = std::any_of(out.begin(), out.end(), [&](const auto& m) { return m.name == name; });
+      if (known || !detail::file_exists(model)) continue;
+      out.push_back({name, model, card_title(entry.path().string())});
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return out;
+}
+
+std::string resolve_model_path(const std::string& name_or_path) {
+  if (detail::file_exists(name_or_path)) return name_or_path;
+  const auto models = shipped_models();
+  for (const auto& m : models)
+    if (m.name == name_or_path) return m.path;
+  std::string names;
+  for (const auto& m : models) names += (names.empty() ? "" : ", ") + m.name;
+  throw std::runtime_error("model '" + name_or_path +
+                           "' is neither a file nor a shipped model (shipped: " +
+                           (names.empty() ? "none found" : names) + ")");
+}
+
+std::string default_model_path() {
+  if (const char* env = std::getenv("DRDM_MODEL"); env != nullptr && *env != '\0') {
+    try {
+      return resolve_model_path(env);
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(std::string("DRDM_MODEL: ") + e.what());
+    }
+  }
+  return resolve_model_path(kDefaultModelName);
+}
+
+std::string shipped_models_help() {
+  std::string text;
+  for (const auto& m : shipped_models()) {
+    std::string pad(m.name.size() < 16 ? 16 - m.name.size() : 1, ' ');
+    text += "  " + m.name + pad + m.description + "\n";
+  }
+  return text.empty() ? "  (no shipped models found)\n" : text;
+}
+
+}  // namespace drdm
