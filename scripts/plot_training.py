@@ -13,19 +13,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("metrics")
-    ap.add_argument("output")
-    ap.add_argument("--title", default="")
-    a = ap.parse_args()
+def read_metrics(path):
+    """The rows of a metrics.jsonl (exits with a message if unreadable or empty)."""
     try:
-        with open(a.metrics) as f:
+        with open(path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
     except (OSError, json.JSONDecodeError) as e:
-        sys.exit(f"plot_training.py: cannot read {a.metrics}: {e}")
+        sys.exit(f"plot_training.py: cannot read {path}: {e}")
     if not rows:
-        sys.exit(f"plot_training.py: {a.metrics} has no rows")
+        sys.exit(f"plot_training.py: {path} has no rows")
+    return rows
+
+
+def plot(rows, output, title=""):
+    """Loss terms of metrics.jsonl rows against step, saved as the PNG `output`."""
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(steps, [r["loss"] for r in rows], color="k", label="total")
@@ -42,10 +43,20 @@ def main():
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    if a.title:
-        fig.suptitle(a.title)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(a.output, dpi=110)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("metrics")
+    ap.add_argument("output")
+    ap.add_argument("--title", default="")
+    a = ap.parse_args()
+    plot(read_metrics(a.metrics), a.output, a.title)
     print(a.output)
 
 

@@ -913,7 +913,9 @@ TEST(GenerateVolumeFields, SmoothingAcrossSlicesMakesThemCoherent) {
   const std::vector<bool> all(8, true);
   auto incoherence = [&](double sigma) {
     const auto f = drdm::generate_volume_fields(net, c.sampler, slices, 8, 5, all, sigma);
-    return drdm::slice_incoherence(f.movedim(0, 2).unsqueeze(0).contiguous().view({1, 2, 8, 32, 32}), 0);
+    // [Z, 2, H, W] -> a volume field [1, 3, Z, H, W] with zero through-plane motion.
+    const auto plane = f.movedim(0, 1).unsqueeze(0);
+    return drdm::slice_incoherence(at::cat({at::zeros_like(plane.narrow(1, 0, 1)), plane}, 1), 0);
   };
   const double raw = incoherence(0), smooth = incoherence(2), flat = incoherence(1e6);
   EXPECT_GT(raw, 0.05);
@@ -942,7 +944,7 @@ TEST(GenerateVolumeFields, InvalidSlicesAreNotSeenAndBorrowTheirNeighboursSteps)
 
 TEST(Deformer, VolumesThroughA2DModelAreCoherentByDefault) {
   const auto c = tiny_config();
-  const auto volume = smooth_images({20, 24}, 6).movedim(0, 2).contiguous() * 300.0;  // [1, 1, 6, 20, 24]
+  const auto volume = smooth_images({20, 24}, 6).transpose(0, 1).unsqueeze(1).contiguous() * 300.0;  // [1, 1, 6, 20, 24]
   Deformer coherent(make_model(c, 13, 0.05), torch::kCPU);
   DeformerOptions io;
   io.slice_mode = drdm::SliceMode::kIndependent;
@@ -1042,7 +1044,7 @@ TEST(Deformer, PairsComposeTheAugmentationAndTheSyntheticField) {
 }
 
 TEST(Deformer, ShippedModelLoadsFromItsPath) {
-  const std::string path = std::string(DRDM_SOURCE_DIR) + "/models/cardiac2d-cpu/model.pt";
+  const std::string path = std::string(DRDM_SOURCE_DIR) + "/models/cardiac2d/model.pt";
   if (!std::filesystem::exists(path)) GTEST_SKIP() << "no " << path;
   Deformer from_path(path, torch::kCPU);
   auto model = drdm::load_model(path, torch::kCPU);

@@ -127,7 +127,7 @@ struct PairBatch {
 /// A trained model ready to deform batches of images of any size, for C++
 /// users who augment inside their own training loop:
 ///
-///   drdm::Deformer deformer("models/cardiac2d-cpu/model.pt", torch::kCUDA);
+///   drdm::Deformer deformer("models/cardiac2d/model.pt", torch::kCUDA);
 ///   auto out = deformer.deform(images, labels, /*levels=*/{45}, /*seed=*/step);
 ///   // out.images, out.labels, out.fields: on the device `images` came on
 ///

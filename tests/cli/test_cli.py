@@ -605,7 +605,7 @@ def single_slice_tests(bin_dir, workdir):
               f"drdm_warp refuses the 2D field on another grid ({what}): {err.strip()[-200:]}")
 
     # drdm_deform: 2D fields; images and labels keep the 256x256x1 grid.
-    model = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models", "cardiac2d-cpu",
+    model = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models", "cardiac2d",
                          "model.pt")
     common = ["--model", model, "-n", "1", "--threads", "1", "--no-progress", "-q", "--no-preview"]
     out = p("deform")

@@ -21,4 +21,4 @@ run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/build
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)
 # The installed default model and the streaming API, from outside the project.
-run(${WORK_DIR}/build/deformer_training_loop ${WORK_DIR}/prefix/share/drdm/models/cardiac2d-cpu/model.pt cpu)
+run(${WORK_DIR}/build/deformer_training_loop ${WORK_DIR}/prefix/share/drdm/models/cardiac2d/model.pt cpu)
