@@ -27,13 +27,13 @@
 // "peak_rss_mb" is the process's peak over the generation calls and
 // "peak_growth_mb" that peak minus the resident set at the reset (network,
 // image and LibTorch already loaded). Run one case per process (--case I, as
-// bench/run_generate.py does) for figures that belong to one case only. On
+// bench/run.py generate does) for figures that belong to one case only. On
 // CUDA, "cuda_peak_mb" is the caching allocator's peak of allocated bytes over
 // the generation calls (when the program was built against c10_cuda).
 //
 // Prints one JSON object per (op, case, device) on stdout or to --out FILE;
 // bench/peer_generate.py prints the same schema for MONAI and TorchIO and
-// bench/run_generate.py joins them.
+// bench/run.py generate joins them.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

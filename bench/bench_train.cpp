@@ -16,7 +16,7 @@
 //
 // Prints one JSON object per (op, case, device) on stdout or to --out FILE;
 // bench/peer_train.py prints the same schema for the PyTorch-in-Python peer and
-// bench/run_train.py joins the two. --dump DIR writes what the cross-check
+// bench/run.py train joins the two. --dump DIR writes what the cross-check
 // needs (initial state, inputs, outputs, gradients, sampler draws) as
 // torch.save-compatible files; --dump-state PATH writes only the initial
 // network state of the selected case.
@@ -86,7 +86,7 @@ struct Options : drdm::bench::CommonOptions {
                "  cases: 0 = 2D 128x128 batch 8, 1 = 3D 64^3 batch 1 (default: both).\n"
                "  --rounds N: exactly N timed calls per row (sets --min-reps, --max-reps, and\n"
                "  --min-time 0). Default: >= 5 calls and >= 2 s after 2 warm-up calls.\n"
-               "  --dump DIR: cross-check data (bench/run_train.py reads it), then exit.\n"
+               "  --dump DIR: cross-check data (bench/run.py train reads it), then exit.\n"
                "  --dump-state PATH: the initial RecoveryNet state of --case (default 0) as a\n"
                "  dict name -> tensor readable by torch.load, then exit.\n");
   std::exit(rc);

@@ -26,7 +26,7 @@ interpolation); drdm_bench_generate reports the same measure of its fields.
 Memory: VmHWM is reset (/proc/self/clear_refs) after the transform and image
 are built, so "peak_rss_mb" is the process peak over the timed calls and
 "peak_growth_mb" that peak minus the resident set at the reset; run one case
-per process (--case I, as bench/run_generate.py does). On CUDA, "cuda_peak_mb"
+per process (--case I, as bench/run.py generate does). On CUDA, "cuda_peak_mb"
 is torch.cuda.max_memory_allocated over the timed calls.
 
 Prints JSON lines in the schema of drdm_bench_generate, with "impl" "monai"
@@ -37,16 +37,15 @@ Install (not in scripts/requirements.txt; see bench/requirements.txt):
 """
 
 import argparse
-import json
 import math
-import os
 import sys
-import time
 import warnings
 
 import torch
 
-SEED = 1234
+from peer_common import (JsonLines, add_common_args, apply_common_args, requested_devices, reset_peak_rss,
+                         rounded, status_mb, sync_device, time_op)
+
 # (size, batch); case indices as in bench_generate.cpp.
 CASES = [((128, 128), 8), ((256, 256), 4), ((64, 64, 64), 1)]
 IMPLS = ["monai", "torchio"]
@@ -160,128 +159,54 @@ class Peer:
         return sum(vals) / len(vals)
 
 
-# ---------------------------------------------------------------- memory
-def status_mb(key):
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-# ---------------------------------------------------------------- timing
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_op(fn, args, device):
-    for _ in range(args.warmup):
-        fn()
-        sync(device)
-    ms = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        t1 = time.perf_counter()
-        ms.append((t1 - t0) * 1e3)
-        if len(ms) >= args.max_reps or (len(ms) >= args.min_reps and t1 - start >= args.min_time):
-            break
-    s = sorted(ms)
-    n = len(s)
-    median = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-    return {"median_ms": median, "mean_ms": sum(ms) / n, "min_ms": s[0], "reps": n}
-
-
-def requested_devices(device):
-    devices = []
-    if device in ("cpu", "all"):
-        devices.append("cpu")
-    if device in ("cuda", "all"):
-        if torch.cuda.is_available():
-            devices.append("cuda")
-        elif device == "cuda":
-            sys.exit("peer_generate.py: --device cuda but CUDA is not available")
-    return devices
-
-
 def main():
     p = argparse.ArgumentParser(description="MONAI / TorchIO elastic-augmentation peers of drdm_bench_generate")
-    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    add_common_args(p, min_time=2.0)
     p.add_argument("--impl", default="all", help="monai, torchio or all")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--case", type=int, default=-1)
-    p.add_argument("--min-time", type=float, default=2.0)
-    p.add_argument("--min-reps", type=int, default=5)
-    p.add_argument("--max-reps", type=int, default=1000)
-    p.add_argument("--rounds", type=int, default=0, help="exactly N timed calls per row")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--out", default="")
     args = p.parse_args()
-    if args.rounds > 0:
-        args.min_reps = args.max_reps = args.rounds
-        args.min_time = 0.0
     missing = missing_packages()
     if missing:
         sys.exit("peer_generate.py: missing " + ", ".join(missing) + f"\ninstall them with:\n  {INSTALL}")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_common_args(args)
     warnings.filterwarnings("ignore")
     impls = IMPLS if args.impl == "all" else args.impl.split(",")
-    out = open(args.out, "w") if args.out else sys.stdout
+    with JsonLines(args.out) as out:
+        for dev in requested_devices(args.device, "peer_generate.py"):
+            run_device(dev, impls, out, args)
+
+
+def run_device(dev, impls, out, args):
     threads = torch.get_num_threads()
-    for dev in requested_devices(args.device):
-        for ci, (size, batch) in enumerate(CASES):
-            if args.case >= 0 and args.case != ci:
+    for ci, (size, batch) in enumerate(CASES):
+        if args.case >= 0 and args.case != ci:
+            continue
+        for impl in impls:
+            if impl == "torchio" and dev != "cpu":
                 continue
-            for impl in impls:
-                if impl == "torchio" and dev != "cpu":
-                    continue
-                peer = Peer(impl, size, dev, args.seed + ci)
-                rss_before = status_mb("VmRSS")
-                reset = dev == "cpu" and reset_peak_rss()
-                if dev == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
+            peer = Peer(impl, size, dev, args.seed + ci)
+            rss_before = status_mb("VmRSS")
+            reset = dev == "cpu" and reset_peak_rss()
+            if dev == "cuda":
+                torch.cuda.reset_peak_memory_stats()
 
-                def call():
-                    for _ in range(batch):
-                        peer()
+            def call(_):
+                for _ in range(batch):
+                    peer()
 
-                timing = time_op(call, args, dev)
-                hwm = status_mb("VmHWM")
-                cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None
-                row = {"impl": impl, "op": "elastic", "dims": len(size), "size": "x".join(map(str, size)),
-                       "batch": batch, "device": dev, "threads": threads, "ms": round(timing["median_ms"], 4),
-                       **{k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()},
-                       "samples_per_s": round(1000.0 * batch / timing["median_ms"], 5),
-                       "transform": peer.name,
-                       "params": {k: list(v) if isinstance(v, tuple) else v for k, v in peer.params.items()},
-                       "peak_rss_mb": round(hwm, 1) if reset and hwm else None,
-                       "rss_before_mb": round(rss_before, 1) if rss_before else None,
-                       "peak_growth_mb": round(hwm - rss_before, 1) if reset and hwm and rss_before else None,
-                       "cuda_peak_mb": round(cuda_mb, 1) if cuda_mb is not None else None,
-                       "mean_disp": round(peer.mean_disp(), 3)}
-                line = json.dumps(row)
-                print(line, file=out, flush=True)
-                if args.out:
-                    print(line, file=sys.stderr, flush=True)
-    if args.out:
-        out.close()
+            timing = time_op(call, args, sync=sync_device(dev))
+            hwm = status_mb("VmHWM")
+            cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None
+            out.emit({"impl": impl, "op": "elastic", "dims": len(size), "size": "x".join(map(str, size)),
+                      "batch": batch, "device": dev, "threads": threads, "ms": round(timing["median_ms"], 4),
+                      **rounded(timing),
+                      "samples_per_s": round(1000.0 * batch / timing["median_ms"], 5),
+                      "transform": peer.name,
+                      "params": {k: list(v) if isinstance(v, tuple) else v for k, v in peer.params.items()},
+                      "peak_rss_mb": round(hwm, 1) if reset and hwm else None,
+                      "rss_before_mb": round(rss_before, 1) if rss_before else None,
+                      "peak_growth_mb": round(hwm - rss_before, 1) if reset and hwm and rss_before else None,
+                      "cuda_peak_mb": round(cuda_mb, 1) if cuda_mb is not None else None,
+                      "mean_disp": round(peer.mean_disp(), 3)})
 
 
 if __name__ == "__main__":

@@ -18,15 +18,13 @@ JSON-lines schema, with "impl": "pytorch-python".
 """
 
 import argparse
-import json
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-SEED = 1234
+from peer_common import JsonLines, add_common_args, apply_common_args, requested_devices, time_op
 
 
 class SpatialTransformer:
@@ -91,24 +89,6 @@ def sync(t):
         t.reshape(-1)[0].item()
 
 
-def time_op(fn, args):
-    for _ in range(args.warmup):
-        sync(fn())
-    ms = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        sync(fn())
-        t1 = time.perf_counter()
-        ms.append((t1 - t0) * 1e3)
-        if len(ms) >= args.max_reps or (len(ms) >= args.min_reps and t1 - start >= args.min_time):
-            break
-    s = sorted(ms)
-    n = len(s)
-    median = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-    return median, s[0], n
-
-
 def dump(args):
     """Same files as `drdm_bench_spatial --dump DIR`: raw float32, C order."""
     os.makedirs(args.dump, exist_ok=True)
@@ -129,39 +109,15 @@ def dump(args):
             t.contiguous().float().cpu().numpy().tofile(os.path.join(args.dump, f"{name}_{tag}.f32"))
 
 
-def requested_devices(device, program):
-    """["cpu"], ["cuda"] or both for --device cpu|cuda|all; exits if CUDA is asked for but absent."""
-    devices = []
-    if device in ("cpu", "all"):
-        devices.append("cpu")
-    if device in ("cuda", "all"):
-        if torch.cuda.is_available():
-            devices.append("cuda")
-        elif device == "cuda":
-            sys.exit(f"{program}: --device cuda but CUDA is not available")
-    return devices
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    add_common_args(p, min_time=0.5)
     p.add_argument("--sizes", choices=["quick", "full"], default="quick")
     p.add_argument("--ops", default="all",
                    help="comma-separated subset of warp,compose,compose_power,integrate_ss")
-    p.add_argument("--case", type=int, default=-1,
-                   help="run only the I-th (0-based) case of --sizes (-1: all)")
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
-    p.add_argument("--min-time", type=float, default=0.5)
-    p.add_argument("--min-reps", type=int, default=5)
-    p.add_argument("--max-reps", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--out", default="", help="JSON-lines output file (default stdout)")
     p.add_argument("--dump", default="", help="write cross-check results to this directory and exit")
     args = p.parse_args()
-
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_common_args(args)
     if args.dump:
         dump(args)
         return 0
@@ -177,40 +133,34 @@ def main():
         return 2
     wanted = None if args.ops == "all" else set(args.ops.split(","))
 
-    out = open(args.out, "w") if args.out else sys.stdout
     threads = torch.get_num_threads()
-    for dev in devices:
-        for ci, (size, batch) in enumerate(cases):
-            if args.case >= 0 and ci != args.case:
-                continue
-            # Same seed and drawing order as bench_spatial.cpp.
-            torch.manual_seed(args.seed + ci)
-            image = random_image(batch, size).to(dev)
-            a = smooth_field(batch, size, 3.0).to(dev)
-            b = smooth_field(batch, size, 3.0).to(dev)
-            st = SpatialTransformer(size, dev)  # built once, like a module buffer
-            ops = [
-                ("warp", lambda: warp(st, image, a)),
-                ("compose", lambda: compose(st, a, b)),
-                ("compose_power", lambda: compose_power(st, a, 8)),
-                ("integrate_ss", lambda: integrate_ss(st, a, 7)),
-            ]
-            for name, fn in ops:
-                if wanted is not None and name not in wanted:
+    with JsonLines(args.out) as out:
+        for dev in devices:
+            for ci, (size, batch) in enumerate(cases):
+                if args.case >= 0 and ci != args.case:
                     continue
-                median, best, reps = time_op(fn, args)
-                rec = {
-                    "impl": "pytorch-python", "op": name, "dims": len(size),
-                    "size": "x".join(map(str, size)), "batch": batch, "device": dev,
-                    "threads": threads, "median_ms": round(median, 4),
-                    "min_ms": round(best, 4), "reps": reps,
-                }
-                line = json.dumps(rec)
-                print(line, file=out, flush=True)
-                if args.out:
-                    print(line, file=sys.stderr, flush=True)
-    if args.out:
-        out.close()
+                # Same seed and drawing order as bench_spatial.cpp.
+                torch.manual_seed(args.seed + ci)
+                image = random_image(batch, size).to(dev)
+                a = smooth_field(batch, size, 3.0).to(dev)
+                b = smooth_field(batch, size, 3.0).to(dev)
+                st = SpatialTransformer(size, dev)  # built once, like a module buffer
+                ops = [
+                    ("warp", lambda _: warp(st, image, a)),
+                    ("compose", lambda _: compose(st, a, b)),
+                    ("compose_power", lambda _: compose_power(st, a, 8)),
+                    ("integrate_ss", lambda _: integrate_ss(st, a, 7)),
+                ]
+                for name, fn in ops:
+                    if wanted is not None and name not in wanted:
+                        continue
+                    timing = time_op(fn, args, sync=sync)
+                    out.emit({
+                        "impl": "pytorch-python", "op": name, "dims": len(size),
+                        "size": "x".join(map(str, size)), "batch": batch, "device": dev,
+                        "threads": threads, "median_ms": round(timing["median_ms"], 4),
+                        "min_ms": round(timing["min_ms"], 4), "reps": timing["reps"],
+                    })
     return 0
 
 

@@ -24,22 +24,29 @@ row (its "memory_format" says which) and both times are kept in "variants".
 
 --check DIR reads what `drdm_bench_train --dump DIR` wrote, runs the same
 computations here and prints one JSON object with the differences.
+
+--train-config CONFIG (bench/run.py memory) runs, instead, the training steps
+of a resolved drdm_train config (OUTPUT/config.json) as Python code would:
+every image read with SimpleITK, normalised, fitted to data.size and cached
+in memory, then per step a random batch, a random affine augmentation, the
+sampler, warp, RecoveryNet, the loss, backward and Adam, on the CPU with
+channels-last weights and input (libdrdm's CPU layout). It prints one JSON
+row with the resident set at each stage and its peak (VmHWM).
 """
 
 import argparse
+import fnmatch
 import json
 import math
 import os
-import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from peer_spatial import requested_devices
-
-SEED = 1234
+from peer_common import (JsonLines, add_common_args, apply_common_args, requested_devices, rounded, status_mb,
+                         time_op)
 T_MAX = 80
 # (size, batch, sampler control, sampler levels); case indices as in bench_train.cpp.
 CASES = [((128, 128), 8, 64, 4), ((64, 64, 64), 1, 32, 3)]
@@ -233,9 +240,9 @@ class RecoveryNet(nn.Module):
     """K passes with shared weights; pass k sees the ORIGINAL image warped by the
     accumulated field, and acc <- compose(psi_k, acc)."""
 
-    def __init__(self, dims, recursion=2):
+    def __init__(self, dims, recursion=2, timesteps=T_MAX, emb=80):
         super().__init__()
-        self.net = UNet(dims)
+        self.net = UNet(dims, timesteps=timesteps, emb=emb)
         self.recursion = recursion
 
     def forward(self, image, t):
@@ -312,29 +319,6 @@ def sync(x):
         torch.cuda.synchronize()
 
 
-def time_op(fn, args, cycle=1):
-    call = 0
-    for _ in range(args.warmup):
-        sync(fn(call))
-        call += 1
-    ms = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        sync(fn(call))
-        call += 1
-        t1 = time.perf_counter()
-        ms.append((t1 - t0) * 1e3)
-        reps = len(ms)
-        if reps % cycle == 0 and (reps >= max(args.max_reps, cycle)
-                                  or (reps >= args.min_reps and t1 - start >= args.min_time)):
-            break
-    s = sorted(ms)
-    n = len(s)
-    median = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-    return {"median_ms": median, "mean_ms": sum(ms) / n, "min_ms": s[0], "reps": n}
-
-
 def train_timing(dims, size, batch, control, levels, device, fmt, args, case):
     torch.manual_seed(args.seed)
     model = RecoveryNet(dims).to(device)
@@ -357,62 +341,58 @@ def train_timing(dims, size, batch, control, levels, device, fmt, args, case):
         opt.step()
         return psi_hat
 
-    return time_op(step, args), n, t.tolist()
+    return time_op(step, args, sync=sync), n, t.tolist()
 
 
 def main_bench(args):
-    devices = requested_devices(args.device, "peer_train.py")
-    out = open(args.out, "w") if args.out else sys.stdout
+    with JsonLines(args.out) as out:
+        for dev in requested_devices(args.device, "peer_train.py"):
+            bench_device(dev, out, args)
+
+
+def bench_device(dev, out, args):
     threads = torch.get_num_threads()
     ops = None if args.ops == "all" else set(args.ops.split(","))
-    for dev in devices:
-        for ci, (size, batch, control, levels) in enumerate(CASES):
-            if args.case >= 0 and args.case != ci:
-                continue
-            dims = len(size)
-            base = {"impl": "pytorch-python", "dims": dims, "size": "x".join(map(str, size)),
-                    "batch": batch, "device": dev, "threads": threads}
+    for ci, (size, batch, control, levels) in enumerate(CASES):
+        if args.case >= 0 and args.case != ci:
+            continue
+        dims = len(size)
+        base = {"impl": "pytorch-python", "dims": dims, "size": "x".join(map(str, size)),
+                "batch": batch, "device": dev, "threads": threads}
 
-            def emit(op, timing, ms, **extra):
-                row = dict(base, op=op, ms=round(ms, 4), **{k: round(v, 4) if isinstance(v, float) else v
-                                                            for k, v in timing.items()}, **extra)
-                line = json.dumps(row)
-                print(line, file=out, flush=True)
-                if args.out:
-                    print(line, file=sys.stderr, flush=True)
+        def emit(op, timing, ms, **extra):
+            out.emit(dict(base, op=op, ms=round(ms, 4), **rounded(timing), **extra))
 
-            if ops is None or "train_step" in ops:
-                fmts = ["contiguous", "channels_last"] if (dev == "cpu" and args.memory_format == "auto") \
-                    else [args.memory_format if args.memory_format != "auto" else "contiguous"]
-                variants = {}
-                best = None
-                for fmt in fmts:
-                    timing, n, tl = train_timing(dims, size, batch, control, levels, dev, fmt, args, ci)
-                    variants[fmt] = round(timing["median_ms"], 4)
-                    if best is None or timing["median_ms"] < best[1]["median_ms"]:
-                        best = (fmt, timing)
-                fmt, timing = best
-                label = fmt if fmt == "contiguous" or dims == 2 else "channels_last_3d"
-                emit("train_step", timing, timing["median_ms"], params=n,
-                     memory_format=label + (" weights+input" if fmt != "contiguous" else ""),
-                     variants=variants, t=tl)
+        if ops is None or "train_step" in ops:
+            fmts = ["contiguous", "channels_last"] if (dev == "cpu" and args.memory_format == "auto") \
+                else [args.memory_format if args.memory_format != "auto" else "contiguous"]
+            variants = {}
+            best = None
+            for fmt in fmts:
+                timing, n, tl = train_timing(dims, size, batch, control, levels, dev, fmt, args, ci)
+                variants[fmt] = round(timing["median_ms"], 4)
+                if best is None or timing["median_ms"] < best[1]["median_ms"]:
+                    best = (fmt, timing)
+            fmt, timing = best
+            label = fmt if fmt == "contiguous" or dims == 2 else "channels_last_3d"
+            emit("train_step", timing, timing["median_ms"], params=n,
+                 memory_format=label + (" weights+input" if fmt != "contiguous" else ""),
+                 variants=variants, t=tl)
 
-            sampler = Sampler(size, control, levels, device=dev)
-            extra = {"control": control, "levels": levels}
-            with torch.no_grad():
-                if ops is None or "sample_t40" in ops:
-                    g = torch.Generator(device=dev).manual_seed(args.seed + 100 + ci)
-                    t40 = torch.full((batch,), 40, dtype=torch.long)
-                    timing = time_op(lambda _: sampler.sample(t40, g)[1], args)
-                    emit("sample_t40", timing, timing["median_ms"], **extra)
-                if ops is None or "sample_mixed" in ops:
-                    g = torch.Generator(device=dev).manual_seed(args.seed + 200 + ci)
-                    tg = torch.Generator().manual_seed(args.seed + 300 + ci)
-                    table = torch.randint(1, T_MAX + 1, (8, batch), generator=tg)
-                    timing = time_op(lambda i: sampler.sample(table[i % 8], g)[1], args, cycle=8)
-                    emit("sample_mixed", timing, timing["mean_ms"], t=table.tolist(), **extra)
-    if args.out:
-        out.close()
+        sampler = Sampler(size, control, levels, device=dev)
+        extra = {"control": control, "levels": levels}
+        with torch.no_grad():
+            if ops is None or "sample_t40" in ops:
+                g = torch.Generator(device=dev).manual_seed(args.seed + 100 + ci)
+                t40 = torch.full((batch,), 40, dtype=torch.long)
+                timing = time_op(lambda _: sampler.sample(t40, g)[1], args, sync=sync)
+                emit("sample_t40", timing, timing["median_ms"], **extra)
+            if ops is None or "sample_mixed" in ops:
+                g = torch.Generator(device=dev).manual_seed(args.seed + 200 + ci)
+                tg = torch.Generator().manual_seed(args.seed + 300 + ci)
+                table = torch.randint(1, T_MAX + 1, (8, batch), generator=tg)
+                timing = time_op(lambda i: sampler.sample(table[i % 8], g)[1], args, sync=sync, cycle=8)
+                emit("sample_mixed", timing, timing["mean_ms"], t=table.tolist(), **extra)
 
 
 # ---------------------------------------------------------------- cross-check
@@ -519,30 +499,134 @@ def check(args):
     print(json.dumps(res, indent=1))
 
 
+# ---------------------------------------------------------------- training memory
+def image_files(data):
+    """The files drdm_train reads: data.folders scanned recursively, include / exclude patterns."""
+    files = []
+    for folder in data["folders"]:
+        found = []
+        for top, dirs, names in os.walk(folder):
+            dirs.sort()
+            for name in names:
+                rel = os.path.relpath(os.path.join(top, name), folder)
+                if name.startswith(".") or not any(fnmatch.fnmatchcase(name, p) for p in data["include"]):
+                    continue
+                if any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in data["exclude"]):
+                    continue
+                found.append(os.path.join(top, name))
+        files += sorted(found)
+    return files
+
+
+def fit_to_size(x, spacing, size):
+    """[...S] in [0, 1] -> [1, ...size]: the physically longest extent fills size, centred in zeros."""
+    d = len(size)
+    scale = max(n * sp / s for n, sp, s in zip(x.shape, spacing, size))
+    fitted = [min(max(round(n * sp / scale), 1), s) for n, sp, s in zip(x.shape, spacing, size)]
+    mode = "bilinear" if d == 2 else "trilinear"
+    y = F.interpolate(x[None, None], size=fitted, mode=mode, align_corners=False, antialias=d == 2)[0]
+    pad = []
+    for f, s in reversed(list(zip(fitted, size))):
+        pad += [(s - f) // 2, s - f - (s - f) // 2]
+    return F.pad(y, pad)
+
+
+def load_dataset(data):
+    """All training samples [N, 1, ...size], as drdm_train's ImageDataset prepares them."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    dims, size = data["dims"], data["size"]
+    samples = []
+    for path in image_files(data):
+        image = sitk.ReadImage(path)
+        x = torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32))
+        spacing = list(reversed(image.GetSpacing()))
+        if x.dim() == 3 and 1 in x.shape:  # a volume of one slice is a 2D image
+            a = list(x.shape).index(1)
+            x, spacing = x.select(a, 0), spacing[:a] + spacing[a + 1:]
+        lo, hi = np.percentile(x.numpy(), [data["clip_low_pct"], data["clip_high_pct"]])
+        x = ((x.clamp(lo, hi) - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
+        if x.dim() == dims:
+            parts = [(x, spacing)]
+        else:  # 2D model, 3D volume: slices along slice_axis
+            ax = data["slice_axis"]
+            parts = [(x.select(ax, k), spacing[:ax] + spacing[ax + 1:]) for k in range(x.shape[ax])]
+        for part, sp in parts:
+            if (part > 0.05).float().mean() >= data["min_foreground"]:
+                samples.append(fit_to_size(part, sp, size))
+    return torch.stack(samples)
+
+
+def augment(batch, g):
+    """A random rotation (+ crop-zoom scale) and translation per sample, one linear resampling."""
+    n, d = batch.shape[0], batch.dim() - 2
+    q, _ = torch.linalg.qr(torch.randn(n, d, d, generator=g))
+    theta = torch.cat([q * (0.6 + 0.4 * torch.rand(n, 1, 1, generator=g)),
+                       (torch.rand(n, d, 1, generator=g) * 2 - 1) * 0.25], 2)
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=True)
+    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def train_memory(args):
+    with open(args.train_config) as f:
+        cfg = json.load(f)
+    data, sam, tr, loss_w = cfg["data"], cfg["sampler"], cfg["train"], cfg["loss"]
+    if sam["process"] != "stationary":
+        raise SystemExit("peer_train.py: --train-config: only the stationary process is written here")
+    row = {"impl": "pytorch-python", "op": "train_memory", "config": cfg["name"],
+           "size": "x".join(map(str, data["size"])), "batch": tr["batch_size"], "steps": tr["steps"],
+           "threads": torch.get_num_threads(), "rss_start_mb": status_mb("VmRSS")}
+    start = time.perf_counter()
+    cache = load_dataset(data)
+    row.update(samples=cache.shape[0], dataset_mb=round(cache.numel() * 4 / 2**20, 1),
+               load_seconds=round(time.perf_counter() - start, 2), rss_after_data_mb=status_mb("VmRSS"))
+    torch.manual_seed(tr["seed"])
+    dims = data["dims"]
+    mf = torch.channels_last if dims == 2 else torch.channels_last_3d
+    model = RecoveryNet(dims, cfg["model"]["recursion"], sam["timesteps"],
+                        cfg["model"]["time_embedding"]).to(memory_format=mf)
+    opt = torch.optim.Adam(model.parameters(), lr=tr["lr"])
+    sampler = Sampler(data["size"], sam["control"], sam["levels"], sigma=sam["sigma"], alpha=sam["alpha"],
+                      beta=sam["beta"], ialpha=sam["integrated_alpha"], ibeta=sam["integrated_beta"],
+                      imax=sam["integrated_max"], perturbation=sam["perturbation"])
+    weights = (loss_w["distance"], loss_w["angle"], loss_w["regularisation"])
+    g = torch.Generator().manual_seed(tr["seed"])
+    start = time.perf_counter()
+    for _ in range(tr["steps"]):
+        x0 = cache[torch.randint(cache.shape[0], (tr["batch_size"],), generator=g)]
+        if cfg["augment"]["enabled"]:
+            x0 = augment(x0, g)
+        t = torch.randint(1, sam["timesteps"] + 1, (tr["batch_size"],), generator=g)
+        with torch.no_grad():
+            psi, phi = sampler.sample(t, g)
+            xt = warp(x0, phi).contiguous(memory_format=mf)
+        loss = recovery_loss(psi, model(xt, t), weights, loss_w["eps"])["total"]
+        loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    row.update(seconds_per_step=round((time.perf_counter() - start) / max(1, tr["steps"]), 2),
+               rss_end_mb=status_mb("VmRSS"), peak_rss_mb=status_mb("VmHWM"))
+    with JsonLines(args.out) as out:
+        out.emit(rounded(row, 1))
+
+
 def main():
     p = argparse.ArgumentParser(description="PyTorch-in-Python peer of drdm_bench_train")
-    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--case", type=int, default=-1)
+    add_common_args(p, min_time=2.0)
     p.add_argument("--ops", default="all")
-    p.add_argument("--min-time", type=float, default=2.0)
-    p.add_argument("--min-reps", type=int, default=5)
-    p.add_argument("--max-reps", type=int, default=1000)
-    p.add_argument("--rounds", type=int, default=0, help="exactly N timed calls per row")
-    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--memory-format", choices=["auto", "contiguous", "channels_last"], default="auto",
                    help="training-step layout; auto (CPU): time both, report the faster")
-    p.add_argument("--out", default="")
     p.add_argument("--check", default="", help="directory written by drdm_bench_train --dump")
+    p.add_argument("--train-config", default="",
+                   help="a resolved drdm_train config (OUTPUT/config.json): run its training steps (memory)")
     args = p.parse_args()
-    if args.rounds > 0:
-        args.min_reps = args.max_reps = args.rounds
-        args.min_time = 0.0
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if args.check:
+    apply_common_args(args)
+    if args.train_config:
+        train_memory(args)
+    elif args.check:
         check(args)
     else:
         main_bench(args)

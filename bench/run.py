@@ -1,19 +1,28 @@
 #!/usr/bin/env python3
-"""Run libdrdm's spatial benchmark beside its PyTorch-in-Python peer.
+"""Run a libdrdm benchmark beside its peer, measured in the same run.
 
-Builds nothing. Runs the built `drdm_bench_spatial` and `bench/peer_spatial.py`
-with the same --threads/--sizes/--device, cross-checks that both compute the
-same results on small deterministic inputs, joins the timings and writes
+  bench/run.py spatial   drdm_bench_spatial vs bench/peer_spatial.py (warp, compose, ...)
+  bench/run.py train     drdm_bench_train vs bench/peer_train.py (training step, sampler)
+  bench/run.py generate  drdm_bench_generate vs bench/peer_generate.py (MONAI, TorchIO)
+  bench/run.py memory    drdm_train vs bench/peer_train.py --train-config: peak resident
+                         memory of a few training steps of each config
 
-  <out-dir>/spatial.md               Markdown table + machine info + cross-check
-  <out-dir>/spatial_libdrdm.jsonl    raw results of drdm_bench_spatial
-  <out-dir>/spatial_peer.jsonl       raw results of peer_spatial.py
-  <out-dir>/spatial_machine.json     machine info
+Builds nothing: run scripts/setup.sh (or build the bench targets) first.
+`bench/run.py SUITE --help` lists each suite's options. Every suite writes a
+Markdown report (<suite>.md), the raw JSON rows of both sides and the machine
+information to --out-dir (default bench/results/, ignored by git).
 
-ratio = peer ms / libdrdm ms: above 1 means libdrdm is faster.
+The timing suites run the two programs case by case, in rounds that alternate
+which goes first, so that changes in machine load hit both alike, and keep
+each row's best. Time ratios are peer ms / libdrdm ms (above 1: libdrdm is
+faster); generate reports libdrdm samples/s / peer samples/s. The memory suite
+reports libdrdm peak MB / peer peak MB (below 1: libdrdm needs less).
 
-Example:
-  python3 bench/run.py --bench build/bench/drdm_bench_spatial --threads 2 --sizes full
+Examples:
+  .venv/bin/python bench/run.py spatial --threads 2 --sizes full --device cpu --rounds 3
+  .venv/bin/python bench/run.py train --threads 2 --device cpu --reps 3 --warmup 1 --rounds 1
+  .venv/bin/python bench/run.py generate --threads 2 --device cpu
+  .venv/bin/python bench/run.py memory --threads 2
 """
 
 import argparse
@@ -22,22 +31,19 @@ import json
 import os
 import platform
 import resource
+import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-OPS = ["warp", "compose", "compose_power", "integrate_ss"]
-OP_LABEL = {
-    "warp": "warp (linear, zeros)",
-    "compose": "compose",
-    "compose_power": "compose_power (n=8)",
-    "integrate_ss": "integrate_scaling_squaring (7)",
-}
 
 
+# ================================================================ shared harness
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -49,22 +55,36 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
-def machine_info(python):
+def machine_info(args):
+    """Machine, torch build (as the peer's interpreter sees it), threads and this command."""
     code = (
         "import json, torch; print(json.dumps({'torch': torch.__version__, "
         "'cuda_available': torch.cuda.is_available(), "
         "'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "
         "'parallel_info': torch.__config__.parallel_info()}))"
     )
-    info = json.loads(subprocess.check_output([python, "-c", code], text=True))
+    info = json.loads(subprocess.check_output([args.python, "-c", code], text=True))
     info.update({
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_model": cpu_model(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "threads": args.threads,
+        "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
     })
     return info
+
+
+def machine_lines(info):
+    """The report's first lines: command, date, machine."""
+    return [
+        f"- command: `{info['command']}`",
+        f"- date: {info['date']}",
+        f"- machine: {info['nproc']} cores, {info['cpu_model']}"
+        + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"),
+    ]
 
 
 def cpu_busy(interval=2.0):
@@ -93,9 +113,39 @@ def wait_idle(timeout, threshold=0.15):
     return busy
 
 
+def other_jobs(pattern):
+    """Other heavy processes on the machine (a training run, a build, other benchmarks)."""
+    try:
+        out = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    mine = ("pgrep", "bench/run.py", "peer_generate.py", "peer_train.py --train-config")
+    return [line for line in out.splitlines() if line.strip() and not any(m in line for m in mine)]
+
+
+def other_jobs_line(info, what="these timings are disturbed and must be re-measured on an idle machine"):
+    busy = info["other_jobs_at_start"] or info["other_jobs_at_end"]
+    if not busy:
+        return "- no other heavy jobs seen at start and end"
+    return ("- **other jobs were running (" + "; ".join(j.split(" ", 1)[1][:60] for j in busy[:3])
+            + f"): {what}**")
+
+
 def run(cmd):
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_raw(args, suite, raw):
+    """Every row of each side, in run order: <out-dir>/<suite>_libdrdm.jsonl, <suite>_peer.jsonl."""
+    for group, rows in raw.items():
+        with open(os.path.join(args.out_dir, f"{suite}_{group}.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def measured_run(cmd):
@@ -121,12 +171,75 @@ def measured_run(cmd):
     return rows, round(max(0.0, others) / capacity, 3) if capacity > 0 else None
 
 
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def run_rounds(programs, cases, rounds, idle_timeout, key, metric, peers_first=False):
+    """Runs each program of `programs` ([(group, cmd)], libdrdm first) once per
+    case and round with `--case I`, alternating the order between rounds; with
+    peers_first, round 0 runs the peers before and after libdrdm. Returns, per
+    group, the best row (lowest metric) per key(row) and every row in run order."""
+    best = {group: {} for group, _ in programs}
+    raw = {group: [] for group, _ in programs}
+    for case in cases:
+        for rnd in range(max(1, rounds)):
+            order = programs if rnd % 2 == 0 else programs[::-1]
+            if rnd == 0 and peers_first:
+                order = programs[1:] + programs
+            for group, cmd in order:
+                busy_before = wait_idle(idle_timeout) if idle_timeout > 0 else None
+                rows, others = measured_run(cmd + ["--case", str(case)])
+                for r in rows:
+                    r.update(round=rnd, cpu_busy_before=busy_before, others_cpu=others)
+                    raw[group].append(r)
+                    k = key(r)
+                    if k not in best[group] or metric(r) < metric(best[group][k]):
+                        best[group][k] = r
+    return best, raw
 
 
-def cross_check(bench, python, peer, threads):
+def max_others(*stores):
+    others = [r.get("others_cpu") for s in stores for r in s.values()]
+    others = [o for o in others if o is not None]
+    return max(others) if others else None
+
+
+def others_line(worst):
+    return ("- CPU time taken by other processes while the kept rows ran: max "
+            + (f"{worst:.0%}" if worst is not None else "unknown"))
+
+
+def fmt_ms(x):
+    return "-" if x is None else (f"{x:.2f}" if x < 100 else f"{x:.1f}")
+
+
+def fmt(x, spec=".3g"):
+    return "-" if x is None else format(x, spec)
+
+
+def write_report(args, name, text, info, extra=None):
+    """<out-dir>/<name>.md and, unless extra names its own, <name>_machine.json."""
+    with open(os.path.join(args.out_dir, name + ".md"), "w") as f:
+        f.write(text)
+    if extra is None:
+        with open(os.path.join(args.out_dir, name + "_machine.json"), "w") as f:
+            json.dump(info, f, indent=2)
+    print(text)
+
+
+def need_executable(path, target):
+    if not os.access(path, os.X_OK):
+        sys.exit(f"run.py: {path} is not an executable; build target {target} first")
+
+
+# ================================================================ spatial
+SPATIAL_OPS = ["warp", "compose", "compose_power", "integrate_ss"]
+SPATIAL_LABEL = {
+    "warp": "warp (linear, zeros)",
+    "compose": "compose",
+    "compose_power": "compose_power (n=8)",
+    "integrate_ss": "integrate_scaling_squaring (7)",
+}
+
+
+def spatial_cross_check(args, peer):
     """Max |libdrdm - peer| per op and dimension on small deterministic inputs."""
     import numpy as np
 
@@ -135,10 +248,10 @@ def cross_check(bench, python, peer, threads):
         ours, theirs = os.path.join(tmp, "ours"), os.path.join(tmp, "peer")
         os.makedirs(ours)
         os.makedirs(theirs)
-        run([bench, "--dump", ours, "--threads", str(threads)])
-        run([python, peer, "--dump", theirs, "--threads", str(threads)])
+        run([args.bench, "--dump", ours, "--threads", str(args.threads)])
+        run([args.python, peer, "--dump", theirs, "--threads", str(args.threads)])
         for dims in (2, 3):
-            for op in OPS:
+            for op in SPATIAL_OPS:
                 name = f"{op}_{dims}d.f32"
                 a = np.fromfile(os.path.join(ours, name), dtype=np.float32)
                 b = np.fromfile(os.path.join(theirs, name), dtype=np.float32)
@@ -149,119 +262,60 @@ def cross_check(bench, python, peer, threads):
     return rows
 
 
-def fmt_ms(x):
-    return "-" if x is None else (f"{x:.2f}" if x < 100 else f"{x:.1f}")
-
-
-def main():
-    p = argparse.ArgumentParser(description="libdrdm spatial benchmark vs PyTorch-in-Python peer")
-    p.add_argument("--bench", default=os.path.join(ROOT, "build", "bench", "drdm_bench_spatial"),
-                   help="path of the built drdm_bench_spatial")
-    p.add_argument("--python", default=sys.executable, help="interpreter for the peer")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--sizes", choices=["quick", "full"], default="full")
-    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
-    p.add_argument("--min-time", type=float, default=0.5)
-    p.add_argument("--min-reps", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=3,
-                   help="per case, run both programs this many times, alternating; keep each row's best median")
-    p.add_argument("--wait-idle", type=float, default=120,
-                   help="before each program, wait up to this many seconds for the CPUs to go idle")
-    p.add_argument("--fixed-malloc", action="store_true",
-                   help="run both programs with glibc's mmap/trim thresholds fixed at 1 GiB, so that "
-                        "freed tensor memory is reused instead of returned to the OS and page-faulted "
-                        "back (takes allocator state out of the comparison)")
-    p.add_argument("--default-malloc", action="store_true",
-                   help="run libdrdm without drdm::keep_freed_memory_for_reuse() (glibc defaults), "
-                        "to see what the allocator setting is worth")
-    p.add_argument("--no-check", action="store_true", help="skip the correctness cross-check")
-    args = p.parse_args()
-
-    if not os.access(args.bench, os.X_OK):
-        sys.exit(f"run.py: {args.bench} is not an executable; build target drdm_bench_spatial first")
+def suite_spatial(args):
+    """spatial.md, spatial_libdrdm.jsonl, spatial_peer.jsonl, spatial_machine.json."""
+    need_executable(args.bench, "drdm_bench_spatial")
     peer = os.path.join(HERE, "peer_spatial.py")
-    os.makedirs(args.out_dir, exist_ok=True)
-    ours_path = os.path.join(args.out_dir, "spatial_libdrdm.jsonl")
-    peer_path = os.path.join(args.out_dir, "spatial_peer.jsonl")
-
-    info = machine_info(args.python)
-    info["threads"] = args.threads
+    info = machine_info(args)
     common = ["--threads", str(args.threads), "--sizes", args.sizes, "--device", args.device,
               "--min-time", str(args.min_time), "--min-reps", str(args.min_reps)]
-    info["command"] = " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
 
     if args.fixed_malloc:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 30)
         os.environ["MALLOC_TRIM_THRESHOLD_"] = str(1 << 30)
-    if args.fixed_malloc:
         info["malloc"] = "glibc, mmap/trim thresholds fixed at 1 GiB in both programs"
     elif args.default_malloc:
         info["malloc"] = "glibc defaults in both programs"
     else:
         info["malloc"] = ("libdrdm as its programs ship (drdm::keep_freed_memory_for_reuse()); "
                           "Python peer with glibc defaults")
-    checks = [] if args.no_check else cross_check(args.bench, args.python, peer, args.threads)
-    # Each case (size, batch) is run by both programs in turn, `rounds` times,
-    # alternating which goes first, so that changes in machine load hit both
-    # alike; each row keeps its best (lowest) median over the rounds.
-    ncases = 4 if args.sizes == "full" else 3
-    ours, theirs = {}, {}
-    raw_ours, raw_peer = [], []
+    checks = [] if args.no_check else spatial_cross_check(args, peer)
     ours_flags = ["--default-malloc"] if (args.default_malloc or args.fixed_malloc) else []
-    programs = [("libdrdm", [args.bench, *common, *ours_flags], ours, raw_ours),
-                ("peer", [args.python, peer, *common], theirs, raw_peer)]
-    for case in range(ncases):
-        for rnd in range(max(1, args.rounds)):
-            for name, cmd, store, raw in (programs if rnd % 2 == 0 else programs[::-1]):
-                busy_before = wait_idle(args.wait_idle)
-                rows, others = measured_run(cmd + ["--case", str(case)])
-                for r in rows:
-                    r.update(round=rnd, cpu_busy_before=busy_before, others_cpu=others)
-                    raw.append(r)
-                    k = (r["op"], r["size"], r["batch"], r["device"])
-                    if k not in store or r["median_ms"] < store[k]["median_ms"]:
-                        store[k] = r
-    for path, raw in ((ours_path, raw_ours), (peer_path, raw_peer)):
-        with open(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in raw)
-    keys = sorted(set(ours) | set(theirs),
-                  key=lambda k: (k[3] != "cpu", k[3], OPS.index(k[0]), len(k[1].split("x")),
-                                 int(k[1].split("x")[0]), k[2]))
+    programs = [("libdrdm", [args.bench, *common, *ours_flags]), ("peer", [args.python, peer, *common])]
+    ncases = 4 if args.sizes == "full" else 3
+    best, raw = run_rounds(programs, range(ncases), args.rounds, args.wait_idle,
+                           key=lambda r: (r["op"], r["size"], r["batch"], r["device"]),
+                           metric=lambda r: r["median_ms"])
+    ours, theirs = best["libdrdm"], best["peer"]
+    write_raw(args, "spatial", raw)
 
-    lines = [
-        "| op | size | device | libdrdm ms | PyTorch-Python ms | ratio |",
-        "|---|---|---|---:|---:|---:|",
-    ]
+    keys = sorted(set(ours) | set(theirs),
+                  key=lambda k: (k[3] != "cpu", k[3], SPATIAL_OPS.index(k[0]), len(k[1].split("x")),
+                                 int(k[1].split("x")[0]), k[2]))
+    lines = ["| op | size | device | libdrdm ms | PyTorch-Python ms | ratio |",
+             "|---|---|---|---:|---:|---:|"]
     for k in keys:
         op, size, batch, dev = k
         a = ours.get(k, {}).get("median_ms")
         b = theirs.get(k, {}).get("median_ms")
         ratio = f"{b / a:.2f}" if a and b else "-"
-        label = f"{size}, batch {batch}"
-        lines.append(f"| {OP_LABEL.get(op, op)} | {label} | {dev} | {fmt_ms(a)} | {fmt_ms(b)} | {ratio} |")
-    table = "\n".join(lines)
+        lines.append(f"| {SPATIAL_LABEL.get(op, op)} | {size}, batch {batch} | {dev} | {fmt_ms(a)} | "
+                     f"{fmt_ms(b)} | {ratio} |")
 
-    others = [r.get("others_cpu") for r in list(ours.values()) + list(theirs.values())]
-    others = [o for o in others if o is not None]
-    max_others = f"{max(others):.0%}" if others else "unknown"
-    info["max_others_cpu_kept_rows"] = max(others) if others else None
+    info["max_others_cpu_kept_rows"] = max_others(ours, theirs)
     md = [
         "# Spatial core: libdrdm vs PyTorch-in-Python",
         "",
-        f"- command: `{info['command']}`",
-        f"- date: {info['date']}",
-        f"- machine: {info['nproc']} cores, {info['cpu_model']}"
-        + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"),
+        *machine_lines(info),
         f"- threads: {args.threads}; torch {info['torch']}; Python {info['python']}; "
         f"allocator: {info['malloc']}",
         "- per row: median of >= %d timed runs and >= %.1f s, after 2 warm-up runs; "
-        "best median of %d rounds per case, the two programs alternating" % (args.min_reps, args.min_time, max(1, args.rounds)),
-        "- CPU time taken by other processes while the kept rows ran: "
-        + "max %s" % max_others,
+        "best median of %d rounds per case, the two programs alternating"
+        % (args.min_reps, args.min_time, max(1, args.rounds)),
+        others_line(info["max_others_cpu_kept_rows"]),
         "- ratio = PyTorch-Python ms / libdrdm ms (> 1: libdrdm faster)",
         "",
-        table,
+        *lines,
         "",
     ]
     if checks:
@@ -269,18 +323,478 @@ def main():
                "| op | dims | max abs diff | max abs value |", "|---|---:|---:|---:|"]
         md += [f"| {op} | {d} | {diff:.3g} | {mx:.3g} |" for op, d, diff, mx in checks]
         md.append("")
-    text = "\n".join(md)
-    with open(os.path.join(args.out_dir, "spatial.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out_dir, "spatial_machine.json"), "w") as f:
-        json.dump(info, f, indent=2)
-    print(text)
+    write_report(args, "spatial", "\n".join(md), info)
     bad = [c for c in checks if not c[2] <= 1e-3 * max(1.0, c[3])]
     if bad:
-        print("cross-check FAILED for: " + ", ".join(f"{op} {d}D" for op, d, _, _ in bad),
-              file=sys.stderr)
+        print("cross-check FAILED for: " + ", ".join(f"{op} {d}D" for op, d, _, _ in bad), file=sys.stderr)
         return 1
     return 0
+
+
+# ================================================================ train
+TRAIN_OPS = ["train_step", "sample_t40", "sample_mixed"]
+TRAIN_LABEL = {
+    "train_step": "training step (K=2 forward + loss + backward + Adam)",
+    "sample_t40": "sampler, t = 40",
+    "sample_mixed": "sampler, t ~ U{1..80}",
+}
+
+
+def train_cross_check(args, peer):
+    with tempfile.TemporaryDirectory() as tmp:
+        run([args.bench, "--dump", tmp, "--threads", str(args.threads)])
+        out = subprocess.run([args.python, peer, "--check", tmp, "--threads", str(args.threads)],
+                             check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def train_check_failures(checks):
+    bad = []
+    for dims, r in checks.items():
+        if not r["params_peer"] == r["params_libdrdm"] == r["params_expected"]:
+            bad.append(f"{dims}: parameter counts")
+        if r["psi_hat_max_abs_diff"] > 1e-4 * max(1.0, r["psi_hat_max_abs"]):
+            bad.append(f"{dims}: forward output")
+        for k, v in r["loss_libdrdm"].items():
+            if abs(v - r["loss_peer"][k]) > 1e-4 * max(1.0, abs(v)):
+                bad.append(f"{dims}: loss {k}")
+        if r["adam_step_params_max_abs_diff"] > 1e-6:
+            bad.append(f"{dims}: Adam step")
+        if r["grad_worst_rel_diff"]["libdrdm_vs_peer_channels_last"][0] > 0.05:
+            bad.append(f"{dims}: gradients")
+        for kind in ("t40", "mixed"):
+            if r[f"sampler_{kind}_stats_max_rel_diff"] > 0.03:
+                bad.append(f"{dims}: sampler {kind} statistics")
+    return bad
+
+
+def train_check_md(checks):
+    md = ["Cross-check (`drdm_bench_train --dump`, `peer_train.py --check`; small 2D 64x48 batch 2 "
+          "and 3D 24x16x32 inputs for the network, the benchmark's own cases for the sampler):", "",
+          "| check | 2D | 3D |", "|---|---|---|"]
+
+    def row(name, f):
+        md.append(f"| {name} | " + " | ".join(f(checks[d]) for d in ("2d", "3d")) + " |")
+
+    row("trainable parameters (libdrdm / peer)", lambda r: f"{r['params_libdrdm']:,} / {r['params_peer']:,}")
+    row("forward output, max abs diff (max abs value)",
+        lambda r: f"{r['psi_hat_max_abs_diff']:.2g} ({r['psi_hat_max_abs']:.3g} voxels)")
+    row("loss total (libdrdm / peer)", lambda r: f"{r['loss_libdrdm']['total']:.7g} / {r['loss_peer']['total']:.7g}")
+    row("gradients vs peer with channels-last weights, worst param",
+        lambda r: "%.2g (%s)" % tuple(r["grad_worst_rel_diff"]["libdrdm_vs_peer_channels_last"]))
+    row("gradients vs peer contiguous, worst param",
+        lambda r: "%.2g (%s)" % tuple(r["grad_worst_rel_diff"]["libdrdm_vs_peer"]))
+    row("gradients, peer contiguous vs float64 / channels-last vs float64",
+        lambda r: "%.2g / %.2g" % (r["grad_worst_rel_diff"]["peer_vs_float64"][0],
+                                    r["grad_worst_rel_diff"]["peer_channels_last_vs_float64"][0]))
+    row("Adam step from libdrdm's gradients, params max abs diff",
+        lambda r: f"{r['adam_step_params_max_abs_diff']:.2g}")
+    row("loss after one Adam step, lr 1e-3 (libdrdm / peer)",
+        lambda r: f"{r['loss_after_adam_step_libdrdm']:.7g} / {r['loss_after_adam_step_peer']:.7g}")
+    for kind in ("t40", "mixed"):
+        row(f"sampler {kind}: first draw max abs diff (max abs value)",
+            lambda r: f"{r[f'sampler_{kind}_first_draw_max_abs_diff']:.2g} "
+                      f"({r[f'sampler_{kind}_first_draw_max_abs']:.3g})")
+        row(f"sampler {kind}: mean norm of phi, libdrdm / peer (samples)",
+            lambda r: f"{r[f'sampler_{kind}_stats_libdrdm']['phi_mean_norm']:.4g} / "
+                      f"{r[f'sampler_{kind}_stats_peer']['phi_mean_norm']:.4g}, {r[f'sampler_{kind}_samples']}")
+    md.append("")
+    md.append("Gradient figures: per parameter max |difference| / max |gradient| (float64 run of the peer as "
+              "the yardstick for float32 rounding); the conv biases just before an instance norm, whose "
+              "gradient is 0 in exact arithmetic, are left out.")
+    md.append("")
+    return md
+
+
+def suite_train(args):
+    """train.md, train_libdrdm.jsonl, train_peer.jsonl, train_check.json, train_machine.json;
+    exits non-zero when a cross-check fails."""
+    need_executable(args.bench, "drdm_bench_train")
+    peer = os.path.join(HERE, "peer_train.py")
+    jobs = "drdm_train|cc1plus"
+    info = machine_info(args)
+    info["other_jobs_at_start"] = other_jobs(jobs)
+
+    checks = {} if args.no_check else train_cross_check(args, peer)
+    if checks:
+        with open(os.path.join(args.out_dir, "train_check.json"), "w") as f:
+            json.dump(checks, f, indent=1)
+
+    common = ["--threads", str(args.threads), "--device", args.device, "--ops", args.ops,
+              "--rounds", str(args.reps), "--warmup", str(args.warmup)]
+    programs = [("libdrdm", [args.bench, *common]),
+                ("peer", [args.python, peer, *common, "--memory-format", args.peer_memory_format])]
+    best, raw = run_rounds(programs, [int(c) for c in args.cases.split(",") if c.strip()], args.rounds,
+                           args.wait_idle, key=lambda r: (r["op"], r["size"], r["batch"], r["device"]),
+                           metric=lambda r: r["ms"])
+    info["other_jobs_at_end"] = other_jobs(jobs)
+    ours, theirs = best["libdrdm"], best["peer"]
+    write_raw(args, "train", raw)
+
+    keys = sorted(set(ours) | set(theirs),
+                  key=lambda k: (k[3] != "cpu", k[3], TRAIN_OPS.index(k[0]), len(k[1].split("x")), k[2]))
+    lines = ["| op | size | device | libdrdm ms | PyTorch-Python ms | ratio | peer layout |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for k in keys:
+        op, size, batch, dev = k
+        a = ours.get(k, {}).get("ms")
+        b = theirs.get(k, {}).get("ms")
+        ratio = f"{b / a:.2f}" if a and b else "-"
+        layout = theirs.get(k, {}).get("memory_format", "")
+        variants = theirs.get(k, {}).get("variants")
+        if variants and len(variants) > 1:
+            layout += " (" + ", ".join(f"{v}: {fmt_ms(ms)} ms" for v, ms in variants.items()) + ")"
+        lines.append(f"| {TRAIN_LABEL.get(op, op)} | {size}, batch {batch} | {dev} | {fmt_ms(a)} | "
+                     f"{fmt_ms(b)} | {ratio} | {layout} |")
+    info["max_others_cpu_kept_rows"] = max_others(ours, theirs)
+    md = [
+        "# Training step and sampler: libdrdm vs PyTorch-in-Python",
+        "",
+        *machine_lines(info),
+        f"- threads: {args.threads}; torch {info['torch']}; Python {info['python']}",
+        f"- per row: {args.reps} timed calls after {args.warmup} warm-up calls (median; sampler with "
+        f"mixed t: mean over the 8-row t table); best of {max(1, args.rounds)} rounds, the programs alternating",
+        others_line(info["max_others_cpu_kept_rows"]),
+        other_jobs_line(info),
+        "- ratio = PyTorch-Python ms / libdrdm ms (> 1: libdrdm faster)",
+        "",
+        *lines,
+        "",
+    ]
+    if checks:
+        md += train_check_md(checks)
+    write_report(args, "train", "\n".join(md), info)
+    bad = train_check_failures(checks) if checks else []
+    if bad:
+        print("cross-check FAILED for: " + ", ".join(bad), file=sys.stderr)
+        return 1
+    return 0
+
+
+# ================================================================ generate
+GENERATE_LABEL = {"libdrdm": "libdrdm (DRDM generation)", "monai": "MONAI Rand{2,3}DElastic",
+                  "torchio": "TorchIO RandomElasticDeformation"}
+GENERATE_INSTALL = ".venv/bin/pip install --no-deps -r bench/requirements.txt"
+
+
+def fmt_rate(x):
+    if x is None:
+        return "-"
+    return f"{x:.3g}" if x < 1000 else f"{x:,.0f}"
+
+
+def suite_generate(args):
+    """generate.md, generate.json (kept rows, ratios, machine), generate_libdrdm.jsonl,
+    generate_peer.jsonl. Not like for like: the peers draw one random elastic warp
+    per sample, DRDM runs the sampler and then T' recovery steps of a network."""
+    need_executable(args.bench, "drdm_bench_generate")
+    code = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('monai') and u.find_spec('torchio') else 1)"
+    if subprocess.run([args.python, "-c", code]).returncode != 0:
+        sys.exit(f"run.py: MONAI and TorchIO are not importable by {args.python}; install them with\n"
+                 f"  {GENERATE_INSTALL}\n(or pass --python an interpreter that has them)")
+    peer = os.path.join(HERE, "peer_generate.py")
+    jobs = "drdm_train|drdm_bench|cc1plus|drdm_deform"
+    info = machine_info(args)
+    info["other_jobs_at_start"] = other_jobs(jobs)
+
+    ours_cmd = [args.bench, "--threads", str(args.threads), "--device", args.device, "--level", str(args.level),
+                "--rounds", str(args.reps), "--warmup", str(args.warmup)]
+    peer_common = [args.python, peer, "--threads", str(args.threads), "--device", args.device,
+                   "--min-time", str(args.peer_min_time)]
+    impls = [i for i in args.impls.split(",") if i]
+    programs = [("libdrdm", ours_cmd)] + [("peer", peer_common + ["--impl", i]) for i in impls]
+    best, raw = run_rounds(programs, [int(c) for c in args.cases.split(",") if c.strip()], args.rounds,
+                           args.wait_idle, metric=lambda r: r["ms"], peers_first=True,
+                           key=lambda r: (r["op"] if r["impl"] == "libdrdm" else r["impl"], r["size"], r["device"]))
+    info["other_jobs_at_end"] = other_jobs(jobs)
+    ours, theirs = best["libdrdm"], best["peer"]
+    write_raw(args, "generate", raw)
+
+    # One table row per (size, device, implementation); ratios against each peer.
+    sizes = sorted({(k[1], k[2]) for k in list(ours) + list(theirs)},
+                   key=lambda s: (s[1] != "cpu", s[1], len(s[0].split("x")), int(s[0].split("x")[0])))
+    lines = ["| case | device | implementation | samples/s | ms per sample | peak RSS MB (growth) | "
+             "CUDA peak MB | mean displacement (vox) | libdrdm ÷ peer |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    ratios = []
+    for size, dev in sizes:
+        g = ours.get(("generate", size, dev))
+        s = ours.get(("sampler", size, dev))
+        label = f"{size}, batch {g['batch'] if g else '?'}"
+        if g:
+            disp = f"{fmt(g.get('start_mean_disp'))} start / {fmt(g.get('final_mean_disp'))} final"
+            lines.append(f"| {label} | {dev} | {GENERATE_LABEL['libdrdm']}, T' = {g['level']} | "
+                         f"{fmt_rate(g['samples_per_s'])} | "
+                         f"{g['ms'] / g['batch']:,.0f} | {fmt(g.get('peak_rss_mb'), '.0f')} "
+                         f"({fmt(g.get('peak_growth_mb'), '.0f')}) | {fmt(g.get('cuda_peak_mb'), '.0f')} | "
+                         f"{disp} | 1 |")
+        for impl in impls:
+            r = theirs.get((impl, size, dev))
+            if not r:
+                continue
+            ratio = g["samples_per_s"] / r["samples_per_s"] if g else None
+            ratios.append({"size": size, "device": dev, "peer": impl, "libdrdm_samples_per_s": g and g["samples_per_s"],
+                           "peer_samples_per_s": r["samples_per_s"], "ratio": ratio,
+                           "peer_per_libdrdm": 1 / ratio if ratio else None})
+            lines.append(f"| {label} | {dev} | {GENERATE_LABEL[impl]} | {fmt_rate(r['samples_per_s'])} | "
+                         f"{r['ms'] / r['batch']:,.1f} | {fmt(r.get('peak_rss_mb'), '.0f')} "
+                         f"({fmt(r.get('peak_growth_mb'), '.0f')}) | {fmt(r.get('cuda_peak_mb'), '.0f')} | "
+                         f"{fmt(r.get('mean_disp'))} | {fmt(ratio, '.2g')} (peer {fmt(1 / ratio if ratio else None, ',.0f')}x) |")
+        if s:
+            ps = s.get("per_step_ms")
+            lines.append(f"| {label} | {dev} | libdrdm parts: sampler (t = {s['level']}) per batch | - | "
+                         f"{s['ms'] / s['batch']:,.1f} | | | | per recovery step per batch: "
+                         f"{fmt(ps, ',.0f')} ms |")
+    md = [
+        "# Generation (Alg. 2) vs elastic augmentation: libdrdm vs MONAI / TorchIO",
+        "",
+        *machine_lines(info),
+        f"- threads: {args.threads}; torch {info['torch']}; Python {info['python']}",
+        f"- libdrdm: T' = {args.level}, {args.reps} timed call(s) per case after {args.warmup} warm-up call(s) at "
+        f"level 1; untrained RecoveryNet (same work per step as a trained one); peers: median over >= "
+        f"{args.peer_min_time} s; best of {max(1, args.rounds)} round(s), peers run before and after libdrdm",
+        others_line(max_others(ours, theirs)),
+        other_jobs_line(info, "timings are disturbed"),
+        "- ratio = libdrdm samples/s ÷ peer samples/s (< 1: the peer makes more images per second). Not like for "
+        "like: the peers draw one random elastic warp per sample, DRDM runs T' recovery steps of a network.",
+        "",
+        *lines,
+        "",
+    ]
+    with open(os.path.join(args.out_dir, "generate.json"), "w") as f:
+        json.dump({"machine": info, "libdrdm": list(ours.values()), "peers": list(theirs.values()),
+                   "ratios": ratios}, f, indent=1)
+    write_report(args, "generate", "\n".join(md), info, extra="generate.json")
+    return 0
+
+
+# ================================================================ memory
+# (name, config, --set overrides, steps: None = --steps). The hippocampus
+# sizes are the paper config with the CPU sampler (control 32, 3 levels) at
+# batch 1 on all 231 volumes: the setting of the earlier hippocampus3d-cpu
+# config at 64^3. The paper configs do not fit this kind of machine at full
+# batch: they run at a reduced batch (and 128^3 for 2 steps), and the report
+# says so.
+H3D_CPU = ["train.batch_size=1", "sampler.control=32", "sampler.levels=3"]
+MEMORY_CASES = [
+    ("cardiac2d-cpu", "configs/cardiac2d-cpu.json", [], None),
+    ("chest2d-cpu", "configs/chest2d-cpu.json", [], None),
+    ("hippocampus3d-cpu", "configs/hippocampus3d-cpu.json", [], None),
+    ("hippocampus3d-32", "configs/hippocampus3d-paper.json", ["data.size=[32,32,32]", *H3D_CPU], None),
+    ("hippocampus3d-48", "configs/hippocampus3d-paper.json", ["data.size=[48,48,48]", *H3D_CPU], None),
+    ("hippocampus3d-64", "configs/hippocampus3d-paper.json", ["data.size=[64,64,64]", *H3D_CPU], None),
+    ("cardiac2d-paper-b4", "configs/cardiac2d-paper.json", ["train.batch_size=4"], None),
+    ("cardiac2d-paper-b8", "configs/cardiac2d-paper.json", ["train.batch_size=8"], None),
+    ("hippocampus3d-paper-b1", "configs/hippocampus3d-paper.json", ["train.batch_size=1"], 2),
+]
+
+
+def run_child(cmd, limit_mb, env=None, log_path=None):
+    """Runs cmd; returns (exit status, peak RSS MB from wait4's ru_maxrss,
+    wall seconds, killed). A watchdog kills the child when its resident set
+    passes limit_mb (so that a case too big for the machine cannot take it down)."""
+    print("+ " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    killed, done = threading.Event(), threading.Event()
+
+    def watch():  # reads /proc only: the main thread alone reaps the child (wait4)
+        while not done.wait(0.05):
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+            except (OSError, StopIteration):  # exiting (a zombie has no VmRSS)
+                continue
+            if rss > limit_mb:
+                killed.set()
+                os.kill(proc.pid, signal.SIGKILL)
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
+    watcher.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if log_path:
+        log.close()
+    return proc.returncode, usage.ru_maxrss / 1024.0, time.perf_counter() - start, killed.is_set()
+
+
+def dataset_line(log_path):
+    """libdrdm's "dataset: N files -> M 3D samples of ..." log line."""
+    try:
+        with open(log_path) as f:
+            for line in f:
+                if "dataset:" in line:
+                    return line.split("dataset:", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def suite_memory(args):
+    """memory.md, memory.json: per config, the peak resident set of drdm_train
+    and of the same steps in PyTorch-in-Python (peer_train.py --train-config)."""
+    need_executable(args.bench, "drdm_train")
+    peer = os.path.join(HERE, "peer_train.py")
+    info = machine_info(args)
+    info["other_jobs_at_start"] = other_jobs("drdm_train|cc1plus")
+    wanted = None if args.cases == "all" else set(args.cases.split(","))
+    env = dict(os.environ, **dict(kv.split("=", 1) for kv in args.env))
+    rows = []
+    for name, config, sets, steps in MEMORY_CASES:
+        if wanted is not None and name not in wanted:
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"drdm-mem-{name}-") as tmp:
+            out = os.path.join(tmp, "run")
+            sets_all = [f"train.steps={steps or args.steps}", "train.warmup_steps=0", "train.device=cpu",
+                        "train.preview_every=0", "train.prefetch=0", f"train.threads={args.threads}",
+                        "train.log_every=1", *sets, *args.set]
+            cmd = [args.bench, "--config", config, "--output", out, "--set", *sets_all]
+            log = os.path.join(tmp, "libdrdm.log")
+            rc, peak, secs, killed = run_child(cmd, args.max_rss_gb * 1024, env=env, log_path=log)
+            row = {"case": name, "config": config, "set": sets_all, "libdrdm_peak_mb": round(peak, 1),
+                   "libdrdm_seconds": round(secs, 1), "libdrdm_status": "killed" if killed else rc,
+                   "libdrdm_dataset": dataset_line(log)}
+            resolved = os.path.join(out, "config.json")
+            if rc != 0 and not killed:
+                with open(log) as f:
+                    row["libdrdm_log_tail"] = f.read()[-2000:]
+            if os.path.exists(resolved):
+                with open(resolved) as f:
+                    cfg = json.load(f)
+                row["size"] = "x".join(map(str, cfg["data"]["size"]))
+                row["batch"] = cfg["train"]["batch_size"]
+                row["steps"] = cfg["train"]["steps"]
+            if os.path.exists(resolved) and not args.no_peer:
+                pjson = os.path.join(tmp, "peer.json")
+                pcmd = [args.python, peer, "--train-config", resolved, "--threads", str(args.threads),
+                        "--out", pjson]
+                prc, ppeak, psecs, pkilled = run_child(pcmd, args.max_rss_gb * 1024, env=env,
+                                                       log_path=os.path.join(tmp, "peer.log"))
+                row.update(peer_peak_mb=round(ppeak, 1), peer_seconds=round(psecs, 1),
+                           peer_status="killed" if pkilled else prc)
+                if prc == 0:
+                    row["peer"] = read_jsonl(pjson)[-1]
+                if prc == 0 and rc == 0:
+                    row["ratio"] = round(peak / ppeak, 3)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    info["other_jobs_at_end"] = other_jobs("drdm_train|cc1plus")
+
+    lines = ["| case | size, batch, steps | libdrdm peak MB | PyTorch-Python peak MB | ratio | "
+             "libdrdm s | peer s | samples (libdrdm / peer) |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        def peak(side):
+            status = r.get(f"{side}_status")
+            if status == "killed":
+                return f"> {args.max_rss_gb * 1024:,.0f} (killed)"
+            if status not in (0, None):
+                return f"failed ({status})"
+            return fmt(r.get(f"{side}_peak_mb"), ",.0f")
+        ours_n = (r.get("libdrdm_dataset") or "").split(" samples")[0].split("-> ")[-1]
+        theirs_n = r.get("peer", {}).get("samples", "-")
+        lines.append(f"| {r['case']} | {r.get('size', '?')}, {r.get('batch', '?')}, {r.get('steps', '?')} | "
+                     f"{peak('libdrdm')} | {peak('peer')} | {fmt(r.get('ratio'), '.2f')} | "
+                     f"{fmt(r.get('libdrdm_seconds'), '.0f')} | {fmt(r.get('peer_seconds'), '.0f')} | "
+                     f"{ours_n or '-'} / {theirs_n} |")
+    md = [
+        "# Training memory: libdrdm vs PyTorch-in-Python",
+        "",
+        *machine_lines(info),
+        f"- memory: {info['memory_gb']} GB; threads: {args.threads}; torch {info['torch']}; Python {info['python']}"
+        + (f"; environment: {' '.join(args.env)}" if args.env else ""),
+        f"- libdrdm: `{os.path.relpath(args.bench, ROOT)} --config C --set train.steps={args.steps} train.device=cpu "
+        f"train.preview_every=0 train.prefetch=0 train.threads={args.threads} ...`; peer: the same steps of the "
+        "same model in Python (`bench/peer_train.py --train-config OUTPUT/config.json`, the resolved config)",
+        "- peak = the child's maximum resident set (getrusage / wait4 `ru_maxrss`), the whole process "
+        "(LibTorch or Python + torch, dataset cache, training) over the run; ratio = libdrdm / peer (< 1: libdrdm "
+        "needs less); s = wall seconds of the whole run, data loading included",
+        other_jobs_line(info, "times are disturbed (peaks are not)"),
+        "",
+        *lines,
+        "",
+    ]
+    with open(os.path.join(args.out_dir, "memory.json"), "w") as f:
+        json.dump({"machine": info, "rows": rows}, f, indent=1)
+    write_report(args, "memory", "\n".join(md), info, extra="memory.json")
+    return 0 if all(r.get("libdrdm_status") == 0 for r in rows) else 1
+
+
+# ================================================================ command line
+def main():
+    p = argparse.ArgumentParser(description="libdrdm benchmarks beside their peers",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    suites = p.add_subparsers(dest="suite", required=True, metavar="SUITE")
+
+    def suite(name, fn, help, bench, rounds, wait_idle):
+        s = suites.add_parser(name, help=help, description=help)
+        s.set_defaults(run=fn)
+        s.add_argument("--bench", default=os.path.join(ROOT, *bench), help="the built libdrdm program")
+        s.add_argument("--python", default=sys.executable, help="interpreter for the peer")
+        s.add_argument("--threads", type=int, default=2)
+        s.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+        if rounds is not None:
+            s.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+            s.add_argument("--rounds", type=int, default=rounds,
+                           help="per case, run the programs this many times, alternating; keep each row's best")
+            s.add_argument("--wait-idle", type=float, default=wait_idle,
+                           help="before each program, wait up to this many seconds for the CPUs to go idle")
+        return s
+
+    s = suite("spatial", suite_spatial, "warp, compose, compose_power, scaling and squaring",
+              ["build", "bench", "drdm_bench_spatial"], rounds=3, wait_idle=120)
+    s.add_argument("--sizes", choices=["quick", "full"], default="full")
+    s.add_argument("--min-time", type=float, default=0.5)
+    s.add_argument("--min-reps", type=int, default=5)
+    s.add_argument("--fixed-malloc", action="store_true",
+                   help="run both programs with glibc's mmap/trim thresholds fixed at 1 GiB, so that "
+                        "freed tensor memory is reused instead of returned to the OS and page-faulted "
+                        "back (takes allocator state out of the comparison)")
+    s.add_argument("--default-malloc", action="store_true",
+                   help="run libdrdm without drdm::keep_freed_memory_for_reuse() (glibc defaults), "
+                        "to see what the allocator setting is worth")
+    s.add_argument("--no-check", action="store_true", help="skip the correctness cross-check")
+
+    s = suite("train", suite_train, "training step and forward-process sampler",
+              ["build", "bench", "drdm_bench_train"], rounds=2, wait_idle=0)
+    s.add_argument("--cases", default="0,1", help="0 = 2D 128x128 batch 8, 1 = 3D 64^3 batch 1")
+    s.add_argument("--ops", default="all")
+    s.add_argument("--reps", type=int, default=5, help="timed calls per row (after --warmup)")
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--peer-memory-format", choices=["auto", "contiguous", "channels_last"], default="auto",
+                   help="peer training-step layout on CPU; auto times both and keeps the faster")
+    s.add_argument("--no-check", action="store_true")
+
+    s = suite("generate", suite_generate, "generation (Alg. 2) vs MONAI / TorchIO elastic augmentation",
+              ["build", "bench", "drdm_bench_generate"], rounds=1, wait_idle=0)
+    s.add_argument("--cases", default="0,1,2", help="0 = 2D 128x128 batch 8, 1 = 2D 256x256 batch 4, "
+                                                    "2 = 3D 64^3 batch 1")
+    s.add_argument("--impls", default="monai,torchio")
+    s.add_argument("--level", type=int, default=45, help="T' of DRDM's samples")
+    s.add_argument("--reps", type=int, default=1, help="timed generation calls per libdrdm row")
+    s.add_argument("--warmup", type=int, default=1, help="libdrdm warm-up calls (level 1)")
+    s.add_argument("--peer-min-time", type=float, default=2.0, help="peer: time each row at least this long")
+
+    s = suite("memory", suite_memory, "peak resident memory of training steps, per config (CPU)",
+              ["build", "apps", "drdm_train"], rounds=None, wait_idle=0)
+    s.add_argument("--cases", default="all", help="comma-separated names of: "
+                   + ", ".join(c[0] for c in MEMORY_CASES))
+    s.add_argument("--steps", type=int, default=3, help="training steps per run (where the case sets none)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more config overrides for every case (after the case's own)")
+    s.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="environment of both programs (e.g. MALLOC_ARENA_MAX=2)")
+    s.add_argument("--max-rss-gb", type=float, default=16.0,
+                   help="kill a program whose resident set passes this (reported as '> limit')")
+    s.add_argument("--no-peer", action="store_true", help="libdrdm only")
+
+    args = p.parse_args()
+    os.makedirs(args.out_dir, exist_ok=True)
+    return args.run(args)
 
 
 if __name__ == "__main__":

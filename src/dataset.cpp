@@ -580,17 +580,13 @@ ImageDataset::ImageDataset(const DatasetOptions& options) : options_(options) {
     throw std::runtime_error("dataset: no usable samples in " + detail::join(options_.folders) + " (" +
                              std::to_string(skipped) + " " + (options_.dims == 2 ? "slices" : "volumes") +
                              " below min_foreground " + std::to_string(options_.min_foreground) + ")");
-  // The cache is filled sample by sample, each released once copied, so that
-  // loading never holds the dataset twice (at::stack would).
-  std::vector<int64_t> shape{static_cast<int64_t>(samples.size())};
-  shape.insert(shape.end(), samples.front().sizes().begin(), samples.front().sizes().end());
-  all_ = at::empty(shape, samples.front().options());
-  for (size_t i = 0; i < samples.size(); ++i) {
-    all_[static_cast<int64_t>(i)].copy_(samples[i]);
-    samples[i] = at::Tensor();
+  // The cache is the samples as loaded (no stacked copy: loading never holds
+  // the dataset twice); each owns exactly its own voxels.
+  for (auto& t : samples) {
+    if (!t.is_contiguous() || t.storage().nbytes() != t.nbytes()) t = t.clone(at::MemoryFormat::Contiguous);
+    samples_.push_back(std::move(t));
   }
   samples.clear();
-  for (int64_t i = 0; i < all_.size(0); ++i) samples_.push_back(all_[i]);
 #if defined(__GLIBC__)
   // What the loader threads read and resampled is free now, but glibc keeps it
   // in their arenas for good when drdm::keep_freed_memory_for_reuse() is in
@@ -630,7 +626,10 @@ torch::Tensor ImageDataset::training_batch(int64_t batch, uint64_t seed, int64_t
   TORCH_CHECK(batch > 0, "training_batch: batch must be positive, got ", batch);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(detail::step_seed(seed, step));
   at::Tensor idx = at::randint(size(), {batch}, gen, at::TensorOptions().dtype(at::kLong));
-  at::Tensor out = all_.index_select(0, idx);
+  const auto* ids = idx.data_ptr<int64_t>();
+  std::vector<at::Tensor> picked;
+  for (int64_t b = 0; b < batch; ++b) picked.push_back(samples_[static_cast<size_t>(ids[b])]);
+  at::Tensor out = at::stack(picked);
   if (augment.enabled) out = augment_batch(out, augment, gen);
   return out.contiguous();
 }

@@ -61,13 +61,21 @@ nn::AnyModule make_norm(nn::Module& owner, const std::string& name, int64_t dims
       nn::InstanceNorm3d(nn::InstanceNorm3dOptions(c).affine(true).track_running_stats(false))));
 }
 
-torch::Tensor block_act(const torch::Tensor& x) {
-  return torch::leaky_relu(x, kBlockSlope);
+// In place, on a tensor nothing else holds. The in-place leaky ReLU's
+// backward reads its output instead of its input: with a positive slope the
+// two have the same sign, so the gradient is bit-identical, and the output is
+// the next convolution's input, which autograd keeps anyway (one activation
+// fewer to keep per call).
+torch::Tensor block_act_(torch::Tensor x) {
+  return torch::leaky_relu_(x, kBlockSlope);
 }
 
 // ACNN-II block (Table B.5):
 //   x = norm(conv3x3(f));  r = conv3x3_dil1(act(x));  r = conv3x3_dil3(act(r));
 //   out = act(r + x).
+// Training memory: autograd keeps the norm's input, act(x), act(r) and the
+// output (4 activations; 7 with out-of-place activations and sum). x itself
+// is needed only until the residual sum: act(x) is taken on a copy.
 struct AcnnBlockImpl : nn::Module {
   AcnnBlockImpl(int64_t dims, int64_t cin, int64_t cout) {
     conv_in = make_conv(*this, "conv_in", dims, cin, cout, 3, 1, 1, 1);
@@ -77,9 +85,9 @@ struct AcnnBlockImpl : nn::Module {
   }
   torch::Tensor forward(const torch::Tensor& f) {
     auto x = norm.forward(conv_in.forward(f));
-    auto r = conv_d1.forward(block_act(x));
-    r = conv_d3.forward(block_act(r));
-    return block_act(r + x);
+    auto r = conv_d1.forward(block_act_(x.clone()));
+    r = conv_d3.forward(block_act_(r));
+    return block_act_(r.add_(x));
   }
   nn::AnyModule conv_in, norm, conv_d1, conv_d3;
 };
@@ -169,15 +177,16 @@ struct UNetImpl : nn::Module {
     return e.view(shape);
   }
 
+  // The embeddings are added in place to fresh conv / cat outputs (no temporary copy).
   torch::Tensor forward(const torch::Tensor& image, const torch::Tensor& t) {
     auto t0 = time_table.index_select(0, t);  // [N, E]
     auto f1 = enc1.forward(image + embed(0, t0));
-    auto f2 = enc2.forward(down1.forward(f1) + embed(1, t0));
-    auto f3 = enc3.forward(down2.forward(f2) + embed(2, t0));
+    auto f2 = enc2.forward(down1.forward(f1).add_(embed(1, t0)));
+    auto f3 = enc3.forward(down2.forward(f2).add_(embed(2, t0)));
     auto f4 = bottleneck.forward(down3.forward(f3) * embed(3, t0));
-    auto f5 = dec1.forward(torch::cat({f3, up1.forward(f4)}, 1) + embed(4, t0));
-    auto f6 = dec2.forward(torch::cat({f2, up2.forward(f5)}, 1) + embed(5, t0));
-    auto f7 = dec3.forward(torch::cat({f1, up3.forward(f6)}, 1) + embed(6, t0));
+    auto f5 = dec1.forward(torch::cat({f3, up1.forward(f4)}, 1).add_(embed(4, t0)));
+    auto f6 = dec2.forward(torch::cat({f2, up2.forward(f5)}, 1).add_(embed(5, t0)));
+    auto f7 = dec3.forward(torch::cat({f1, up3.forward(f6)}, 1).add_(embed(6, t0)));
     return out.forward(f7);
   }
 

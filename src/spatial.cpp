@@ -169,6 +169,14 @@ torch::Tensor resize_field(const torch::Tensor& field, at::IntArrayRef size) {
   if (field.sizes().slice(2) == size) return field;
   auto out = d == 2 ? at::upsample_bilinear2d(field, size, /*align_corners=*/true)
                     : at::upsample_trilinear3d(field, size, /*align_corners=*/true);
+  return out.mul_(resize_factors(field, size));
+}
+
+torch::Tensor resize_factors(const torch::Tensor& field, at::IntArrayRef size) {
+  detail::check_field(field, "resize_factors");
+  const int64_t d = field.size(1);
+  TORCH_CHECK(static_cast<int64_t>(size.size()) == d, "resize_factors: expected ", d,
+              " target sizes for a ", d, "D field, got ", size);
   std::vector<double> factors(d);
   for (int64_t i = 0; i < d; ++i) {
     const int64_t old_n = field.size(2 + i);
@@ -177,10 +185,7 @@ torch::Tensor resize_field(const torch::Tensor& field, at::IntArrayRef size) {
   }
   std::vector<int64_t> shape(field.dim(), 1);
   shape[1] = d;
-  auto scale = at::tensor(factors, at::TensorOptions().dtype(at::kDouble))
-                   .to(field.options())
-                   .view(shape);
-  return out * scale;
+  return at::tensor(factors, at::TensorOptions().dtype(at::kDouble)).to(field.options()).view(shape);
 }
 
 torch::Tensor compose_power(const torch::Tensor& v, int64_t n) {

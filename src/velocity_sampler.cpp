@@ -116,9 +116,27 @@ torch::Tensor VelocitySampler::to_image(const torch::Tensor& control_field) cons
   const auto d = static_cast<int64_t>(image_size_.size());
   std::vector<int64_t> doubled;
   for (auto s : image_size_) doubled.push_back(2 * s);
-  auto big = resize_field(control_field, doubled);
-  for (int64_t i = 0; i < d; ++i) big = big.narrow(2 + i, image_size_[i] / 2, image_size_[i]);
-  return big.contiguous();
+  const auto crop = [&](torch::Tensor big) {
+    for (int64_t i = 0; i < d; ++i) big = big.narrow(2 + i, image_size_[i] / 2, image_size_[i]);
+    return big;
+  };
+  TORCH_CHECK(control_field.dim() == 2 + d && control_field.size(1) == d,
+              "VelocitySampler::to_image: expected a field [N, ", d, ", ...], got ", control_field.sizes());
+  if (control_field.sizes().slice(2) == at::IntArrayRef(doubled)) return crop(control_field).contiguous();
+  // resize_field(control_field, doubled), centre-cropped: the same values, but
+  // one sample at a time and scaled after the crop, so that the doubled grid
+  // (2^d times the image) is held for one sample only, never for the batch.
+  std::vector<int64_t> shape{control_field.size(0), d};
+  shape.insert(shape.end(), image_size_.begin(), image_size_.end());
+  auto out = at::empty(shape, control_field.options());
+  for (int64_t b = 0; b < control_field.size(0); ++b) {
+    const auto one = control_field.narrow(0, b, 1);
+    auto big = d == 2 ? at::upsample_bilinear2d(one, doubled, /*align_corners=*/true)
+                      : at::upsample_trilinear3d(one, doubled, /*align_corners=*/true);
+    auto slot = out.narrow(0, b, 1);
+    at::mul_out(slot, crop(big), resize_factors(control_field, doubled));
+  }
+  return out;
 }
 
 ForwardSample VelocitySampler::sample(const torch::Tensor& t, at::Generator& gen) const {

@@ -119,6 +119,34 @@ TEST(VelocityField, ControlToImageIsTheCentralHalf) {
   }
 }
 
+TEST(VelocityField, ToImageIsResizeFieldCentreCroppedBitForBit) {
+  // to_image resamples one sample at a time and scales after the crop (memory);
+  // the values must be exactly those of resize_field to twice the image, cropped.
+  at::manual_seed(7);
+  struct Case {
+    std::vector<int64_t> image;
+    int64_t control, batch;
+  };
+  for (const auto& c : {Case{{20, 30}, 16, 3}, Case{{64, 64}, 64, 2}, Case{{128, 128}, 64, 1},
+                        Case{{16, 24, 32}, 16, 2}, Case{{32, 32, 32}, 32, 3}, Case{{24, 24, 24}, 24, 1}}) {
+    SamplerOptions o;
+    o.control = c.control;
+    VelocitySampler s(o, c.image);
+    const auto d = static_cast<int64_t>(c.image.size());
+    std::vector<int64_t> shape{c.batch, d}, doubled;
+    for (int64_t i = 0; i < d; ++i) {
+      shape.push_back(c.control);
+      doubled.push_back(2 * c.image[i]);
+    }
+    const auto field = at::randn(shape) * 3.0;
+    auto want = drdm::resize_field(field, doubled);
+    for (int64_t i = 0; i < d; ++i) want = want.narrow(2 + i, c.image[i] / 2, c.image[i]);
+    const auto got = s.to_image(field);
+    EXPECT_TRUE(got.is_contiguous());
+    EXPECT_TRUE(at::equal(got, want.contiguous())) << "image " << at::IntArrayRef(c.image);
+  }
+}
+
 TEST(Stationary, MagnitudeGrowsWithTheSchedule) {
   SamplerOptions o;
   VelocitySampler s(o, {64, 64});

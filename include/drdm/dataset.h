@@ -86,8 +86,7 @@ class ImageDataset {
 
  private:
   DatasetOptions options_;
-  torch::Tensor all_;  // [N, 1, ...size]
-  std::vector<torch::Tensor> samples_;  // views of all_
+  std::vector<torch::Tensor> samples_;  // [1, ...size] each, contiguous
   std::vector<std::string> sources_;
   int64_t num_files_ = 0;
 };

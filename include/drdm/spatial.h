@@ -57,6 +57,10 @@ torch::Tensor compose(const torch::Tensor& a, const torch::Tensor& b);
 /// (size_i - 1) / (S_i - 1) so that it stays in voxels of the new grid.
 torch::Tensor resize_field(const torch::Tensor& field, at::IntArrayRef size);
 
+/// The per-channel factors resize_field multiplies by, as a tensor [1, d, 1, ...]
+/// of the field's dtype and device: (size_i - 1) / (S_i - 1), 1 or 0 on size-1 axes.
+torch::Tensor resize_factors(const torch::Tensor& field, at::IntArrayRef size);
+
 /// The field v composed with itself: n copies of v (n >= 0; n = 0 gives the
 /// zero field), computed as phi <- compose(v, phi). This is the "n_t-fold
 /// self-composition" of the forward process.

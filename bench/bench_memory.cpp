@@ -1,0 +1,259 @@
+// Where the memory of DRDM training goes: the steps of src/trainer.cpp for one
+// config (CPU), phase by phase.
+//
+// A counting CPU allocator is installed before the first tensor (every ATen
+// and oneDNN buffer goes through it), so for each phase the program reports
+//   live_mb   tensor bytes alive when the phase ends
+//   peak_mb   the most tensor bytes alive at once during the phase
+// beside the process's resident set when the phase ends (rss_mb) and its peak
+// so far (hwm_mb, /proc/self/status), and glibc's view at the end (bytes held
+// in arenas, in use, free; the number of arenas). The gap between the tensor
+// peak and the resident peak is what the allocator keeps (freed memory held
+// for reuse, fragmentation, one heap per thread) plus LibTorch's own baseline.
+//
+// Phases: start (LibTorch loaded), dataset (ImageDataset: every sample
+// cached), network (RecoveryNet + Adam), then per step: batch
+// (training_batch), sampler (VelocitySampler::sample, no grad), warp,
+// forward (RecoveryNet K passes: its live bytes are the saved activations),
+// loss, backward, adam, end (the step's tensors released).
+//
+//   drdm_bench_memory --config configs/hippocampus3d-cpu.json [--set key=value ...]
+//                     [--steps N] [--t T] [--threads N] [--default-malloc] [--out FILE]
+//
+// --t T: every step at level T (the sampler's work grows with t; T = 80 is the
+// worst case); default: t ~ U{1..T} as the trainer draws it. Prints one JSON
+// object per phase (and one "summary" object) on stdout or to --out FILE.
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
+#include <malloc.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "drdm/dataset.h"
+#include "drdm/losses.h"
+#include "drdm/network.h"
+#include "drdm/optim.h"
+#include "drdm/runtime.h"
+#include "drdm/spatial.h"
+#include "drdm/train_config.h"
+#include "drdm/velocity_sampler.h"
+
+namespace {
+
+// ---------------------------------------------------------------- counting allocator
+std::atomic<int64_t> g_live{0}, g_peak{0};
+
+void count_free(void* p) {
+  if (p) g_live -= static_cast<int64_t>(malloc_usable_size(p));
+  c10::free_cpu(p);
+}
+
+/// The CPU allocator with a count of the bytes alive (malloc_usable_size of
+/// each buffer) and their peak.
+struct CountingAllocator final : c10::Allocator {
+  c10::DataPtr allocate(size_t n) override {
+    void* p = n ? c10::alloc_cpu(n) : nullptr;
+    if (p) {
+      const int64_t now = g_live += static_cast<int64_t>(malloc_usable_size(p));
+      int64_t peak = g_peak.load();
+      while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+      }
+    }
+    return {p, p, &count_free, c10::Device(c10::DeviceType::CPU)};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &count_free; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    std::memcpy(dest, src, count);
+  }
+};
+
+CountingAllocator g_allocator;
+
+// ---------------------------------------------------------------- process memory
+double status_mb(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const std::string k = std::string(key) + ":";
+  while (std::getline(f, line))
+    if (line.rfind(k, 0) == 0) return std::stod(line.substr(k.size())) / 1024.0;
+  return -1;
+}
+
+int arena_count() {
+  char* buf = nullptr;
+  size_t len = 0;
+  FILE* f = open_memstream(&buf, &len);
+  if (!f) return -1;
+  malloc_info(0, f);
+  std::fclose(f);
+  int n = 0;
+  for (const char* p = buf; (p = std::strstr(p, "<heap nr=")) != nullptr; ++p) ++n;
+  std::free(buf);
+  return n;
+}
+
+constexpr double kMB = 1024.0 * 1024.0;
+
+struct Reporter {
+  std::ostream& out;
+  int64_t step = -1;
+
+  /// Starts a phase: the allocator's peak restarts from what is alive now.
+  void begin() { g_peak = g_live.load(); }
+
+  void end(const std::string& phase, const std::string& extra = "") {
+    char buf[512];
+    std::snprintf(buf, sizeof buf,
+                  "{\"phase\": \"%s\", \"step\": %lld, \"live_mb\": %.1f, \"peak_mb\": %.1f, "
+                  "\"rss_mb\": %.1f, \"hwm_mb\": %.1f%s}",
+                  phase.c_str(), static_cast<long long>(step), g_live / kMB, g_peak / kMB,
+                  status_mb("VmRSS"), status_mb("VmHWM"), extra.c_str());
+    out << buf << std::endl;
+  }
+};
+
+[[noreturn]] void usage(int rc) {
+  (rc ? std::cerr : std::cout)
+      << "usage: drdm_bench_memory --config FILE [--set key=value ...] [--steps N] [--t T]\n"
+         "                         [--threads N] [--default-malloc] [--out FILE]\n"
+         "  Per phase of training (CPU): tensor bytes alive and their peak (a counting\n"
+         "  allocator), resident set and its peak. --t T: every step at level T\n"
+         "  (default: t ~ U{1..T}). --default-malloc: glibc's defaults instead of\n"
+         "  drdm::keep_freed_memory_for_reuse(), which drdm_train calls.\n";
+  std::exit(rc);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Before the first tensor: every CPU buffer from here on is counted.
+  c10::SetCPUAllocator(&g_allocator, /*priority=*/100);
+  std::string config_path, out_path;
+  std::vector<std::string> sets;
+  int64_t steps = 2, fixed_t = 0, threads = 0;
+  bool default_malloc = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage(2);
+      return argv[++i];
+    };
+    if (a == "-h" || a == "--help") usage(0);
+    else if (a == "--config") config_path = value();
+    else if (a == "--set") {
+      while (i + 1 < argc && std::strncmp(argv[i + 1], "--", 2) != 0) sets.push_back(argv[++i]);
+    } else if (a == "--steps") steps = std::stoll(value());
+    else if (a == "--t") fixed_t = std::stoll(value());
+    else if (a == "--threads") threads = std::stoll(value());
+    else if (a == "--default-malloc") default_malloc = true;
+    else if (a == "--out") out_path = value();
+    else usage(2);
+  }
+  if (config_path.empty()) usage(2);
+  if (!default_malloc) drdm::keep_freed_memory_for_reuse();
+  std::ofstream file;
+  if (!out_path.empty()) file.open(out_path);
+  std::ostream& out = out_path.empty() ? std::cout : file;
+
+  try {
+    auto config = drdm::load_train_config(config_path, sets);
+    if (threads > 0) at::set_num_threads(static_cast<int>(threads));
+    else if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
+    Reporter r{out};
+    r.begin();
+    r.end("start");
+
+    r.begin();
+    drdm::ImageDataset dataset(config.data);
+    r.end("dataset", ", \"samples\": " + std::to_string(dataset.size()));
+
+    r.begin();
+    at::manual_seed(config.train.seed);
+    drdm::RecoveryNet net(drdm::network_options(config));
+    net.train(true);
+    drdm::Adam adam(net.parameters());
+    drdm::VelocitySampler sampler(config.sampler, config.data.size, torch::kCPU);
+    r.end("network", ", \"parameters\": " + std::to_string(net.parameter_count()));
+
+    const int64_t batch = config.train.batch_size, T = config.sampler.timesteps;
+    auto t_gen = at::make_generator<at::CPUGeneratorImpl>(config.train.seed + 1);
+    for (int64_t step = 0; step < steps; ++step) {
+      r.step = step;
+      r.begin();
+      auto x0 = dataset.training_batch(batch, config.train.seed, step, config.augment);
+      r.end("batch");
+
+      const auto t = fixed_t > 0 ? at::full({batch}, fixed_t, at::kLong)
+                                 : at::randint(1, T + 1, {batch}, t_gen, at::kLong);
+      std::ostringstream ts;
+      for (int64_t b = 0; b < batch; ++b) ts << (b ? ", " : "") << t[b].item<int64_t>();
+      auto field_gen = drdm::make_generator(torch::kCPU, config.train.seed + 100 + step);
+      r.begin();
+      drdm::ForwardSample fwd;
+      {
+        at::NoGradGuard no_grad;
+        fwd = sampler.sample(t, field_gen);
+      }
+      r.end("sampler", ", \"t\": [" + ts.str() + "]");
+
+      r.begin();
+      at::Tensor xt;
+      {
+        at::NoGradGuard no_grad;
+        xt = drdm::warp(x0, fwd.phi);
+      }
+      r.end("warp");
+
+      r.begin();
+      auto psi_hat = net.forward(xt, t);
+      r.end("forward");
+
+      r.begin();
+      auto terms = drdm::recovery_loss(fwd.psi, psi_hat, config.loss);
+      (void)terms.total.item<double>();
+      r.end("loss");
+
+      r.begin();
+      adam.zero_grad();
+      terms.total.backward();
+      r.end("backward");
+
+      r.begin();
+      adam.step(config.train.lr);
+      r.end("adam");
+
+      r.begin();
+      terms = {};
+      psi_hat = at::Tensor();
+      xt = at::Tensor();
+      fwd = {};
+      x0 = at::Tensor();
+      r.end("end");
+    }
+    const auto mi = mallinfo2();
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "{\"phase\": \"summary\", \"malloc_arena_mb\": %.1f, \"malloc_mmap_mb\": %.1f, "
+                  "\"malloc_in_use_mb\": %.1f, \"malloc_free_held_mb\": %.1f, \"arenas\": %d, "
+                  "\"threads\": %d, \"hwm_mb\": %.1f}",
+                  mi.arena / kMB, mi.hblkhd / kMB, mi.uordblks / kMB, mi.fordblks / kMB, arena_count(),
+                  at::get_num_threads(), status_mb("VmHWM"));
+    out << buf << std::endl;
+  } catch (const std::exception& e) {
+    std::cerr << "drdm_bench_memory: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
