@@ -25,7 +25,8 @@ m = json.load(open(sys.argv[1]))
 for row in m["summary"]:
     f = lambda k: "%.1f ± %.1f" % (row[k]["mean"], row[k]["std"])
     print(f"  level {row['level']}: max |u| {f('max_magnitude_pct')} %, mean |u| {f('mean_magnitude_pct')} %, "
-          f"folding {100 * row['folding_ratio']['mean']:.2f} % ({row['samples']} samples)")
+          f"folding {100 * row['folding_ratio']['mean']:.2f} % ({row['samples']} samples)"
+          + (f", slice incoherence {f('slice_incoherence')}" if "slice_incoherence" in row else ""))
 PY
 }
 
