@@ -33,11 +33,15 @@ std::vector<std::string> model_roots() {
   return roots;
 }
 
-std::string card_title(const std::string& folder) {
+/// The first sentence of a model card's first paragraph (what the model is).
+std::string card_summary(const std::string& folder) {
   std::ifstream in(folder + "/README.md");
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("# ", 0) == 0) return line.substr(2);
+    if (line.empty() || line[0] == '#' || line[0] == '*') continue;
+    const auto stop = line.find(". ");
+    line = line.substr(0, stop == std::string::npos ? line.size() : stop);
+    return line.size() > 110 ? line.substr(0, 107) + "..." : line;
   }
   return "";
 }
@@ -54,7 +58,7 @@ std::vector<ShippedModel> shipped_models() {
       const auto model = entry.path().string() + "/model.pt";
       const bool known = std::any_of(out.begin(), out.end(), [&](const auto& m) { return m.name == name; });
       if (known || !detail::file_exists(model)) continue;
-      out.push_back({name, model, card_title(entry.path().string())});
+      out.push_back({name, model, card_summary(entry.path().string())});
     }
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });

@@ -10,7 +10,7 @@ namespace drdm {
 struct ShippedModel {
   std::string name;         ///< e.g. "cardiac2d"
   std::string path;         ///< its model.pt, where it was found
-  std::string description;  ///< first line of its model card, without the '#'
+  std::string description;  ///< the first sentence of its model card (what it is)
 };
 
 /// The name of the model that drdm_deform uses by default.
@@ -29,7 +29,7 @@ std::string resolve_model_path(const std::string& name_or_path);
 /// shipped kDefaultModelName. Throws if none exists.
 std::string default_model_path();
 
-/// "  cardiac2d      2D cardiac MRI ..." lines for --help texts.
+/// "  cardiac2d      The DRDM recovery network for 2D cardiac MRI ..." lines for --help texts.
 std::string shipped_models_help();
 
 }  // namespace drdm
