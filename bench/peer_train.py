@@ -501,7 +501,9 @@ def check(args):
 
 # ---------------------------------------------------------------- training memory
 def image_files(data):
-    """The files drdm_train reads: data.folders scanned recursively, include / exclude patterns."""
+    """The files drdm_train reads: data.folders scanned recursively, include / exclude patterns,
+    the data.subset part of each folder's sorted list."""
+    lo, hi = data.get("subset", [0.0, 1.0])
     files = []
     for folder in data["folders"]:
         found = []
@@ -514,7 +516,8 @@ def image_files(data):
                 if any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in data["exclude"]):
                     continue
                 found.append(os.path.join(top, name))
-        files += sorted(found)
+        found.sort()
+        files += found[math.floor(lo * len(found) + 1e-9):math.floor(hi * len(found) + 1e-9)]
     return files
 
 
