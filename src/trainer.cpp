@@ -30,102 +30,20 @@
 namespace drdm {
 
 namespace {
-using detail::file_exists;
-using detail::make_dirs;
 
-constexpr const char* kCheckpointFormat = "libdrdm-checkpoint-1";
+constexpr const char* kKind = "drdm";
 
-/// Independent streams for (seed, step, purpose).
-uint64_t stream_seed(uint64_t seed, int64_t step, uint64_t purpose) {
-  using detail::splitmix64;
-  return splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^
-                    (purpose * 0x632BE59BD9B4E019ULL));
-}
-
-std::vector<char> read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot read '" + path + "'");
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes_atomically(const std::string& path, const std::vector<char>& bytes) {
-  detail::write_via_temporary(path, [&](const std::string& tmp) {
-    std::ofstream out(tmp, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) throw std::runtime_error("cannot write '" + path + "'");
-  });
-}
-
-c10::Dict<std::string, at::Tensor> to_dict(const std::map<std::string, at::Tensor>& state) {
-  c10::Dict<std::string, at::Tensor> d;
-  for (const auto& [k, v] : state) d.insert(k, v.detach().cpu());
-  return d;
-}
-
-std::map<std::string, at::Tensor> from_dict(const c10::IValue& v) {
-  std::map<std::string, at::Tensor> out;
-  for (const auto& e : v.toGenericDict()) out[e.key().toStringRef()] = e.value().toTensor();
-  return out;
-}
-
-void save_checkpoint(const std::string& path, const TrainConfig& config, int64_t step,
-                     const RecoveryNet& net, const Adam* adam) {
-  c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
-  d.insert("format", std::string(kCheckpointFormat));
-  d.insert("config", to_json(config));
-  d.insert("step", c10::IValue(step));
-  d.insert("model", c10::IValue(to_dict(net.state())));
-  if (adam) {
-    c10::List<at::Tensor> m, v;
-    for (const auto& t : adam->exp_avg()) m.push_back(t.cpu());
-    for (const auto& t : adam->exp_avg_sq()) v.push_back(t.cpu());
-    d.insert("adam_exp_avg", c10::IValue(m));
-    d.insert("adam_exp_avg_sq", c10::IValue(v));
-    d.insert("adam_step", c10::IValue(adam->steps()));
-  }
-  write_bytes_atomically(path, torch::jit::pickle_save(c10::IValue(d)));
-}
-
+/// A checkpoint or model file of a recovery network, with its config parsed.
 struct LoadedCheckpoint {
   TrainConfig config;
-  int64_t step = 0;
-  std::map<std::string, at::Tensor> model;
-  std::vector<at::Tensor> exp_avg, exp_avg_sq;
-  int64_t adam_step = -1;  // -1: no optimiser state (a model.pt)
+  Checkpoint file;
 };
 
-LoadedCheckpoint read_checkpoint(const std::string& path) {
-  if (!file_exists(path)) throw std::runtime_error("model file '" + path + "' does not exist");
-  c10::IValue root;
-  try {
-    root = torch::jit::pickle_load(read_bytes(path));
-  } catch (const std::exception& e) {
-    throw std::runtime_error("'" + path +
-                             "' is not a libdrdm model or checkpoint (cannot unpickle: " +
-                             std::string(e.what()).substr(0, 200) + ")");
-  }
-  if (!root.isGenericDict())
-    throw std::runtime_error("'" + path + "' is not a libdrdm model or checkpoint");
-  const auto d = root.toGenericDict();
-  if (!d.contains("format") || !d.at("format").isString() ||
-      d.at("format").toStringRef() != kCheckpointFormat)
-    throw std::runtime_error(
-        "'" + path + "' is not a libdrdm model or checkpoint (format tag missing or unknown)");
+LoadedCheckpoint read_drdm_checkpoint(const std::string& path) {
+  auto file = read_checkpoint(path, kKind);
   LoadedCheckpoint c;
-  try {
-    c.config = parse_train_config(d.at("config").toStringRef(), path + " (embedded config)");
-    c.step = d.at("step").toInt();
-    c.model = from_dict(d.at("model"));
-    if (d.contains("adam_step")) {
-      c.adam_step = d.at("adam_step").toInt();
-      for (const auto& t : d.at("adam_exp_avg").toTensorList()) c.exp_avg.push_back(t);
-      for (const auto& t : d.at("adam_exp_avg_sq").toTensorList()) c.exp_avg_sq.push_back(t);
-    }
-  } catch (const c10::Error& e) {
-    throw std::runtime_error("'" + path +
-                             "' is damaged: " + std::string(e.what_without_backtrace()));
-  }
+  c.file = std::move(file);
+  c.config = parse_train_config(c.file.config, path + " (embedded config)");
   return c;
 }
 
@@ -155,7 +73,7 @@ void write_training_preview(const std::string& path, const at::Tensor& x0, const
 /// network is fully convolutional), so a model can be fine-tuned at another size.
 void init_weights_from(const std::string& name_or_path, const TrainConfig& config, RecoveryNet& net) {
   const auto path = resolve_model_path(name_or_path);
-  auto ck = read_checkpoint(path);
+  auto ck = read_drdm_checkpoint(path);
   const auto want = network_options(config), have = network_options(ck.config);
   const auto describe = [](const NetworkOptions& o) {
     return std::to_string(o.dims) + "D, " + std::to_string(o.in_channels) + " channel(s), " +
@@ -166,44 +84,16 @@ void init_weights_from(const std::string& name_or_path, const TrainConfig& confi
     throw std::runtime_error("train.init_from: '" + path + "' holds a network of " +
                              describe(have) + ", but this config builds " + describe(want));
   try {
-    net.load_state(ck.model);
+    net.load_state(ck.file.model);
   } catch (const c10::Error& e) {
     throw std::runtime_error("train.init_from: '" + path + "' does not fit this network: " +
                              std::string(e.what_without_backtrace()));
   }
-  log::info("initialised from " + path + " (trained " + std::to_string(ck.step) +
+  log::info("initialised from " + path + " (trained " + std::to_string(ck.file.step) +
             " steps); fresh optimiser and schedule");
 }
 
-std::string fixed(double v, int digits = 4) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
-}
-
-}  // namespace
-
-torch::Device resolve_device(const std::string& name) {
-  if (name == "auto")
-    return at::hasCUDA() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-  if (name == "cpu") return torch::kCPU;
-  if (name.rfind("cuda", 0) == 0) {
-    if (!at::hasCUDA())
-      throw std::invalid_argument("device '" + name +
-                                  "' requested but no CUDA GPU is available (use --device cpu)");
-    try {
-      return torch::Device(name);
-    } catch (const c10::Error&) {
-      throw std::invalid_argument("unknown device '" + name +
-                                  "' (expected auto, cpu, cuda or cuda:N)");
-    }
-  }
-  throw std::invalid_argument("unknown device '" + name + "' (expected auto, cpu, cuda or cuda:N)");
-}
-
-TrainSummary train(const TrainConfig& config, const std::string& output_dir, bool resume,
-                   bool progress) {
-  const auto begin = std::chrono::steady_clock::now();
+torch::Device training_device(const TrainConfig& config) {
   const auto device = resolve_device(config.train.device);
   if (config.train.mixed_precision == "bf16" && !device.is_cuda())
     throw std::invalid_argument("train.mixed_precision = bf16 needs a CUDA device (device is " +
@@ -212,195 +102,141 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
     throw std::invalid_argument(
         "config key 'data.folders' is empty: give at least one folder of training images");
   if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
+  return device;
+}
 
-  const std::string checkpoint_path = output_dir + "/checkpoint.pt";
-  const std::string model_path = output_dir + "/model.pt";
-  const std::string metrics_path = output_dir + "/metrics.jsonl";
+RunSpec drdm_run_spec(const TrainConfig& config, const std::string& output_dir, bool resume,
+                      bool progress) {
+  RunSpec spec;
+  spec.output_dir = output_dir;
+  spec.kind = kKind;
+  spec.config = to_json(config);
+  // Only the step count may change on resume (to train longer).
+  spec.resume_identity = [](const std::string& text) {
+    auto c = parse_train_config(text, "checkpoint config");
+    c.train.steps = 0;
+    return to_json(c);
+  };
+  spec.steps = config.train.steps;
+  spec.checkpoint_every = config.train.checkpoint_every;
+  spec.log_every = config.train.log_every;
+  spec.samples_per_step = config.train.batch_size;
+  spec.resume = resume;
+  spec.progress = progress;
+  return spec;
+}
 
-  // Network and optimiser, possibly from the checkpoint.
+at::Tensor predict_recovery(RecoveryNet& net, const at::Tensor& xt, const at::Tensor& t, bool bf16) {
+  if (!bf16) return net.forward(xt, t);
+  at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  at::autocast::set_autocast_enabled(at::kCUDA, true);
+  auto psi_hat = net.forward(xt, t);
+  at::autocast::set_autocast_enabled(at::kCUDA, false);
+  at::autocast::clear_cache();
+  return psi_hat.to(at::kFloat);
+}
+
+/// Alg. 1, one step at a time; keeps the last batch for previews.
+class RecoveryStep {
+ public:
+  RecoveryStep(const TrainConfig& config, RecoveryNet& net, Adam& adam, const torch::Device& device,
+               int64_t first_step)
+      : config_(config), net_(net), adam_(adam), device_(device), dataset_(config.data),
+        sampler_(config.sampler, config.data.size, device) {
+    if (dataset_.size() == 0) throw std::runtime_error("no training samples found in data.folders");
+    if (config.train.prefetch > 0)
+      prefetcher_ = std::make_unique<BatchPrefetcher>(dataset_, config.train.batch_size,
+                                                      config.train.seed, first_step, config.augment,
+                                                      config.train.prefetch, 1);
+  }
+
+  StepResult operator()(int64_t step) {
+    const auto& tr = config_.train;
+    x0_ = (prefetcher_ ? prefetcher_->next()
+                       : dataset_.training_batch(tr.batch_size, tr.seed, step, config_.augment))
+              .to(device_);
+    auto t_gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(tr.seed, step, 1));
+    const auto t = at::randint(1, config_.sampler.timesteps + 1, {tr.batch_size}, t_gen, at::kLong);
+    auto field_gen = make_generator(device_, stream_seed(tr.seed, step, 2));
+    {
+      at::NoGradGuard no_grad;
+      fwd_ = sampler_.sample(t, field_gen);
+      xt_ = warp(x0_, fwd_.phi);
+    }
+    psi_hat_ = predict_recovery(net_, xt_, t.to(device_), tr.mixed_precision == "bf16");
+    const auto terms = recovery_loss(fwd_.psi, psi_hat_, config_.loss);
+    const double loss = terms.total.item<double>();
+    if (!std::isfinite(loss)) return {loss, {}};
+    adam_.zero_grad();
+    terms.total.backward();
+    const double lr = learning_rate(tr, step);
+    adam_.step(lr);
+    return {loss,
+            {{"distance", terms.distance.item<double>()},
+             {"angle", terms.angle.item<double>()},
+             {"smoothness", terms.smoothness.item<double>()},
+             {"folding", terms.folding.item<double>()},
+             {"t_mean", t.to(at::kDouble).mean().item<double>()},
+             {"lr", lr, false}}};
+  }
+
+  void preview(const std::string& path) const {
+    write_training_preview(path, x0_, xt_, fwd_.phi, psi_hat_.detach());
+  }
+
+ private:
+  const TrainConfig& config_;
+  RecoveryNet& net_;
+  Adam& adam_;
+  torch::Device device_;
+  ImageDataset dataset_;
+  VelocitySampler sampler_;
+  std::unique_ptr<BatchPrefetcher> prefetcher_;
+  at::Tensor x0_, xt_, psi_hat_;
+  ForwardSample fwd_;
+};
+
+}  // namespace
+
+TrainSummary train(const TrainConfig& config, const std::string& output_dir, bool resume,
+                   bool progress) {
+  const auto device = training_device(config);
   at::manual_seed(config.train.seed);  // parameter initialisation
   RecoveryNet net(network_options(config));
   net.to(device);
   net.train(true);
   Adam adam(net.parameters());
-  int64_t first_step = 0;
-  if (resume) {
-    if (!file_exists(checkpoint_path))
-      throw std::runtime_error("--resume: no checkpoint at '" + checkpoint_path + "'");
-    auto ck = read_checkpoint(checkpoint_path);
-    // Only the step count may change on resume (to train longer).
-    auto a = ck.config, b = config;
-    a.train.steps = b.train.steps = 0;
-    if (to_json(a) != to_json(b))
-      throw std::runtime_error("--resume: the config differs from the one '" + checkpoint_path +
-                               "' was trained with (only train.steps may change); see " + output_dir +
-                               "/config.json");
-    net.load_state(ck.model);
-    if (ck.adam_step < 0)
-      throw std::runtime_error("--resume: '" + checkpoint_path + "' has no optimiser state");
-    try {
-      adam.load_state(ck.adam_step, ck.exp_avg, ck.exp_avg_sq);
-    } catch (const c10::Error& e) {
-      throw std::runtime_error(
-          "--resume: the optimiser state in '" + checkpoint_path +
-          "' does not fit this network: " + std::string(e.what_without_backtrace()));
-    }
-    first_step = ck.step;
-    log::info("resuming from " + checkpoint_path + " at step " + std::to_string(first_step));
-  } else if (!config.train.init_from.empty()) {
+  if (!resume && !config.train.init_from.empty())
     init_weights_from(config.train.init_from, config, net);
-  }
+  TrainingRun run(drdm_run_spec(config, output_dir, resume, progress), [&] { return net.state(); },
+                  [&](const TensorMap& m) { net.load_state(m); }, adam);
+  const int64_t first_step = run.start();
   log::info("recovery network: " + std::to_string(net.parameter_count()) +
             " trainable parameters (" + std::to_string(config.data.dims) +
             "D, K = " + std::to_string(config.model.recursion) + ")");
-
-  make_dirs(output_dir);
-  if (config.train.preview_every > 0) make_dirs(output_dir + "/previews");
-  {
-    const auto text = to_json(config) + "\n";
-    write_bytes_atomically(output_dir + "/config.json",
-                           std::vector<char>(text.begin(), text.end()));
+  std::unique_ptr<RecoveryStep> step;
+  if (first_step < config.train.steps) {
+    if (config.train.preview_every > 0) detail::make_dirs(output_dir + "/previews");
+    step = std::make_unique<RecoveryStep>(config, net, adam, device, first_step);
   }
-  // Metrics of steps after the resumed checkpoint are dropped (they will be redone).
-  {
-    std::vector<std::string> kept;
-    if (resume) {
-      std::ifstream in(metrics_path);
-      std::string line;
-      while (std::getline(in, line)) {
-        const auto pos = line.find("\"step\":");
-        if (pos != std::string::npos && std::stoll(line.substr(pos + 7)) <= first_step)
-          kept.push_back(line);
-      }
-    }
-    std::string text;
-    for (const auto& l : kept) text += l + "\n";
-    write_bytes_atomically(metrics_path, std::vector<char>(text.begin(), text.end()));
-  }
-
-  TrainSummary summary;
-  summary.first_step = first_step;
-  summary.steps = config.train.steps;
-  summary.checkpoint = checkpoint_path;
-  if (first_step >= config.train.steps) {
-    log::info("nothing to do: the checkpoint is at step " + std::to_string(first_step));
-    save_checkpoint(model_path, config, first_step, net, nullptr);
-    return summary;
-  }
-
-  ImageDataset dataset(config.data);
-  if (dataset.size() == 0) throw std::runtime_error("no training samples found in data.folders");
-  const auto& size = config.data.size;
-  VelocitySampler sampler(config.sampler, size, device);
-  std::unique_ptr<BatchPrefetcher> prefetcher;
-  if (config.train.prefetch > 0)
-    prefetcher =
-        std::make_unique<BatchPrefetcher>(dataset, config.train.batch_size, config.train.seed,
-                                          first_step, config.augment, config.train.prefetch, 1);
-
-  std::ofstream metrics(metrics_path, std::ios::app);
-  detail::ProgressBar bar("train", config.train.steps, first_step, progress);
-  double window_loss = 0, window_dist = 0, window_ang = 0, window_smooth = 0, window_fold = 0,
-         window_t = 0;
-  int64_t window_n = 0;
-  auto window_begin = std::chrono::steady_clock::now();
-  const bool bf16 = config.train.mixed_precision == "bf16";
-  const int64_t batch = config.train.batch_size;
-  const int64_t T = config.sampler.timesteps;
-
-  for (int64_t step = first_step; step < config.train.steps; ++step) {
-    auto x0 = (prefetcher ? prefetcher->next()
-                          : dataset.training_batch(batch, config.train.seed, step, config.augment))
-                  .to(device);
-    auto t_gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(config.train.seed, step, 1));
-    const auto t = at::randint(1, T + 1, {batch}, t_gen, at::kLong);
-    auto field_gen = make_generator(device, stream_seed(config.train.seed, step, 2));
-    ForwardSample fwd;
-    at::Tensor xt;
-    {
-      at::NoGradGuard no_grad;
-      fwd = sampler.sample(t, field_gen);
-      xt = warp(x0, fwd.phi);
-    }
-    at::Tensor psi_hat;
-    if (bf16) {
-      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-      at::autocast::set_autocast_enabled(at::kCUDA, true);
-      psi_hat = net.forward(xt, t.to(device));
-      at::autocast::set_autocast_enabled(at::kCUDA, false);
-      at::autocast::clear_cache();
-      psi_hat = psi_hat.to(at::kFloat);
-    } else {
-      psi_hat = net.forward(xt, t.to(device));
-    }
-    const auto terms = recovery_loss(fwd.psi, psi_hat, config.loss);
-    const double loss = terms.total.item<double>();
-    if (!std::isfinite(loss)) {
-      bar.finish();
-      throw std::runtime_error("the loss became " + std::to_string(loss) + " at step " +
-                               std::to_string(step) +
-                               "; training stopped. The last good checkpoint is kept" +
-                               (file_exists(checkpoint_path) ? " at '" + checkpoint_path + "'"
-                                                             : " (none was written yet)") +
-                               ". Try a smaller train.lr.");
-    }
-    adam.zero_grad();
-    terms.total.backward();
-    const double lr = learning_rate(config.train, step);
-    adam.step(lr);
-
-    window_loss += loss;
-    window_dist += terms.distance.item<double>();
-    window_ang += terms.angle.item<double>();
-    window_smooth += terms.smoothness.item<double>();
-    window_fold += terms.folding.item<double>();
-    window_t += t.to(at::kDouble).mean().item<double>();
-    ++window_n;
-    const int64_t done = step + 1;
-    bar.update(done, "loss " + fixed(window_loss / window_n));
-
-    if (done % config.train.log_every == 0 || done == config.train.steps) {
-      const double secs =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - window_begin).count();
-      std::ostringstream line;
-      line << "{\"step\":" << done << ",\"loss\":" << window_loss / window_n
-           << ",\"distance\":" << window_dist / window_n << ",\"angle\":" << window_ang / window_n
-           << ",\"smoothness\":" << window_smooth / window_n
-           << ",\"folding\":" << window_fold / window_n << ",\"t_mean\":" << window_t / window_n
-           << ",\"lr\":" << lr << ",\"seconds_per_step\":" << secs / window_n
-           << ",\"images_per_second\":" << window_n * batch / secs << ",\"elapsed_seconds\":"
-           << std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count()
-           << "}";
-      metrics << line.str() << "\n" << std::flush;
-      summary.last_loss = window_loss / window_n;
-      window_loss = window_dist = window_ang = window_smooth = window_fold = window_t = 0;
-      window_n = 0;
-      window_begin = std::chrono::steady_clock::now();
-    }
-    if (config.train.preview_every > 0 &&
-        (done % config.train.preview_every == 0 || done == config.train.steps)) {
-      char name[64];
-      std::snprintf(name, sizeof name, "/previews/step_%06lld.png", static_cast<long long>(done));
-      write_training_preview(output_dir + name, x0, xt, fwd.phi, psi_hat.detach());
-    }
-    if (done % config.train.checkpoint_every == 0 || done == config.train.steps) {
-      save_checkpoint(checkpoint_path, config, done, net, &adam);
-      save_checkpoint(model_path, config, done, net, nullptr);
-    }
-  }
-  bar.finish();
-  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
-  log::info("trained to step " + std::to_string(config.train.steps) + " in " +
-            detail::format_duration(summary.seconds) + "; model: " + model_path);
-  return summary;
+  const auto preview = [&](int64_t done) {
+    if (config.train.preview_every <= 0 ||
+        (done % config.train.preview_every != 0 && done != config.train.steps))
+      return;
+    char name[64];
+    std::snprintf(name, sizeof name, "/previews/step_%06lld.png", static_cast<long long>(done));
+    step->preview(output_dir + name);
+  };
+  const auto r = run.run([&](int64_t s) { return (*step)(s); }, preview);
+  return {r.first_step, r.steps, r.seconds, r.last_loss, r.checkpoint};
 }
 
 TrainedModel load_model(const std::string& name_or_path, const torch::Device& device) {
   const auto path = resolve_model_path(name_or_path);
-  auto ck = read_checkpoint(path);
-  TrainedModel m{RecoveryNet(network_options(ck.config)), ck.config, ck.step};
+  auto ck = read_drdm_checkpoint(path);
+  TrainedModel m{RecoveryNet(network_options(ck.config)), ck.config, ck.file.step};
   try {
-    m.net.load_state(ck.model);
+    m.net.load_state(ck.file.model);
   } catch (const c10::Error& e) {
     throw std::runtime_error("'" + path + "' does not match its own network config: " +
                              std::string(e.what_without_backtrace()));

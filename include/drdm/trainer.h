@@ -9,13 +9,10 @@
 
 #include "drdm/network.h"
 #include "drdm/train_config.h"
+#include "drdm/training_engine.h"
 #include "drdm/velocity_sampler.h"
 
 namespace drdm {
-
-/// "auto" -> CUDA when available, else CPU; "cpu", "cuda", "cuda:N".
-/// Throws std::invalid_argument for an unknown name or CUDA without a GPU.
-torch::Device resolve_device(const std::string& name);
 
 /// What a training run ended with.
 struct TrainSummary {

@@ -1,0 +1,265 @@
+#include "drdm/training_engine.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <stdexcept>
+
+#include "atomic_file.h"
+#include "drdm/log.h"
+#include "progress.h"
+#include "seeds.h"
+
+namespace drdm {
+namespace {
+
+constexpr const char* kCheckpointFormat = "libdrdm-checkpoint-1";
+
+std::vector<char> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read '" + path + "'");
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_bytes_atomically(const std::string& path, const std::vector<char>& bytes) {
+  detail::write_via_temporary(path, [&](const std::string& tmp) {
+    std::ofstream out(tmp, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) throw std::runtime_error("cannot write '" + path + "'");
+  });
+}
+
+c10::Dict<std::string, at::Tensor> to_dict(const TensorMap& state) {
+  c10::Dict<std::string, at::Tensor> d;
+  for (const auto& [k, v] : state) d.insert(k, v.detach().cpu());
+  return d;
+}
+
+TensorMap from_dict(const c10::IValue& v) {
+  TensorMap out;
+  for (const auto& e : v.toGenericDict()) out[e.key().toStringRef()] = e.value().toTensor();
+  return out;
+}
+
+c10::IValue unpickle(const std::string& path) {
+  if (!detail::file_exists(path)) throw std::runtime_error("model file '" + path + "' does not exist");
+  try {
+    return torch::jit::pickle_load(read_bytes(path));
+  } catch (const std::exception& e) {
+    throw std::runtime_error("'" + path + "' is not a libdrdm model or checkpoint (cannot unpickle: " +
+                             std::string(e.what()).substr(0, 200) + ")");
+  }
+}
+
+void read_adam(const c10::impl::GenericDict& d, Checkpoint& c) {
+  if (!d.contains("adam_step")) return;
+  c.adam_step = d.at("adam_step").toInt();
+  for (const auto& t : d.at("adam_exp_avg").toTensorList()) c.exp_avg.push_back(t);
+  for (const auto& t : d.at("adam_exp_avg_sq").toTensorList()) c.exp_avg_sq.push_back(t);
+}
+
+std::string drop_lines_after(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    const auto pos = line.find("\"step\":");
+    if (pos != std::string::npos && std::stoll(line.substr(pos + 7)) <= step) kept += line + "\n";
+  }
+  return kept;
+}
+
+}  // namespace
+
+torch::Device resolve_device(const std::string& name) {
+  const std::string expected = "' (expected auto, cpu, cuda or cuda:N)";
+  if (name == "auto") return at::hasCUDA() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  if (name == "cpu") return torch::kCPU;
+  if (name.rfind("cuda", 0) != 0) throw std::invalid_argument("unknown device '" + name + expected);
+  if (!at::hasCUDA())
+    throw std::invalid_argument("device '" + name +
+                                "' requested but no CUDA GPU is available (use --device cpu)");
+  try {
+    return torch::Device(name);
+  } catch (const c10::Error&) {
+    throw std::invalid_argument("unknown device '" + name + expected);
+  }
+}
+
+uint64_t stream_seed(uint64_t seed, int64_t step, uint64_t purpose) {
+  using detail::splitmix64;
+  return splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^
+                    (purpose * 0x632BE59BD9B4E019ULL));
+}
+
+void write_text_atomically(const std::string& path, const std::string& text) {
+  write_bytes_atomically(path, std::vector<char>(text.begin(), text.end()));
+}
+
+void save_checkpoint(const std::string& path, const std::string& kind, const std::string& config,
+                     int64_t step, const TensorMap& model, const Adam* adam) {
+  c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+  d.insert("format", std::string(kCheckpointFormat));
+  d.insert("kind", kind);
+  d.insert("config", config);
+  d.insert("step", c10::IValue(step));
+  d.insert("model", c10::IValue(to_dict(model)));
+  if (adam) {
+    c10::List<at::Tensor> m, v;
+    for (const auto& t : adam->exp_avg()) m.push_back(t.cpu());
+    for (const auto& t : adam->exp_avg_sq()) v.push_back(t.cpu());
+    d.insert("adam_exp_avg", c10::IValue(m));
+    d.insert("adam_exp_avg_sq", c10::IValue(v));
+    d.insert("adam_step", c10::IValue(adam->steps()));
+  }
+  write_bytes_atomically(path, torch::jit::pickle_save(c10::IValue(d)));
+}
+
+Checkpoint read_checkpoint(const std::string& path, const std::string& expected_kind) {
+  const auto root = unpickle(path);
+  const std::string not_ours = "'" + path + "' is not a libdrdm model or checkpoint";
+  if (!root.isGenericDict()) throw std::runtime_error(not_ours);
+  const auto d = root.toGenericDict();
+  if (!d.contains("format") || !d.at("format").isString() ||
+      d.at("format").toStringRef() != kCheckpointFormat)
+    throw std::runtime_error(not_ours + " (format tag missing or unknown)");
+  Checkpoint c;
+  try {
+    // Files from before the engine carry no kind: they are DRDM recovery networks.
+    c.kind = d.contains("kind") ? d.at("kind").toStringRef() : std::string("drdm");
+    c.config = d.at("config").toStringRef();
+    c.step = d.at("step").toInt();
+    c.model = from_dict(d.at("model"));
+    read_adam(d, c);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("'" + path + "' is damaged: " + std::string(e.what_without_backtrace()));
+  }
+  if (!expected_kind.empty() && c.kind != expected_kind)
+    throw std::runtime_error("'" + path + "' holds a '" + c.kind + "' model, not a '" +
+                             expected_kind + "' model");
+  return c;
+}
+
+TrainingRun::TrainingRun(RunSpec spec, std::function<TensorMap()> weights,
+                         std::function<void(const TensorMap&)> load, Adam& adam)
+    : spec_(std::move(spec)), weights_(std::move(weights)), load_(std::move(load)), adam_(adam) {
+  if (!spec_.resume_identity) spec_.resume_identity = [](const std::string& c) { return c; };
+  metrics_path_ = spec_.output_dir + "/metrics.jsonl";
+}
+
+int64_t TrainingRun::start() {
+  const auto checkpoint = spec_.output_dir + "/checkpoint.pt";
+  if (spec_.resume) {
+    if (!detail::file_exists(checkpoint))
+      throw std::runtime_error("--resume: no checkpoint at '" + checkpoint + "'");
+    auto ck = read_checkpoint(checkpoint, spec_.kind);
+    if (spec_.resume_identity(ck.config) != spec_.resume_identity(spec_.config))
+      throw std::runtime_error("--resume: the config differs from the one '" + checkpoint +
+                               "' was trained with (only the step count may change); see " +
+                               spec_.output_dir + "/config.json");
+    if (ck.adam_step < 0)
+      throw std::runtime_error("--resume: '" + checkpoint + "' has no optimiser state");
+    load_(ck.model);
+    try {
+      adam_.load_state(ck.adam_step, ck.exp_avg, ck.exp_avg_sq);
+    } catch (const c10::Error& e) {
+      throw std::runtime_error("--resume: the optimiser state in '" + checkpoint +
+                               "' does not fit this network: " + std::string(e.what_without_backtrace()));
+    }
+    first_step_ = ck.step;
+    log::info("resuming from " + checkpoint + " at step " + std::to_string(first_step_));
+  }
+  detail::make_dirs(spec_.output_dir);
+  write_text_atomically(spec_.output_dir + "/config.json", spec_.config + "\n");
+  write_text_atomically(metrics_path_, spec_.resume ? drop_lines_after(metrics_path_, first_step_) : "");
+  started_ = true;
+  return first_step_;
+}
+
+void TrainingRun::save(int64_t done) {
+  const auto w = weights_();
+  save_checkpoint(spec_.output_dir + "/checkpoint.pt", spec_.kind, spec_.config, done, w, &adam_);
+  save_checkpoint(spec_.output_dir + "/model.pt", spec_.kind, spec_.config, done, w, nullptr);
+}
+
+void TrainingRun::accumulate(const std::vector<StepMetric>& metrics) {
+  if (window_.empty()) {
+    window_ = metrics;
+    return;
+  }
+  for (size_t i = 0; i < metrics.size() && i < window_.size(); ++i)
+    window_[i].value = metrics[i].average ? window_[i].value + metrics[i].value : metrics[i].value;
+}
+
+void TrainingRun::log_window(int64_t done, double seconds) {
+  std::ostringstream line;
+  line << "{\"step\":" << done << ",\"loss\":" << window_loss_ / window_n_;
+  for (const auto& m : window_)
+    line << ",\"" << m.name << "\":" << (m.average ? m.value / window_n_ : m.value);
+  line << ",\"seconds_per_step\":" << seconds / window_n_
+       << ",\"images_per_second\":" << window_n_ * spec_.samples_per_step / seconds
+       << ",\"elapsed_seconds\":" << elapsed_at_start_ << "}";
+  std::ofstream(metrics_path_, std::ios::app) << line.str() << "\n" << std::flush;
+  last_loss_ = window_loss_ / window_n_;
+  window_.clear();
+  window_loss_ = 0;
+  window_n_ = 0;
+}
+
+RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
+                            const std::function<void(int64_t)>& after) {
+  if (!started_) start();
+  using clock = std::chrono::steady_clock;
+  const auto begin = clock::now();
+  const auto secs_since = [](clock::time_point t) {
+    return std::chrono::duration<double>(clock::now() - t).count();
+  };
+  RunSummary summary{first_step_, spec_.steps, 0, 0, spec_.output_dir + "/checkpoint.pt",
+                     spec_.output_dir + "/model.pt"};
+  if (first_step_ >= spec_.steps) {
+    log::info("nothing to do: the checkpoint is at step " + std::to_string(first_step_));
+    save_checkpoint(summary.model, spec_.kind, spec_.config, first_step_, weights_(), nullptr);
+    return summary;
+  }
+  detail::ProgressBar bar(spec_.label, spec_.steps, first_step_, spec_.progress);
+  auto window_begin = clock::now();
+  for (int64_t s = first_step_; s < spec_.steps; ++s) {
+    const auto r = step(s);
+    if (!std::isfinite(r.loss)) {
+      bar.finish();
+      const bool kept = detail::file_exists(summary.checkpoint);
+      throw std::runtime_error("the loss became " + std::to_string(r.loss) + " at step " +
+                               std::to_string(s) + "; training stopped. The last good checkpoint is kept" +
+                               (kept ? " at '" + summary.checkpoint + "'" : " (none was written yet)") +
+                               ". Try a smaller " + spec_.lr_key + ".");
+    }
+    accumulate(r.metrics);
+    window_loss_ += r.loss;
+    ++window_n_;
+    const int64_t done = s + 1;
+    char loss_text[32];
+    std::snprintf(loss_text, sizeof loss_text, "loss %.4f", window_loss_ / window_n_);
+    bar.update(done, loss_text);
+    if (done % spec_.log_every == 0 || done == spec_.steps) {
+      elapsed_at_start_ = secs_since(begin);
+      log_window(done, secs_since(window_begin));
+      window_begin = clock::now();
+    }
+    if (after) after(done);
+    if (done % spec_.checkpoint_every == 0 || done == spec_.steps) save(done);
+  }
+  bar.finish();
+  summary.seconds = secs_since(begin);
+  summary.last_loss = last_loss_;
+  log::info("trained to step " + std::to_string(spec_.steps) + " in " +
+            detail::format_duration(summary.seconds) + "; model: " + summary.model);
+  return summary;
+}
+
+}  // namespace drdm
