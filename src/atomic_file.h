@@ -3,6 +3,8 @@
 
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace drdm::detail {
 
@@ -28,5 +30,16 @@ void make_dirs(const std::string& path);
 
 /// True if `path` ends with `ext` (e.g. ".nii.gz"), ignoring case.
 bool has_extension(const std::string& path, const std::string& ext);
+
+/// (stem, extension) for a supported image file name (.nii.gz, .nii, .mha,
+/// .mhd, .nrrd, .nhdr, .png), or ("", "").
+std::pair<std::string, std::string> split_name(const std::string& name);
+/// The last component of a path.
+std::string base_name(const std::string& path);
+/// a/b, without doubling the slash.
+std::string join(const std::string& a, const std::string& b);
+/// Supported image files directly in `folder` (not hidden), sorted by name;
+/// throws std::runtime_error naming the folder when it cannot be read.
+std::vector<std::string> list_images(const std::string& folder);
 
 }  // namespace drdm::detail

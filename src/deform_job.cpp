@@ -197,41 +197,10 @@ std::string to_json(const DeformJobOptions& o) {
 // ---------------------------------------------------------------------------
 namespace {
 
-const char* const kExtensions[] = {".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png"};
-
-/// (stem, extension) for a supported image file name, or ("", "").
-std::pair<std::string, std::string> split_name(const std::string& name) {
-  for (const char* ext : kExtensions)
-    if (detail::has_extension(name, ext) && name.size() > std::string(ext).size())
-      return {name.substr(0, name.size() - std::string(ext).size()), name.substr(name.size() - std::string(ext).size())};
-  return {"", ""};
-}
-
-std::string base_name(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-std::string join(const std::string& a, const std::string& b) {
-  if (a.empty()) return b;
-  return a.back() == '/' ? a + b : a + "/" + b;
-}
-
-/// Supported image files directly in `folder` (not hidden), sorted by name.
-std::vector<std::string> list_images(const std::string& folder) {
-  DIR* dir = ::opendir(folder.c_str());
-  if (dir == nullptr) throw std::runtime_error("cannot read folder '" + folder + "'");
-  std::vector<std::string> names;
-  while (const dirent* e = ::readdir(dir)) {
-    const std::string name = e->d_name;
-    if (name.empty() || name[0] == '.') continue;
-    if (split_name(name).first.empty()) continue;
-    if (detail::file_exists(join(folder, name))) names.push_back(name);
-  }
-  ::closedir(dir);
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using detail::base_name;
+using detail::join;
+using detail::list_images;
+using detail::split_name;
 
 /// "case_0000" -> ("case", 0) for nnU-Net channel files; ("", -1) otherwise.
 std::pair<std::string, int> nnunet_channel(const std::string& stem) {

@@ -1,5 +1,7 @@
 #include "drdm/train_config.h"
 
+#include "config_json.h"
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -10,8 +12,12 @@
 namespace drdm {
 
 using nlohmann::json;
+using detail::get;
+using detail::require;
 
 namespace {
+
+bool finite(double v) { return std::isfinite(v); }
 
 json defaults_json(const TrainConfig& c) {
   json j;
@@ -50,112 +56,9 @@ json defaults_json(const TrainConfig& c) {
                {"angle", c.loss.angle},
                {"regularisation", c.loss.regularisation},
                {"eps", c.loss.eps}};
-  const auto& t = c.train;
-  j["train"] = {{"batch_size", t.batch_size},
-                {"steps", t.steps},
-                {"lr", t.lr},
-                {"lr_decay", t.lr_decay},
-                {"lr_schedule", t.lr_schedule},
-                {"warmup_steps", t.warmup_steps},
-                {"lr_min", t.lr_min},
-                {"init_from", t.init_from},
-                {"seed", t.seed},
-                {"checkpoint_every", t.checkpoint_every},
-                {"preview_every", t.preview_every},
-                {"log_every", t.log_every},
-                {"mixed_precision", t.mixed_precision},
-                {"device", t.device},
-                {"threads", t.threads},
-                {"prefetch", t.prefetch}};
+  j["train"] = detail::train_section_json(c.train);
   return j;
 }
-
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t prev = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t cur = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      prev = cur;
-    }
-  }
-  return row[b.size()];
-}
-
-std::string type_name(const json& v) {
-  if (v.is_boolean()) return "a boolean";
-  if (v.is_number_integer()) return "an integer";
-  if (v.is_number()) return "a number";
-  if (v.is_string()) return "a string";
-  if (v.is_array()) return "a list";
-  if (v.is_object()) return "an object";
-  return "null";
-}
-
-bool same_kind(const json& expected, const json& given) {
-  if (expected.is_number_integer()) return given.is_number_integer();
-  if (expected.is_number()) return given.is_number();
-  if (expected.is_array()) {
-    if (!given.is_array()) return false;
-    // Element kind from the default's first element, or from the key's meaning when empty.
-    return true;
-  }
-  return expected.type() == given.type();
-}
-
-// Checks `given` against the defaults' structure: unknown keys (with a
-// suggestion) and wrong types are errors naming the dotted key.
-void check_against(const json& expected, const json& given, const std::string& prefix,
-                   const std::string& source) {
-  if (!given.is_object())
-    throw std::invalid_argument(source + ": " +
-                                (prefix.empty() ? "the config" : "'" + prefix + "'") +
-                                " must be a JSON object, got " + type_name(given));
-  for (auto it = given.begin(); it != given.end(); ++it) {
-    const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
-    if (!expected.contains(it.key())) {
-      std::string best;
-      size_t best_d = 4;
-      for (auto e = expected.begin(); e != expected.end(); ++e) {
-        const auto dist = edit_distance(it.key(), e.key());
-        if (dist < best_d) best_d = dist, best = e.key();
-      }
-      throw std::invalid_argument(
-          source + ": unknown config key '" + key + "'" +
-          (best.empty()
-               ? ""
-               : " (did you mean '" + (prefix.empty() ? best : prefix + "." + best) + "'?)"));
-    }
-    const auto& exp = expected.at(it.key());
-    if (exp.is_object()) {
-      check_against(exp, it.value(), key, source);
-    } else if (!same_kind(exp, it.value())) {
-      throw std::invalid_argument(source + ": config key '" + key + "' must be " + type_name(exp) +
-                                  ", got " + type_name(it.value()) + " (" + it.value().dump() +
-                                  ")");
-    }
-  }
-}
-
-template <typename T>
-T get(const json& j, const std::string& section, const std::string& key,
-      const std::string& source) {
-  try {
-    return j.at(section).at(key).get<T>();
-  } catch (const json::exception& e) {
-    throw std::invalid_argument(source + ": config key '" + section + "." + key +
-                                "' has the wrong type: " + j.at(section).at(key).dump());
-  }
-}
-
-void require(bool ok, const std::string& source, const std::string& key, const std::string& why) {
-  if (!ok) throw std::invalid_argument(source + ": config key '" + key + "' " + why);
-}
-
-bool finite(double v) { return std::isfinite(v); }
 
 TrainConfig from_json(const json& j, const std::string& src) {
   TrainConfig c;
@@ -247,7 +150,35 @@ TrainConfig from_json(const json& j, const std::string& src) {
     require(finite(v) && v >= 0, src, key, "must be a finite number >= 0");
   require(finite(c.loss.eps) && c.loss.eps > 0, src, "loss.eps", "must be > 0");
 
-  auto& t = c.train;
+  c.train = detail::parse_train_section(j, src);
+  return c;
+}
+
+}  // namespace
+
+namespace detail {
+
+json train_section_json(const TrainConfig::Train& t) {
+  return {{"batch_size", t.batch_size},
+                {"steps", t.steps},
+                {"lr", t.lr},
+                {"lr_decay", t.lr_decay},
+                {"lr_schedule", t.lr_schedule},
+                {"warmup_steps", t.warmup_steps},
+                {"lr_min", t.lr_min},
+                {"init_from", t.init_from},
+                {"seed", t.seed},
+                {"checkpoint_every", t.checkpoint_every},
+                {"preview_every", t.preview_every},
+                {"log_every", t.log_every},
+                {"mixed_precision", t.mixed_precision},
+                {"device", t.device},
+                {"threads", t.threads},
+                {"prefetch", t.prefetch}};
+}
+
+TrainConfig::Train parse_train_section(const json& j, const std::string& src) {
+  TrainConfig::Train t;
   t.batch_size = get<int64_t>(j, "train", "batch_size", src);
   t.steps = get<int64_t>(j, "train", "steps", src);
   t.lr = get<double>(j, "train", "lr", src);
@@ -292,64 +223,19 @@ TrainConfig from_json(const json& j, const std::string& src) {
           "must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"" + t.device + "\"");
   require(t.threads >= 0 && t.threads <= 1024, src, "train.threads", "must be in [0, 1024]");
   require(t.prefetch >= 0 && t.prefetch <= 64, src, "train.prefetch", "must be in [0, 64]");
-  return c;
+  return t;
 }
 
-void apply_override(json& user, const std::string& text) {
-  const auto eq = text.find('=');
-  if (eq == std::string::npos || eq == 0)
-    throw std::invalid_argument("--set '" + text + "': expected section.key=value");
-  const std::string key = text.substr(0, eq), value = text.substr(eq + 1);
-  json parsed;
-  try {
-    parsed = json::parse(value);
-  } catch (const json::exception&) {
-    parsed = value;  // a bare string such as cpu or stationary
-  }
-  json* node = &user;
-  std::stringstream parts(key);
-  std::string part;
-  std::vector<std::string> path;
-  while (std::getline(parts, part, '.')) path.push_back(part);
-  for (size_t i = 0; i + 1 < path.size(); ++i) {
-    if (!node->contains(path[i])) (*node)[path[i]] = json::object();
-    node = &(*node)[path[i]];
-    if (!node->is_object())
-      throw std::invalid_argument("--set '" + text + "': '" + path[i] + "' is not a section");
-  }
-  (*node)[path.back()] = parsed;
-}
-
-}  // namespace
+}  // namespace detail
 
 TrainConfig parse_train_config(const std::string& json_text, const std::string& source,
                                const std::vector<std::string>& overrides) {
-  json user;
-  try {
-    user = json::parse(json_text, nullptr, true, /*ignore_comments=*/true);
-  } catch (const json::parse_error& e) {
-    throw std::invalid_argument(source + ": not valid JSON: " + e.what());
-  }
-  if (!user.is_object()) throw std::invalid_argument(source + ": the config must be a JSON object");
-  const json defaults = defaults_json(TrainConfig{});
-  check_against(defaults, user, "", source);
-  for (const auto& o : overrides) {
-    json one = json::object();
-    apply_override(one, o);
-    check_against(defaults, one, "", "--set " + o);
-    user.merge_patch(one);
-  }
-  json merged = defaults;
-  merged.merge_patch(user);
+  const json merged = detail::merge_config(defaults_json(TrainConfig{}), json_text, source, overrides);
   return from_json(merged, source);
 }
 
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream in(path);
-  if (!in) throw std::invalid_argument("cannot read config file '" + path + "'");
-  std::stringstream text;
-  text << in.rdbuf();
-  return parse_train_config(text.str(), path, overrides);
+  return parse_train_config(detail::read_config_text(path), path, overrides);
 }
 
 std::string to_json(const TrainConfig& config) { return defaults_json(config).dump(2); }

@@ -1,0 +1,146 @@
+#include "config_json.h"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+namespace drdm::detail {
+
+using nlohmann::json;
+
+namespace {
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t prev = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t cur = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      prev = cur;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string type_name(const json& v) {
+  if (v.is_boolean()) return "a boolean";
+  if (v.is_number_integer()) return "an integer";
+  if (v.is_number()) return "a number";
+  if (v.is_string()) return "a string";
+  if (v.is_array()) return "a list";
+  if (v.is_object()) return "an object";
+  return "null";
+}
+
+bool same_kind(const json& expected, const json& given) {
+  if (expected.is_number_integer()) return given.is_number_integer();
+  if (expected.is_number()) return given.is_number();
+  if (expected.is_array()) {
+    if (!given.is_array()) return false;
+    // Element kind from the default's first element, or from the key's meaning when empty.
+    return true;
+  }
+  return expected.type() == given.type();
+}
+
+// Checks `given` against the defaults' structure: unknown keys (with a
+// suggestion) and wrong types are errors naming the dotted key.
+}  // namespace
+
+void check_against(const json& expected, const json& given, const std::string& prefix,
+                   const std::string& source) {
+  if (!given.is_object())
+    throw std::invalid_argument(source + ": " +
+                                (prefix.empty() ? "the config" : "'" + prefix + "'") +
+                                " must be a JSON object, got " + type_name(given));
+  for (auto it = given.begin(); it != given.end(); ++it) {
+    const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
+    if (!expected.contains(it.key())) {
+      std::string best;
+      size_t best_d = 4;
+      for (auto e = expected.begin(); e != expected.end(); ++e) {
+        const auto dist = edit_distance(it.key(), e.key());
+        if (dist < best_d) best_d = dist, best = e.key();
+      }
+      throw std::invalid_argument(
+          source + ": unknown config key '" + key + "'" +
+          (best.empty()
+               ? ""
+               : " (did you mean '" + (prefix.empty() ? best : prefix + "." + best) + "'?)"));
+    }
+    const auto& exp = expected.at(it.key());
+    if (exp.is_object()) {
+      check_against(exp, it.value(), key, source);
+    } else if (!same_kind(exp, it.value())) {
+      throw std::invalid_argument(source + ": config key '" + key + "' must be " + type_name(exp) +
+                                  ", got " + type_name(it.value()) + " (" + it.value().dump() +
+                                  ")");
+    }
+  }
+}
+
+
+void apply_override(json& user, const std::string& text) {
+  const auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw std::invalid_argument("--set '" + text + "': expected section.key=value");
+  const std::string key = text.substr(0, eq), value = text.substr(eq + 1);
+  json parsed;
+  try {
+    parsed = json::parse(value);
+  } catch (const json::exception&) {
+    parsed = value;  // a bare string such as cpu or stationary
+  }
+  json* node = &user;
+  std::stringstream parts(key);
+  std::string part;
+  std::vector<std::string> path;
+  while (std::getline(parts, part, '.')) path.push_back(part);
+  for (size_t i = 0; i + 1 < path.size(); ++i) {
+    if (!node->contains(path[i])) (*node)[path[i]] = json::object();
+    node = &(*node)[path[i]];
+    if (!node->is_object())
+      throw std::invalid_argument("--set '" + text + "': '" + path[i] + "' is not a section");
+  }
+  (*node)[path.back()] = parsed;
+}
+
+
+json merge_config(const json& defaults, const std::string& json_text, const std::string& source,
+                  const std::vector<std::string>& overrides) {
+  json user;
+  try {
+    user = json::parse(json_text, nullptr, true, /*ignore_comments=*/true);
+  } catch (const json::parse_error& e) {
+    throw std::invalid_argument(source + ": not valid JSON: " + e.what());
+  }
+  if (!user.is_object()) throw std::invalid_argument(source + ": the config must be a JSON object");
+  check_against(defaults, user, "", source);
+  for (const auto& o : overrides) {
+    json one = json::object();
+    apply_override(one, o);
+    check_against(defaults, one, "", "--set " + o);
+    user.merge_patch(one);
+  }
+  json merged = defaults;
+  merged.merge_patch(user);
+  return merged;
+}
+
+std::string read_config_text(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::invalid_argument("cannot read config file '" + path + "'");
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+void require(bool ok, const std::string& source, const std::string& key, const std::string& why) {
+  if (!ok) throw std::invalid_argument(source + ": config key '" + key + "' " + why);
+}
+
+
+}  // namespace drdm::detail

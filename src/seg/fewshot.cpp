@@ -1,0 +1,355 @@
+// Few-shot segmentation: subjects, the DRDM bank, training one U-Net, segmenting and scoring.
+#include "drdm/seg/fewshot.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <cmath>
+#include <chrono>
+#include <map>
+#include <random>
+#include <stdexcept>
+
+#include "../atomic_file.h"
+#include "../progress.h"
+#include "drdm/generate.h"
+#include "drdm/log.h"
+#include "drdm/models.h"
+#include "drdm/optim.h"
+#include "drdm/spatial.h"
+#include "drdm/stats.h"
+#include "drdm/training_engine.h"
+
+namespace drdm::seg {
+namespace {
+
+constexpr const char* kKind = "seg-unet";
+constexpr const char* kBankKind = "drdm-bank";
+
+bool in_mod(int64_t number, int64_t group_size, const std::vector<int64_t>& mod) {
+  const int64_t m = number % group_size;
+  return mod[0] <= m && m <= mod[1];
+}
+
+std::vector<Subject> group_by_subject(const std::vector<LabelledCase>& cases, int64_t group_size) {
+  std::map<int64_t, Subject> by_number;
+  for (const auto& c : cases) {
+    const auto n = case_number(c.name);
+    if (n < 0) throw std::runtime_error("case '" + c.image_path + "' has no subject number in its name");
+    auto& s = by_number[n];
+    s.number = n;
+    s.group = (n - 1) / group_size;
+    s.cases.push_back(c);
+  }
+  std::vector<Subject> out;
+  for (auto& [n, s] : by_number) out.push_back(std::move(s));
+  return out;
+}
+
+}  // namespace
+
+Split split_subjects(const SegConfig::Data& data) {
+  Split split;
+  for (auto& s : group_by_subject(find_cases(data.images, data.labels), data.group_size)) {
+    if (in_mod(s.number, data.group_size, data.pool_mod)) split.pool.push_back(s);
+    else if (in_mod(s.number, data.group_size, data.test_mod)) split.test.push_back(s);
+  }
+  if (data.max_test_subjects > 0 && static_cast<int64_t>(split.test.size()) > data.max_test_subjects)
+    split.test.resize(data.max_test_subjects);
+  if (split.pool.empty()) throw std::runtime_error("no subject of '" + data.images + "' falls in data.pool_mod");
+  if (split.test.empty()) throw std::runtime_error("no subject of '" + data.images + "' falls in data.test_mod");
+  return split;
+}
+
+std::vector<Subject> choose_subjects(const std::vector<Subject>& pool, int64_t n, uint64_t seed) {
+  if (n < 1 || n > static_cast<int64_t>(pool.size()))
+    throw std::invalid_argument("cannot choose " + std::to_string(n) + " labelled subjects from a pool of " +
+                                std::to_string(pool.size()));
+  std::mt19937_64 rng(stream_seed(seed, n, 7));
+  std::map<int64_t, std::vector<Subject>> groups;
+  for (const auto& s : pool) groups[s.group].push_back(s);
+  std::vector<std::vector<Subject>> lists;
+  for (auto& [g, list] : groups) {
+    std::shuffle(list.begin(), list.end(), rng);
+    lists.push_back(list);
+  }
+  std::shuffle(lists.begin(), lists.end(), rng);
+  std::vector<Subject> chosen;
+  for (size_t round = 0; static_cast<int64_t>(chosen.size()) < n; ++round)
+    for (auto& list : lists)
+      if (round < list.size() && static_cast<int64_t>(chosen.size()) < n) chosen.push_back(list[round]);
+  return chosen;
+}
+
+namespace {
+
+nlohmann::json bank_manifest(const SliceSet& slices, const SegConfig& c, uint64_t seed) {
+  std::vector<std::string> names;
+  for (const auto& cs : slices.cases) names.push_back(cs.name);
+  return {{"model", resolve_model_path(c.drdm.model)},
+          {"levels", c.drdm.levels},
+          {"fields_per_slice", c.drdm.fields_per_slice},
+          {"seed", seed},
+          {"size", c.data.slices.size},
+          {"cases", names},
+          {"slices", slices.images.size(0)}};
+}
+
+/// Field k of slice m: level levels[k % L], seed derive_seed(seed, m, k).
+at::Tensor generate_bank(const SliceSet& slices, const SegConfig& c, uint64_t seed, bool progress) {
+  const auto device = resolve_device(c.train.device);
+  DeformerOptions options;
+  options.generation.batch = c.drdm.batch;
+  Deformer deformer(c.drdm.model, device, options);
+  const int64_t M = slices.images.size(0), K = c.drdm.fields_per_slice;
+  std::vector<at::Tensor> fields;
+  detail::ProgressBar bar("drdm bank", M * K, 0, progress);
+  for (int64_t start = 0; start < M * K; start += c.drdm.batch) {
+    const int64_t n = std::min(c.drdm.batch, M * K - start);
+    std::vector<int64_t> index, levels;
+    std::vector<uint64_t> seeds;
+    for (int64_t i = start; i < start + n; ++i) {
+      index.push_back(i / K);
+      levels.push_back(c.drdm.levels[(i % K) % c.drdm.levels.size()]);
+      seeds.push_back(derive_seed(seed, static_cast<uint64_t>(i / K), static_cast<uint64_t>(i % K)));
+    }
+    const auto images = slices.images.index_select(0, at::tensor(index, at::kLong)).to(device);
+    const auto out = deformer.deform_with_seeds(images, {}, levels, seeds);
+    fields.push_back(out.fields.to(at::kCPU, at::kHalf));
+    bar.update(start + n);
+  }
+  bar.finish();
+  const auto& size = c.data.slices.size;
+  return at::cat(fields).reshape({M, K, 2, size[0], size[1]});
+}
+
+}  // namespace
+
+torch::Tensor drdm_bank(const SliceSet& slices, const SegConfig& c, uint64_t seed, const std::string& dir,
+                        bool progress) {
+  const auto manifest = bank_manifest(slices, c, seed);
+  const auto path = dir + "/bank.pt";
+  if (detail::file_exists(path)) {
+    auto ck = read_checkpoint(path, kBankKind);
+    if (nlohmann::json::parse(ck.config).value("identity", nlohmann::json()) == manifest) {
+      log::info("drdm bank: reusing " + path);
+      return ck.model.at("fields");
+    }
+    log::info("drdm bank: " + path + " was made for other slices or settings; rebuilding");
+  }
+  const auto begin = std::chrono::steady_clock::now();
+  auto fields = generate_bank(slices, c, seed, progress);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  detail::make_dirs(dir);
+  nlohmann::json record = {{"identity", manifest}, {"seconds", secs},
+                           {"fields", fields.size(0) * fields.size(1)}};
+  save_checkpoint(path, kBankKind, record.dump(), 0, {{"fields", fields}});
+  write_text_atomically(dir + "/manifest.json", record.dump(2) + "\n");
+  log::info("drdm bank: " + std::to_string(fields.size(0) * fields.size(1)) + " fields in " +
+            detail::format_duration(secs) + " -> " + path);
+  return fields;
+}
+
+namespace {
+
+/// One training batch: slices drawn with replacement from (seed, step).
+struct Batch {
+  at::Tensor images, labels;
+};
+
+Batch draw_batch(const SliceSet& s, const SegConfig& c, int64_t step) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(c.train.seed, step, 1));
+  const auto idx = at::randint(s.images.size(0), {c.train.batch_size}, gen, at::kLong);
+  return {s.images.index_select(0, idx), s.labels.index_select(0, idx)};
+}
+
+/// Alg. 3: each sample is its slice or one of the slice's K bank fields, uniformly.
+Batch drdm_batch(const SliceSet& s, const at::Tensor& bank, const SegConfig& c, int64_t step) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(c.train.seed, step, 1));
+  const auto idx = at::randint(s.images.size(0), {c.train.batch_size}, gen, at::kLong);
+  const auto pick = at::randint(bank.size(1) + 1, {c.train.batch_size}, gen, at::kLong);
+  std::vector<at::Tensor> fields;
+  for (int64_t b = 0; b < c.train.batch_size; ++b) {
+    const auto m = idx[b].item<int64_t>(), k = pick[b].item<int64_t>();
+    fields.push_back(k == 0 ? at::zeros({2, bank.size(3), bank.size(4)})
+                            : bank[m][k - 1].to(at::kFloat));
+  }
+  const auto field = at::stack(fields);
+  return {warp(s.images.index_select(0, idx), field),
+          warp_labels(s.labels.index_select(0, idx), field, LabelInterpolation::kNearest)};
+}
+
+Batch training_batch(const SliceSet& s, const at::Tensor& bank, const SegConfig& c,
+                     const std::string& augmentation, int64_t step) {
+  if (augmentation == "drdm") return drdm_batch(s, bank, c, step);
+  auto batch = draw_batch(s, c, step);
+  if (augmentation == "none") return batch;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(c.train.seed, step, 2));
+  auto [images, labels] = bigaug(batch.images, batch.labels, c.bigaug, gen);
+  return {images, labels};
+}
+
+}  // namespace
+
+std::string train_segmentation(const SegConfig& c, const std::string& augmentation, const SliceSet& slices,
+                               const torch::Tensor& bank, const std::string& output_dir, bool progress) {
+  if (augmentation != "none" && augmentation != "bigaug" && augmentation != "drdm")
+    throw std::invalid_argument("unknown augmentation '" + augmentation + "' (expected none, bigaug or drdm)");
+  if (augmentation == "drdm" && (!bank.defined() || bank.size(0) != slices.images.size(0)))
+    throw std::invalid_argument("augmentation drdm needs a bank with one entry per training slice");
+  if (slices.images.size(0) == 0) throw std::invalid_argument("the labelled subset has no slices");
+  const auto device = resolve_device(c.train.device);
+  if (c.train.threads > 0) at::set_num_threads(static_cast<int>(c.train.threads));
+  at::manual_seed(c.train.seed);
+  UNet net(c.unet);
+  net.to(device);
+  net.train(true);
+  Adam adam(net.parameters());
+  RunSpec spec;
+  spec.output_dir = output_dir;
+  spec.kind = kKind;
+  spec.config = to_json(c);
+  spec.resume_identity = [](const std::string& text) {
+    auto cfg = parse_seg_config(text, "checkpoint config");
+    cfg.train.steps = 0;
+    return to_json(cfg);
+  };
+  spec.steps = c.train.steps;
+  spec.checkpoint_every = c.train.checkpoint_every;
+  spec.log_every = c.train.log_every;
+  spec.samples_per_step = c.train.batch_size;
+  spec.resume = detail::file_exists(output_dir + "/checkpoint.pt");
+  spec.progress = progress;
+  spec.label = augmentation;
+  TrainingRun run(spec, [&] { return net.state(); }, [&](const TensorMap& m) { net.load_state(m); }, adam);
+  run.start();
+  const auto step = [&](int64_t s) -> StepResult {
+    const auto batch = training_batch(slices, bank, c, augmentation, s);
+    const auto logits = net.forward(batch.images.to(device));
+    const auto loss = segmentation_loss(c.loss, logits, batch.labels.to(device));
+    const double value = loss.item<double>();
+    if (!std::isfinite(value)) return {value, {}};
+    adam.zero_grad();
+    loss.backward();
+    const double lr = learning_rate(c.train, s);
+    adam.step(lr);
+    return {value, {{"lr", lr, false}}};
+  };
+  return run.run(step).model;
+}
+
+SegModel load_seg_model(const std::string& name_or_path, const torch::Device& device) {
+  const auto path = resolve_model_path(name_or_path);
+  auto ck = read_checkpoint(path, kKind);
+  SegModel m{UNet(parse_seg_config(ck.config, path + " (embedded config)").unet), {}, ck.step};
+  m.config = parse_seg_config(ck.config, path + " (embedded config)");
+  m.net.load_state(ck.model);
+  m.net.to(device);
+  m.net.train(false);
+  return m;
+}
+
+namespace {
+at::Tensor slice_scores(SegModel& model, const at::Tensor& slices) {
+  at::NoGradGuard no_grad;
+  const auto device = model.net.parameters().front().device();
+  std::vector<at::Tensor> out;
+  for (int64_t s = 0; s < slices.size(0); s += 16)
+    out.push_back(model.net.forward(slices.narrow(0, s, std::min<int64_t>(16, slices.size(0) - s)).to(device))
+                      .sigmoid()
+                      .cpu());
+  return at::cat(out);
+}
+}  // namespace
+
+torch::Tensor segment_file(SegModel& model, const std::string& image_path) {
+  const auto v = prepare_volume(image_path, "", model.config.data.slices);
+  return labels_on_image_grid(slice_scores(model, v.slices), v);
+}
+
+std::vector<CaseResult> evaluate_cases(SegModel& model, const std::vector<LabelledCase>& cases) {
+  std::vector<int64_t> classes;
+  for (size_t k = 1; k <= model.config.data.classes.size(); ++k) classes.push_back(static_cast<int64_t>(k));
+  std::vector<CaseResult> out;
+  for (const auto& c : cases) {
+    const auto pred = segment_file(model, c.image_path);
+    const auto truth = read_labels(c.label_path);
+    const auto& g = truth.geometry;
+    const std::vector<double> spacing(g.spacing.rbegin(), g.spacing.rend());
+    out.push_back({c.name, case_number(c.name), label_metrics(pred, truth.data, spacing, classes)});
+  }
+  return out;
+}
+
+std::vector<std::string> predict_files(SegModel& model, const std::string& input, const std::string& output_dir) {
+  std::vector<std::string> inputs;
+  if (detail::dir_exists(input)) {
+    for (const auto& f : detail::list_images(input)) inputs.push_back(detail::join(input, f));
+    if (inputs.empty()) throw std::runtime_error("no images found in '" + input + "'");
+  } else {
+    if (!detail::file_exists(input)) throw std::runtime_error("input '" + input + "' does not exist");
+    inputs.push_back(input);
+  }
+  detail::make_dirs(output_dir);
+  std::vector<std::string> written;
+  for (const auto& path : inputs) {
+    const auto labels = segment_file(model, path);
+    const auto out = detail::join(output_dir, detail::base_name(path));
+    write_labels(out, labels, read_image_info(path).geometry);
+    written.push_back(out);
+    log::info("segmented " + path + " -> " + out);
+  }
+  return written;
+}
+
+std::vector<CaseResult> evaluate_folders(const std::string& pred_dir, const std::string& truth_dir,
+                                         const std::vector<int64_t>& classes) {
+  std::vector<CaseResult> out;
+  for (const auto& c : find_cases(pred_dir, truth_dir)) {
+    const auto pred = read_labels(c.image_path), truth = read_labels(c.label_path);
+    const auto& g = truth.geometry;
+    if (pred.geometry.tensor_size() != g.tensor_size())
+      throw std::runtime_error("'" + c.image_path + "' and '" + c.label_path + "' lie on different grids");
+    const std::vector<double> spacing(g.spacing.rbegin(), g.spacing.rend());
+    out.push_back({c.name, case_number(c.name), label_metrics(pred.data, truth.data, spacing, classes)});
+  }
+  return out;
+}
+
+std::string metrics_table(const std::vector<CaseResult>& results, const std::vector<int64_t>& classes) {
+  std::string md = std::to_string(results.size()) +
+                   " cases\n\n| class | DSC % | sensitivity % | precision % | ASD | HD95 |\n|---|---:|---:|---:|---:|---:|\n";
+  for (size_t k = 0; k < classes.size(); ++k) {
+    std::vector<double> v[5];
+    for (const auto& r : results) {
+      const auto& m = r.classes[k];
+      v[0].push_back(100 * m.dice), v[1].push_back(100 * m.sensitivity), v[2].push_back(100 * m.precision);
+      v[3].push_back(m.asd), v[4].push_back(m.hd95);
+    }
+    char row[256];
+    std::snprintf(row, sizeof row, "| %lld | %.1f ± %.1f | %.1f ± %.1f | %.1f ± %.1f | %.2f ± %.2f | %.2f ± %.2f |\n",
+                  static_cast<long long>(classes[k]), mean_of(v[0]), std_of(v[0]), mean_of(v[1]), std_of(v[1]),
+                  mean_of(v[2]), std_of(v[2]), mean_of(v[3]), std_of(v[3]), mean_of(v[4]), std_of(v[4]));
+    md += row;
+  }
+  return md;
+}
+
+std::string results_json(const std::vector<CaseResult>& results) {
+  const auto num = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); };
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& r : results) {
+    nlohmann::json classes = nlohmann::json::array();
+    for (const auto& m : r.classes)
+      classes.push_back({{"dice", num(m.dice)}, {"sensitivity", num(m.sensitivity)},
+                         {"precision", num(m.precision)}, {"asd", num(m.asd)}, {"hd95", num(m.hd95)}});
+    out.push_back({{"name", r.name}, {"subject", r.subject}, {"classes", classes}});
+  }
+  return out.dump(1);
+}
+
+}  // namespace drdm::seg

@@ -1,0 +1,260 @@
+// seg_fewshot run: the grid of augmentation x labelled subjects x seeds, and its report.
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "../atomic_file.h"
+#include "../progress.h"
+#include "drdm/image_io.h"
+#include "drdm/log.h"
+#include "drdm/seg/fewshot.h"
+#include "drdm/stats.h"
+#include "drdm/training_engine.h"
+
+namespace drdm::seg {
+namespace {
+
+using nlohmann::json;
+
+const char* const kMetrics[] = {"dice", "sensitivity", "precision", "asd", "hd95"};
+
+double metric_of(const ClassMetrics& m, const std::string& name) {
+  if (name == "dice") return m.dice;
+  if (name == "sensitivity") return m.sensitivity;
+  if (name == "precision") return m.precision;
+  if (name == "asd") return m.asd;
+  return m.hd95;
+}
+
+std::string run_name(const std::string& aug, int64_t n, int64_t seed) {
+  return aug + "-n" + std::to_string(n) + "-s" + std::to_string(seed);
+}
+
+/// metrics[metric][class name or "avg"] = per-subject values (subjects in test order).
+json per_subject(const std::vector<CaseResult>& cases, const SegConfig& c) {
+  json out;
+  std::map<int64_t, std::vector<const CaseResult*>> by_subject;
+  for (const auto& r : cases) by_subject[r.subject].push_back(&r);
+  for (const char* metric : kMetrics) {
+    for (size_t k = 0; k <= c.data.classes.size(); ++k) {
+      const bool avg = k == c.data.classes.size();
+      std::vector<double> values;
+      for (const auto& [subject, rs] : by_subject) {
+        std::vector<double> v;
+        for (const auto* r : rs) {
+          std::vector<double> per_class;
+          for (const auto& m : r->classes) per_class.push_back(metric_of(m, metric));
+          v.push_back(avg ? mean_of(per_class) : per_class[k]);
+        }
+        values.push_back(mean_of(v));
+      }
+      out[metric][avg ? "avg" : c.data.classes[k]] = values;
+    }
+  }
+  return out;
+}
+
+std::vector<double> as_values(const json& j) {
+  std::vector<double> v;
+  for (const auto& x : j) v.push_back(x.is_null() ? std::nan("") : x.get<double>());
+  return v;
+}
+
+std::vector<LabelledCase> cases_of(const std::vector<Subject>& subjects) {
+  std::vector<LabelledCase> out;
+  for (const auto& s : subjects) out.insert(out.end(), s.cases.begin(), s.cases.end());
+  return out;
+}
+
+/// One run: train (or resume), evaluate on the test cases, write test_metrics.json.
+json run_one(const SegConfig& c, const std::string& aug, int64_t n, int64_t seed, const std::vector<Subject>& chosen,
+             const std::vector<LabelledCase>& test, const std::string& out, bool progress) {
+  const auto dir = out + "/runs/" + run_name(aug, n, seed);
+  const auto done = dir + "/test_metrics.json";
+  if (detail::file_exists(done)) {
+    std::ifstream in(done);
+    log::info("seg_fewshot: " + run_name(aug, n, seed) + " is finished; skipping");
+    return json::parse(in);
+  }
+  auto rc = c;
+  rc.train.seed = static_cast<uint64_t>(seed);
+  const auto slices = load_slices(cases_of(chosen), rc.data.slices);
+  at::Tensor bank;
+  if (aug == "drdm") bank = drdm_bank(slices, rc, seed, out + "/banks/n" + std::to_string(n) + "-s" + std::to_string(seed), progress);
+  log::info("seg_fewshot: " + run_name(aug, n, seed) + ": " + std::to_string(slices.images.size(0)) +
+            " labelled slices of " + std::to_string(chosen.size()) + " subject(s)");
+  const auto begin = std::chrono::steady_clock::now();
+  const auto model_path = train_segmentation(rc, aug, slices, bank, dir, progress);
+  const double train_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  auto model = load_seg_model(model_path, resolve_device(c.train.device));
+  const auto results = evaluate_cases(model, test);
+  std::vector<int64_t> numbers;
+  for (const auto& s : chosen) numbers.push_back(s.number);
+  json record = {{"augmentation", aug}, {"subjects", n}, {"seed", seed}, {"chosen", numbers},
+                 {"labelled_slices", slices.images.size(0)}, {"train_seconds", train_secs},
+                 {"per_subject", per_subject(results, c)}, {"cases", json::parse(results_json(results))}};
+  write_text_atomically(done, record.dump(1) + "\n");
+  return record;
+}
+
+std::string pm(const std::vector<double>& v, double scale, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f ± %.*f", digits, mean_of(v) * scale, digits, std_of(v) * scale);
+  return buf;
+}
+
+std::string p_text(double p) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, p < 0.001 ? "%.1e" : "%.3f", p);
+  return buf;
+}
+
+/// Pools a run's per-subject values over seeds (mean per subject).
+std::vector<double> pooled(const std::vector<json>& runs, const std::string& metric, const std::string& cls) {
+  std::vector<double> sum;
+  for (const auto& r : runs) {
+    const auto v = as_values(r["per_subject"][metric][cls]);
+    if (sum.empty()) sum.assign(v.size(), 0.0);
+    for (size_t i = 0; i < v.size(); ++i) sum[i] += v[i] / static_cast<double>(runs.size());
+  }
+  return sum;
+}
+
+std::string results_markdown(const SegConfig& c, const std::map<std::string, std::vector<json>>& runs,
+                             json& wilcoxon) {
+  std::ostringstream md;
+  md << "# " << c.name << ": few-shot segmentation (paper Table 2 layout)\n\n"
+     << "Mean ± std over test subjects (each subject: the mean of its cases). DSC, sensitivity and precision in %; "
+     << "ASD and HD95 in the files' units (mm as the headers give them). Seeds: " << c.grid.seeds.size()
+     << " (per-subject values averaged over seeds).\n\n";
+  std::vector<std::string> cls = c.data.classes;
+  cls.push_back("avg");
+  md << "| subjects | augmentation |";
+  for (const auto& k : cls) md << " DSC " << k << " |";
+  md << " Sen avg | Pre avg | ASD avg | HD95 avg |\n|---|---|";
+  for (size_t i = 0; i < cls.size() + 4; ++i) md << "---:|";
+  md << "\n";
+  for (auto n : c.grid.subjects)
+    for (const auto& aug : c.grid.augmentations) {
+      const auto it = runs.find(aug + "-n" + std::to_string(n));
+      if (it == runs.end()) continue;
+      md << "| " << n << " | " << aug << " |";
+      for (const auto& k : cls) md << " " << pm(pooled(it->second, "dice", k), 100, 1) << " |";
+      md << " " << pm(pooled(it->second, "sensitivity", "avg"), 100, 1) << " | "
+         << pm(pooled(it->second, "precision", "avg"), 100, 1) << " | " << pm(pooled(it->second, "asd", "avg"), 1, 2)
+         << " | " << pm(pooled(it->second, "hd95", "avg"), 1, 2) << " |\n";
+    }
+  md << "\nPer class (sensitivity / precision / ASD / HD95):\n\n| subjects | augmentation | class | Sen | Pre | ASD | HD95 |\n"
+     << "|---|---|---|---:|---:|---:|---:|\n";
+  for (auto n : c.grid.subjects)
+    for (const auto& aug : c.grid.augmentations) {
+      const auto it = runs.find(aug + "-n" + std::to_string(n));
+      if (it == runs.end()) continue;
+      for (const auto& k : c.data.classes)
+        md << "| " << n << " | " << aug << " | " << k << " | " << pm(pooled(it->second, "sensitivity", k), 100, 1)
+           << " | " << pm(pooled(it->second, "precision", k), 100, 1) << " | "
+           << pm(pooled(it->second, "asd", k), 1, 2) << " | " << pm(pooled(it->second, "hd95", k), 1, 2) << " |\n";
+    }
+  md << "\nPaired Wilcoxon signed-rank p-values of DSC over test subjects (two-sided):\n\n"
+     << "| subjects | comparison |";
+  for (const auto& k : cls) md << " " << k << " |";
+  md << "\n|---|---|";
+  for (size_t i = 0; i < cls.size(); ++i) md << "---:|";
+  md << "\n";
+  wilcoxon = json::array();
+  for (auto n : c.grid.subjects)
+    for (const char* other : {"bigaug", "none"}) {
+      const auto a = runs.find("drdm-n" + std::to_string(n)), b = runs.find(std::string(other) + "-n" + std::to_string(n));
+      if (a == runs.end() || b == runs.end()) continue;
+      md << "| " << n << " | drdm vs " << other << " |";
+      json row = {{"subjects", n}, {"comparison", std::string("drdm vs ") + other}};
+      for (const auto& k : cls) {
+        const double p = wilcoxon_signed_rank(pooled(a->second, "dice", k), pooled(b->second, "dice", k));
+        row[k] = p;
+        md << " " << p_text(p) << " |";
+      }
+      wilcoxon.push_back(row);
+      md << "\n";
+    }
+  md << "\n![test predictions](predictions.png)\n";
+  return md.str();
+}
+
+/// RGB [3, H, W] uint8: the grey slice with the class map blended in.
+at::Tensor overlay(const at::Tensor& image, const at::Tensor& labels) {
+  static const float colours[4][3] = {{0, 0, 0}, {230, 60, 60}, {60, 200, 80}, {70, 120, 240}};
+  auto grey = (image.clamp(0, 1) * 255).expand({3, image.size(0), image.size(1)}).clone();
+  for (int64_t k = 1; k < 4; ++k) {
+    const auto mask = (labels == k).unsqueeze(0).expand_as(grey);
+    const auto col = at::tensor({colours[k][0], colours[k][1], colours[k][2]}).view({3, 1, 1}).expand_as(grey);
+    grey = at::where(mask, 0.45 * grey + 0.55 * col, grey);
+  }
+  return grey.round().to(at::kByte);
+}
+
+/// Fig. 10-like: one test slice; per subset size a row of image | truth | each augmentation.
+void write_predictions_png(const SegConfig& c, const LabelledCase& test_case, const std::string& out) {
+  const auto v = prepare_volume(test_case.image_path, test_case.label_path, c.data.slices);
+  const auto counts = (v.labels > 0).sum({1, 2, 3});
+  const int64_t z = counts.argmax().item<int64_t>();
+  const auto image = v.slices[z][0], truth = v.labels[z][0];
+  std::vector<at::Tensor> rows;
+  for (auto n : c.grid.subjects) {
+    std::vector<at::Tensor> row = {overlay(image, at::zeros_like(truth)), overlay(image, truth)};
+    for (const auto& aug : c.grid.augmentations) {
+      const auto path = out + "/runs/" + run_name(aug, n, c.grid.seeds.front()) + "/model.pt";
+      if (!detail::file_exists(path)) continue;
+      auto model = load_seg_model(path);
+      at::NoGradGuard no_grad;
+      row.push_back(overlay(image, model.net.forward(v.slices.narrow(0, z, 1)).argmax(1)[0]));
+    }
+    std::vector<at::Tensor> spaced;
+    for (const auto& p : row) spaced.push_back(p), spaced.push_back(at::full({3, p.size(1), 4}, 255, p.options()));
+    rows.push_back(at::cat(spaced, 2));
+    rows.push_back(at::full({3, 4, rows.back().size(2)}, 255, rows.back().options()));
+  }
+  const int64_t width = rows.front().size(2);
+  for (auto& r : rows)
+    if (r.size(2) < width) r = at::constant_pad_nd(r, {0, width - r.size(2)}, 255);
+  write_rgb_png(out + "/predictions.png", at::cat(rows, 1));
+}
+
+}  // namespace
+
+void run_grid(const SegConfig& c, const std::string& out, bool progress) {
+  const auto begin = std::chrono::steady_clock::now();
+  detail::make_dirs(out);
+  write_text_atomically(out + "/config.json", to_json(c) + "\n");
+  const auto split = split_subjects(c.data);
+  const auto test = cases_of(split.test);
+  log::info("seg_fewshot: pool of " + std::to_string(split.pool.size()) + " subjects, " +
+            std::to_string(split.test.size()) + " test subjects (" + std::to_string(test.size()) + " cases)");
+  std::map<std::string, std::vector<json>> runs;  // "aug-nN" -> one record per seed
+  json all = json::array();
+  for (auto n : c.grid.subjects)
+    for (auto seed : c.grid.seeds) {
+      const auto chosen = choose_subjects(split.pool, n, static_cast<uint64_t>(seed));
+      for (const auto& aug : c.grid.augmentations) {
+        auto record = run_one(c, aug, n, seed, chosen, test, out, progress);
+        runs[aug + "-n" + std::to_string(n)].push_back(record);
+        record.erase("cases");
+        all.push_back(record);
+      }
+    }
+  json wilcoxon;
+  const auto md = results_markdown(c, runs, wilcoxon);
+  write_predictions_png(c, test.front(), out);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  json results = {{"config", json::parse(to_json(c))}, {"runs", all}, {"wilcoxon", wilcoxon},
+                  {"test_subjects", split.test.size()}, {"seconds_this_call", secs}};
+  write_text_atomically(out + "/results.json", results.dump(1) + "\n");
+  write_text_atomically(out + "/results.md", md);
+  log::info("seg_fewshot: grid done in " + detail::format_duration(secs) + "; " + out + "/results.md");
+}
+
+}  // namespace drdm::seg

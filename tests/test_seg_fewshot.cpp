@@ -1,0 +1,214 @@
+// Few-shot segmentation: U-Net, losses, config checks, subjects, slices, predict, evaluate, a grid smoke run.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "drdm/image_io.h"
+#include "drdm/seg/fewshot.h"
+#include "drdm/stats.h"
+#include "test_util.h"
+
+namespace {
+
+using drdm::test::TempDir;
+namespace seg = drdm::seg;
+
+TEST(UNet, ShapesIn2DAnd3D) {
+  seg::UNet net2({2, 1, 4, {8, 16, 32}});
+  EXPECT_EQ(net2.forward(at::rand({2, 1, 32, 24})).sizes(), (std::vector<int64_t>{2, 4, 32, 24}));
+  seg::UNet net3({3, 2, 3, {4, 8}});
+  EXPECT_EQ(net3.forward(at::rand({1, 2, 8, 12, 16})).sizes(), (std::vector<int64_t>{1, 3, 8, 12, 16}));
+  EXPECT_THROW(net2.forward(at::rand({1, 1, 30, 32})), std::invalid_argument);  // not divisible by 4
+  EXPECT_THROW(net2.forward(at::rand({1, 2, 32, 32})), std::invalid_argument);  // channels
+}
+
+TEST(UNet, ParameterCountMatchesTheLayerShapes) {
+  // widths {2, 4}, 1 -> 2 channels, 2D, counted by hand: enc0 (1->2, 2->2 3x3) 20 + 38;
+  // enc1 (2->4, 4->4) 76 + 148; up (4->2, 2x2) 34; dec0 (4->2, 2->2) 74 + 38; head (2->2, 1x1) 6.
+  EXPECT_EQ(seg::UNet({2, 1, 2, {2, 4}}).parameter_count(), 434);
+  EXPECT_EQ(seg::unet_parameter_count({2, 1, 2, {2, 4}}), 434);
+  for (const seg::UNetOptions& o : {seg::UNetOptions{2, 1, 4, {16, 32, 64, 128}}, seg::UNetOptions{3, 1, 3, {8, 16, 32}}})
+    EXPECT_EQ(seg::UNet(o).parameter_count(), seg::unet_parameter_count(o));
+}
+
+TEST(UNet, LossesReachZeroOnPerfectLogitsAndNameUnknownOnes) {
+  const auto labels = at::randint(0, 3, {2, 1, 8, 8}, at::kLong);
+  const auto perfect = (at::one_hot(labels.squeeze(1), 3).permute({0, 3, 1, 2}).to(at::kFloat) * 2 - 1) * 30;
+  EXPECT_LT(seg::bce_loss(perfect, labels).item<double>(), 1e-6);
+  EXPECT_LT(seg::dice_ce_loss(perfect, labels).item<double>(), 1e-4);
+  EXPECT_GT(seg::bce_loss(-perfect, labels).item<double>(), 10);
+  EXPECT_THROW(seg::segmentation_loss("focal", perfect, labels), std::invalid_argument);
+  EXPECT_THROW(seg::bce_loss(perfect, labels.narrow(2, 0, 4)), std::invalid_argument);
+}
+
+std::string config_error(const std::string& json) {
+  try {
+    seg::parse_seg_config(json, "seg.json");
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(SegConfig, BadKeysAndValuesNameThemselves) {
+  const std::string data = R"("data": {"images": "i", "labels": "l"})";
+  EXPECT_EQ(config_error("{" + data + "}"), "");
+  EXPECT_NE(config_error("{" + data + R"(, "grid": {"augmentations": ["mixup"]}})").find("unknown augmentation 'mixup'"),
+            std::string::npos);
+  EXPECT_NE(config_error("{" + data + R"(, "grid": {"subjects": [0]}})").find("grid.subjects"), std::string::npos);
+  EXPECT_NE(config_error("{" + data + R"(, "grid": {"subjects": []}})").find("grid.subjects"), std::string::npos);
+  EXPECT_NE(config_error("{" + data + R"(, "bigaug": {"gamma_min": 5}})").find("bigaug.gamma"), std::string::npos);
+  EXPECT_NE(config_error("{" + data + R"(, "unet": {"widht": [4]}})").find("did you mean 'unet.widths'"),
+            std::string::npos);
+  EXPECT_NE(config_error(R"({"data": {"images": "i", "labels": "l", "test_mod": [5, 12]}})").find("data.test_mod"),
+            std::string::npos);
+  EXPECT_NE(config_error(R"({"data": {"images": "i", "labels": "l", "size": [100, 100]}})").find("divisible by 8"),
+            std::string::npos);
+  const auto c = seg::parse_seg_config("{" + data + "}", "seg.json");
+  EXPECT_EQ(seg::to_json(seg::parse_seg_config(seg::to_json(c), "again")), seg::to_json(c));
+  EXPECT_EQ(c.unet.classes, 4);
+}
+
+/// A labelled volume (slices x 40 x 48): a bright disc (3) in a ring (2), a blob (1), at a subject-dependent place.
+void write_case(const TempDir& dir, const std::string& name, int64_t shift, int64_t slices = 2) {
+  const auto yy = at::arange(40, at::kFloat).view({1, 40, 1}), xx = at::arange(48, at::kFloat).view({1, 1, 48});
+  const auto r = at::sqrt((yy - 20 - shift).pow(2) + (xx - 24 - shift).pow(2)).expand({slices, 40, 48});
+  auto labels = at::zeros({slices, 40, 48}, at::kLong);
+  labels.masked_fill_(r < 11, 2);
+  labels.masked_fill_(r < 7, 3);
+  labels.masked_fill_((at::abs(yy - 20).expand_as(r) < 4) & (at::abs(xx - 38 - shift / 2).expand_as(r) < 3), 1);
+  auto image = labels.to(at::kFloat) * 60 + 20 + at::rand({slices, 40, 48}) * 10;
+  drdm::Geometry g{{48, 40, slices}, {1.5, 1.25, 8.0}, {10, -5, 3}, {1, 0, 0, 0, 1, 0, 0, 0, 1}};
+  drdm::write_image(dir.path("images/" + name + ".nii.gz"), image.unsqueeze(0).unsqueeze(0), g, drdm::PixelType::kUInt16);
+  drdm::write_labels(dir.path("labels/" + name + ".nii.gz"), labels.unsqueeze(0).unsqueeze(0), g);
+}
+
+class TinyData : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // Pool (mod 20 in 1..9): subjects 1, 2 (group 0), 21 (group 1); test (10..18): 10, 30.
+    for (int s : {1, 2, 21, 10, 30})
+      for (int f : {1, 2}) write_case(data_, "patient" + std::to_string(1000 + s).substr(1) + "_frame0" + std::to_string(f), s % 5 - 2);
+  }
+  seg::SegConfig config(const std::vector<std::string>& sets = {}) const {
+    std::vector<std::string> all = {
+        "data.images=" + data_.dir() + "/images", "data.labels=" + data_.dir() + "/labels", "data.size=[32,32]",
+        "unet.widths=[4,8]", "train.steps=3", "train.batch_size=4", "train.log_every=1", "train.device=cpu",
+        "train.checkpoint_every=2", "grid.subjects=[1]", "drdm.levels=[3]", "drdm.fields_per_slice=2"};
+    all.insert(all.end(), sets.begin(), sets.end());
+    return seg::parse_seg_config("{}", "tiny", all);
+  }
+  TempDir data_{"drdm-test-seg-data"}, out_{"drdm-test-seg-out"};
+};
+
+TEST_F(TinyData, SplitAndBalancedSubjects) {
+  const auto split = seg::split_subjects(config().data);
+  ASSERT_EQ(split.pool.size(), 3u);
+  ASSERT_EQ(split.test.size(), 2u);
+  EXPECT_EQ(split.test[0].number, 10);
+  EXPECT_EQ(split.pool[0].cases.size(), 2u);
+  const auto two = seg::choose_subjects(split.pool, 2, 0);
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_NE(two[0].group, two[1].group);  // one per group before a second from any group
+  EXPECT_EQ(seg::choose_subjects(split.pool, 2, 0)[0].number, two[0].number);  // deterministic
+  EXPECT_THROW(seg::choose_subjects(split.pool, 0, 0), std::invalid_argument);
+  EXPECT_THROW(seg::choose_subjects(split.pool, 4, 0), std::invalid_argument);
+}
+
+TEST_F(TinyData, SlicesGoToTheNetworkGridAndBack) {
+  const auto c = config();
+  const auto v = seg::prepare_volume(data_.dir() + "/images/patient001_frame01.nii.gz",
+                                     data_.dir() + "/labels/patient001_frame01.nii.gz", c.data.slices);
+  ASSERT_EQ(v.slices.sizes(), (std::vector<int64_t>{2, 1, 32, 32}));
+  EXPECT_LE(v.slices.max().item<double>(), 1.0);
+  EXPECT_EQ(std::get<0>(at::_unique(v.labels)).numel(), 4);  // no new class from the fit
+  // Perfect scores on the network grid come back as the original labels (up to the resampling at edges).
+  const auto truth = drdm::read_labels(data_.dir() + "/labels/patient001_frame01.nii.gz").data;
+  const auto scores = at::one_hot(v.labels.squeeze(1), 4).permute({0, 3, 1, 2}).to(at::kFloat);
+  const auto back = seg::labels_on_image_grid(scores, v);
+  ASSERT_EQ(back.sizes(), truth.sizes());
+  EXPECT_GT((back == truth).to(at::kFloat).mean().item<double>(), 0.95);
+  // Labels on another grid are an error naming both files.
+  write_case(data_, "other", 0, 3);
+  try {
+    seg::prepare_volume(data_.dir() + "/images/patient001_frame01.nii.gz", data_.dir() + "/labels/other.nii.gz",
+                        c.data.slices);
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("other.nii.gz"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("patient001_frame01"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(TinyData, TrainPredictKeepsGeometryEvaluateScores) {
+  const auto c = config({"train.steps=2"});
+  const auto split = seg::split_subjects(c.data);
+  const auto slices = seg::load_slices(split.pool[0].cases, c.data.slices);
+  EXPECT_THROW(seg::train_segmentation(c, "cutout", slices, {}, out_.path("x"), false), std::invalid_argument);
+  EXPECT_THROW(seg::train_segmentation(c, "drdm", slices, {}, out_.path("x"), false), std::invalid_argument);
+  const auto model_path = seg::train_segmentation(c, "bigaug", slices, {}, out_.path("run"), false);
+  auto model = seg::load_seg_model(model_path);
+  const auto written = seg::predict_files(model, data_.dir() + "/images", out_.path("pred/x"));
+  ASSERT_EQ(written.size(), 10u);
+  const auto in = drdm::read_image_info(data_.dir() + "/images/patient010_frame01.nii.gz").geometry;
+  const auto out = drdm::read_image_info(out_.dir() + "/pred/x/patient010_frame01.nii.gz").geometry;
+  EXPECT_EQ(out.size, in.size);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_NEAR(out.spacing[i], in.spacing[i], 1e-6);
+    EXPECT_NEAR(out.origin[i], in.origin[i], 1e-6);
+  }
+  // Truth against itself is perfect; a missing truth file is named.
+  const auto self = seg::evaluate_folders(data_.dir() + "/labels", data_.dir() + "/labels", {1, 2, 3});
+  ASSERT_EQ(self.size(), 10u);
+  EXPECT_DOUBLE_EQ(self[0].classes[2].dice, 1.0);
+  EXPECT_THROW(seg::evaluate_folders(out_.dir() + "/pred", data_.dir() + "/images_missing", {1}), std::runtime_error);
+  EXPECT_THROW(seg::load_seg_model(out_.dir() + "/nothing.pt"), std::runtime_error);
+}
+
+TEST_F(TinyData, GridSmokeRunWritesItsReportAndSkipsFinishedRuns) {
+  const auto c = config();
+  seg::run_grid(c, out_.path("grid"), false);
+  for (const char* f : {"results.json", "results.md", "predictions.png", "banks/n1-s0/bank.pt",
+                        "runs/drdm-n1-s0/model.pt", "runs/none-n1-s0/test_metrics.json"})
+    EXPECT_TRUE(std::ifstream(out_.dir() + "/grid/" + f).good()) << f;
+  std::ifstream md(out_.dir() + "/grid/results.md");
+  std::stringstream text;
+  text << md.rdbuf();
+  EXPECT_NE(text.str().find("| 1 | drdm |"), std::string::npos) << text.str();
+  EXPECT_NE(text.str().find("drdm vs bigaug"), std::string::npos);
+  // A rerun trains nothing: the finished runs' metrics are reused as they are.
+  std::ifstream before(out_.dir() + "/grid/runs/none-n1-s0/test_metrics.json");
+  std::stringstream b;
+  b << before.rdbuf();
+  std::remove((out_.dir() + "/grid/runs/none-n1-s0/checkpoint.pt").c_str());
+  seg::run_grid(c, out_.path("grid"), false);
+  std::ifstream after(out_.dir() + "/grid/runs/none-n1-s0/test_metrics.json");
+  std::stringstream a;
+  a << after.rdbuf();
+  EXPECT_EQ(a.str(), b.str());
+  EXPECT_FALSE(std::ifstream(out_.dir() + "/grid/runs/none-n1-s0/checkpoint.pt").good());
+}
+
+TEST(Stats, WilcoxonExactAndNormalCases) {
+  // n = 5, all differences positive: W+ = 15, P(W+ >= 15) = 1/32, two-sided 1/16.
+  EXPECT_DOUBLE_EQ(drdm::wilcoxon_signed_rank({2, 3, 4, 5, 6}, {1, 1, 1, 1, 1}), 0.0625);
+  // n = 6, the smallest |d| negative: W+ = 20; sums >= 20 of subsets of {1..6}: 2 of 64 -> 4/64.
+  EXPECT_DOUBLE_EQ(drdm::wilcoxon_signed_rank({0, 3, 4, 5, 6, 7}, {1, 1, 1, 1, 1, 1}), 0.0625);
+  EXPECT_DOUBLE_EQ(drdm::wilcoxon_signed_rank({1, 2}, {1, 2}), 1.0);  // no differences
+  const std::vector<double> x = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3, 3, 8, 3},
+                            y = {2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0, 4, 5, 2, 3, 5, 3, 6, 0, 2, 8, 7, 4, 7, 1};
+  const double p = drdm::wilcoxon_signed_rank(x, y);
+  EXPECT_DOUBLE_EQ(drdm::wilcoxon_signed_rank(y, x), p);  // symmetric
+  EXPECT_GT(p, 0.05);
+  EXPECT_LT(drdm::wilcoxon_signed_rank({10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
+                                        31, 32, 33, 34, 35},
+                                       std::vector<double>(26, 0.0)),
+            1e-4);
+  EXPECT_NEAR(drdm::mean_of({1, 2, std::nan("")}), 1.5, 1e-12);
+  EXPECT_NEAR(drdm::std_of({1, 2, 3}), 1.0, 1e-12);
+}
+
+}  // namespace
