@@ -6,6 +6,8 @@
   bench/run.py generate  drdm_bench_generate vs bench/peer_generate.py (MONAI, TorchIO)
   bench/run.py memory    drdm_train vs bench/peer_train.py --train-config: peak resident
                          memory of a few training steps of each config
+  bench/run.py seg       drdm_bench_seg vs bench/peer_seg.py (U-Net training step vs
+                         PyTorch-Python; BigAug vs MONAI / TorchIO pipelines)
 
 Builds nothing: run scripts/setup.sh (or build the bench targets) first.
 `bench/run.py SUITE --help` lists each suite's options. Every suite writes a
@@ -23,6 +25,7 @@ Examples:
   .venv/bin/python bench/run.py train --threads 2 --device cpu --reps 3 --warmup 1 --rounds 1
   .venv/bin/python bench/run.py generate --threads 2 --device cpu
   .venv/bin/python bench/run.py memory --threads 2
+  .venv/bin/python bench/run.py seg --threads 1 --device cpu --step-reps 3 --step-warmup 1 --rounds 2
 """
 
 import argparse
@@ -724,6 +727,145 @@ def suite_memory(args):
     return 0 if all(r.get("libdrdm_status") == 0 for r in rows) else 1
 
 
+# ================================================================ seg
+SEG_BIGAUG_LABEL = {"libdrdm": "libdrdm drdm::seg::bigaug (batched)", "monai": "MONAI Compose, per sample",
+                    "torchio": "TorchIO Compose, per sample"}
+# Transforms in each BigAug pipeline, each at p = 0.5 (bench/peer_seg.py MAPPING).
+SEG_TRANSFORMS = {"libdrdm": 9, "monai": 9, "torchio": 6}
+
+
+def seg_param_failures(ours, theirs):
+    """Per U-Net row: "" if libdrdm's and the peer's parameter counts and per-name
+    shapes agree (and libdrdm's count is its closed form), else what differs."""
+    bad = {}
+    for k, a in ours.items():
+        if k[0] != "unet_step":
+            continue
+        b = theirs.get(("unet_step", "pytorch-python") + k[2:])
+        if b is None:
+            continue
+        why = []
+        if a["params"] != b["params"]:
+            why.append(f"parameter counts {a['params']:,} (libdrdm) != {b['params']:,} (peer)")
+        if a["params"] != a.get("params_closed_form"):
+            why.append(f"libdrdm count {a['params']:,} != closed form {a.get('params_closed_form')}")
+        if a.get("param_shapes") != b.get("param_shapes"):
+            names = set(a.get("param_shapes", {})) ^ set(b.get("param_shapes", {}))
+            names |= {n for n in set(a.get("param_shapes", {})) & set(b.get("param_shapes", {}))
+                      if a["param_shapes"][n] != b["param_shapes"][n]}
+            why.append("parameter shapes differ: " + ", ".join(sorted(names)[:6]))
+        bad[k] = "; ".join(why)
+    return bad
+
+
+def suite_seg(args):
+    """seg.md, seg.json (kept rows, checks, mapping, machine), seg_libdrdm.jsonl,
+    seg_peer.jsonl; exits non-zero when the U-Nets' parameters differ."""
+    need_executable(args.bench, "drdm_bench_seg")
+    ops = [o for o in args.ops.split(",") if o]
+    impls = [i for i in args.impls.split(",") if i] if "bigaug" in ops else []
+    if impls:
+        code = ("import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in %r) else 1)"
+                % (impls,))
+        if subprocess.run([args.python, "-c", code]).returncode != 0:
+            sys.exit(f"run.py: {' and '.join(impls)} not importable by {args.python}; install with\n"
+                     f"  {GENERATE_INSTALL}\n(or pass --python an interpreter that has them)")
+    peer = os.path.join(HERE, "peer_seg.py")
+    jobs = "drdm_train|drdm_bench|cc1plus|drdm_deform"
+    info = machine_info(args)
+    info["other_jobs_at_start"] = other_jobs(jobs)
+    mapping = json.loads(subprocess.check_output([args.python, peer, "--mapping"], text=True))
+
+    common = ["--threads", str(args.threads), "--device", args.device,
+              "--step-reps", str(args.step_reps), "--step-warmup", str(args.step_warmup),
+              "--aug-min-time", str(args.aug_min_time), "--aug-min-reps", str(args.aug_min_reps),
+              "--aug-warmup", str(args.aug_warmup)]
+    programs = [("libdrdm", [args.bench, *common, "--ops", ",".join(ops)])]
+    if "unet_step" in ops:
+        programs.append(("peer", [args.python, peer, *common, "--impl", "pytorch",
+                                  "--memory-format", args.peer_memory_format]))
+    programs += [("peer", [args.python, peer, *common, "--impl", i]) for i in impls]
+    best, raw = run_rounds(programs, [int(c) for c in args.cases.split(",") if c.strip()], args.rounds,
+                           args.wait_idle, metric=lambda r: r["ms"],
+                           key=lambda r: (r["op"], r["impl"], r["size"], r["batch"], r["device"]))
+    info["other_jobs_at_end"] = other_jobs(jobs)
+    ours, theirs = best["libdrdm"], best["peer"]
+    write_raw(args, "seg", raw)
+    failures = seg_param_failures(ours, theirs)
+
+    def order(k):
+        return (k[4] != "cpu", k[4], int(k[2].split("x")[0]), k[3])
+
+    step = ["| size, batch | device | libdrdm ms | PyTorch-Python ms | ratio | trainable parameters "
+            "(libdrdm / peer) | peer layout |", "|---|---|---:|---:|---:|---|---|"]
+    for k in sorted((k for k in ours if k[0] == "unet_step"), key=order):
+        a, b = ours[k], theirs.get(("unet_step", "pytorch-python") + k[2:], {})
+        bad = failures.get(k)
+        ratio = ("FAILED: " + bad) if bad else (f"{b['ms'] / a['ms']:.2f}" if b else "-")
+        layout = b.get("memory_format", "")
+        if len(b.get("variants", {})) > 1:
+            layout += " (" + ", ".join(f"{v}: {fmt_ms(ms)} ms" for v, ms in b["variants"].items()) + ")"
+        step.append(f"| {k[2]}, batch {k[3]} | {k[4]} | {fmt_ms(a['ms'])} | {fmt_ms(b.get('ms'))} | {ratio} | "
+                    f"{a['params']:,} / {fmt(b.get('params'), ',')} (closed form {a['params_closed_form']:,}) | "
+                    f"{layout} |")
+    aug = ["| size, batch | device | implementation | transforms at p 0.5 | samples/s | ms per sample | "
+           "libdrdm ÷ peer |", "|---|---|---|---:|---:|---:|---:|"]
+    ratios = []
+    for k in sorted((k for k in ours if k[0] == "bigaug"), key=order):
+        a = ours[k]
+        aug.append(f"| {k[2]}, batch {k[3]} | {k[4]} | {SEG_BIGAUG_LABEL['libdrdm']} | 9 | "
+                   f"{fmt_rate(a['samples_per_s'])} | {a['ms'] / a['batch']:.2f} | 1 |")
+        for impl in impls:
+            b = theirs.get(("bigaug", impl) + k[2:])
+            if not b:
+                continue
+            ratio = a["samples_per_s"] / b["samples_per_s"]
+            ratios.append({"size": k[2], "batch": k[3], "device": k[4], "peer": impl, "ratio": ratio,
+                           "libdrdm_samples_per_s": a["samples_per_s"], "peer_samples_per_s": b["samples_per_s"]})
+            aug.append(f"| {k[2]}, batch {k[3]} | {k[4]} | {SEG_BIGAUG_LABEL[impl]} | {SEG_TRANSFORMS[impl]} | "
+                       f"{fmt_rate(b['samples_per_s'])} | {b['ms'] / b['batch']:.2f} | {ratio:.2f} |")
+    maps = ["| BigAug transform (docs/bigaug.md) | MONAI | TorchIO |", "|---|---|---|"]
+    maps += [f"| {ours_t} | {m or 'none'} | {t or 'none (no transform of this kind)'} |" for ours_t, m, t in mapping]
+
+    info["max_others_cpu_kept_rows"] = max_others(ours, theirs)
+    md = [
+        "# Segmentation: U-Net training step and BigAug, libdrdm vs PyTorch-Python / MONAI / TorchIO",
+        "",
+        *machine_lines(info),
+        f"- threads: {args.threads}; torch {info['torch']}; Python {info['python']}",
+        f"- U-Net step: {args.step_reps} timed steps after {args.step_warmup} warm-up steps (median); BigAug: "
+        f"median over >= {args.aug_min_reps} calls and >= {args.aug_min_time} s after {args.aug_warmup} warm-up "
+        f"calls, one call = the whole batch; best of {max(1, args.rounds)} round(s) per case, the programs "
+        "alternating",
+        others_line(info["max_others_cpu_kept_rows"]),
+        other_jobs_line(info),
+        "",
+        "U-Net training step (drdm::seg::UNet widths 16, 32, 64, 128, 1 input channel, 4 classes; forward, "
+        "bce_loss (Eq. 17), loss read, backward, Adam) vs the same network in torch.nn with "
+        "BCEWithLogits on one-hot labels and torch.optim.Adam; ratio = PyTorch-Python ms / libdrdm ms "
+        "(> 1: libdrdm faster):",
+        "",
+        *step,
+        "",
+    ]
+    if len(aug) > 2:
+        md += ["BigAug throughput (images with labels; libdrdm transforms the batch at once, the peers one "
+               "sample after another as those libraries work); ratio = libdrdm samples/s ÷ peer samples/s "
+               "(> 1: libdrdm faster). Not like for like: MONAI resamples up to three times per sample "
+               "(rotate, zoom, elastic) where libdrdm composes them into one field, and TorchIO has no "
+               "transform of three of the nine kinds:", "", *aug, "", *maps, ""]
+    with open(os.path.join(args.out_dir, "seg.json"), "w") as f:
+        json.dump({"machine": info, "libdrdm": list(ours.values()), "peers": list(theirs.values()),
+                   "bigaug_ratios": ratios, "param_failures": {"/".join(map(str, k)): v for k, v in failures.items()},
+                   "mapping": mapping}, f, indent=1)
+    write_report(args, "seg", "\n".join(md), info, extra="seg.json")
+    bad = [v for v in failures.values() if v]
+    if bad:
+        print("U-Net parameter check FAILED: " + "; ".join(bad), file=sys.stderr)
+        return 1
+    return 0
+
+
 # ================================================================ command line
 def main():
     p = argparse.ArgumentParser(description="libdrdm benchmarks beside their peers",
@@ -791,6 +933,20 @@ def main():
     s.add_argument("--max-rss-gb", type=float, default=16.0,
                    help="kill a program whose resident set passes this (reported as '> limit')")
     s.add_argument("--no-peer", action="store_true", help="libdrdm only")
+
+    s = suite("seg", suite_seg, "U-Net training step vs PyTorch-Python, BigAug vs MONAI / TorchIO",
+              ["build", "bench", "drdm_bench_seg"], rounds=2, wait_idle=0)
+    s.add_argument("--cases", default="0", help="0 = 2D 128x128 batch 16 (the CPU config), "
+                                                "1 = 2D 256x256 batch 8")
+    s.add_argument("--ops", default="unet_step,bigaug")
+    s.add_argument("--impls", default="monai,torchio", help="BigAug peers")
+    s.add_argument("--step-reps", type=int, default=5, help="timed U-Net steps per row (after --step-warmup)")
+    s.add_argument("--step-warmup", type=int, default=2)
+    s.add_argument("--aug-min-time", type=float, default=2.0, help="BigAug: time each row at least this long (s)")
+    s.add_argument("--aug-min-reps", type=int, default=5)
+    s.add_argument("--aug-warmup", type=int, default=3)
+    s.add_argument("--peer-memory-format", choices=["auto", "contiguous", "channels_last"], default="auto",
+                   help="peer U-Net layout on CPU; auto times both and keeps the faster (libdrdm: contiguous)")
 
     args = p.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
