@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "app_common.h"
+#include "drdm/models.h"
 #include "drdm/seg/fewshot.h"
 #include "drdm/training_engine.h"
 
@@ -26,7 +27,9 @@ int main(int argc, char** argv) {
   r->add_flag("--no-progress", no_progress, "Do not draw progress bars");
   auto* p = cli.add_subcommand("predict", "Segment images (2D, or volumes slice by slice); label maps keep "
                                           "the input's geometry");
-  p->add_option("--model", model, "model.pt or a shipped model's name")->capture_default_str();
+  p->add_option("--model", model, "model.pt of a grid run, or a shipped segmentation model:\n" +
+                                      drdm::shipped_models_help("segmentation"))
+      ->capture_default_str();
   p->add_option("--input", input, "An image file or a folder of images")->required();
   p->add_option("--output", output, "Folder for the label maps (the inputs' file names)")->required();
   p->add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str();

@@ -58,7 +58,10 @@ std::vector<ShippedModel> shipped_models() {
       const auto model = entry.path().string() + "/model.pt";
       const bool known = std::any_of(out.begin(), out.end(), [&](const auto& m) { return m.name == name; });
       if (known || !detail::file_exists(model)) continue;
-      out.push_back({name, model, card_summary(entry.path().string())});
+      const auto task = name.rfind("seg-", 0) == 0   ? "segmentation"
+                        : name.rfind("reg-", 0) == 0 ? "registration"
+                                                     : "deformation";
+      out.push_back({name, model, card_summary(entry.path().string()), task});
     }
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
@@ -88,9 +91,10 @@ std::string default_model_path() {
   return resolve_model_path(kDefaultModelName);
 }
 
-std::string shipped_models_help() {
+std::string shipped_models_help(const std::string& task) {
   std::string text;
   for (const auto& m : shipped_models()) {
+    if (m.task != task) continue;
     std::string pad(m.name.size() < 16 ? 16 - m.name.size() : 1, ' ');
     text += "  " + m.name + pad + m.description + "\n";
   }

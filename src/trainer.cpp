@@ -107,23 +107,13 @@ torch::Device training_device(const TrainConfig& config) {
 
 RunSpec drdm_run_spec(const TrainConfig& config, const std::string& output_dir, bool resume,
                       bool progress) {
-  RunSpec spec;
-  spec.output_dir = output_dir;
-  spec.kind = kKind;
-  spec.config = to_json(config);
   // Only the step count may change on resume (to train longer).
-  spec.resume_identity = [](const std::string& text) {
+  const auto identity = [](const std::string& text) {
     auto c = parse_train_config(text, "checkpoint config");
     c.train.steps = 0;
     return to_json(c);
   };
-  spec.steps = config.train.steps;
-  spec.checkpoint_every = config.train.checkpoint_every;
-  spec.log_every = config.train.log_every;
-  spec.samples_per_step = config.train.batch_size;
-  spec.resume = resume;
-  spec.progress = progress;
-  return spec;
+  return run_spec(config.train, output_dir, kKind, to_json(config), identity, resume, progress);
 }
 
 at::Tensor predict_recovery(RecoveryNet& net, const at::Tensor& xt, const at::Tensor& t, bool bf16) {

@@ -146,6 +146,23 @@ Checkpoint read_checkpoint(const std::string& path, const std::string& expected_
   return c;
 }
 
+RunSpec run_spec(const TrainConfig::Train& train, const std::string& output_dir, const std::string& kind,
+                 const std::string& config, std::function<std::string(const std::string&)> identity,
+                 bool resume, bool progress) {
+  RunSpec spec;
+  spec.output_dir = output_dir;
+  spec.kind = kind;
+  spec.config = config;
+  spec.resume_identity = std::move(identity);
+  spec.steps = train.steps;
+  spec.checkpoint_every = train.checkpoint_every;
+  spec.log_every = train.log_every;
+  spec.samples_per_step = train.batch_size;
+  spec.resume = resume;
+  spec.progress = progress;
+  return spec;
+}
+
 TrainingRun::TrainingRun(RunSpec spec, std::function<TensorMap()> weights,
                          std::function<void(const TensorMap&)> load, Adam& adam)
     : spec_(std::move(spec)), weights_(std::move(weights)), load_(std::move(load)), adam_(adam) {

@@ -70,6 +70,12 @@ TEST(SegConfig, BadKeysAndValuesNameThemselves) {
   const auto c = seg::parse_seg_config("{" + data + "}", "seg.json");
   EXPECT_EQ(seg::to_json(seg::parse_seg_config(seg::to_json(c), "again")), seg::to_json(c));
   EXPECT_EQ(c.unet.classes, 4);
+  // The bank cap: fields per slice shrink for big subsets, never below 1.
+  auto capped = seg::parse_seg_config("{" + data + R"(, "drdm": {"fields_per_slice": 16, "max_fields": 1600}})", "s");
+  EXPECT_EQ(seg::bank_fields_per_slice(capped, 100), 16);
+  EXPECT_EQ(seg::bank_fields_per_slice(capped, 300), 5);
+  EXPECT_EQ(seg::bank_fields_per_slice(capped, 5000), 1);
+  EXPECT_EQ(seg::bank_fields_per_slice(c, 5000), 16);
 }
 
 /// A labelled volume (slices x 40 x 48): a bright disc (3) in a ring (2), a blob (1), at a subject-dependent place.

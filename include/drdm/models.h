@@ -11,6 +11,9 @@ struct ShippedModel {
   std::string name;         ///< e.g. "cardiac2d"
   std::string path;         ///< its model.pt, where it was found
   std::string description;  ///< the first sentence of its model card (what it is)
+  /// What it does, from its folder's name: "segmentation" (seg-*),
+  /// "registration" (reg-*), else "deformation" (a DRDM recovery network).
+  std::string task;
 };
 
 /// The name of the model that drdm_deform uses by default.
@@ -29,7 +32,8 @@ std::string resolve_model_path(const std::string& name_or_path);
 /// shipped kDefaultModelName. Throws if none exists.
 std::string default_model_path();
 
-/// "  cardiac2d      The DRDM recovery network for 2D cardiac MRI ..." lines for --help texts.
-std::string shipped_models_help();
+/// "  cardiac2d      The DRDM recovery network for 2D cardiac MRI ..." lines
+/// for --help texts: the shipped models of one task (see ShippedModel::task).
+std::string shipped_models_help(const std::string& task = "deformation");
 
 }  // namespace drdm

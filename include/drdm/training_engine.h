@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "drdm/optim.h"
+#include "drdm/train_config.h"
 
 namespace drdm {
 
@@ -91,6 +92,13 @@ struct RunSpec {
   std::string label = "train";  ///< progress bar label
   std::string lr_key = "train.lr";  ///< named in the NaN-stop advice
 };
+
+/// A RunSpec from a config's shared "train" section (steps, checkpoint_every,
+/// log_every, batch_size); `config` is the whole resolved config, `identity`
+/// its resume identity (see RunSpec::resume_identity).
+RunSpec run_spec(const TrainConfig::Train& train, const std::string& output_dir, const std::string& kind,
+                 const std::string& config, std::function<std::string(const std::string&)> identity,
+                 bool resume, bool progress);
 
 /// How a run ended.
 struct RunSummary {

@@ -76,6 +76,7 @@ json defaults_json(const SegConfig& c) {
            {{"model", c.drdm.model},
             {"levels", c.drdm.levels},
             {"fields_per_slice", c.drdm.fields_per_slice},
+            {"max_fields", c.drdm.max_fields},
             {"batch", c.drdm.batch}}}};
 }
 
@@ -126,6 +127,8 @@ void parse_grid_and_drdm(const json& j, const std::string& src, SegConfig& c) {
   c.drdm.levels = get<std::vector<int64_t>>(j, "drdm", "levels", src);
   c.drdm.fields_per_slice = get<int64_t>(j, "drdm", "fields_per_slice", src);
   c.drdm.batch = get<int64_t>(j, "drdm", "batch", src);
+  c.drdm.max_fields = get<int64_t>(j, "drdm", "max_fields", src);
+  require(c.drdm.max_fields >= 0, src, "drdm.max_fields", "must be >= 0 (0 = no cap)");
   require(!c.drdm.levels.empty(), src, "drdm.levels", "must not be empty");
   for (auto l : c.drdm.levels) require(l >= 1, src, "drdm.levels", "entries must be >= 1");
   require(c.drdm.fields_per_slice >= 1, src, "drdm.fields_per_slice", "must be >= 1");

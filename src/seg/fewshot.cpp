@@ -85,6 +85,11 @@ std::vector<Subject> choose_subjects(const std::vector<Subject>& pool, int64_t n
   return chosen;
 }
 
+int64_t bank_fields_per_slice(const SegConfig& c, int64_t slices) {
+  if (c.drdm.max_fields <= 0 || slices <= 0) return c.drdm.fields_per_slice;
+  return std::min(c.drdm.fields_per_slice, std::max<int64_t>(1, c.drdm.max_fields / slices));
+}
+
 namespace {
 
 nlohmann::json bank_manifest(const SliceSet& slices, const SegConfig& c, uint64_t seed) {
@@ -92,7 +97,7 @@ nlohmann::json bank_manifest(const SliceSet& slices, const SegConfig& c, uint64_
   for (const auto& cs : slices.cases) names.push_back(cs.name);
   return {{"model", resolve_model_path(c.drdm.model)},
           {"levels", c.drdm.levels},
-          {"fields_per_slice", c.drdm.fields_per_slice},
+          {"fields_per_slice", bank_fields_per_slice(c, slices.images.size(0))},
           {"seed", seed},
           {"size", c.data.slices.size},
           {"cases", names},
@@ -105,7 +110,7 @@ at::Tensor generate_bank(const SliceSet& slices, const SegConfig& c, uint64_t se
   DeformerOptions options;
   options.generation.batch = c.drdm.batch;
   Deformer deformer(c.drdm.model, device, options);
-  const int64_t M = slices.images.size(0), K = c.drdm.fields_per_slice;
+  const int64_t M = slices.images.size(0), K = bank_fields_per_slice(c, M);
   std::vector<at::Tensor> fields;
   detail::ProgressBar bar("drdm bank", M * K, 0, progress);
   for (int64_t start = 0; start < M * K; start += c.drdm.batch) {
@@ -209,21 +214,13 @@ std::string train_segmentation(const SegConfig& c, const std::string& augmentati
   net.to(device);
   net.train(true);
   Adam adam(net.parameters());
-  RunSpec spec;
-  spec.output_dir = output_dir;
-  spec.kind = kKind;
-  spec.config = to_json(c);
-  spec.resume_identity = [](const std::string& text) {
+  const auto identity = [](const std::string& text) {
     auto cfg = parse_seg_config(text, "checkpoint config");
     cfg.train.steps = 0;
     return to_json(cfg);
   };
-  spec.steps = c.train.steps;
-  spec.checkpoint_every = c.train.checkpoint_every;
-  spec.log_every = c.train.log_every;
-  spec.samples_per_step = c.train.batch_size;
-  spec.resume = detail::file_exists(output_dir + "/checkpoint.pt");
-  spec.progress = progress;
+  auto spec = run_spec(c.train, output_dir, kKind, to_json(c), identity,
+                       detail::file_exists(output_dir + "/checkpoint.pt"), progress);
   spec.label = augmentation;
   TrainingRun run(spec, [&] { return net.state(); }, [&](const TensorMap& m) { net.load_state(m); }, adam);
   run.start();

@@ -97,6 +97,7 @@ json run_one(const SegConfig& c, const std::string& aug, int64_t n, int64_t seed
   for (const auto& s : chosen) numbers.push_back(s.number);
   json record = {{"augmentation", aug}, {"subjects", n}, {"seed", seed}, {"chosen", numbers},
                  {"labelled_slices", slices.images.size(0)}, {"train_seconds", train_secs},
+                 {"bank_fields_per_slice", bank.defined() ? bank.size(1) : 0},
                  {"per_subject", per_subject(results, c)}, {"cases", json::parse(results_json(results))}};
   write_text_atomically(done, record.dump(1) + "\n");
   return record;

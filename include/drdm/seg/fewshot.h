@@ -45,6 +45,9 @@ struct SegConfig {
     std::string model = "cardiac2d";            ///< shipped name or model.pt
     std::vector<int64_t> levels = {30, 45};      ///< T' of the bank's fields, in turn
     int64_t fields_per_slice = 16;               ///< bank size per labelled slice
+    /// Cap on a bank's fields (0 = none): a subset of M slices gets
+    /// min(fields_per_slice, max(1, max_fields / M)) fields per slice.
+    int64_t max_fields = 0;
     int64_t batch = 16;                          ///< fields generated per network call
   } drdm;
 };
@@ -73,8 +76,11 @@ Split split_subjects(const SegConfig::Data& data);
 /// an error.
 std::vector<Subject> choose_subjects(const std::vector<Subject>& pool, int64_t n, uint64_t seed);
 
-/// The DRDM augmentation bank of a set of slices: fields_per_slice generated
-/// fields per slice, float16 [M, K, 2, H, W] in voxels of the slice grid.
+/// The number of bank fields per slice for M slices (drdm.fields_per_slice, capped by drdm.max_fields).
+int64_t bank_fields_per_slice(const SegConfig& config, int64_t slices);
+
+/// The DRDM augmentation bank of a set of slices: K = bank_fields_per_slice
+/// generated fields per slice, float16 [M, K, 2, H, W] in voxels of the slice grid.
 /// Cached in dir/bank.pt with dir/manifest.json; a cache made with another
 /// model, levels, K, seed or slices is rebuilt.
 torch::Tensor drdm_bank(const SliceSet& slices, const SegConfig& config, uint64_t seed,
