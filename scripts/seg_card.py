@@ -68,7 +68,7 @@ build/apps/seg_fewshot predict --model seg-cardiac2d --input scan.nii.gz --outpu
 ## What it is
 - **Run:** `{name}`: augmentation **{best['augmentation']}**, **{best['subjects']} labelled subject(s)**
   (ACDC patients {', '.join(str(n) for n in best['chosen'])}, both frames: {best['labelled_slices']} slices), seed {best['seed']}.
-- **Network:** vanilla U-Net, widths {cfg['unet']['widths']}, sigmoid + BCE (paper Eq. 17), input {cfg['data']['size'][0]}×{cfg['data']['size'][1]}
+- **Network:** vanilla U-Net, widths {cfg['unet']['widths']}, {'sigmoid + BCE (paper Eq. 17)' if cfg['unet']['loss'] == 'bce' else 'softmax cross-entropy + Dice'}, input {cfg['data']['size'][0]}×{cfg['data']['size'][1]}
   (each slice fitted keeping its aspect ratio; intensities clipped to the volume's 0.5/99.5 percentiles).
 - **Training:** {cfg['train']['steps']} steps, batch {cfg['train']['batch_size']}, Adam lr {cfg['train']['lr']} ({cfg['train']['lr_schedule']}),
   {best['train_seconds'] / 60:.1f} min on 2 CPU cores; final loss {last['loss']:.4f}.
