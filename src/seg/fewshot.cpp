@@ -242,8 +242,8 @@ std::string train_segmentation(const SegConfig& c, const std::string& augmentati
 SegModel load_seg_model(const std::string& name_or_path, const torch::Device& device) {
   const auto path = resolve_model_path(name_or_path);
   auto ck = read_checkpoint(path, kKind);
-  SegModel m{UNet(parse_seg_config(ck.config, path + " (embedded config)").unet), {}, ck.step};
-  m.config = parse_seg_config(ck.config, path + " (embedded config)");
+  auto config = parse_seg_config(ck.config, path + " (embedded config)");
+  SegModel m{UNet(config.unet), std::move(config), ck.step};
   m.net.load_state(ck.model);
   m.net.to(device);
   m.net.train(false);
