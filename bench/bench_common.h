@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <chrono>
@@ -9,11 +10,16 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <iostream>
+#include <map>
 #include <numeric>
+#include <ostream>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "drdm/runtime.h"
 
 namespace drdm::bench {
 
@@ -147,6 +153,23 @@ inline bool open_output(const CommonOptions& o, const char* program, std::ofstre
   return true;
 }
 
+/// What a program's main sets up from the common flags: the allocator as the
+/// programs ship (drdm::keep_freed_memory_for_reuse() unless --default-malloc),
+/// ATen's threads (--threads), the devices (--device) and the output (--out).
+struct Session {
+  std::vector<std::string> devices;
+  std::ofstream file;
+  std::ostream& out() { return file.is_open() ? static_cast<std::ostream&>(file) : std::cout; }
+};
+
+/// Sets up `s` for `program`; false after a message when CUDA alone is asked
+/// for but absent or --out cannot be opened.
+inline bool start_session(const CommonOptions& o, const char* program, Session& s) {
+  if (!o.default_malloc) drdm::keep_freed_memory_for_reuse();
+  if (o.threads > 0) at::set_num_threads(o.threads);
+  return requested_devices(o, program, s.devices) && open_output(o, program, s.file);
+}
+
 /// Forces completion of all queued work that produced `t` (CUDA launches are
 /// asynchronous; copying one element to the host waits for the stream).
 inline void sync(const at::Tensor& t) {
@@ -186,6 +209,39 @@ inline Timing time_op(const std::function<at::Tensor(int)>& op, const CommonOpti
   const double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
   const double mean = std::accumulate(ms.begin(), ms.end(), 0.0) / static_cast<double>(n);
   return {median, mean, sorted.front(), static_cast<int>(n)};
+}
+
+/// One result row as a JSON object: impl "libdrdm", op, dims, size, batch,
+/// device, threads, ms (= the median) and the timing, then `extra` (", \"key\": value"...).
+inline std::string result_row(const std::string& op, const std::vector<int64_t>& size,
+                              int64_t batch, const std::string& device, const Timing& t,
+                              const std::string& extra) {
+  char nums[256];
+  std::snprintf(nums, sizeof nums,
+                ", \"threads\": %d, \"ms\": %.4f, \"median_ms\": %.4f, \"mean_ms\": %.4f, "
+                "\"min_ms\": %.4f, \"reps\": %d",
+                at::get_num_threads(), t.median_ms, t.median_ms, t.mean_ms, t.min_ms, t.reps);
+  return "{\"impl\": \"libdrdm\", \"op\": \"" + op +
+         "\", \"dims\": " + std::to_string(size.size()) + ", \"size\": \"" + size_string(size) +
+         "\", \"batch\": " + std::to_string(batch) + ", \"device\": \"" + device + "\"" + nums +
+         extra + "}";
+}
+
+/// Writes a row to `out` (stdout, or the --out file; then also echoed to stderr).
+inline void emit_row(std::ostream& out, const CommonOptions& o, const std::string& row) {
+  out << row << std::endl;
+  if (!o.out.empty()) std::fprintf(stderr, "%s\n", row.c_str());
+}
+
+/// Parameter shapes by name as a JSON object: {"name": [d0, d1, ...], ...}.
+inline std::string shapes_json(const std::map<std::string, at::Tensor>& state) {
+  std::string s = "{";
+  for (const auto& [k, v] : state) {
+    s += (s.size() > 1 ? ", \"" : "\"") + k + "\": [";
+    for (int64_t i = 0; i < v.dim(); ++i) s += (i ? ", " : "") + std::to_string(v.size(i));
+    s += "]";
+  }
+  return s + "}";
 }
 
 }  // namespace drdm::bench

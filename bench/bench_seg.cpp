@@ -124,18 +124,6 @@ std::pair<at::Tensor, at::Tensor> make_batch(const Case& c, uint64_t seed) {
   return {images, labels};
 }
 
-std::string shapes_json(const drdm::seg::UNet& net) {
-  std::string s = "{";
-  bool first = true;
-  for (const auto& [k, v] : net.state()) {
-    s += (first ? "\"" : ", \"") + k + "\": [";
-    for (int64_t i = 0; i < v.dim(); ++i) s += (i ? ", " : "") + std::to_string(v.size(i));
-    s += "]";
-    first = false;
-  }
-  return s + "}";
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -201,7 +189,8 @@ int main(int argc, char** argv) {
              ", \"params\": " + std::to_string(net.parameter_count()) +
                  ", \"params_closed_form\": " + std::to_string(drdm::seg::unet_parameter_count(uo)) +
                  ", \"widths\": [" + widths + "], \"classes\": " + std::to_string(kClasses) +
-                 ", \"memory_format\": \"contiguous\", \"param_shapes\": " + shapes_json(net));
+                 ", \"memory_format\": \"contiguous\", \"param_shapes\": " +
+                 drdm::bench::shapes_json(net.state()));
       }
 
       if (wanted(o.ops, "bigaug")) {

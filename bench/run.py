@@ -8,6 +8,8 @@
                          memory of a few training steps of each config
   bench/run.py seg       drdm_bench_seg vs bench/peer_seg.py (U-Net training step vs
                          PyTorch-Python; BigAug vs MONAI / TorchIO pipelines)
+  bench/run.py reg       drdm_bench_reg vs bench/peer_reg.py (VoxelMorph training step vs
+                         the same network in PyTorch-Python)
 
 Builds nothing: run scripts/setup.sh (or build the bench targets) first.
 `bench/run.py SUITE --help` lists each suite's options. Every suite writes a
@@ -26,6 +28,7 @@ Examples:
   .venv/bin/python bench/run.py generate --threads 2 --device cpu
   .venv/bin/python bench/run.py memory --threads 2
   .venv/bin/python bench/run.py seg --threads 1 --device cpu --step-reps 3 --step-warmup 1 --rounds 2
+  .venv/bin/python bench/run.py reg --threads 1 --device cpu --reps 3 --warmup 1 --rounds 2
 """
 
 import argparse
@@ -198,6 +201,16 @@ def run_rounds(programs, cases, rounds, idle_timeout, key, metric, peers_first=F
     return best, raw
 
 
+def measure_cases(args, suite, programs, info, jobs, key):
+    """run_rounds over --cases (metric "ms"), then notes the other jobs and
+    writes the raw rows; returns the kept rows of libdrdm and of the peers."""
+    best, raw = run_rounds(programs, [int(c) for c in args.cases.split(",") if c.strip()], args.rounds,
+                           args.wait_idle, key=key, metric=lambda r: r["ms"])
+    info["other_jobs_at_end"] = other_jobs(jobs)
+    write_raw(args, suite, raw)
+    return best["libdrdm"], best["peer"]
+
+
 def max_others(*stores):
     others = [r.get("others_cpu") for s in stores for r in s.values()]
     others = [o for o in others if o is not None]
@@ -227,9 +240,59 @@ def write_report(args, name, text, info, extra=None):
     print(text)
 
 
+def write_kept(args, suite, info, ours, theirs, **extra):
+    """<out-dir>/<suite>.json: the machine, the kept rows of both sides and `extra`."""
+    with open(os.path.join(args.out_dir, suite + ".json"), "w") as f:
+        json.dump({"machine": info, "libdrdm": list(ours.values()), "peers": list(theirs.values()), **extra},
+                  f, indent=1)
+
+
 def need_executable(path, target):
     if not os.access(path, os.X_OK):
         sys.exit(f"run.py: {path} is not an executable; build target {target} first")
+
+
+def row_key(r):
+    """A result row's key where one program may emit several ops and impls."""
+    return r["op"], r["impl"], r["size"], r["batch"], r["device"]
+
+
+def param_failures(ours, theirs, op):
+    """Per `op` row (key row_key): "" if libdrdm's and the
+    PyTorch-Python peer's parameter counts and per-name shapes agree (and
+    libdrdm's count is its closed form), else what differs."""
+    bad = {}
+    for k, a in ours.items():
+        if k[0] != op:
+            continue
+        b = theirs.get((op, "pytorch-python") + k[2:])
+        if b is None:
+            continue
+        why = []
+        if a["params"] != b["params"]:
+            why.append(f"parameter counts {a['params']:,} (libdrdm) != {b['params']:,} (peer)")
+        if a["params"] != a.get("params_closed_form"):
+            why.append(f"libdrdm count {a['params']:,} != closed form {a.get('params_closed_form')}")
+        if a.get("param_shapes") != b.get("param_shapes"):
+            names = set(a.get("param_shapes", {})) ^ set(b.get("param_shapes", {}))
+            names |= {n for n in set(a.get("param_shapes", {})) & set(b.get("param_shapes", {}))
+                      if a["param_shapes"][n] != b["param_shapes"][n]}
+            why.append("parameter shapes differ: " + ", ".join(sorted(names)[:6]))
+        bad[k] = "; ".join(why)
+    return bad
+
+
+
+def finish_checked(args, suite, md, info, ours, theirs, failures, network, **extra):
+    """Writes <suite>.json (kept rows, `extra`, the parameter check of
+    param_failures) and <suite>.md; returns 1 when the check failed, else 0."""
+    write_kept(args, suite, info, ours, theirs, **extra,
+               param_failures={"/".join(map(str, k)): v for k, v in failures.items()})
+    write_report(args, suite, "\n".join(md), info, extra=suite + ".json")
+    bad = [v for v in failures.values() if v]
+    if bad:
+        print(f"{network} parameter check FAILED: " + "; ".join(bad), file=sys.stderr)
+    return 1 if bad else 0
 
 
 # ================================================================ spatial
@@ -564,9 +627,7 @@ def suite_generate(args):
         *lines,
         "",
     ]
-    with open(os.path.join(args.out_dir, "generate.json"), "w") as f:
-        json.dump({"machine": info, "libdrdm": list(ours.values()), "peers": list(theirs.values()),
-                   "ratios": ratios}, f, indent=1)
+    write_kept(args, "generate", info, ours, theirs, ratios=ratios)
     write_report(args, "generate", "\n".join(md), info, extra="generate.json")
     return 0
 
@@ -734,30 +795,6 @@ SEG_BIGAUG_LABEL = {"libdrdm": "libdrdm drdm::seg::bigaug (batched)", "monai": "
 SEG_TRANSFORMS = {"libdrdm": 9, "monai": 9, "torchio": 6}
 
 
-def seg_param_failures(ours, theirs):
-    """Per U-Net row: "" if libdrdm's and the peer's parameter counts and per-name
-    shapes agree (and libdrdm's count is its closed form), else what differs."""
-    bad = {}
-    for k, a in ours.items():
-        if k[0] != "unet_step":
-            continue
-        b = theirs.get(("unet_step", "pytorch-python") + k[2:])
-        if b is None:
-            continue
-        why = []
-        if a["params"] != b["params"]:
-            why.append(f"parameter counts {a['params']:,} (libdrdm) != {b['params']:,} (peer)")
-        if a["params"] != a.get("params_closed_form"):
-            why.append(f"libdrdm count {a['params']:,} != closed form {a.get('params_closed_form')}")
-        if a.get("param_shapes") != b.get("param_shapes"):
-            names = set(a.get("param_shapes", {})) ^ set(b.get("param_shapes", {}))
-            names |= {n for n in set(a.get("param_shapes", {})) & set(b.get("param_shapes", {}))
-                      if a["param_shapes"][n] != b["param_shapes"][n]}
-            why.append("parameter shapes differ: " + ", ".join(sorted(names)[:6]))
-        bad[k] = "; ".join(why)
-    return bad
-
-
 def suite_seg(args):
     """seg.md, seg.json (kept rows, checks, mapping, machine), seg_libdrdm.jsonl,
     seg_peer.jsonl; exits non-zero when the U-Nets' parameters differ."""
@@ -785,13 +822,8 @@ def suite_seg(args):
         programs.append(("peer", [args.python, peer, *common, "--impl", "pytorch",
                                   "--memory-format", args.peer_memory_format]))
     programs += [("peer", [args.python, peer, *common, "--impl", i]) for i in impls]
-    best, raw = run_rounds(programs, [int(c) for c in args.cases.split(",") if c.strip()], args.rounds,
-                           args.wait_idle, metric=lambda r: r["ms"],
-                           key=lambda r: (r["op"], r["impl"], r["size"], r["batch"], r["device"]))
-    info["other_jobs_at_end"] = other_jobs(jobs)
-    ours, theirs = best["libdrdm"], best["peer"]
-    write_raw(args, "seg", raw)
-    failures = seg_param_failures(ours, theirs)
+    ours, theirs = measure_cases(args, "seg", programs, info, jobs, key=row_key)
+    failures = param_failures(ours, theirs, "unet_step")
 
     def order(k):
         return (k[4] != "cpu", k[4], int(k[2].split("x")[0]), k[3])
@@ -854,16 +886,65 @@ def suite_seg(args):
                "(> 1: libdrdm faster). Not like for like: MONAI resamples up to three times per sample "
                "(rotate, zoom, elastic) where libdrdm composes them into one field, and TorchIO has no "
                "transform of three of the nine kinds:", "", *aug, "", *maps, ""]
-    with open(os.path.join(args.out_dir, "seg.json"), "w") as f:
-        json.dump({"machine": info, "libdrdm": list(ours.values()), "peers": list(theirs.values()),
-                   "bigaug_ratios": ratios, "param_failures": {"/".join(map(str, k)): v for k, v in failures.items()},
-                   "mapping": mapping}, f, indent=1)
-    write_report(args, "seg", "\n".join(md), info, extra="seg.json")
-    bad = [v for v in failures.values() if v]
-    if bad:
-        print("U-Net parameter check FAILED: " + "; ".join(bad), file=sys.stderr)
-        return 1
-    return 0
+    return finish_checked(args, "seg", md, info, ours, theirs, failures, "U-Net", bigaug_ratios=ratios,
+                          mapping=mapping)
+
+
+# ================================================================ reg
+def reg_table(ours, theirs, failures):
+    """The report's table lines and the ratios, one per (case, device)."""
+    lines = ["| size, batch | device | libdrdm ms | PyTorch-Python ms | ratio | trainable parameters "
+             "(libdrdm / peer) | first loss (libdrdm / peer) |", "|---|---|---:|---:|---:|---|---|"]
+    ratios = []
+    for k in sorted(ours, key=lambda k: (k[4] != "cpu", k[4], len(k[2].split("x")), k[3])):
+        a, b = ours[k], theirs.get(("voxelmorph_step", "pytorch-python") + k[2:], {})
+        ratio = b["ms"] / a["ms"] if b else None
+        if ratio is not None:
+            ratios.append({"size": k[2], "batch": k[3], "device": k[4], "ratio": ratio,
+                           "libdrdm_ms": a["ms"], "peer_ms": b["ms"]})
+        shown = ("FAILED: " + failures[k]) if failures.get(k) else fmt(ratio, ".2f")
+        lines.append(f"| {k[2]}, batch {k[3]} | {k[4]} | {fmt_ms(a['ms'])} | {fmt_ms(b.get('ms'))} | {shown} | "
+                     f"{a['params']:,} / {fmt(b.get('params'), ',')} (closed form {a['params_closed_form']:,}) | "
+                     f"{a['first_loss']:.6g} / {fmt(b.get('first_loss'), '.6g')} |")
+    return lines, ratios
+
+
+def suite_reg(args):
+    """reg.md, reg.json (kept rows, ratios, checks, machine), reg_libdrdm.jsonl,
+    reg_peer.jsonl; exits non-zero when the two networks' parameters differ."""
+    need_executable(args.bench, "drdm_bench_reg")
+    peer = os.path.join(HERE, "peer_reg.py")
+    jobs = "drdm_train|drdm_bench|cc1plus|drdm_deform"
+    info = machine_info(args)
+    info["other_jobs_at_start"] = other_jobs(jobs)
+    common = ["--threads", str(args.threads), "--device", args.device, "--rounds", str(args.reps),
+              "--warmup", str(args.warmup)]
+    programs = [("libdrdm", [args.bench, *common]), ("peer", [args.python, peer, *common])]
+    ours, theirs = measure_cases(args, "reg", programs, info, jobs, key=row_key)
+    failures = param_failures(ours, theirs, "voxelmorph_step")
+    lines, ratios = reg_table(ours, theirs, failures)
+    info["max_others_cpu_kept_rows"] = max_others(ours, theirs)
+    md = [
+        "# Registration: VoxelMorph training step, libdrdm vs PyTorch-Python",
+        "",
+        *machine_lines(info),
+        f"- threads: {args.threads}; torch {info['torch']}; Python {info['python']}",
+        f"- per row: median of {args.reps} timed steps after {args.warmup} warm-up step(s); best of "
+        f"{max(1, args.rounds)} round(s) per case, the programs alternating",
+        others_line(info["max_others_cpu_kept_rows"]),
+        other_jobs_line(info),
+        "",
+        "VoxelMorph step (drdm::reg::VoxelMorph defaults: encoder 16, 32, 32, 32, decoder 32, 32, 32, 32, 32, "
+        "16, 16, velocity integrated by 7 squarings at half resolution; forward, MSE(warp(moving, displacement), "
+        "fixed) + 0.01 x mean squared forward difference of the velocity, loss read, backward, Adam) vs the same "
+        "network in torch.nn and torch.optim.Adam, both contiguous, on the same fixed random pair; ratio = "
+        "PyTorch-Python ms / libdrdm ms (> 1: libdrdm faster). The first loss is the step-0 loss (same inputs, "
+        "different random initial weights):",
+        "",
+        *lines,
+        "",
+    ]
+    return finish_checked(args, "reg", md, info, ours, theirs, failures, "VoxelMorph", ratios=ratios)
 
 
 # ================================================================ command line
@@ -947,6 +1028,12 @@ def main():
     s.add_argument("--aug-warmup", type=int, default=3)
     s.add_argument("--peer-memory-format", choices=["auto", "contiguous", "channels_last"], default="auto",
                    help="peer U-Net layout on CPU; auto times both and keeps the faster (libdrdm: contiguous)")
+
+    s = suite("reg", suite_reg, "VoxelMorph training step vs the same network in PyTorch-Python",
+              ["build", "bench", "drdm_bench_reg"], rounds=2, wait_idle=0)
+    s.add_argument("--cases", default="0,1", help="0 = 2D 128x128 batch 8, 1 = 3D 64^3 batch 1")
+    s.add_argument("--reps", type=int, default=5, help="timed steps per row (after --warmup)")
+    s.add_argument("--warmup", type=int, default=2)
 
     args = p.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)

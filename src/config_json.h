@@ -46,6 +46,8 @@ T get(const nlohmann::json& j, const std::string& section, const std::string& ke
 /// The "train" section (optimiser, schedule, steps, checkpoints, device) that
 /// every trainer's config shares: its defaults as JSON, and its checked parse.
 nlohmann::json train_section_json(const TrainConfig::Train& train);
-TrainConfig::Train parse_train_section(const nlohmann::json& j, const std::string& source);
+/// `section` names the JSON section that holds these keys (error messages name it too).
+TrainConfig::Train parse_train_section(const nlohmann::json& j, const std::string& source,
+                                       const std::string& section = "train");
 
 }  // namespace drdm::detail

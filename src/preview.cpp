@@ -52,6 +52,7 @@ struct Plane {
   std::array<int64_t, 2> extent;             // full sizes of the in-plane axes
   int64_t out_of_plane_size = 1;
   torch::Tensor out_of_plane;                // [h, w] displacement along the third axis (or empty)
+  torch::Tensor reference;                   // [h, w] drawn after the image (or empty)
 };
 
 torch::Tensor render_row(const Plane& p, double lo, double hi) {
@@ -68,21 +69,27 @@ torch::Tensor render_row(const Plane& p, double lo, double hi) {
   const double mmax = std::max(m.max().item<double>(), 1e-6);
   auto mag = colour_map(m / mmax);
   auto gap = at::full({3, h, kGap}, 255.0f);
-  return at::cat({grey(p.image, lo, hi), gap, grey(p.warped, lo, hi), gap, overlay, gap, mag}, 2);
+  std::vector<torch::Tensor> panels{grey(p.image, lo, hi), gap};
+  if (p.reference.defined()) panels.insert(panels.end(), {grey(p.reference, lo, hi), gap});
+  panels.insert(panels.end(), {grey(p.warped, lo, hi), gap, overlay, gap, mag});
+  return at::cat(panels, 2);
 }
 
 }  // namespace
 }  // namespace detail
 
 torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tensor& warped,
-                                  const torch::Tensor& field) {
+                                  const torch::Tensor& field, const torch::Tensor& reference) {
   TORCH_CHECK(image.dim() == 4 || image.dim() == 5,
               "render_warp_preview: expected an image [N, C, ...S], got ", image.sizes());
   TORCH_CHECK(warped.sizes().slice(2) == image.sizes().slice(2) &&
                   field.sizes().slice(2) == image.sizes().slice(2) && field.size(1) == image.dim() - 2,
               "render_warp_preview: expected image, warped image and field on one grid, got ",
               image.sizes(), ", ", warped.sizes(), ", ", field.sizes());
+  TORCH_CHECK(!reference.defined() || reference.sizes().slice(2) == image.sizes().slice(2),
+              "render_warp_preview: expected the reference on the image's grid, got ", reference.sizes());
   at::NoGradGuard no_grad;
+  const auto ref = reference.defined() ? reference[0][0].to(at::kFloat).cpu() : torch::Tensor();
   auto img = image[0][0].to(at::kFloat).cpu();
   auto wrp = warped[0][0].to(at::kFloat).cpu();
   auto u = field[0].to(at::kFloat).cpu();
@@ -94,7 +101,7 @@ torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tenso
 
   std::vector<detail::Plane> planes;
   if (img.dim() == 2) {
-    planes.push_back({img, wrp, u, {img.size(0), img.size(1)}, 1, {}});
+    planes.push_back({img, wrp, u, {img.size(0), img.size(1)}, 1, {}, ref});
   } else {
     const int64_t D = img.size(0), H = img.size(1), W = img.size(2);
     // axial (D fixed): in-plane H, W; coronal (H fixed): D, W; sagittal (W fixed): D, H.
@@ -105,7 +112,7 @@ torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tenso
       auto take = [&](const torch::Tensor& t) { return t.select(t.dim() - 3 + fixed, mid); };
       auto uu = take(u);  // [3, p, q]
       planes.push_back({take(img), take(wrp), at::stack({uu[a[1]], uu[a[2]]}), {sizes[a[1]], sizes[a[2]]},
-                        sizes[fixed], uu[fixed]});
+                        sizes[fixed], uu[fixed], ref.defined() ? take(ref) : torch::Tensor()});
     }
   }
   // One enlargement for all rows, from the longest image axis, so that the
@@ -134,8 +141,8 @@ torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tenso
 }
 
 void write_warp_preview(const std::string& path, const torch::Tensor& image,
-                        const torch::Tensor& warped, const torch::Tensor& field) {
-  write_rgb_png(path, render_warp_preview(image, warped, field));
+                        const torch::Tensor& warped, const torch::Tensor& field, const torch::Tensor& reference) {
+  write_rgb_png(path, render_warp_preview(image, warped, field, reference));
 }
 
 }  // namespace drdm

@@ -177,52 +177,54 @@ json train_section_json(const TrainConfig::Train& t) {
                 {"prefetch", t.prefetch}};
 }
 
-TrainConfig::Train parse_train_section(const json& j, const std::string& src) {
+TrainConfig::Train parse_train_section(const json& j, const std::string& src, const std::string& section) {
+  const auto key = [&](const char* k) { return section + "." + k; };
+  const auto& S = section;
   TrainConfig::Train t;
-  t.batch_size = get<int64_t>(j, "train", "batch_size", src);
-  t.steps = get<int64_t>(j, "train", "steps", src);
-  t.lr = get<double>(j, "train", "lr", src);
-  t.lr_decay = get<double>(j, "train", "lr_decay", src);
-  t.lr_schedule = get<std::string>(j, "train", "lr_schedule", src);
-  t.warmup_steps = get<int64_t>(j, "train", "warmup_steps", src);
-  t.lr_min = get<double>(j, "train", "lr_min", src);
-  t.init_from = get<std::string>(j, "train", "init_from", src);
-  const auto seed = get<int64_t>(j, "train", "seed", src);
-  require(seed >= 0, src, "train.seed", "must be >= 0");
+  t.batch_size = get<int64_t>(j, S, "batch_size", src);
+  t.steps = get<int64_t>(j, S, "steps", src);
+  t.lr = get<double>(j, S, "lr", src);
+  t.lr_decay = get<double>(j, S, "lr_decay", src);
+  t.lr_schedule = get<std::string>(j, S, "lr_schedule", src);
+  t.warmup_steps = get<int64_t>(j, S, "warmup_steps", src);
+  t.lr_min = get<double>(j, S, "lr_min", src);
+  t.init_from = get<std::string>(j, S, "init_from", src);
+  const auto seed = get<int64_t>(j, S, "seed", src);
+  require(seed >= 0, src, key("seed"), "must be >= 0");
   t.seed = static_cast<uint64_t>(seed);
-  t.checkpoint_every = get<int64_t>(j, "train", "checkpoint_every", src);
-  t.preview_every = get<int64_t>(j, "train", "preview_every", src);
-  t.log_every = get<int64_t>(j, "train", "log_every", src);
-  t.mixed_precision = get<std::string>(j, "train", "mixed_precision", src);
-  t.device = get<std::string>(j, "train", "device", src);
-  t.threads = get<int64_t>(j, "train", "threads", src);
-  t.prefetch = get<int64_t>(j, "train", "prefetch", src);
-  require(t.batch_size >= 1 && t.batch_size <= 4096, src, "train.batch_size",
+  t.checkpoint_every = get<int64_t>(j, S, "checkpoint_every", src);
+  t.preview_every = get<int64_t>(j, S, "preview_every", src);
+  t.log_every = get<int64_t>(j, S, "log_every", src);
+  t.mixed_precision = get<std::string>(j, S, "mixed_precision", src);
+  t.device = get<std::string>(j, S, "device", src);
+  t.threads = get<int64_t>(j, S, "threads", src);
+  t.prefetch = get<int64_t>(j, S, "prefetch", src);
+  require(t.batch_size >= 1 && t.batch_size <= 4096, src, key("batch_size"),
           "must be in [1, 4096]");
-  require(t.steps >= 1, src, "train.steps", "must be >= 1");
-  require(finite(t.lr) && t.lr > 0, src, "train.lr", "must be > 0");
-  require(finite(t.lr_decay) && t.lr_decay > 0 && t.lr_decay <= 1, src, "train.lr_decay",
+  require(t.steps >= 1, src, key("steps"), "must be >= 1");
+  require(finite(t.lr) && t.lr > 0, src, key("lr"), "must be > 0");
+  require(finite(t.lr_decay) && t.lr_decay > 0 && t.lr_decay <= 1, src, key("lr_decay"),
           "must be in (0, 1]");
   require(t.lr_schedule == "exponential" || t.lr_schedule == "cosine" ||
               t.lr_schedule == "constant",
-          src, "train.lr_schedule",
+          src, key("lr_schedule"),
           "must be \"exponential\", \"cosine\" or \"constant\", got \"" + t.lr_schedule + "\"");
-  require(t.warmup_steps >= 0 && t.warmup_steps < t.steps, src, "train.warmup_steps",
-          "must be in [0, train.steps)");
-  require(t.lr_schedule != "exponential" || t.warmup_steps == 0, src, "train.warmup_steps",
+  require(t.warmup_steps >= 0 && t.warmup_steps < t.steps, src, key("warmup_steps"),
+          "must be in [0, " + section + ".steps)");
+  require(t.lr_schedule != "exponential" || t.warmup_steps == 0, src, key("warmup_steps"),
           "is only used by the \"cosine\" and \"constant\" schedules");
-  require(finite(t.lr_min) && t.lr_min >= 0 && t.lr_min <= t.lr, src, "train.lr_min",
-          "must be in [0, train.lr]");
-  require(t.checkpoint_every >= 1, src, "train.checkpoint_every", "must be >= 1");
-  require(t.preview_every >= 0, src, "train.preview_every", "must be >= 0 (0 = no previews)");
-  require(t.log_every >= 1, src, "train.log_every", "must be >= 1");
-  require(t.mixed_precision == "none" || t.mixed_precision == "bf16", src, "train.mixed_precision",
+  require(finite(t.lr_min) && t.lr_min >= 0 && t.lr_min <= t.lr, src, key("lr_min"),
+          "must be in [0, " + section + ".lr]");
+  require(t.checkpoint_every >= 1, src, key("checkpoint_every"), "must be >= 1");
+  require(t.preview_every >= 0, src, key("preview_every"), "must be >= 0 (0 = no previews)");
+  require(t.log_every >= 1, src, key("log_every"), "must be >= 1");
+  require(t.mixed_precision == "none" || t.mixed_precision == "bf16", src, key("mixed_precision"),
           "must be \"none\" or \"bf16\", got \"" + t.mixed_precision + "\"");
   require(t.device == "auto" || t.device == "cpu" || t.device.rfind("cuda", 0) == 0, src,
-          "train.device",
+          key("device"),
           "must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"" + t.device + "\"");
-  require(t.threads >= 0 && t.threads <= 1024, src, "train.threads", "must be in [0, 1024]");
-  require(t.prefetch >= 0 && t.prefetch <= 64, src, "train.prefetch", "must be in [0, 64]");
+  require(t.threads >= 0 && t.threads <= 1024, src, key("threads"), "must be in [0, 1024]");
+  require(t.prefetch >= 0 && t.prefetch <= 64, src, key("prefetch"), "must be in [0, 64]");
   return t;
 }
 

@@ -15,11 +15,14 @@ namespace drdm {
 /// batch is drawn). 3D: one row per central plane (axial D, coronal H,
 /// sagittal W), showing the in-plane components. Small images are enlarged
 /// by an integer factor with nearest-neighbour so that panels are legible.
+/// With a `reference` (same shape as image, e.g. the fixed image of a
+/// registration pair), its panel follows the image's.
 torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tensor& warped,
-                                  const torch::Tensor& field);
+                                  const torch::Tensor& field, const torch::Tensor& reference = {});
 
 /// render_warp_preview written as a PNG (atomically).
 void write_warp_preview(const std::string& path, const torch::Tensor& image,
-                        const torch::Tensor& warped, const torch::Tensor& field);
+                        const torch::Tensor& warped, const torch::Tensor& field,
+                        const torch::Tensor& reference = {});
 
 }  // namespace drdm

@@ -17,18 +17,7 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 
-FAILURES = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        FAILURES.append(what)
-
-
-def run(cmd):
-    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300)
-    return p.returncode, p.stdout, p.stderr
+from cli_util import FAILURES, check, run  # noqa: E402
 
 
 def image(shape_xy, spacing, origin=None, pixel=sitk.sitkFloat32):

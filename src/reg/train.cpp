@@ -1,0 +1,222 @@
+// Registration training: synthetic pair banks, pretraining (Eq. 20) and
+// unsupervised fine-tuning of VoxelMorph on the shared training engine.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <stdexcept>
+
+#include "../atomic_file.h"
+#include "../progress.h"
+#include "drdm/log.h"
+#include "drdm/models.h"
+#include "drdm/optim.h"
+#include "drdm/reg/losses.h"
+#include "drdm/reg/pairs.h"
+#include "drdm/reg/synth.h"
+#include "drdm/spatial.h"
+#include "drdm/training_engine.h"
+
+namespace drdm::reg {
+namespace {
+
+constexpr const char* kKind = "reg-voxelmorph";
+constexpr const char* kBankKind = "reg-pair-bank";
+
+nlohmann::json bank_identity(const std::string& kind, const at::Tensor& images, const RegConfig& c) {
+  const auto& s = c.synthetic;
+  nlohmann::json id = {{"kind", kind},
+                       {"images", images.size(0)},
+                       {"size", c.data.size},
+                       {"image_sum", images.to(at::kDouble).sum().item<double>()},
+                       {"pairs_per_image", s.pairs_per_image},
+                       {"seed", s.seed}};
+  if (kind == "mrbs") {
+    id["mrbs"] = nlohmann::json::parse(to_json(c)).at("synthetic").at("mrbs");
+    id["mrbs_max_tries"] = s.mrbs_max_tries;
+  } else {
+    id["model"] = resolve_model_path(s.drdm_model);
+    id["levels"] = s.drdm_levels;
+  }
+  return id;
+}
+
+PairBank generate_mrbs(const at::Tensor& images, const RegConfig& c, bool progress) {
+  const int64_t M = images.size(0), K = c.synthetic.pairs_per_image;
+  MrbsOptions options{c.synthetic.mrbs, c.synthetic.mrbs_max_tries};
+  std::vector<at::Tensor> moving, fixed, target;
+  detail::ProgressBar bar("mrbs pairs", M * K, 0, progress);
+  for (int64_t i = 0; i < M * K; ++i) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(c.synthetic.seed, i, 11));
+    const auto p = mrbs_pairs(images.narrow(0, i / K, 1), gen, options);
+    moving.push_back(p.moving.to(at::kHalf)), fixed.push_back(p.fixed.to(at::kHalf)), target.push_back(p.target);
+    bar.update(i + 1);
+  }
+  bar.finish();
+  return {at::cat(moving), at::cat(fixed), at::cat(target)};
+}
+
+PairBank generate_drdm(const at::Tensor& images, const RegConfig& c, bool progress) {
+  const auto device = resolve_device(c.pretrain.device);
+  const auto& s = c.synthetic;
+  DeformerOptions options;
+  options.generation.batch = s.drdm_batch;
+  Deformer deformer(s.drdm_model, device, options);
+  const int64_t M = images.size(0), K = s.pairs_per_image;
+  std::vector<at::Tensor> moving, fixed, target;
+  detail::ProgressBar bar("drdm pairs", M * K, 0, progress);
+  for (int64_t start = 0; start < M * K; start += s.drdm_batch) {
+    const int64_t n = std::min(s.drdm_batch, M * K - start);
+    std::vector<int64_t> index;
+    std::vector<std::vector<int64_t>> levels;
+    std::vector<uint64_t> seeds;
+    for (int64_t i = start; i < start + n; ++i) {
+      index.push_back(i / K);
+      levels.push_back(s.drdm_levels[(i % K) % s.drdm_levels.size()]);
+      seeds.push_back(derive_seed(s.seed, static_cast<uint64_t>(i / K), static_cast<uint64_t>(i % K)));
+    }
+    const auto batch = images.index_select(0, at::tensor(index, at::kLong)).to(device);
+    const auto p = drdm_pairs(deformer, batch, levels, seeds);
+    moving.push_back(p.moving.cpu().to(at::kHalf)), fixed.push_back(p.fixed.cpu().to(at::kHalf));
+    target.push_back(p.target.cpu().to(at::kFloat));
+    bar.update(start + n);
+  }
+  bar.finish();
+  return {at::cat(moving), at::cat(fixed), at::cat(target)};
+}
+
+}  // namespace
+
+PairBank synthetic_bank(const std::string& kind, const torch::Tensor& images, const RegConfig& c,
+                        const std::string& dir, bool progress) {
+  if (kind != "mrbs" && kind != "drdm")
+    throw std::invalid_argument("unknown synthetic pairs '" + kind + "' (expected mrbs or drdm)");
+  const auto identity = bank_identity(kind, images, c);
+  const auto path = dir + "/bank.pt";
+  if (detail::file_exists(path)) {
+    auto ck = read_checkpoint(path, kBankKind);
+    if (nlohmann::json::parse(ck.config).value("identity", nlohmann::json()) == identity) {
+      log::info(kind + " pairs: reusing " + path);
+      return {ck.model.at("moving"), ck.model.at("fixed"), ck.model.at("target"), 0};
+    }
+    log::info(kind + " pairs: " + path + " was made for other images or settings; rebuilding");
+  }
+  const auto begin = std::chrono::steady_clock::now();
+  auto bank = kind == "mrbs" ? generate_mrbs(images, c, progress) : generate_drdm(images, c, progress);
+  bank.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  detail::make_dirs(dir);
+  const nlohmann::json record = {{"identity", identity}, {"seconds", bank.seconds}, {"pairs", bank.target.size(0)}};
+  save_checkpoint(path, kBankKind, record.dump(), 0,
+                  {{"moving", bank.moving}, {"fixed", bank.fixed}, {"target", bank.target}});
+  write_text_atomically(dir + "/manifest.json", record.dump(2) + "\n");
+  log::info(kind + " pairs: " + std::to_string(bank.target.size(0)) + " in " +
+            detail::format_duration(bank.seconds) + " -> " + path);
+  return bank;
+}
+
+namespace {
+
+std::string run_config(const RegConfig& c, const std::string& phase, const std::string& init) {
+  auto j = nlohmann::json::parse(to_json(c));
+  j["run"] = {{"phase", phase}, {"init", init}};
+  return j.dump(2);
+}
+
+/// A config embedded in a run's files, without its "run" record.
+RegConfig embedded_config(const std::string& text, const std::string& source) {
+  auto j = nlohmann::json::parse(text);
+  j.erase("run");
+  return parse_reg_config(j.dump(), source);
+}
+
+std::string resume_identity(const std::string& text) {
+  auto c = embedded_config(text, "checkpoint config");
+  c.pretrain.steps = c.finetune.steps = 1;
+  auto j = nlohmann::json::parse(to_json(c));
+  j["run"] = nlohmann::json::parse(text).value("run", nlohmann::json());
+  return j.dump();
+}
+
+struct Pair {
+  at::Tensor moving, fixed, target;
+};
+
+Pair synthetic_batch(const PairBank& bank, const TrainConfig::Train& t, int64_t step, const at::Device& dev) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(t.seed, step, 1));
+  const auto idx = at::randint(bank.target.size(0), {t.batch_size}, gen, at::kLong);
+  const auto take = [&](const at::Tensor& x) { return x.index_select(0, idx).to(dev, at::kFloat); };
+  return {take(bank.moving), take(bank.fixed), take(bank.target)};
+}
+
+/// Ordered pairs of distinct training images, drawn from (seed, step).
+Pair real_batch(const at::Tensor& images, const TrainConfig::Train& t, int64_t step, const at::Device& dev) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(t.seed, step, 1));
+  const int64_t M = images.size(0);
+  const auto a = at::randint(M, {t.batch_size}, gen, at::kLong);
+  const auto b = (a + 1 + at::randint(M - 1, {t.batch_size}, gen, at::kLong)).remainder(M);
+  return {images.index_select(0, a).to(dev), images.index_select(0, b).to(dev), {}};
+}
+
+void check_training_inputs(const std::string& phase, const PairBank& bank, const at::Tensor& images) {
+  if (phase == "pretrain" && (!bank.target.defined() || bank.target.size(0) == 0))
+    throw std::invalid_argument("pretraining needs a bank of synthetic pairs");
+  if (phase == "finetune" && (!images.defined() || images.size(0) < 2))
+    throw std::invalid_argument("fine-tuning needs at least 2 training images");
+  if (phase != "pretrain" && phase != "finetune")
+    throw std::invalid_argument("unknown phase '" + phase + "' (expected pretrain or finetune)");
+}
+
+}  // namespace
+
+std::string train_registration(const RegConfig& c, const std::string& phase, const PairBank& bank,
+                               const torch::Tensor& images, const std::string& init_weights,
+                               const std::string& output_dir, bool progress) {
+  check_training_inputs(phase, bank, images);
+  const auto& t = phase == "pretrain" ? c.pretrain : c.finetune;
+  const auto device = resolve_device(t.device);
+  if (t.threads > 0) at::set_num_threads(static_cast<int>(t.threads));
+  at::manual_seed(t.seed);
+  VoxelMorph net(c.voxelmorph);
+  const auto init = init_weights.empty() ? t.init_from : init_weights;
+  if (!init.empty()) net.load_state(read_checkpoint(resolve_model_path(init), kKind).model);
+  net.to(device);
+  net.train(true);
+  Adam adam(net.parameters());
+  auto spec = run_spec(t, output_dir, kKind, run_config(c, phase, init), resume_identity,
+                       detail::file_exists(output_dir + "/checkpoint.pt"), progress);
+  spec.label = phase, spec.lr_key = phase + ".lr";
+  TrainingRun run(spec, [&] { return net.state(); }, [&](const TensorMap& m) { net.load_state(m); }, adam);
+  run.start();
+  const auto step = [&](int64_t s) -> StepResult {
+    const bool pre = phase == "pretrain";
+    const auto batch = pre ? synthetic_batch(bank, t, s, device) : real_batch(images, t, s, device);
+    const auto out = net.forward_full(batch.moving, batch.fixed);
+    const auto loss = pre ? supervised_loss(batch.target, out.displacement, c.pretrain_lambda)
+                          : unsupervised_loss(c.similarity, warp(batch.moving, out.displacement), batch.fixed,
+                                              out.preintegration, c.finetune_lambda, c.ncc_window);
+    const double value = loss.item<double>();
+    if (!std::isfinite(value)) return {value, {}};
+    adam.zero_grad();
+    loss.backward();
+    const double lr = learning_rate(t, s);
+    adam.step(lr);
+    return {value, {{"lr", lr, false}}};
+  };
+  return run.run(step).model;
+}
+
+RegModel load_reg_model(const std::string& name_or_path, const torch::Device& device) {
+  const auto path = resolve_model_path(name_or_path);
+  auto ck = read_checkpoint(path, kKind);
+  auto config = embedded_config(ck.config, path + " (embedded config)");
+  RegModel m{VoxelMorph(config.voxelmorph), std::move(config), ck.step, false};
+  m.net.load_state(ck.model);
+  m.net.to(device);
+  m.net.train(false);
+  return m;
+}
+
+}  // namespace drdm::reg
