@@ -155,19 +155,14 @@ class RecoveryStep {
     }
     psi_hat_ = predict_recovery(net_, xt_, t.to(device_), tr.mixed_precision == "bf16");
     const auto terms = recovery_loss(fwd_.psi, psi_hat_, config_.loss);
-    const double loss = terms.total.item<double>();
-    if (!std::isfinite(loss)) return {loss, {}};
-    adam_.zero_grad();
-    terms.total.backward();
-    const double lr = learning_rate(tr, step);
-    adam_.step(lr);
-    return {loss,
-            {{"distance", terms.distance.item<double>()},
-             {"angle", terms.angle.item<double>()},
-             {"smoothness", terms.smoothness.item<double>()},
-             {"folding", terms.folding.item<double>()},
-             {"t_mean", t.to(at::kDouble).mean().item<double>()},
-             {"lr", lr, false}}};
+    auto result = descend(adam_, terms.total, tr, step);
+    if (result.metrics.empty()) return result;  // not finite: no step taken
+    result.metrics.insert(result.metrics.begin(), {{"distance", terms.distance.item<double>()},
+                                                   {"angle", terms.angle.item<double>()},
+                                                   {"smoothness", terms.smoothness.item<double>()},
+                                                   {"folding", terms.folding.item<double>()},
+                                                   {"t_mean", t.to(at::kDouble).mean().item<double>()}});
+    return result;
   }
 
   void preview(const std::string& path) const {

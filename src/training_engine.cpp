@@ -279,4 +279,14 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
   return summary;
 }
 
+StepResult descend(Adam& adam, const torch::Tensor& loss, const TrainConfig::Train& train, int64_t step) {
+  const double value = loss.item<double>();
+  if (!std::isfinite(value)) return {value, {}};
+  adam.zero_grad();
+  loss.backward();
+  const double lr = learning_rate(train, step);
+  adam.step(lr);
+  return {value, {{"lr", lr, false}}};
+}
+
 }  // namespace drdm

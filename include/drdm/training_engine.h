@@ -74,6 +74,12 @@ struct StepResult {
   std::vector<StepMetric> metrics;
 };
 
+/// One optimiser step on `loss` under train's learning-rate schedule at
+/// `step`: reads the loss's value; when it is finite, backward and an Adam
+/// step. Returns {value, {"lr"}}; a non-finite value returns {value, {}}
+/// without a step (TrainingRun::run then stops with its NaN message).
+StepResult descend(Adam& adam, const torch::Tensor& loss, const TrainConfig::Train& train, int64_t step);
+
 /// The run a trainer asks the engine for.
 struct RunSpec {
   std::string output_dir;

@@ -197,13 +197,7 @@ std::string train_registration(const RegConfig& c, const std::string& phase, con
     const auto loss = pre ? supervised_loss(batch.target, out.displacement, c.pretrain_lambda)
                           : unsupervised_loss(c.similarity, warp(batch.moving, out.displacement), batch.fixed,
                                               out.preintegration, c.finetune_lambda, c.ncc_window);
-    const double value = loss.item<double>();
-    if (!std::isfinite(value)) return {value, {}};
-    adam.zero_grad();
-    loss.backward();
-    const double lr = learning_rate(t, s);
-    adam.step(lr);
-    return {value, {{"lr", lr, false}}};
+    return descend(adam, loss, t, s);
   };
   return run.run(step).model;
 }

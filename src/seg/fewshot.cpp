@@ -227,14 +227,7 @@ std::string train_segmentation(const SegConfig& c, const std::string& augmentati
   const auto step = [&](int64_t s) -> StepResult {
     const auto batch = training_batch(slices, bank, c, augmentation, s);
     const auto logits = net.forward(batch.images.to(device));
-    const auto loss = segmentation_loss(c.loss, logits, batch.labels.to(device));
-    const double value = loss.item<double>();
-    if (!std::isfinite(value)) return {value, {}};
-    adam.zero_grad();
-    loss.backward();
-    const double lr = learning_rate(c.train, s);
-    adam.step(lr);
-    return {value, {{"lr", lr, false}}};
+    return descend(adam, segmentation_loss(c.loss, logits, batch.labels.to(device)), c.train, s);
   };
   return run.run(step).model;
 }
