@@ -58,6 +58,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--what", required=True, help="the images, e.g. '2D chest radiographs (JSRT)'")
     p.add_argument("--command", default="")
+    p.add_argument("--status", default="", help="a paragraph on what the model is good for (Markdown)")
     a = p.parse_args()
     res = json.load(open(os.path.join(a.run, "results.json")))
     rows = res["rows"]
@@ -99,6 +100,8 @@ This is the best trained row of `{a.run}` by mean test DSC: synthetic
 pretraining **{best['pretrain']}**, real fine-tuning **{'yes' if best['finetune'] else 'no'}**.
 **The test pairs chose it**, so its test numbers are optimistic for a new
 data set; the other rows are listed below for comparison.
+
+{('**Status.** ' + a.status) if a.status else ''}
 
 ## Data
 

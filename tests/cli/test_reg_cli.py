@@ -60,7 +60,7 @@ def sitk_warp(moving_path, field_path):
     return sitk.GetArrayFromImage(sitk.Resample(moving, moving, tx, sitk.sitkLinear, 0.0))
 
 
-def register_oracle(bin_path, model, moving, fixed, labels, workdir, what):
+def register_oracle(bin_path, model, moving, fixed, min_mm, workdir, what):
     out = os.path.join(workdir, "register-" + what)
     shutil.rmtree(out, ignore_errors=True)
     lab = lambda p: p.replace("/images/", "/labels/")  # noqa: E731
@@ -72,7 +72,7 @@ def register_oracle(bin_path, model, moving, fixed, labels, workdir, what):
     ours = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "warped.nii.gz"), sitk.sitkFloat64)).squeeze()
     theirs = sitk_warp(moving, os.path.join(out, "field.nii.gz")).squeeze()
     field = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "field.nii.gz")))
-    check(np.abs(field).max() > 0.5, f"{what}: the field moves the image (max {np.abs(field).max():.2f} mm)")
+    check(np.abs(field).max() > min_mm, f"{what}: the field moves the image (max {np.abs(field).max():.3f} mm > {min_mm})")
     m = 3
     inner = tuple(slice(m, -m) for _ in ours.shape)
     scale = np.percentile(theirs, 99) - np.percentile(theirs, 1)
@@ -123,11 +123,13 @@ def main():
     jsrt = os.path.join(a.data, "jsrt", "images")
     chest = os.path.join(a.models, "reg-chest2d", "model.pt")
     register_oracle(a.bin, chest, os.path.join(jsrt, "JPCNN010.nii.gz"), os.path.join(jsrt, "JPCNN020.nii.gz"),
-                    True, a.workdir, "chest 2D")
+                    0.5, a.workdir, "chest 2D")
     hip = os.path.join(a.data, "hippocampus", "images")
     register_oracle(a.bin, os.path.join(a.models, "reg-hippocampus3d", "model.pt"),
-                    os.path.join(hip, "hippocampus_308.nii.gz"), os.path.join(hip, "hippocampus_319.nii.gz"), True,
-                    a.workdir, "hippocampus 3D")
+                    os.path.join(hip, "hippocampus_308.nii.gz"), os.path.join(hip, "hippocampus_319.nii.gz"),
+                    # The shipped 3D model barely moves (its card: fields of ~0.03 mm); the 3D field
+                    # convention itself is also checked by oracle_simpleitk with large random fields.
+                    0.01, a.workdir, "hippocampus 3D")
     bad_input(a.bin, chest, os.path.join(jsrt, "JPCNN010.nii.gz"), os.path.join(jsrt, "JPCNN020.nii.gz"), a.workdir)
     print(f"{len(FAILURES)} failure(s)")
     sys.exit(1 if FAILURES else 0)
