@@ -244,6 +244,15 @@ TEST(RegTrain, PretrainingResumesExactly) {
   EXPECT_EQ(a.step, 4);
   EXPECT_EQ(b.step, 4);
   for (const auto& [name, t] : a.model) EXPECT_TRUE(at::equal(t, b.model.at(name))) << name;
+  // A finished pretraining is reused when only fine-tuning or test settings change ...
+  auto other = c;
+  other.finetune.lr = 3e-4, other.similarity = "mse", other.data.test_pairs = 5;
+  const auto again = reg::train_registration(other, "pretrain", bank, {}, "", dir.path("a"), false);
+  EXPECT_TRUE(at::equal(drdm::read_checkpoint(again).model.at("flow.weight"), a.model.at("flow.weight")));
+  // ... but not when a setting of pretraining itself changes.
+  auto changed = c;
+  changed.pretrain_lambda = 2.0;
+  EXPECT_ANY_THROW(reg::train_registration(changed, "pretrain", bank, {}, "", dir.path("a"), false));
   // Fine-tuning from the pretrained weights moves them.
   const auto tuned = reg::train_registration(c, "finetune", {}, images, straight, dir.path("c"), false);
   const auto t = drdm::read_checkpoint(tuned);

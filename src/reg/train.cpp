@@ -132,11 +132,26 @@ RegConfig embedded_config(const std::string& text, const std::string& source) {
   return parse_reg_config(j.dump(), source);
 }
 
+/// What a run's weights depend on: not the step counts (a resume may extend
+/// them), threads, device, logging, the test pairs or the grid, and for pretraining not the fine-tuning
+/// settings (so that changing those reuses a finished pretraining).
 std::string resume_identity(const std::string& text) {
   auto c = embedded_config(text, "checkpoint config");
-  c.pretrain.steps = c.finetune.steps = 1;
+  const RegConfig defaults;
+  for (auto* t : {&c.pretrain, &c.finetune}) {  // how long, where and how verbosely: not what is learnt
+    t->steps = 1, t->threads = 0, t->device = "auto", t->prefetch = 0;
+    t->log_every = t->checkpoint_every = t->preview_every = 1;
+  }
+  c.data.test_pairs = 0, c.data.seed = 0;
+  c.grid = defaults.grid;
+  const auto run = nlohmann::json::parse(text).value("run", nlohmann::json());
+  if (run.value("phase", "") == "pretrain") {
+    c.finetune = defaults.finetune;
+    c.similarity = defaults.similarity, c.ncc_window = defaults.ncc_window;
+    c.finetune_lambda = defaults.finetune_lambda;
+  }
   auto j = nlohmann::json::parse(to_json(c));
-  j["run"] = nlohmann::json::parse(text).value("run", nlohmann::json());
+  j["run"] = run;
   return j.dump();
 }
 
