@@ -3,6 +3,7 @@
 #include <torch/nn.h>
 
 #include "drdm/spatial.h"
+#include "named_tensors.h"
 
 #include <cmath>
 #include <set>
@@ -312,26 +313,10 @@ std::map<std::string, torch::Tensor> RecoveryNet::state() const { return impl_->
 
 void RecoveryNet::load_state(const std::map<std::string, torch::Tensor>& state) {
   auto own = impl_->named();
-  for (const auto& [key, value] : own) {
-    auto it = state.find(key);
-    TORCH_CHECK(it != state.end(), "RecoveryNet::load_state: missing key '", key, "'");
-    TORCH_CHECK(it->second.defined(), "RecoveryNet::load_state: key '", key,
-                "' holds an undefined tensor");
-    TORCH_CHECK(it->second.sizes() == value.sizes(), "RecoveryNet::load_state: key '", key,
-                "' has shape ", it->second.sizes(), ", expected ", value.sizes());
-  }
-  for (const auto& [key, value] : state) {
-    TORCH_CHECK(own.count(key) == 1, "RecoveryNet::load_state: unexpected key '", key, "'");
-  }
-  torch::NoGradGuard no_grad;
-  for (auto& [key, value] : own) value.copy_(state.at(key));
+  detail::load_named_strict(own, state, "RecoveryNet::load_state");
 }
 
-int64_t RecoveryNet::parameter_count() const {
-  int64_t n = 0;
-  for (const auto& p : parameters()) n += p.numel();
-  return n;
-}
+int64_t RecoveryNet::parameter_count() const { return detail::element_count(parameters()); }
 
 void RecoveryNet::to(const torch::Device& device) {
   impl_->net->to(device);

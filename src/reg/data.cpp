@@ -39,6 +39,7 @@ RegVolume load_volume(const std::string& image_path, const std::string& label_pa
   v.name = detail::split_name(detail::base_name(image_path)).first;
   v.image_path = image_path, v.label_path = label_path;
   v.file_geometry = image.geometry;
+  v.pixel_type = image.pixel_type;
   v.geometry = image.geometry;
   v.raw = image.data;
   squeeze_for(dims, image_path, v.raw, v.geometry);

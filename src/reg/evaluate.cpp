@@ -79,7 +79,7 @@ std::vector<std::string> register_files(RegModel& model, const std::string& movi
   const auto out = [&](const std::string& name) { return written.emplace_back(detail::join(output_dir, name)); };
   write_field(out("field.nii.gz"), field, moving.geometry);
   write_image(out("warped.nii.gz"), on_file_grid(warp(moving.raw, field), moving), moving.file_geometry,
-              read_image_info(moving_path).pixel_type);
+              moving.pixel_type);
   if (!moving_labels.empty())
     write_labels(out("warped_labels.nii.gz"),
                  on_file_grid(warp_labels(moving.labels, field, LabelInterpolation::kNearest), moving),

@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 
+#include "../named_tensors.h"
 #include "drdm/spatial.h"
 
 namespace drdm::reg {
@@ -178,25 +179,10 @@ std::map<std::string, torch::Tensor> VoxelMorph::state() const {
 
 void VoxelMorph::load_state(const std::map<std::string, torch::Tensor>& state) {
   auto mine = this->state();
-  for (const auto& [k, v] : mine) {
-    const auto it = state.find(k);
-    if (it == state.end()) throw std::runtime_error("VoxelMorph weights: missing '" + k + "'");
-    if (it->second.sizes() != v.sizes())
-      throw std::runtime_error("VoxelMorph weights: '" + k + "' has shape [" +
-                               sizes_text(it->second.sizes()) + "], this network's is [" +
-                               sizes_text(v.sizes()) + "]");
-  }
-  for (const auto& [k, v] : state)
-    if (!mine.count(k)) throw std::runtime_error("VoxelMorph weights: unexpected '" + k + "'");
-  torch::NoGradGuard no_grad;
-  for (auto& [k, v] : mine) v.copy_(state.at(k));
+  detail::load_named_strict(mine, state, "VoxelMorph weights");
 }
 
-int64_t VoxelMorph::parameter_count() const {
-  int64_t n = 0;
-  for (const auto& p : parameters()) n += p.numel();
-  return n;
-}
+int64_t VoxelMorph::parameter_count() const { return detail::element_count(parameters()); }
 
 void VoxelMorph::to(const torch::Device& device) { impl_->to(device); }
 void VoxelMorph::train(bool on) { impl_->train(on); }

@@ -4,6 +4,8 @@
 
 #include <stdexcept>
 
+#include "../named_tensors.h"
+
 namespace drdm::seg {
 namespace {
 
@@ -116,23 +118,10 @@ std::map<std::string, torch::Tensor> UNet::state() const {
 
 void UNet::load_state(const std::map<std::string, torch::Tensor>& state) {
   auto mine = this->state();
-  for (const auto& [k, v] : mine) {
-    const auto it = state.find(k);
-    if (it == state.end()) throw std::runtime_error("U-Net weights: missing '" + k + "'");
-    if (it->second.sizes() != v.sizes())
-      throw std::runtime_error("U-Net weights: '" + k + "' has another shape than this network's");
-  }
-  for (const auto& [k, v] : state)
-    if (!mine.count(k)) throw std::runtime_error("U-Net weights: unexpected '" + k + "'");
-  torch::NoGradGuard no_grad;
-  for (auto& [k, v] : mine) v.copy_(state.at(k));
+  detail::load_named_strict(mine, state, "U-Net weights");
 }
 
-int64_t UNet::parameter_count() const {
-  int64_t n = 0;
-  for (const auto& p : parameters()) n += p.numel();
-  return n;
-}
+int64_t UNet::parameter_count() const { return detail::element_count(parameters()); }
 
 void UNet::to(const torch::Device& device) { impl_->to(device); }
 void UNet::train(bool on) { impl_->train(on); }

@@ -81,6 +81,7 @@ struct RegVolume {
   GridFit fit;           ///< network grid <-> own grid
   Geometry geometry;     ///< own grid (a single-slice volume squeezed to 2D for 2D networks)
   Geometry file_geometry;  ///< as stored in the file
+  PixelType pixel_type = PixelType::kFloat32;  ///< the image file's pixel type
 };
 
 /// Reads one image (and its labels when label_path is not empty) for a
