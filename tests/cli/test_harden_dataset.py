@@ -131,7 +131,8 @@ def msd_tests(deform, root, nn):
           f"MSD: imagesTs/ and labelsTs/ carried over byte for byte {carried}")
     check(sorted(f for f in files_under(out) if f.split("/")[0] in ("imagesTs", "labelsTs")) == carried,
           "MSD: nothing else in the output's imagesTs/ and labelsTs/")
-    check(all(os.stat(os.path.join(out, f)).st_ino != os.stat(os.path.join(msd, f)).st_ino for f in carried),
+    check(all(os.path.isfile(os.path.join(out, f)) and
+              os.stat(os.path.join(out, f)).st_ino != os.stat(os.path.join(msd, f)).st_ino for f in carried),
           "MSD: the test files are copies, not hard links to the input")
     odj = load(os.path.join(out, "dataset.json"))
     check(odj.get("test") == dj["test"] and all(os.path.isfile(os.path.join(out, t)) for t in odj["test"]),
@@ -141,7 +142,7 @@ def msd_tests(deform, root, nn):
     try:
         nn["convert_msd_dataset"](out, overwrite_target_id=106, num_processes=1)
         converted = os.path.join(os.environ["nnUNet_raw"], "Dataset106_ToyDrdm")
-        ok = sorted(os.listdir(os.path.join(converted, "imagesTs"))) == [t + "_0000.nii.gz" for t in tests]
+        ok = files_under(os.path.join(converted, "imagesTs")) == [t + "_0000.nii.gz" for t in tests]
         check(ok, "nnU-Net convert_msd_dataset accepts the output; its imagesTs holds the test images")
     except Exception as e:  # noqa: BLE001
         check(False, f"nnU-Net convert_msd_dataset on the output: {type(e).__name__}: {e}")
@@ -201,7 +202,7 @@ def nnunet_tests(deform, root, nn):
         check(rc == 0, f"drdm_deform --shard {shard}/2 on an nnU-Net v2 dataset (rc {rc}: {err.strip()[-300:]})")
         if rc != 0:
             return
-        check(sorted(os.listdir(os.path.join(out, "imagesTs"))) == ["new_0000.nii.gz", "new_0001.nii.gz"],
+        check(files_under(os.path.join(out, "imagesTs")) == ["new_0000.nii.gz", "new_0001.nii.gz"],
               f"nnU-Net shard {shard}/2: imagesTs/ carried over")
         path = os.path.join(out, "splits_final.json")
         if not os.path.isfile(path):
