@@ -347,30 +347,34 @@ typename ImageT::Pointer allocate_on(const Geometry& g) {
   return image;
 }
 
-// ITK 5.2 writes NIfTI qform_code = sform_code = 1 whatever the input had: put
-// back the codes of the file the grid `g` was read from into the written `tmp`.
-// ITK writes the same geometry into both matrices, so any code > 0 makes readers
-// use it; when both codes were 0 (no orientation stored, readers would ignore
-// our origin and direction) or unknown, ITK's 1/1 stays.
-void keep_nifti_codes(const std::string& tmp, const std::string& path, const Geometry& g) {
+// ITK 5.2 writes NIfTI qform_code = sform_code = 1 whatever the input had: the
+// codes of the file the grid `g` was read from are put back unless they are
+// 1/1 already or unknown. ITK writes the same geometry into both matrices, so
+// any code > 0 makes readers use it; when both were 0 (no orientation stored:
+// readers would ignore our origin and direction), ITK's 1/1 stays.
+bool keeps_nifti_codes(const std::string& path, const Geometry* g) {
   auto known = [](int code) { return code >= 0 && code <= 5; };  // NIFTI_XFORM_*
-  if (!has_extension(path, ".nii") && !has_extension(path, ".nii.gz")) return;
-  if (!known(g.qform_code) || !known(g.sform_code) || (g.qform_code == 0 && g.sform_code == 0)) return;
-  if (g.qform_code == 1 && g.sform_code == 1) return;  // what ITK wrote
-  set_nifti_codes(tmp, g.qform_code, g.sform_code, path);
+  return g && (has_extension(path, ".nii") || has_extension(path, ".nii.gz")) &&
+         known(g->qform_code) && known(g->sform_code) && (g->qform_code > 0 || g->sform_code > 0) &&
+         !(g->qform_code == 1 && g->sform_code == 1);
 }
 
-// `grid`: the geometry the image was made with, for its NIfTI codes.
+// `grid`: the geometry the image was made with, for its NIfTI codes. To set
+// them in a .nii.gz, ITK writes it uncompressed and set_nifti_codes compresses
+// it, so that it is compressed once.
 template <typename ImageT>
 void write_itk(const std::string& path, const ImageT* image, bool compress,
                const Geometry* grid = nullptr) {
   write_atomically(path, [&](const std::string& tmp) {
+    const bool recode = keeps_nifti_codes(path, grid);
+    const bool gz = recode && has_extension(tmp, ".nii.gz");
+    const std::string written = gz ? tmp.substr(0, tmp.size() - 3) : tmp;
     auto writer = itk::ImageFileWriter<ImageT>::New();
-    writer->SetFileName(tmp);
+    writer->SetFileName(written);
     writer->SetInput(image);
-    writer->SetUseCompression(compress);
+    writer->SetUseCompression(compress && !gz);
     writer->Update();
-    if (grid) keep_nifti_codes(tmp, path, *grid);
+    if (recode) set_nifti_codes(written, tmp, grid->qform_code, grid->sform_code, path);
   });
 }
 

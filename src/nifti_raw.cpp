@@ -193,10 +193,10 @@ void check_nifti_data(const std::string& path, const NiftiHeader& header, uint64
   if (!values.finite()) fail(path, nan_message);
 }
 
-void set_nifti_codes(const std::string& file, int qform_code, int sform_code,
+void set_nifti_codes(const std::string& src, const std::string& dst, int qform_code, int sform_code,
                      const std::string& name) {
-  const auto header = read_nifti_header(file);
-  if (!header) fail(name, "cannot set the NIfTI qform/sform codes: not a NIfTI-1 file");
+  const auto header = read_nifti_header(src);
+  if (!header || is_gzip(src)) fail(name, "cannot set the NIfTI qform/sform codes: not an uncompressed NIfTI-1 file");
   unsigned char codes[4];  // qform_code, sform_code: adjacent int16 in the file's byte order
   for (int k = 0; k < 2; ++k) {
     auto v = static_cast<int16_t>(k == 0 ? qform_code : sform_code);
@@ -205,36 +205,32 @@ void set_nifti_codes(const std::string& file, int qform_code, int sform_code,
   }
   const uint64_t at = offsetof(nifti_1_header, qform_code);
   static_assert(offsetof(nifti_1_header, sform_code) == offsetof(nifti_1_header, qform_code) + 2);
-  if (!is_gzip(file)) {
-    auto f = open_file(file, "r+b", name);
+  if (dst == src) {
+    auto f = open_file(src, "r+b", name);
     if (fseeko(f.get(), static_cast<off_t>(at), SEEK_SET) != 0 || std::fwrite(codes, 1, 4, f.get()) != 4 ||
         std::fclose(f.release()) != 0)
       fail(name, "cannot set the NIfTI qform/sform codes: write error");
     return;
   }
-  // A gzip stream cannot be patched in place: inflate, patch and deflate anew.
-  const std::string patched = file + ".codes";
-  gzFile out = gzopen(patched.c_str(), "wb");
-  if (!out) fail(name, "cannot set the NIfTI qform/sform codes: cannot create a file");
+  gzFile out = gzopen(dst.c_str(), "wb");
+  if (!out) fail(name, "cannot set the NIfTI qform/sform codes: cannot create the compressed file");
   bool ok = true;
   uint64_t pos = 0;
+  std::vector<unsigned char> chunk;
   try {
-    read_bytes(file, 0, true, [&](const unsigned char* p, size_t n) {
-      std::vector<unsigned char> chunk(p, p + n);
+    read_bytes(src, 0, false, [&](const unsigned char* p, size_t n) {
+      chunk.assign(p, p + n);
       for (uint64_t i = std::max(at, pos); i < std::min(at + 4, pos + n); ++i) chunk[i - pos] = codes[i - at];
       ok = ok && gzwrite(out, chunk.data(), static_cast<unsigned>(n)) == static_cast<int>(n);
       pos += n;
     }, name);
   } catch (...) {
     gzclose(out);
-    std::remove(patched.c_str());
     throw;
   }
   ok = gzclose(out) == Z_OK && ok;
-  if (!ok || std::rename(patched.c_str(), file.c_str()) != 0) {
-    std::remove(patched.c_str());
-    fail(name, "cannot set the NIfTI qform/sform codes: write error");
-  }
+  if (!ok) fail(name, "cannot set the NIfTI qform/sform codes: write error");
+  std::remove(src.c_str());
 }
 
 }  // namespace drdm::detail

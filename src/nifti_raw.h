@@ -51,10 +51,11 @@ std::optional<NiftiHeader> read_nifti_header(const std::string& path);
 void check_nifti_data(const std::string& path, const NiftiHeader& header, uint64_t needed,
                       const std::string& nan_message);
 
-/// Sets qform_code and sform_code in the header of the NIfTI-1 file `file` (.nii in
-/// place; .nii.gz re-compressed through a file beside it). Throws std::runtime_error
-/// naming `name` on any read or write error.
-void set_nifti_codes(const std::string& file, int qform_code, int sform_code,
+/// Sets qform_code and sform_code in the header of the uncompressed NIfTI-1 file
+/// `src`: in place when `dst` == `src`; otherwise the patched file is written
+/// gzip-compressed to `dst` and `src` is removed. Throws std::runtime_error naming
+/// `name` on any read or write error.
+void set_nifti_codes(const std::string& src, const std::string& dst, int qform_code, int sform_code,
                      const std::string& name);
 
 }  // namespace drdm::detail
