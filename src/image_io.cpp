@@ -24,9 +24,9 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
-#include <optional>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <sys/stat.h>
 #include <unistd.h>
