@@ -4,7 +4,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 #include <string>
 
@@ -14,6 +16,22 @@ namespace drdm::app {
 inline CLI::Validator non_empty() {
   return CLI::Validator(
       [](std::string& s) { return s.empty() ? std::string("must not be empty") : std::string(); }, "", "NONEMPTY");
+}
+
+/// An integer >= 0 that fits 64 bits (CLI11 would wrap -1 to 2^64 - 1, and
+/// CLI::NonNegativeNumber prints a garbled value when it refuses one).
+inline CLI::Validator non_negative_integer() {
+  return CLI::Validator(
+      [](std::string& s) {
+        bool ok = !s.empty() && s.size() <= 20 && s.find_first_not_of("0123456789") == std::string::npos;
+        if (ok) {
+          errno = 0;
+          std::strtoull(s.c_str(), nullptr, 10);
+          ok = errno != ERANGE;
+        }
+        return ok ? std::string() : "Value " + s + " is not an integer >= 0 (below 2^64)";
+      },
+      "UINT", "NONNEGATIVE");
 }
 
 /// A finite number in [lo, hi] (CLI::Range lets NaN through).

@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
   cli.add_option("--max-images", max_images, "Use at most this many images (evenly spread)")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
-  cli.add_option("--seed", seed, "Random seed")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cli.add_option("--seed", seed, "Random seed")->check(drdm::app::non_negative_integer())->capture_default_str();
   cli.add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str()->check(drdm::app::non_empty());
   cli.add_option("-o,--output", output, "Also write the JSON to this file (atomically)")->check(drdm::app::non_empty());
   cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");

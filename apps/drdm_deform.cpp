@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   auto* samples_opt = cli.add_option("-n,--samples", samples, "Samples per input and level (default 4)")
                           ->check(CLI::Range(int64_t{1}, drdm::kMaxDeformSamples));
   auto* seed_opt = cli.add_option("--seed", seed, "Seed (default 0): the same seed gives the same fields")
-                       ->check(CLI::NonNegativeNumber);
+                       ->check(drdm::app::non_negative_integer());
   cli.add_option("--mode", mode, "deform (Alg. 2), augment (Alg. 3, labels required) or pairs (Alg. 4)")
       ->check(CLI::IsMember({"deform", "augment", "pairs"}));
   cli.add_option("--device", device, "cpu, cuda, cuda:N or auto (default: CUDA when present)")

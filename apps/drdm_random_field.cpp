@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
   cli.add_option("--squarings", o.field.squarings, "Scaling-and-squaring steps (0: use the velocity as displacement)")
       ->check(CLI::Range(0, 20))
       ->capture_default_str();
-  cli.add_option("--seed", o.seed, "Random seed")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cli.add_option("--seed", o.seed, "Random seed")->check(drdm::app::non_negative_integer())->capture_default_str();
   cli.add_flag("-v,--verbose", verbose, "Log progress");
   CLI11_PARSE(cli, argc, argv);
 

@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
   e->add_option("--classes", classes, "Labels to score")
       ->capture_default_str()
       ->delimiter(',')
-      ->check(CLI::NonNegativeNumber);
+      ->check(drdm::app::non_negative_integer());
   CLI11_PARSE(cli, argc, argv);
 
   drdm::app::init_program(!quiet);

@@ -3,6 +3,7 @@
 #include "atomic_file.h"
 #include "config_json.h"
 #include "grid_check.h"
+#include "soft_labels.h"
 #include "progress.h"
 #include "run_lock.h"
 
@@ -358,7 +359,7 @@ void check_case(const Case& c, int64_t model_dims, DeformMode mode, LabelInterpo
   for (const auto& f : c.images) read_image(f);
   if (!c.labels.empty()) {
     const auto labels = read_labels(c.labels);
-    if (label_interpolation == LabelInterpolation::kSoft) check_soft_labels(labels.data, "label map '" + c.labels + "'");
+    if (label_interpolation == LabelInterpolation::kSoft) detail::check_soft_labels(labels.data, "label map '" + c.labels + "'");
   }
   if (c.labels.empty() && mode == DeformMode::kAugment) {
     throw std::runtime_error("augment mode needs labels, and '" + c.images[0] +

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #include "atomic_file.h"
 #include "drdm/log.h"
@@ -76,11 +77,22 @@ int lock_file(const std::string& folder, const std::string& path, int operation)
   throw std::runtime_error("cannot lock '" + path + "': it keeps being replaced");
 }
 
+/// The folders of `path` (itself and its parents) that do not exist yet, outermost first.
+std::vector<std::string> missing_folders(const std::string& path) {
+  std::vector<std::string> missing;
+  for (std::string p = path; !p.empty() && p != "/" && p != "." && !dir_exists(p);) {
+    missing.insert(missing.begin(), p);
+    const auto slash = p.find_last_of('/', p.size() - (p.back() == '/' ? 2 : 1));
+    p = slash == std::string::npos ? "" : p.substr(0, slash);
+  }
+  return missing;
+}
+
 }  // namespace
 
 RunLock::RunLock(const std::string& folder, const std::string& program, const std::string& share)
     : folder_(folder), shared_(!share.empty()) {
-  created_ = !dir_exists(folder);
+  created_ = missing_folders(folder);
   make_dirs(folder);
   try {
     const auto path = join(folder, kRunLockFile);
@@ -111,8 +123,9 @@ void RunLock::release() {
     ::close(fd_);
     fd_ = -1;
   }
-  if (created_) ::rmdir(folder_.c_str());  // only succeeds when the run wrote nothing
-  created_ = false;
+  // Folders this lock made go again when the run wrote nothing into them.
+  for (auto f = created_.rbegin(); f != created_.rend(); ++f) ::rmdir(f->c_str());
+  created_.clear();
 }
 
 }  // namespace drdm::detail

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace drdm::detail {
 
@@ -15,9 +16,9 @@ inline constexpr const char* kRunLockFile = ".drdm.lock";
 /// with a `share` name (e.g. "shard-0-of-4" for job arrays that write one
 /// folder together), shared with other shares plus exclusively on
 /// FOLDER/.drdm-<share>.lock. The lock files hold the holder's program, PID
-/// and host. Creates FOLDER (mkdir -p) when missing, and removes it again
-/// when it is still empty at the end (a run that failed before writing leaves
-/// no folder behind). POSIX only.
+/// and host. Creates FOLDER (mkdir -p) when missing, and removes what it made
+/// again when it is still empty at the end (a run that failed before writing
+/// leaves no folder behind). POSIX only.
 class RunLock {
  public:
   /// Throws std::runtime_error naming the folder (and the holder) when
@@ -31,7 +32,7 @@ class RunLock {
   void release();
 
   std::string folder_;
-  bool created_ = false;
+  std::vector<std::string> created_;  ///< folders the constructor made, outermost first
   int fd_ = -1;  ///< FOLDER/.drdm.lock
   bool shared_ = false;
   int share_fd_ = -1;  ///< FOLDER/.drdm-<share>.lock

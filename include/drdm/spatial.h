@@ -4,7 +4,6 @@
 #include <torch/types.h>
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 namespace drdm {
@@ -43,21 +42,10 @@ torch::Tensor warp(const torch::Tensor& image, const torch::Tensor& field,
 ///    Outside the image (zero padding) the result is class 0.
 ///  * one-hot / probability float [N, K, ...S] -> float [N, K, ...S] warped
 ///    linearly (kSoft) or by nearest neighbour (kNearest).
-/// num_classes <= 0 means max(label) + 1. kSoft on a class map needs labels
-/// in [0, kMaxSoftLabelClasses) (see check_soft_labels).
+/// num_classes <= 0 means max(label) + 1.
 torch::Tensor warp_labels(const torch::Tensor& labels, const torch::Tensor& field,
                           LabelInterpolation interpolation = LabelInterpolation::kNearest,
                           int64_t num_classes = 0);
-
-/// The most classes kSoft one-hot encodes for a class map (labels 0..255):
-/// it holds max(label) + 1 channels per voxel, so a label of 70000 would need
-/// tens of GB. Label maps with larger values: use kNearest (or renumber them).
-constexpr int64_t kMaxSoftLabelClasses = 256;
-
-/// Throws std::invalid_argument starting with `source` (e.g. the file name)
-/// unless the integer class map `labels` suits kSoft: every label >= 0 and
-/// < kMaxSoftLabelClasses. Cheap: run it before any work.
-void check_soft_labels(const torch::Tensor& labels, const std::string& source);
 
 /// compose(a, b)(x) = a(x) + b(x + a(x)); a, b [N, d, ...S] in voxels.
 /// warp(I, compose(a, b)) == warp(warp(I, b), a). b is sampled with border

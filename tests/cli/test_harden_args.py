@@ -85,7 +85,7 @@ def deform_cases(b, w):
     deform = os.path.join(b, "drdm_deform")
     img = w("img.nii.gz")
     write_image(img, blocky((40, 36), 1))
-    base = [deform, "-i", img, "--threads", "1", "--no-progress", "-q", "--levels", "2", "--samples", "1"]
+    base = [deform, "-i", img, "--threads", "1", "--no-progress", "-q"]
     out = w("deform_bad")
     for args, names, what in [
         (["--batch", "-1"], ["--batch"], "--batch -1 (was silently 16)"),
@@ -96,6 +96,7 @@ def deform_cases(b, w):
         (["--levels", "3:2"], ["levels", "3:2", "pairs"], "--levels 3:2 in deform mode (dropped :2)"),
         (["--samples", "100000000000"], ["--samples"], "--samples 1e11 (std::bad_alloc)"),
         (["--samples", "0"], ["--samples"], "--samples 0"),
+        (["--seed", "18446744073709551616"], ["--seed"], "--seed 2^64"),
         (["--threads", "-1"], ["--threads"], "--threads -1"),
         (["--slice-axis", "5"], ["--slice-axis"], "--slice-axis 5"),
         (["--slice-sigma", "nan"], ["--slice-sigma"], "--slice-sigma nan"),
@@ -104,7 +105,8 @@ def deform_cases(b, w):
         (["--device", ""], ["--device"], "--device ''"),
         (["--labels", ""], ["--labels"], "--labels ''"),
     ]:
-        expect_refusal(base + ["-o", out] + args, names, "drdm_deform " + what, out)
+        levels = [] if "--levels" in args else ["--levels", "2"]
+        expect_refusal(base + ["-o", out] + levels + args, names, "drdm_deform " + what, out)
     expect_refusal(base + ["-o", ""], ["--output"], "drdm_deform -o ''")
     cfg = lambda name, text: write_json(w(name), text)  # noqa: E731
     for name, text, names, what in [
