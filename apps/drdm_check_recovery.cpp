@@ -8,10 +8,10 @@
 #include <sstream>
 
 #include "app_common.h"
-#include "cli_checks.h"
 #include "drdm/dataset.h"
 #include "drdm/trainer.h"
-#include "drdm/training_engine.h"
+
+#include "cli_checks.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{
@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   cli.add_option("--seed", seed, "Random seed")->check(drdm::app::non_negative_integer())->capture_default_str();
   cli.add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str()->check(drdm::app::non_empty());
-  cli.add_option("-o,--output", output, "Also write the JSON to this file (atomically)")->check(drdm::app::non_empty());
+  cli.add_option("-o,--output", output, "Also write the JSON to this file")->check(drdm::app::non_empty());
   cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");
   CLI11_PARSE(cli, argc, argv);
 
@@ -90,7 +90,11 @@ int main(int argc, char** argv) {
          << (i + 1 < checks.size() ? "," : "") << "\n";
     }
     js << "  ]\n}\n";
-    if (!output.empty()) drdm::write_text_atomically(output, js.str());
+    if (!output.empty()) {
+      std::ofstream out(output);
+      out << js.str();
+      if (!out) throw std::runtime_error("cannot write '" + output + "'");
+    }
     std::cout << js.str();
   });
 }
