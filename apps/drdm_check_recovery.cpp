@@ -11,6 +11,8 @@
 #include "drdm/dataset.h"
 #include "drdm/trainer.h"
 
+#include "cli_checks.h"
+
 int main(int argc, char** argv) {
   CLI::App cli{
       "Measure whether a trained DRDM model has learned to recover: for each level t, deform "
@@ -27,7 +29,8 @@ int main(int argc, char** argv) {
   cli.add_option("-m,--model", model,
                  "a shipped model's name (cardiac2d, chest2d, hippocampus3d) or a model.pt / "
                  "checkpoint.pt from drdm_train")
-      ->required();
+      ->required()
+      ->check(drdm::app::non_empty());
   cli.add_option("-d,--data", folders, "Folder(s) of held-out images (not used in training)")
       ->required();
   cli.add_option("--include", include, "File name patterns (default: the model's data.include)");
@@ -37,21 +40,25 @@ int main(int argc, char** argv) {
                  "(default 0,1: all)")
       ->delimiter(',')
       ->expected(2);
-  cli.add_option("--levels", levels, "Levels t to test")->delimiter(',')->capture_default_str();
+  cli.add_option("--levels", levels, "Levels t to test")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t{1}, int64_t{10000}))
+      ->capture_default_str();
   cli.add_option("--repeats", repeats, "Forward draws per image and level")
       ->check(CLI::Range(1, 100))
       ->capture_default_str();
   cli.add_option("--max-images", max_images, "Use at most this many images (evenly spread)")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
-  cli.add_option("--seed", seed, "Random seed")->capture_default_str();
-  cli.add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  cli.add_option("-o,--output", output, "Also write the JSON to this file");
+  cli.add_option("--seed", seed, "Random seed")->check(drdm::app::non_negative_integer())->capture_default_str();
+  cli.add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str()->check(drdm::app::non_empty());
+  cli.add_option("-o,--output", output, "Also write the JSON to this file")->check(drdm::app::non_empty());
   cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");
   CLI11_PARSE(cli, argc, argv);
 
   drdm::app::init_program(!quiet);
   return drdm::app::run_reporting_errors("drdm_check_recovery", [&] {
+    if (levels.empty()) throw std::invalid_argument("--levels: none given");
     const auto dev = drdm::resolve_device(device);
     auto m = drdm::load_model(model, dev);
     auto data = m.config.data;

@@ -4,7 +4,20 @@
 #include <iostream>
 
 #include "app_common.h"
+#include "cli_checks.h"
 #include "drdm/deform_job.h"
+
+namespace {
+
+std::vector<drdm::DeformLevel> parse_levels_option(const std::string& text) {
+  try {
+    return drdm::parse_levels(text);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument("--" + std::string(e.what()));
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App cli{
@@ -15,66 +28,82 @@ int main(int argc, char** argv) {
       "OUTPUT/manifest.json with every sample's level, seed, files and metrics."};
   drdm::DeformJobOptions o;
   std::string config, levels, mode, shard, labels_mode, padding, schedule, slice_mode;
-  double slice_sigma = -1;
-  int64_t samples = -1, batch = -1, slice_axis = -2, threads = -1;
+  double slice_sigma = 0;
+  int64_t samples = 0, batch = 0, slice_axis = 0, threads = 0;
   uint64_t seed = 0;
-  bool seed_given = false, quiet = false, no_progress = false, no_preview = false;
+  bool quiet = false, no_progress = false, no_preview = false;
   std::string device;
   cli.add_option("--model", o.model,
                  "a shipped model's name or a model.pt from drdm_train (default: " +
                      std::string(drdm::kDefaultModelName) + ", or $DRDM_MODEL). Shipped models:\n" +
-                     drdm::shipped_models_help());
-  cli.add_option("-i,--input", o.input, "Image file, folder of images, or MSD / nnU-Net dataset folder")->required();
-  cli.add_option("-l,--labels", o.labels, "Label map file, or folder of label maps matched by name");
-  cli.add_option("-o,--output", o.output, "Output folder")->required();
-  cli.add_option("--levels", levels, "Deformation levels T' (default 30,45); pairs mode: AUG:SYN, e.g. 45:30");
-  cli.add_option("-n,--samples", samples, "Samples per input and level (default 4)");
-  auto* seed_opt = cli.add_option("--seed", seed, "Seed (default 0): the same seed gives the same fields");
+                     drdm::shipped_models_help())
+      ->check(drdm::app::non_empty());
+  cli.add_option("-i,--input", o.input, "Image file, folder of images, or MSD / nnU-Net dataset folder")
+      ->required()
+      ->check(drdm::app::non_empty());
+  cli.add_option("-l,--labels", o.labels, "Label map file, or folder of label maps matched by name")
+      ->check(drdm::app::non_empty());
+  cli.add_option("-o,--output", o.output, "Output folder")->required()->check(drdm::app::non_empty());
+  auto* levels_opt =
+      cli.add_option("--levels", levels, "Deformation levels T' (default 30,45); pairs mode: AUG:SYN, e.g. 45:30");
+  auto* samples_opt = cli.add_option("-n,--samples", samples, "Samples per input and level (default 4)")
+                          ->check(CLI::Range(int64_t{1}, drdm::kMaxDeformSamples));
+  auto* seed_opt = cli.add_option("--seed", seed, "Seed (default 0): the same seed gives the same fields")
+                       ->check(drdm::app::non_negative_integer());
   cli.add_option("--mode", mode, "deform (Alg. 2), augment (Alg. 3, labels required) or pairs (Alg. 4)")
       ->check(CLI::IsMember({"deform", "augment", "pairs"}));
-  cli.add_option("--device", device, "cpu, cuda, cuda:N or auto (default: CUDA when present)");
-  cli.add_option("--shard", shard, "i/n: process inputs i, i+n, i+2n, ... (0 <= i < n), for job arrays");
+  cli.add_option("--device", device, "cpu, cuda, cuda:N or auto (default: CUDA when present)")
+      ->check(drdm::app::non_empty());
+  cli.add_option("--shard", shard, "i/n: process inputs i, i+n, i+2n, ... (0 <= i < n), for job arrays")
+      ->check(drdm::app::non_empty());
   cli.add_option("-c,--config", config, "JSON config with any of these options (the command line wins)")
       ->check(CLI::ExistingFile);
-  cli.add_option("--batch", batch, "Samples (or 2D slices) per network pass (default 16)");
+  auto* batch_opt = cli.add_option("--batch", batch, "Samples (or 2D slices) per network pass (default 16)")
+                        ->check(CLI::Range(int64_t{1}, drdm::kMaxDeformBatch));
   cli.add_option("--schedule", schedule, "level: recover t = T'..1 (paper); all: t = T..1 (authors' code)")
       ->check(CLI::IsMember({"level", "all"}));
-  cli.add_option("--label-interpolation", labels_mode, "nearest (default) or soft (one-hot linear, argmax)")
+  cli.add_option("--label-interpolation", labels_mode,
+                 "nearest (default) or soft (one-hot linear, argmax; labels 0..255)")
       ->check(CLI::IsMember({"nearest", "soft"}));
   cli.add_option("--padding", padding, "Image padding outside the field of view: zeros (default) or border")
       ->check(CLI::IsMember({"zeros", "border"}));
-  cli.add_option("--slice-axis", slice_axis, "3D input, 2D model: tensor axis to slice (0 = D, 1 = H, 2 = W)");
+  auto* slice_axis_opt =
+      cli.add_option("--slice-axis", slice_axis, "3D input, 2D model: tensor axis to slice (0 = D, 1 = H, 2 = W)")
+          ->check(CLI::Range(0, 2));
   cli.add_option("--slice-mode", slice_mode,
                  "3D input, 2D model: coherent (default: one start field per volume, recovery steps "
                  "smoothed across slices) or independent (every slice its own 2D sample)")
       ->check(CLI::IsMember({"coherent", "independent"}));
-  cli.add_option("--slice-sigma", slice_sigma,
-                 "coherent slices: Gaussian smoothing of each recovery step across slices, in slices (default 2)");
-  cli.add_option("--threads", threads, "CPU threads (default: all)");
+  auto* slice_sigma_opt =
+      cli.add_option("--slice-sigma", slice_sigma,
+                     "coherent slices: Gaussian smoothing of each recovery step across slices, in slices (default 2)")
+          ->check(drdm::app::finite_in(0, 1000));
+  auto* threads_opt =
+      cli.add_option("--threads", threads, "CPU threads (default 0: all)")->check(CLI::Range(0, 1024));
   cli.add_flag("--no-preview", no_preview, "Do not write preview PNGs");
   cli.add_flag("--no-progress", no_progress, "Do not draw the progress bar");
   cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");
   CLI11_PARSE(cli, argc, argv);
-  seed_given = seed_opt->count() > 0;
+  const auto given = [](const CLI::Option* opt) { return opt->count() > 0; };
 
   drdm::app::init_program(!quiet);
   return drdm::app::run_reporting_errors("drdm_deform", [&] {
     if (!config.empty()) drdm::load_deform_config(config, o);
-    if (!levels.empty()) o.levels = drdm::parse_levels(levels);
-    if (samples != -1) o.samples = samples;
-    if (seed_given) o.seed = seed;
+    if (given(levels_opt)) o.levels = parse_levels_option(levels);
+    if (given(samples_opt)) o.samples = samples;
+    if (given(seed_opt)) o.seed = seed;
     if (!mode.empty()) o.mode = drdm::parse_deform_mode(mode);
     if (!device.empty()) o.device = device;
-    if (batch != -1) o.batch = batch;
+    if (given(batch_opt)) o.batch = batch;
     if (!schedule.empty()) o.schedule = drdm::parse_recovery_schedule(schedule);
     if (!labels_mode.empty())
       o.label_interpolation =
           labels_mode == "soft" ? drdm::LabelInterpolation::kSoft : drdm::LabelInterpolation::kNearest;
     if (!padding.empty()) o.padding = padding == "border" ? drdm::Padding::kBorder : drdm::Padding::kZeros;
-    if (slice_axis != -2) o.slice_axis = slice_axis;
+    if (given(slice_axis_opt)) o.slice_axis = slice_axis;
     if (!slice_mode.empty()) o.slice_mode = drdm::parse_slice_mode(slice_mode);
-    if (slice_sigma != -1) o.slice_sigma = slice_sigma;
-    if (threads != -1) o.threads = threads;
+    if (given(slice_sigma_opt)) o.slice_sigma = slice_sigma;
+    if (given(threads_opt)) o.threads = threads;
     if (no_preview) o.previews = false;
     o.progress = !no_progress;
     if (!shard.empty()) {

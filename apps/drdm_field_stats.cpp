@@ -1,5 +1,6 @@
 // drdm_field_stats: magnitude, folding and Jacobian statistics of a displacement field.
 #include "app_common.h"
+#include "cli_checks.h"
 #include "drdm/commands.h"
 
 #include <CLI/CLI.hpp>
@@ -16,9 +17,10 @@ int main(int argc, char** argv) {
   cli.add_option("-f,--field", o.field, "Displacement field file (ITK vector image, mm)")
       ->required()
       ->check(CLI::ExistingFile);
-  cli.add_option("--json", o.json_output, "Also write the JSON to this file (atomically)");
+  cli.add_option("--json", o.json_output, "Also write the JSON to this file (atomically)")->check(drdm::app::non_empty());
   cli.add_option("--jacobian-map", o.jacobian_map,
-                 "Write the Jacobian determinant map (float32 image on the field's grid)");
+                 "Write the Jacobian determinant map (float32 image on the field's grid)")
+      ->check(drdm::app::non_empty());
   cli.add_flag("-v,--verbose", verbose, "Log progress");
   CLI11_PARSE(cli, argc, argv);
 

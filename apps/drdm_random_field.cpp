@@ -1,5 +1,6 @@
 // drdm_random_field: a smooth random diffeomorphic displacement field on an image's grid.
 #include "app_common.h"
+#include "cli_checks.h"
 #include "drdm/commands.h"
 
 #include <CLI/CLI.hpp>
@@ -17,9 +18,9 @@ int main(int argc, char** argv) {
   cli.add_option("-r,--reference", o.reference, "Image that defines the grid")
       ->required()
       ->check(CLI::ExistingFile);
-  cli.add_option("-o,--output", o.output, "Displacement field file (ITK vector image, mm)")->required();
+  cli.add_option("-o,--output", o.output, "Displacement field file (ITK vector image, mm)")->required()->check(drdm::app::non_empty());
   cli.add_option("--amplitude", o.field.amplitude, "Largest velocity, in voxels (~ largest displacement)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(drdm::app::finite_in(0, 10000))
       ->capture_default_str();
   cli.add_option("--control", o.field.control, "Control points per axis on the coarsest level")
       ->check(CLI::Range(2, 512))
@@ -30,7 +31,7 @@ int main(int argc, char** argv) {
   cli.add_option("--squarings", o.field.squarings, "Scaling-and-squaring steps (0: use the velocity as displacement)")
       ->check(CLI::Range(0, 20))
       ->capture_default_str();
-  cli.add_option("--seed", o.seed, "Random seed")->capture_default_str();
+  cli.add_option("--seed", o.seed, "Random seed")->check(drdm::app::non_negative_integer())->capture_default_str();
   cli.add_flag("-v,--verbose", verbose, "Log progress");
   CLI11_PARSE(cli, argc, argv);
 

@@ -1,5 +1,6 @@
 // drdm_warp: apply a displacement field file to an image or a label map.
 #include "app_common.h"
+#include "cli_checks.h"
 #include "drdm/commands.h"
 
 #include <CLI/CLI.hpp>
@@ -18,13 +19,13 @@ int main(int argc, char** argv) {
       ->required()
       ->check(CLI::ExistingFile);
   cli.add_option("-f,--field", o.field, "Displacement field file")->required()->check(CLI::ExistingFile);
-  cli.add_option("-o,--output", o.output, "Output file (written atomically)")->required();
+  cli.add_option("-o,--output", o.output, "Output file (written atomically)")->required()->check(drdm::app::non_empty());
   cli.add_flag("--labels", o.labels, "Input is a label map: never interpolates class indices");
   cli.add_option("--interpolation", interpolation, "Image interpolation")
       ->check(CLI::IsMember({"linear", "nearest"}))
       ->capture_default_str();
   cli.add_option("--label-mode", label_mode,
-                 "Label interpolation: nearest, or soft (one-hot linear, then argmax)")
+                 "Label interpolation: nearest, or soft (one-hot linear, then argmax; labels 0..255)")
       ->check(CLI::IsMember({"nearest", "soft"}))
       ->capture_default_str();
   cli.add_option("--padding", padding, "Value outside the image: zeros, or border (replicate)")
@@ -33,9 +34,11 @@ int main(int argc, char** argv) {
   cli.add_option("--pixel-type", o.pixel_type,
                  "Output pixel type: auto (images float32, PNG keeps its type; labels smallest "
                  "integer type), uint8, int16, float32, ...")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(drdm::app::non_empty());
   cli.add_option("--preview", o.preview,
-                 "Also write a PNG: input | warped | deformed grid | magnitude (3D: central planes)");
+                 "Also write a PNG: input | warped | deformed grid | magnitude (3D: central planes)")
+      ->check(drdm::app::non_empty());
   cli.add_flag("-v,--verbose", verbose, "Log progress");
   CLI11_PARSE(cli, argc, argv);
 

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 
 #include "app_common.h"
+#include "cli_checks.h"
 #include "drdm/models.h"
 #include "drdm/reg/synth.h"
 #include "drdm/training_engine.h"
@@ -19,20 +20,21 @@ int main(int argc, char** argv) {
   r->add_option("--config", config, "reg_synth config (e.g. configs/reg-jsrt-cpu.json)")
       ->required()
       ->check(CLI::ExistingFile);
-  r->add_option("--output", output, "Output folder (default: runs/<config name>)");
+  r->add_option("--output", output, "Output folder (default: runs/<config name>; one run at a time)")->check(drdm::app::non_empty());
   r->add_option("--set", sets, "Override a config key: section.key=value (repeatable)")->take_all();
   r->add_flag("--no-progress", no_progress, "Do not draw progress bars");
   auto* g = cli.add_subcommand("register", "Register a moving image to a fixed image (same grid) and write the "
                                            "field (ITK displacement, mm), the warped image and labels");
   g->add_option("--model", model, "model.pt of a run, or a shipped registration model:\n" +
                                       drdm::shipped_models_help("registration"))
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(drdm::app::non_empty());
   g->add_option("--moving", moving, "Moving image")->required()->check(CLI::ExistingFile);
   g->add_option("--fixed", fixed, "Fixed image (on the moving image's grid)")->required()->check(CLI::ExistingFile);
-  g->add_option("--output", output, "Output folder")->required();
-  g->add_option("--moving-labels", moving_labels, "Label map of the moving image: warped too");
-  g->add_option("--fixed-labels", fixed_labels, "Label map of the fixed image: writes metrics.json");
-  g->add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  g->add_option("--output", output, "Output folder")->required()->check(drdm::app::non_empty());
+  g->add_option("--moving-labels", moving_labels, "Label map of the moving image: warped too")->check(drdm::app::non_empty());
+  g->add_option("--fixed-labels", fixed_labels, "Label map of the fixed image: writes metrics.json")->check(drdm::app::non_empty());
+  g->add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str()->check(drdm::app::non_empty());
   CLI11_PARSE(cli, argc, argv);
 
   drdm::app::init_program(!quiet);

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "app_common.h"
+#include "cli_checks.h"
 #include "drdm/models.h"
 #include "drdm/seg/fewshot.h"
 #include "drdm/training_engine.h"
@@ -22,22 +23,26 @@ int main(int argc, char** argv) {
   r->add_option("--config", config, "seg_fewshot config (e.g. configs/seg-acdc-cpu.json)")
       ->required()
       ->check(CLI::ExistingFile);
-  r->add_option("--output", output, "Output folder (default: runs/<config name>)");
+  r->add_option("--output", output, "Output folder (default: runs/<config name>; one run at a time)")->check(drdm::app::non_empty());
   r->add_option("--set", sets, "Override a config key: section.key=value (repeatable)")->take_all();
   r->add_flag("--no-progress", no_progress, "Do not draw progress bars");
   auto* p = cli.add_subcommand("predict", "Segment images (2D, or volumes slice by slice); label maps keep "
                                           "the input's geometry");
   p->add_option("--model", model, "model.pt of a grid run, or a shipped segmentation model:\n" +
                                       drdm::shipped_models_help("segmentation"))
-      ->capture_default_str();
-  p->add_option("--input", input, "An image file or a folder of images")->required();
-  p->add_option("--output", output, "Folder for the label maps (the inputs' file names)")->required();
-  p->add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+      ->capture_default_str()
+      ->check(drdm::app::non_empty());
+  p->add_option("--input", input, "An image file or a folder of images")->required()->check(drdm::app::non_empty());
+  p->add_option("--output", output, "Folder for the label maps (the inputs' file names)")->required()->check(drdm::app::non_empty());
+  p->add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str()->check(drdm::app::non_empty());
   auto* e = cli.add_subcommand("evaluate", "Metrics of predicted label maps against the truth, matched by name");
-  e->add_option("--pred", pred, "Folder of predicted label maps")->required();
-  e->add_option("--truth", truth, "Folder of true label maps (same file names)")->required();
-  e->add_option("--json", json_out, "Also write the per-case metrics as JSON here");
-  e->add_option("--classes", classes, "Labels to score")->capture_default_str()->delimiter(',');
+  e->add_option("--pred", pred, "Folder of predicted label maps")->required()->check(drdm::app::non_empty());
+  e->add_option("--truth", truth, "Folder of true label maps (same file names)")->required()->check(drdm::app::non_empty());
+  e->add_option("--json", json_out, "Also write the per-case metrics as JSON here")->check(drdm::app::non_empty());
+  e->add_option("--classes", classes, "Labels to score")
+      ->capture_default_str()
+      ->delimiter(',')
+      ->check(drdm::app::non_negative_integer());
   CLI11_PARSE(cli, argc, argv);
 
   drdm::app::init_program(!quiet);
@@ -49,6 +54,7 @@ int main(int argc, char** argv) {
       auto m = drdm::seg::load_seg_model(model, drdm::resolve_device(device));
       drdm::seg::predict_files(m, input, output);
     } else {
+      if (classes.empty()) throw std::invalid_argument("--classes: none given");
       const auto results = drdm::seg::evaluate_folders(pred, truth, classes);
       std::cout << drdm::seg::metrics_table(results, classes);
       if (!json_out.empty()) drdm::write_text_atomically(json_out, drdm::seg::results_json(results) + "\n");

@@ -2,6 +2,7 @@
 
 #include "atomic_file.h"
 #include "grid_check.h"
+#include "soft_labels.h"
 #include "drdm/image_io.h"
 #include "drdm/log.h"
 #include "drdm/preview.h"
@@ -54,6 +55,7 @@ void warp_file(const WarpFileOptions& o) {
     if (!o.preview.empty())
       throw std::invalid_argument("--preview draws images; it is not available with --labels");
     const auto labels = read_labels(o.input);
+    if (o.label_interpolation == LabelInterpolation::kSoft) detail::check_soft_labels(labels.data, "'" + o.input + "'");
     auto out = to_input_grid(warp_labels(to_field_grid(labels.data), field.data, o.label_interpolation));
     if (o.pixel_type == "auto")
       write_labels(o.output, out, labels.geometry);

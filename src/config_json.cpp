@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 namespace drdm::detail {
@@ -83,6 +84,49 @@ void check_against(const json& expected, const json& given, const std::string& p
 }
 
 
+json parse_json_strict(const std::string& text, const std::string& source) {
+  struct Frame {
+    bool object;
+    std::string path, last_key;
+    std::set<std::string> keys;
+  };
+  std::vector<Frame> frames;
+  const auto dotted = [](const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; };
+  const json::parser_callback_t check = [&](int, json::parse_event_t event, json& parsed) {
+    using E = json::parse_event_t;
+    if (event == E::object_start || event == E::array_start) {
+      std::string path;
+      if (!frames.empty()) path = frames.back().object ? dotted(frames.back().path, frames.back().last_key)
+                                                       : frames.back().path;
+      frames.push_back({event == E::object_start, path, "", {}});
+    } else if (event == E::object_end || event == E::array_end) {
+      frames.pop_back();
+    } else if (event == E::key && !frames.empty()) {
+      auto& f = frames.back();
+      f.last_key = parsed.get<std::string>();
+      if (!f.keys.insert(f.last_key).second)
+        throw std::invalid_argument(source + ": duplicate key '" + dotted(f.path, f.last_key) +
+                                    "' (JSON would silently keep only one of its values)");
+    }
+    return true;
+  };
+  return json::parse(text, check, /*allow_exceptions=*/true, /*ignore_comments=*/true);
+}
+
+void rethrow_blaming_overrides(const std::invalid_argument& error, const std::string& source,
+                               const std::vector<std::string>& overrides) {
+  const std::string message = error.what(), prefix = source + ": config key '";
+  const auto end = message.find('\'', prefix.size());
+  if (message.rfind(prefix, 0) != 0 || end == std::string::npos) throw error;
+  const std::string key = message.substr(prefix.size(), end - prefix.size());
+  for (auto o = overrides.rbegin(); o != overrides.rend(); ++o) {  // the last one wins
+    const std::string set = o->substr(0, o->find('='));
+    if (key == set || key.rfind(set + ".", 0) == 0)
+      throw std::invalid_argument("--set " + *o + ": config key '" + key + message.substr(end));
+  }
+  throw error;
+}
+
 void apply_override(json& user, const std::string& text) {
   const auto eq = text.find('=');
   if (eq == std::string::npos || eq == 0)
@@ -90,7 +134,7 @@ void apply_override(json& user, const std::string& text) {
   const std::string key = text.substr(0, eq), value = text.substr(eq + 1);
   json parsed;
   try {
-    parsed = json::parse(value);
+    parsed = parse_json_strict(value, "--set '" + text + "'");
   } catch (const json::exception&) {
     parsed = value;  // a bare string such as cpu or stationary
   }
@@ -113,7 +157,7 @@ json merge_config(const json& defaults, const std::string& json_text, const std:
                   const std::vector<std::string>& overrides) {
   json user;
   try {
-    user = json::parse(json_text, nullptr, true, /*ignore_comments=*/true);
+    user = parse_json_strict(json_text, source);
   } catch (const json::parse_error& e) {
     throw std::invalid_argument(source + ": not valid JSON: " + e.what());
   }

@@ -1,8 +1,11 @@
 #include "drdm/deform_job.h"
 
 #include "atomic_file.h"
+#include "config_json.h"
 #include "grid_check.h"
+#include "soft_labels.h"
 #include "progress.h"
+#include "run_lock.h"
 
 #include "drdm/commands.h"
 #include "drdm/image_io.h"
@@ -108,10 +111,36 @@ std::string read_text(const std::string& path) {
 
 json parse_json_file(const std::string& path) {
   try {
-    return json::parse(read_text(path));
+    return detail::parse_json_strict(read_text(path), "'" + path + "'");
   } catch (const json::exception& e) {
     throw std::runtime_error("'" + path + "' is not valid JSON: " + e.what());
   }
+}
+
+/// An integer config value (1.7 is not 1), within [lo, hi].
+int64_t integer_in(const json& v, int64_t lo, int64_t hi) {
+  if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi)) ||
+      v.get<int64_t>() < lo || v.get<int64_t>() > hi)
+    throw std::invalid_argument("must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                "], got " + v.dump());
+  return v.get<int64_t>();
+}
+
+/// Checks the numbers of `o` that the command line and a config can set.
+/// Messages start with the option's name (config key = option name).
+void check_ranges(const DeformJobOptions& o) {
+  const auto in = [](const char* key, int64_t v, int64_t lo, int64_t hi) {
+    if (v < lo || v > hi)
+      throw std::invalid_argument(std::string(key) + ": must be in [" + std::to_string(lo) + ", " +
+                                  std::to_string(hi) + "], got " + std::to_string(v));
+  };
+  in("samples", o.samples, 1, kMaxDeformSamples);
+  in("batch", o.batch, 1, kMaxDeformBatch);
+  in("threads", o.threads, 0, 1024);
+  in("slice_axis", o.slice_axis, -1, 2);
+  if (!(o.slice_sigma >= 0) || !std::isfinite(o.slice_sigma))
+    throw std::invalid_argument("slice_sigma: must be a finite number >= 0, got " + std::to_string(o.slice_sigma));
+  if (o.levels.empty()) throw std::invalid_argument("levels: none given");
 }
 
 }  // namespace
@@ -129,17 +158,20 @@ void load_deform_config(const std::string& path, DeformJobOptions& o) {
       } else if (key == "levels") {
         o.levels = parse_levels(value.is_string() ? value.get<std::string>() : [&] {
           std::string s;
-          for (const auto& v : value) s += (s.empty() ? "" : ",") + (v.is_string() ? v.get<std::string>() : std::to_string(v.get<int64_t>()));
+          if (!value.is_array()) throw std::invalid_argument("expected a string such as \"30,45\" or a list");
+          for (const auto& v : value)
+            s += (s.empty() ? "" : ",") + (v.is_string() ? v.get<std::string>() : std::to_string(integer_in(v, 1, INT64_MAX)));
           return s;
         }());
       } else if (key == "samples") {
-        o.samples = value.get<int64_t>();
+        o.samples = integer_in(value, 1, kMaxDeformSamples);
       } else if (key == "seed") {
+        if (!value.is_number_unsigned()) throw std::invalid_argument("must be an integer >= 0, got " + value.dump());
         o.seed = value.get<uint64_t>();
       } else if (key == "device") {
         o.device = value.get<std::string>();
       } else if (key == "batch") {
-        o.batch = value.get<int64_t>();
+        o.batch = integer_in(value, 1, kMaxDeformBatch);
       } else if (key == "schedule") {
         o.schedule = parse_recovery_schedule(value.get<std::string>());
       } else if (key == "label_interpolation") {
@@ -151,15 +183,16 @@ void load_deform_config(const std::string& path, DeformJobOptions& o) {
         if (s != "zeros" && s != "border") throw std::invalid_argument("expected 'zeros' or 'border', got '" + s + "'");
         o.padding = s == "border" ? Padding::kBorder : Padding::kZeros;
       } else if (key == "slice_axis") {
-        o.slice_axis = value.get<int64_t>();
+        o.slice_axis = integer_in(value, -1, 2);
       } else if (key == "slice_mode") {
         o.slice_mode = parse_slice_mode(value.get<std::string>());
       } else if (key == "slice_sigma") {
+        if (!value.is_number()) throw std::invalid_argument("must be a number, got " + value.dump());
         o.slice_sigma = value.get<double>();
       } else if (key == "previews") {
         o.previews = value.get<bool>();
       } else if (key == "threads") {
-        o.threads = value.get<int64_t>();
+        o.threads = integer_in(value, 0, 1024);
       } else {
         throw std::invalid_argument(
             "unknown key (expected model, mode, levels, samples, seed, device, batch, schedule, "
@@ -364,7 +397,7 @@ Inputs discover(const DeformJobOptions& o) {
 }
 
 /// Checks one case: dimension, channels and labels on one grid, data readable.
-void check_case(const Case& c, int64_t model_dims, DeformMode mode) {
+void check_case(const Case& c, int64_t model_dims, DeformMode mode, LabelInterpolation label_interpolation) {
   const ImageInfo first = read_image_info(c.images[0]);
   if (first.components != 1)
     throw std::runtime_error("'" + c.images[0] + "' has " + std::to_string(first.components) +
@@ -382,7 +415,10 @@ void check_case(const Case& c, int64_t model_dims, DeformMode mode) {
   // Read the data too (truncated or corrupt files, NaN / Inf, non-integer
   // labels) so that a bad case stops the run before anything is written.
   for (const auto& f : c.images) read_image(f);
-  if (!c.labels.empty()) read_labels(c.labels);
+  if (!c.labels.empty()) {
+    const auto labels = read_labels(c.labels);
+    if (label_interpolation == LabelInterpolation::kSoft) detail::check_soft_labels(labels.data, "label map '" + c.labels + "'");
+  }
   if (c.labels.empty() && mode == DeformMode::kAugment) {
     throw std::runtime_error("augment mode needs labels, and '" + c.images[0] +
                              "' has none (give --labels, or use --mode deform)");
@@ -600,14 +636,15 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
   const auto start = std::chrono::steady_clock::now();
   if (o.input.empty()) throw std::invalid_argument("no input given");
   if (o.output.empty()) throw std::invalid_argument("no output folder given");
-  if (o.samples < 1) throw std::invalid_argument("samples must be >= 1, got " + std::to_string(o.samples));
-  if (o.batch < 1) throw std::invalid_argument("batch must be >= 1, got " + std::to_string(o.batch));
+  check_ranges(o);
   if (o.shard_count < 1 || o.shard_index < 0 || o.shard_index >= o.shard_count)
     throw std::invalid_argument("shard must be i/n with 0 <= i < n, got " + std::to_string(o.shard_index) + "/" +
                                 std::to_string(o.shard_count));
-  if (o.levels.empty()) throw std::invalid_argument("levels: none given");
-  if (!(o.slice_sigma >= 0) || !std::isfinite(o.slice_sigma))
-    throw std::invalid_argument("slice_sigma must be a finite number >= 0, got " + std::to_string(o.slice_sigma));
+  for (const auto& l : o.levels)
+    if (o.mode != DeformMode::kPairs && l.syn != l.aug)
+      throw std::invalid_argument("levels: '" + levels_text({l}) + "' gives a synthesis level (:" +
+                                  std::to_string(l.syn) + "), which only pairs mode uses; in " + to_string(o.mode) +
+                                  " mode give single levels, e.g. " + std::to_string(l.aug));
   if (o.threads > 0) at::set_num_threads(static_cast<int>(o.threads));
 
   // Everything is checked before anything is written.
@@ -623,13 +660,18 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
   for (size_t i = 0; i < in.cases.size(); ++i)
     if (static_cast<int64_t>(i % static_cast<size_t>(o.shard_count)) == o.shard_index) mine.push_back(in.cases[i]);
   const int64_t model_dims = trained.config.data.dims;
-  for (const auto& c : mine) check_case(c, model_dims, o.mode);
+  for (const auto& c : mine) check_case(c, model_dims, o.mode, o.label_interpolation);
   if (in.dataset) {
     char a[4096], b[4096];
     if (::realpath(in.root.c_str(), a) != nullptr && ::realpath(o.output.c_str(), b) != nullptr &&
         std::string(a) == std::string(b))
       throw std::invalid_argument("the output folder must not be the input dataset '" + in.root + "'");
   }
+  // One run per output folder (shards of one job share it, one process per shard).
+  const detail::RunLock lock(o.output, "drdm_deform",
+                             o.shard_count > 1 ? "shard-" + std::to_string(o.shard_index) + "-of-" +
+                                                     std::to_string(o.shard_count)
+                                               : "");
   log::info(c10::str("drdm_deform: ", mine.size(), " of ", in.cases.size(), " cases (shard ", o.shard_index, "/",
                      o.shard_count, "), mode ", to_string(o.mode), ", levels ", levels_text(o.levels), " x ",
                      o.samples, " samples, model '", model_path, "' (", model_dims, "D, step ", trained.step,

@@ -1,8 +1,12 @@
 #include "drdm/spatial.h"
 
+#include "soft_labels.h"
+
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 namespace drdm {
 namespace detail {
@@ -114,6 +118,25 @@ torch::Tensor warp(const torch::Tensor& image, const torch::Tensor& field,
                              padding == Padding::kZeros ? detail::kGridZeros : detail::kGridBorder);
 }
 
+namespace detail {
+
+void check_soft_labels(const at::Tensor& labels, const std::string& source) {
+  if (labels.numel() == 0) return;
+  const auto lo = labels.min().item<int64_t>(), hi = labels.max().item<int64_t>();
+  const std::string advice = "; use nearest label interpolation (drdm_warp --label-mode nearest, drdm_deform "
+                             "--label-interpolation nearest)";
+  if (lo < 0)
+    throw std::invalid_argument(source + ": soft label interpolation needs class labels >= 0, found " +
+                                std::to_string(lo) + advice);
+  if (hi >= kMaxSoftLabelClasses)
+    throw std::invalid_argument(source + ": soft label interpolation one-hot encodes every class up to the largest "
+                                "label, " + std::to_string(hi) + ", more than its limit of " +
+                                std::to_string(kMaxSoftLabelClasses) + " classes (labels 0.." +
+                                std::to_string(kMaxSoftLabelClasses - 1) + ")" + advice + ", or renumber the labels");
+}
+
+}  // namespace detail
+
 torch::Tensor warp_labels(const torch::Tensor& labels, const torch::Tensor& field,
                           LabelInterpolation interpolation, int64_t num_classes) {
   detail::check_pair(labels, field, "warp_labels");
@@ -134,8 +157,7 @@ torch::Tensor warp_labels(const torch::Tensor& labels, const torch::Tensor& fiel
     auto out = detail::grid_sample(labels.to(ftype), field, detail::kGridNearest, detail::kGridZeros);
     return out.round().to(at::kLong);
   }
-  TORCH_CHECK(labels.numel() == 0 || labels.min().item<int64_t>() >= 0,
-              "warp_labels: expected non-negative class indices");
+  detail::check_soft_labels(labels, "warp_labels");
   const int64_t k =
       num_classes > 0 ? num_classes : (labels.numel() ? labels.max().item<int64_t>() + 1 : 1);
   auto one_hot = at::one_hot(labels.squeeze(1).to(at::kLong), k);  // [N, ...S, K]

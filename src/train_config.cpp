@@ -124,8 +124,11 @@ TrainConfig from_json(const json& j, const std::string& src) {
   s.perturbation = get<double>(j, "sampler", "perturbation", src);
   try {
     validate(s);
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(src + ": config key " + e.what());
+  } catch (const std::invalid_argument& e) {  // "sampler.key: why"
+    const std::string m = e.what();
+    const auto colon = m.find(": ");
+    if (colon == std::string::npos) throw std::invalid_argument(src + ": config key " + m);
+    throw std::invalid_argument(src + ": config key '" + m.substr(0, colon) + "'" + m.substr(colon + 1));
   }
 
   c.model.in_channels = get<int64_t>(j, "model", "in_channels", src);
@@ -233,7 +236,7 @@ TrainConfig::Train parse_train_section(const json& j, const std::string& src, co
 TrainConfig parse_train_config(const std::string& json_text, const std::string& source,
                                const std::vector<std::string>& overrides) {
   const json merged = detail::merge_config(defaults_json(TrainConfig{}), json_text, source, overrides);
-  return from_json(merged, source);
+  return detail::blaming_overrides(source, overrides, [&] { return from_json(merged, source); });
 }
 
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {

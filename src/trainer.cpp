@@ -25,6 +25,7 @@
 #include "drdm/preview.h"
 #include "drdm/spatial.h"
 #include "progress.h"
+#include "run_lock.h"
 #include "seeds.h"
 
 namespace drdm {
@@ -105,6 +106,17 @@ torch::Device training_device(const TrainConfig& config) {
   return device;
 }
 
+/// Without --resume a run starts from step 0 and would overwrite the run
+/// already in the folder: refused.
+void refuse_existing_run(const std::string& output_dir) {
+  for (const char* name : {"checkpoint.pt", "model.pt", "config.json", "metrics.jsonl"}) {
+    if (!detail::file_exists(detail::join(output_dir, name))) continue;
+    throw std::runtime_error("output folder '" + output_dir + "' already holds a training run (" + name +
+                             "); continue it with --resume, or give a new --output folder (delete the "
+                             "folder first to start that run over)");
+  }
+}
+
 RunSpec drdm_run_spec(const TrainConfig& config, const std::string& output_dir, bool resume,
                       bool progress) {
   // Only the step count may change on resume (to train longer).
@@ -129,11 +141,10 @@ at::Tensor predict_recovery(RecoveryNet& net, const at::Tensor& xt, const at::Te
 /// Alg. 1, one step at a time; keeps the last batch for previews.
 class RecoveryStep {
  public:
-  RecoveryStep(const TrainConfig& config, RecoveryNet& net, Adam& adam, const torch::Device& device,
-               int64_t first_step)
-      : config_(config), net_(net), adam_(adam), device_(device), dataset_(config.data),
+  RecoveryStep(const TrainConfig& config, const ImageDataset& dataset, RecoveryNet& net, Adam& adam,
+               const torch::Device& device, int64_t first_step)
+      : config_(config), net_(net), adam_(adam), device_(device), dataset_(dataset),
         sampler_(config.sampler, config.data.size, device) {
-    if (dataset_.size() == 0) throw std::runtime_error("no training samples found in data.folders");
     if (config.train.prefetch > 0)
       prefetcher_ = std::make_unique<BatchPrefetcher>(dataset_, config.train.batch_size,
                                                       config.train.seed, first_step, config.augment,
@@ -174,7 +185,7 @@ class RecoveryStep {
   RecoveryNet& net_;
   Adam& adam_;
   torch::Device device_;
-  ImageDataset dataset_;
+  const ImageDataset& dataset_;
   VelocitySampler sampler_;
   std::unique_ptr<BatchPrefetcher> prefetcher_;
   at::Tensor x0_, xt_, psi_hat_;
@@ -186,6 +197,11 @@ class RecoveryStep {
 TrainSummary train(const TrainConfig& config, const std::string& output_dir, bool resume,
                    bool progress) {
   const auto device = training_device(config);
+  const detail::RunLock lock(output_dir, "drdm_train");  // held until training ends
+  if (!resume) refuse_existing_run(output_dir);
+  // The data is read and checked before anything is written.
+  const ImageDataset dataset(config.data);
+  if (dataset.size() == 0) throw std::runtime_error("no training samples found in data.folders");
   at::manual_seed(config.train.seed);  // parameter initialisation
   RecoveryNet net(network_options(config));
   net.to(device);
@@ -202,7 +218,7 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
   std::unique_ptr<RecoveryStep> step;
   if (first_step < config.train.steps) {
     if (config.train.preview_every > 0) detail::make_dirs(output_dir + "/previews");
-    step = std::make_unique<RecoveryStep>(config, net, adam, device, first_step);
+    step = std::make_unique<RecoveryStep>(config, dataset, net, adam, device, first_step);
   }
   const auto preview = [&](int64_t done) {
     if (config.train.preview_every <= 0 ||

@@ -182,6 +182,7 @@ int64_t TrainingRun::start() {
                                spec_.output_dir + "/config.json");
     if (ck.adam_step < 0)
       throw std::runtime_error("--resume: '" + checkpoint + "' has no optimiser state");
+    check_steps(ck.step, checkpoint);
     load_(ck.model);
     try {
       adam_.load_state(ck.adam_step, ck.exp_avg, ck.exp_avg_sq);
@@ -197,6 +198,16 @@ int64_t TrainingRun::start() {
   write_text_atomically(metrics_path_, spec_.resume ? drop_lines_after(metrics_path_, first_step_) : "");
   started_ = true;
   return first_step_;
+}
+
+// A resume cannot train backwards: fewer steps than the checkpoint has done
+// would leave config.json disagreeing with the checkpoint and model.pt.
+void TrainingRun::check_steps(int64_t checkpoint_step, const std::string& checkpoint) const {
+  if (spec_.steps >= checkpoint_step) return;
+  throw std::runtime_error("--resume: " + spec_.steps_key + " = " + std::to_string(spec_.steps) +
+                           " is below the " + std::to_string(checkpoint_step) + " steps that '" + checkpoint +
+                           "' has already trained; give " + spec_.steps_key + " >= " +
+                           std::to_string(checkpoint_step) + ", or train into a new output folder");
 }
 
 void TrainingRun::save(int64_t done) {

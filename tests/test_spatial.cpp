@@ -357,6 +357,27 @@ TEST(WarpLabels, IntegerShiftIsExact) {
   }
 }
 
+TEST(WarpLabels, SoftRefusesLabelsItCannotOneHotEncode) {
+  // kSoft one-hot encodes labels 0..255 (src/soft_labels.h); nearest takes any integer.
+  auto u = at::zeros({1, 2, 8, 8});
+  auto labels = at::zeros({1, 1, 8, 8}, at::kLong);
+  labels[0][0][2][3] = 255;  // the largest label allowed
+  EXPECT_TRUE(at::equal(drdm::warp_labels(labels, u, drdm::LabelInterpolation::kSoft), labels));
+  for (int64_t bad : {int64_t{-1}, int64_t{256}, int64_t{70000}}) {
+    labels[0][0][2][3] = bad;
+    try {  // 70000 would be a 70001-channel one-hot map: refused before any allocation
+      drdm::warp_labels(labels, u, drdm::LabelInterpolation::kSoft);
+      FAIL() << "label " << bad << " accepted";
+    } catch (const std::invalid_argument& e) {
+      const std::string m = e.what();
+      EXPECT_EQ(m.rfind("warp_labels: ", 0), 0u) << m;
+      EXPECT_NE(m.find(std::to_string(bad)), std::string::npos) << m;
+      EXPECT_NE(m.find("nearest"), std::string::npos) << m;
+    }
+    EXPECT_EQ(drdm::warp_labels(labels, u, drdm::LabelInterpolation::kNearest)[0][0][2][3].item<int64_t>(), bad);
+  }
+}
+
 TEST(WarpLabels, OneHotFloatIsWarpedPerChannel) {
   auto labels = at::randint(0, 3, {1, 1, 10, 10}, at::TensorOptions().dtype(at::kLong));
   auto one_hot = at::one_hot(labels.squeeze(1), 3).permute({0, 3, 1, 2}).to(at::kFloat);

@@ -3,8 +3,11 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 
@@ -97,6 +100,42 @@ TEST(TrainConfig, OverridesApplyAfterTheFile) {
   EXPECT_EQ(c.data.size, (std::vector<int64_t>{16, 16}));
   EXPECT_EQ(c.sampler.process, drdm::DiffusionProcess::kMarkov);
   EXPECT_NE(error_of("{}", {"train.steps"}).find("section.key=value"), std::string::npos);
+}
+
+TEST(TrainConfig, DuplicateKeysAreErrorsNamingTheKey) {
+  auto e = error_of(R"({"train": {"steps": 2, "steps": 3}})");
+  EXPECT_NE(e.find("test.json: duplicate key 'train.steps'"), std::string::npos) << e;
+  e = error_of(R"({"data": {"dims": 2}, "train": {}, "data": {}})");
+  EXPECT_NE(e.find("duplicate key 'data'"), std::string::npos) << e;
+  e = error_of(R"({"data": {"folders": [{"a": 1, "a": 2}]}})");  // inside a list too
+  EXPECT_NE(e.find("duplicate key"), std::string::npos) << e;
+  e = error_of("{}", {R"(data={"dims": 2, "dims": 3})"});
+  EXPECT_NE(e.find("duplicate key 'dims'"), std::string::npos) << e;
+  EXPECT_EQ(error_of(R"({"train": {"steps": 2}, "data": {"dims": 2}})"), "");
+}
+
+TEST(TrainConfig, IntegerKeysTakeExactIntegers) {
+  // 16.5 in a list of integers used to become 16, 2^64 - 1 used to become -1.
+  auto e = error_of(R"({"data": {"size": [16.5, 16]}})");
+  EXPECT_NE(e.find("config key 'data.size' must be a list whose entries are each an integer, got [16.5,16]"),
+            std::string::npos)
+      << e;
+  e = error_of(R"({"train": {"seed": 18446744073709551615}})");
+  EXPECT_NE(e.find("'train.seed'"), std::string::npos) << e;
+  EXPECT_EQ(drdm::parse_train_config(R"({"data": {"size": [16, 24]}})", "t").data.size,
+            (std::vector<int64_t>{16, 24}));
+}
+
+TEST(TrainConfig, ErrorsInOverridesNameTheSetNotTheFile) {
+  auto e = error_of(R"({"train": {"steps": 10}})", {"train.lr=0.01", "train.steps=-5"});
+  EXPECT_EQ(e.rfind("--set train.steps=-5: config key 'train.steps' must be >= 1", 0), 0u) << e;
+  e = error_of("{}", {"sampler.levels=9"});
+  EXPECT_EQ(e.rfind("--set sampler.levels=9: config key 'sampler.levels'", 0), 0u) << e;
+  e = error_of("{}", {R"(data={"dims": 3})"});  // a whole section set: its keys are blamed on it
+  EXPECT_EQ(e.rfind("--set data={\"dims\": 3}: config key 'data.size'", 0), 0u) << e;
+  // An error in the file stays the file's, even with overrides of other keys.
+  e = error_of(R"({"train": {"steps": -5}})", {"train.lr=0.01"});
+  EXPECT_EQ(e.rfind("test.json: config key 'train.steps'", 0), 0u) << e;
 }
 
 // A tiny but real training set: smooth random 16x16 "anatomy" images.
@@ -200,6 +239,44 @@ TEST_F(TinyTraining, ResumeRefusesAnotherConfigOrNoCheckpoint) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("config differs"), std::string::npos) << e.what();
   }
+}
+
+TEST_F(TinyTraining, NeverOverwritesARunOrTrainsItBackwards) {
+  const auto dir = out_.path("run");
+  drdm::train(config(2), dir, false, false);
+  const auto text = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  const auto config_json = text(dir + "/config.json"), checkpoint = text(dir + "/checkpoint.pt");
+  // Without resume: refused (it used to restart at step 0 over the finished run).
+  try {
+    drdm::train(config(4), dir, /*resume=*/false, false);
+    FAIL() << "expected a refusal";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("--resume"), std::string::npos) << e.what();
+  }
+  // Resume with fewer steps than the checkpoint: refused, naming both numbers.
+  try {
+    drdm::train(config(1), dir, /*resume=*/true, false);
+    FAIL() << "expected a refusal";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("train.steps = 1 is below the 2 steps"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(text(dir + "/config.json"), config_json);
+  EXPECT_EQ(text(dir + "/checkpoint.pt"), checkpoint);
+  // The same step count is fine (nothing to do), more continues.
+  EXPECT_EQ(drdm::train(config(2), dir, true, false).first_step, 2);
+  EXPECT_EQ(drdm::train(config(3), dir, true, false).steps, 3);
+}
+
+TEST_F(TinyTraining, ADataErrorLeavesNoFolderBehind) {
+  const auto dir = out_.path("never");
+  EXPECT_ANY_THROW(
+      drdm::train(config(2, {"data.folders=[\"" + out_.path("no-such-folder") + "\"]"}), dir, false, false));
+  EXPECT_FALSE(std::ifstream(dir + "/config.json").good());
+  struct stat st {};
+  EXPECT_NE(::stat(dir.c_str(), &st), 0) << dir << " was left behind";
 }
 
 TEST_F(TinyTraining, NonFiniteLossStopsAndKeepsTheLastGoodCheckpoint) {

@@ -30,6 +30,11 @@ struct DeformLevel {
 /// Parses "30,45" or "45:30,60:20"; throws std::invalid_argument naming the bad entry.
 std::vector<DeformLevel> parse_levels(const std::string& text);
 
+/// Upper bounds of DeformJobOptions::samples and ::batch (checked before any
+/// work or allocation).
+constexpr int64_t kMaxDeformSamples = 100000;
+constexpr int64_t kMaxDeformBatch = 4096;
+
 /// Everything drdm_deform takes. JSON config keys (drdm_deform --config) are
 /// the member names; the command line overrides the file.
 struct DeformJobOptions {
@@ -39,11 +44,11 @@ struct DeformJobOptions {
   std::string output;  ///< output folder (created)
   DeformMode mode = DeformMode::kDeform;
   std::vector<DeformLevel> levels{{30, 30}, {45, 45}};
-  int64_t samples = 4;  ///< samples per input and level
+  int64_t samples = 4;  ///< samples per input and level, in [1, kMaxDeformSamples]
   uint64_t seed = 0;
   std::string device = "auto";
   int64_t shard_index = 0, shard_count = 1;  ///< this job does inputs i, i + n, i + 2n, ... (0 <= i < n)
-  int64_t batch = 16;                        ///< samples per network pass (2D slices count one each)
+  int64_t batch = 16;                        ///< samples per network pass (2D slices count one each), <= kMaxDeformBatch
   RecoverySchedule schedule = RecoverySchedule::kFromLevel;
   LabelInterpolation label_interpolation = LabelInterpolation::kNearest;
   Padding padding = Padding::kZeros;
@@ -70,9 +75,11 @@ struct DeformJobSummary {
   std::string manifest;  ///< path of the manifest
 };
 
-/// Runs drdm_deform: checks every input first (readable, labels on the
-/// image's grid, dimensions the model can take) so that bad input stops the
-/// run before anything is written; then writes per sample the field (ITK
+/// Runs drdm_deform: checks the options and every input first (readable,
+/// labels on the image's grid, dimensions the model can take, label values
+/// that soft interpolation can take) so that bad input stops the run before
+/// anything is written; takes the output folder's lock (OUTPUT/.drdm.lock;
+/// shards share the folder, one process per shard); then writes per sample the field (ITK
 /// displacement field, mm), the warped image(s), the warped labels and a
 /// preview PNG, and finally manifest.json (manifest-shard-I-of-N.json for a
 /// shard) with every sample's input, level, seed, outputs and metrics

@@ -97,6 +97,7 @@ struct RunSpec {
   bool progress = true;
   std::string label = "train";  ///< progress bar label
   std::string lr_key = "train.lr";  ///< named in the NaN-stop advice
+  std::string steps_key = "train.steps";  ///< named when the steps fall below a checkpoint's
 };
 
 /// A RunSpec from a config's shared "train" section (steps, checkpoint_every,
@@ -128,7 +129,8 @@ class TrainingRun {
               std::function<void(const TensorMap&)> load, Adam& adam);
 
   /// With spec.resume: reads checkpoint.pt (an error when absent, of another
-  /// kind, or trained with another config) and restores weights and
+  /// kind, trained with another config, or further than spec.steps: nothing is
+  /// written then) and restores weights and
   /// Adam. Writes config.json and keeps only the metrics lines up to the
   /// resumed step. Returns the first step to run.
   int64_t start();
@@ -144,6 +146,7 @@ class TrainingRun {
   int64_t first_step() const { return first_step_; }
 
  private:
+  void check_steps(int64_t checkpoint_step, const std::string& checkpoint) const;
   void accumulate(const std::vector<StepMetric>& metrics);
   void log_window(int64_t done, double seconds);
   void save(int64_t done);

@@ -145,11 +145,7 @@ void parse_grid(const json& j, const std::string& src, RegConfig::Grid& g) {
   require(!g.finetune.empty(), src, "grid.finetune", "must not be empty");
 }
 
-}  // namespace
-
-RegConfig parse_reg_config(const std::string& text, const std::string& src,
-                           const std::vector<std::string>& overrides) {
-  const json j = detail::merge_config(defaults_json(RegConfig{}), text, src, overrides);
+RegConfig from_json(const json& j, const std::string& src) {
   RegConfig c;
   c.name = j.at("name").get<std::string>();
   parse_data(j, src, c.data);
@@ -158,6 +154,14 @@ RegConfig parse_reg_config(const std::string& text, const std::string& src,
   parse_phases(j, src, c);
   parse_grid(j, src, c.grid);
   return c;
+}
+
+}  // namespace
+
+RegConfig parse_reg_config(const std::string& text, const std::string& src,
+                           const std::vector<std::string>& overrides) {
+  const json j = detail::merge_config(defaults_json(RegConfig{}), text, src, overrides);
+  return detail::blaming_overrides(src, overrides, [&] { return from_json(j, src); });
 }
 
 RegConfig load_reg_config(const std::string& path, const std::vector<std::string>& overrides) {

@@ -12,6 +12,7 @@
 
 #include "../atomic_file.h"
 #include "../config_json.h"
+#include "../run_lock.h"
 #include "drdm/log.h"
 #include "drdm/preview.h"
 #include "drdm/reg/synth.h"
@@ -213,6 +214,7 @@ void write_pair_figure(const std::vector<Row>& rows, const std::map<std::string,
 
 void run_grid(const RegConfig& c, const std::string& out, bool progress) {
   const auto d = load_data(c);
+  const detail::RunLock lock(out, "reg_synth run");  // one run per output folder
   std::vector<Row> rows;
   for (const auto& p : c.grid.pretrain)
     for (bool f : c.grid.finetune) rows.push_back({p, f});

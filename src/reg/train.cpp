@@ -202,7 +202,7 @@ std::string train_registration(const RegConfig& c, const std::string& phase, con
   Adam adam(net.parameters());
   auto spec = run_spec(t, output_dir, kKind, run_config(c, phase, init), resume_identity,
                        detail::file_exists(output_dir + "/checkpoint.pt"), progress);
-  spec.label = phase, spec.lr_key = phase + ".lr";
+  spec.label = phase, spec.lr_key = phase + ".lr", spec.steps_key = phase + ".steps";
   TrainingRun run(spec, [&] { return net.state(); }, [&](const TensorMap& m) { net.load_state(m); }, adam);
   run.start();
   const auto step = [&](int64_t s) -> StepResult {

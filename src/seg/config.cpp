@@ -135,11 +135,7 @@ void parse_grid_and_drdm(const json& j, const std::string& src, SegConfig& c) {
   require(c.drdm.batch >= 1, src, "drdm.batch", "must be >= 1");
 }
 
-}  // namespace
-
-SegConfig parse_seg_config(const std::string& text, const std::string& src,
-                           const std::vector<std::string>& overrides) {
-  const json j = detail::merge_config(defaults_json(SegConfig{}), text, src, overrides);
+SegConfig from_json(const json& j, const std::string& src) {
   SegConfig c;
   c.name = j.at("name").get<std::string>();
   parse_data(j, src, c.data);
@@ -158,6 +154,14 @@ SegConfig parse_seg_config(const std::string& text, const std::string& src,
   c.train = detail::parse_train_section(j, src);
   c.bigaug = parse_bigaug(j, src);
   return c;
+}
+
+}  // namespace
+
+SegConfig parse_seg_config(const std::string& text, const std::string& src,
+                           const std::vector<std::string>& overrides) {
+  const json j = detail::merge_config(defaults_json(SegConfig{}), text, src, overrides);
+  return detail::blaming_overrides(src, overrides, [&] { return from_json(j, src); });
 }
 
 SegConfig load_seg_config(const std::string& path, const std::vector<std::string>& overrides) {

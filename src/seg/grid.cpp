@@ -10,6 +10,7 @@
 
 #include "../atomic_file.h"
 #include "../progress.h"
+#include "../run_lock.h"
 #include "drdm/image_io.h"
 #include "drdm/log.h"
 #include "drdm/seg/fewshot.h"
@@ -229,7 +230,7 @@ void write_predictions_png(const SegConfig& c, const LabelledCase& test_case, co
 
 void run_grid(const SegConfig& c, const std::string& out, bool progress) {
   const auto begin = std::chrono::steady_clock::now();
-  detail::make_dirs(out);
+  const detail::RunLock lock(out, "seg_fewshot run");  // one run per output folder
   write_text_atomically(out + "/config.json", to_json(c) + "\n");
   const auto split = split_subjects(c.data);
   const auto test = cases_of(split.test);
