@@ -2,6 +2,7 @@
 
 #include "atomic_file.h"
 #include "drdm/log.h"
+#include "write_check.h"
 
 #include <ATen/ATen.h>
 #include <itkImage.h>
@@ -12,6 +13,7 @@
 #include <itkMetaImageIOFactory.h>
 #include <itkNiftiImageIOFactory.h>
 #include <itkNrrdImageIOFactory.h>
+#include <itkPNGImageIO.h>
 #include <itkPNGImageIOFactory.h>
 #include <itkRGBPixel.h>
 #include <itkVector.h>
@@ -27,6 +29,8 @@
 #include <limits>
 #include <mutex>
 #include <stdexcept>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -370,14 +374,54 @@ typename ImageT::Pointer allocate_on(const Geometry& g) {
   return image;
 }
 
+// ITK's NIfTI and MetaImage writers only print a failed write (a full disk):
+// the written file is checked before it is moved into place.
+void verify_written(const std::string& tmp, const std::string& path) {
+  try {
+    check_data_size(*open_io(tmp), tmp);
+    check_compressed_data_complete(tmp);
+  } catch (const std::exception& e) {
+    std::string why = e.what();
+    for (auto at = why.find(tmp); at != std::string::npos; at = why.find(tmp)) why.replace(at, tmp.size(), path);
+    fail(path, "cannot write: the written file is incomplete (is the disk full?): " + why);
+  }
+}
+
+// ITK 5.2's PNG writer corrupts the heap when a write fails (it longjmps out
+// of libpng and closes the file twice), so it writes into memory and the
+// bytes are then written with checked calls.
+template <typename WriterT>
+void write_png_through_memory(WriterT& writer, const std::string& tmp, const std::string& path) {
+  const int fd = ::memfd_create("drdm-png", MFD_CLOEXEC);
+  if (fd < 0) fail(path, "cannot write: no in-memory file for the PNG encoder");
+  std::vector<char> bytes;
+  try {
+    writer.SetImageIO(itk::PNGImageIO::New());
+    writer.SetFileName("/proc/self/fd/" + std::to_string(fd));
+    writer.Update();
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) fail(path, "cannot write: the encoded PNG is unreadable");
+    bytes.resize(static_cast<size_t>(st.st_size));
+    if (::pread(fd, bytes.data(), bytes.size(), 0) != static_cast<ssize_t>(bytes.size()))
+      fail(path, "cannot write: the encoded PNG is unreadable");
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  write_file_checked(tmp, bytes.data(), bytes.size(), path);
+}
+
 template <typename ImageT>
 void write_itk(const std::string& path, const ImageT* image, bool compress) {
   write_atomically(path, [&](const std::string& tmp) {
     auto writer = itk::ImageFileWriter<ImageT>::New();
-    writer->SetFileName(tmp);
     writer->SetInput(image);
     writer->SetUseCompression(compress);
+    if (has_extension(path, ".png")) return write_png_through_memory(*writer, tmp, path);
+    writer->SetFileName(tmp);
     writer->Update();
+    verify_written(tmp, path);
   });
 }
 
