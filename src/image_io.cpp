@@ -382,7 +382,7 @@ void verify_written(const std::string& tmp, const std::string& path) {
     check_compressed_data_complete(tmp);
   } catch (const std::exception& e) {
     std::string why = e.what();
-    for (auto at = why.find(tmp); at != std::string::npos; at = why.find(tmp)) why.replace(at, tmp.size(), path);
+    if (why.rfind("'" + tmp + "': ", 0) == 0) why = why.substr(tmp.size() + 4);
     fail(path, "cannot write: the written file is incomplete (is the disk full?): " + why);
   }
 }
