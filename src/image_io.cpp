@@ -381,8 +381,12 @@ void verify_written(const std::string& tmp, const std::string& path) {
     check_data_size(*open_io(tmp), tmp);
     check_compressed_data_complete(tmp);
   } catch (const std::exception& e) {
+    // The message names the files by their final names.
     std::string why = e.what();
-    if (why.rfind("'" + tmp + "': ", 0) == 0) why = why.substr(tmp.size() + 4);
+    const auto tmp_dir = tmp.substr(0, tmp.rfind('/') + 1), dir = path.substr(0, path.rfind('/') + 1);
+    for (auto at = why.find(tmp_dir); at != std::string::npos; at = why.find(tmp_dir, at + dir.size()))
+      why.replace(at, tmp_dir.size(), dir);
+    if (why.rfind("'" + path + "': ", 0) == 0) why = why.substr(path.size() + 4);
     fail(path, "cannot write: the written file is incomplete (is the disk full?): " + why);
   }
 }
