@@ -57,7 +57,9 @@ class FullDisk:
         os.makedirs(self.path)
         self.mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FULL_DISK_BYTES}", "tmpfs", self.path],
                                       capture_output=True).returncode == 0
-        print(f"full disk: {'tmpfs' if self.mounted else 'RLIMIT_FSIZE'} of {FULL_DISK_BYTES} bytes")
+        print(f"full disk: a tmpfs of {FULL_DISK_BYTES} bytes" if self.mounted else
+              f"full disk: no mount permitted; RLIMIT_FSIZE of {FILE_LIMIT_BYTES} bytes per file instead "
+              "(the --preview case needs the tmpfs and is not run)")
 
     def preexec(self):
         if not self.mounted:
