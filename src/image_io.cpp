@@ -391,9 +391,11 @@ void verify_written(const std::string& tmp, const std::string& path) {
   }
 }
 
-// ITK 5.2's PNG writer corrupts the heap when a write fails (it longjmps out
-// of libpng and closes the file twice), so it writes into memory and the
-// bytes are then written with checked calls.
+// ITK 5.2's PNG writer crashes when a write fails (a full disk): libpng's
+// error handler longjmps back into PNGImageIO::WriteSlice, which then frees an
+// invalid pointer (glibc aborts: "munmap_chunk(): invalid pointer", or a
+// segfault). So it encodes into an in-memory file, and the bytes are written
+// with checked calls.
 template <typename WriterT>
 void write_png_through_memory(WriterT& writer, const std::string& tmp, const std::string& path) {
   const int fd = ::memfd_create("drdm-png", MFD_CLOEXEC);
