@@ -37,11 +37,17 @@ fi
 PY="$VENV/bin/python"
 # Requirements first: torch goes in with --no-deps afterwards, so pip never
 # complains about the nvidia-* wheels we deliberately leave out.
-REQ_STAMP="$VENV/.drdm-requirements-$(sha256sum "$ROOT/scripts/requirements.txt" | cut -c1-16)"
+# nnU-Net v2 (a test oracle) without its declared dependencies, which would
+# pull torch and nvidia-* wheels; the ones its tested modules import are in
+# requirements.txt.
+NODEPS_PACKAGES=(nnunetv2==2.8.1 batchgenerators==0.25.5 acvl-utils==0.2.6)
+REQ_STAMP="$VENV/.drdm-requirements-$( (cat "$ROOT/scripts/requirements.txt"; echo "${NODEPS_PACKAGES[*]}") | sha256sum | cut -c1-16)"
 if [ ! -f "$REQ_STAMP" ]; then
   "$PY" -m pip install -q --upgrade pip
   log "installing Python requirements (scripts/requirements.txt)"
   "$PY" -m pip install -q -r "$ROOT/scripts/requirements.txt"
+  log "installing ${NODEPS_PACKAGES[*]} (--no-deps)"
+  "$PY" -m pip install -q --no-deps "${NODEPS_PACKAGES[@]}"
   touch "$REQ_STAMP"
 fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then

@@ -22,6 +22,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <numeric>
+#include <random>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -223,7 +226,60 @@ struct Inputs {
   bool nnunet = false;   ///< channel files named CASE_XXXX
   std::string root;      ///< the dataset folder
   nlohmann::ordered_json dataset_json;  ///< keeps the file's key order
+  std::vector<std::string> test_dirs;   ///< imagesTs, labelsTs: those present, carried over unchanged
+  std::vector<std::string> test_files;  ///< their files, relative to root ("imagesTs/x.nii.gz")
+  nlohmann::json splits;                ///< the input's splits_final.json, or null
 };
+
+/// Non-hidden regular files directly in `folder` (links followed), sorted.
+std::vector<std::string> list_files(const std::string& folder) {
+  DIR* dir = ::opendir(folder.c_str());
+  if (dir == nullptr) throw std::runtime_error("cannot read folder '" + folder + "'");
+  std::vector<std::string> names;
+  while (const dirent* e = ::readdir(dir)) {
+    const std::string name = e->d_name;
+    if (!name.empty() && name[0] != '.' && detail::file_exists(join(folder, name))) names.push_back(name);
+  }
+  ::closedir(dir);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+/// The input dataset's test set (imagesTs/, labelsTs/): every file must be readable.
+void find_test_set(Inputs& in) {
+  for (const char* sub : {"imagesTs", "labelsTs"}) {
+    if (!detail::dir_exists(join(in.root, sub))) continue;
+    in.test_dirs.push_back(sub);
+    for (const auto& f : list_files(join(in.root, sub))) {
+      const std::string rel = std::string(sub) + "/" + f;
+      if (::access(join(in.root, rel).c_str(), R_OK) != 0)
+        throw std::runtime_error("cannot read '" + join(in.root, rel) + "' (the test set is copied to the output)");
+      in.test_files.push_back(rel);
+    }
+  }
+}
+
+/// The input dataset's own nnU-Net split (splits_final.json beside dataset.json), if any:
+/// a list of {"train": [case, ...], "val": [case, ...]}.
+void find_splits(Inputs& in) {
+  const std::string path = join(in.root, "splits_final.json");
+  if (!detail::file_exists(path)) return;
+  json j;
+  try {
+    j = json::parse(read_text(path));
+  } catch (const json::exception& e) {
+    throw std::runtime_error("'" + path + "' is not valid JSON: " + e.what());
+  }
+  const auto names = [](const json& v) {
+    return v.is_array() && std::all_of(v.begin(), v.end(), [](const json& x) { return x.is_string(); });
+  };
+  bool ok = j.is_array() && !j.empty();
+  for (const auto& fold : j)
+    ok = ok && fold.is_object() && names(fold.value("train", json())) && names(fold.value("val", json()));
+  if (!ok)
+    throw std::runtime_error("'" + path + "': expected nnU-Net's splits, a list of {\"train\": [...], \"val\": [...]}");
+  in.splits = std::move(j);
+}
 
 Inputs discover(const DeformJobOptions& o) {
   Inputs in;
@@ -249,6 +305,8 @@ Inputs discover(const DeformJobOptions& o) {
     if (!in.dataset_json.is_object()) throw std::runtime_error("'" + dataset_json + "': expected a JSON object");
     if (!o.labels.empty())
       throw std::invalid_argument("--labels is not used with a dataset folder (labels come from its labelsTr/)");
+    find_test_set(in);
+    find_splits(in);
     const auto files = list_images(join(o.input, "imagesTr"));
     if (files.empty()) throw std::runtime_error("'" + join(o.input, "imagesTr") + "' holds no images");
     bool all_channels = true;
@@ -345,14 +403,17 @@ std::string two_digits(int64_t k) {
   return s.size() < 2 ? "0" + s : s;
 }
 
-/// Copies a file atomically (nothing partial is ever visible at `to`).
+/// Copies a file byte for byte, atomically (nothing partial is ever visible at `to`).
 void copy_file(const std::string& from, const std::string& to) {
   detail::write_via_temporary(to, [&](const std::string& tmp) {
     std::ifstream in(from, std::ios::binary);
     if (!in) throw std::runtime_error("cannot read '" + from + "'");
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << in.rdbuf();
-    out.flush();
+    std::vector<char> buf(1 << 16);
+    while (out && (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0))
+      out.write(buf.data(), in.gcount());
+    if (in.bad()) throw std::runtime_error("cannot read '" + from + "'");
+    out.close();
     if (!out) throw std::runtime_error("cannot write '" + to + "'");
   });
 }
@@ -392,32 +453,123 @@ json level_summary(const json& samples) {
   return out;
 }
 
-/// Rewrites OUT/dataset.json from the input's, listing every case now in
-/// OUT/imagesTr (all shards' work that has finished).
-void update_dataset_json(const Inputs& in, const std::string& out_dir) {
-  nlohmann::ordered_json j = in.dataset_json;
-  const auto files = list_images(join(out_dir, "imagesTr"));
-  std::set<std::string> cases;
-  std::map<std::string, std::string> ext_of;
-  for (const auto& f : files) {
+/// Cases now in OUT/imagesTr (all shards' work that has finished): name -> extension.
+std::map<std::string, std::string> cases_present(const Inputs& in, const std::string& out_dir) {
+  std::map<std::string, std::string> cases;
+  for (const auto& f : list_images(join(out_dir, "imagesTr"))) {
     const auto [stem, ext] = split_name(f);
     const std::string name = in.nnunet ? nnunet_channel(stem).first : stem;
-    if (name.empty()) continue;
-    cases.insert(name);
-    ext_of[name] = ext;
+    if (!name.empty()) cases[name] = ext;
   }
+  return cases;
+}
+
+/// Rewrites OUT/dataset.json from the input's, listing `cases`.
+void update_dataset_json(const Inputs& in, const std::string& out_dir,
+                         const std::map<std::string, std::string>& cases) {
+  nlohmann::ordered_json j = in.dataset_json;
   j["numTraining"] = cases.size();
   if (j.contains("training") && j["training"].is_array()) {
     nlohmann::ordered_json list = nlohmann::ordered_json::array();
-    for (const auto& name : cases) {
-      nlohmann::ordered_json e{{"image", "./imagesTr/" + name + ext_of[name]}};
-      if (detail::file_exists(join(join(out_dir, "labelsTr"), name + ext_of[name])))
-        e["label"] = "./labelsTr/" + name + ext_of[name];
+    for (const auto& [name, ext] : cases) {
+      nlohmann::ordered_json e{{"image", "./imagesTr/" + name + ext}};
+      if (detail::file_exists(join(join(out_dir, "labelsTr"), name + ext))) e["label"] = "./labelsTr/" + name + ext;
       list.push_back(e);
     }
     j["training"] = list;
   }
   write_text_file(join(out_dir, "dataset.json"), j.dump(4) + "\n");
+}
+
+/// Copies the input's test set (imagesTs/, labelsTs/) unchanged: byte copies
+/// (not links, so that editing the output never edits the input), each atomic.
+void copy_test_set(const Inputs& in, const std::string& out_dir) {
+  for (const auto& d : in.test_dirs) detail::make_dirs(join(out_dir, d));
+  for (const auto& rel : in.test_files) copy_file(join(in.root, rel), join(out_dir, rel));
+}
+
+/// The case a case of ours comes from: its name without the
+/// "_drdm_T<aug>[-<syn>]_s<k>" suffixes drdm_deform adds (all of them, for a
+/// dataset deformed twice).
+std::string source_case(std::string name) {
+  static const std::regex suffix("_drdm_T[0-9]+(-[0-9]+)?_s[0-9]+$");
+  std::smatch m;
+  while (std::regex_search(name, m, suffix)) name.erase(static_cast<size_t>(m.position(0)));
+  return name;
+}
+
+/// Validation folds of scikit-learn's KFold(n_splits, shuffle=True,
+/// random_state=seed) over n items, which nnU-Net v2 uses for its default
+/// split (seed 12345): the indices 0..n-1 shuffled as numpy's legacy
+/// RandomState(seed).shuffle does (MT19937; position i swapped with a draw
+/// in [0, i] by masked rejection, i from n-1 down to 1), then cut into
+/// n_splits consecutive folds, the first n % n_splits of them one larger.
+std::vector<std::vector<size_t>> kfold_validation(size_t n, size_t n_splits, uint32_t seed) {
+  std::vector<size_t> idx(n);
+  std::iota(idx.begin(), idx.end(), size_t{0});
+  std::mt19937 mt(seed);
+  for (size_t i = n; i-- > 1;) {
+    uint32_t mask = static_cast<uint32_t>(i);
+    for (int s = 1; s < 32; s *= 2) mask |= mask >> s;
+    uint32_t j = 0;
+    do {
+      j = static_cast<uint32_t>(mt()) & mask;
+    } while (j > i);
+    std::swap(idx[i], idx[j]);
+  }
+  std::vector<std::vector<size_t>> folds;
+  size_t start = 0;
+  for (size_t f = 0; f < n_splits; ++f) {
+    const size_t len = n / n_splits + (f < n % n_splits ? 1 : 0);
+    folds.emplace_back(idx.begin() + static_cast<std::ptrdiff_t>(start),
+                       idx.begin() + static_cast<std::ptrdiff_t>(start + len));
+    start += len;
+  }
+  return folds;
+}
+
+/// Writes OUT/splits_final.json (nnU-Net v2's cross-validation split) over
+/// `cases`, keeping every source case and its deformed copies in one fold:
+/// the input's own splits_final.json extended by the copies when it has one,
+/// else nnU-Net's default 5-fold split of the input's cases (the same
+/// validation cases as nnU-Net would pick for the input dataset).
+void write_splits(const Inputs& in, const std::string& out_dir, const std::map<std::string, std::string>& cases) {
+  // Folds as (train, val) sets of source cases.
+  std::vector<std::pair<std::set<std::string>, std::set<std::string>>> folds;
+  if (!in.splits.is_null()) {
+    for (const auto& f : in.splits)
+      folds.push_back({f["train"].get<std::set<std::string>>(), f["val"].get<std::set<std::string>>()});
+  } else {
+    std::set<std::string> unique;
+    for (const auto& c : in.cases) unique.insert(source_case(c.name));
+    const std::vector<std::string> sources(unique.begin(), unique.end());
+    if (sources.size() < 2) {
+      log::warn("drdm_deform: no splits_final.json written: cross-validation needs at least 2 source cases");
+      return;
+    }
+    const auto val = kfold_validation(sources.size(), std::min<size_t>(5, sources.size()), 12345);
+    for (const auto& v : val) {
+      std::set<std::string> tr(unique), va;
+      for (size_t i : v) va.insert(sources[i]), tr.erase(sources[i]);
+      folds.push_back({tr, va});
+    }
+  }
+  json out = json::array();
+  std::set<std::string> placed;
+  for (const auto& [tr, va] : folds) {
+    json train = json::array(), val = json::array();
+    for (const auto& [name, ext] : cases) {
+      const std::string src = source_case(name);
+      if (tr.count(src)) train.push_back(name), placed.insert(name);
+      if (va.count(src)) val.push_back(name), placed.insert(name);
+    }
+    out.push_back({{"train", train}, {"val", val}});
+  }
+  for (const auto& [name, ext] : cases)
+    if (!placed.count(name))
+      log::warn("drdm_deform: case '" + name + "' is in no fold of splits_final.json (its source case '" +
+                source_case(name) + "' is in none)");
+  write_text_file(join(out_dir, "splits_final.json"), out.dump(4) + "\n");
 }
 
 std::vector<double> tensor_spacing(const Geometry& g) { return {g.spacing.rbegin(), g.spacing.rend()}; }
@@ -683,7 +835,12 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
   }
   bar.finish();
   make_folders();
-  if (dataset_out) update_dataset_json(in, o.output);
+  if (dataset_out) {
+    if (o.shard_index == 0) copy_test_set(in, o.output);
+    const auto cases = cases_present(in, o.output);
+    update_dataset_json(in, o.output, cases);
+    write_splits(in, o.output, cases);
+  }
   const std::string shard_suffix =
       o.shard_count > 1 ? "-shard-" + std::to_string(o.shard_index) + "-of-" + std::to_string(o.shard_count) : "";
   write_text_file(join(o.output, "config" + shard_suffix + ".json"), to_json(o) + "\n");

@@ -2,6 +2,7 @@
 
 #include "atomic_file.h"
 #include "drdm/log.h"
+#include "nifti_raw.h"
 #include "write_check.h"
 
 #include <ATen/ATen.h>
@@ -18,22 +19,20 @@
 #include <itkRGBPixel.h>
 #include <itkVector.h>
 #include <itkVectorImage.h>
-#include <itk_zlib.h>
+#include <nifti1.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-namespace fs = std::filesystem;
 
 namespace drdm {
 namespace detail {
@@ -75,9 +74,9 @@ PixelType from_itk(itk::IOComponentEnum c, const std::string& path) {
 
 itk::ImageIOBase::Pointer open_io(const std::string& path) {
   register_io_factories();
-  std::error_code ec;
-  if (!fs::exists(path, ec)) fail(path, "no such file");
-  if (fs::is_directory(path, ec)) fail(path, "is a directory, expected an image file");
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail(path, "no such file");
+  if (S_ISDIR(st.st_mode)) fail(path, "is a directory, expected an image file");
   auto io = itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::ReadMode);
   if (!io) fail(path, "not a readable NIfTI, MetaImage, NRRD or PNG image (unknown format or corrupt header)");
   io->SetFileName(path);
@@ -89,12 +88,29 @@ itk::ImageIOBase::Pointer open_io(const std::string& path) {
   return io;
 }
 
+// ANTs and nibabel store a displacement field as 5D NIfTI [x, y, z, 1, d] with
+// intent DISPVECT (1006), 2D ones as [x, y, 1, 1, 2]; ITK 5.2 reads only intent
+// VECTOR (1007) as vectors and reports these as 5D scalar images. Returns d for
+// such a file, else 0.
+unsigned nifti_vector_components(const itk::ImageIOBase& io, const std::string& path) {
+  if (std::string(io.GetNameOfClass()) != "NiftiImageIO" || io.GetNumberOfDimensions() != 5 ||
+      io.GetNumberOfComponents() != 1)
+    return 0;
+  const auto h = read_nifti_header(path);
+  if (!h || (h->intent_code != NIFTI_INTENT_DISPVECT && h->intent_code != NIFTI_INTENT_VECTOR) ||
+      h->dim[0] != 5 || h->dim[4] != 1)
+    return 0;
+  if (h->dim[5] == 3 || (h->dim[5] == 2 && h->dim[3] == 1)) return static_cast<unsigned>(h->dim[5]);
+  return 0;
+}
+
 ImageInfo info_from_io(const itk::ImageIOBase& io, const std::string& path) {
   ImageInfo info;
   const unsigned d = io.GetNumberOfDimensions();
+  const unsigned vector_components = nifti_vector_components(io, path);
   // A trailing axis of size 1 beyond 3 (e.g. NIfTI time = 1) is dropped by ITK
   // readers of lower dimension; anything else beyond 3D is not supported.
-  unsigned effective = d;
+  unsigned effective = vector_components ? vector_components : d;
   while (effective > 3 && io.GetDimensions(effective - 1) == 1) --effective;
   if (effective < 2 || effective > 3)
     fail(path, "unsupported image dimension " + std::to_string(d) + " (expected 2D or 3D)");
@@ -110,7 +126,8 @@ ImageInfo info_from_io(const itk::ImageIOBase& io, const std::string& path) {
     for (unsigned r = 0; r < effective; ++r) g.direction[r * effective + k] = col[r];
   }
   info.pixel_type = from_itk(io.GetComponentType(), path);
-  info.components = static_cast<int64_t>(io.GetNumberOfComponents());
+  info.components = vector_components ? vector_components : io.GetNumberOfComponents();
+  check_grid_size(g, path);
   return info;
 }
 
@@ -170,139 +187,97 @@ std::pair<torch::Tensor, Geometry> read_scalar(const std::string& path) {
   return {t, g};
 }
 
-// ITK 5.2 does not fail on a NIfTI or MetaImage file whose data is cut short:
-// it returns zeros (NIfTI) or uninitialised memory (MetaImage) for the missing
-// part. So the data size is checked before reading.
+// ITK 5.2 does not fail on a NIfTI or MetaImage file whose data is cut short
+// (it returns zeros or uninitialised memory for the missing part), never checks
+// a gzip member's CRC-32 and length (it stops inflating once it has the voxels),
+// and reads NaN and Inf in NIfTI float data as 0. So the file's raw data is
+// checked before reading: `nan_message` says what NaN/Inf is refused in.
+uint64_t file_size_of(const std::string& file) {
+  struct stat st {};
+  return ::stat(file.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
 
-// Bytes available from `offset` on in `file` (inflated when `compressed`, zlib
-// or gzip, concatenated members included), counted up to `needed`.
-uint64_t available_bytes(const fs::path& file, uint64_t offset, bool compressed, uint64_t needed) {
-  std::error_code ec;
-  const uint64_t size = fs::file_size(file, ec);
-  if (ec || size < offset) return 0;
-  if (!compressed) return size - offset;
-  std::ifstream in(file, std::ios::binary);
-  in.seekg(static_cast<std::streamoff>(offset));
-  z_stream z{};
-  if (inflateInit2(&z, 15 + 32) != Z_OK) return 0;
-  std::vector<unsigned char> input(1 << 16), output(1 << 16);
+// Bytes from `offset` on in `file`, inflated (and checked to the end) when `compressed`.
+uint64_t available_bytes(const std::string& file, uint64_t offset, bool compressed,
+                         const std::string& name) {
+  if (!compressed) return file_size_of(file) > offset ? file_size_of(file) - offset : 0;
   uint64_t total = 0;
-  while (total < needed) {
-    if (z.avail_in == 0) {
-      in.read(reinterpret_cast<char*>(input.data()), static_cast<std::streamsize>(input.size()));
-      z.next_in = input.data();
-      z.avail_in = static_cast<uInt>(in.gcount());
-      if (z.avail_in == 0) break;  // the stream ends early
-    }
-    z.next_out = output.data();
-    z.avail_out = static_cast<uInt>(output.size());
-    const int rc = inflate(&z, Z_NO_FLUSH);
-    total += output.size() - z.avail_out;
-    if (rc == Z_STREAM_END) {
-      if (z.avail_in == 0 && in.peek() == std::char_traits<char>::eof()) break;
-      inflateReset(&z);  // the next gzip member
-    } else if (rc != Z_OK) {
-      break;  // corrupt data
-    }
-  }
-  inflateEnd(&z);
+  read_bytes(file, offset, true, [&](const unsigned char*, size_t n) { total += n; }, name);
   return total;
 }
 
-// Where the data of a NIfTI-1/2 file (.nii, .nii.gz) starts; 0 if unknown.
-uint64_t nifti_data_offset(const std::string& path) {
-  unsigned char h[176] = {};
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) return 0;
-  const int n = gzread(f, h, sizeof(h));
-  gzclose(f);
-  if (n < static_cast<int>(sizeof(h))) return 0;
-  auto swapped = [](unsigned char* p, int bytes) { std::reverse(p, p + bytes); };
-  int32_t sizeof_hdr = 0;
-  std::memcpy(&sizeof_hdr, h, 4);
-  bool swap = false;
-  if (sizeof_hdr != 348 && sizeof_hdr != 540) {
-    swapped(h, 4);
-    std::memcpy(&sizeof_hdr, h, 4);
-    swap = true;
-  }
-  if (sizeof_hdr == 348) {
-    float vox_offset = 0;
-    if (swap) swapped(h + 108, 4);
-    std::memcpy(&vox_offset, h + 108, 4);
-    return vox_offset > 0 && std::isfinite(vox_offset) ? static_cast<uint64_t>(vox_offset) : 352;
-  }
-  if (sizeof_hdr == 540) {
-    int64_t vox_offset = 0;
-    if (swap) swapped(h + 168, 8);
-    std::memcpy(&vox_offset, h + 168, 8);
-    return vox_offset > 0 ? static_cast<uint64_t>(vox_offset) : 0;
-  }
-  return 0;
-}
-
-void check_data_size(const itk::ImageIOBase& io, const std::string& path) {
-  const uint64_t needed = io.GetImageSizeInBytes();
-  const std::string kind = io.GetNameOfClass();
-  fs::path data_file = path;
+// The MetaImage data (file, offset, compressed) of the header `path`; nullopt
+// for layouts not checked (slice lists, file patterns, HeaderSize).
+struct DataLocation {
+  std::string file;
   uint64_t offset = 0;
   bool compressed = false;
+};
+std::optional<DataLocation> metaimage_data(const std::string& path) {
+  // The header is "Key = Value" lines; ElementDataFile is the last one.
+  std::ifstream in(path, std::ios::binary);
+  std::string line, element_data_file;
+  DataLocation where{path, 0, false};
+  while (std::getline(in, line)) {
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    auto trim = [](std::string t) {
+      const auto b = t.find_first_not_of(" \t\r"), e = t.find_last_not_of(" \t\r");
+      return b == std::string::npos ? std::string() : t.substr(b, e - b + 1);
+    };
+    const auto key = trim(line.substr(0, eq)), value = trim(line.substr(eq + 1));
+    if (key == "CompressedData") where.compressed = value == "True" || value == "true";
+    if (key == "HeaderSize") return std::nullopt;  // skipped bytes: rare, not checked
+    if (key == "ElementDataFile") {
+      element_data_file = value;
+      break;
+    }
+  }
+  if (element_data_file == "LOCAL") {
+    where.offset = static_cast<uint64_t>(in.tellg());
+  } else if (element_data_file.empty() || element_data_file.rfind("LIST", 0) == 0 ||
+             element_data_file.find_first_of("% ") != std::string::npos) {
+    return std::nullopt;
+  } else if (element_data_file[0] == '/') {
+    where.file = element_data_file;
+  } else {
+    const auto slash = path.find_last_of('/');
+    where.file = slash == std::string::npos ? element_data_file
+                                            : path.substr(0, slash + 1) + element_data_file;
+  }
+  return where;
+}
+
+void check_data(const itk::ImageIOBase& io, const std::string& path, const std::string& nan_message) {
+  const uint64_t needed = io.GetImageSizeInBytes();
+  const std::string kind = io.GetNameOfClass();
   if (kind == "NiftiImageIO") {
     if (!has_extension(path, ".nii") && !has_extension(path, ".nii.gz")) return;  // .hdr/.img
-    offset = nifti_data_offset(path);
-    if (offset == 0) return;
-    std::ifstream in(path, std::ios::binary);
-    compressed = in.get() == 0x1f && in.get() == 0x8b;
-    if (compressed) {  // the offset counts inflated bytes: inflate from the start
-      const auto found = available_bytes(path, 0, true, offset + needed);
-      if (found < offset + needed)
-        fail(path, "image data is truncated or corrupt: expected " + std::to_string(needed) +
-                       " bytes of voxel data, found " +
-                       std::to_string(found > offset ? found - offset : 0));
-      return;
-    }
-  } else if (kind == "MetaImageIO") {
-    // The header is "Key = Value" lines; ElementDataFile is the last one.
-    std::ifstream in(path, std::ios::binary);
-    std::string line, element_data_file;
-    while (std::getline(in, line)) {
-      const auto eq = line.find('=');
-      if (eq == std::string::npos) continue;
-      auto trim = [](std::string t) {
-        const auto b = t.find_first_not_of(" \t\r"), e = t.find_last_not_of(" \t\r");
-        return b == std::string::npos ? std::string() : t.substr(b, e - b + 1);
-      };
-      const auto key = trim(line.substr(0, eq)), value = trim(line.substr(eq + 1));
-      if (key == "CompressedData") compressed = value == "True" || value == "true";
-      if (key == "HeaderSize") return;  // skipped bytes: rare, not checked
-      if (key == "ElementDataFile") {
-        element_data_file = value;
-        break;
-      }
-    }
-    if (element_data_file == "LOCAL") {
-      offset = static_cast<uint64_t>(in.tellg());
-    } else if (element_data_file.empty() || element_data_file.rfind("LIST", 0) == 0 ||
-               element_data_file.find_first_of("% ") != std::string::npos) {
-      return;  // slice lists and file patterns are not checked
-    } else {
-      data_file = fs::path(element_data_file).is_absolute()
-                      ? fs::path(element_data_file)
-                      : fs::path(path).parent_path() / element_data_file;
-    }
-  } else {
-    return;  // NRRD and PNG readers fail on short data themselves
+    if (const auto header = read_nifti_header(path)) check_nifti_data(path, *header, needed, nan_message);
+    return;
   }
-  const auto found = available_bytes(data_file, offset, compressed, needed);
+  if (kind != "MetaImageIO") return;  // NRRD and PNG readers fail on short data themselves
+  const auto where = metaimage_data(path);
+  if (!where) return;
+  const auto found = available_bytes(where->file, where->offset, where->compressed, path);
   if (found < needed)
     fail(path, "image data is truncated or corrupt: expected " + std::to_string(needed) +
                    " bytes of voxel data, found " + std::to_string(found) +
-                   (data_file.string() == path ? std::string() : " in '" + data_file.string() + "'"));
+                   (where->file == path ? std::string() : " in '" + where->file + "'"));
+}
+
+// The NIfTI qform/sform codes of `path` (-1, -1 for other formats).
+void set_codes_from(const std::string& path, Geometry* g) {
+  const auto header = has_extension(path, ".nii") || has_extension(path, ".nii.gz")
+                          ? read_nifti_header(path) : std::nullopt;
+  g->qform_code = header ? header->qform_code : -1;
+  g->sform_code = header ? header->sform_code : -1;
 }
 
 // allow_colour: RGB/RGBA pixels (colour or palette PNGs, which often hold
 // grey scans) are read as their luminance, which ITK computes on reading.
-std::pair<torch::Tensor, Image> read_scalar_any(const std::string& path, bool allow_colour) {
+std::pair<torch::Tensor, Image> read_scalar_any(const std::string& path, bool allow_colour,
+                                                const std::string& nan_message) {
   const auto io = open_io(path);
   const auto info = info_from_io(*io, path);
   const auto pixel = io->GetPixelType();
@@ -313,8 +288,9 @@ std::pair<torch::Tensor, Image> read_scalar_any(const std::string& path, bool al
   if (info.components != 1)
     log::info(c10::str("'", path, "': ", (pixel == itk::IOPixelEnum::RGB ? "RGB" : "RGBA"),
                        " pixels read as grey (luminance)"));
-  check_data_size(*io, path);
+  check_data(*io, path, nan_message);
   auto [t, g] = info.geometry.dimension() == 2 ? read_scalar<2>(path) : read_scalar<3>(path);
+  set_codes_from(path, &g);
   Image out;
   out.geometry = g;
   out.pixel_type = info.pixel_type;
@@ -378,7 +354,7 @@ typename ImageT::Pointer allocate_on(const Geometry& g) {
 // the written file is checked before it is moved into place.
 void verify_written(const std::string& tmp, const std::string& path) {
   try {
-    check_data_size(*open_io(tmp), tmp);
+    check_data(*open_io(tmp), tmp, "holds NaN or Inf values");
     check_compressed_data_complete(tmp);
   } catch (const std::exception& e) {
     // The message names the files by their final names.
@@ -418,15 +394,38 @@ void write_png_through_memory(WriterT& writer, const std::string& tmp, const std
   write_file_checked(tmp, bytes.data(), bytes.size(), path);
 }
 
+// ITK 5.2 writes NIfTI qform_code = sform_code = 1 whatever the input had: the
+// codes of the file the grid `g` was read from are put back unless they are
+// 1/1 already or unknown. ITK writes the same geometry into both matrices, so
+// any code > 0 makes readers use it; when both were 0 (no orientation stored:
+// readers would ignore our origin and direction), ITK's 1/1 stays.
+bool keeps_nifti_codes(const std::string& path, const Geometry* g) {
+  auto known = [](int code) { return code >= 0 && code <= 5; };  // NIFTI_XFORM_*
+  return g && (has_extension(path, ".nii") || has_extension(path, ".nii.gz")) &&
+         known(g->qform_code) && known(g->sform_code) && (g->qform_code > 0 || g->sform_code > 0) &&
+         !(g->qform_code == 1 && g->sform_code == 1);
+}
+
+// `grid`: the geometry the image was made with, for its NIfTI codes. To set
+// them in a .nii.gz, ITK writes it uncompressed and set_nifti_codes compresses
+// it, so that it is compressed once.
 template <typename ImageT>
-void write_itk(const std::string& path, const ImageT* image, bool compress) {
+void write_itk(const std::string& path, const ImageT* image, bool compress,
+               const Geometry* grid = nullptr) {
   write_atomically(path, [&](const std::string& tmp) {
+    const bool recode = keeps_nifti_codes(path, grid);
+    const bool gz = recode && has_extension(tmp, ".nii.gz");
+    const std::string written = gz ? tmp.substr(0, tmp.size() - 3) : tmp;
     auto writer = itk::ImageFileWriter<ImageT>::New();
     writer->SetInput(image);
-    writer->SetUseCompression(compress);
-    if (has_extension(path, ".png")) return write_png_through_memory(*writer, tmp, path);
-    writer->SetFileName(tmp);
+    if (has_extension(path, ".png")) {
+      writer->SetUseCompression(compress);
+      return write_png_through_memory(*writer, tmp, path);
+    }
+    writer->SetFileName(written);
+    writer->SetUseCompression(compress && !gz);
     writer->Update();
+    if (recode) set_nifti_codes(written, tmp, grid->qform_code, grid->sform_code, path);
     verify_written(tmp, path);
   });
 }
@@ -451,7 +450,7 @@ void write_scalar(const std::string& path, const torch::Tensor& values, const Ge
       dst[i] = static_cast<T>(src[i]);
     }
   }
-  write_itk(path, image.GetPointer(), /*compress=*/true);
+  write_itk(path, image.GetPointer(), /*compress=*/true, &g);
 }
 
 template <unsigned D>
@@ -490,7 +489,7 @@ void write_vector_field(const std::string& path, const torch::Tensor& phys, cons
   // phys is [...S, D] float, components in ITK order: exactly the vector buffer.
   std::memcpy(static_cast<void*>(image->GetBufferPointer()), phys.data_ptr<float>(),
               sizeof(float) * phys.numel());
-  write_itk(path, image.GetPointer(), /*compress=*/true);
+  write_itk(path, image.GetPointer(), /*compress=*/true, &g);
 }
 
 template <unsigned D>
@@ -506,8 +505,39 @@ std::pair<torch::Tensor, Geometry> read_vector_field(const std::string& path) {
   return {t, g};
 }
 
+// The voxels of a 5D NIfTI field [x, y, z, 1, d] (nifti_vector_components) on
+// the grid `g` read from its header, as [...S, d] in ITK component order.
+torch::Tensor read_5d_vector_field(const std::string& path, const Geometry& g) {
+  auto image = read_itk<itk::Image<double, 5>>(path);
+  const int64_t d = g.dimension();
+  std::vector<int64_t> shape{d}, perm;  // file order: component slowest
+  for (auto s : g.tensor_size()) shape.push_back(s);
+  for (int64_t i = 1; i <= d; ++i) perm.push_back(i);
+  perm.push_back(0);
+  auto t = at::empty(shape, at::kDouble);
+  if (image->GetLargestPossibleRegion().GetNumberOfPixels() != static_cast<uint64_t>(t.numel()))
+    fail(path, "5D vector field data does not match its header");
+  std::memcpy(t.data_ptr<double>(), image->GetBufferPointer(), sizeof(double) * t.numel());
+  return t.permute(perm).contiguous();
+}
+
 }  // namespace
 }  // namespace detail
+
+void check_grid_size(const Geometry& geometry, const std::string& path) {
+  const int64_t d = geometry.dimension(), slice = geometry.single_slice_axis();
+  bool ok = true;
+  std::string size;
+  for (int64_t k = 0; k < d; ++k) {
+    ok = ok && (geometry.size[k] >= 2 || (slice >= 0 && k == 2 - slice));
+    size += (k ? "x" : "") + std::to_string(geometry.size[k]);
+  }
+  if (!ok)
+    detail::fail(path, "degenerate grid of " + size +
+                           " voxels: every axis needs at least 2 voxels (warping and finite "
+                           "differences need two), except one axis of 1 voxel in a 3D "
+                           "single-slice image such as 256x256x1");
+}
 
 std::string to_string(PixelType type) {
   switch (type) {
@@ -547,6 +577,8 @@ Geometry Geometry::squeeze_single_slice() const {
   if (axis < 0) return *this;
   const auto drop = static_cast<size_t>(2 - axis);  // ITK axis
   Geometry g;
+  g.qform_code = qform_code;
+  g.sform_code = sform_code;
   for (size_t r = 0; r < 3; ++r) {
     if (r == drop) continue;
     g.size.push_back(size[r]);
@@ -579,19 +611,23 @@ Image squeeze_single_slice_field(const torch::Tensor& field, const Geometry& geo
 
 ImageInfo read_image_info(const std::string& path) {
   const auto io = detail::open_io(path);
-  return detail::info_from_io(*io, path);
+  auto info = detail::info_from_io(*io, path);
+  detail::set_codes_from(path, &info.geometry);
+  return info;
 }
 
 Image read_image(const std::string& path) {
-  auto [t, out] = detail::read_scalar_any(path, /*allow_colour=*/true);
-  if (!at::isfinite(t).all().item<bool>()) detail::fail(path, "image contains NaN or Inf values");
+  const std::string nan_message = "image contains NaN or Inf values";
+  auto [t, out] = detail::read_scalar_any(path, /*allow_colour=*/true, nan_message);
+  if (!at::isfinite(t).all().item<bool>()) detail::fail(path, nan_message);
   out.data = t.to(at::kFloat);
   return out;
 }
 
 Image read_labels(const std::string& path) {
-  auto [t, out] = detail::read_scalar_any(path, /*allow_colour=*/false);
-  if (!at::isfinite(t).all().item<bool>()) detail::fail(path, "label map contains NaN or Inf values");
+  const std::string nan_message = "label map contains NaN or Inf values";
+  auto [t, out] = detail::read_scalar_any(path, /*allow_colour=*/false, nan_message);
+  if (!at::isfinite(t).all().item<bool>()) detail::fail(path, nan_message);
   if (!at::equal(t, t.round()))
     detail::fail(path, "label map contains non-integer values (is this an image, not labels?)");
   out.data = t.to(at::kLong);
@@ -667,10 +703,18 @@ Image read_field(const std::string& path) {
     detail::fail(path, "expected a displacement field with " + std::to_string(d) +
                            " components per voxel on a " + std::to_string(d) + "D grid, got " +
                            std::to_string(info.components) + " component(s)");
-  detail::check_data_size(*io, path);
-  auto [phys, g] = d == 2 ? detail::read_vector_field<2>(path) : detail::read_vector_field<3>(path);
-  if (!at::isfinite(phys).all().item<bool>())
-    detail::fail(path, "displacement field contains NaN or Inf values");
+  const std::string nan_message = "displacement field contains NaN or Inf values";
+  detail::check_data(*io, path, nan_message);
+  torch::Tensor phys;  // [...S, d] mm, ITK order
+  Geometry g;
+  if (detail::nifti_vector_components(*io, path)) {
+    g = info.geometry;
+    phys = detail::read_5d_vector_field(path, g);
+  } else {
+    std::tie(phys, g) = d == 2 ? detail::read_vector_field<2>(path) : detail::read_vector_field<3>(path);
+  }
+  detail::set_codes_from(path, &g);
+  if (!at::isfinite(phys).all().item<bool>()) detail::fail(path, nan_message);
   auto m_inv = at::linalg_inv(detail::voxel_to_physical(g));
   auto idx = at::matmul(phys, m_inv.t());  // [...S, d] ITK order
   std::vector<int64_t> perm{d};

@@ -291,12 +291,12 @@ TEST(ImageIo, RgbPngReadsAsGreyButNotAsLabels) {
 
 TEST(ImageIo, IntegerTypesRoundAndClamp) {
   TempDir tmp;
-  const std::vector<int64_t> size{1, 5};
+  const std::vector<int64_t> size{2, 5};  // two rows: a 1 x 5 grid is refused when read
   const auto path = tmp.path("clamp.nrrd");
-  drdm::write_image(path, at::tensor({-3.0f, 2.4f, 2.6f, 254.9f, 300.0f}).view(shape_of(size)),
+  drdm::write_image(path, at::tensor({-3.0f, 2.4f, 2.6f, 254.9f, 300.0f}).repeat({2}).view(shape_of(size)),
                     Geometry::identity(size), PixelType::kUInt8);
   const auto back = drdm::read_image(path).data.flatten();
-  EXPECT_TRUE(at::equal(back, at::tensor({0.0f, 2.0f, 3.0f, 255.0f, 255.0f})));
+  EXPECT_TRUE(at::equal(back, at::tensor({0.0f, 2.0f, 3.0f, 255.0f, 255.0f}).repeat({2})));
 }
 
 // ---- axis order ---------------------------------------------------------------
@@ -766,6 +766,247 @@ TEST(ImageIo, WritingOverAnExistingFileReplacesIt) {
   EXPECT_EQ(drdm::read_image_info(path).components, 3);
   drdm::write_image(path, b, geometry);
   EXPECT_TRUE(at::equal(drdm::read_image(path).data, b));
+}
+
+// ---- what ITK 5.2 does not check (issue 12): raw bytes of the files ----------
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+// Offsets in the NIfTI-1 header (nifti1.h).
+constexpr size_t kIntentCode = 68, kQformCode = 252, kSformCode = 254;
+
+int16_t raw_int16(const std::string& bytes, size_t offset) {
+  int16_t v = 0;
+  std::memcpy(&v, bytes.data() + offset, 2);
+  return v;
+}
+
+void put_int16(std::string& bytes, size_t offset, int16_t v) {
+  std::memcpy(bytes.data() + offset, &v, 2);
+}
+
+// A gzip member that stores `data` in uncompressed deflate blocks, with the
+// given CRC-32 in its trailer (RFC 1951, 1952).
+std::string stored_gzip(const std::string& data, uint32_t crc) {
+  std::string gz("\x1f\x8b\x08\0\0\0\0\0\0\xff", 10);
+  for (size_t at = 0; at < data.size(); at += 65535) {
+    const auto n = static_cast<uint16_t>(std::min<size_t>(65535, data.size() - at));
+    gz.push_back(at + n == data.size() ? '\x01' : '\x00');  // BFINAL on the last block
+    for (uint16_t v : {n, static_cast<uint16_t>(~n)})
+      gz += {static_cast<char>(v & 0xff), static_cast<char>(v >> 8)};
+    gz += data.substr(at, n);
+  }
+  for (uint32_t v : {crc, static_cast<uint32_t>(data.size())})
+    for (int k = 0; k < 4; ++k) gz.push_back(static_cast<char>((v >> (8 * k)) & 0xff));
+  return gz;
+}
+
+uint32_t crc32_of(const std::string& s) {
+  uint32_t c = 0xffffffffu;
+  for (unsigned char b : s) {
+    c ^= b;
+    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+  }
+  return c ^ 0xffffffffu;
+}
+
+// ITK 5.2 stops inflating once it has the voxels and never reaches a gzip
+// member's trailer, so damage there (or a missing trailer) went unnoticed.
+// The files are large (~400 kB): zlib checks a small file's trailer as soon
+// as ITK reads its header.
+TEST(ImageIo, GzipIntegrityIsChecked) {
+  TempDir tmp;
+  const std::vector<int64_t> size{32, 48, 64};
+  const auto geometry = rotated_geometry(size);
+  auto gen = at::detail::createCPUGenerator(11);
+  const auto values = at::rand(shape_of(size), gen, at::TensorOptions().dtype(at::kFloat));
+  drdm::write_image(tmp.path("good.nii"), values, geometry);
+  const auto nii = read_bytes(tmp.path("good.nii"));
+  const auto good = tmp.path("stored.nii.gz");
+  write_bytes(good, stored_gzip(nii, crc32_of(nii)));
+  EXPECT_TRUE(at::equal(drdm::read_image(good).data, values));
+
+  // One bit flipped in the stored voxel data: only the CRC-32 can tell.
+  auto flipped = nii;
+  flipped[nii.size() - 10] ^= 0x04;
+  const auto bad_crc = tmp.path("bad_crc.nii.gz");
+  write_bytes(bad_crc, stored_gzip(flipped, crc32_of(nii)));
+  EXPECT_THROW_NAMING(drdm::read_image(bad_crc), bad_crc);
+  EXPECT_THROW_NAMING(drdm::read_labels(bad_crc), bad_crc);
+
+  // Files written by ITK: a bit flipped in the deflated data, in the CRC-32,
+  // in the length; no trailer at all.
+  drdm::write_image(tmp.path("itk.nii.gz"), values, geometry);
+  drdm::write_field(tmp.path("field.nii.gz"), random_field(size, 3), geometry);
+  for (const std::string source : {"itk.nii.gz", "field.nii.gz"}) {
+    const auto gz = read_bytes(tmp.path(source));
+    auto read = [&](const std::string& path) {
+      if (source == "field.nii.gz") return drdm::read_field(path);
+      return drdm::read_image(path);
+    };
+    for (size_t at_byte : {gz.size() / 2, gz.size() - 8, gz.size() - 1}) {
+      SCOPED_TRACE(source + " byte " + std::to_string(at_byte));
+      auto damaged = gz;
+      damaged[at_byte] ^= 0x01;
+      const auto path = tmp.path("damaged_" + std::to_string(at_byte) + "_" + source);
+      write_bytes(path, damaged);
+      EXPECT_THROW_NAMING(read(path), path);
+    }
+    const auto cut = tmp.path("no_trailer_" + source);
+    write_bytes(cut, gz.substr(0, gz.size() - 8));
+    EXPECT_THROW_NAMING(read(cut), cut);
+  }
+  // Compressed MetaImage data is a zlib stream: its Adler-32 is its last 4 bytes.
+  const auto mha = tmp.path("compressed.mha");
+  drdm::write_image(mha, values, geometry);
+  auto bytes = read_bytes(mha);
+  ASSERT_NE(bytes.find("CompressedData = True"), std::string::npos);
+  bytes.back() ^= 0x01;
+  write_bytes(mha, bytes);
+  EXPECT_THROW_NAMING(drdm::read_image(mha), mha);
+}
+
+// ITK 5.2's NIfTI reader turns NaN and Inf into 0; the raw data is checked.
+TEST(ImageIo, NanAndInfInNiftiAreRefused) {
+  TempDir tmp;
+  const std::vector<int64_t> size{4, 5, 6};
+  const auto geometry = rotated_geometry(size);
+  const auto values = pattern(size, PixelType::kFloat32);
+  for (const auto type : {PixelType::kFloat32, PixelType::kFloat64}) {
+    drdm::write_image(tmp.path("finite.nii"), values, geometry, type);
+    const auto nii = read_bytes(tmp.path("finite.nii"));
+    const auto offset = nii.size() - values.numel() * (type == PixelType::kFloat32 ? 4 : 8);
+    for (const double bad : {std::numeric_limits<double>::quiet_NaN(), -std::numeric_limits<double>::infinity()}) {
+      auto raw = nii;
+      const size_t voxel = 17;
+      if (type == PixelType::kFloat32) {
+        const auto f = static_cast<float>(bad);
+        std::memcpy(raw.data() + offset + 4 * voxel, &f, 4);
+      } else {
+        std::memcpy(raw.data() + offset + 8 * voxel, &bad, 8);
+      }
+      const auto path = tmp.path("bad_" + to_string(type) + (std::isnan(bad) ? "_nan" : "_inf") + ".nii");
+      write_bytes(path, raw);
+      EXPECT_THROW_NAMING(drdm::read_image(path), path);
+      EXPECT_THROW_NAMING(drdm::read_labels(path), path);
+      try {
+        drdm::read_image(path);
+      } catch (const std::exception& e) {
+        EXPECT_NE(std::string(e.what()).find("NaN or Inf"), std::string::npos) << e.what();
+      }
+    }
+  }
+  // A field: components are NIfTI's 5th dimension, one after the other.
+  drdm::write_field(tmp.path("field.nii"), random_field(size, 5), geometry);
+  auto raw = read_bytes(tmp.path("field.nii"));
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::memcpy(raw.data() + raw.size() - 4 * 3, &nan, 4);
+  const auto field = tmp.path("nan_field.nii");
+  write_bytes(field, raw);
+  EXPECT_THROW_NAMING(drdm::read_field(field), field);
+}
+
+// Any axis of 1 voxel (but the one of a single-slice volume) makes fields
+// that cannot be warped with or written back (ITK drops the axis).
+TEST(ImageIo, DegenerateGridsAreRefused) {
+  TempDir tmp;
+  const std::vector<std::vector<int64_t>> refused = {{1, 1, 1}, {2, 1, 1}, {1, 1, 9}, {1, 9, 1}, {1, 1}, {1, 2}, {7, 1}};
+  for (const auto& size : refused) {
+    const auto path = tmp.path("degenerate_" + std::to_string(size.size()) + "d_" + std::to_string(size[0]) + "_" + std::to_string(size.back()) + ".nii.gz");
+    drdm::write_image(path, pattern(size, PixelType::kFloat32), Geometry::identity(size));
+    EXPECT_THROW_NAMING(drdm::read_image(path), path);
+    EXPECT_THROW_NAMING(drdm::read_image_info(path), path);
+    EXPECT_THROW_NAMING(drdm::read_labels(path), path);
+    try {
+      drdm::read_image_info(path);
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find("at least 2 voxels"), std::string::npos) << e.what();
+    }
+  }
+  const std::vector<std::vector<int64_t>> accepted = {{2, 2, 2}, {1, 2, 2}, {2, 1, 2}, {5, 6, 1}, {2, 2}};
+  for (const auto& size : accepted) {
+    const auto path = tmp.path("small.nii.gz");
+    drdm::write_image(path, pattern(size, PixelType::kFloat32), Geometry::identity(size));
+    EXPECT_EQ(drdm::read_image(path).geometry.tensor_size(), size);
+  }
+  EXPECT_THROW_NAMING(drdm::check_grid_size(Geometry::identity({3, 1, 1}), "x.nii"), "x.nii");
+}
+
+// ANTs and nibabel write fields as 5D NIfTI [x, y, z, 1, d] with intent
+// DISPVECT (1006); ITK writes the same layout with intent VECTOR (1007).
+TEST(ImageIo, ReadsDispvectNiftiFields) {
+  TempDir tmp;
+  for (const auto& size : kSizes) {
+    const auto d = static_cast<int64_t>(size.size());
+    SCOPED_TRACE(std::to_string(d) + "D");
+    const auto geometry = rotated_geometry(size);
+    const auto field = random_field(size, 9);
+    drdm::write_field(tmp.path("vector.nii"), field, geometry);
+    auto raw = read_bytes(tmp.path("vector.nii"));
+    ASSERT_EQ(raw_int16(raw, kIntentCode), 1007);
+    ASSERT_EQ(raw_int16(raw, 40), 5) << "dim[0]";
+    put_int16(raw, kIntentCode, 1006);
+    const auto path = tmp.path("dispvect.nii");
+    write_bytes(path, raw);
+    const auto back = drdm::read_field(path);
+    EXPECT_TRUE(at::allclose(back.data, field, 0, 1e-5));
+    expect_geometry_near(back.geometry, geometry);
+    EXPECT_EQ(drdm::read_image_info(path).components, d);
+    EXPECT_THROW_NAMING(drdm::read_image(path), path);  // a vector image, not a scalar one
+  }
+}
+
+// ITK 5.2 writes qform_code = sform_code = 1; the input's codes are kept.
+TEST(ImageIo, NiftiQformAndSformCodesAreKept) {
+  TempDir tmp;
+  const std::vector<int64_t> size{4, 5, 6};
+  const auto geometry = rotated_geometry(size);
+  const auto values = pattern(size, PixelType::kFloat32);
+  drdm::write_image(tmp.path("in.nii"), values, geometry);
+  const auto itk_written = read_bytes(tmp.path("in.nii"));
+  EXPECT_EQ(raw_int16(itk_written, kQformCode), 1);
+  EXPECT_EQ(raw_int16(itk_written, kSformCode), 1);
+  struct Codes {
+    int16_t qform, sform, want_qform, want_sform;
+  };
+  // Both 0: no orientation stored; ITK's explicit 1/1 keeps our geometry readable.
+  for (const Codes c : {Codes{0, 2, 0, 2}, Codes{2, 0, 2, 0}, Codes{1, 4, 1, 4}, Codes{0, 0, 1, 1}}) {
+    SCOPED_TRACE(std::to_string(c.qform) + "/" + std::to_string(c.sform));
+    auto raw = itk_written;
+    put_int16(raw, kQformCode, c.qform);
+    put_int16(raw, kSformCode, c.sform);
+    const auto in = tmp.path("coded.nii");
+    write_bytes(in, raw);
+    const auto image = drdm::read_image(in);
+    EXPECT_EQ(image.geometry.qform_code, c.qform);
+    EXPECT_EQ(image.geometry.sform_code, c.sform);
+    drdm::write_image(tmp.path("out.nii"), image.data, image.geometry);
+    const auto out = read_bytes(tmp.path("out.nii"));
+    EXPECT_EQ(raw_int16(out, kQformCode), c.want_qform);
+    EXPECT_EQ(raw_int16(out, kSformCode), c.want_sform);
+    // Compressed outputs and fields too; the geometry is unchanged.
+    drdm::write_image(tmp.path("out.nii.gz"), image.data, image.geometry);
+    drdm::write_field(tmp.path("field.nii.gz"), random_field(size, 1), image.geometry);
+    for (const auto& path : {tmp.path("out.nii.gz"), tmp.path("field.nii.gz")}) {
+      const auto info = drdm::read_image_info(path);
+      EXPECT_EQ(info.geometry.qform_code, c.want_qform) << path;
+      EXPECT_EQ(info.geometry.sform_code, c.want_sform) << path;
+      // 0/0: ITK reads the input's voxel sizes only (NIfTI method 1), and so the output.
+      expect_geometry_near(info.geometry, image.geometry);
+      if (c.qform || c.sform) expect_geometry_near(info.geometry, geometry);
+    }
+    EXPECT_TRUE(at::equal(drdm::read_image(tmp.path("out.nii.gz")).data, values));
+  }
+  // Other formats carry no codes.
+  drdm::write_image(tmp.path("out.mha"), values, geometry);
+  EXPECT_EQ(drdm::read_image(tmp.path("out.mha")).geometry.qform_code, -1);
 }
 
 // ---- real data (facts checked by hand with SimpleITK) ---------------------------

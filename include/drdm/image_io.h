@@ -23,6 +23,11 @@ struct Geometry {
   std::vector<double> spacing;    ///< mm per voxel along each ITK axis
   std::vector<double> origin;     ///< physical position (mm) of voxel 0
   std::vector<double> direction;  ///< d x d row-major; column k is the direction of ITK axis k
+  /// NIfTI qform_code and sform_code of the file this grid was read from (-1: not
+  /// read from a NIfTI file). The NIfTI writers keep them when at least one is > 0
+  /// (ITK 5.2 alone always writes 1 and 1; see docs/conventions.md).
+  int qform_code = -1;
+  int sform_code = -1;
 
   int64_t dimension() const { return static_cast<int64_t>(size.size()); }
   /// Spatial sizes in tensor order (D, H, W) / (H, W).
@@ -54,14 +59,23 @@ struct ImageInfo {
   int64_t components = 1;
 };
 
+/// Every spatial axis of an image needs at least 2 voxels (warping normalises by
+/// size - 1, finite differences need two points); the one exception is the
+/// single-slice volume (Geometry::single_slice_axis), 3D with exactly one axis of
+/// 1 voxel. Throws std::runtime_error naming `path` and the size for any other grid.
+void check_grid_size(const Geometry& geometry, const std::string& path);
+
 /// Reads the header of an image file. Throws std::runtime_error naming the
-/// file if it is missing or unreadable, or is not 2D/3D.
+/// file if it is missing or unreadable, is not 2D/3D, or its grid is
+/// degenerate (check_grid_size). Header only: the data is not checked.
 ImageInfo read_image_info(const std::string& path);
 
 /// Reads a scalar 2D or 3D image of any integer or float pixel type as
 /// float32 [1, 1, ...S]; RGB/RGBA pixels (colour or palette PNGs) are read as
 /// their luminance. Throws (naming the file) for missing, truncated or
-/// unreadable files, other dimensions, vector images, and NaN/Inf values.
+/// unreadable files, other dimensions, degenerate grids (check_grid_size),
+/// vector images, and NaN/Inf values. Compressed data (.nii.gz, compressed
+/// MetaImage) is inflated to its end and its gzip/zlib checksums verified.
 Image read_image(const std::string& path);
 
 /// Reads a label map as int64 [1, 1, ...S]. Throws if a value is not an integer.
@@ -92,7 +106,10 @@ Image squeeze_single_slice_field(const torch::Tensor& field, const Geometry& geo
 
 /// Reads an ITK displacement field (vector image, physical mm) into a voxel
 /// field float32 [1, d, ...S]. Throws (naming the file) unless the file holds
-/// d-component vectors on a d-dimensional grid, d = 2 or 3, all finite.
+/// d-component vectors on a d-dimensional grid, d = 2 or 3, all finite, on a
+/// grid check_grid_size accepts. NIfTI fields stored as 5D [x, y, z, 1, d] with
+/// intent DISPVECT (1006; ANTs, nibabel) are read as well as ITK's VECTOR (1007);
+/// a 2D field there is [x, y, 1, 1, 2].
 Image read_field(const std::string& path);
 
 /// Writes an RGB picture uint8 [3, H, W] as a PNG (atomically): previews.
