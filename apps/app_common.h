@@ -1,6 +1,7 @@
 /// @file Shared start-up for the command-line programs.
 #pragma once
 
+#include "drdm/interrupt.h"
 #include "drdm/log.h"
 #include "drdm/runtime.h"
 
@@ -12,24 +13,35 @@
 namespace drdm::app {
 
 // Logs go to stderr so that stdout carries only results (e.g. JSON); freed
-// tensor memory is kept for reuse (see drdm/runtime.h).
+// tensor memory is kept for reuse (see drdm/runtime.h). SIGINT and SIGTERM
+// stop the run at its next check, without leaving temporaries (see
+// drdm/interrupt.h).
 inline void init_program(bool verbose) {
+  install_interrupt_handlers();
   keep_freed_memory_for_reuse();
   log::use_stderr();
   log::set_level(verbose ? log::Level::kInfo : log::Level::kWarn);
 }
 
 // Runs the program's work: any exception becomes "<program>: error: <what>"
-// on stderr and exit status 1.
+// on stderr and exit status 1; after SIGINT/SIGTERM, whatever the exception
+// (a wrapper may have rethrown it), "<program>: interrupted by SIGINT" and
+// exit status 128 + signal.
 template <typename Fn>
 int run_reporting_errors(const char* program, Fn&& work) {
+  const auto interrupted = [program] {
+    std::cerr << program << ": interrupted by " << signal_name(interrupt_signal()) << "\n";
+    return 128 + interrupt_signal();
+  };
   try {
     work();
-    return 0;
+    return interrupt_signal() ? interrupted() : 0;
   } catch (const c10::Error& e) {  // LibTorch's messages without the C++ backtrace
+    if (interrupt_signal()) return interrupted();
     std::cerr << program << ": error: " << e.what_without_backtrace() << "\n";
     return 1;
   } catch (const std::exception& e) {
+    if (interrupt_signal()) return interrupted();
     std::cerr << program << ": error: " << e.what() << "\n";
     return 1;
   }

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "app_common.h"
+#include "drdm/commands.h"
 #include "drdm/dataset.h"
 #include "drdm/trainer.h"
 
@@ -90,11 +91,7 @@ int main(int argc, char** argv) {
          << (i + 1 < checks.size() ? "," : "") << "\n";
     }
     js << "  ]\n}\n";
-    if (!output.empty()) {
-      std::ofstream out(output);
-      out << js.str();
-      if (!out) throw std::runtime_error("cannot write '" + output + "'");
-    }
+    if (!output.empty()) drdm::write_text_file(output, js.str());  // atomic, checked
     std::cout << js.str();
   });
 }

@@ -11,7 +11,6 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
-#include <fstream>
 #include <stdexcept>
 
 namespace drdm {
@@ -33,14 +32,15 @@ PixelType parse_pixel_type(const std::string& name) {
 
 void write_text_file(const std::string& path, const std::string& text) {
   detail::write_via_temporary(path, [&](const std::string& tmp) {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) throw std::runtime_error("'" + path + "': cannot write");
+    detail::write_file_checked(tmp, text.data(), text.size(), path);
   });
 }
 
 void warp_file(const WarpFileOptions& o) {
+  detail::require_writable_output(o.output, "-o");
+  detail::require_writable_output(o.preview, "--preview");
+  detail::require_distinct(o.output, {o.input, o.field});
+  detail::require_distinct(o.preview, {o.input, o.field, o.output});
   const auto field = read_field(o.field);
   const auto info = read_image_info(o.input);
   detail::check_field_grid(info.geometry, field.geometry, o.input, o.field);
@@ -101,6 +101,10 @@ std::string stats_json(const std::string& path, const Image& field) {
 }  // namespace detail
 
 std::string field_stats_file(const FieldStatsFileOptions& o) {
+  detail::require_writable_output(o.jacobian_map, "--jacobian-map");
+  detail::require_writable_output(o.json_output, "--json");
+  detail::require_distinct(o.jacobian_map, {o.field});
+  detail::require_distinct(o.json_output, {o.field, o.jacobian_map});
   const auto field = read_field(o.field);
   const auto text = detail::stats_json(o.field, field);
   if (!o.jacobian_map.empty())
@@ -110,6 +114,8 @@ std::string field_stats_file(const FieldStatsFileOptions& o) {
 }
 
 std::string random_field_file(const RandomFieldFileOptions& o) {
+  detail::require_writable_output(o.output, "-o");
+  detail::require_distinct(o.output, {o.reference});
   const auto info = read_image_info(o.reference);
   Image field;
   field.geometry = info.geometry.squeeze_single_slice();  // a single-slice reference gets a 2D field

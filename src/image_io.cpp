@@ -3,6 +3,7 @@
 #include "atomic_file.h"
 #include "drdm/log.h"
 #include "nifti_raw.h"
+#include "write_check.h"
 
 #include <ATen/ATen.h>
 #include <itkImage.h>
@@ -13,6 +14,7 @@
 #include <itkMetaImageIOFactory.h>
 #include <itkNiftiImageIOFactory.h>
 #include <itkNrrdImageIOFactory.h>
+#include <itkPNGImageIO.h>
 #include <itkPNGImageIOFactory.h>
 #include <itkRGBPixel.h>
 #include <itkVector.h>
@@ -28,6 +30,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -347,6 +350,50 @@ typename ImageT::Pointer allocate_on(const Geometry& g) {
   return image;
 }
 
+// ITK's NIfTI and MetaImage writers only print a failed write (a full disk):
+// the written file is checked before it is moved into place.
+void verify_written(const std::string& tmp, const std::string& path) {
+  try {
+    check_data(*open_io(tmp), tmp, "holds NaN or Inf values");
+    check_compressed_data_complete(tmp);
+  } catch (const std::exception& e) {
+    // The message names the files by their final names.
+    std::string why = e.what();
+    const auto tmp_dir = tmp.substr(0, tmp.rfind('/') + 1), dir = path.substr(0, path.rfind('/') + 1);
+    for (auto at = why.find(tmp_dir); at != std::string::npos; at = why.find(tmp_dir, at + dir.size()))
+      why.replace(at, tmp_dir.size(), dir);
+    if (why.rfind("'" + path + "': ", 0) == 0) why = why.substr(path.size() + 4);
+    fail(path, "cannot write: the written file is incomplete (is the disk full?): " + why);
+  }
+}
+
+// ITK 5.2's PNG writer crashes when a write fails (a full disk): libpng's
+// error handler longjmps back into PNGImageIO::WriteSlice, which then frees an
+// invalid pointer (glibc aborts: "munmap_chunk(): invalid pointer", or a
+// segfault). So it encodes into an in-memory file, and the bytes are written
+// with checked calls.
+template <typename WriterT>
+void write_png_through_memory(WriterT& writer, const std::string& tmp, const std::string& path) {
+  const int fd = ::memfd_create("drdm-png", MFD_CLOEXEC);
+  if (fd < 0) fail(path, "cannot write: no in-memory file for the PNG encoder");
+  std::vector<char> bytes;
+  try {
+    writer.SetImageIO(itk::PNGImageIO::New());
+    writer.SetFileName("/proc/self/fd/" + std::to_string(fd));
+    writer.Update();
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) fail(path, "cannot write: the encoded PNG is unreadable");
+    bytes.resize(static_cast<size_t>(st.st_size));
+    if (::pread(fd, bytes.data(), bytes.size(), 0) != static_cast<ssize_t>(bytes.size()))
+      fail(path, "cannot write: the encoded PNG is unreadable");
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  write_file_checked(tmp, bytes.data(), bytes.size(), path);
+}
+
 // ITK 5.2 writes NIfTI qform_code = sform_code = 1 whatever the input had: the
 // codes of the file the grid `g` was read from are put back unless they are
 // 1/1 already or unknown. ITK writes the same geometry into both matrices, so
@@ -370,11 +417,16 @@ void write_itk(const std::string& path, const ImageT* image, bool compress,
     const bool gz = recode && has_extension(tmp, ".nii.gz");
     const std::string written = gz ? tmp.substr(0, tmp.size() - 3) : tmp;
     auto writer = itk::ImageFileWriter<ImageT>::New();
-    writer->SetFileName(written);
     writer->SetInput(image);
+    if (has_extension(path, ".png")) {
+      writer->SetUseCompression(compress);
+      return write_png_through_memory(*writer, tmp, path);
+    }
+    writer->SetFileName(written);
     writer->SetUseCompression(compress && !gz);
     writer->Update();
     if (recode) set_nifti_codes(written, tmp, grid->qform_code, grid->sform_code, path);
+    verify_written(tmp, path);
   });
 }
 

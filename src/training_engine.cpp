@@ -12,6 +12,7 @@
 #include <stdexcept>
 
 #include "atomic_file.h"
+#include "drdm/interrupt.h"
 #include "drdm/log.h"
 #include "progress.h"
 #include "seeds.h"
@@ -29,10 +30,7 @@ std::vector<char> read_bytes(const std::string& path) {
 
 void write_bytes_atomically(const std::string& path, const std::vector<char>& bytes) {
   detail::write_via_temporary(path, [&](const std::string& tmp) {
-    std::ofstream out(tmp, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) throw std::runtime_error("cannot write '" + path + "'");
+    detail::write_file_checked(tmp, bytes.data(), bytes.size(), path);
   });
 }
 
@@ -233,7 +231,7 @@ void TrainingRun::log_window(int64_t done, double seconds) {
   line << ",\"seconds_per_step\":" << seconds / window_n_
        << ",\"images_per_second\":" << window_n_ * spec_.samples_per_step / seconds
        << ",\"elapsed_seconds\":" << elapsed_at_start_ << "}";
-  std::ofstream(metrics_path_, std::ios::app) << line.str() << "\n" << std::flush;
+  detail::append_file_checked(metrics_path_, line.str() + "\n");
   last_loss_ = window_loss_ / window_n_;
   window_.clear();
   window_loss_ = 0;
@@ -258,6 +256,7 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
   detail::ProgressBar bar(spec_.label, spec_.steps, first_step_, spec_.progress);
   auto window_begin = clock::now();
   for (int64_t s = first_step_; s < spec_.steps; ++s) {
+    throw_if_interrupted();
     const auto r = step(s);
     if (!std::isfinite(r.loss)) {
       bar.finish();

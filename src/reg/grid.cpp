@@ -13,6 +13,7 @@
 #include "../atomic_file.h"
 #include "../config_json.h"
 #include "../run_lock.h"
+#include "drdm/interrupt.h"
 #include "drdm/log.h"
 #include "drdm/preview.h"
 #include "drdm/reg/synth.h"
@@ -71,6 +72,7 @@ json row_identity(const RegConfig& c, const Row& row) {
 json evaluate_row(RegModel& model, const Data& d, const RegConfig& c) {
   json pairs = json::array();
   for (const auto& [m, f] : d.pairs) {
+    throw_if_interrupted();  // SIGINT / SIGTERM: stop between cases
     const auto field = register_volumes(model, d.test[m], d.test[f]);
     pairs.push_back(report::pair_json(score_pair(d.test[m], d.test[f], field,
                                                  static_cast<int64_t>(c.data.classes.size())),

@@ -17,6 +17,7 @@
 #include "../atomic_file.h"
 #include "../progress.h"
 #include "drdm/generate.h"
+#include "drdm/interrupt.h"
 #include "drdm/log.h"
 #include "drdm/models.h"
 #include "drdm/optim.h"
@@ -266,6 +267,7 @@ std::vector<CaseResult> evaluate_cases(SegModel& model, const std::vector<Labell
   for (size_t k = 1; k <= model.config.data.classes.size(); ++k) classes.push_back(static_cast<int64_t>(k));
   std::vector<CaseResult> out;
   for (const auto& c : cases) {
+    throw_if_interrupted();  // SIGINT / SIGTERM: stop between cases
     const auto pred = segment_file(model, c.image_path);
     const auto truth = read_labels(c.label_path);
     const auto& g = truth.geometry;

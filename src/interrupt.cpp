@@ -1,0 +1,59 @@
+#include "drdm/interrupt.h"
+
+#include "atomic_file.h"
+
+#include <csignal>
+#include <string>
+#include <unistd.h>
+
+namespace drdm {
+namespace {
+
+volatile std::sig_atomic_t g_signal = 0;
+
+void write_stderr(const char* text) noexcept {
+  size_t n = 0;
+  while (text[n] != '\0') ++n;
+  [[maybe_unused]] const auto rc = ::write(STDERR_FILENO, text, n);
+}
+
+// Only async-signal-safe calls here: the first signal sets the flag; a
+// second one cleans up this process's temporaries and ends it.
+extern "C" void on_signal(int signal) {
+  if (g_signal == 0) {
+    g_signal = signal;
+    return;
+  }
+  write_stderr("interrupted again: stopping now\n");
+  detail::remove_registered_temporaries();
+  ::_exit(128 + signal);
+}
+
+}  // namespace
+
+Interrupted::Interrupted(int signal)
+    : std::runtime_error(std::string("interrupted by ") + signal_name(signal)), signal_(signal) {}
+
+void install_interrupt_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;  // system calls in progress continue
+  for (int s : {SIGINT, SIGTERM}) ::sigaction(s, &action, nullptr);
+}
+
+int interrupt_signal() noexcept { return g_signal; }
+
+void throw_if_interrupted() {
+  if (const int s = g_signal) throw Interrupted(s);
+}
+
+const char* signal_name(int signal) noexcept {
+  switch (signal) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    default: return "a signal";
+  }
+}
+
+}  // namespace drdm
