@@ -54,16 +54,20 @@ PY
   local cxxflags libs
   cxxflags="$(cat "$out/cxxflags")"; libs="$(cat "$out/libs")"
   local san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1"
-  local objs=() src obj
+  local objs=() src obj compiler cov
   for src in src/image_io.cpp src/config_json.cpp src/train_config.cpp src/seg/config.cpp \
              src/reg/config.cpp fuzz/fuzz_targets.cpp fuzz/libfuzzer_main.cpp; do
     obj="$out/obj/$(echo "$src" | tr / _).o"
     objs+=("$obj")
+    # Debian's ITK headers accept GCC only, so image_io.cpp is instrumented by
+    # GCC (ASan + UBSan, comparison tracing for -use_value_profile=1), whose
+    # sanitizer ABI clang's runtime serves; the rest gets full clang coverage.
+    compiler="$CLANG" cov=-fsanitize=fuzzer-no-link
+    if [ "$src" = src/image_io.cpp ]; then compiler="${DRDM_FUZZ_GXX:-g++}" cov=-fsanitize-coverage=trace-cmp; fi
     if [ ! -f "$obj" ] || [ "$ROOT/$src" -nt "$obj" ]; then
-      echo "[libfuzzer] compiling $src"
+      echo "[libfuzzer] compiling $src ($compiler)"
       # shellcheck disable=SC2086
-      eval "$CLANG" $cxxflags -I"$ROOT/include" -I"$ROOT/src" $san -fsanitize=fuzzer-no-link \
-        -c "$ROOT/$src" -o "$obj"
+      eval "$compiler" $cxxflags -I"$ROOT/include" -I"$ROOT/src" $san $cov -c "$ROOT/$src" -o "$obj"
     fi
   done
   echo "[libfuzzer] linking $out/drdm_fuzz"
