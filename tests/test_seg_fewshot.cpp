@@ -63,7 +63,7 @@ TEST(SegConfig, BadKeysAndValuesNameThemselves) {
   EXPECT_NE(config_error("{" + data + R"(, "bigaug": {"gamma_min": 5}})").find("bigaug.gamma"), std::string::npos);
   EXPECT_NE(config_error("{" + data + R"(, "unet": {"widht": [4]}})").find("did you mean 'unet.widths'"),
             std::string::npos);
-  // 70 levels: 2^(levels - 1) would shift past 63 bits (undefined before the bound; fuzzing).
+  // 70 levels: 2^(levels - 1) would shift past 63 bits (undefined before the bound).
   std::string widths = "1";
   for (int i = 1; i < 70; ++i) widths += ", 1";
   EXPECT_NE(config_error("{" + data + R"(, "unet": {"widths": [)" + widths + "]}}").find("unet.widths"),
