@@ -69,11 +69,54 @@ PixelType from_itk(itk::IOComponentEnum c, const std::string& path) {
   }
 }
 
+// ITK 5.2's NIfTI reader aborts the whole process (VNL: "matrix has
+// non-finite elements") on a header whose spacing or orientation is NaN/Inf
+// (found by fuzzing), so those fields are checked before ITK sees the file.
+void check_nifti_header_finite(const std::string& path) {
+  if (!has_extension(path, ".nii") && !has_extension(path, ".nii.gz") && !has_extension(path, ".hdr"))
+    return;
+  unsigned char h[540] = {};
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (!f) return;
+  const int n = gzread(f, h, sizeof(h));
+  gzclose(f);
+  if (n < 348) return;  // ITK refuses a short header itself
+  int32_t sizeof_hdr = 0;
+  std::memcpy(&sizeof_hdr, h, 4);
+  const bool swap = sizeof_hdr != 348 && sizeof_hdr != 540;
+  if (swap) std::reverse(h, h + 4), std::memcpy(&sizeof_hdr, h, 4);
+  const bool v2 = sizeof_hdr == 540;
+  if ((sizeof_hdr != 348 && !v2) || (v2 && n < 540)) return;
+  auto value = [&](size_t at) {  // a float (NIfTI-1) or double (NIfTI-2) field
+    unsigned char b[8];
+    const size_t bytes = v2 ? 8 : 4;
+    std::memcpy(b, h + at, bytes);
+    if (swap) std::reverse(b, b + bytes);
+    if (!v2) {
+      float x;
+      std::memcpy(&x, b, 4);
+      return static_cast<double>(x);
+    }
+    double x;
+    std::memcpy(&x, b, 8);
+    return x;
+  };
+  // pixdim[1..7], quatern_b..qoffset_z, srow_x/y/z
+  const size_t pixdim = v2 ? 104 : 76, quatern = v2 ? 352 : 256, step = v2 ? 8 : 4;
+  std::vector<size_t> fields;
+  for (size_t k = 1; k < 8; ++k) fields.push_back(pixdim + k * step);
+  for (size_t k = 0; k < 18; ++k) fields.push_back(quatern + k * step);
+  for (auto at : fields)
+    if (!std::isfinite(value(at)))
+      fail(path, "NIfTI header holds a NaN or Inf voxel size or orientation (pixdim, quatern or srow)");
+}
+
 itk::ImageIOBase::Pointer open_io(const std::string& path) {
   register_io_factories();
   std::error_code ec;
   if (!fs::exists(path, ec)) fail(path, "no such file");
   if (fs::is_directory(path, ec)) fail(path, "is a directory, expected an image file");
+  check_nifti_header_finite(path);
   auto io = itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::ReadMode);
   if (!io) fail(path, "not a readable NIfTI, MetaImage, NRRD or PNG image (unknown format or corrupt header)");
   io->SetFileName(path);
