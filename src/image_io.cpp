@@ -126,7 +126,11 @@ void check_metaimage_ndims(const std::string& path) {
   for (int n = 0; n < 200 && std::getline(in, line); ++n) {
     const auto eq = line.find('=');
     if (eq == std::string::npos) continue;
-    const auto key = line.substr(0, line.find_first_of(" \t=")), value = line.substr(eq + 1);
+    // The key as MetaIO compares it: C-string semantics stop at a NUL byte.
+    const auto start = line.find_first_not_of(" \t");
+    const auto key = line.substr(start, line.find_first_not_of(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_", start) - start);
+    const auto value = line.substr(eq + 1);
     if (key == "ElementDataFile") return;
     if (key != "NDims") continue;
     char* end = nullptr;
