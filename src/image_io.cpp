@@ -131,13 +131,11 @@ void check_metaimage_ndims(const std::string& path) {
     const auto key = line.substr(start, line.find_first_not_of(
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_", start) - start);
     const auto value = line.substr(eq + 1);
-    if (key == "ElementDataFile") return;
-    if (key != "NDims") continue;
+    if (key != "NDims") continue;  // every NDims line: MetaIO reads on past a stray ElementDataFile
     char* end = nullptr;
     const long ndims = std::strtol(value.c_str(), &end, 10);
     if (end == value.c_str() || ndims < 1 || ndims > 8)
       fail(path, "MetaImage header: NDims must be an integer from 1 to 8, got '" + value + "'");
-    return;
   }
 }
 
