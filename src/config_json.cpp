@@ -150,6 +150,13 @@ void apply_override(json& user, const std::string& text) {
       throw std::invalid_argument("--set '" + text + "': '" + path[i] + "' is not a section");
   }
   (*node)[path.back()] = parsed;
+  // JSON text must be UTF-8; a key or bare-string value that is not would make
+  // every later dump() (error messages, config.json) throw (found by fuzzing).
+  try {
+    (void)user.dump();
+  } catch (const json::exception&) {
+    throw std::invalid_argument("--set '" + text + "': the key or value is not valid UTF-8 text");
+  }
 }
 
 

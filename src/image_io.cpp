@@ -72,11 +72,83 @@ PixelType from_itk(itk::IOComponentEnum c, const std::string& path) {
   }
 }
 
+// ITK 5.2's NIfTI reader aborts the whole process (VNL: "matrix has
+// non-finite elements") on a header whose spacing or orientation is NaN/Inf,
+// and never returns from its SVD of an srow of -1.7e38 (both found by
+// fuzzing), so those fields are checked before ITK sees the file. 1e9 mm is
+// far beyond any real voxel size or position.
+void check_nifti_header_finite(const std::string& path) {
+  if (!has_extension(path, ".nii") && !has_extension(path, ".nii.gz") && !has_extension(path, ".hdr"))
+    return;
+  unsigned char h[540] = {};
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (!f) return;
+  const int n = gzread(f, h, sizeof(h));
+  gzclose(f);
+  if (n < 348) return;  // ITK refuses a short header itself
+  // The version from the magic (ITK ignores sizeof_hdr), the byte order from
+  // dim[0] (1..7), as the NIfTI library decides them; no magic: Analyze 7.5.
+  const bool v2 = n >= 540 && (std::memcmp(h + 4, "n+2", 4) == 0 || std::memcmp(h + 4, "ni2", 4) == 0);
+  const bool v1 = std::memcmp(h + 344, "n+1", 4) == 0 || std::memcmp(h + 344, "ni1", 4) == 0;
+  const size_t dim0_at = v2 ? 16 : 40, dim0_bytes = v2 ? 8 : 2;
+  unsigned char d0[8] = {};
+  std::memcpy(d0, h + dim0_at, dim0_bytes);
+  const bool swap = d0[0] < 1 || d0[0] > 7;  // little-endian dim[0] in 1..7 has it in the first byte
+  auto value = [&](size_t at) {  // a float (NIfTI-1) or double (NIfTI-2) field
+    unsigned char b[8];
+    const size_t bytes = v2 ? 8 : 4;
+    std::memcpy(b, h + at, bytes);
+    if (swap) std::reverse(b, b + bytes);
+    if (!v2) {
+      float x;
+      std::memcpy(&x, b, 4);
+      return static_cast<double>(x);
+    }
+    double x;
+    std::memcpy(&x, b, 8);
+    return x;
+  };
+  // pixdim[1..7]; for NIfTI also quatern_b..qoffset_z and srow_x/y/z.
+  const size_t pixdim = v2 ? 104 : 76, quatern = v2 ? 352 : 256, step = v2 ? 8 : 4;
+  std::vector<size_t> fields;
+  for (size_t k = 1; k < 8; ++k) fields.push_back(pixdim + k * step);
+  if (v1 || v2)
+    for (size_t k = 0; k < 18; ++k) fields.push_back(quatern + k * step);
+  for (auto at : fields)
+    if (!(std::abs(value(at)) <= 1e9))
+      fail(path, "NIfTI header holds a NaN, Inf or implausibly large (> 1e9) voxel size, position or "
+                 "orientation (pixdim, quatern, qoffset or srow)");
+}
+
+// ITK 5.2's MetaImage reader takes NDims = -3 as a huge count and never
+// returns (found by fuzzing), so NDims is checked before ITK sees the file.
+void check_metaimage_ndims(const std::string& path) {
+  if (!has_extension(path, ".mha") && !has_extension(path, ".mhd")) return;
+  std::ifstream in(path, std::ios::binary);
+  std::string line;
+  for (int n = 0; n < 200 && std::getline(in, line); ++n) {
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    // The key as MetaIO compares it: C-string semantics stop at a NUL byte.
+    const auto start = line.find_first_not_of(" \t");
+    const auto key = line.substr(start, line.find_first_not_of(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_", start) - start);
+    const auto value = line.substr(eq + 1);
+    if (key != "NDims") continue;  // every NDims line: MetaIO reads on past a stray ElementDataFile
+    char* end = nullptr;
+    const long ndims = std::strtol(value.c_str(), &end, 10);
+    if (end == value.c_str() || ndims < 1 || ndims > 8)
+      fail(path, "MetaImage header: NDims must be an integer from 1 to 8, got '" + value + "'");
+  }
+}
+
 itk::ImageIOBase::Pointer open_io(const std::string& path) {
   register_io_factories();
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) fail(path, "no such file");
   if (S_ISDIR(st.st_mode)) fail(path, "is a directory, expected an image file");
+  check_nifti_header_finite(path);
+  check_metaimage_ndims(path);
   auto io = itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::ReadMode);
   if (!io) fail(path, "not a readable NIfTI, MetaImage, NRRD or PNG image (unknown format or corrupt header)");
   io->SetFileName(path);

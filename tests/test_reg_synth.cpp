@@ -166,6 +166,8 @@ TEST(RegConfig, ParsesRoundTripsAndNamesBadKeys) {
   expect_config_error(config_text(), {"data.size=[40, 40]"}, "data.size");
   expect_config_error(config_text(), {"grid.pretrain=[\"affine\"]"}, "grid.pretrain");
   expect_config_error(config_text(), {"synthetic.mrbs=[[1, 2.0]]"}, "synthetic.mrbs");
+  // Too many control points to be an int64 (its conversion was undefined before the bound).
+  expect_config_error(config_text(), {"synthetic.mrbs=[[1e30, 2.0]]"}, "synthetic.mrbs");
   expect_config_error(config_text(), {"finetune.ncc_window=8"}, "finetune.ncc_window");
   expect_config_error(config_text(", \"pretrian\": {}"), {}, "pretrian");
 }

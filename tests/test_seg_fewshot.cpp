@@ -63,6 +63,11 @@ TEST(SegConfig, BadKeysAndValuesNameThemselves) {
   EXPECT_NE(config_error("{" + data + R"(, "bigaug": {"gamma_min": 5}})").find("bigaug.gamma"), std::string::npos);
   EXPECT_NE(config_error("{" + data + R"(, "unet": {"widht": [4]}})").find("did you mean 'unet.widths'"),
             std::string::npos);
+  // 70 levels: 2^(levels - 1) would shift past 63 bits (undefined before the bound).
+  std::string widths = "1";
+  for (int i = 1; i < 70; ++i) widths += ", 1";
+  EXPECT_NE(config_error("{" + data + R"(, "unet": {"widths": [)" + widths + "]}}").find("unet.widths"),
+            std::string::npos);
   EXPECT_NE(config_error(R"({"data": {"images": "i", "labels": "l", "test_mod": [5, 12]}})").find("data.test_mod"),
             std::string::npos);
   EXPECT_NE(config_error(R"({"data": {"images": "i", "labels": "l", "size": [100, 100]}})").find("divisible by 8"),

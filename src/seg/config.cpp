@@ -142,6 +142,8 @@ SegConfig from_json(const json& j, const std::string& src) {
   parse_grid_and_drdm(j, src, c);
   c.unet.widths = get<std::vector<int64_t>>(j, "unet", "widths", src);
   require(!c.unet.widths.empty(), src, "unet.widths", "must not be empty");
+  // At most 16 levels: 2^(levels - 1) below must not shift past 63 bits.
+  require(c.unet.widths.size() <= 16, src, "unet.widths", "must have at most 16 levels");
   for (auto w : c.unet.widths) require(w >= 1, src, "unet.widths", "entries must be >= 1");
   const int64_t divisor = int64_t{1} << (c.unet.widths.size() - 1);
   for (auto s : c.data.slices.size)
