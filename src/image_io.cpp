@@ -20,10 +20,12 @@
 #include <itkVector.h>
 #include <itkVectorImage.h>
 #include <nifti1.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <limits>
