@@ -152,7 +152,9 @@ void expect_config_error(const std::string& text, const std::vector<std::string>
     ADD_FAILURE() << "no error for " << key;
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("test.json"), std::string::npos) << e.what();
+    // An error in a --set value is blamed on that --set, anything else on the file.
+    const std::string source = sets.empty() ? "test.json" : "--set " + sets.front();
+    EXPECT_NE(std::string(e.what()).find(source), std::string::npos) << e.what();
   }
 }
 

@@ -5,11 +5,9 @@ training run folder is never silently overwritten or trained backwards; two runs
 folder are refused (the first finishes complete); soft label interpolation checks the class range
 of every label file before any output. Inputs are written with SimpleITK / numpy; the lock holder
 in some cases is this script (fcntl.flock), an implementation nobody here wrote."""
-import argparse
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
-from cli_util import FAILURES, check, run  # noqa: E402
+from cli_util import check, finish, run, start  # noqa: E402
 
 LOCK = ".drdm.lock"
 
@@ -348,26 +346,17 @@ def seg_reg_cases(b, w, configs):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin-dir", required=True)
-    ap.add_argument("--data", required=True, help="the shared data folder (jsrt/)")
-    ap.add_argument("--configs", required=True, help="the configs/ folder")
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.workdir, ignore_errors=True)
-    os.makedirs(a.workdir)
+    a = start([("--data", "the shared data folder (jsrt/)"), ("--configs", "the configs/ folder")])
     w = lambda *names: os.path.join(a.workdir, *names)  # noqa: E731
-    start = time.time()
+    t0 = time.time()
     deform_cases(a.bin_dir, w)
     tool_cases(a.bin_dir, w)
     soft_label_cases(a.bin_dir, w)
     train_cases(a.bin_dir, w)
     seg_reg_cases(a.bin_dir, w, a.configs)
     concurrent_cases(a.bin_dir, w, a.data, a.configs)
-    leftovers = [n for n in os.listdir(a.workdir) if n.startswith(".drdm-tmp")]
-    check(not leftovers, f"no temporary files left behind {leftovers}")
-    print(f"cli harden args: {len(FAILURES)} failure(s) in {time.time() - start:.0f} s")
-    return 1 if FAILURES else 0
+    print(f"({time.time() - t0:.0f} s)")
+    return finish("cli harden args", a.workdir)
 
 
 if __name__ == "__main__":

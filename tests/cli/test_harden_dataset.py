@@ -16,7 +16,6 @@
 Inputs are made with SimpleITK; the truth comes from nnU-Net v2 and the manifest. nnU-Net's
 folders (nnUNet_raw, nnUNet_preprocessed, nnUNet_results) point into the work folder.
 """
-import argparse
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 
-from cli_util import FAILURES, check, run  # noqa: E402
+from cli_util import check, finish, run, start  # noqa: E402
 
 COMMON = ["--threads", "1", "--no-progress", "-q", "--no-preview"]
 
@@ -241,12 +240,7 @@ def nnunet_tests(deform, root, nn):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin-dir", required=True)
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.workdir, ignore_errors=True)
-    os.makedirs(a.workdir)
+    a = start()
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[var] = os.path.join(a.workdir, var)
         os.makedirs(os.environ[var])
@@ -264,10 +258,7 @@ def main():
     deform = os.path.join(a.bin_dir, "drdm_deform")
     msd_tests(deform, a.workdir, nn)
     nnunet_tests(deform, a.workdir, nn)
-    leftovers = [f for f in files_under(a.workdir) if ".drdm-tmp" in f]
-    check(not leftovers, f"no temporary files left {leftovers}")
-    print(f"cli harden dataset: {len(FAILURES)} failure(s)")
-    return 1 if FAILURES else 0
+    return finish("cli harden dataset", a.workdir)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,9 @@ drdm_warp, drdm_field_stats, drdm_random_field and drdm_deform:
 
 Files are made with Python's gzip/zlib, nibabel, SimpleITK and numpy, independently of drdm.
 """
-import argparse
 import gzip
 import json
 import os
-import shutil
 import struct
 import sys
 import zlib
@@ -25,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from cli_util import FAILURES, check, run
+from cli_util import check, finish, run, start
 
 QFORM_CODE, SFORM_CODE = 252, 254  # byte offsets in the NIfTI-1 header (int16)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -311,19 +309,13 @@ def codes_cases(exe, p):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin-dir", required=True)
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.workdir, ignore_errors=True)
-    os.makedirs(a.workdir)
+    a = start()
     exe = lambda name: os.path.join(a.bin_dir, name)  # noqa: E731
     p = lambda name: os.path.join(a.workdir, name)  # noqa: E731
     for section in (gzip_cases, nan_cases, degenerate_cases, dispvect_cases, codes_cases):
         print(f"--- {section.__name__}")
         section(exe, p)
-    print(f"cli harden read: {len(FAILURES)} failure(s)")
-    return 1 if FAILURES else 0
+    return finish("cli harden read", a.workdir)
 
 
 if __name__ == "__main__":
