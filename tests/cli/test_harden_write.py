@@ -217,7 +217,9 @@ def fsync_tests(b, w):
         log = w("fsync.log")
         if os.path.exists(log):
             os.remove(log)
-        env = dict(os.environ, LD_PRELOAD=lib, FSYNC_LOG=log)
+        # Under AddressSanitizer (scripts/test.sh --sanitize) a preloaded library may come first.
+        asan = "verify_asan_link_order=0:" + os.environ.get("ASAN_OPTIONS", "")
+        env = dict(os.environ, LD_PRELOAD=lib, FSYNC_LOG=log, ASAN_OPTIONS=asan)
         p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=300)
         calls = open(log).read().split("\n") if os.path.exists(log) else []
         folder = os.path.realpath(os.path.dirname(target))
