@@ -15,7 +15,7 @@ if [ "${1:-}" = "--sanitize" ]; then
   export DRDM_CMAKE_ARGS="-DDRDM_SANITIZE=ON -DDRDM_BUILD_BENCH=OFF ${DRDM_CMAKE_ARGS:-}"
   SAN="$ROOT/scripts/sanitizer"
   # LibTorch, ITK and Python are not instrumented (see scripts/sanitizer/*.supp).
-  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0:check_initialization_order=1:strict_init_order=0:${ASAN_OPTIONS:-}"
+  export ASAN_OPTIONS="detect_leaks=1:fast_unwind_on_malloc=0:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0:check_initialization_order=1:strict_init_order=0:${ASAN_OPTIONS:-}"
   export LSAN_OPTIONS="suppressions=$SAN/lsan.supp:print_suppressions=0:${LSAN_OPTIONS:-}"
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$SAN/ubsan.supp:${UBSAN_OPTIONS:-}"
   # The package consumer is built without sanitizer flags, so it cannot link
