@@ -293,7 +293,7 @@ int main(int argc, char** argv) {
       if (wanted(o.ops, "sampler")) {
         drdm::VelocitySampler vs(sampler, c.size, device);
         const auto tt = at::full({c.batch}, o.level, at::kLong);
-        auto gen = drdm::make_generator(device, o.seed + 100 + ci);
+        auto gen = drdm::make_generator(o.seed + 100 + ci);
         drdm::bench::CommonOptions so = o;
         so.min_reps = std::max(o.min_reps, 5);
         so.max_reps = std::max(so.max_reps, so.min_reps);

@@ -328,13 +328,13 @@ int main(int argc, char** argv) {
       const std::string sampler_extra = ", \"control\": " + std::to_string(c.control) +
                                         ", \"levels\": " + std::to_string(c.levels);
       if (wanted(o.ops, "sample_t40")) {
-        auto gen = drdm::make_generator(device, o.seed + 100 + ci);
+        auto gen = drdm::make_generator(o.seed + 100 + ci);
         const auto t40 = at::full({c.batch}, 40, at::kLong);
         const Timing t = time_op([&](int) { return sampler.sample(t40, gen).phi; }, o);
         emit("sample_t40", t, t.median_ms, sampler_extra);
       }
       if (wanted(o.ops, "sample_mixed")) {
-        auto gen = drdm::make_generator(device, o.seed + 200 + ci);
+        auto gen = drdm::make_generator(o.seed + 200 + ci);
         auto tgen = at::make_generator<at::CPUGeneratorImpl>(o.seed + 300 + ci);
         const int64_t rows = 8;
         const auto table = at::randint(1, 81, {rows, c.batch}, tgen, at::kLong);

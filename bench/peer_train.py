@@ -138,7 +138,7 @@ def recovery_loss(psi, psi_hat, w=(1.0, 1.0, 10.0), eps=1e-3):
     d = psi_hat.shape[1]
     # Smoothness on the field in image-size units: channel i divided by S_i.
     inv = torch.tensor([1.0 / s for s in psi_hat.shape[2:]], dtype=torch.float64)
-    scaled = psi_hat * inv.to(psi_hat.dtype).view(1, d, *([1] * d))
+    scaled = psi_hat * inv.to(psi_hat.device, psi_hat.dtype).view(1, d, *([1] * d))
     smooth = psi_hat.new_zeros(())
     for j in range(d):
         n = psi_hat.shape[2 + j]

@@ -554,9 +554,10 @@ def suite_generate(args):
     generate_peer.jsonl. Not like for like: the peers draw one random elastic warp
     per sample, DRDM runs the sampler and then T' recovery steps of a network."""
     need_executable(args.bench, "drdm_bench_generate")
-    code = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('monai') and u.find_spec('torchio') else 1)"
+    impls = [i for i in args.impls.split(",") if i]
+    code = ("import importlib.util as u, sys; sys.exit(0 if all(u.find_spec(m) for m in %r) else 1)" % (impls,))
     if subprocess.run([args.python, "-c", code]).returncode != 0:
-        sys.exit(f"run.py: MONAI and TorchIO are not importable by {args.python}; install them with\n"
+        sys.exit(f"run.py: {' and '.join(impls)} not importable by {args.python}; install them with\n"
                  f"  {GENERATE_INSTALL}\n(or pass --python an interpreter that has them)")
     peer = os.path.join(HERE, "peer_generate.py")
     jobs = "drdm_train|drdm_bench|cc1plus|drdm_deform"

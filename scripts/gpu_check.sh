@@ -71,7 +71,7 @@ if [[ " $PARTS " == *" e2e "* ]]; then
   # The downstream programs, tiny, on the GPU.
   step "seg_fewshot tiny grid cuda" 300 "$B/apps/seg_fewshot" run --config "$ROOT/configs/seg-acdc-cpu.json" \
     --output "$E/seg" --no-progress --set "data.images=$DATA/acdc/images" "data.labels=$DATA/acdc/labels" \
-    "data.size=[64,64]" "train.steps=20" "train.warmup_steps=0" "train.batch_size=4" "train.device=cuda" \
+    "data.size=[64,64]" "data.pool_mod=[1,2]" "data.test_mod=[3,3]" "train.steps=20" "train.warmup_steps=0" "train.batch_size=4" "train.device=cuda" \
     "grid.subjects=[1]" 'grid.augmentations=["none","bigaug","drdm"]'
   cp "$E/seg/results.md" "$OUT/seg_results.md" 2>/dev/null
   step "reg_synth smoke cuda" 300 "$B/apps/reg_synth" run --config "$ROOT/configs/reg-jsrt-cpu.json" \

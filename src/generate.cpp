@@ -40,6 +40,28 @@ int64_t slicing_axis(const std::vector<int64_t>& tensor_size, int64_t model_dims
 
 namespace {
 
+/// cuDNN's heuristics may pick convolution engines that reduce with atomics,
+/// which makes two identical generations differ on a GPU (seen on an H200:
+/// 4e-3 apart after 10 steps). Generation promises the same fields for the
+/// same seed, so it runs with deterministic engines and restores the setting.
+class DeterministicCudnn {
+ public:
+  DeterministicCudnn()
+      : deterministic_(at::globalContext().deterministicCuDNN()), benchmark_(at::globalContext().benchmarkCuDNN()) {
+    at::globalContext().setDeterministicCuDNN(true);
+    at::globalContext().setBenchmarkCuDNN(false);
+  }
+  ~DeterministicCudnn() {
+    at::globalContext().setDeterministicCuDNN(deterministic_);
+    at::globalContext().setBenchmarkCuDNN(benchmark_);
+  }
+  DeterministicCudnn(const DeterministicCudnn&) = delete;
+  DeterministicCudnn& operator=(const DeterministicCudnn&) = delete;
+
+ private:
+  bool deterministic_, benchmark_;
+};
+
 at::Tensor rows(const at::Tensor& x, const std::vector<int64_t>& index) {
   return x.index_select(0, at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(x.device()));
 }
@@ -61,6 +83,7 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
   for (auto level : levels)
     TORCH_CHECK(level >= 1 && level <= big_t, "generate_fields: levels must be in [1, ", big_t, "], got ", level);
   at::NoGradGuard no_grad;
+  const DeterministicCudnn deterministic;
   const bool was_training = net.is_training();
   net.train(false);
   const auto device = net.parameters().front().device();
@@ -74,7 +97,7 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
     const at::Tensor image = all.narrow(0, first, count);
     std::vector<int64_t> t(levels.begin() + first, levels.begin() + first + count);
     std::vector<at::Generator> gens;
-    for (int64_t i = 0; i < count; ++i) gens.push_back(make_generator(device, seeds[static_cast<size_t>(first + i)]));
+    for (int64_t i = 0; i < count; ++i) gens.push_back(make_generator(seeds[static_cast<size_t>(first + i)]));
     at::Tensor phi = sampler.sample_field(at::tensor(t, at::TensorOptions().dtype(at::kLong)), gens);
     starts.push_back(phi.clone());
     const int64_t top =
@@ -166,13 +189,14 @@ at::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sample
   TORCH_CHECK(sigma >= 0 && std::isfinite(sigma), "generate_volume_fields: sigma must be >= 0, got ", sigma);
   TORCH_CHECK(options.batch >= 1, "generate_volume_fields: batch must be >= 1");
   at::NoGradGuard no_grad;
+  const DeterministicCudnn deterministic;
   const bool was_training = net.is_training();
   net.train(false);
   const auto device = net.parameters().front().device();
   const at::Tensor image = slices.to(device, at::kFloat);
   const std::vector<int64_t> size(slices.sizes().begin() + 2, slices.sizes().end());
   const VelocitySampler sampler(sampler_options, size, device);
-  std::vector<at::Generator> gens{make_generator(device, seed)};
+  std::vector<at::Generator> gens{make_generator(seed)};
   const at::Tensor start = sampler.sample_field(at::full({1}, level, at::kLong), gens);
   std::vector<int64_t> valid_rows;
   for (int64_t i = 0; i < z; ++i)

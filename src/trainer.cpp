@@ -158,7 +158,7 @@ class RecoveryStep {
               .to(device_);
     auto t_gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(tr.seed, step, 1));
     const auto t = at::randint(1, config_.sampler.timesteps + 1, {tr.batch_size}, t_gen, at::kLong);
-    auto field_gen = make_generator(device_, stream_seed(tr.seed, step, 2));
+    auto field_gen = make_generator(stream_seed(tr.seed, step, 2));
     {
       at::NoGradGuard no_grad;
       fwd_ = sampler_.sample(t, field_gen);
@@ -269,7 +269,7 @@ std::vector<RecoveryCheck> check_recovery(RecoveryNet& net, const VelocitySample
       for (int64_t start = 0; start < images.size(0); start += batch, ++chunk_id) {
         const int64_t n = std::min(batch, images.size(0) - start);
         const auto x0 = images.narrow(0, start, n).to(device);
-        auto gen = make_generator(device, stream_seed(seed, level * 1000003 + chunk_id, 3));
+        auto gen = make_generator(stream_seed(seed, level * 1000003 + chunk_id, 3));
         const auto t = at::full({n}, level, at::kLong);
         const auto fwd = sampler.sample(t, gen);
         const auto xt = warp(x0, fwd.phi);

@@ -57,8 +57,10 @@ int64_t integrated_count(int64_t t, const SamplerOptions& o) {
   return std::clamp<int64_t>(m, 1, o.integrated_max);
 }
 
+at::Generator make_generator(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+
 at::Generator make_generator(const torch::Device& device, uint64_t seed) {
-  if (device.is_cpu()) return at::make_generator<at::CPUGeneratorImpl>(seed);
+  if (device.is_cpu()) return make_generator(seed);
   auto gen = at::globalContext().defaultGenerator(device).clone();
   gen.set_current_seed(seed);
   gen.set_offset(0);
@@ -99,7 +101,11 @@ torch::Tensor VelocitySampler::velocity(int64_t batch, at::Generator& gen) const
     for (int64_t i = 0; i < d; ++i) coarse.push_back(c);
     // Standard deviation sigma * 2^level in control-grid voxels (Eq. 6), as
     // values on the finest grid: upsampling interpolates values unchanged.
-    auto noise = at::randn(coarse, gen, opts)
+    // Drawn on the generator's device (the CPU for make_generator's
+    // generators, so that a seed gives the same field on every device), then
+    // moved.
+    auto noise = at::randn(coarse, gen, opts.device(gen.device()))
+                     .to(device_)
                      .mul_(options_.sigma * std::ldexp(1.0, static_cast<int>(level)));
     if (level == 0) {
       v.add_(noise);

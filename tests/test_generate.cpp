@@ -1087,9 +1087,15 @@ TEST(GenerateFields, ReproducibleForTheSameSeeds_CUDA) {
   EXPECT_LT(max_diff(a.field, b.field), 1e-5);
   drdm::VelocitySampler sampler(c.sampler, {32, 32}, gpu);
   std::vector<at::Generator> gens;
-  for (auto s : seeds) gens.push_back(drdm::make_generator(gpu, s));
+  for (auto s : seeds) gens.push_back(drdm::make_generator(s));
   EXPECT_TRUE(
       at::equal(a.initial, sampler.sample_field(at::tensor(levels, at::kLong).to(gpu), gens)));
+  // The same seeds on the CPU give the same fields, up to float rounding.
+  net.to(torch::kCPU);
+  const auto on_cpu = drdm::generate_fields(net, c.sampler, images.cpu(), levels, seeds);
+  EXPECT_LT(max_diff(a.initial.cpu(), on_cpu.initial), 1e-4 * (1 + max_abs(on_cpu.initial)));
+  EXPECT_LT(max_diff(a.field.cpu(), on_cpu.field), 1e-2 * (1 + max_abs(on_cpu.field)));
+  net.to(gpu);
   // Batch independence on the GPU too: the start field exactly; the result
   // up to rounding (cuDNN may pick other algorithms, with TF32, for another
   // batch size; a wrong seed or step would differ by voxels).

@@ -57,8 +57,13 @@ int64_t step_count(int64_t t, const SamplerOptions& options);
 /// = 0).
 int64_t integrated_count(int64_t t, const SamplerOptions& options);
 
-/// A generator for `device` seeded with `seed` (CPU or CUDA): the sampler
-/// draws its noise on the device it works on.
+/// The sampler's generator for `seed`: a CPU generator. The sampler draws its
+/// noise on the generator's device and moves it to its own, so a seed gives
+/// the same fields on the CPU and on any GPU (up to float rounding in the
+/// steps after the draw). Training, generation and the recovery check use it.
+at::Generator make_generator(uint64_t seed);
+/// A generator for `device` seeded with `seed` (CPU or CUDA), for draws made
+/// directly on that device (MRBS fields, tests).
 at::Generator make_generator(const torch::Device& device, uint64_t seed);
 
 /// One draw of the forward process for a batch.
