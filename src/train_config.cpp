@@ -177,7 +177,9 @@ json train_section_json(const TrainConfig::Train& t) {
                 {"mixed_precision", t.mixed_precision},
                 {"device", t.device},
                 {"threads", t.threads},
-                {"prefetch", t.prefetch}};
+                {"prefetch", t.prefetch},
+                {"dist_timeout", t.dist_timeout},
+                {"dist_master", t.dist_master}};
 }
 
 TrainConfig::Train parse_train_section(const json& j, const std::string& src, const std::string& section) {
@@ -202,6 +204,8 @@ TrainConfig::Train parse_train_section(const json& j, const std::string& src, co
   t.device = get<std::string>(j, S, "device", src);
   t.threads = get<int64_t>(j, S, "threads", src);
   t.prefetch = get<int64_t>(j, S, "prefetch", src);
+  t.dist_timeout = get<double>(j, S, "dist_timeout", src);
+  t.dist_master = get<std::string>(j, S, "dist_master", src);
   require(t.batch_size >= 1 && t.batch_size <= 4096, src, key("batch_size"),
           "must be in [1, 4096]");
   require(t.steps >= 1, src, key("steps"), "must be >= 1");
@@ -228,6 +232,8 @@ TrainConfig::Train parse_train_section(const json& j, const std::string& src, co
           "must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got \"" + t.device + "\"");
   require(t.threads >= 0 && t.threads <= 1024, src, key("threads"), "must be in [0, 1024]");
   require(t.prefetch >= 0 && t.prefetch <= 64, src, key("prefetch"), "must be in [0, 64]");
+  require(finite(t.dist_timeout) && t.dist_timeout > 0 && t.dist_timeout <= 86400, src, key("dist_timeout"),
+          "must be a number of seconds in (0, 86400]");
   return t;
 }
 

@@ -12,11 +12,13 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 
 #include "atomic_file.h"
 #include "drdm/dataset.h"
+#include "drdm/distributed.h"
 #include "drdm/image_io.h"
 #include "drdm/log.h"
 #include "drdm/losses.h"
@@ -123,6 +125,8 @@ RunSpec drdm_run_spec(const TrainConfig& config, const std::string& output_dir, 
   const auto identity = [](const std::string& text) {
     auto c = parse_train_config(text, "checkpoint config");
     c.train.steps = 0;
+    c.train.dist_timeout = 300;  // how a run is launched may change on resume
+    c.train.dist_master.clear();
     return to_json(c);
   };
   return run_spec(config.train, output_dir, kKind, to_json(config), identity, resume, progress);
@@ -151,17 +155,24 @@ class RecoveryStep {
                                                       config.train.prefetch, 1);
   }
 
+  /// The global batch's step; a data-parallel rank trains on its rows
+  /// [first, first + count) of it, with the draws one process would make.
   StepResult operator()(int64_t step) {
     const auto& tr = config_.train;
+    const auto [first, last] = dist::world().share(tr.batch_size, "train.batch_size");
+    const int64_t count = last - first;
     x0_ = (prefetcher_ ? prefetcher_->next()
                        : dataset_.training_batch(tr.batch_size, tr.seed, step, config_.augment))
+              .narrow(0, first, count)
               .to(device_);
     auto t_gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(tr.seed, step, 1));
-    const auto t = at::randint(1, config_.sampler.timesteps + 1, {tr.batch_size}, t_gen, at::kLong);
+    const auto all_t = at::randint(1, config_.sampler.timesteps + 1, {tr.batch_size}, t_gen, at::kLong);
+    const auto t = all_t.narrow(0, first, count);
     auto field_gen = make_generator(stream_seed(tr.seed, step, 2));
     {
       at::NoGradGuard no_grad;
-      fwd_ = sampler_.sample(t, field_gen);
+      fwd_ = count == tr.batch_size ? sampler_.sample(all_t, field_gen)
+                                    : sampler_.sample_rows(all_t, field_gen, first, count);
       xt_ = warp(x0_, fwd_.phi);
     }
     psi_hat_ = predict_recovery(net_, xt_, t.to(device_), tr.mixed_precision == "bf16");
@@ -196,8 +207,12 @@ class RecoveryStep {
 
 TrainSummary train(const TrainConfig& config, const std::string& output_dir, bool resume,
                    bool progress) {
-  const auto device = training_device(config);
-  const detail::RunLock lock(output_dir, "drdm_train");  // held until training ends
+  const auto device = dist::join_world(training_device(config), dist::dist_timeout(config.train.dist_timeout),
+                                       config.train.dist_master);
+  const auto& world = dist::world();
+  world.share(config.train.batch_size, "train.batch_size");  // a clear error before any work
+  std::optional<detail::RunLock> lock;  // held until training ends; rank 0 writes
+  if (world.writer()) lock.emplace(output_dir, "drdm_train");
   if (!resume) refuse_existing_run(output_dir);
   // The data is read and checked before anything is written.
   const ImageDataset dataset(config.data);
@@ -217,7 +232,7 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
             "D, K = " + std::to_string(config.model.recursion) + ")");
   std::unique_ptr<RecoveryStep> step;
   if (first_step < config.train.steps) {
-    if (config.train.preview_every > 0) detail::make_dirs(output_dir + "/previews");
+    if (config.train.preview_every > 0 && world.writer()) detail::make_dirs(output_dir + "/previews");
     step = std::make_unique<RecoveryStep>(config, dataset, net, adam, device, first_step);
   }
   const auto preview = [&](int64_t done) {

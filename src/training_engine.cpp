@@ -1,5 +1,7 @@
 #include "drdm/training_engine.h"
 
+#include "drdm/distributed.h"
+
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 
@@ -169,6 +171,21 @@ TrainingRun::TrainingRun(RunSpec spec, std::function<TensorMap()> weights,
 }
 
 int64_t TrainingRun::start() {
+  const auto& w = dist::world();
+  bool ok = false;
+  try {
+    start_here();
+    ok = true;
+  } catch (...) {
+    w.agree(false, "starting the run");  // the other ranks stop too, naming this one
+    throw;
+  }
+  w.agree(ok, "starting the run");
+  return first_step_;
+}
+
+// Every rank reads the checkpoint it resumes from; rank 0 alone writes.
+void TrainingRun::start_here() {
   const auto checkpoint = spec_.output_dir + "/checkpoint.pt";
   if (spec_.resume) {
     if (!detail::file_exists(checkpoint))
@@ -191,11 +208,11 @@ int64_t TrainingRun::start() {
     first_step_ = ck.step;
     log::info("resuming from " + checkpoint + " at step " + std::to_string(first_step_));
   }
+  started_ = true;
+  if (!dist::world().writer()) return;
   detail::make_dirs(spec_.output_dir);
   write_text_atomically(spec_.output_dir + "/config.json", spec_.config + "\n");
   write_text_atomically(metrics_path_, spec_.resume ? drop_lines_after(metrics_path_, first_step_) : "");
-  started_ = true;
-  return first_step_;
 }
 
 // A resume cannot train backwards: fewer steps than the checkpoint has done
@@ -209,6 +226,7 @@ void TrainingRun::check_steps(int64_t checkpoint_step, const std::string& checkp
 }
 
 void TrainingRun::save(int64_t done) {
+  if (!dist::world().writer()) return;
   const auto w = weights_();
   save_checkpoint(spec_.output_dir + "/checkpoint.pt", spec_.kind, spec_.config, done, w, &adam_);
   save_checkpoint(spec_.output_dir + "/model.pt", spec_.kind, spec_.config, done, w, nullptr);
@@ -224,6 +242,7 @@ void TrainingRun::accumulate(const std::vector<StepMetric>& metrics) {
 }
 
 void TrainingRun::log_window(int64_t done, double seconds) {
+  average_window(done);
   std::ostringstream line;
   line << "{\"step\":" << done << ",\"loss\":" << window_loss_ / window_n_;
   for (const auto& m : window_)
@@ -231,11 +250,22 @@ void TrainingRun::log_window(int64_t done, double seconds) {
   line << ",\"seconds_per_step\":" << seconds / window_n_
        << ",\"images_per_second\":" << window_n_ * spec_.samples_per_step / seconds
        << ",\"elapsed_seconds\":" << elapsed_at_start_ << "}";
-  detail::append_file_checked(metrics_path_, line.str() + "\n");
+  if (dist::world().writer()) detail::append_file_checked(metrics_path_, line.str() + "\n");
   last_loss_ = window_loss_ / window_n_;
   window_.clear();
   window_loss_ = 0;
   window_n_ = 0;
+}
+
+// The window's metrics are each rank's share: their mean over the ranks is
+// the global batch's (equal shares). The loss is already global (descend).
+void TrainingRun::average_window(int64_t done) {
+  const auto& w = dist::world();
+  if (!w.distributed()) return;
+  std::vector<double> values;
+  for (const auto& m : window_) values.push_back(m.value);
+  w.average(values, "averaging the metrics of step " + std::to_string(done));
+  for (size_t i = 0; i < values.size(); ++i) window_[i].value = values[i];
 }
 
 RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
@@ -250,10 +280,12 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
                      spec_.output_dir + "/model.pt"};
   if (first_step_ >= spec_.steps) {
     log::info("nothing to do: the checkpoint is at step " + std::to_string(first_step_));
-    save_checkpoint(summary.model, spec_.kind, spec_.config, first_step_, weights_(), nullptr);
+    if (dist::world().writer())
+      save_checkpoint(summary.model, spec_.kind, spec_.config, first_step_, weights_(), nullptr);
     return summary;
   }
-  detail::ProgressBar bar(spec_.label, spec_.steps, first_step_, spec_.progress);
+  const bool writer = dist::world().writer();
+  detail::ProgressBar bar(spec_.label, spec_.steps, first_step_, spec_.progress && writer);
   auto window_begin = clock::now();
   for (int64_t s = first_step_; s < spec_.steps; ++s) {
     throw_if_interrupted();
@@ -278,7 +310,7 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
       log_window(done, secs_since(window_begin));
       window_begin = clock::now();
     }
-    if (after) after(done);
+    if (after && writer) after(done);
     if (done % spec_.checkpoint_every == 0 || done == spec_.steps) save(done);
   }
   bar.finish();
@@ -290,13 +322,18 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
 }
 
 StepResult descend(Adam& adam, const torch::Tensor& loss, const TrainConfig::Train& train, int64_t step) {
-  const double value = loss.item<double>();
-  if (!std::isfinite(value)) return {value, {}};
+  const auto& w = dist::world();
+  // Data-parallel: the loss of the global batch (every rank sees the same
+  // value, so all take the step or all stop) and the mean of the gradients.
+  std::vector<double> value{loss.item<double>()};
+  w.average(value, "averaging the loss of step " + std::to_string(step));
+  if (!std::isfinite(value[0])) return {value[0], {}};
   adam.zero_grad();
   loss.backward();
+  if (w.distributed()) w.average(adam.gradients(), "averaging the gradients of step " + std::to_string(step));
   const double lr = learning_rate(train, step);
   adam.step(lr);
-  return {value, {{"lr", lr, false}}};
+  return {value[0], {{"lr", lr, false}}};
 }
 
 }  // namespace drdm

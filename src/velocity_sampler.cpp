@@ -89,10 +89,17 @@ VelocitySampler::VelocitySampler(const SamplerOptions& options, std::vector<int6
 }
 
 torch::Tensor VelocitySampler::velocity(int64_t batch, at::Generator& gen) const {
+  return velocity_rows(batch, gen, 0, batch);
+}
+
+torch::Tensor VelocitySampler::velocity_rows(int64_t batch, at::Generator& gen, int64_t first,
+                                             int64_t count) const {
   TORCH_CHECK(batch >= 1, "VelocitySampler::velocity: batch must be >= 1");
+  TORCH_CHECK(first >= 0 && count >= 1 && first + count <= batch, "VelocitySampler::velocity_rows: rows [", first,
+              ", ", first + count, ") are not in the batch of ", batch);
   const auto d = static_cast<int64_t>(image_size_.size());
   const auto opts = at::TensorOptions().dtype(at::kFloat).device(device_);
-  std::vector<int64_t> full{batch, d};
+  std::vector<int64_t> full{count, d};
   for (int64_t i = 0; i < d; ++i) full.push_back(options_.control);
   auto v = at::zeros(full, opts);
   for (int64_t level = 0; level < options_.levels; ++level) {
@@ -105,6 +112,7 @@ torch::Tensor VelocitySampler::velocity(int64_t batch, at::Generator& gen) const
     // generators, so that a seed gives the same field on every device), then
     // moved.
     auto noise = at::randn(coarse, gen, opts.device(gen.device()))
+                     .narrow(0, first, count)
                      .to(device_)
                      .mul_(options_.sigma * std::ldexp(1.0, static_cast<int>(level)));
     if (level == 0) {
@@ -147,6 +155,15 @@ torch::Tensor VelocitySampler::to_image(const torch::Tensor& control_field) cons
 
 ForwardSample VelocitySampler::sample(const torch::Tensor& t, at::Generator& gen) const {
   return sample_impl(t, gen, /*need_psi=*/true);
+}
+
+ForwardSample VelocitySampler::sample_rows(const torch::Tensor& t, at::Generator& gen, int64_t first,
+                                           int64_t count) const {
+  TORCH_CHECK(t.dim() == 1 && first >= 0 && count >= 1 && first + count <= t.numel(),
+              "VelocitySampler::sample_rows: rows [", first, ", ", first + count, ") are not in t ", t.sizes());
+  const int64_t batch = t.numel();
+  return sample_impl(t.narrow(0, first, count), [&](int64_t) { return velocity_rows(batch, gen, first, count); },
+                     /*need_psi=*/true);
 }
 
 torch::Tensor VelocitySampler::sample_field(const torch::Tensor& t, at::Generator& gen) const {

@@ -23,6 +23,10 @@ class Adam {
 
   /// Drops the parameters' gradients (sets them undefined).
   void zero_grad();
+  /// The parameters' gradients that are defined, in parameter order
+  /// (tensors that share storage with the gradients: averaging them in place
+  /// changes what step() uses).
+  std::vector<torch::Tensor> gradients() const;
   /// One update with learning rate lr from the parameters' current
   /// gradients; parameters without a gradient are left alone.
   void step(double lr);

@@ -46,6 +46,11 @@ struct TrainConfig {
     std::string device = "auto";           ///< "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
     int64_t threads = 0;                   ///< CPU intra-op threads, 0 = LibTorch's default
     int64_t prefetch = 2;                  ///< batches prepared ahead by the loader thread
+    /// Data-parallel runs (docs/distributed.md): rendezvous and collective
+    /// timeout in seconds (DRDM_DIST_TIMEOUT overrides), and the master as
+    /// "host:port" when neither torchrun nor MASTER_ADDR / MASTER_PORT give it.
+    double dist_timeout = 300;
+    std::string dist_master;
   } train;
 };
 

@@ -146,6 +146,8 @@ class TrainingRun {
   int64_t first_step() const { return first_step_; }
 
  private:
+  void start_here();
+  void average_window(int64_t done);
   void check_steps(int64_t checkpoint_step, const std::string& checkpoint) const;
   void accumulate(const std::vector<StepMetric>& metrics);
   void log_window(int64_t done, double seconds);

@@ -83,6 +83,9 @@ class VelocitySampler {
 
   /// A multi-scale velocity on the control grid, [batch, d, control, ...], in control-grid voxels.
   torch::Tensor velocity(int64_t batch, at::Generator& gen) const;
+  /// Rows [first, first + count) of velocity(batch, gen): the same draws, the
+  /// other rows' noise dropped before any work on it.
+  torch::Tensor velocity_rows(int64_t batch, at::Generator& gen, int64_t first, int64_t count) const;
 
   /// Control-grid field -> image grid: resampled to twice the image size
   /// (DESIGN's resize rule) and centre-cropped, in image voxels.
@@ -90,6 +93,10 @@ class VelocitySampler {
 
   /// psi_t and phi_{t:1} for per-sample levels t (int64 [N], 1 <= t <= T).
   ForwardSample sample(const torch::Tensor& t, at::Generator& gen) const;
+  /// Rows [first, first + count) of sample(t, gen) for the whole batch t,
+  /// computed for those rows alone (a data-parallel rank's share of the
+  /// global batch: the same fields as one process would draw for them).
+  ForwardSample sample_rows(const torch::Tensor& t, at::Generator& gen, int64_t first, int64_t count) const;
 
   /// Only phi_{t:1} (what generation starts from, Alg. 2 line 3).
   torch::Tensor sample_field(const torch::Tensor& t, at::Generator& gen) const;

@@ -1,0 +1,102 @@
+/// @file Data-parallel training over PyTorch's c10d (TCPStore rendezvous,
+/// Gloo on the CPU, NCCL on CUDA), launched like PyTorch's own programs:
+/// `torchrun --no-python ... drdm_train ...`, `srun drdm_train ...`, or
+/// processes started by hand with RANK / WORLD_SIZE / MASTER_ADDR /
+/// MASTER_PORT. docs/distributed.md has the guide.
+///
+/// A process joins at most one world (join_world); the trainers then reach it
+/// through world(): the shared training engine averages gradients and metrics
+/// over it, and only rank 0 writes. Without launcher variables world() is a
+/// one-process world and nothing changes.
+#pragma once
+
+#include <torch/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace drdm::dist {
+
+/// Where this process sits in a job, as the launcher described it.
+struct WorldSpec {
+  int rank = 0;
+  int size = 1;
+  int local_rank = 0;
+  std::string master_addr;
+  int master_port = 0;
+  std::string launcher = "none";  ///< "torchrun" (or by hand), "slurm" or "none"
+  bool agent_store = false;       ///< torchrun's agent serves the store: every rank is a client
+  std::string key_prefix;         ///< store keys of this attempt
+};
+
+/// The world from the environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+/// MASTER_PORT (torchrun, or set by hand); else SLURM_PROCID, SLURM_NTASKS,
+/// SLURM_LOCALID with the master from MASTER_ADDR / MASTER_PORT or `master`
+/// ("host:port", a config key); else a one-process world. Throws
+/// std::invalid_argument naming the variable that is missing or wrong.
+WorldSpec world_from_environment(const std::string& master = "");
+
+/// The rendezvous and collective timeout: DRDM_DIST_TIMEOUT (seconds) when
+/// set, else `config_seconds`. Throws std::invalid_argument when not in (0, 86400].
+std::chrono::milliseconds dist_timeout(double config_seconds);
+
+/// The backend for `device`: DRDM_DIST_BACKEND ("gloo" or "nccl") when set,
+/// else "gloo" on the CPU and "nccl" on CUDA.
+std::string backend_for(const torch::Device& device);
+
+/// One process's view of the job.
+class World {
+ public:
+  World();  ///< the one-process world
+  ~World();
+  World(const World&) = delete;
+  World& operator=(const World&) = delete;
+
+  int rank() const { return spec_.rank; }
+  int size() const { return spec_.size; }
+  int local_rank() const { return spec_.local_rank; }
+  bool distributed() const { return impl_ != nullptr; }
+  bool writer() const { return spec_.rank == 0; }  ///< rank 0 alone writes files
+  const WorldSpec& spec() const { return spec_; }
+  const std::string& backend() const { return backend_; }
+
+  /// This rank's rows [first, last) of a global batch: equal shares. Throws
+  /// std::invalid_argument (naming `key`) when `global_batch` is not a
+  /// multiple of the world size.
+  std::pair<int64_t, int64_t> share(int64_t global_batch, const std::string& key) const;
+
+  /// Replaces each tensor by its mean over the ranks (sum / size), in one
+  /// flattened bucket per dtype. `what` names the step in errors.
+  void average(const std::vector<torch::Tensor>& tensors, const std::string& what) const;
+  /// The mean of each value over the ranks.
+  void average(std::vector<double>& values, const std::string& what) const;
+  /// Every rank says whether its part of `what` went well; throws on every
+  /// rank when one did not, naming the first rank that failed.
+  void agree(bool ok, const std::string& what) const;
+
+  /// Connects (used by join_world).
+  World(WorldSpec spec, const torch::Device& device, std::chrono::milliseconds timeout);
+
+ private:
+  struct Impl;
+  WorldSpec spec_;
+  std::string backend_ = "none";
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Joins the job described by the environment (see world_from_environment)
+/// with `device`'s backend; once per process (a second call returns the same
+/// world). With launcher variables, a CUDA `device` without an index becomes
+/// cuda:LOCAL_RANK (one process per GPU). Logs the world; other ranks than 0
+/// log warnings and errors only. Returns the device to train on.
+torch::Device join_world(const torch::Device& device, std::chrono::milliseconds timeout,
+                         const std::string& master = "");
+
+/// The world joined, or the one-process world.
+const World& world();
+
+}  // namespace drdm::dist

@@ -1,0 +1,284 @@
+#include "drdm/distributed.h"
+
+#include "dist/backends.h"
+#include "drdm/log.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <unistd.h>
+
+namespace drdm::dist {
+namespace {
+
+const char* env(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : nullptr;
+}
+
+int env_int(const char* name, int lo, int hi) {
+  const char* v = env(name);
+  if (!v) throw std::invalid_argument(std::string("environment variable ") + name + " is not set");
+  errno = 0;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  if (errno != 0 || *end != '\0' || x < lo || x > hi)
+    throw std::invalid_argument(std::string("environment variable ") + name + " = '" + v +
+                                "' is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return static_cast<int>(x);
+}
+
+std::string message_of(const std::exception& e) {
+  if (const auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
+  return e.what();
+}
+
+void read_master(WorldSpec& w, const std::string& master) {
+  if (env("MASTER_ADDR") || master.empty()) {
+    if (!env("MASTER_ADDR"))
+      throw std::invalid_argument("environment variable MASTER_ADDR is not set (the address of rank 0's host)");
+    w.master_addr = env("MASTER_ADDR");
+    w.master_port = env_int("MASTER_PORT", 1, 65535);
+    return;
+  }
+  const auto colon = master.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    throw std::invalid_argument("master '" + master + "' must be host:port");
+  w.master_addr = master.substr(0, colon);
+  const std::string port = master.substr(colon + 1);
+  char* end = nullptr;
+  const long p = std::strtol(port.c_str(), &end, 10);
+  if (port.empty() || *end != '\0' || p < 1 || p > 65535)
+    throw std::invalid_argument("master '" + master + "': the port must be an integer in [1, 65535]");
+  w.master_port = static_cast<int>(p);
+}
+
+}  // namespace
+
+WorldSpec world_from_environment(const std::string& master) {
+  WorldSpec w;
+  if (env("RANK") || env("WORLD_SIZE")) {
+    w.launcher = "torchrun";
+    w.size = env_int("WORLD_SIZE", 1, 1 << 20);
+    w.rank = env_int("RANK", 0, w.size - 1);
+    w.local_rank = env("LOCAL_RANK") ? env_int("LOCAL_RANK", 0, 1 << 16) : 0;
+  } else if (env("SLURM_PROCID") && env("SLURM_NTASKS")) {
+    w.launcher = "slurm";
+    w.size = env_int("SLURM_NTASKS", 1, 1 << 20);
+    w.rank = env_int("SLURM_PROCID", 0, w.size - 1);
+    w.local_rank = env("SLURM_LOCALID") ? env_int("SLURM_LOCALID", 0, 1 << 16) : 0;
+  } else {
+    return w;
+  }
+  read_master(w, master);
+  // torchrun's agent already serves a TCPStore on MASTER_PORT; keys of a
+  // restarted attempt are kept apart from those of the one before.
+  w.agent_store = env("TORCHELASTIC_USE_AGENT_STORE") && std::string(env("TORCHELASTIC_USE_AGENT_STORE")) == "True";
+  w.key_prefix = w.agent_store ? std::string("/worker/attempt_") +
+                                     (env("TORCHELASTIC_RESTART_COUNT") ? env("TORCHELASTIC_RESTART_COUNT") : "0") +
+                                     "/drdm/"
+                               : "drdm/";
+  return w;
+}
+
+std::chrono::milliseconds dist_timeout(double config_seconds) {
+  double s = config_seconds;
+  std::string from = "train.dist_timeout";
+  if (const char* v = env("DRDM_DIST_TIMEOUT")) {
+    char* end = nullptr;
+    s = std::strtod(v, &end);
+    from = "environment variable DRDM_DIST_TIMEOUT";
+    if (*end != '\0') s = NAN;
+  }
+  if (!(s > 0 && s <= 86400))
+    throw std::invalid_argument(from + " must be a number of seconds in (0, 86400]");
+  return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(s * 1000)));
+}
+
+std::string backend_for(const torch::Device& device) {
+  if (const char* v = env("DRDM_DIST_BACKEND")) {
+    const std::string b = v;
+    if (b != "gloo" && b != "nccl")
+      throw std::invalid_argument("environment variable DRDM_DIST_BACKEND = '" + b + "' must be gloo or nccl");
+    if (b == "nccl" && !device.is_cuda())
+      throw std::invalid_argument("DRDM_DIST_BACKEND = nccl needs a CUDA device (training on " + device.str() + ")");
+    return b;
+  }
+  return device.is_cuda() ? "nccl" : "gloo";
+}
+
+struct World::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  torch::Device device{torch::kCPU};
+  std::chrono::milliseconds timeout{0};
+};
+
+namespace {
+
+c10::intrusive_ptr<c10d::Store> connect_store(const WorldSpec& w, std::chrono::milliseconds timeout) {
+  c10d::TCPStoreOptions o;
+  o.port = static_cast<std::uint16_t>(w.master_port);
+  o.isServer = w.rank == 0 && !w.agent_store;
+  o.numWorkers = std::nullopt;  // arrivals are checked below, with a clearer message
+  o.waitWorkers = false;
+  o.timeout = timeout;
+  const std::string where = w.master_addr + ":" + std::to_string(w.master_port);
+  try {
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(w.master_addr, o);
+    return c10::make_intrusive<c10d::PrefixStore>(w.key_prefix, tcp);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(
+        std::string(o.isServer ? "rank 0 could not serve the rendezvous at " : "could not reach the master at ") +
+        where + " within " + std::to_string(timeout.count() / 1000) + " s (MASTER_ADDR / MASTER_PORT; " +
+        "is rank 0 running, is the port free and open?): " + message_of(e));
+  }
+}
+
+std::string get_key(c10d::Store& store, const std::string& key, std::chrono::milliseconds timeout) {
+  store.wait({key}, timeout);
+  const auto v = store.get(key);
+  return std::string(v.begin(), v.end());
+}
+
+/// Every rank states its WORLD_SIZE; rank 0 waits for all of them, the
+/// others for rank 0's. A missing rank or a disagreement is an error that
+/// says which.
+void check_arrivals(c10d::Store& store, const WorldSpec& w, std::chrono::milliseconds timeout) {
+  const std::string mine = std::to_string(w.size);
+  store.set("size/" + std::to_string(w.rank), std::vector<uint8_t>(mine.begin(), mine.end()));
+  for (int r = 0; r < (w.rank == 0 ? w.size : 1); ++r) {
+    if (r == w.rank) continue;
+    std::string theirs;
+    try {
+      theirs = get_key(store, "size/" + std::to_string(r), timeout);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("rank " + std::to_string(r) + " of " + mine + " did not join within " +
+                               std::to_string(timeout.count() / 1000) +
+                               " s (was it started, with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE?): " +
+                               message_of(e));
+    }
+    if (theirs != mine)
+      throw std::runtime_error("WORLD_SIZE differs between ranks: rank " + std::to_string(r) + " has " + theirs +
+                               ", rank " + std::to_string(w.rank) + " has " + mine +
+                               "; start every rank with the same WORLD_SIZE");
+  }
+}
+
+}  // namespace
+
+World::World() = default;
+World::~World() = default;
+
+World::World(WorldSpec spec, const torch::Device& device, std::chrono::milliseconds timeout)
+    : spec_(std::move(spec)), backend_(backend_for(device)), impl_(std::make_unique<Impl>()) {
+  impl_->device = backend_ == "nccl" ? device : torch::Device(torch::kCPU);
+  impl_->timeout = timeout;
+  impl_->store = connect_store(spec_, timeout);
+  check_arrivals(*impl_->store, spec_, timeout);
+  auto pg_store = c10::make_intrusive<c10d::PrefixStore>(backend_, impl_->store);
+  try {
+    impl_->backend = backend_ == "nccl" ? detail::make_nccl_backend(pg_store, spec_.rank, spec_.size, timeout)
+                                        : detail::make_gloo_backend(pg_store, spec_.rank, spec_.size, timeout);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("could not start the " + backend_ + " backend on rank " + std::to_string(spec_.rank) +
+                             ": " + message_of(e));
+  }
+}
+
+std::pair<int64_t, int64_t> World::share(int64_t global_batch, const std::string& key) const {
+  if (global_batch % spec_.size != 0)
+    throw std::invalid_argument(key + " = " + std::to_string(global_batch) + " is the global batch; it must be a " +
+                                "multiple of the world size " + std::to_string(spec_.size));
+  const int64_t n = global_batch / spec_.size;
+  return {spec_.rank * n, (spec_.rank + 1) * n};
+}
+
+namespace {
+
+void wait_for(const c10::intrusive_ptr<c10d::Work>& work, const World& w, std::chrono::milliseconds timeout,
+              const std::string& what) {
+  try {
+    work->wait(timeout);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("rank " + std::to_string(w.rank()) + " of " + std::to_string(w.size()) + ": " + what +
+                             " failed; another rank stopped or cannot be reached (its own message says why): " +
+                             message_of(e));
+  }
+}
+
+}  // namespace
+
+void World::average(const std::vector<torch::Tensor>& tensors, const std::string& what) const {
+  if (!impl_ || tensors.empty()) return;
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> flat;
+  for (const auto& t : tensors) flat.push_back(t.reshape({-1}).to(impl_->device));
+  std::vector<at::Tensor> bucket{at::cat(flat)};
+  wait_for(impl_->backend->allreduce(bucket), *this, impl_->timeout, what);
+  bucket[0].div_(spec_.size);
+  int64_t offset = 0;
+  for (const auto& t : tensors) {
+    t.copy_(bucket[0].narrow(0, offset, t.numel()).view(t.sizes()));
+    offset += t.numel();
+  }
+}
+
+void World::average(std::vector<double>& values, const std::string& what) const {
+  if (!impl_ || values.empty()) return;
+  auto t = at::tensor(values, at::kDouble);
+  average({t}, what);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = t[static_cast<int64_t>(i)].item<double>();
+}
+
+void World::agree(bool ok, const std::string& what) const {
+  if (!impl_) return;
+  // The smallest failing rank: MIN over (ok ? size : rank).
+  std::vector<at::Tensor> t{at::full({1}, ok ? spec_.size : spec_.rank, at::kLong).to(impl_->device)};
+  c10d::AllreduceOptions o;
+  o.reduceOp = c10d::ReduceOp::MIN;
+  wait_for(impl_->backend->allreduce(t, o), *this, impl_->timeout, what);
+  const auto first = t[0].item<int64_t>();
+  if (first < spec_.size && first != spec_.rank)
+    throw std::runtime_error(what + " failed on rank " + std::to_string(first) + " (its own message says why)");
+}
+
+namespace {
+
+std::mutex g_mutex;
+World* g_world = nullptr;  // never destroyed: a group whose peer died can block in its destructor
+
+}  // namespace
+
+torch::Device join_world(const torch::Device& device, std::chrono::milliseconds timeout, const std::string& master) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  const auto spec = world_from_environment(master);
+  torch::Device d = device;
+  if (spec.launcher != "none" && d.is_cuda() && !d.has_index()) d = torch::Device(torch::kCUDA, spec.local_rank);
+  if (g_world) return d;
+  if (spec.launcher == "none") {
+    g_world = new World();
+    return d;
+  }
+  if (spec.rank != 0) log::set_level(log::Level::kWarn);
+  g_world = new World(spec, d, timeout);
+  log::info("joined a world of " + std::to_string(spec.size) + " ranks (" + spec.launcher + ", backend " +
+            g_world->backend() + ", master " + spec.master_addr + ":" + std::to_string(spec.master_port) +
+            ", timeout " + std::to_string(timeout.count() / 1000) + " s); rank 0 writes");
+  return d;
+}
+
+const World& world() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  static const World single;
+  return g_world ? *g_world : single;
+}
+
+}  // namespace drdm::dist
