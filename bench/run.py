@@ -10,6 +10,8 @@
                          PyTorch-Python; BigAug vs MONAI / TorchIO pipelines)
   bench/run.py reg       drdm_bench_reg vs bench/peer_reg.py (VoxelMorph training step vs
                          the same network in PyTorch-Python)
+  bench/run.py scaling   data-parallel drdm_train: 2 Gloo ranks vs one process on the same
+                         cores, same global batch (images per second)
 
 Builds nothing: run scripts/setup.sh (or build the bench targets) first.
 `bench/run.py SUITE --help` lists each suite's options. Every suite writes a
@@ -949,6 +951,70 @@ def suite_reg(args):
 
 
 # ================================================================ command line
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scaling_run(args, ranks, threads, out):
+    """drdm_train on `ranks` Gloo ranks (started by hand, as torchrun would) of
+    `threads` threads each; the images per second of the logged windows after
+    the first (start-up and warm-up excluded), median."""
+    sets = [f"train.steps={args.steps}", f"train.log_every={args.log_every}", "train.preview_every=0",
+            f"train.checkpoint_every={args.steps}", "train.device=cpu", f"train.threads={threads}",
+            f"train.batch_size={args.batch}", *args.set]
+    cmd = [args.bench, "--config", args.config, "--output", out, "--no-progress", "-q", "--set", *sets]
+    port, procs = free_port(), []
+    for r in range(ranks):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        if ranks > 1:
+            env.update(RANK=str(r), WORLD_SIZE=str(ranks), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    errors = [p.communicate()[1] for p in procs]
+    if any(p.returncode != 0 for p in procs):
+        sys.exit("run.py scaling: drdm_train failed:\n" + "\n".join(e[-1500:] for e in errors))
+    rates = sorted(m["images_per_second"] for m in read_jsonl(os.path.join(out, "metrics.jsonl"))[1:])
+    return rates[len(rates) // 2], rates
+
+
+def suite_scaling(args):
+    """scaling.md, scaling.json: images per second of data-parallel drdm_train
+    (Gloo ranks on this machine's CPUs) beside one process using the same
+    cores, at the same global batch."""
+    need_executable(args.bench, "drdm_train")
+    info = machine_info(args)
+    info["other_jobs_at_start"] = other_jobs("drdm_train|cc1plus")
+    layouts = [("one process (the peer)", 1, args.threads), ("1 rank", 1, args.threads // 2),
+               (f"2 ranks x {args.threads // 2} threads", 2, args.threads // 2)]
+    rows = []
+    for rnd in range(args.rounds):
+        for name, ranks, threads in layouts:
+            wait_idle(args.wait_idle)
+            with tempfile.TemporaryDirectory(prefix="drdm-scaling-") as tmp:
+                median, rates = scaling_run(args, ranks, threads, os.path.join(tmp, "run"))
+            rows.append({"layout": name, "ranks": ranks, "threads": threads, "round": rnd,
+                         "images_per_second": round(median, 2), "windows": [round(r, 2) for r in rates]})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    info["other_jobs_at_end"] = other_jobs("drdm_train|cc1plus")
+    best = {name: max(r["images_per_second"] for r in rows if r["layout"] == name) for name, _, _ in layouts}
+    peer = best[layouts[0][0]]
+    lines = ["| layout | images/s | ratio to one process |", "|---|---:|---:|"]
+    lines += [f"| {name} | {fmt(v)} | {fmt(v / peer)} |" for name, v in best.items()]
+    md = (f"# Data-parallel drdm_train on the CPU: ranks beside one process\n\n"
+          + "\n".join(machine_lines(info)) + "\n"
+          f"- config: `{args.config}`, global batch {args.batch}, {args.steps} steps, images/s per "
+          f"{args.log_every}-step window after the first, median; best of {args.rounds} round(s)\n"
+          f"{other_jobs_line(info)}\n\n" + "\n".join(lines) + "\n")
+    with open(os.path.join(args.out_dir, "scaling.json"), "w") as f:
+        json.dump({"machine": info, "rows": rows}, f, indent=1)
+    write_report(args, "scaling", md, info)
+    return 0
+
+
+
 def main():
     p = argparse.ArgumentParser(description="libdrdm benchmarks beside their peers",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -1035,6 +1101,16 @@ def main():
     s.add_argument("--cases", default="0,1", help="0 = 2D 128x128 batch 8, 1 = 3D 64^3 batch 1")
     s.add_argument("--reps", type=int, default=5, help="timed steps per row (after --warmup)")
     s.add_argument("--warmup", type=int, default=2)
+
+    s = suite("scaling", suite_scaling, "data-parallel drdm_train: Gloo ranks vs one process (CPU)",
+              ["build", "apps", "drdm_train"], rounds=None, wait_idle=0)
+    s.add_argument("--config", default=os.path.join(ROOT, "configs", "cardiac2d-cpu.json"))
+    s.add_argument("--batch", type=int, default=8, help="the global batch")
+    s.add_argument("--steps", type=int, default=30)
+    s.add_argument("--log-every", type=int, default=5)
+    s.add_argument("--rounds", type=int, default=2)
+    s.add_argument("--wait-idle", type=float, default=60)
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides")
 
     args = p.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)

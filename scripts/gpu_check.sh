@@ -6,7 +6,7 @@
 #   scripts/gpu_check.sh [OUT_DIR]        (default: gpu-check/ in the repo)
 # Environment: DRDM_BUILD_DIR (default build), PYTHON (the peers' interpreter,
 # default .venv/bin/python), DATA (default ../shared/data), GPU_CHECK_PARTS
-# (default "tests e2e bench"), GPU_CHECK_BENCH (suites, default
+# (default "tests e2e dist bench"), GPU_CHECK_BENCH (suites, default
 # "spatial train seg reg generate").
 # Each step has its own time limit; a failing step is reported and the rest
 # go on. OUT_DIR/summary.txt lists each step with its exit code and seconds.
@@ -16,7 +16,7 @@ OUT="$(mkdir -p "${1:-$ROOT/gpu-check}" && cd "${1:-$ROOT/gpu-check}" && pwd)"
 B="${DRDM_BUILD_DIR:-$ROOT/build}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 DATA="${DATA:-$ROOT/../shared/data}"
-PARTS="${GPU_CHECK_PARTS:-tests e2e bench}"
+PARTS="${GPU_CHECK_PARTS:-tests e2e dist bench}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/drdm-gpu-check.XXXXXX")"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -81,6 +81,31 @@ if [[ " $PARTS " == *" e2e "* ]]; then
     finetune.steps=10 pretrain.batch_size=2 finetune.batch_size=2 pretrain.warmup_steps=0 \
     finetune.warmup_steps=0 'pretrain.device="cuda"' 'finetune.device="cuda"'
   cp "$E/reg/results.md" "$OUT/reg_results.md" 2>/dev/null
+fi
+
+if [[ " $PARTS " == *" dist "* ]]; then
+  D="$WORK/dist"; mkdir -p "$D"
+  TR="$(dirname "$PY")/torchrun"; [ -x "$TR" ] || TR=torchrun
+  small=(--set "data.folders=[\"$DATA/myops\"]" train.steps=20 train.log_every=5 train.checkpoint_every=10
+         train.preview_every=10)
+  # One rank with NCCL, launched as users will (issue 13).
+  step "nccl 1 rank (torchrun)" 180 "$TR" --no-python --nproc-per-node 1 --master-port 29561 \
+    "$B/apps/drdm_train" --config "$ROOT/configs/cardiac2d-paper.json" --output "$D/nccl" --device cuda \
+    --no-progress "${small[@]}"
+  grep -h "joined a world" "$OUT/log.txt" | tail -1 >> "$SUMMARY"
+  # Two ranks sharing the GPU through Gloo (gradients via host memory), by hand.
+  pids=()
+  for r in 0 1; do
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29562 DRDM_DIST_BACKEND=gloo \
+      timeout 180 "$B/apps/drdm_train" --config "$ROOT/configs/cardiac2d-paper.json" --output "$D/gloo-cuda" \
+      --device cuda --no-progress "${small[@]}" > "$D/gloo-cuda-$r.log" 2>&1 &
+    pids+=($!)
+  done
+  t0=$SECONDS; rc=0
+  for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+  cat "$D"/gloo-cuda-*.log >> "$OUT/log.txt"
+  printf '%-34s rc=%-3s %4ss\n' "gloo 2 ranks on one GPU" "$rc" "$((SECONDS - t0))" | tee -a "$SUMMARY"
+  tail -n 1 "$D/nccl/metrics.jsonl" "$D/gloo-cuda/metrics.jsonl" >> "$OUT/log.txt" 2>&1
 fi
 
 if [[ " $PARTS " == *" bench "* ]]; then

@@ -1,5 +1,6 @@
 #include "atomic_file.h"
 
+#include "drdm/distributed.h"
 #include "drdm/interrupt.h"
 
 #include <dirent.h>
@@ -206,6 +207,7 @@ void remove_registered_temporaries() noexcept {
 
 void write_via_temporary(const std::string& path,
                          const std::function<void(const std::string&)>& write) {
+  if (!dist::world().writer()) return;  // a data-parallel job: rank 0 alone writes (docs/distributed.md)
   const std::string parent = dirname_of(path), name = basename_of(path);
   struct stat st {};
   if (name.empty()) throw std::runtime_error("'" + path + "': expected a file name");
@@ -238,6 +240,7 @@ void write_file_checked(const std::string& path, const void* data, size_t size, 
 }
 
 void append_file_checked(const std::string& path, const std::string& text) {
+  if (!dist::world().writer()) return;
   write_to_file(path, O_APPEND, text.data(), text.size(), path, "cannot append");
 }
 

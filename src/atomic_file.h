@@ -20,6 +20,9 @@ namespace drdm::detail {
 /// Throws std::runtime_error naming `path` when the folder is missing, a
 /// file cannot be synced or a move fails.
 ///
+/// In a data-parallel job (drdm/distributed.h) only rank 0 writes: on the
+/// other ranks this and append_file_checked return without writing.
+///
 /// Uses POSIX calls, not std::filesystem: the PyPI LibTorch exports its own
 /// (GCC 13) std::filesystem symbols, which interpose on the system's and
 /// crash in remove_all on GCC 12's libstdc++.

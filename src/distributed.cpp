@@ -4,6 +4,7 @@
 #include "drdm/log.h"
 
 #include <ATen/ATen.h>
+#include <torch/cuda.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -273,6 +274,20 @@ torch::Device join_world(const torch::Device& device, std::chrono::milliseconds 
             g_world->backend() + ", master " + spec.master_addr + ":" + std::to_string(spec.master_port) +
             ", timeout " + std::to_string(timeout.count() / 1000) + " s); rank 0 writes");
   return d;
+}
+
+torch::Tensor my_rows(const torch::Tensor& global_batch, const std::string& key) {
+  const auto& w = world();
+  if (!w.distributed()) return global_batch;
+  const auto [first, last] = w.share(global_batch.size(0), key);
+  return global_batch.narrow(0, first, last - first);
+}
+
+std::string join_for(const std::string& device_name, double config_timeout, const std::string& master) {
+  const bool cuda = device_name == "cuda" || (device_name == "auto" && torch::cuda::is_available());
+  const torch::Device requested = cuda ? torch::Device(torch::kCUDA) : torch::Device(device_name == "auto" ? "cpu" : device_name);
+  const auto d = join_world(requested, dist_timeout(config_timeout), master);
+  return d.str();
 }
 
 const World& world() {

@@ -109,8 +109,7 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
       const bool everyone = static_cast<int64_t>(active.size()) == count;
       const at::Tensor img = everyone ? image : rows(image, active);
       const at::Tensor cur = everyone ? phi : rows(phi, active);
-      const at::Tensor tt = at::full({static_cast<int64_t>(active.size())}, step,
-                                     at::TensorOptions().dtype(at::kLong).device(device));
+      const at::Tensor tt = at::full({static_cast<int64_t>(active.size())}, step, at::kLong);  // CPU: no sync
       const at::Tensor psi_hat = net.forward(warp(img, cur), tt);
       const at::Tensor next = compose(psi_hat, cur);
       if (everyone) {
@@ -167,7 +166,7 @@ at::Tensor predict_valid(RecoveryNet& net, const at::Tensor& warped, const at::T
   std::vector<at::Tensor> parts;
   for (int64_t first = 0; first < inputs.size(0); first += batch) {
     const int64_t count = std::min(batch, inputs.size(0) - first);
-    const at::Tensor t = at::full({count}, step, at::TensorOptions().dtype(at::kLong).device(device));
+    const at::Tensor t = at::full({count}, step, at::kLong);  // CPU: checked without a sync
     parts.push_back(net.forward(inputs.narrow(0, first, count), t));
   }
   return out.index_copy(0, valid_index, at::cat(parts, 0));

@@ -281,14 +281,19 @@ torch::Tensor RecoveryNet::forward(const torch::Tensor& image, const torch::Tens
               "RecoveryNet::forward: t must be an integer tensor, got ", t.scalar_type());
   TORCH_CHECK(t.numel() == n || t.numel() == 1, "RecoveryNet::forward: t must hold 1 or N = ", n,
               " steps, got sizes ", t.sizes());
-  auto steps = t.reshape({-1}).to(table.device(), torch::kLong);
-  if (steps.numel() != n) steps = steps.expand({n}).contiguous();
-  {
-    const auto lo = steps.min().item<int64_t>();
-    const auto hi = steps.max().item<int64_t>();
+  if (t.is_cpu()) {
+    const auto lo = t.min().item<int64_t>();
+    const auto hi = t.max().item<int64_t>();
     TORCH_CHECK(lo >= 0 && hi <= o.timesteps, "RecoveryNet::forward: t must lie in [0, ",
                 o.timesteps, "], got values in [", lo, ", ", hi, "]");
+  } else {
+    // On a GPU a host-side check would wait for the device at every forward
+    // pass; the device checks it and fails the next synchronising call.
+    at::_assert_async(at::logical_and(t.min().ge(0), t.max().le(o.timesteps)),
+                      "RecoveryNet::forward: t must lie in [0, timesteps]");
   }
+  auto steps = t.reshape({-1}).to(table.device(), torch::kLong);
+  if (steps.numel() != n) steps = steps.expand({n}).contiguous();
 
   auto acc = net.forward(image, steps);
   for (int64_t k = 1; k < o.recursion; ++k) {

@@ -175,7 +175,7 @@ class RecoveryStep {
                                     : sampler_.sample_rows(all_t, field_gen, first, count);
       xt_ = warp(x0_, fwd_.phi);
     }
-    psi_hat_ = predict_recovery(net_, xt_, t.to(device_), tr.mixed_precision == "bf16");
+    psi_hat_ = predict_recovery(net_, xt_, t, tr.mixed_precision == "bf16");  // t on the CPU: checked without a sync
     const auto terms = recovery_loss(fwd_.psi, psi_hat_, config_.loss);
     auto result = descend(adam_, terms.total, tr, step);
     if (result.metrics.empty()) return result;  // not finite: no step taken
@@ -288,7 +288,7 @@ std::vector<RecoveryCheck> check_recovery(RecoveryNet& net, const VelocitySample
         const auto t = at::full({n}, level, at::kLong);
         const auto fwd = sampler.sample(t, gen);
         const auto xt = warp(x0, fwd.phi);
-        const auto psi_hat = net.forward(xt, t.to(device));
+        const auto psi_hat = net.forward(xt, t);
         const auto residual = compose(fwd.psi, psi_hat);  // psi + psi_hat(x + psi(x))
         const auto back = residual - fwd.psi;               // psi_hat(x + psi(x))
         const auto psi_norm = fwd.psi.norm(2, 1);

@@ -2,6 +2,7 @@
 
 #include "drdm/distributed.h"
 
+#include <optional>
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 
@@ -79,7 +80,11 @@ std::string drop_lines_after(const std::string& path, int64_t step) {
 
 torch::Device resolve_device(const std::string& name) {
   const std::string expected = "' (expected auto, cpu, cuda or cuda:N)";
-  if (name == "auto") return at::hasCUDA() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  const auto& w = dist::world();
+  const torch::Device gpu = w.distributed() ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(w.local_rank()))
+                                            : torch::Device(torch::kCUDA);  // one process per GPU
+  if (name == "auto") return at::hasCUDA() ? gpu : torch::Device(torch::kCPU);
+  if (name == "cuda" && at::hasCUDA()) return gpu;
   if (name == "cpu") return torch::kCPU;
   if (name.rfind("cuda", 0) != 0) throw std::invalid_argument("unknown device '" + name + expected);
   if (!at::hasCUDA())
@@ -282,6 +287,7 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
     log::info("nothing to do: the checkpoint is at step " + std::to_string(first_step_));
     if (dist::world().writer())
       save_checkpoint(summary.model, spec_.kind, spec_.config, first_step_, weights_(), nullptr);
+    dist::world().agree(true, "writing " + summary.model);  // every rank may read it from here on
     return summary;
   }
   const bool writer = dist::world().writer();
@@ -314,6 +320,7 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
     if (done % spec_.checkpoint_every == 0 || done == spec_.steps) save(done);
   }
   bar.finish();
+  dist::world().agree(true, "writing " + summary.model);  // every rank may read it from here on
   summary.seconds = secs_since(begin);
   summary.last_loss = last_loss_;
   log::info("trained to step " + std::to_string(spec_.steps) + " in " +

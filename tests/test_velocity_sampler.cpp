@@ -267,6 +267,31 @@ TEST(Sampler, ThreeDimensional) {
   EXPECT_GT(mean_norm(f.phi.narrow(0, 1, 1)), mean_norm(f.phi.narrow(0, 0, 1)));
 }
 
+TEST(Sampler, RowsOfTheBatchAreTheBatchsRows) {
+  // A data-parallel rank's share: sample_rows(t, gen, first, count) is rows
+  // [first, first + count) of sample(t, gen), for both processes and with
+  // the perturbation (a second draw), while the other rows are never built.
+  for (const auto process : {drdm::DiffusionProcess::kStationary, drdm::DiffusionProcess::kMarkov}) {
+    SamplerOptions o;
+    o.process = process;
+    o.control = 16;
+    o.timesteps = 12;
+    VelocitySampler s(o, {24, 20});
+    const auto t = levels({3, 12, 1, 7, 9, 5});
+    auto g1 = drdm::make_generator(21);
+    const auto all = s.sample(t, g1);
+    for (const auto& [first, count] : std::vector<std::pair<int64_t, int64_t>>{{0, 3}, {3, 3}, {2, 2}, {5, 1}}) {
+      auto g2 = drdm::make_generator(21);
+      const auto part = s.sample_rows(t, g2, first, count);
+      EXPECT_LT((part.phi - all.phi.narrow(0, first, count)).abs().max().item<double>(), 1e-5);
+      EXPECT_LT((part.psi - all.psi.narrow(0, first, count)).abs().max().item<double>(), 1e-5);
+    }
+  }
+  auto g = drdm::make_generator(1);
+  VelocitySampler s(SamplerOptions{}, {16, 16});
+  EXPECT_THROW(s.sample_rows(levels({1, 2}), g, 1, 2), c10::Error);
+}
+
 TEST(Sampler, CudaMatchesItsOwnSeeds_CUDA) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   VelocitySampler s(SamplerOptions{}, {64, 64}, torch::Device(torch::kCUDA));

@@ -6,7 +6,9 @@
 ///
 /// A process joins at most one world (join_world); the trainers then reach it
 /// through world(): the shared training engine averages gradients and metrics
-/// over it, and only rank 0 writes. Without launcher variables world() is a
+/// over it, and only rank 0 writes: in a joined world, libdrdm's file writers
+/// (every atomic write: checkpoints, images, previews, JSON) do nothing on the
+/// other ranks, which run the same program on the same inputs. Without launcher variables world() is a
 /// one-process world and nothing changes.
 #pragma once
 
@@ -98,5 +100,14 @@ torch::Device join_world(const torch::Device& device, std::chrono::milliseconds 
 
 /// The world joined, or the one-process world.
 const World& world();
+
+/// This rank's rows of a global batch (all of it in a one-process world);
+/// `key` names the batch size in errors (see World::share).
+torch::Tensor my_rows(const torch::Tensor& global_batch, const std::string& key);
+
+/// Joins the world for a run whose config asks for `device_name` ("auto",
+/// "cpu", "cuda", "cuda:N"): the device string to train on (cuda:LOCAL_RANK
+/// for a bare "cuda" in a multi-rank job).
+std::string join_for(const std::string& device_name, double config_timeout, const std::string& master);
 
 }  // namespace drdm::dist

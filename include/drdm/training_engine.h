@@ -26,7 +26,8 @@ namespace drdm {
 /// Named tensors (a network's parameters and buffers).
 using TensorMap = std::map<std::string, torch::Tensor>;
 
-/// "auto" -> CUDA when available, else CPU; "cpu", "cuda", "cuda:N".
+/// "auto" -> CUDA when available, else CPU; "cpu", "cuda", "cuda:N". In a
+/// multi-rank job (drdm/distributed.h), "auto" and "cuda" mean cuda:LOCAL_RANK.
 /// Throws std::invalid_argument for an unknown name or CUDA without a GPU.
 torch::Device resolve_device(const std::string& name);
 
@@ -138,7 +139,8 @@ class TrainingRun {
   /// Runs steps [first, spec.steps): step(s) trains one step and returns its
   /// metrics; after(done) runs after each step (previews, ...) before the
   /// checkpoint of that step. A non-finite loss stops with an error that
-  /// names the step and keeps the last good checkpoint.
+  /// names the step and keeps the last good checkpoint. In a data-parallel
+  /// job every rank returns once rank 0 has written the model.
   RunSummary run(const std::function<StepResult(int64_t step)>& step,
                  const std::function<void(int64_t done)>& after = {});
 

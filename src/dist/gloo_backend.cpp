@@ -6,15 +6,24 @@
 // verifies that the object neither references nor defines a gloo:: symbol.
 #include "backends.h"
 
-#ifndef USE_C10D_GLOO
-#error "this LibTorch has no Gloo backend (find_package(Torch) did not define USE_C10D_GLOO)"
-#endif
+#ifdef USE_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #ifndef DRDM_GLOO_DECL
 #error "<gloo/...> must come from src/dist/gloo_decl/ (see its README.md)"
 #endif
+#else
+#include <stdexcept>
+#endif
 
 namespace drdm::dist::detail {
+
+#ifndef USE_C10D_GLOO
+c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>&, int, int,
+                                                    std::chrono::milliseconds) {
+  throw std::runtime_error("this LibTorch was built without Gloo (USE_C10D_GLOO): no data-parallel training on "
+                           "the CPU; see docs/install.md");
+}
+#else
 
 c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank,
                                                     int size, std::chrono::milliseconds timeout) {
@@ -24,5 +33,6 @@ c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10
   options->threads = 2;
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
 }
+#endif
 
 }  // namespace drdm::dist::detail

@@ -1,5 +1,6 @@
 // reg_synth run: Table 3's rows (synthetic pretraining x real fine-tuning),
 // results.json / results.md with Wilcoxon tests, and the pair figure.
+#include <optional>
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
@@ -10,6 +11,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "drdm/distributed.h"
 #include "../atomic_file.h"
 #include "../config_json.h"
 #include "../run_lock.h"
@@ -216,7 +218,9 @@ void write_pair_figure(const std::vector<Row>& rows, const std::map<std::string,
 
 void run_grid(const RegConfig& c, const std::string& out, bool progress) {
   const auto d = load_data(c);
-  const detail::RunLock lock(out, "reg_synth run");  // one run per output folder
+  dist::join_for(c.pretrain.device, c.pretrain.dist_timeout, c.pretrain.dist_master);  // a data-parallel job, when launched as one
+  std::optional<detail::RunLock> lock;  // one run per output folder; rank 0 writes
+  if (dist::world().writer()) lock.emplace(out, "reg_synth run");
   std::vector<Row> rows;
   for (const auto& p : c.grid.pretrain)
     for (bool f : c.grid.finetune) rows.push_back({p, f});

@@ -1,5 +1,6 @@
 // Registration training: synthetic pair banks, pretraining (Eq. 20) and
 // unsupervised fine-tuning of VoxelMorph on the shared training engine.
+#include <optional>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -9,6 +10,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "drdm/distributed.h"
 #include "../atomic_file.h"
 #include "../progress.h"
 #include "drdm/log.h"
@@ -200,6 +202,7 @@ std::string train_registration(const RegConfig& c, const std::string& phase, con
   net.to(device);
   net.train(true);
   Adam adam(net.parameters());
+  dist::world().agree(true, "starting the " + phase + " run");  // every rank sees the same files
   auto spec = run_spec(t, output_dir, kKind, run_config(c, phase, init), resume_identity,
                        detail::file_exists(output_dir + "/checkpoint.pt"), progress);
   spec.label = phase, spec.lr_key = phase + ".lr", spec.steps_key = phase + ".steps";
@@ -207,7 +210,11 @@ std::string train_registration(const RegConfig& c, const std::string& phase, con
   run.start();
   const auto step = [&](int64_t s) -> StepResult {
     const bool pre = phase == "pretrain";
-    const auto batch = pre ? synthetic_batch(bank, t, s, device) : real_batch(images, t, s, device);
+    const auto global = pre ? synthetic_batch(bank, t, s, device) : real_batch(images, t, s, device);
+    const auto rows = [&](const at::Tensor& x) {
+      return x.defined() ? dist::my_rows(x, phase + ".batch_size") : x;
+    };
+    const Pair batch{rows(global.moving), rows(global.fixed), rows(global.target)};
     const auto out = net.forward_full(batch.moving, batch.fixed);
     const auto loss = pre ? supervised_loss(batch.target, out.displacement, c.pretrain_lambda)
                           : unsupervised_loss(c.similarity, warp(batch.moving, out.displacement), batch.fixed,

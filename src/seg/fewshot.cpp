@@ -1,6 +1,8 @@
 // Few-shot segmentation: subjects, the DRDM bank, training one U-Net, segmenting and scoring.
+#include "drdm/distributed.h"
 #include "drdm/seg/fewshot.h"
 
+#include <optional>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -220,15 +222,17 @@ std::string train_segmentation(const SegConfig& c, const std::string& augmentati
     cfg.train.steps = 0;
     return to_json(cfg);
   };
+  dist::world().agree(true, "starting the " + augmentation + " run");  // every rank sees the same files
   auto spec = run_spec(c.train, output_dir, kKind, to_json(c), identity,
                        detail::file_exists(output_dir + "/checkpoint.pt"), progress);
   spec.label = augmentation;
   TrainingRun run(spec, [&] { return net.state(); }, [&](const TensorMap& m) { net.load_state(m); }, adam);
   run.start();
   const auto step = [&](int64_t s) -> StepResult {
-    const auto batch = training_batch(slices, bank, c, augmentation, s);
-    const auto logits = net.forward(batch.images.to(device));
-    return descend(adam, segmentation_loss(c.loss, logits, batch.labels.to(device)), c.train, s);
+    const auto batch = training_batch(slices, bank, c, augmentation, s);  // the global batch
+    const auto logits = net.forward(dist::my_rows(batch.images, "train.batch_size").to(device));
+    const auto labels = dist::my_rows(batch.labels, "train.batch_size").to(device);
+    return descend(adam, segmentation_loss(c.loss, logits, labels), c.train, s);
   };
   return run.run(step).model;
 }

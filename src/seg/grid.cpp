@@ -1,4 +1,5 @@
 // seg_fewshot run: the grid of augmentation x labelled subjects x seeds, and its report.
+#include <optional>
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
@@ -8,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "drdm/distributed.h"
 #include "../atomic_file.h"
 #include "../progress.h"
 #include "../run_lock.h"
@@ -230,7 +232,9 @@ void write_predictions_png(const SegConfig& c, const LabelledCase& test_case, co
 
 void run_grid(const SegConfig& c, const std::string& out, bool progress) {
   const auto begin = std::chrono::steady_clock::now();
-  const detail::RunLock lock(out, "seg_fewshot run");  // one run per output folder
+  dist::join_for(c.train.device, c.train.dist_timeout, c.train.dist_master);  // a data-parallel job, when launched as one
+  std::optional<detail::RunLock> lock;  // one run per output folder; rank 0 writes
+  if (dist::world().writer()) lock.emplace(out, "seg_fewshot run");
   write_text_atomically(out + "/config.json", to_json(c) + "\n");
   const auto split = split_subjects(c.data);
   const auto test = cases_of(split.test);

@@ -200,8 +200,38 @@ def failures(args, train, cfg, w):
     check(p.returncode == 1 and "RANK" in p.stderr and "[0, 0]" in p.stderr, "RANK outside [0, WORLD_SIZE) is named")
 
 
+def seg_equal(args, w):
+    """seg_fewshot's U-Net: a one-cell grid on 2 ranks == 1 process."""
+    from test_seg_cli import write_case
+    seg = os.path.join(args.bin_dir, "seg_fewshot")
+    data = w("seg_data")
+    for s in (1, 2, 21, 10, 30):
+        for f in (1, 2):
+            write_case(data, f"patient{s:03d}_frame0{f}", s % 5 - 2)
+    tiny = ["--set", f"data.images={data}/images", f"data.labels={data}/labels", "data.size=[32,32]",
+            "unet.widths=[4,8]", "train.steps=3", "train.warmup_steps=0", "train.batch_size=4", "train.device=cpu",
+            "train.threads=1", "grid.subjects=[1]", 'grid.augmentations=["none"]']
+    cfg = os.path.join(args.configs, "seg-acdc-cpu.json")
+    one, two = w("seg_one"), w("seg_two")
+    rc, _, err = run([seg, "run", "--config", cfg, "--output", one, "--no-progress"] + tiny)
+    check(rc == 0, "seg_fewshot: one process " + err[-300:])
+    port = free_port()
+    procs = [launch([seg, "run", "--config", cfg, "--output", two, "--no-progress"] + tiny, env_for(r, 2, port))
+             for r in range(2)]
+    res = wait_all(procs, 180)
+    check(all(rc == 0 for rc, _, _ in res), "seg_fewshot: 2 ranks " + " | ".join(e[-200:] for _, e, _ in res))
+    close(diff(args.diff_tool, f"{one}/runs/none-n1-s0/model.pt", f"{two}/runs/none-n1-s0/model.pt"),
+          "seg_fewshot U-Net, 2 ranks vs 1 process", steps=3, lr=c_lr(cfg))
+    check(sorted(os.listdir(one)) == sorted(os.listdir(two)), "rank 0 wrote the grid's files, once")
+
+
+def c_lr(cfg):
+    text = open(cfg).read()
+    return json.loads(text)["train"]["lr"]
+
+
 def main():
-    args = start([("--diff-tool", "checkpoint_diff_tool")])
+    args = start([("--diff-tool", "checkpoint_diff_tool"), ("--configs", "the configs/ folder")])
     w = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
     train = os.path.join(args.bin_dir, "drdm_train")
     make_data(w("data"))
@@ -210,6 +240,7 @@ def main():
     resume_other_size(args, train, cfg, one, w)
     kill_a_rank(args, train, cfg, w)
     failures(args, train, cfg, w)
+    seg_equal(args, w)
     return finish("cli_distributed", args.workdir)
 
 
