@@ -943,14 +943,22 @@ std::pair<int64_t, int64_t> shard_of_name(const std::string& name, const std::st
   return {std::stoll(m[1].str()), std::stoll(m[2].str())};
 }
 
-/// What makes two runs one job: the model, the device and the options but
-/// the shard and the output folder, flattened ("options.seed").
+/// "cuda:1" -> "cuda": shards on different GPUs of one kind are one job.
+json device_kind(const json& device) {
+  if (!device.is_string()) return device;
+  const auto text = device.get<std::string>();
+  return text.substr(0, text.find(':'));
+}
+
+/// What makes two runs one job: the model, the kind of device and the
+/// options but the shard and the output folder, flattened ("options.seed").
 json job_identity(const json& manifest) {
   json j;
   for (const char* k : {"program", "mode", "model", "model_step", "model_size", "device"})
     j[k] = manifest.contains(k) ? manifest[k] : json();
+  j["device"] = device_kind(j["device"]);
   for (const auto& [k, v] : manifest["options"].items())
-    if (k != "shard" && k != "output") j["options." + k] = v;
+    if (k != "shard" && k != "output") j["options." + k] = k == "device" ? device_kind(v) : v;
   return j;
 }
 
@@ -1018,6 +1026,15 @@ std::string real_path(const std::string& path) {
   return ::realpath(path.c_str(), buf) != nullptr ? std::string(buf) : std::string();
 }
 
+/// The absolute path `path` has or will have: links resolved in the part that exists.
+std::string future_path(const std::string& path) {
+  const std::string real = real_path(path);
+  if (!real.empty()) return real;
+  const auto slash = path.find_last_of('/', path.size() > 1 && path.back() == '/' ? path.size() - 2 : path.npos);
+  if (slash == std::string::npos) return join(real_path("."), path);
+  return join(future_path(slash == 0 ? "/" : path.substr(0, slash)), path.substr(slash + 1));
+}
+
 bool same_bytes(const std::string& a, const std::string& b) {
   struct stat sa {}, sb {};
   if (::stat(a.c_str(), &sa) != 0 || ::stat(b.c_str(), &sb) != 0) return false;
@@ -1049,12 +1066,13 @@ std::vector<Shard> find_shards(const std::vector<std::string>& folders) {
                                "drdm_deform --shard)");
   }
   const int64_t n = found[0].count;
+  const std::string first = found[0].manifest;
   std::vector<Shard> by_index(static_cast<size_t>(n));
   std::vector<bool> seen(static_cast<size_t>(n), false);
   for (auto& s : found) {
     if (s.count != n)
       throw std::runtime_error("'" + s.manifest + "' is one of " + std::to_string(s.count) + " shards, but '" +
-                               found[0].manifest + "' one of " + std::to_string(n) + ": not shards of one job");
+                               first + "' one of " + std::to_string(n) + ": not shards of one job");
     const auto k = static_cast<size_t>(s.index);
     if (seen[k])
       throw std::runtime_error("shard " + std::to_string(s.index) + "/" + std::to_string(n) + " is there twice: '" +
@@ -1295,6 +1313,10 @@ DeformMergeSummary merge_deform_shards(const std::vector<std::string>& folders, 
     if (!detail::dir_exists(f)) throw std::runtime_error("shard folder '" + f + "' does not exist");
     if (!reals.insert(real_path(f)).second) throw std::invalid_argument("merge: folder '" + f + "' is given twice");
   }
+  const std::string merged_abs = future_path(merged);
+  for (const auto& r : reals)
+    if (merged_abs.compare(0, r.size() + 1, r + "/") == 0)
+      throw std::invalid_argument("merge: the merged folder '" + merged + "' lies inside the shard folder '" + r + "'");
   // No shard may still be writing: every folder locked for the whole merge.
   std::vector<std::unique_ptr<detail::RunLock>> locks;
   for (const auto& f : folders) locks.push_back(std::make_unique<detail::RunLock>(f, "drdm_deform merge"));
