@@ -89,4 +89,30 @@ struct DeformJobSummary {
 /// Throws std::runtime_error / std::invalid_argument naming the file or key.
 DeformJobSummary run_deform_job(const DeformJobOptions& options);
 
+/// What a merge produced.
+struct DeformMergeSummary {
+  int64_t shards = 0;    ///< n, the shards merged
+  int64_t cases = 0;     ///< input cases of the job
+  int64_t samples = 0;   ///< samples in the merged manifest
+  int64_t files = 0;     ///< files brought into `merged` from other folders (0 in place)
+  std::string manifest;  ///< path of the merged manifest.json
+};
+
+/// drdm_deform merge: joins the shards of one job (manifest-shard-I-of-N.json
+/// and config-shard-I-of-N.json, in one shared folder or one folder per
+/// shard) into what the unsharded run writes: the same files, manifest.json
+/// (samples in the unsharded order, summary recomputed over all of them) and
+/// config.json (options.shard "0/1", options.output the merged folder), and
+/// for a dataset output dataset.json and splits_final.json over all cases.
+/// `merged` empty: `folders` must be one folder, merged in place. Otherwise
+/// the shard folders' files are hard-linked (byte copies across file
+/// systems) into `merged` first. Everything is checked before anything is
+/// written: n shard manifests 0..n-1 all present once, one job (the same
+/// options except shard and output, the same model and device), no sample
+/// twice, every listed file present, no file that `merged` already holds
+/// with other bytes, no other run's manifest or config in `merged`. Every
+/// file is written atomically, manifest.json last. Throws
+/// std::runtime_error / std::invalid_argument naming the file and key.
+DeformMergeSummary merge_deform_shards(const std::vector<std::string>& folders, const std::string& merged = "");
+
 }  // namespace drdm

@@ -21,47 +21,10 @@ import os
 import shutil
 import sys
 
-import numpy as np
-import SimpleITK as sitk
-
-from cli_util import check, finish, run, start  # noqa: E402
+from cli_util import (check, files_under, finish, load, make_msd_dataset, make_nnunet_dataset, run,  # noqa: E402
+                      same_bytes, start)
 
 COMMON = ["--threads", "1", "--no-progress", "-q", "--no-preview"]
-
-
-def smooth_image(shape, seed):
-    """Blocky random image (numpy `shape`: 2D, or 3D with a few slices), float32."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.random(tuple(n // 4 + 1 for n in shape))
-    arr = np.kron(coarse, np.ones([4] * len(shape)))[tuple(slice(0, n) for n in shape)]
-    img = sitk.GetImageFromArray((arr * 150 + 20 + rng.random(shape) * 5).astype(np.float32))
-    img.SetSpacing((1.2, 0.8, 3.0)[: len(shape)])
-    return img
-
-
-def label_map(img):
-    """Classes {0, 1, 2, 3} from the image's quantiles, uint8, on its grid."""
-    arr = sitk.GetArrayFromImage(img)
-    lab = sitk.GetImageFromArray(np.digitize(arr, np.quantile(arr, [0.3, 0.6, 0.85])).astype(np.uint8))
-    lab.CopyInformation(img)
-    return lab
-
-
-def files_under(folder):
-    out = []
-    for root, _, names in os.walk(folder):
-        out += [os.path.relpath(os.path.join(root, n), folder) for n in names]
-    return sorted(out)
-
-
-def same_bytes(a, b):
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        return fa.read() == fb.read()
-
-
-def load(path):
-    with open(path) as f:
-        return json.load(f)
 
 
 def sample_sources(out_dir, manifests):
@@ -97,25 +60,10 @@ def check_grouping(what, splits, source_of, identifiers):
 def msd_tests(deform, root, nn):
     """Item 14 (test set carried over) and item 15 (nnU-Net's default split, grouped) on MSD."""
     msd = os.path.join(root, "Task05_Toy")
-    for d in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        os.makedirs(os.path.join(msd, d))
     names = [f"toy_{i:03d}" for i in range(1, 8)]  # 7 source cases: folds of 2, 2, 1, 1, 1
-    shape = (3, 40, 36)  # MSD images are 3D (convert_msd_dataset refuses 2D); 3 slices through the 2D model
-    for i, n in enumerate(names):
-        im = smooth_image(shape, 20 + i)
-        sitk.WriteImage(im, os.path.join(msd, "imagesTr", n + ".nii.gz"))
-        sitk.WriteImage(label_map(im), os.path.join(msd, "labelsTr", n + ".nii.gz"))
     tests = ["toy_101", "toy_102"]
-    for i, n in enumerate(tests):
-        im = smooth_image(shape, 90 + i)
-        sitk.WriteImage(im, os.path.join(msd, "imagesTs", n + ".nii.gz"))
-    sitk.WriteImage(label_map(im), os.path.join(msd, "labelsTs", tests[-1] + ".nii.gz"))
-    dj = {"name": "Toy", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a", "2": "b", "3": "c"},
-          "numTraining": len(names), "numTest": len(tests),
-          "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in names],
-          "test": [f"./imagesTs/{n}.nii.gz" for n in tests]}
-    with open(os.path.join(msd, "dataset.json"), "w") as f:
-        json.dump(dj, f)
+    # MSD images are 3D (convert_msd_dataset refuses 2D); 3 slices through the 2D model
+    dj = make_msd_dataset(msd, names, tests, (3, 40, 36))
 
     out = os.path.join(root, "Task06_ToyDrdm")  # convert_msd_dataset wants TaskNN_Name
     rc, _, err = run([deform, "-i", msd, "-o", out, "--mode", "augment", "--levels", "3,5", "--samples", "1"] + COMMON)
@@ -176,23 +124,8 @@ def msd_tests(deform, root, nn):
 def nnunet_tests(deform, root, nn):
     """Item 15 on an nnU-Net v2 dataset with its own split, run in two shards."""
     src = os.path.join(root, "Dataset903_Toy")
-    for d in ("imagesTr", "labelsTr", "imagesTs"):
-        os.makedirs(os.path.join(src, d))
     cases = [f"pat{i}" for i in range(6)]
-    for i, n in enumerate(cases):
-        im = smooth_image((36, 44), 40 + i)
-        sitk.WriteImage(im, os.path.join(src, "imagesTr", n + "_0000.nii.gz"))
-        sitk.WriteImage(sitk.Cast(im * 2.0 + 5.0, sitk.sitkFloat32), os.path.join(src, "imagesTr", n + "_0001.nii.gz"))
-        sitk.WriteImage(label_map(im), os.path.join(src, "labelsTr", n + ".nii.gz"))
-    for c in ("0000", "0001"):
-        sitk.WriteImage(smooth_image((36, 44), 77), os.path.join(src, "imagesTs", f"new_{c}.nii.gz"))
-    with open(os.path.join(src, "dataset.json"), "w") as f:
-        json.dump({"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "a": 1, "b": 2, "c": 3},
-                   "numTraining": len(cases), "file_ending": ".nii.gz"}, f)
-    own = [{"train": cases[2:], "val": cases[:2]}, {"train": cases[:2] + cases[4:], "val": cases[2:4]},
-           {"train": cases[:4], "val": cases[4:]}]  # 3 folds of the user's own
-    with open(os.path.join(src, "splits_final.json"), "w") as f:
-        json.dump(own, f)
+    own = make_nnunet_dataset(src, cases)  # 3 folds of the user's own
 
     out = os.path.join(root, "Dataset904_ToyDrdm")
     for shard in (0, 1):
