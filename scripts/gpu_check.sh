@@ -7,7 +7,8 @@
 # Environment: DRDM_BUILD_DIR (default build), PYTHON (the peers' interpreter,
 # default .venv/bin/python), DATA (default ../shared/data), GPU_CHECK_PARTS
 # (default "tests e2e dist bench"), GPU_CHECK_BENCH (suites, default
-# "spatial train seg reg generate").
+# "spatial train seg reg generate"), GPU_CHECK_ROUNDS (default 2),
+# GPU_CHECK_PRECISIONS (training precisions, default "none bf16").
 # Each step has its own time limit; a failing step is reported and the rest
 # go on. OUT_DIR/summary.txt lists each step with its exit code and seconds.
 set -uo pipefail
@@ -47,7 +48,7 @@ fi
 if [[ " $PARTS " == *" e2e "* ]]; then
   E="$WORK/e2e"; mkdir -p "$E"
   # Training: the paper's 2D configuration (256^2, batch 64), fp32 and bf16.
-  for prec in none bf16; do
+  for prec in ${GPU_CHECK_PRECISIONS:-none bf16}; do
     step "train paper-2d $prec" 300 "$B/apps/drdm_train" --config "$ROOT/configs/cardiac2d-paper.json" \
       --output "$E/train-$prec" --device cuda --no-progress --set "data.folders=[\"$DATA/myops\"]" \
       train.steps=40 train.log_every=10 train.checkpoint_every=20 train.preview_every=20 \
@@ -60,7 +61,7 @@ if [[ " $PARTS " == *" e2e "* ]]; then
   # Generation: the same seed on the CPU and the GPU (2D and 3D models).
   for dev in cpu cuda; do
     step "deform cardiac2d $dev" 300 "$B/apps/drdm_deform" --model cardiac2d --device "$dev" \
-      -i "$DATA/acdc/images" -l "$DATA/acdc/labels" -o "$E/deform2d-$dev" --levels 30,45 --samples 1 --seed 7 \
+      -i "$DATA/acdc/images/patient001_frame01.nii.gz" -l "$DATA/acdc/labels/patient001_frame01.nii.gz" -o "$E/deform2d-$dev" --levels 30,45 --samples 1 --seed 7 \
       --no-progress
     step "deform hippocampus3d $dev" 300 "$B/apps/drdm_deform" --model hippocampus3d --device "$dev" \
       -i "$DATA/hippocampus/images/hippocampus_001.nii.gz" -o "$E/deform3d-$dev" --levels 30 --samples 1 --seed 7 --no-progress
@@ -110,12 +111,13 @@ fi
 
 if [[ " $PARTS " == *" bench "* ]]; then
   BO="$WORK/bench"; mkdir -p "$BO"
+  ROUNDS="${GPU_CHECK_ROUNDS:-2}"
   for suite in ${GPU_CHECK_BENCH:-spatial train seg reg generate}; do
     case "$suite" in
-      spatial) args=(--sizes full --rounds 2) ;;
-      train) args=(--reps 5 --warmup 2 --rounds 2) ;;
-      seg) args=(--ops unet_step --step-reps 5 --step-warmup 2 --rounds 2) ;;
-      reg) args=(--reps 5 --warmup 2 --rounds 2) ;;
+      spatial) args=(--sizes full --rounds "$ROUNDS") ;;
+      train) args=(--reps 5 --warmup 2 --rounds "$ROUNDS") ;;
+      seg) args=(--ops unet_step --step-reps 5 --step-warmup 2 --rounds "$ROUNDS") ;;
+      reg) args=(--reps 5 --warmup 2 --rounds "$ROUNDS") ;;
       generate) args=(--impls monai) ;;
       *) args=() ;;
     esac
