@@ -6,6 +6,22 @@
 # UBSan stays recoverable at compile time; UBSAN_OPTIONS=halt_on_error=1 makes
 # every finding fatal at run time, while the suppressions file can still
 # silence a finding inside third-party headers.
+# Instrumented programs run several times slower: in a sanitizer build the
+# tests of the calling directory get four times their time limit.
+function(drdm_scale_test_timeouts)
+  if(NOT DRDM_SANITIZE)
+    return()
+  endif()
+  get_property(_tests DIRECTORY PROPERTY TESTS)
+  foreach(_t ${_tests})
+    get_test_property(${_t} TIMEOUT _limit)
+    if(_limit)
+      math(EXPR _limit "${_limit} * 4")
+      set_tests_properties(${_t} PROPERTIES TIMEOUT ${_limit})
+    endif()
+  endforeach()
+endfunction()
+
 if(NOT DRDM_SANITIZE)
   return()
 endif()

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <map>
+#include <tuple>
 #include <stdexcept>
 #include <string>
 
@@ -46,6 +48,25 @@ void check_pair(const torch::Tensor& input, const torch::Tensor& field, const ch
               " but field on ", field.device());
 }
 
+// i * scale - 1 for i in [0, n) (exactly these float operations: an identity
+// field must sample voxel centres exactly), cached per thread by size, dtype
+// and device.
+torch::Tensor normalised_axis(int64_t n, double scale, const torch::TensorOptions& options) {
+  // Never destroyed: a GPU tensor must not outlive CUDA's teardown at exit.
+  using Cache = std::map<std::tuple<int64_t, int, int, int>, torch::Tensor>;
+  thread_local auto* cache_ptr = new Cache();
+  auto& cache = *cache_ptr;
+  const auto key = std::make_tuple(n, static_cast<int>(c10::typeMetaToScalarType(options.dtype())),
+                                   static_cast<int>(options.device().type()), static_cast<int>(options.device().index()));
+  const auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  if (cache.size() >= 64) cache.clear();
+  at::NoGradGuard no_grad;
+  auto axis = at::arange(n, options.requires_grad(false)).mul_(scale).sub_(1.0);
+  cache.emplace(key, axis);
+  return axis;
+}
+
 // Normalised grid_sample grid [N, ...S, d] (last dim in reversed axis order)
 // for the pull-back x + u(x) of a field [N, d, ...S].
 torch::Tensor sampling_grid(const torch::Tensor& field) {
@@ -59,12 +80,9 @@ torch::Tensor sampling_grid(const torch::Tensor& field) {
     std::vector<int64_t> shape(d + 1, 1);
     shape[0] = 1;
     shape[1 + i] = n;
-    // One kernel for the axis's normalised coordinates, one fused
-    // base + scale * u: few launches matter on a GPU (about 5 us each).
-    const auto base = (n > 1 ? at::linspace(-1.0, 1.0, n, field.options().requires_grad(false))
-                             : at::full({1}, -1.0, field.options().requires_grad(false)))
-                          .view(shape);
-    coords.push_back(at::add(base, field.select(1, i), scale));
+    // One fused base + scale * u per axis: few launches matter on a GPU
+    // (about 5 us each); the axis's coordinates are made once per thread.
+    coords.push_back(at::add(normalised_axis(n, scale, field.options()).view(shape), field.select(1, i), scale));
   }
   return at::stack(coords, -1);
 }

@@ -7,7 +7,17 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__GLIBC__)
+// glibc's allocator settings cannot be observed under AddressSanitizer, whose
+// allocator replaces glibc's malloc (scripts/test.sh --sanitize).
+#if defined(__SANITIZE_ADDRESS__)
+#define DRDM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DRDM_ASAN 1
+#endif
+#endif
+
+#if defined(__GLIBC__) && !defined(DRDM_ASAN)
 #include <malloc.h>
 
 namespace {
