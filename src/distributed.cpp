@@ -14,6 +14,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <unistd.h>
 
 namespace drdm::dist {
@@ -84,8 +85,8 @@ WorldSpec world_from_environment(const std::string& master) {
   w.agent_store = env("TORCHELASTIC_USE_AGENT_STORE") && std::string(env("TORCHELASTIC_USE_AGENT_STORE")) == "True";
   w.key_prefix = w.agent_store ? std::string("/worker/attempt_") +
                                      (env("TORCHELASTIC_RESTART_COUNT") ? env("TORCHELASTIC_RESTART_COUNT") : "0") +
-                                     "/drdm/"
-                               : "drdm/";
+                                     "/drdm"
+                               : "drdm";  // c10d::PrefixStore adds the "/"
   return w;
 }
 
@@ -149,27 +150,39 @@ std::string get_key(c10d::Store& store, const std::string& key, std::chrono::mil
   return std::string(v.begin(), v.end());
 }
 
+std::string size_of_rank(c10d::Store& store, const WorldSpec& w, int r, std::chrono::milliseconds timeout) {
+  try {
+    return get_key(store, "size/" + std::to_string(r), timeout);
+  } catch (const c10::DistNetworkError& e) {
+    throw std::runtime_error("lost the connection to rank 0 at " + w.master_addr + ":" +
+                             std::to_string(w.master_port) + " while joining (rank 0 stopped; its message says why): " +
+                             message_of(e));
+  } catch (const std::exception& e) {
+    throw std::runtime_error("rank " + std::to_string(r) + " of " + std::to_string(w.size) + " did not join within " +
+                             std::to_string(timeout.count() / 1000) +
+                             " s (was it started, with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE?): " +
+                             message_of(e));
+  }
+}
+
 /// Every rank states its WORLD_SIZE; rank 0 waits for all of them, the
 /// others for rank 0's. A missing rank or a disagreement is an error that
-/// says which.
+/// says which. Rank 0 serves the store: before it stops over a disagreement
+/// it gives the other ranks a few seconds to read its own size, so that they
+/// report the disagreement too rather than a lost connection.
 void check_arrivals(c10d::Store& store, const WorldSpec& w, std::chrono::milliseconds timeout) {
   const std::string mine = std::to_string(w.size);
   store.set("size/" + std::to_string(w.rank), std::vector<uint8_t>(mine.begin(), mine.end()));
   for (int r = 0; r < (w.rank == 0 ? w.size : 1); ++r) {
     if (r == w.rank) continue;
-    std::string theirs;
-    try {
-      theirs = get_key(store, "size/" + std::to_string(r), timeout);
-    } catch (const std::exception& e) {
-      throw std::runtime_error("rank " + std::to_string(r) + " of " + mine + " did not join within " +
-                               std::to_string(timeout.count() / 1000) +
-                               " s (was it started, with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE?): " +
-                               message_of(e));
-    }
-    if (theirs != mine)
-      throw std::runtime_error("WORLD_SIZE differs between ranks: rank " + std::to_string(r) + " has " + theirs +
-                               ", rank " + std::to_string(w.rank) + " has " + mine +
-                               "; start every rank with the same WORLD_SIZE");
+    const std::string theirs = size_of_rank(store, w, r, timeout);
+    if (w.rank != 0) store.add("size_read", 1);
+    if (theirs == mine) continue;
+    for (int i = 0; w.rank == 0 && i < 50 && store.add("size_read", 0) < r; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    throw std::runtime_error("WORLD_SIZE differs between ranks: rank " + std::to_string(r) + " has " + theirs +
+                             ", rank " + std::to_string(w.rank) + " has " + mine +
+                             "; start every rank with the same WORLD_SIZE");
   }
 }
 

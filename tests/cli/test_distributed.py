@@ -45,7 +45,7 @@ def make_data(folder):
 def make_config(path, data, steps=4, batch=4):
     cfg = {"name": "tiny", "data": {"folders": [data], "size": [16, 16], "min_foreground": 0},
            "sampler": {"control": 16, "levels": 2, "integrated_max": 10},
-           "train": {"batch_size": batch, "steps": steps, "checkpoint_every": 1, "preview_every": 2,
+           "train": {"batch_size": batch, "steps": steps, "lr": 1e-7, "checkpoint_every": 1, "preview_every": 2,
                      "log_every": 1, "device": "cpu", "threads": 1, "prefetch": 0}}
     with open(path, "w") as f:
         json.dump(cfg, f)
@@ -82,13 +82,16 @@ def diff(tool, a, b):
     return json.loads(out) if rc == 0 else {"error": err}
 
 
-def close(d, what, steps=4, lr=1e-4):
-    """Float tolerance for Adam: the all-reduce sums in another order, so a
-    gradient at the rounding level can change sign, and Adam's normalisation
-    turns that into a step of up to lr. So: Adam's moments equal to 1e-5, at
-    most 0.5 % of the weights apart by more than 1e-6, none by more than
-    2 lr per step."""
-    ok = "max_abs_diff" in d and d["adam_max_abs_diff"] <= 1e-5 * (1 + d["max_abs"]) and \
+def close(d, what, steps=4, lr=1e-7):
+    """Float tolerance: the all-reduce sums in another order than one process.
+    At a normal learning rate Adam amplifies that: a gradient at the rounding
+    level can change sign, its update is a full lr, and the next gradients
+    differ (after 4 steps at lr 1e-4 between 0.06 % and half of the weights
+    were 1e-4 apart, depending on the build). So the runs compare at lr 1e-7,
+    where the path stays put: Adam's moments (the gradients' history) equal to
+    1e-4 absolute (observed 6e-6; they reach about 14), weights within 2 lr
+    per step."""
+    ok = "max_abs_diff" in d and d["adam_max_abs_diff"] <= 1e-4 and \
         d["changed"] <= 0.005 and d["max_abs_diff"] <= 2 * lr * steps
     check(ok, f"{what}: weights and Adam state equal to float tolerance ({d})")
 
