@@ -2,7 +2,8 @@
 """Data-parallel drdm_train on c10d (issue 13), two Gloo ranks on the CPU.
 
 - torchrun --no-python (the project's venv) with 2 ranks gives the weights and
-  Adam state of one process with the same global batch, to float tolerance;
+  Adam state of one process with the same global batch, to float tolerance,
+  for drdm_train, and for seg_fewshot's U-Net and reg_synth's VoxelMorph;
 - SLURM's variables and a config master work the same way;
 - resuming a 2-rank run with 1 process equals the uninterrupted run;
 - failures, with processes started by hand (no agent to hide a hang): a killed
@@ -228,13 +229,43 @@ def seg_equal(args, w):
     check(sorted(os.listdir(one)) == sorted(os.listdir(two)), "rank 0 wrote the grid's files, once")
 
 
+def reg_equal(args, w):
+    """reg_synth's VoxelMorph (pretraining on DRDM and MRBS pairs, fine-tuning):
+    a smoke grid on real JSRT images, 2 ranks == 1 process."""
+    reg = os.path.join(args.bin_dir, "reg_synth")
+    jsrt = os.path.join(args.data, "jsrt")
+    tiny = ["--set", f"data.images={jsrt}/images", f"data.labels={jsrt}/labels",
+            'data.include=["JPCLN00[1-3]*", "JPCNN08[0-2]*"]', "data.size=[64, 64]",
+            "synthetic.mrbs=[[4, 6.4], [8, 3.2]]", "data.test_pairs=2", "synthetic.pairs_per_image=1",
+            "synthetic.drdm_levels=[[1, 2]]"]
+    for phase in ("pretrain", "finetune"):
+        tiny += [f"{phase}.steps=4", f"{phase}.batch_size=2", f"{phase}.warmup_steps=0", f"{phase}.lr=1e-7",
+                 f"{phase}.lr_min=0", f'{phase}.device="cpu"', f"{phase}.threads=1"]
+    cfg = os.path.join(args.configs, "reg-jsrt-cpu.json")
+    one, two = w("reg_one"), w("reg_two")
+    rc, _, err = run([reg, "run", "--config", cfg, "--output", one, "--no-progress"] + tiny)
+    check(rc == 0, "reg_synth: one process " + err[-300:])
+    port = free_port()
+    procs = [launch([reg, "run", "--config", cfg, "--output", two, "--no-progress"] + tiny, env_for(r, 2, port))
+             for r in range(2)]
+    res = wait_all(procs, 180)
+    check(all(rc == 0 for rc, _, _ in res), "reg_synth: 2 ranks " + " | ".join(e[-200:] for _, e, _ in res))
+    for run_dir in ("pretrain-drdm", "pretrain-mrbs", "drdm-finetuned"):
+        close(diff(args.diff_tool, f"{one}/{run_dir}/checkpoint.pt", f"{two}/{run_dir}/checkpoint.pt"),
+              f"reg_synth {run_dir}, 2 ranks vs 1 process")
+    same = sorted(os.path.relpath(os.path.join(r, f), one) for r, _, fs in os.walk(one) for f in fs) == \
+        sorted(os.path.relpath(os.path.join(r, f), two) for r, _, fs in os.walk(two) for f in fs)
+    check(same, "rank 0 wrote the same files as one process")
+
+
 def c_lr(cfg):
     text = open(cfg).read()
     return json.loads(text)["train"]["lr"]
 
 
 def main():
-    args = start([("--diff-tool", "checkpoint_diff_tool"), ("--configs", "the configs/ folder")])
+    args = start([("--diff-tool", "checkpoint_diff_tool"), ("--configs", "the configs/ folder"),
+                  ("--data", "the shared data folder")])
     w = lambda *p: os.path.join(args.workdir, *p)  # noqa: E731
     train = os.path.join(args.bin_dir, "drdm_train")
     make_data(w("data"))
@@ -244,6 +275,7 @@ def main():
     kill_a_rank(args, train, cfg, w)
     failures(args, train, cfg, w)
     seg_equal(args, w)
+    reg_equal(args, w)
     return finish("cli_distributed", args.workdir)
 
 
