@@ -205,7 +205,8 @@ def failures(args, train, cfg, w):
 
 
 def seg_equal(args, w):
-    """seg_fewshot's U-Net: a one-cell grid on 2 ranks == 1 process."""
+    """seg_fewshot's U-Net: a one-cell grid on 2 ranks == 1 process, with the
+    bce loss (a mean over samples; dice_ce's Dice is per rank's share)."""
     from test_seg_cli import write_case
     seg = os.path.join(args.bin_dir, "seg_fewshot")
     data = w("seg_data")
@@ -213,7 +214,7 @@ def seg_equal(args, w):
         for f in (1, 2):
             write_case(data, f"patient{s:03d}_frame0{f}", s % 5 - 2)
     tiny = ["--set", f"data.images={data}/images", f"data.labels={data}/labels", "data.size=[32,32]",
-            "unet.widths=[4,8]", "train.steps=3", "train.warmup_steps=0", "train.batch_size=4", "train.device=cpu",
+            "unet.widths=[4,8]", 'unet.loss="bce"', "train.steps=3", "train.warmup_steps=0", "train.batch_size=4", "train.device=cpu",
             "train.threads=1", "grid.subjects=[1]", 'grid.augmentations=["none"]']
     cfg = os.path.join(args.configs, "seg-acdc-cpu.json")
     one, two = w("seg_one"), w("seg_two")
