@@ -10,7 +10,10 @@
 
 #include <cerrno>
 #include <cmath>
+#include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -116,11 +119,84 @@ std::string backend_for(const torch::Device& device) {
   return device.is_cuda() ? "nccl" : "gloo";
 }
 
+namespace {
+
+void wait_for(const c10::intrusive_ptr<c10d::Work>& work, const World& w, std::chrono::milliseconds timeout,
+              const std::string& what) {
+  try {
+    work->wait(timeout);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("rank " + std::to_string(w.rank()) + " of " + std::to_string(w.size()) + ": " + what +
+                             " failed; another rank stopped or cannot be reached (its own message says why): " +
+                             message_of(e));
+  }
+}
+
+}  // namespace
+
 struct World::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
   torch::Device device{torch::kCPU};
   std::chrono::milliseconds timeout{0};
+  std::mutex mutex;
+  std::map<std::pair<const void*, size_t>, std::weak_ptr<World::Buckets>> buckets;  // per parameter set
+};
+
+/// The gradient buckets of one parameter list. Each parameter's hook copies
+/// its gradient into its bucket while the backward pass runs; the last one to
+/// arrive starts the bucket's all-reduce. The hooks hold this state (the
+/// parameters keep their hooks), the world only a weak reference.
+struct World::Buckets {
+  struct Bucket {
+    std::vector<size_t> members;
+    at::Tensor flat;
+    size_t waiting = 0;
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+  c10::intrusive_ptr<c10d::Backend> backend;
+  std::vector<Bucket> list;
+  std::vector<size_t> bucket_of;
+  std::vector<int64_t> offset;
+  std::vector<bool> ready;
+  std::mutex mutex;
+  bool armed = false;
+  size_t next = 0;  // every rank must start the buckets in the same order: by index
+
+  void start_ready() {
+    while (next < list.size() && list[next].waiting == 0) {
+      std::vector<at::Tensor> one{list[next].flat};
+      list[next++].work = backend->allreduce(one);
+    }
+  }
+
+  void arrive(size_t i, const at::Tensor& grad) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!armed || ready[i]) return;
+    auto& b = list[bucket_of[i]];
+    b.flat.narrow(0, offset[i], grad.numel()).copy_(grad.reshape({-1}));
+    ready[i] = true;
+    --b.waiting;
+    start_ready();
+  }
+
+  void arm() {
+    std::lock_guard<std::mutex> lock(mutex);
+    std::fill(ready.begin(), ready.end(), false);
+    for (auto& b : list) b.waiting = b.members.size(), b.work.reset();
+    next = 0;
+    armed = true;
+  }
+
+  /// After the backward pass: parameters without a gradient count as zero,
+  /// and the buckets not started yet start now, in order.
+  void start_rest(const std::vector<torch::Tensor>& params) {
+    for (auto& b : list)
+      for (auto k : b.members)
+        if (!ready[k]) b.flat.narrow(0, offset[k], params[k].numel()).zero_();
+    for (auto& b : list) b.waiting = 0;
+    start_ready();
+  }
 };
 
 namespace {
@@ -215,20 +291,7 @@ std::pair<int64_t, int64_t> World::share(int64_t global_batch, const std::string
   return {spec_.rank * n, (spec_.rank + 1) * n};
 }
 
-namespace {
 
-void wait_for(const c10::intrusive_ptr<c10d::Work>& work, const World& w, std::chrono::milliseconds timeout,
-              const std::string& what) {
-  try {
-    work->wait(timeout);
-  } catch (const std::exception& e) {
-    throw std::runtime_error("rank " + std::to_string(w.rank()) + " of " + std::to_string(w.size()) + ": " + what +
-                             " failed; another rank stopped or cannot be reached (its own message says why): " +
-                             message_of(e));
-  }
-}
-
-}  // namespace
 
 void World::average(const std::vector<torch::Tensor>& tensors, const std::string& what) const {
   if (!impl_ || tensors.empty()) return;
@@ -242,6 +305,67 @@ void World::average(const std::vector<torch::Tensor>& tensors, const std::string
   for (const auto& t : tensors) {
     t.copy_(bucket[0].narrow(0, offset, t.numel()).view(t.sizes()));
     offset += t.numel();
+  }
+}
+
+std::shared_ptr<World::Buckets> World::buckets_for(const std::vector<torch::Tensor>& params) const {
+  const std::pair<const void*, size_t> key{params.front().unsafeGetTensorImpl(), params.size()};
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  if (auto known = impl_->buckets[key].lock()) return known;
+  const char* mb = env("DRDM_DIST_BUCKET_MB");
+  const double cap_bytes = (mb ? std::max(0.01, std::atof(mb)) : 1.0) * (1 << 20);
+  auto state = std::make_shared<Buckets>();
+  state->backend = impl_->backend;
+  state->bucket_of.resize(params.size());
+  state->offset.resize(params.size());
+  state->ready.resize(params.size());
+  // Autograd produces the last layers' gradients first: buckets fill from the back.
+  int64_t filled = 0;
+  for (size_t k = params.size(); k-- > 0;) {
+    const auto n = params[k].numel();
+    if (state->list.empty() || (filled > 0 && static_cast<double>(filled + n) * 4 > cap_bytes)) {
+      state->list.emplace_back();
+      filled = 0;
+    }
+    state->list.back().members.push_back(k);
+    state->bucket_of[k] = state->list.size() - 1;
+    state->offset[k] = filled;
+    filled += n;
+  }
+  for (auto& b : state->list) {
+    int64_t total = 0;
+    for (auto k : b.members) total += params[k].numel();
+    b.flat = at::zeros({total}, params.front().options().device(impl_->device).requires_grad(false));
+  }
+  for (size_t k = 0; k < params.size(); ++k) {
+    std::weak_ptr<Buckets> weak = state;
+    params[k].register_hook([weak, k](const at::Tensor& grad) {
+      if (auto s = weak.lock()) s->arrive(k, grad);
+    });
+  }
+  impl_->buckets[key] = state;
+  return state;
+}
+
+void World::backward(const torch::Tensor& loss, const std::vector<torch::Tensor>& params,
+                     const std::string& what) const {
+  if (!impl_ || params.empty()) {
+    loss.backward();
+    return;
+  }
+  auto state = buckets_for(params);
+  state->arm();
+  loss.backward();
+  std::lock_guard<std::mutex> lock(state->mutex);
+  state->armed = false;
+  at::NoGradGuard no_grad;
+  state->start_rest(params);
+  for (auto& b : state->list) {
+    wait_for(b.work, *this, impl_->timeout, what);
+    b.flat.div_(spec_.size);
+    for (auto k : b.members)
+      if (state->ready[k] && params[k].grad().defined())
+        params[k].mutable_grad().copy_(b.flat.narrow(0, state->offset[k], params[k].numel()).view(params[k].sizes()));
   }
 }
 

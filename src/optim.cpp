@@ -14,13 +14,6 @@ Adam::Adam(std::vector<torch::Tensor> params, AdamOptions options)
   }
 }
 
-std::vector<torch::Tensor> Adam::gradients() const {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : params_)
-    if (p.grad().defined()) out.push_back(p.grad());
-  return out;
-}
-
 void Adam::zero_grad() {
   for (auto& p : params_)
     if (p.grad().defined()) p.mutable_grad() = at::Tensor();

@@ -336,8 +336,7 @@ StepResult descend(Adam& adam, const torch::Tensor& loss, const TrainConfig::Tra
   w.average(value, "averaging the loss of step " + std::to_string(step));
   if (!std::isfinite(value[0])) return {value[0], {}};
   adam.zero_grad();
-  loss.backward();
-  if (w.distributed()) w.average(adam.gradients(), "averaging the gradients of step " + std::to_string(step));
+  w.backward(loss, adam.parameters(), "averaging the gradients of step " + std::to_string(step));
   const double lr = learning_rate(train, step);
   adam.step(lr);
   return {value[0], {{"lr", lr, false}}};

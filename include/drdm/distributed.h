@@ -76,6 +76,12 @@ class World {
   void average(const std::vector<torch::Tensor>& tensors, const std::string& what) const;
   /// The mean of each value over the ranks.
   void average(std::vector<double>& values, const std::string& what) const;
+  /// loss.backward(), with the gradients of `params` averaged over the
+  /// ranks: as autograd produces each gradient it is copied into its bucket
+  /// (about DRDM_DIST_BUCKET_MB, default 1 MB), and a full bucket's
+  /// all-reduce starts at once, overlapping the rest of the backward pass.
+  /// Parameters without a gradient keep none. One process: loss.backward().
+  void backward(const torch::Tensor& loss, const std::vector<torch::Tensor>& params, const std::string& what) const;
   /// Every rank says whether its part of `what` went well; throws on every
   /// rank when one did not, naming the first rank that failed.
   void agree(bool ok, const std::string& what) const;
@@ -85,6 +91,8 @@ class World {
 
  private:
   struct Impl;
+  struct Buckets;
+  std::shared_ptr<Buckets> buckets_for(const std::vector<torch::Tensor>& params) const;
   WorldSpec spec_;
   std::string backend_ = "none";
   std::unique_ptr<Impl> impl_;

@@ -23,10 +23,8 @@ class Adam {
 
   /// Drops the parameters' gradients (sets them undefined).
   void zero_grad();
-  /// The parameters' gradients that are defined, in parameter order
-  /// (tensors that share storage with the gradients: averaging them in place
-  /// changes what step() uses).
-  std::vector<torch::Tensor> gradients() const;
+  /// The parameters this optimiser updates, in order.
+  const std::vector<torch::Tensor>& parameters() const { return params_; }
   /// One update with learning rate lr from the parameters' current
   /// gradients; parameters without a gradient are left alone.
   void step(double lr);

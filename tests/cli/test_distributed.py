@@ -138,8 +138,9 @@ def equal_results(args, train, cfg, w):
 def resume_other_size(args, train, cfg, one, w):
     """Steps 0-2 on 2 ranks, then 2-4 in one process: the uninterrupted run."""
     out, port = w("resume"), free_port()
+    # Many small gradient buckets (10 kB): they must start in the same order on every rank.
     procs = [launch([train, "-c", cfg, "-o", out, "--no-progress", "-q", "--set", "train.steps=2"],
-                    env_for(r, 2, port)) for r in range(2)]
+                    env_for(r, 2, port, DRDM_DIST_BUCKET_MB=0.01)) for r in range(2)]
     res = wait_all(procs, 120)
     check(all(rc == 0 for rc, _, _ in res), "2 ranks started by hand train 2 steps")
     rc, _, err = run([train, "-c", cfg, "-o", out, "--no-progress", "-q", "--resume"])
