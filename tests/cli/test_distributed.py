@@ -205,6 +205,18 @@ def failures(args, train, cfg, w):
     check(p.returncode == 1 and "RANK" in p.stderr and "[0, 0]" in p.stderr, "RANK outside [0, WORLD_SIZE) is named")
 
 
+def one_and_two(program, cfg, sets, one, two, name):
+    """`program run` as one process into `one`, then as 2 ranks started by hand into `two`."""
+    rc, _, err = run([program, "run", "--config", cfg, "--output", one, "--no-progress"] + sets)
+    check(rc == 0, f"{name}: one process " + err[-300:])
+    port = free_port()
+    procs = [launch([program, "run", "--config", cfg, "--output", two, "--no-progress"] + sets,
+                    env_for(r, 2, port)) for r in range(2)]
+    res = wait_all(procs, 180)
+    check(all(rc == 0 for rc, _, _ in res), f"{name}: 2 ranks " + " | ".join(e[-200:] for _, e, _ in res))
+    return one, two
+
+
 def seg_equal(args, w):
     """seg_fewshot's U-Net: a one-cell grid on 2 ranks == 1 process, with the
     bce loss (a mean over samples; dice_ce's Dice is per rank's share)."""
@@ -215,17 +227,10 @@ def seg_equal(args, w):
         for f in (1, 2):
             write_case(data, f"patient{s:03d}_frame0{f}", s % 5 - 2)
     tiny = ["--set", f"data.images={data}/images", f"data.labels={data}/labels", "data.size=[32,32]",
-            "unet.widths=[4,8]", 'unet.loss="bce"', "train.steps=3", "train.warmup_steps=0", "train.batch_size=4", "train.device=cpu",
-            "train.threads=1", "grid.subjects=[1]", 'grid.augmentations=["none"]']
+            "unet.widths=[4,8]", 'unet.loss="bce"', "train.steps=3", "train.warmup_steps=0", "train.batch_size=4",
+            "train.device=cpu", "train.threads=1", "grid.subjects=[1]", 'grid.augmentations=["none"]']
     cfg = os.path.join(args.configs, "seg-acdc-cpu.json")
-    one, two = w("seg_one"), w("seg_two")
-    rc, _, err = run([seg, "run", "--config", cfg, "--output", one, "--no-progress"] + tiny)
-    check(rc == 0, "seg_fewshot: one process " + err[-300:])
-    port = free_port()
-    procs = [launch([seg, "run", "--config", cfg, "--output", two, "--no-progress"] + tiny, env_for(r, 2, port))
-             for r in range(2)]
-    res = wait_all(procs, 180)
-    check(all(rc == 0 for rc, _, _ in res), "seg_fewshot: 2 ranks " + " | ".join(e[-200:] for _, e, _ in res))
+    one, two = one_and_two(seg, cfg, tiny, w("seg_one"), w("seg_two"), "seg_fewshot")
     close(diff(args.diff_tool, f"{one}/runs/none-n1-s0/model.pt", f"{two}/runs/none-n1-s0/model.pt"),
           "seg_fewshot U-Net, 2 ranks vs 1 process", steps=3, lr=c_lr(cfg))
     check(sorted(os.listdir(one)) == sorted(os.listdir(two)), "rank 0 wrote the grid's files, once")
@@ -244,14 +249,7 @@ def reg_equal(args, w):
         tiny += [f"{phase}.steps=4", f"{phase}.batch_size=2", f"{phase}.warmup_steps=0", f"{phase}.lr=1e-7",
                  f"{phase}.lr_min=0", f'{phase}.device="cpu"', f"{phase}.threads=1"]
     cfg = os.path.join(args.configs, "reg-jsrt-cpu.json")
-    one, two = w("reg_one"), w("reg_two")
-    rc, _, err = run([reg, "run", "--config", cfg, "--output", one, "--no-progress"] + tiny)
-    check(rc == 0, "reg_synth: one process " + err[-300:])
-    port = free_port()
-    procs = [launch([reg, "run", "--config", cfg, "--output", two, "--no-progress"] + tiny, env_for(r, 2, port))
-             for r in range(2)]
-    res = wait_all(procs, 180)
-    check(all(rc == 0 for rc, _, _ in res), "reg_synth: 2 ranks " + " | ".join(e[-200:] for _, e, _ in res))
+    one, two = one_and_two(reg, cfg, tiny, w("reg_one"), w("reg_two"), "reg_synth")
     for run_dir in ("pretrain-drdm", "pretrain-mrbs", "drdm-finetuned"):
         close(diff(args.diff_tool, f"{one}/{run_dir}/checkpoint.pt", f"{two}/{run_dir}/checkpoint.pt"),
               f"reg_synth {run_dir}, 2 ranks vs 1 process")
