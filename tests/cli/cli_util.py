@@ -18,6 +18,20 @@ def run(cmd, timeout=600, env=None):
     return p.returncode, p.stdout, p.stderr
 
 
+def unmount_under(folder):
+    """Unmounts what is mounted under `folder`: a test killed at its time limit
+    (cli_harden_write's full-disk tmpfs) would otherwise block its next run."""
+    folder = os.path.realpath(folder)
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f]
+    except OSError:
+        return
+    for m in sorted(mounts, reverse=True):
+        if m == folder or m.startswith(folder + "/"):
+            subprocess.run(["umount", m], capture_output=True)
+
+
 def start(extra=()):
     """Parses --bin-dir, --workdir and the `extra` (name, help) options; empties the workdir."""
     import argparse
@@ -28,6 +42,7 @@ def start(extra=()):
     for name, help_text in extra:
         ap.add_argument(name, required=True, help=help_text)
     args = ap.parse_args()
+    unmount_under(args.workdir)
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
     return args
