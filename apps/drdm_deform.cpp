@@ -21,67 +21,6 @@ std::vector<drdm::DeformLevel> parse_levels_option(const std::string& text) {
   }
 }
 
-/// An environment variable's integer value; throws naming it when it is not one.
-int64_t env_integer(const char* name, const std::string& value) {
-  size_t used = 0;
-  int64_t v = 0;
-  try {
-    v = std::stoll(value, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (value.empty() || used != value.size())
-    throw std::invalid_argument("--shard auto: " + std::string(name) + "='" + value + "' is not an integer");
-  return v;
-}
-
-/// --shard auto: the shard of a Slurm job array task (SLURM_ARRAY_TASK_ID -
-/// SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) or of a torchrun worker
-/// (RANK of WORLD_SIZE). Throws naming the variables when neither is there
-/// or the values are not a shard i/n with 0 <= i < n.
-std::pair<int64_t, int64_t> shard_from_environment() {
-  const auto get = [](const char* name) -> std::optional<std::string> {
-    const char* v = std::getenv(name);
-    return v != nullptr ? std::optional<std::string>(v) : std::nullopt;
-  };
-  const auto need = [&](const char* name, const char* partner) {
-    const auto v = get(name);
-    if (!v)
-      throw std::invalid_argument("--shard auto: " + std::string(partner) + " is set but " + name +
-                                  " is not; both are needed");
-    return env_integer(name, *v);
-  };
-  int64_t i = 0, n = 0;
-  std::string used;
-  if (get("SLURM_ARRAY_TASK_ID") || get("SLURM_ARRAY_TASK_COUNT")) {
-    const int64_t id = need("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT");
-    n = need("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_ID");
-    used = "SLURM_ARRAY_TASK_ID=" + std::to_string(id) + ", SLURM_ARRAY_TASK_COUNT=" + std::to_string(n);
-    int64_t min = 0;
-    if (const auto m = get("SLURM_ARRAY_TASK_MIN")) {
-      min = env_integer("SLURM_ARRAY_TASK_MIN", *m);
-      used += ", SLURM_ARRAY_TASK_MIN=" + std::to_string(min);
-    }
-    if (const auto step = get("SLURM_ARRAY_TASK_STEP"); step && env_integer("SLURM_ARRAY_TASK_STEP", *step) != 1)
-      throw std::invalid_argument("--shard auto: SLURM_ARRAY_TASK_STEP=" + *step +
-                                  ": the job array must be a contiguous range (e.g. --array=0-7)");
-    i = id - min;
-  } else if (get("RANK") || get("WORLD_SIZE")) {
-    i = need("RANK", "WORLD_SIZE");
-    n = need("WORLD_SIZE", "RANK");
-    used = "RANK=" + std::to_string(i) + ", WORLD_SIZE=" + std::to_string(n);
-  } else {
-    throw std::invalid_argument(
-        "--shard auto: neither SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT (a Slurm job array) nor RANK and "
-        "WORLD_SIZE (torchrun) are set; give --shard i/n");
-  }
-  if (n < 1 || i < 0 || i >= n)
-    throw std::invalid_argument("--shard auto: " + used + " gives shard " + std::to_string(i) + "/" +
-                                std::to_string(n) + ", not i/n with 0 <= i < n");
-  drdm::log::info("drdm_deform: --shard auto: shard " + std::to_string(i) + "/" + std::to_string(n) + " from " + used);
-  return {i, n};
-}
-
 /// drdm_deform merge OUT_DIR... [-o MERGED].
 int merge_main(int argc, char** argv) {
   CLI::App cli{
@@ -204,20 +143,7 @@ int main(int argc, char** argv) {
     if (given(threads_opt)) o.threads = threads;
     if (no_preview) o.previews = false;
     o.progress = !no_progress;
-    if (shard == "auto") {
-      std::tie(o.shard_index, o.shard_count) = shard_from_environment();
-    } else if (!shard.empty()) {
-      const auto slash = shard.find('/');
-      try {
-        if (slash == std::string::npos) throw std::invalid_argument("");
-        size_t a = 0, b = 0;
-        o.shard_index = std::stoll(shard.substr(0, slash), &a);
-        o.shard_count = std::stoll(shard.substr(slash + 1), &b);
-        if (a != slash || b != shard.size() - slash - 1) throw std::invalid_argument("");
-      } catch (const std::exception&) {
-        throw std::invalid_argument("--shard: expected i/n (e.g. 0/4) or auto, got '" + shard + "'");
-      }
-    }
+    if (!shard.empty()) std::tie(o.shard_index, o.shard_count) = drdm::parse_shard(shard);
     const auto s = drdm::run_deform_job(o);
     std::cout << "{\"output\": \"" << o.output << "\", \"cases\": " << s.cases << ", \"samples\": " << s.samples
               << ", \"seconds\": " << s.seconds << ", \"manifest\": \"" << s.manifest << "\"}\n";

@@ -3,12 +3,14 @@
 #include "atomic_file.h"
 #include "config_json.h"
 #include "grid_check.h"
+#include "parse_integer.h"
 #include "soft_labels.h"
 #include "progress.h"
 #include "run_lock.h"
 
 #include "drdm/commands.h"
 #include "drdm/image_io.h"
+#include "drdm/interrupt.h"
 #include "drdm/log.h"
 #include "drdm/preview.h"
 #include "drdm/trainer.h"
@@ -29,6 +31,7 @@
 #include <map>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <regex>
 #include <set>
@@ -58,21 +61,83 @@ DeformMode parse_deform_mode(const std::string& name) {
   throw std::invalid_argument("unknown mode '" + name + "' (expected deform, augment or pairs)");
 }
 
+namespace {
+
+/// An environment variable's integer value for --shard auto; throws naming it when it is not one.
+int64_t shard_env_integer(const char* name, const std::string& value) {
+  const auto v = detail::parse_integer(value);
+  if (!v) throw std::invalid_argument("--shard auto: " + std::string(name) + "='" + value + "' is not an integer");
+  return *v;
+}
+
+std::optional<std::string> env_value(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? std::optional<std::string>(v) : std::nullopt;
+}
+
+/// --shard auto: the shard of a Slurm job array task (SLURM_ARRAY_TASK_ID -
+/// SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) or of a torchrun worker
+/// (RANK of WORLD_SIZE), and which variables gave it.
+std::pair<std::pair<int64_t, int64_t>, std::string> shard_from_environment() {
+  const auto need = [&](const char* name, const char* partner) {
+    const auto v = env_value(name);
+    if (!v)
+      throw std::invalid_argument("--shard auto: " + std::string(partner) + " is set but " + name +
+                                  " is not; both are needed");
+    return shard_env_integer(name, *v);
+  };
+  if (env_value("SLURM_ARRAY_TASK_ID") || env_value("SLURM_ARRAY_TASK_COUNT")) {
+    const int64_t id = need("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT");
+    const int64_t n = need("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_ID");
+    std::string used = "SLURM_ARRAY_TASK_ID=" + std::to_string(id) + ", SLURM_ARRAY_TASK_COUNT=" + std::to_string(n);
+    int64_t min = 0;
+    if (const auto m = env_value("SLURM_ARRAY_TASK_MIN")) {
+      min = shard_env_integer("SLURM_ARRAY_TASK_MIN", *m);
+      used += ", SLURM_ARRAY_TASK_MIN=" + std::to_string(min);
+    }
+    if (const auto step = env_value("SLURM_ARRAY_TASK_STEP");
+        step && shard_env_integer("SLURM_ARRAY_TASK_STEP", *step) != 1)
+      throw std::invalid_argument("--shard auto: SLURM_ARRAY_TASK_STEP=" + *step +
+                                  ": the job array must be a contiguous range (e.g. --array=0-7)");
+    return {{id - min, n}, used};
+  }
+  if (env_value("RANK") || env_value("WORLD_SIZE")) {
+    const int64_t i = need("RANK", "WORLD_SIZE");
+    const int64_t n = need("WORLD_SIZE", "RANK");
+    return {{i, n}, "RANK=" + std::to_string(i) + ", WORLD_SIZE=" + std::to_string(n)};
+  }
+  throw std::invalid_argument(
+      "--shard auto: neither SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT (a Slurm job array) nor RANK and "
+      "WORLD_SIZE (torchrun) are set; give --shard i/n");
+}
+
+}  // namespace
+
+std::pair<int64_t, int64_t> parse_shard(const std::string& text) {
+  if (text == "auto") {
+    const auto [shard, used] = shard_from_environment();
+    const auto [i, n] = shard;
+    if (n < 1 || i < 0 || i >= n)
+      throw std::invalid_argument("--shard auto: " + used + " gives shard " + std::to_string(i) + "/" +
+                                  std::to_string(n) + ", not i/n with 0 <= i < n");
+    log::info("drdm_deform: --shard auto: shard " + std::to_string(i) + "/" + std::to_string(n) + " from " + used);
+    return shard;
+  }
+  const auto slash = text.find('/');
+  const auto i = slash == std::string::npos ? std::nullopt : detail::parse_integer(std::string_view(text).substr(0, slash));
+  const auto n = slash == std::string::npos ? std::nullopt : detail::parse_integer(std::string_view(text).substr(slash + 1));
+  if (!i || !n) throw std::invalid_argument("--shard: expected i/n (e.g. 0/4) or auto, got '" + text + "'");
+  return {*i, *n};
+}
+
 std::vector<DeformLevel> parse_levels(const std::string& text) {
   std::vector<DeformLevel> out;
   std::stringstream in(text);
   std::string item;
   auto number = [&](const std::string& s) {
-    size_t used = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(s, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != s.size() || v < 1)
-      throw std::invalid_argument("levels: '" + item + "' is not a level (a positive integer, or aug:syn)");
-    return v;
+    const auto v = detail::parse_integer(s);
+    if (!v || *v < 1) throw std::invalid_argument("levels: '" + item + "' is not a level (a positive integer, or aug:syn)");
+    return *v;
   };
   while (std::getline(in, item, ',')) {
     item.erase(0, item.find_first_not_of(" \t"));
@@ -635,8 +700,270 @@ int64_t deformer_steps_total(const std::vector<Case>& cases, const DeformJobOpti
 
 }  // namespace
 
-DeformJobSummary run_deform_job(const DeformJobOptions& o) {
-  const auto start = std::chrono::steady_clock::now();
+namespace {
+
+/// Where a run writes: folder names by mode and input kind.
+struct OutputLayout {
+  bool pairs = false;        ///< pairs mode: moving and fixed images, both fields
+  bool dataset_out = false;  ///< an MSD / nnU-Net dataset in and out (not in pairs mode)
+  bool nnunet = false;       ///< channel files named CASE_XXXX
+  std::string images, labels, fields, previews;
+};
+
+OutputLayout output_layout(const Inputs& in, DeformMode mode) {
+  OutputLayout l;
+  l.pairs = mode == DeformMode::kPairs;
+  l.dataset_out = in.dataset && !l.pairs;
+  l.nnunet = in.nnunet;
+  l.images = l.dataset_out ? "imagesTr" : (l.pairs ? "moving" : "images");
+  l.labels = l.dataset_out ? "labelsTr" : (l.pairs ? "moving_labels" : "labels");
+  l.fields = l.dataset_out ? "drdm_fields" : "fields";
+  l.previews = l.dataset_out ? "drdm_previews" : "previews";
+  return l;
+}
+
+/// The output folders, made when the first sample is ready, so that a case
+/// that fails to read (corrupt data, NaN) before it leaves nothing behind.
+class OutputFolders {
+ public:
+  OutputFolders(const DeformJobOptions& o, const OutputLayout& l, const std::vector<Case>& cases) : root_(o.output) {
+    dirs_ = {l.images, l.fields};
+    if (o.previews) dirs_.push_back(l.previews);
+    if (l.pairs) dirs_.insert(dirs_.end(), {"fixed", "moving_fields"});
+    bool any_labels = false;
+    for (const auto& c : cases) any_labels = any_labels || !c.labels.empty();
+    if (any_labels) dirs_.push_back(l.labels);
+    if (any_labels && l.pairs) dirs_.push_back("fixed_labels");
+  }
+  void ensure() {
+    if (made_) return;
+    for (const auto& d : dirs_) detail::make_dirs(join(root_, d));
+    made_ = true;
+  }
+
+ private:
+  std::string root_;
+  std::vector<std::string> dirs_;
+  bool made_ = false;
+};
+
+/// One case in memory: its channels as one tensor, labels, grid and the
+/// types and extensions its outputs get.
+struct CaseData {
+  at::Tensor image;   ///< [1, C, ...S]
+  at::Tensor labels;  ///< [1, 1, ...S], or undefined
+  Geometry geometry;
+  PixelType pixel = PixelType::kFloat32;  ///< the input's (PNG keeps uint8 / uint16)
+  std::string label_ext, field_ext;
+};
+
+CaseData read_case(const Case& c) {
+  CaseData d;
+  std::vector<at::Tensor> channels;
+  for (size_t i = 0; i < c.images.size(); ++i) {
+    Image img = read_image(c.images[i]);
+    channels.push_back(img.data);
+    if (i == 0) d.geometry = img.geometry, d.pixel = img.pixel_type;
+  }
+  d.image = at::cat(channels, 1);
+  if (!c.labels.empty()) d.labels = read_labels(c.labels).data;
+  d.label_ext = c.labels.empty() ? c.ext : split_name(base_name(c.labels)).second;
+  d.field_ext = detail::has_extension(c.ext, ".png") ? ".nii.gz" : c.ext;
+  return d;
+}
+
+/// One sample to make: its level, index and seed.
+struct Work {
+  DeformLevel level;
+  int64_t k = 0;
+  uint64_t seed = 0;
+};
+
+/// Every level x sample of a case, each with the seed its name and level give.
+std::vector<Work> case_work(const Case& c, const DeformJobOptions& o) {
+  std::vector<Work> work;
+  for (const auto& l : o.levels)
+    for (int64_t k = 0; k < o.samples; ++k)
+      work.push_back({l, k, derive_seed(o.seed, fnv1a(c.name), static_cast<uint64_t>(l.aug * 1000 + l.syn),
+                                        static_cast<uint64_t>(k))});
+  return work;
+}
+
+/// What the deformer made for a chunk of work, on the CPU. Deform and
+/// augment modes fill images/labels/fields; pairs mode fills them with the
+/// moving side and the fixed side too.
+struct Generated {
+  at::Tensor images, labels, fields;
+  at::Tensor fixed, fixed_labels, moving_fields;
+};
+
+at::Tensor cpu_or_undefined(const at::Tensor& x) { return x.defined() ? x.cpu() : x; }
+
+Generated generate_chunk(const Deformer& deformer, const CaseData& d, const std::vector<Work>& work, bool pairs) {
+  const auto n = static_cast<int64_t>(work.size());
+  std::vector<int64_t> aug, syn;
+  std::vector<uint64_t> seeds;
+  for (const auto& w : work) {
+    aug.push_back(w.level.aug);
+    syn.push_back(w.level.syn);
+    seeds.push_back(w.seed);
+  }
+  const auto repeat = [n](const at::Tensor& x) {
+    if (!x.defined()) return x;
+    std::vector<int64_t> shape(static_cast<size_t>(x.dim()), -1);
+    shape[0] = n;
+    return x.expand(shape).contiguous();
+  };
+  const auto spacing = tensor_spacing(d.geometry);
+  Generated g;
+  if (pairs) {
+    auto r = deformer.pairs(repeat(d.image), repeat(d.labels), aug, syn, seeds, spacing);
+    g.images = r.moving, g.labels = r.moving_labels, g.fields = r.field;
+    g.fixed = r.fixed, g.fixed_labels = r.fixed_labels, g.moving_fields = r.moving_field;
+  } else {
+    auto r = deformer.deform_with_seeds(repeat(d.image), repeat(d.labels), aug, seeds, spacing);
+    g.images = r.images, g.labels = r.labels, g.fields = r.fields;
+  }
+  for (at::Tensor* x : {&g.images, &g.labels, &g.fields, &g.fixed, &g.fixed_labels, &g.moving_fields})
+    *x = cpu_or_undefined(*x);
+  return g;
+}
+
+std::string sample_name(const std::string& case_name, const Work& w, bool pairs) {
+  std::string s = case_name + "_drdm_T" + std::to_string(w.level.aug);
+  if (pairs) s += "-" + std::to_string(w.level.syn);
+  return s + "_s" + two_digits(w.k);
+}
+
+/// Writes one case's samples and returns their manifest records.
+class CaseWriter {
+ public:
+  /// `slice_axis`: the axis a volume went through a 2D model along, or -1.
+  CaseWriter(const DeformJobOptions& o, const OutputLayout& l, const Case& c, const CaseData& d, int64_t slice_axis)
+      : o_(o), l_(l), c_(c), d_(d), axis_(slice_axis) {}
+
+  /// Row `i` of `g`, made from `w`.
+  json write(const Generated& g, int64_t i, const Work& w) const {
+    const std::string sample = sample_name(c_.name, w, l_.pairs);
+    const at::Tensor field = g.fields[i].unsqueeze(0);
+    json out;
+    out[l_.pairs ? "moving" : "image"] = channels(l_.images, sample, g.images[i]);
+    if (g.labels.defined()) out[l_.pairs ? "moving_labels" : "labels"] = labels(l_.labels, sample, g.labels[i]);
+    out["field"] = field_file(l_.fields, sample, field);
+    if (l_.pairs) {
+      out["fixed"] = channels("fixed", sample, g.fixed[i]);
+      if (g.fixed_labels.defined()) out["fixed_labels"] = labels("fixed_labels", sample, g.fixed_labels[i]);
+      out["moving_field"] = field_file("moving_fields", sample, g.moving_fields[i].unsqueeze(0));
+    }
+    if (o_.previews) {
+      // Deform and augment modes show input -> output; pairs mode moving -> fixed.
+      const at::Tensor before = l_.pairs ? first_channel(g.images[i]) : d_.image.narrow(1, 0, 1);
+      const at::Tensor after = first_channel(l_.pairs ? g.fixed[i] : g.images[i]);
+      out["preview"] = preview(sample, before, after, field);
+    }
+    return record(w, out, field);
+  }
+
+ private:
+  static at::Tensor first_channel(const at::Tensor& row) { return row.narrow(0, 0, 1).unsqueeze(0); }
+
+  /// `row` [C, ...S]: one file per channel, named as nnU-Net or as the input.
+  json channels(const std::string& dir, const std::string& sample, const at::Tensor& row) const {
+    json files = json::array();
+    for (int64_t ch = 0; ch < row.size(0); ++ch) {
+      std::string suffix;
+      if (l_.nnunet && l_.dataset_out) {
+        suffix = std::to_string(ch);
+        suffix = "_" + std::string(4 - std::min<size_t>(4, suffix.size()), '0') + suffix;
+      } else if (row.size(0) > 1) {
+        suffix = "_c" + std::to_string(ch);
+      }
+      const std::string rel = dir + "/" + sample + suffix + c_.ext;
+      write_image(join(o_.output, rel), row.narrow(0, ch, 1).unsqueeze(0), d_.geometry, d_.pixel);
+      files.push_back(rel);
+    }
+    return files.size() == 1 ? files[0] : files;
+  }
+
+  std::string labels(const std::string& dir, const std::string& sample, const at::Tensor& row) const {
+    const std::string rel = dir + "/" + sample + d_.label_ext;
+    write_labels(join(o_.output, rel), row.unsqueeze(0), d_.geometry);
+    return rel;
+  }
+
+  /// A single-slice volume (e.g. 256x256x1) gets 2D fields on its in-plane grid.
+  std::string field_file(const std::string& dir, const std::string& sample, const at::Tensor& field) const {
+    const std::string rel = dir + "/" + sample + d_.field_ext;
+    const Image written = squeeze_single_slice_field(field, d_.geometry);
+    write_field(join(o_.output, rel), written.data, written.geometry);
+    return rel;
+  }
+
+  /// A volume deformed slice by slice shows the central slice of the slicing axis.
+  std::string preview(const std::string& sample, const at::Tensor& before, const at::Tensor& after,
+                      const at::Tensor& field) const {
+    const std::string rel = l_.previews + "/" + sample + ".png";
+    const std::string path = join(o_.output, rel);
+    if (axis_ < 0) {
+      write_warp_preview(path, before, after, field);
+      return rel;
+    }
+    const int64_t mid = d_.geometry.tensor_size()[static_cast<size_t>(axis_)] / 2;
+    std::vector<int64_t> keep;
+    for (int64_t a = 0; a < 3; ++a)
+      if (a != axis_) keep.push_back(a);
+    const at::Tensor plane_field =
+        at::stack({field.select(1, keep[0]), field.select(1, keep[1])}, 1).select(2 + axis_, mid);
+    write_warp_preview(path, before.select(2 + axis_, mid), after.select(2 + axis_, mid), plane_field);
+    return rel;
+  }
+
+  json record(const Work& w, const json& outputs, const at::Tensor& field) const {
+    json s;
+    s["case"] = c_.name;
+    s["input"] = c_.images.size() == 1 ? json(c_.images[0]) : json(c_.images);
+    s["labels"] = c_.labels.empty() ? json(nullptr) : json(c_.labels);
+    s["level"] = l_.pairs ? json{{"aug", w.level.aug}, {"syn", w.level.syn}} : json(w.level.aug);
+    s["sample"] = w.k;
+    s["seed"] = w.seed;
+    s["outputs"] = outputs;
+    s["metrics"] = metrics_json(field, axis_);
+    return s;
+  }
+
+  const DeformJobOptions& o_;
+  const OutputLayout& l_;
+  const Case& c_;
+  const CaseData& d_;
+  int64_t axis_;
+};
+
+/// Deforms one case (every level x sample, in chunks that fill the batch)
+/// and appends its samples' records to `samples`.
+void deform_case(const Deformer& deformer, const DeformJobOptions& o, const OutputLayout& l, const Case& c,
+                 int64_t model_dims, OutputFolders& folders, json& samples) {
+  const CaseData d = read_case(c);
+  const int64_t axis = slicing_axis(d.geometry.tensor_size(), model_dims, deformer.slice_axis());
+  // A 3D volume through a 2D model is many network items per sample.
+  const auto chunk =
+      static_cast<size_t>(std::max<int64_t>(1, o.batch / items_per_sample(d.geometry, model_dims, deformer.slice_axis())));
+  const CaseWriter writer(o, l, c, d, axis);
+  const std::vector<Work> work = case_work(c, o);
+  for (size_t w0 = 0; w0 < work.size(); w0 += chunk) {
+    const std::vector<Work> part(work.begin() + static_cast<std::ptrdiff_t>(w0),
+                                 work.begin() + static_cast<std::ptrdiff_t>(std::min(work.size(), w0 + chunk)));
+    const Generated g = generate_chunk(deformer, d, part, l.pairs);
+    folders.ensure();
+    for (size_t i = 0; i < part.size(); ++i) samples.push_back(writer.write(g, static_cast<int64_t>(i), part[i]));
+  }
+  if (l.dataset_out) {  // the original case beside its augmented copies
+    for (const auto& f : c.images) copy_file(f, join(join(o.output, "imagesTr"), base_name(f)));
+    if (!c.labels.empty()) copy_file(c.labels, join(join(o.output, "labelsTr"), base_name(c.labels)));
+  }
+}
+
+/// The checks on options that need neither the model nor the data.
+void check_job_options(const DeformJobOptions& o) {
   if (o.input.empty()) throw std::invalid_argument("no input given");
   if (o.output.empty()) throw std::invalid_argument("no output folder given");
   check_ranges(o);
@@ -648,6 +975,65 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
       throw std::invalid_argument("levels: '" + levels_text({l}) + "' gives a synthesis level (:" +
                                   std::to_string(l.syn) + "), which only pairs mode uses; in " + to_string(o.mode) +
                                   " mode give single levels, e.g. " + std::to_string(l.aug));
+}
+
+/// This shard's cases (every shard_count-th from shard_index), checked.
+std::vector<Case> shard_cases(const Inputs& in, const DeformJobOptions& o, int64_t model_dims) {
+  std::vector<Case> mine;
+  for (size_t i = 0; i < in.cases.size(); ++i)
+    if (static_cast<int64_t>(i % static_cast<size_t>(o.shard_count)) == o.shard_index) mine.push_back(in.cases[i]);
+  for (const auto& c : mine) check_case(c, model_dims, o.mode, o.label_interpolation);
+  if (in.dataset) {
+    char a[4096], b[4096];
+    if (::realpath(in.root.c_str(), a) != nullptr && ::realpath(o.output.c_str(), b) != nullptr &&
+        std::string(a) == std::string(b))
+      throw std::invalid_argument("the output folder must not be the input dataset '" + in.root + "'");
+  }
+  return mine;
+}
+
+DeformerOptions deformer_options(const DeformJobOptions& o) {
+  DeformerOptions d;
+  d.generation.batch = o.batch;
+  d.generation.schedule = o.schedule;
+  d.label_interpolation = o.label_interpolation;
+  d.padding = o.padding;
+  d.slice_axis = o.slice_axis;
+  d.slice_mode = o.slice_mode;
+  d.slice_sigma = o.slice_sigma;
+  return d;
+}
+
+std::string shard_suffix(const DeformJobOptions& o) {
+  return o.shard_count > 1 ? "-shard-" + std::to_string(o.shard_index) + "-of-" + std::to_string(o.shard_count)
+                           : "";
+}
+
+/// What describes the run beside its samples: program, model, options, summary.
+json manifest_json(const DeformJobOptions& o, const std::string& model_path, int64_t model_step,
+                   const Deformer& deformer, size_t cases, json samples) {
+  json m;
+  m["program"] = "drdm_deform";
+  m["mode"] = to_string(o.mode);
+  m["model"] = model_path;
+  m["model_step"] = model_step;
+  m["model_size"] = deformer.model_size();
+  m["device"] = deformer.device().str();
+  m["options"] = json::parse(to_json(o));
+  m["metrics_note"] =
+      "metrics of the written field on the input grid: magnitude ||(u_i / size_i)_i|| in % of the image size (max "
+      "and mean over voxels), folding_ratio = fraction of voxels with det(I + grad u) <= 0";
+  m["cases"] = cases;
+  m["summary"] = level_summary(samples);
+  m["samples"] = std::move(samples);
+  return m;
+}
+
+}  // namespace
+
+DeformJobSummary run_deform_job(const DeformJobOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  check_job_options(o);
   if (o.threads > 0) at::set_num_threads(static_cast<int>(o.threads));
 
   // Everything is checked before anything is written.
@@ -658,18 +1044,9 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
   for (const auto& l : o.levels)
     if (l.aug > big_t || l.syn > big_t)
       throw std::invalid_argument("levels: " + levels_text({l}) + " exceeds the model's T = " + std::to_string(big_t));
-  Inputs in = discover(o);
-  std::vector<Case> mine;
-  for (size_t i = 0; i < in.cases.size(); ++i)
-    if (static_cast<int64_t>(i % static_cast<size_t>(o.shard_count)) == o.shard_index) mine.push_back(in.cases[i]);
+  const Inputs in = discover(o);
   const int64_t model_dims = trained.config.data.dims;
-  for (const auto& c : mine) check_case(c, model_dims, o.mode, o.label_interpolation);
-  if (in.dataset) {
-    char a[4096], b[4096];
-    if (::realpath(in.root.c_str(), a) != nullptr && ::realpath(o.output.c_str(), b) != nullptr &&
-        std::string(a) == std::string(b))
-      throw std::invalid_argument("the output folder must not be the input dataset '" + in.root + "'");
-  }
+  const std::vector<Case> mine = shard_cases(in, o, model_dims);
   // One run per output folder (shards of one job share it, one process per shard).
   const detail::RunLock lock(o.output, "drdm_deform",
                              o.shard_count > 1 ? "shard-" + std::to_string(o.shard_index) + "-of-" +
@@ -682,235 +1059,45 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
 
   // Progress in network steps (one model item, i.e. an image or a 2D slice,
   // advanced by one recovery step), so that long volumes show progress too.
+  // SIGINT / SIGTERM stop the run at the next step.
   const int64_t big_steps = deformer_steps_total(mine, o, model_dims, big_t,
                                                  o.slice_axis >= 0 ? o.slice_axis : trained.config.data.slice_axis);
   detail::ProgressBar bar("drdm_deform recovery steps", big_steps, 0, o.progress);
   int64_t steps_done = 0;
   std::string current_case;
-  DeformerOptions dopt;
+  DeformerOptions dopt = deformer_options(o);
   dopt.generation.on_step = [&](int64_t n) {
     steps_done += n;
     bar.update(std::min(steps_done, big_steps), current_case);
+    throw_if_interrupted();
   };
-  dopt.generation.batch = o.batch;
-  dopt.generation.schedule = o.schedule;
-  dopt.label_interpolation = o.label_interpolation;
-  dopt.padding = o.padding;
-  dopt.slice_axis = o.slice_axis;
-  dopt.slice_mode = o.slice_mode;
-  dopt.slice_sigma = o.slice_sigma;
   const int64_t model_step = trained.step;
   const Deformer deformer(std::move(trained), device, dopt);
 
-  // Output layout.
-  const bool pairs = o.mode == DeformMode::kPairs;
-  const bool dataset_out = in.dataset && !pairs;
-  const std::string image_dir = dataset_out ? "imagesTr" : (pairs ? "moving" : "images");
-  const std::string label_dir = dataset_out ? "labelsTr" : (pairs ? "moving_labels" : "labels");
-  const std::string field_dir = dataset_out ? "drdm_fields" : "fields";
-  const std::string preview_dir = dataset_out ? "drdm_previews" : "previews";
-  // Folders are made when the first sample is ready, so that a case that
-  // fails to read (corrupt data, NaN) before it leaves nothing behind.
-  bool folders_made = false;
-  const auto make_folders = [&] {
-    if (folders_made) return;
-    std::vector<std::string> dirs{image_dir, field_dir};
-    if (o.previews) dirs.push_back(preview_dir);
-    if (pairs) dirs.insert(dirs.end(), {"fixed", "moving_fields"});
-    bool any_labels = false;
-    for (const auto& c : mine) any_labels = any_labels || !c.labels.empty();
-    if (any_labels) dirs.push_back(label_dir);
-    if (any_labels && pairs) dirs.push_back("fixed_labels");
-    for (const auto& d : dirs) detail::make_dirs(join(o.output, d));
-    folders_made = true;
-  };
-
-  // Work: every case x level x sample.
+  const OutputLayout layout = output_layout(in, o.mode);
+  OutputFolders folders(o, layout, mine);
   json samples = json::array();
   for (const auto& c : mine) {
+    throw_if_interrupted();
     current_case = c.name;
-    // Read the case.
-    std::vector<at::Tensor> channels;
-    Image first;
-    for (size_t i = 0; i < c.images.size(); ++i) {
-      Image img = read_image(c.images[i]);
-      channels.push_back(img.data);
-      if (i == 0) first = std::move(img);
-    }
-    const at::Tensor image = at::cat(channels, 1);  // [1, C, ...S]
-    at::Tensor labels;
-    if (!c.labels.empty()) labels = read_labels(c.labels).data;
-    const Geometry& geo = first.geometry;
-    const auto spacing = tensor_spacing(geo);
-    const std::string label_ext = c.labels.empty() ? c.ext : split_name(base_name(c.labels)).second;
-    const std::string field_ext = detail::has_extension(c.ext, ".png") ? ".nii.gz" : c.ext;
-    // A single-slice volume (e.g. 256x256x1) gets 2D fields on its in-plane grid.
-    const auto write_case_field = [&](const std::string& rel, const at::Tensor& field) {
-      const Image written = squeeze_single_slice_field(field, geo);
-      write_field(join(o.output, rel), written.data, written.geometry);
-    };
-    // Output pixel type: the input's (PNG keeps uint8 / uint16).
-    const PixelType pixel = first.pixel_type;
-
-    // Chunks of samples: a 3D volume through a 2D model is many network items per sample.
-    const int64_t chunk =
-        std::max<int64_t>(1, o.batch / items_per_sample(geo, model_dims, deformer.slice_axis()));
-    struct Work {
-      DeformLevel level;
-      int64_t k;
-      uint64_t seed;
-    };
-    std::vector<Work> work;
-    for (size_t li = 0; li < o.levels.size(); ++li)
-      for (int64_t k = 0; k < o.samples; ++k) {
-        const auto& l = o.levels[li];
-        work.push_back({l, k, derive_seed(o.seed, fnv1a(c.name), static_cast<uint64_t>(l.aug * 1000 + l.syn),
-                                          static_cast<uint64_t>(k))});
-      }
-    for (size_t w0 = 0; w0 < work.size(); w0 += static_cast<size_t>(chunk)) {
-      const size_t w1 = std::min(work.size(), w0 + static_cast<size_t>(chunk));
-      const auto n = static_cast<int64_t>(w1 - w0);
-      std::vector<int64_t> aug, syn;
-      std::vector<uint64_t> seeds;
-      for (size_t w = w0; w < w1; ++w) {
-        aug.push_back(work[w].level.aug);
-        syn.push_back(work[w].level.syn);
-        seeds.push_back(work[w].seed);
-      }
-      const auto repeat = [n](const at::Tensor& x) {
-        if (!x.defined()) return x;
-        std::vector<int64_t> shape(static_cast<size_t>(x.dim()), -1);
-        shape[0] = n;
-        return x.expand(shape).contiguous();
-      };
-      const at::Tensor imgs = repeat(image);
-      const at::Tensor labs = repeat(labels);
-      at::Tensor out_images, out_labels, out_fields, fixed, fixed_labels, moving_fields;
-      if (pairs) {
-        auto r = deformer.pairs(imgs, labs, aug, syn, seeds, spacing);
-        out_images = r.moving, out_labels = r.moving_labels, out_fields = r.field;
-        fixed = r.fixed, fixed_labels = r.fixed_labels, moving_fields = r.moving_field;
-      } else {
-        auto r = deformer.deform_with_seeds(imgs, labs, aug, seeds, spacing);
-        out_images = r.images, out_labels = r.labels, out_fields = r.fields;
-      }
-      out_images = out_images.cpu(), out_fields = out_fields.cpu();
-      if (pairs) fixed = fixed.cpu();
-      make_folders();
-      for (int64_t i = 0; i < n; ++i) {
-        const Work& w = work[w0 + static_cast<size_t>(i)];
-        std::string sample = c.name + "_drdm_T" + std::to_string(w.level.aug);
-        if (pairs) sample += "-" + std::to_string(w.level.syn);
-        sample += "_s" + two_digits(w.k);
-        json outputs;
-        auto write_channels = [&](const std::string& dir, const at::Tensor& x) {
-          json files = json::array();
-          for (int64_t ch = 0; ch < x.size(1); ++ch) {
-            std::string suffix;
-            if (in.nnunet && dataset_out) {
-              suffix = std::to_string(ch);
-              suffix = "_" + std::string(4 - std::min<size_t>(4, suffix.size()), '0') + suffix;
-            } else if (x.size(1) > 1) {
-              suffix = "_c" + std::to_string(ch);
-            }
-            const std::string rel = dir + "/" + sample + suffix + c.ext;
-            write_image(join(o.output, rel), x[i].narrow(0, ch, 1).unsqueeze(0), geo, pixel);
-            files.push_back(rel);
-          }
-          return files.size() == 1 ? files[0] : files;
-        };
-        outputs[pairs ? "moving" : "image"] = write_channels(image_dir, out_images);
-        if (out_labels.defined()) {
-          const std::string rel = label_dir + "/" + sample + label_ext;
-          write_labels(join(o.output, rel), out_labels[i].unsqueeze(0).cpu(), geo);
-          outputs[pairs ? "moving_labels" : "labels"] = rel;
-        }
-        const at::Tensor field = out_fields[i].unsqueeze(0);
-        const std::string field_rel = field_dir + "/" + sample + field_ext;
-        write_case_field(field_rel, field);
-        outputs["field"] = field_rel;
-        if (pairs) {
-          outputs["fixed"] = write_channels("fixed", fixed);
-          if (fixed_labels.defined()) {
-            const std::string rel = "fixed_labels/" + sample + label_ext;
-            write_labels(join(o.output, rel), fixed_labels[i].unsqueeze(0).cpu(), geo);
-            outputs["fixed_labels"] = rel;
-          }
-          const std::string rel = "moving_fields/" + sample + field_ext;
-          write_case_field(rel, moving_fields[i].unsqueeze(0).cpu());
-          outputs["moving_field"] = rel;
-        }
-        if (o.previews) {
-          const std::string rel = preview_dir + "/" + sample + ".png";
-          const at::Tensor before = pairs ? out_images[i].narrow(0, 0, 1).unsqueeze(0) : image.narrow(1, 0, 1);
-          const at::Tensor after = pairs ? fixed[i].narrow(0, 0, 1).unsqueeze(0) : out_images[i].narrow(0, 0, 1).unsqueeze(0);
-          const auto ts = geo.tensor_size();
-          const int64_t axis = slicing_axis(ts, model_dims, deformer.slice_axis());
-          if (axis >= 0) {
-            // Deformed slice by slice: show the central slice of the slicing axis.
-            const int64_t mid = ts[static_cast<size_t>(axis)] / 2;
-            std::vector<int64_t> keep;
-            for (int64_t a = 0; a < 3; ++a)
-              if (a != axis) keep.push_back(a);
-            const at::Tensor plane_field =
-                at::stack({field.select(1, keep[0]), field.select(1, keep[1])}, 1).select(2 + axis, mid);
-            write_warp_preview(join(o.output, rel), before.select(2 + axis, mid), after.select(2 + axis, mid),
-                               plane_field);
-          } else {
-            write_warp_preview(join(o.output, rel), before, after, field);
-          }
-          outputs["preview"] = rel;
-        }
-        json s;
-        s["case"] = c.name;
-        s["input"] = c.images.size() == 1 ? json(c.images[0]) : json(c.images);
-        s["labels"] = c.labels.empty() ? json(nullptr) : json(c.labels);
-        s["level"] = pairs ? json{{"aug", w.level.aug}, {"syn", w.level.syn}} : json(w.level.aug);
-        s["sample"] = w.k;
-        s["seed"] = w.seed;
-        s["outputs"] = outputs;
-        s["metrics"] = metrics_json(field, slicing_axis(geo.tensor_size(), model_dims, deformer.slice_axis()));
-        samples.push_back(s);
-      }
-    }
-    if (dataset_out) {  // the original case beside its augmented copies
-      for (const auto& f : c.images) copy_file(f, join(join(o.output, "imagesTr"), base_name(f)));
-      if (!c.labels.empty()) copy_file(c.labels, join(join(o.output, "labelsTr"), base_name(c.labels)));
-    }
+    deform_case(deformer, o, layout, c, model_dims, folders, samples);
   }
   bar.finish();
-  make_folders();
-  if (dataset_out) {
+  folders.ensure();
+  if (layout.dataset_out) {
     if (o.shard_index == 0) copy_test_set(in, o.output);
     const auto cases = cases_present(in, o.output);
     update_dataset_json(in, o.output, cases);
     write_splits(in, o.output, cases);
   }
-  const std::string shard_suffix =
-      o.shard_count > 1 ? "-shard-" + std::to_string(o.shard_index) + "-of-" + std::to_string(o.shard_count) : "";
-  write_text_file(join(o.output, "config" + shard_suffix + ".json"), to_json(o) + "\n");
-
-  json manifest;
-  manifest["program"] = "drdm_deform";
-  manifest["mode"] = to_string(o.mode);
-  manifest["model"] = model_path;
-  manifest["model_step"] = model_step;
-  manifest["model_size"] = deformer.model_size();
-  manifest["device"] = device.str();
-  manifest["options"] = json::parse(to_json(o));
-  manifest["metrics_note"] =
-      "metrics of the written field on the input grid: magnitude ||(u_i / size_i)_i|| in % of the image size (max "
-      "and mean over voxels), folding_ratio = fraction of voxels with det(I + grad u) <= 0";
-  manifest["cases"] = mine.size();
-  manifest["samples"] = samples;
-  manifest["summary"] = level_summary(samples);
-  const std::string manifest_path = join(o.output, "manifest" + shard_suffix + ".json");
-  write_text_file(manifest_path, manifest.dump(2) + "\n");
+  write_text_file(join(o.output, "config" + shard_suffix(o) + ".json"), to_json(o) + "\n");
   DeformJobSummary summary;
   summary.cases = static_cast<int64_t>(mine.size());
   summary.samples = static_cast<int64_t>(samples.size());
+  summary.manifest = join(o.output, "manifest" + shard_suffix(o) + ".json");
+  const json manifest = manifest_json(o, model_path, model_step, deformer, mine.size(), std::move(samples));
+  write_text_file(summary.manifest, manifest.dump(2) + "\n");
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  summary.manifest = manifest_path;
   return summary;
 }
 
@@ -940,7 +1127,7 @@ std::pair<int64_t, int64_t> shard_of_name(const std::string& name, const std::st
   if (name.compare(0, prefix.size(), prefix) != 0) return {-1, -1};
   const std::string rest = name.substr(prefix.size());
   if (!std::regex_match(rest, m, re)) return {-1, -1};
-  return {std::stoll(m[1].str()), std::stoll(m[2].str())};
+  return {*detail::parse_integer(m[1].str()), *detail::parse_integer(m[2].str())};
 }
 
 /// "cuda:1" -> "cuda": shards on different GPUs of one kind are one job.

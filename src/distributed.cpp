@@ -1,6 +1,7 @@
 #include "drdm/distributed.h"
 
 #include "dist/backends.h"
+#include "parse_integer.h"
 #include "drdm/log.h"
 
 #include <ATen/ATen.h>
@@ -8,7 +9,6 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
-#include <cerrno>
 #include <cmath>
 #include <algorithm>
 #include <cstdlib>
@@ -31,13 +31,11 @@ const char* env(const char* name) {
 int env_int(const char* name, int lo, int hi) {
   const char* v = env(name);
   if (!v) throw std::invalid_argument(std::string("environment variable ") + name + " is not set");
-  errno = 0;
-  char* end = nullptr;
-  const long x = std::strtol(v, &end, 10);
-  if (errno != 0 || *end != '\0' || x < lo || x > hi)
+  const auto x = drdm::detail::parse_integer(v);
+  if (!x || *x < lo || *x > hi)
     throw std::invalid_argument(std::string("environment variable ") + name + " = '" + v +
                                 "' is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  return static_cast<int>(x);
+  return static_cast<int>(*x);
 }
 
 std::string message_of(const std::exception& e) {
@@ -58,11 +56,10 @@ void read_master(WorldSpec& w, const std::string& master) {
     throw std::invalid_argument("master '" + master + "' must be host:port");
   w.master_addr = master.substr(0, colon);
   const std::string port = master.substr(colon + 1);
-  char* end = nullptr;
-  const long p = std::strtol(port.c_str(), &end, 10);
-  if (port.empty() || *end != '\0' || p < 1 || p > 65535)
+  const auto p = drdm::detail::parse_integer(port);
+  if (!p || *p < 1 || *p > 65535)
     throw std::invalid_argument("master '" + master + "': the port must be an integer in [1, 65535]");
-  w.master_port = static_cast<int>(p);
+  w.master_port = static_cast<int>(*p);
 }
 
 }  // namespace
@@ -291,23 +288,6 @@ std::pair<int64_t, int64_t> World::share(int64_t global_batch, const std::string
   return {spec_.rank * n, (spec_.rank + 1) * n};
 }
 
-
-
-void World::average(const std::vector<torch::Tensor>& tensors, const std::string& what) const {
-  if (!impl_ || tensors.empty()) return;
-  at::NoGradGuard no_grad;
-  std::vector<at::Tensor> flat;
-  for (const auto& t : tensors) flat.push_back(t.reshape({-1}).to(impl_->device));
-  std::vector<at::Tensor> bucket{at::cat(flat)};
-  wait_for(impl_->backend->allreduce(bucket), *this, impl_->timeout, what);
-  bucket[0].div_(spec_.size);
-  int64_t offset = 0;
-  for (const auto& t : tensors) {
-    t.copy_(bucket[0].narrow(0, offset, t.numel()).view(t.sizes()));
-    offset += t.numel();
-  }
-}
-
 std::shared_ptr<World::Buckets> World::buckets_for(const std::vector<torch::Tensor>& params) const {
   const std::pair<const void*, size_t> key{params.front().unsafeGetTensorImpl(), params.size()};
   std::lock_guard<std::mutex> lock(impl_->mutex);
@@ -371,9 +351,10 @@ void World::backward(const torch::Tensor& loss, const std::vector<torch::Tensor>
 
 void World::average(std::vector<double>& values, const std::string& what) const {
   if (!impl_ || values.empty()) return;
-  auto t = at::tensor(values, at::kDouble);
-  average({t}, what);
-  for (size_t i = 0; i < values.size(); ++i) values[i] = t[static_cast<int64_t>(i)].item<double>();
+  std::vector<at::Tensor> bucket{at::tensor(values, at::kDouble).to(impl_->device)};
+  wait_for(impl_->backend->allreduce(bucket), *this, impl_->timeout, what);
+  const at::Tensor mean = bucket[0].div(spec_.size).cpu();
+  for (size_t i = 0; i < values.size(); ++i) values[i] = mean[static_cast<int64_t>(i)].item<double>();
 }
 
 void World::agree(bool ok, const std::string& what) const {
@@ -420,11 +401,10 @@ torch::Tensor my_rows(const torch::Tensor& global_batch, const std::string& key)
   return global_batch.narrow(0, first, last - first);
 }
 
-std::string join_for(const std::string& device_name, double config_timeout, const std::string& master) {
+void join_for(const std::string& device_name, double config_timeout, const std::string& master) {
   const bool cuda = device_name == "cuda" || (device_name == "auto" && torch::cuda::is_available());
   const torch::Device requested = cuda ? torch::Device(torch::kCUDA) : torch::Device(device_name == "auto" ? "cpu" : device_name);
-  const auto d = join_world(requested, dist_timeout(config_timeout), master);
-  return d.str();
+  join_world(requested, dist_timeout(config_timeout), master);
 }
 
 const World& world() {

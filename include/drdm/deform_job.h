@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "drdm/generate.h"
@@ -59,6 +60,13 @@ struct DeformJobOptions {
   bool progress = true;
   int64_t threads = 0;  ///< CPU threads (0: LibTorch's default)
 };
+
+/// --shard: "i/n" -> (i, n), or "auto": the shard of a Slurm job array task
+/// (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) or
+/// of a torchrun worker (RANK of WORLD_SIZE). Throws naming the option or the
+/// variables when the text or the environment gives no shard; the range
+/// 0 <= i < n is checked here for auto and by run_deform_job for i/n.
+std::pair<int64_t, int64_t> parse_shard(const std::string& text);
 
 /// Reads a drdm_deform JSON config into `options` (keys present replace the
 /// defaults). Unknown keys and wrong types are errors naming the file and key.

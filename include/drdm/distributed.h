@@ -71,10 +71,7 @@ class World {
   /// multiple of the world size.
   std::pair<int64_t, int64_t> share(int64_t global_batch, const std::string& key) const;
 
-  /// Replaces each tensor by its mean over the ranks (sum / size), in one
-  /// flattened bucket per dtype. `what` names the step in errors.
-  void average(const std::vector<torch::Tensor>& tensors, const std::string& what) const;
-  /// The mean of each value over the ranks.
+  /// Replaces each value by its mean over the ranks. `what` names the step in errors.
   void average(std::vector<double>& values, const std::string& what) const;
   /// loss.backward(), with the gradients of `params` averaged over the
   /// ranks: as autograd produces each gradient it is copied into its bucket
@@ -114,8 +111,8 @@ const World& world();
 torch::Tensor my_rows(const torch::Tensor& global_batch, const std::string& key);
 
 /// Joins the world for a run whose config asks for `device_name` ("auto",
-/// "cpu", "cuda", "cuda:N"): the device string to train on (cuda:LOCAL_RANK
-/// for a bare "cuda" in a multi-rank job).
-std::string join_for(const std::string& device_name, double config_timeout, const std::string& master);
+/// "cpu", "cuda", "cuda:N"); resolve_device then maps a bare "cuda" to
+/// cuda:LOCAL_RANK in a multi-rank job.
+void join_for(const std::string& device_name, double config_timeout, const std::string& master);
 
 }  // namespace drdm::dist

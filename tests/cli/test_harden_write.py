@@ -284,6 +284,36 @@ def signal_tests(b, w):
           f"({err.strip()[-160:]})")
 
 
+def first_progress_line(proc, label):
+    """Reads `proc`'s stderr until its progress bar prints `label` (True), or it ends (False)."""
+    for line in proc.stderr:
+        if label in line:
+            return True
+    return False
+
+
+def deform_step_signal_test(b, w):
+    """SIGINT in the middle of a chunk's generation stops drdm_deform at the next recovery step:
+    no output folder is made (before the fix, the chunk ran on to its first write, which made them)."""
+    out = w("deform_sig_step")
+    # One chunk: 64 samples x 80 steps (--schedule all) of the shipped 2D model, minutes on one thread.
+    p = subprocess.Popen([b("drdm_deform"), "-i", w("small2d.nii.gz"), "-o", out, "--levels", "3", "--samples", "64",
+                          "--batch", "64", "--schedule", "all", "--threads", "1", "--device", "cpu", "--no-preview"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = first_progress_line(p, "drdm_deform recovery steps")
+    p.send_signal(signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=60)  # the whole chunk takes minutes on one thread
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+        err += "\n(still running 60 s after SIGINT: killed)"
+    made = sorted(n for n in os.listdir(out) if not n.startswith(".")) if os.path.isdir(out) else []
+    check(started and p.returncode == 130 and "interrupted by SIGINT" in err and not made and not temporaries(out),
+          f"drdm_deform + SIGINT during generation -> exit {p.returncode} (want 130), made {made} (want none), "
+          f"temporaries {temporaries(out)} ({err.strip()[-160:]})")
+
+
 def dead_pid():
     p = subprocess.Popen(["true"])
     p.wait()
@@ -363,6 +393,7 @@ def main():
     output_location_tests(b, w)
     fsync_tests(b, w)
     signal_tests(b, w)
+    deform_step_signal_test(b, w)
     stale_sweep_tests(b, w)
     return finish("cli harden write", a.workdir)
 
