@@ -15,6 +15,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -441,6 +442,38 @@ torch::Tensor preprocess_image(const torch::Tensor& image, const std::vector<dou
   return detail::fit_to_size(detail::clip_normalise(image, clip_low_pct, clip_high_pct), spacing, size);
 }
 
+namespace {
+
+using Rotation = std::array<std::array<double, 3>, 3>;
+
+Rotation rotation_2d(double angle) {
+  const double cs = std::cos(angle), sn = std::sin(angle);
+  return {{{cs, -sn, 0}, {sn, cs, 0}, {0, 0, 1}}};
+}
+
+/// Rodrigues' formula: `angle` about the direction of `axis` (x if it is ~0).
+Rotation rotation_3d(double angle, const double* axis) {
+  double ax[3] = {axis[0], axis[1], axis[2]};
+  const double norm = std::sqrt(ax[0] * ax[0] + ax[1] * ax[1] + ax[2] * ax[2]);
+  if (norm < 1e-12) {
+    ax[0] = 1, ax[1] = 0, ax[2] = 0;
+  } else {
+    for (double& a : ax) a /= norm;
+  }
+  const double cs = std::cos(angle), sn = std::sin(angle);
+  const double kx[3][3] = {{0, -ax[2], ax[1]}, {ax[2], 0, -ax[0]}, {-ax[1], ax[0], 0}};
+  Rotation rot{};
+  for (int a = 0; a < 3; ++a)
+    for (int b = 0; b < 3; ++b) {
+      double k2 = 0;
+      for (int m = 0; m < 3; ++m) k2 += kx[a][m] * kx[m][b];
+      rot[a][b] = (a == b ? 1.0 : 0.0) + sn * kx[a][b] + (1 - cs) * k2;
+    }
+  return rot;
+}
+
+}  // namespace
+
 torch::Tensor augment_batch(const torch::Tensor& batch, const AugmentOptions& options, at::Generator& gen) {
   TORCH_CHECK(batch.dim() == 4 || batch.dim() == 5, "augment_batch: expected [N, C, H, W] or [N, C, D, H, W], got ",
               batch.sizes());
@@ -471,26 +504,7 @@ torch::Tensor augment_batch(const torch::Tensor& batch, const AugmentOptions& op
     for (int64_t k = 0; k < d; ++k)
       if (r[2 + d + k] < options.flip_prob) flips[i].push_back(2 + k);
     // Rotation in voxel units (tensor axis order), so that it is rigid on non-square grids.
-    double rot[3][3] = {{1, 0, 0}, {0, 1, 0}, {0, 0, 1}};
-    const double cs = std::cos(angle), sn = std::sin(angle);
-    if (d == 2) {
-      rot[0][0] = cs, rot[0][1] = -sn, rot[1][0] = sn, rot[1][1] = cs;
-    } else {
-      double ax[3] = {pa[3 * i], pa[3 * i + 1], pa[3 * i + 2]};
-      const double norm = std::sqrt(ax[0] * ax[0] + ax[1] * ax[1] + ax[2] * ax[2]);
-      if (norm < 1e-12) {
-        ax[0] = 1, ax[1] = 0, ax[2] = 0;
-      } else {
-        for (double& a : ax) a /= norm;
-      }
-      const double kx[3][3] = {{0, -ax[2], ax[1]}, {ax[2], 0, -ax[0]}, {-ax[1], ax[0], 0}};
-      for (int a = 0; a < 3; ++a)
-        for (int b = 0; b < 3; ++b) {
-          double k2 = 0;
-          for (int m = 0; m < 3; ++m) k2 += kx[a][m] * kx[m][b];
-          rot[a][b] = (a == b ? 1.0 : 0.0) + sn * kx[a][b] + (1 - cs) * k2;
-        }
-    }
+    const Rotation rot = d == 2 ? rotation_2d(angle) : rotation_3d(angle, pa + 3 * i);
     // x_norm = crop * H^-1 R H y_norm + shift, H = diag((size - 1) / 2).
     for (int64_t a = 0; a < d; ++a) {
       const double ha = std::max<double>(1.0, static_cast<double>(spatial[a] - 1)) / 2;
@@ -518,34 +532,37 @@ torch::Tensor augment_batch(const torch::Tensor& batch, const AugmentOptions& op
   return out;
 }
 
-ImageDataset::ImageDataset(const DatasetOptions& options) : options_(options) {
-  const auto start = std::chrono::steady_clock::now();
-  detail::check_options(options_);
+namespace {
+
+/// The files of every folder, each folder's subset, in order.
+std::vector<std::string> dataset_files(const DatasetOptions& o) {
   std::vector<std::string> files;
-  for (const auto& folder : options_.folders) {
-    const auto f = detail::subset_of(detail::scan_folder(folder, options_), options_.subset);
+  for (const auto& folder : o.folders) {
+    const auto f = detail::subset_of(detail::scan_folder(folder, o), o.subset);
     if (f.empty())
-      throw std::runtime_error("dataset: data.subset [" + std::to_string(options_.subset[0]) + ", " +
-                               std::to_string(options_.subset[1]) + ") leaves no file of folder '" + folder + "'");
+      throw std::runtime_error("dataset: data.subset [" + std::to_string(o.subset[0]) + ", " +
+                               std::to_string(o.subset[1]) + ") leaves no file of folder '" + folder + "'");
     files.insert(files.end(), f.begin(), f.end());
   }
-  num_files_ = static_cast<int64_t>(files.size());
+  return files;
+}
 
-  // Read and preprocess on several threads (ITK readers are independent per
-  // file); results are gathered in file order, so the samples do not depend
-  // on the thread count.
+/// Reads and preprocesses `files` on up to 8 threads (ITK readers are
+/// independent per file); the results are in file order, so the samples do
+/// not depend on the thread count. The first failing file's error is thrown,
+/// naming it.
+std::vector<detail::FileSamples> load_files(const std::vector<std::string>& files, const DatasetOptions& o,
+                                            size_t nthreads) {
   std::vector<detail::FileSamples> results(files.size());
   std::vector<std::exception_ptr> errors(files.size());
   std::atomic<size_t> next{0};
-  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
-  const size_t nthreads = std::min<size_t>({files.size(), hw, 8});
   auto work = [&] {
     // With several loader threads, each runs its tensor operations serially
     // (a thread-local setting) rather than oversubscribing the cores.
     c10::ParallelGuard serial(nthreads > 1);
     for (size_t i = next++; i < files.size(); i = next++) {
       try {
-        results[i] = detail::load_file(files[i], options_);
+        results[i] = detail::load_file(files[i], o);
       } catch (...) {
         errors[i] = std::current_exception();
         next = files.size();  // stop early
@@ -566,27 +583,37 @@ ImageDataset::ImageDataset(const DatasetOptions& options) : options_(options) {
       throw std::runtime_error("dataset: '" + files[i] + "': " + what);
     }
   }
+  return results;
+}
 
-  std::vector<at::Tensor> samples;
+}  // namespace
+
+ImageDataset::ImageDataset(const DatasetOptions& options) : options_(options) {
+  const auto start = std::chrono::steady_clock::now();
+  detail::check_options(options_);
+  const std::vector<std::string> files = dataset_files(options_);
+  num_files_ = static_cast<int64_t>(files.size());
+  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const size_t nthreads = std::min<size_t>({files.size(), hw, 8});
+  auto results = load_files(files, options_, nthreads);
+
   int64_t skipped = 0;
   for (auto& r : results) {
     skipped += r.skipped;
     for (size_t k = 0; k < r.samples.size(); ++k) {
-      samples.push_back(std::move(r.samples[k]));
+      // The cache is the samples as loaded (no stacked copy: loading never
+      // holds the dataset twice); each owns exactly its own voxels.
+      at::Tensor t = std::move(r.samples[k]);
+      if (!t.is_contiguous() || t.storage().nbytes() != t.nbytes()) t = t.clone(at::MemoryFormat::Contiguous);
+      samples_.push_back(std::move(t));
       sources_.push_back(std::move(r.sources[k]));
     }
   }
-  if (samples.empty())
+  results.clear();
+  if (samples_.empty())
     throw std::runtime_error("dataset: no usable samples in " + detail::join(options_.folders) + " (" +
                              std::to_string(skipped) + " " + (options_.dims == 2 ? "slices" : "volumes") +
                              " below min_foreground " + std::to_string(options_.min_foreground) + ")");
-  // The cache is the samples as loaded (no stacked copy: loading never holds
-  // the dataset twice); each owns exactly its own voxels.
-  for (auto& t : samples) {
-    if (!t.is_contiguous() || t.storage().nbytes() != t.nbytes()) t = t.clone(at::MemoryFormat::Contiguous);
-    samples_.push_back(std::move(t));
-  }
-  samples.clear();
 #if defined(__GLIBC__)
   // What the loader threads read and resampled is free now, but glibc keeps it
   // in their arenas for good when drdm::keep_freed_memory_for_reuse() is in

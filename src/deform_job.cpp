@@ -382,63 +382,75 @@ void find_splits(Inputs& in) {
   in.splits = std::move(j);
 }
 
-Inputs discover(const DeformJobOptions& o) {
+/// One image file (and one label file).
+Inputs discover_file(const DeformJobOptions& o) {
   Inputs in;
-  if (detail::file_exists(o.input)) {
-    const auto [stem, ext] = split_name(base_name(o.input));
-    if (stem.empty())
-      throw std::runtime_error("'" + o.input + "' is not a supported image (.nii.gz, .nii, .mha, .mhd, .nrrd, .png)");
-    if (!o.labels.empty() && !detail::file_exists(o.labels))
-      throw std::runtime_error("labels '" + o.labels + "' is not a file (the input is one file)");
-    in.cases.push_back({stem, {o.input}, o.labels, ext});
-    return in;
+  const auto [stem, ext] = split_name(base_name(o.input));
+  if (stem.empty())
+    throw std::runtime_error("'" + o.input + "' is not a supported image (.nii.gz, .nii, .mha, .mhd, .nrrd, .png)");
+  if (!o.labels.empty() && !detail::file_exists(o.labels))
+    throw std::runtime_error("labels '" + o.labels + "' is not a file (the input is one file)");
+  in.cases.push_back({stem, {o.input}, o.labels, ext});
+  return in;
+}
+
+/// imagesTr/ files -> cases: nnU-Net channel files (CASE_XXXX) grouped per
+/// case when every file is one, else one case per file.
+void dataset_cases(Inputs& in) {
+  const std::string images = join(in.root, "imagesTr");
+  const auto files = list_images(images);
+  if (files.empty()) throw std::runtime_error("'" + images + "' holds no images");
+  bool all_channels = true;
+  for (const auto& f : files) all_channels = all_channels && nnunet_channel(split_name(f).first).second >= 0;
+  in.nnunet = all_channels;
+  std::map<std::string, std::map<int, std::string>> grouped;
+  std::map<std::string, std::string> ext_of;
+  for (const auto& f : files) {
+    const auto [stem, ext] = split_name(f);
+    const auto [name, channel] = in.nnunet ? nnunet_channel(stem) : std::make_pair(stem, 0);
+    if (in.nnunet && name.empty()) continue;
+    grouped[name][channel] = join(images, f);
+    ext_of[name] = ext;
   }
-  if (!detail::dir_exists(o.input)) throw std::runtime_error("input '" + o.input + "' does not exist");
-  const std::string dataset_json = join(o.input, "dataset.json");
-  if (detail::file_exists(dataset_json) && detail::dir_exists(join(o.input, "imagesTr"))) {
-    in.dataset = true;
-    in.root = o.input;
-    try {
-      in.dataset_json = nlohmann::ordered_json::parse(read_text(dataset_json));
-    } catch (const json::exception& e) {
-      throw std::runtime_error("'" + dataset_json + "' is not valid JSON: " + e.what());
+  for (const auto& [name, channels] : grouped) {
+    Case c{name, {}, "", ext_of[name]};
+    int expect = 0;
+    for (const auto& [ch, path] : channels) {
+      if (ch != expect++)
+        throw std::runtime_error("dataset case '" + name + "' misses channel " + std::to_string(expect - 1) +
+                                 " in imagesTr/");
+      c.images.push_back(path);
     }
-    if (!in.dataset_json.is_object()) throw std::runtime_error("'" + dataset_json + "': expected a JSON object");
-    if (!o.labels.empty())
-      throw std::invalid_argument("--labels is not used with a dataset folder (labels come from its labelsTr/)");
-    find_test_set(in);
-    find_splits(in);
-    const auto files = list_images(join(o.input, "imagesTr"));
-    if (files.empty()) throw std::runtime_error("'" + join(o.input, "imagesTr") + "' holds no images");
-    bool all_channels = true;
-    for (const auto& f : files) all_channels = all_channels && nnunet_channel(split_name(f).first).second >= 0;
-    in.nnunet = all_channels;
-    std::map<std::string, std::map<int, std::string>> grouped;
-    std::map<std::string, std::string> ext_of;
-    for (const auto& f : files) {
-      const auto [stem, ext] = split_name(f);
-      const auto [name, channel] = in.nnunet ? nnunet_channel(stem) : std::make_pair(stem, 0);
-      if (in.nnunet && name.empty()) continue;
-      grouped[name][channel] = join(join(o.input, "imagesTr"), f);
-      ext_of[name] = ext;
-    }
-    const std::string label_dir = join(o.input, "labelsTr");
-    for (const auto& [name, channels] : grouped) {
-      Case c{name, {}, "", ext_of[name]};
-      int expect = 0;
-      for (const auto& [ch, path] : channels) {
-        if (ch != expect++)
-          throw std::runtime_error("dataset case '" + name + "' misses channel " + std::to_string(expect - 1) +
-                                   " in imagesTr/");
-        c.images.push_back(path);
-      }
-      const std::string label = join(label_dir, name + c.ext);
-      if (detail::file_exists(label)) c.labels = label;
-      in.cases.push_back(std::move(c));
-    }
-    return in;
+    const std::string label = join(join(in.root, "labelsTr"), name + c.ext);
+    if (detail::file_exists(label)) c.labels = label;
+    in.cases.push_back(std::move(c));
   }
-  // A plain folder of images, with an optional parallel folder of labels.
+}
+
+/// An MSD / nnU-Net dataset folder: dataset.json, imagesTr/, labelsTr/,
+/// and what is carried over (imagesTs/, labelsTs/, splits_final.json).
+Inputs discover_dataset(const DeformJobOptions& o, const std::string& dataset_json) {
+  Inputs in;
+  in.dataset = true;
+  in.root = o.input;
+  try {
+    in.dataset_json = nlohmann::ordered_json::parse(read_text(dataset_json));
+  } catch (const json::exception& e) {
+    throw std::runtime_error("'" + dataset_json + "' is not valid JSON: " + e.what());
+  }
+  if (!in.dataset_json.is_object()) throw std::runtime_error("'" + dataset_json + "': expected a JSON object");
+  if (!o.labels.empty())
+    throw std::invalid_argument("--labels is not used with a dataset folder (labels come from its labelsTr/)");
+  find_test_set(in);
+  find_splits(in);
+  dataset_cases(in);
+  return in;
+}
+
+/// A plain folder of images, with an optional parallel folder of labels
+/// matched by name (CASE_0000 also matches CASE).
+Inputs discover_folder(const DeformJobOptions& o) {
+  Inputs in;
   const auto files = list_images(o.input);
   if (files.empty()) throw std::runtime_error("folder '" + o.input + "' holds no supported images");
   std::map<std::string, std::string> labels;  // stem -> path
@@ -462,6 +474,16 @@ Inputs discover(const DeformJobOptions& o) {
     in.cases.push_back(std::move(c));
   }
   return in;
+}
+
+/// The cases of the input: a file, a dataset folder or a folder of images.
+Inputs discover(const DeformJobOptions& o) {
+  if (detail::file_exists(o.input)) return discover_file(o);
+  if (!detail::dir_exists(o.input)) throw std::runtime_error("input '" + o.input + "' does not exist");
+  const std::string dataset_json = join(o.input, "dataset.json");
+  if (detail::file_exists(dataset_json) && detail::dir_exists(join(o.input, "imagesTr")))
+    return discover_dataset(o, dataset_json);
+  return discover_folder(o);
 }
 
 /// Checks one case: dimension, channels and labels on one grid, data readable.
