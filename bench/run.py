@@ -12,6 +12,8 @@
                          the same network in PyTorch-Python)
   bench/run.py scaling   data-parallel drdm_train: 2 Gloo ranks vs one process on the same
                          cores, same global batch (images per second)
+  bench/run.py io        drdm_bench_io vs bench/peer_io.py (reading and writing NIfTI and
+                         MetaImage volumes with SimpleITK and nibabel)
 
 Builds nothing: run scripts/setup.sh (or build the bench targets) first.
 `bench/run.py SUITE --help` lists each suite's options. Every suite writes a
@@ -1015,6 +1017,78 @@ def suite_scaling(args):
 
 
 
+# ================================================================ io
+IO_CASES = ["ct_int16.nii.gz", "mr_float32.nii.gz", "mr_float32.nii", "mr_float32.mha"]
+
+
+def io_sum_failures(ours, theirs):
+    """Read rows whose voxel sum differs between libdrdm and a peer (relative 1e-6)."""
+    bad = []
+    for k, a in ours.items():
+        if k[0] != "read":
+            continue
+        for impl in ("simpleitk", "nibabel"):
+            b = theirs.get(("read", impl, k[2]))
+            if b is not None and abs(a["sum"] - b["sum"]) > 1e-6 * max(1.0, abs(b["sum"])):
+                bad.append(f"{k[2]}: libdrdm read sum {a['sum']:.9g}, {impl} {b['sum']:.9g}")
+    return bad
+
+
+def suite_io(args):
+    """io.md, io.json, io_libdrdm.jsonl, io_peer.jsonl: reading and writing
+    NIfTI (gzip and plain) and MetaImage volumes, libdrdm beside SimpleITK and nibabel."""
+    need_executable(args.bench, "drdm_bench_io")
+    peer = os.path.join(HERE, "peer_io.py")
+    info = machine_info(args)
+    with tempfile.TemporaryDirectory(prefix="drdm-bench-io-", dir=args.tmp_dir) as folder:
+        run([args.python, peer, "--make", folder, "--size", *map(str, args.size)])
+        common = ["--dir", folder, "--threads", str(args.threads), "--min-time", str(args.min_time),
+                  "--min-reps", str(args.min_reps), "--warmup", "1"]
+        programs = [("libdrdm", [args.bench, *common]),
+                    ("peer", [args.python, peer, *common, "--impls", args.impls])]
+        best, raw = run_rounds(programs, [int(c) for c in args.cases.split(",")], args.rounds, args.wait_idle,
+                               key=lambda r: (r["op"], r["impl"], r["file"]), metric=lambda r: r["ms"])
+    ours, theirs = best["libdrdm"], best["peer"]
+    write_raw(args, "io", raw)
+    impls = args.impls.split(",")
+    lines = ["| op | file | MB on disk | libdrdm ms | " + " | ".join(f"{i} ms" for i in impls) + " | "
+             + " | ".join(f"ratio vs {i}" for i in impls) + " |",
+             "|---|---|---:|---:|" + "---:|" * (2 * len(impls))]
+    for op in ("read", "write"):
+        for name in IO_CASES:
+            a = ours.get((op, "libdrdm", name))
+            if a is None:
+                continue
+            peers = [theirs.get((op, i, name), {}).get("ms") for i in impls]
+            ratios = [fmt(b / a["ms"], ".2f") if b else "-" for b in peers]
+            lines.append(f"| {op} | {name} ({a['size']}, {a['pixel']}) | {a['file_mb']:.1f} | {fmt_ms(a['ms'])} | "
+                         + " | ".join(fmt_ms(b) for b in peers) + " | " + " | ".join(ratios) + " |")
+    failures = io_sum_failures(ours, theirs)
+    info["max_others_cpu_kept_rows"] = max_others(ours, theirs)
+    md = [
+        "# Image reading and writing: libdrdm vs SimpleITK and nibabel",
+        "",
+        *machine_lines(info),
+        f"- volume {'x'.join(map(str, args.size[::-1]))} (x, y, z), written by SimpleITK; "
+        f"per row the median of >= {args.min_reps} calls and >= {args.min_time} s after 1 warm-up call, "
+        f"best of {max(1, args.rounds)} round(s), the programs alternating",
+        others_line(info["max_others_cpu_kept_rows"]),
+        "- ratio = peer ms / libdrdm ms (> 1: libdrdm faster)",
+        "- libdrdm's read also checks the gzip CRC and length, the raw voxels for NaN/Inf and the header; "
+        "its write goes to a temporary file, is read back and checked, fsynced and renamed. "
+        "The peers do none of this (nibabel reads no MetaImage).",
+        "- read: to float32 in memory; write: the same array in the file's format and pixel type",
+        "- voxel sums of the reads: " + ("equal on both sides (relative 1e-6)" if not failures
+                                         else "DIFFER: " + "; ".join(failures)),
+        "",
+        *lines,
+        "",
+    ]
+    write_kept(args, "io", info, ours, theirs, sum_failures=failures)
+    write_report(args, "io", "\n".join(md), info, extra="io.json")
+    return 1 if failures else 0
+
+
 def main():
     p = argparse.ArgumentParser(description="libdrdm benchmarks beside their peers",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -1111,6 +1185,16 @@ def main():
     s.add_argument("--rounds", type=int, default=2)
     s.add_argument("--wait-idle", type=float, default=60)
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides")
+
+    s = suite("io", suite_io, "reading and writing NIfTI / MetaImage volumes vs SimpleITK and nibabel",
+              ["build", "bench", "drdm_bench_io"], rounds=3, wait_idle=0)
+    s.add_argument("--cases", default="0,1,2,3", help="0 = int16 .nii.gz, 1 = float32 .nii.gz, "
+                                                      "2 = float32 .nii, 3 = float32 .mha")
+    s.add_argument("--size", type=int, nargs=3, default=[128, 256, 256], metavar=("Z", "Y", "X"))
+    s.add_argument("--impls", default="simpleitk,nibabel")
+    s.add_argument("--min-time", type=float, default=1.0)
+    s.add_argument("--min-reps", type=int, default=3)
+    s.add_argument("--tmp-dir", default=None, help="where the files go (default: the system's temp folder)")
 
     args = p.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)

@@ -32,6 +32,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <tuple>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -322,12 +323,28 @@ std::optional<DataLocation> metaimage_data(const std::string& path) {
   return where;
 }
 
+// Bytes per stored component of a NIfTI-1 datatype (RGB: per channel); 0 if unknown.
+uint64_t nifti_component_bytes(int datatype) {
+  switch (datatype) {
+    case DT_UINT8: case DT_INT8: case DT_RGB24: case DT_RGBA32: return 1;
+    case DT_INT16: case DT_UINT16: return 2;
+    case DT_INT32: case DT_UINT32: case DT_FLOAT32: case DT_COMPLEX64: return 4;
+    case DT_INT64: case DT_UINT64: case DT_FLOAT64: case DT_COMPLEX128: return 8;
+    default: return 0;
+  }
+}
+
 void check_data(const itk::ImageIOBase& io, const std::string& path, const std::string& nan_message) {
-  const uint64_t needed = io.GetImageSizeInBytes();
+  uint64_t needed = io.GetImageSizeInBytes();
   const std::string kind = io.GetNameOfClass();
   if (kind == "NiftiImageIO") {
     if (!has_extension(path, ".nii") && !has_extension(path, ".nii.gz")) return;  // .hdr/.img
-    if (const auto header = read_nifti_header(path)) check_nifti_data(path, *header, needed, nan_message);
+    const auto header = read_nifti_header(path);
+    if (!header) return;
+    // The stored type, not ITK's: ITK reports scaled integer voxels (scl_slope) as float.
+    if (const uint64_t bytes = nifti_component_bytes(header->datatype))
+      needed = static_cast<uint64_t>(io.GetImageSizeInComponents()) * bytes;
+    check_nifti_data(path, *header, needed, nan_message);
     return;
   }
   if (kind != "MetaImageIO") return;  // NRRD and PNG readers fail on short data themselves
@@ -348,6 +365,79 @@ void set_codes_from(const std::string& path, Geometry* g) {
   g->sform_code = header ? header->sform_code : -1;
 }
 
+// The ATen type that holds a NIfTI-1 datatype's raw scalars (uint16/uint32
+// are held as their signed twins and widened after) and the PixelType ITK
+// reports for it; nullopt for the rest (colour, complex, uint64: ITK decodes those).
+std::optional<std::pair<at::ScalarType, PixelType>> nifti_scalar_type(int datatype) {
+  switch (datatype) {
+    case DT_UINT8: return std::make_pair(at::kByte, PixelType::kUInt8);
+    case DT_INT8: return std::make_pair(at::kChar, PixelType::kInt8);
+    case DT_INT16: return std::make_pair(at::kShort, PixelType::kInt16);
+    case DT_UINT16: return std::make_pair(at::kShort, PixelType::kUInt16);
+    case DT_INT32: return std::make_pair(at::kInt, PixelType::kInt32);
+    case DT_UINT32: return std::make_pair(at::kInt, PixelType::kUInt32);
+    case DT_INT64: return std::make_pair(at::kLong, PixelType::kInt64);
+    case DT_FLOAT32: return std::make_pair(at::kFloat, PixelType::kFloat32);
+    case DT_FLOAT64: return std::make_pair(at::kDouble, PixelType::kFloat64);
+    default: return std::nullopt;
+  }
+}
+
+// Positive finite spacing, finite origin and an invertible direction: what
+// ITK's image reader would accept without changing anything.
+bool plain_grid(const Geometry& g) {
+  const auto finite = [](const std::vector<double>& v) {
+    return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
+  };
+  if (!finite(g.spacing) || !finite(g.origin) || !finite(g.direction)) return false;
+  if (std::any_of(g.spacing.begin(), g.spacing.end(), [](double s) { return !(s > 0); })) return false;
+  const auto& m = g.direction;
+  const double det = g.dimension() == 2 ? m[0] * m[3] - m[1] * m[2]
+                                        : m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6]) +
+                                              m[2] * (m[3] * m[7] - m[4] * m[6]);
+  return std::abs(det) > 1e-6;
+}
+
+void swap_bytes(void* data, int64_t count, size_t width) {
+  auto* p = static_cast<unsigned char*>(data);
+  for (int64_t i = 0; i < count; ++i, p += width) std::reverse(p, p + width);
+}
+
+// A single-file NIfTI-1 image of one scalar per voxel, read in one pass: the
+// voxel bytes are inflated once, checked on the way (gzip CRC-32 and length,
+// NaN/Inf, length: check_nifti_data) and decoded here, where ITK's reader
+// would inflate the whole file a second time. The geometry is ITK's, from
+// the header. The result holds what ITK's reader gives ([1, 1, ...S]: float
+// data as stored, integers as double);
+// nullopt where ITK decodes the data instead: other formats, .hdr/.img
+// pairs, colour, complex or uint64 voxels, scaled voxels (scl_slope not 0
+// or 1, or scl_inter not 0), a size or type that disagrees with ITK's, or a
+// grid ITK's reader would change.
+std::optional<at::Tensor> read_nifti_voxels(const itk::ImageIOBase& io, const std::string& path,
+                                            const ImageInfo& info, const std::string& nan_message) {
+  if (std::string(io.GetNameOfClass()) != "NiftiImageIO" || info.components != 1) return std::nullopt;
+  if (!has_extension(path, ".nii") && !has_extension(path, ".nii.gz")) return std::nullopt;
+  const auto header = read_nifti_header(path);
+  if (!header || !header->single_file) return std::nullopt;
+  const auto type = nifti_scalar_type(header->datatype);
+  if (!type || type->second != info.pixel_type || !plain_grid(info.geometry)) return std::nullopt;
+  if (header->scl_inter != 0 || (header->scl_slope != 0 && header->scl_slope != 1)) return std::nullopt;
+  std::vector<int64_t> shape{1, 1};
+  for (auto s : info.geometry.tensor_size()) shape.push_back(s);
+  at::Tensor raw = at::empty(shape, type->first);
+  const auto needed = static_cast<uint64_t>(raw.nbytes());
+  if (needed != io.GetImageSizeInBytes() || header->bitpix != 8 * static_cast<int>(raw.element_size()) ||
+      header->data_bytes() != needed)
+    return std::nullopt;
+  check_nifti_data(path, *header, needed, nan_message, static_cast<unsigned char*>(raw.data_ptr()));
+  if (header->swapped && raw.element_size() > 1) swap_bytes(raw.data_ptr(), raw.numel(), raw.element_size());
+  if (header->datatype == DT_UINT16) raw = raw.to(at::kInt).bitwise_and(0xFFFF);
+  if (header->datatype == DT_UINT32) raw = raw.to(at::kLong).bitwise_and(0xFFFFFFFFLL);
+  // Floats as they are (double holds them exactly); integers as double, as
+  // ITK gives them (int64 -> float must round once, from the double).
+  return at::isFloatingType(raw.scalar_type()) ? raw : raw.to(at::kDouble);
+}
+
 // allow_colour: RGB/RGBA pixels (colour or palette PNGs, which often hold
 // grey scans) are read as their luminance, which ITK computes on reading.
 std::pair<torch::Tensor, Image> read_scalar_any(const std::string& path, bool allow_colour,
@@ -362,8 +452,14 @@ std::pair<torch::Tensor, Image> read_scalar_any(const std::string& path, bool al
   if (info.components != 1)
     log::info(c10::str("'", path, "': ", (pixel == itk::IOPixelEnum::RGB ? "RGB" : "RGBA"),
                        " pixels read as grey (luminance)"));
-  check_data(*io, path, nan_message);
-  auto [t, g] = info.geometry.dimension() == 2 ? read_scalar<2>(path) : read_scalar<3>(path);
+  at::Tensor t;
+  Geometry g = info.geometry;
+  if (auto voxels = read_nifti_voxels(*io, path, info, nan_message)) {
+    t = *voxels;
+  } else {
+    check_data(*io, path, nan_message);
+    std::tie(t, g) = info.geometry.dimension() == 2 ? read_scalar<2>(path) : read_scalar<3>(path);
+  }
   set_codes_from(path, &g);
   Image out;
   out.geometry = g;
@@ -428,8 +524,10 @@ typename ImageT::Pointer allocate_on(const Geometry& g) {
 // the written file is checked before it is moved into place.
 void verify_written(const std::string& tmp, const std::string& path) {
   try {
+    // check_data inflates .nii.gz and compressed MetaImage data to the end
+    // (CRC-32 / Adler-32 and length); what is left are the cheap size checks.
     check_data(*open_io(tmp), tmp, "holds NaN or Inf values");
-    check_compressed_data_complete(tmp);
+    check_compressed_data_complete(tmp, /*inflate=*/false);
   } catch (const std::exception& e) {
     // The message names the files by their final names.
     std::string why = e.what();
@@ -480,15 +578,33 @@ bool keeps_nifti_codes(const std::string& path, const Geometry* g) {
          !(g->qform_code == 1 && g->sform_code == 1);
 }
 
-// `grid`: the geometry the image was made with, for its NIfTI codes. To set
-// them in a .nii.gz, ITK writes it uncompressed and set_nifti_codes compresses
-// it, so that it is compressed once.
+// The zlib level of compressed outputs (.nii.gz, .mha): 1, as nibabel writes,
+// unless DRDM_GZIP_LEVEL says 1-9. Level 6 (zlib's default) made files about
+// 2 % smaller and took 3.5 times as long (bench/run.py io, docs/performance.md).
+int gzip_level() {
+  static const int level = [] {
+    const char* v = std::getenv("DRDM_GZIP_LEVEL");
+    if (v == nullptr || *v == '\0') return 1;
+    char* end = nullptr;
+    const long x = std::strtol(v, &end, 10);
+    if (*end != '\0' || x < 1 || x > 9)
+      throw std::invalid_argument(std::string("environment variable DRDM_GZIP_LEVEL = '") + v +
+                                  "' is not a zlib level from 1 to 9");
+    return static_cast<int>(x);
+  }();
+  return level;
+}
+
+// `grid`: the geometry the image was made with, for its NIfTI codes.
 template <typename ImageT>
 void write_itk(const std::string& path, const ImageT* image, bool compress,
                const Geometry* grid = nullptr) {
   write_atomically(path, [&](const std::string& tmp) {
+    // ITK 5.2 compresses NIfTI at zlib's level 6 whatever it is told, and
+    // writes its own qform/sform codes: a .nii.gz is written plain by ITK and
+    // compressed here, once, with the codes set on the way.
     const bool recode = keeps_nifti_codes(path, grid);
-    const bool gz = recode && has_extension(tmp, ".nii.gz");
+    const bool gz = has_extension(tmp, ".nii.gz");
     const std::string written = gz ? tmp.substr(0, tmp.size() - 3) : tmp;
     auto writer = itk::ImageFileWriter<ImageT>::New();
     writer->SetInput(image);
@@ -498,8 +614,13 @@ void write_itk(const std::string& path, const ImageT* image, bool compress,
     }
     writer->SetFileName(written);
     writer->SetUseCompression(compress && !gz);
+    if (compress && !gz) writer->SetCompressionLevel(gzip_level());
     writer->Update();
-    if (recode) set_nifti_codes(written, tmp, grid->qform_code, grid->sform_code, path);
+    if (gz || recode) {
+      const std::optional<NiftiCodes> codes =
+          recode ? std::optional<NiftiCodes>(NiftiCodes{grid->qform_code, grid->sform_code}) : std::nullopt;
+      set_nifti_codes(written, tmp, codes, gzip_level(), path);
+    }
     verify_written(tmp, path);
   });
 }

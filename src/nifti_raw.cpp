@@ -107,18 +107,31 @@ class FiniteCheck {
       std::memcpy(carry_ + carried_, p, take);
       carried_ += take, p += take, n -= take;
       if (carried_ < width_) return;
-      check(carry_);
+      finite_ = width_ == 4 ? all_finite<uint32_t>(carry_, 1) : all_finite<uint64_t>(carry_, 1);
       carried_ = 0;
     }
-    for (; n >= width_; p += width_, n -= width_) check(p);
+    const size_t whole = n / width_;
+    finite_ = finite_ && (width_ == 4 ? all_finite<uint32_t>(p, whole) : all_finite<uint64_t>(p, whole));
+    p += whole * width_, n -= whole * width_;
     std::memcpy(carry_, p, n);
     carried_ = n;
   }
 
  private:
-  void check(const unsigned char* p) {
-    const double v = width_ == 4 ? get<float>(p, 0, swapped_) : get<double>(p, 0, swapped_);
-    finite_ = finite_ && std::isfinite(v);
+  // IEEE 754: a value is NaN or Inf when all its exponent bits are set. A
+  // branch-free loop over the bits (the compiler vectorises it).
+  template <typename U>
+  bool all_finite(const unsigned char* p, size_t count) const {
+    constexpr U exponent = sizeof(U) == 4 ? static_cast<U>(0x7f800000u) : static_cast<U>(0x7ff0000000000000ull);
+    U bad = 0;
+    for (size_t i = 0; i < count; ++i) {
+      U u;
+      std::memcpy(&u, p + i * sizeof(U), sizeof(U));
+      if (swapped_) u = sizeof(U) == 4 ? static_cast<U>(__builtin_bswap32(static_cast<uint32_t>(u)))
+                                       : static_cast<U>(__builtin_bswap64(static_cast<uint64_t>(u)));
+      bad |= static_cast<U>((u & exponent) == exponent);
+    }
+    return bad == 0;
   }
   size_t width_;
   bool swapped_;
@@ -164,6 +177,7 @@ std::optional<NiftiHeader> read_nifti_header(const std::string& path) {
   if (get<int32_t>(h, 0, r.swapped) != 348) return std::nullopt;
   const char* magic = reinterpret_cast<const char*>(h + offsetof(nifti_1_header, magic));
   if (std::memcmp(magic, "n+1", 4) != 0 && std::memcmp(magic, "ni1", 4) != 0) return std::nullopt;
+  r.single_file = std::memcmp(magic, "n+1", 4) == 0;
   auto i16 = [&](size_t off) { return get<int16_t>(h, off, r.swapped); };
   for (int k = 0; k < 8; ++k) r.dim[k] = i16(offsetof(nifti_1_header, dim) + 2 * k);
   r.intent_code = i16(offsetof(nifti_1_header, intent_code));
@@ -173,17 +187,23 @@ std::optional<NiftiHeader> read_nifti_header(const std::string& path) {
   if (std::isfinite(vox_offset) && vox_offset >= 352) r.vox_offset = static_cast<uint64_t>(vox_offset);
   r.qform_code = i16(offsetof(nifti_1_header, qform_code));
   r.sform_code = i16(offsetof(nifti_1_header, sform_code));
+  r.scl_slope = get<float>(h, offsetof(nifti_1_header, scl_slope), r.swapped);
+  r.scl_inter = get<float>(h, offsetof(nifti_1_header, scl_inter), r.swapped);
   return r;
 }
 
 void check_nifti_data(const std::string& path, const NiftiHeader& header, uint64_t needed,
-                      const std::string& nan_message) {
+                      const std::string& nan_message, unsigned char* voxels) {
   const uint64_t begin = header.vox_offset, end = begin + header.data_bytes();
   uint64_t pos = 0;  // of the next byte in the (inflated) file
   FiniteCheck values(header);
   read_bytes(path, 0, is_gzip(path), [&](const unsigned char* p, size_t n) {
     const uint64_t lo = std::clamp(begin, pos, pos + n), hi = std::clamp(end, pos, pos + n);
     values.feed(p + (lo - pos), hi - lo);
+    if (voxels != nullptr) {
+      const uint64_t from = std::clamp(begin, pos, pos + n), to = std::clamp(begin + needed, pos, pos + n);
+      if (from < to) std::memcpy(voxels + (from - begin), p + (from - pos), to - from);
+    }
     pos += n;
   }, path);
   const uint64_t found = pos > begin ? pos - begin : 0;
@@ -193,34 +213,40 @@ void check_nifti_data(const std::string& path, const NiftiHeader& header, uint64
   if (!values.finite()) fail(path, nan_message);
 }
 
-void set_nifti_codes(const std::string& src, const std::string& dst, int qform_code, int sform_code,
-                     const std::string& name) {
-  const auto header = read_nifti_header(src);
-  if (!header || is_gzip(src)) fail(name, "cannot set the NIfTI qform/sform codes: not an uncompressed NIfTI-1 file");
-  unsigned char codes[4];  // qform_code, sform_code: adjacent int16 in the file's byte order
-  for (int k = 0; k < 2; ++k) {
-    auto v = static_cast<int16_t>(k == 0 ? qform_code : sform_code);
-    std::memcpy(codes + 2 * k, &v, 2);
-    if (header->swapped) std::reverse(codes + 2 * k, codes + 2 * k + 2);
-  }
+void set_nifti_codes(const std::string& src, const std::string& dst, const std::optional<NiftiCodes>& codes,
+                     int level, const std::string& name) {
+  unsigned char bytes[4];  // qform_code, sform_code: adjacent int16 in the file's byte order
   const uint64_t at = offsetof(nifti_1_header, qform_code);
   static_assert(offsetof(nifti_1_header, sform_code) == offsetof(nifti_1_header, qform_code) + 2);
+  if (codes) {
+    const auto header = read_nifti_header(src);
+    if (!header || is_gzip(src))
+      fail(name, "cannot set the NIfTI qform/sform codes: not an uncompressed NIfTI-1 file");
+    for (int k = 0; k < 2; ++k) {
+      auto v = static_cast<int16_t>(k == 0 ? codes->first : codes->second);
+      std::memcpy(bytes + 2 * k, &v, 2);
+      if (header->swapped) std::reverse(bytes + 2 * k, bytes + 2 * k + 2);
+    }
+  }
   if (dst == src) {
+    if (!codes) return;
     auto f = open_file(src, "r+b", name);
-    if (fseeko(f.get(), static_cast<off_t>(at), SEEK_SET) != 0 || std::fwrite(codes, 1, 4, f.get()) != 4 ||
+    if (fseeko(f.get(), static_cast<off_t>(at), SEEK_SET) != 0 || std::fwrite(bytes, 1, 4, f.get()) != 4 ||
         std::fclose(f.release()) != 0)
       fail(name, "cannot set the NIfTI qform/sform codes: write error");
     return;
   }
-  gzFile out = gzopen(dst.c_str(), "wb");
-  if (!out) fail(name, "cannot set the NIfTI qform/sform codes: cannot create the compressed file");
+  const std::string mode = "wb" + std::to_string(std::clamp(level, 1, 9));
+  gzFile out = gzopen(dst.c_str(), mode.c_str());
+  if (!out) fail(name, "cannot create the compressed file");
   bool ok = true;
   uint64_t pos = 0;
   std::vector<unsigned char> chunk;
   try {
     read_bytes(src, 0, false, [&](const unsigned char* p, size_t n) {
       chunk.assign(p, p + n);
-      for (uint64_t i = std::max(at, pos); i < std::min(at + 4, pos + n); ++i) chunk[i - pos] = codes[i - at];
+      if (codes)
+        for (uint64_t i = std::max(at, pos); i < std::min(at + 4, pos + n); ++i) chunk[i - pos] = bytes[i - at];
       ok = ok && gzwrite(out, chunk.data(), static_cast<unsigned>(n)) == static_cast<int>(n);
       pos += n;
     }, name);
@@ -229,7 +255,7 @@ void set_nifti_codes(const std::string& src, const std::string& dst, int qform_c
     throw;
   }
   ok = gzclose(out) == Z_OK && ok;
-  if (!ok) fail(name, "cannot set the NIfTI qform/sform codes: write error");
+  if (!ok) fail(name, "cannot write the compressed file: write error");
   std::remove(src.c_str());
 }
 

@@ -8,6 +8,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace drdm::detail {
 
@@ -36,6 +37,9 @@ struct NiftiHeader {
   uint64_t vox_offset = 352;
   int qform_code = 0;
   int sform_code = 0;
+  float scl_slope = 0;  ///< voxel scaling: value = raw * scl_slope + scl_inter (0: none)
+  float scl_inter = 0;
+  bool single_file = false;  ///< "n+1": header and data in one file (not .hdr/.img)
   /// Bytes of voxel data: prod(dim[1..dim[0]]) * bitpix / 8.
   uint64_t data_bytes() const;
 };
@@ -47,15 +51,21 @@ std::optional<NiftiHeader> read_nifti_header(const std::string& path);
 /// Reads the whole of the single-file NIfTI-1 `path` (inflating and checking gzip as
 /// read_bytes does) and throws std::runtime_error naming it when its float32/float64
 /// voxel data hold NaN or Inf (`nan_message` says what), or when fewer than `needed`
-/// bytes of voxel data follow vox_offset.
+/// bytes of voxel data follow vox_offset. With `voxels`, the first `needed` bytes of
+/// voxel data are copied there on the way (one pass where a reader would inflate the
+/// file a second time).
 void check_nifti_data(const std::string& path, const NiftiHeader& header, uint64_t needed,
-                      const std::string& nan_message);
+                      const std::string& nan_message, unsigned char* voxels = nullptr);
 
-/// Sets qform_code and sform_code in the header of the uncompressed NIfTI-1 file
-/// `src`: in place when `dst` == `src`; otherwise the patched file is written
-/// gzip-compressed to `dst` and `src` is removed. Throws std::runtime_error naming
+/// NIfTI qform_code and sform_code.
+using NiftiCodes = std::pair<int, int>;
+
+/// Sets `codes` in the header of the uncompressed NIfTI-1 file `src`: in place
+/// when `dst` == `src`; otherwise the patched file is written gzip-compressed
+/// (zlib `level`, 1-9) to `dst` and `src` is removed. Without `codes`, `src`
+/// (any file) is only compressed to `dst`. Throws std::runtime_error naming
 /// `name` on any read or write error.
-void set_nifti_codes(const std::string& src, const std::string& dst, int qform_code, int sform_code,
-                     const std::string& name);
+void set_nifti_codes(const std::string& src, const std::string& dst, const std::optional<NiftiCodes>& codes,
+                     int level, const std::string& name);
 
 }  // namespace drdm::detail

@@ -96,11 +96,11 @@ MetaData meta_data(const std::string& path) {
 
 }  // namespace
 
-void check_compressed_data_complete(const std::string& path) {
+void check_compressed_data_complete(const std::string& path, bool inflate) {
   unsigned char magic[2] = {};
   std::ifstream(path, std::ios::binary).read(reinterpret_cast<char*>(magic), 2);
   if (magic[0] == 0x1f && magic[1] == 0x8b) {
-    if (!inflates_to_end(path, 0, file_size(path), /*gzip=*/true))
+    if (inflate && !inflates_to_end(path, 0, file_size(path), /*gzip=*/true))
       incomplete(path, "the gzip data is cut short or corrupt");
     return;
   }
@@ -110,7 +110,7 @@ void check_compressed_data_complete(const std::string& path) {
   if (file_size(m.file) != m.offset + m.compressed_size)
     incomplete(path, "holds " + std::to_string(file_size(m.file) - std::min(file_size(m.file), m.offset)) +
                          " bytes of compressed data, its header says " + std::to_string(m.compressed_size));
-  if (!inflates_to_end(m.file, m.offset, m.compressed_size, /*gzip=*/false))
+  if (inflate && !inflates_to_end(m.file, m.offset, m.compressed_size, /*gzip=*/false))
     incomplete(path, "the compressed data is cut short or corrupt");
 }
 

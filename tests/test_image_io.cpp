@@ -22,6 +22,8 @@
 
 #include "drdm/image_io.h"
 
+#include <zlib.h>
+
 namespace fs = std::filesystem;
 using drdm::Geometry;
 using drdm::PixelType;
@@ -1052,3 +1054,138 @@ TEST(ImageIo, RealData) {
 }
 
 }  // namespace
+
+// ---- NIfTI-1 files built byte by byte ------------------------------------------
+// The NIfTI-1 standard is the truth here: every datatype a scan uses, both
+// byte orders, plain and gzip, unscaled (scl_slope 0 or 1) and scaled (value
+// = raw * scl_slope + scl_inter), 2D and 3D. Geometry: sform only, so that
+// ITK's LPS grid is spacing = pixdim, origin = (-x0, -y0, z0), direction
+// diag(-1, -1, 1).
+namespace {
+
+struct NiftiCase {
+  int datatype, bitpix;
+  PixelType pixel;
+  std::vector<double> values;  // raw values, exact in the type and in double
+};
+
+template <typename T>
+void put(std::string& b, size_t offset, T v, bool big) {
+  unsigned char bytes[sizeof(T)];
+  std::memcpy(bytes, &v, sizeof(T));
+  if (big) std::reverse(bytes, bytes + sizeof(T));
+  std::memcpy(&b[offset], bytes, sizeof(T));
+}
+
+std::string raw_value(const NiftiCase& c, double v, bool big) {
+  std::string out(static_cast<size_t>(c.bitpix / 8), '\0');
+  switch (c.datatype) {
+    case 2: put<uint8_t>(out, 0, static_cast<uint8_t>(v), big); break;
+    case 256: put<int8_t>(out, 0, static_cast<int8_t>(v), big); break;
+    case 4: put<int16_t>(out, 0, static_cast<int16_t>(v), big); break;
+    case 512: put<uint16_t>(out, 0, static_cast<uint16_t>(v), big); break;
+    case 8: put<int32_t>(out, 0, static_cast<int32_t>(v), big); break;
+    case 768: put<uint32_t>(out, 0, static_cast<uint32_t>(v), big); break;
+    case 1024: put<int64_t>(out, 0, static_cast<int64_t>(v), big); break;
+    case 1280: put<uint64_t>(out, 0, static_cast<uint64_t>(v), big); break;
+    case 16: put<float>(out, 0, static_cast<float>(v), big); break;
+    case 64: put<double>(out, 0, v, big); break;
+    default: throw std::logic_error("datatype");
+  }
+  return out;
+}
+
+/// A single-file NIfTI-1 image of `size` (x, y[, z]) holding `c.values` cyclically.
+std::string nifti_bytes(const NiftiCase& c, const std::vector<int64_t>& size, bool big, float slope, float inter) {
+  std::string b(352, '\0');
+  put<int32_t>(b, 0, 348, big);
+  put<int16_t>(b, 40, static_cast<int16_t>(size.size()), big);
+  for (size_t k = 0; k < size.size(); ++k) put<int16_t>(b, 42 + 2 * k, static_cast<int16_t>(size[k]), big);
+  put<int16_t>(b, 70, static_cast<int16_t>(c.datatype), big);
+  put<int16_t>(b, 72, static_cast<int16_t>(c.bitpix), big);
+  const float pixdim[3] = {0.75f, 1.25f, 2.5f}, origin[3] = {10.0f, -20.0f, 30.0f};
+  put<float>(b, 76, 1.0f, big);
+  for (size_t k = 0; k < 3; ++k) put<float>(b, 80 + 4 * k, pixdim[k], big);
+  put<float>(b, 108, 352.0f, big);
+  put<float>(b, 112, slope, big);
+  put<float>(b, 116, inter, big);
+  put<int16_t>(b, 254, 1, big);  // sform_code: scanner
+  for (size_t r = 0; r < 3; ++r) {
+    put<float>(b, 280 + 16 * r + 4 * r, pixdim[r], big);
+    put<float>(b, 280 + 16 * r + 12, origin[r], big);
+  }
+  std::memcpy(&b[344], "n+1\0", 4);
+  int64_t n = 1;
+  for (auto s : size) n *= s;
+  for (int64_t i = 0; i < n; ++i) b += raw_value(c, c.values[static_cast<size_t>(i) % c.values.size()], big);
+  return b;
+}
+
+void write_gzip(const std::string& path, const std::string& bytes) {
+  gzFile f = gzopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())), static_cast<int>(bytes.size()));
+  ASSERT_EQ(gzclose(f), Z_OK);
+}
+
+}  // namespace
+
+TEST(ImageIo, NiftiOfEveryDatatypeByteOrderAndScalingReadsAsTheStandardSays) {
+  TempDir tmp;
+  const std::vector<NiftiCase> cases = {
+      {2, 8, PixelType::kUInt8, {0, 1, 127, 200, 255}},
+      {256, 8, PixelType::kInt8, {-128, -1, 0, 5, 127}},
+      {4, 16, PixelType::kInt16, {-32768, -1024, 0, 3, 32767}},
+      {512, 16, PixelType::kUInt16, {0, 1, 32767, 40000, 65535}},
+      {8, 32, PixelType::kInt32, {-2147483648.0, -70000, 0, 9, 2147483647.0}},
+      {768, 32, PixelType::kUInt32, {0, 7, 2147483648.0, 4000000000.0, 4294967295.0}},
+      {1024, 64, PixelType::kInt64, {-9007199254740992.0, -3, 0, 11, 9007199254740992.0}},
+      {1280, 64, PixelType::kUInt64, {0, 13, 4294967296.0, 9007199254740992.0}},
+      {16, 32, PixelType::kFloat32, {-0x1p100, -0.5, 0, 0.125, 0x1.8p40}},  // exact in float
+      {64, 64, PixelType::kFloat64, {-1e300, -0.25, 0, 1.0 / 3.0, 6.5e200}},
+  };
+  const std::vector<std::vector<int64_t>> sizes = {{5, 4, 3}, {6, 5}};
+  const std::vector<std::pair<float, float>> scalings = {{0.0f, 0.0f}, {1.0f, 0.0f}, {2.5f, -3.0f}};
+  for (const auto& c : cases)
+    for (const auto& size : sizes)
+      for (const bool big : {false, true})
+        for (const auto& [slope, inter] : scalings)
+          for (const bool gz : {false, true}) {
+            const std::string name = "dt" + std::to_string(c.datatype) + "_" + std::to_string(size.size()) + "d" +
+                                     (big ? "_be" : "_le") + "_s" + std::to_string(slope) + (gz ? ".nii.gz" : ".nii");
+            SCOPED_TRACE(name);
+            const auto bytes = nifti_bytes(c, size, big, slope, inter);
+            const auto path = tmp.path(name);
+            if (gz) {
+              write_gzip(path, bytes);
+            } else {
+              write_bytes(path, bytes);
+            }
+            const bool scaled = slope != 0 && !(slope == 1 && inter == 0);
+            std::vector<int64_t> shape{1, 1};
+            for (auto it = size.rbegin(); it != size.rend(); ++it) shape.push_back(*it);
+            int64_t n = 1;
+            for (auto s : size) n *= s;
+            auto expected = at::empty({n}, at::kDouble);
+            for (int64_t i = 0; i < n; ++i) {
+              const double v = c.values[static_cast<size_t>(i) % c.values.size()];
+              expected[i] = scaled ? v * slope + inter : v;
+            }
+            expected = expected.view(shape);
+            const auto image = drdm::read_image(path);
+            EXPECT_TRUE(at::equal(image.data, expected.to(at::kFloat)))
+                << (image.data.to(at::kDouble) - expected).abs().max().item<double>();
+            if (!scaled) EXPECT_EQ(image.pixel_type, c.pixel);
+            const auto& g = image.geometry;
+            ASSERT_EQ(g.size, size);
+            const double lps[3] = {-1, -1, 1}, pixdim[3] = {0.75, 1.25, 2.5}, origin[3] = {10, -20, 30};
+            const size_t d = size.size();
+            for (size_t k = 0; k < d; ++k) {
+              EXPECT_DOUBLE_EQ(g.spacing[k], pixdim[k]);
+              EXPECT_DOUBLE_EQ(g.origin[k], lps[k] * origin[k]);
+              for (size_t j = 0; j < d; ++j) EXPECT_DOUBLE_EQ(g.direction[k * d + j], k == j ? lps[k] : 0.0);
+            }
+            const bool integral = c.pixel != PixelType::kFloat32 && c.pixel != PixelType::kFloat64;
+            if (integral && !scaled) EXPECT_TRUE(at::equal(drdm::read_labels(path).data, expected.to(at::kLong)));
+          }
+}

@@ -20,10 +20,10 @@ from cli_util import check, finish, run, start  # noqa: E402
 LOCK = ".drdm.lock"
 
 
-def expect_refusal(cmd, names, what, nothing_at=None):
+def expect_refusal(cmd, names, what, nothing_at=None, env=None):
     """cmd fails (rc != 0), its stderr holds every string in `names`, no C++ internals leak, and
-    `nothing_at` (a path) was not created."""
-    rc, _, err = run(cmd)
+    `nothing_at` (a path) was not created. `env`: variables added to the environment."""
+    rc, _, err = run(cmd, env={**os.environ, **env} if env else None)
     missing = [n for n in names if n not in err]
     ok = rc != 0 and not missing and "bad_alloc" not in err and "terminate" not in err
     if nothing_at:
@@ -135,6 +135,9 @@ def tool_cases(b, w):
         expect_refusal([rnd, "-r", w("ref.nii.gz"), "-o", w("rf.nii.gz"), "--amplitude", amp], ["--amplitude"],
                        f"drdm_random_field --amplitude {amp}", w("rf.nii.gz"))
     expect_refusal([rnd, "-r", w("ref.nii.gz"), "-o", ""], ["--output"], "drdm_random_field -o ''")
+    for level in ("0", "10", "fast"):
+        expect_refusal([rnd, "-r", w("ref.nii.gz"), "-o", w("rf.nii.gz")], ["DRDM_GZIP_LEVEL", level],
+                       f"DRDM_GZIP_LEVEL={level} drdm_random_field", w("rf.nii.gz"), env={"DRDM_GZIP_LEVEL": level})
     expect_refusal([warp, "-i", w("ref.nii.gz"), "-f", w("zero_field.nii.gz"), "-o", w("wp.nii.gz"),
                     "--preview", ""], ["--preview"], "drdm_warp --preview ''", w("wp.nii.gz"))
     expect_refusal([warp, "-i", w("ref.nii.gz"), "-f", w("zero_field.nii.gz"), "-o", ""], ["--output"],

@@ -1,0 +1,113 @@
+// Reading and writing images with libdrdm: read_image (with its integrity
+// checks: gzip CRC and length, NaN/Inf in the raw voxels, header sanity) and
+// write_image (atomic: temporary file, read-back check, fsync, rename), on
+// the files `bench/peer_io.py --make DIR` writes with SimpleITK.
+//
+// Prints one JSON object per (op, file); bench/peer_io.py times SimpleITK and
+// nibabel on the same files and prints the same schema; `bench/run.py io`
+// joins them. Every read row carries the sum of the voxels read, so that
+// run.py can check that both sides read the same numbers.
+
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <sys/stat.h>
+#include <vector>
+
+#include "bench_common.h"
+#include "drdm/image_io.h"
+
+namespace {
+
+using drdm::bench::time_op;
+using drdm::bench::Timing;
+using drdm::bench::wanted;
+
+/// The files of the cases, in case order (bench/peer_io.py IO_FILES).
+const std::vector<std::string> kFiles = {"ct_int16.nii.gz", "mr_float32.nii.gz", "mr_float32.nii",
+                                         "mr_float32.mha"};
+
+struct Options : drdm::bench::CommonOptions {
+  std::string dir;  // where the input files are; outputs are written there too
+};
+
+[[noreturn]] void usage(int rc) {
+  std::fprintf(rc ? stderr : stdout,
+               "usage: drdm_bench_io --dir DIR [--ops read,write] [--threads N] [--case I]\n"
+               "                     [--min-time S] [--min-reps N] [--max-reps N] [--warmup N]\n"
+               "                     [--rounds N] [--out FILE]\n"
+               "  DIR holds the files bench/peer_io.py --make writes:\n"
+               "  0 ct_int16.nii.gz, 1 mr_float32.nii.gz, 2 mr_float32.nii, 3 mr_float32.mha.\n"
+               "  read: read_image to a float32 tensor; write: write_image of that tensor in the\n"
+               "  file's own format and pixel type, to DIR/out_libdrdm_<file>.\n");
+  std::exit(rc);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  drdm::bench::parse_flags(
+      argc, argv, o,
+      [&](const std::string& a, const std::function<std::string()>& value) {
+        if (a != "--dir") return false;
+        o.dir = value();
+        return true;
+      },
+      usage);
+  if (!drdm::bench::common_options_valid(o) || o.dir.empty()) usage(2);
+  return o;
+}
+
+double megabytes(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<double>(st.st_size) / (1 << 20) : -1;
+}
+
+/// `name`: the case's file; `file`: the one read or written (its size is reported).
+std::string row(const std::string& op, const std::string& name, const std::string& file, const drdm::Image& image,
+                const Timing& t, const std::string& extra) {
+  char mb[64];
+  std::snprintf(mb, sizeof mb, ", \"file_mb\": %.3f", megabytes(file));
+  return drdm::bench::result_row(op, image.geometry.size, 1, "cpu", t,
+                                 ", \"file\": \"" + name + "\", \"pixel\": \"" +
+                                     drdm::to_string(image.pixel_type) + "\"" + mb + extra);
+}
+
+void run_case(const Options& o, const std::string& name, std::ostream& out) {
+  const std::string path = o.dir + "/" + name;
+  const drdm::Image image = drdm::read_image(path);
+  if (wanted(o.ops, "read")) {
+    const Timing t = time_op([&](int) { return drdm::read_image(path).data; }, o);
+    char sum[64];
+    std::snprintf(sum, sizeof sum, ", \"sum\": %.17g", image.data.to(at::kDouble).sum().item<double>());
+    drdm::bench::emit_row(out, o, row("read", name, path, image, t, sum));
+  }
+  if (wanted(o.ops, "write")) {
+    const std::string target = o.dir + "/out_libdrdm_" + name;
+    const Timing t = time_op(
+        [&](int) {
+          drdm::write_image(target, image.data, image.geometry, image.pixel_type);
+          return image.data;
+        },
+        o);
+    drdm::bench::emit_row(out, o, row("write", name, target, image, t, ""));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  drdm::bench::Session session;
+  if (!drdm::bench::start_session(o, "drdm_bench_io", session)) return 1;
+  try {
+    for (size_t i = 0; i < kFiles.size(); ++i)
+      if (o.case_index < 0 || o.case_index == static_cast<int>(i)) run_case(o, kFiles[i], session.out());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "drdm_bench_io: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
