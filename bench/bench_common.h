@@ -76,14 +76,21 @@ inline bool parse_common_flag(const std::string& a, const std::function<std::str
   return true;
 }
 
-/// Parses argv into o: -h/--help calls usage(0); common flags, then
-/// extra(flag, value) for the program's own flags (returns false for an
-/// unknown one); an unknown flag, a missing value or a bad number calls
-/// usage(2). usage must not return.
-inline void parse_flags(
-    int argc, char** argv, CommonOptions& o,
-    const std::function<bool(const std::string&, const std::function<std::string()>&)>& extra,
-    void (*usage)(int)) {
+/// A program's own flags: name -> what to do with its value (may throw
+/// std::logic_error, e.g. std::stoi on a bad number).
+using OwnFlags = std::map<std::string, std::function<void(const std::string&)>>;
+
+/// Common checks; false if the options are inconsistent.
+inline bool common_options_valid(const CommonOptions& o) {
+  return (o.device == "cpu" || o.device == "cuda" || o.device == "all") && o.min_reps >= 1 &&
+         o.max_reps >= o.min_reps && o.warmup >= 0;
+}
+
+/// Parses argv into o: -h/--help calls usage(0); common flags, then the
+/// program's `own` flags; an unknown flag, a missing value, a bad number or
+/// inconsistent common options (common_options_valid) call usage(2). usage
+/// must not return.
+inline void parse_flags(int argc, char** argv, CommonOptions& o, const OwnFlags& own, void (*usage)(int)) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const std::function<std::string()> value = [&]() -> std::string {
@@ -95,7 +102,12 @@ inline void parse_flags(
     };
     try {
       if (a == "-h" || a == "--help") usage(0);
-      if (parse_common_flag(a, value, o) || extra(a, value)) continue;
+      if (parse_common_flag(a, value, o)) continue;
+      const auto it = own.find(a);
+      if (it != own.end()) {
+        it->second(value());
+        continue;
+      }
       std::fprintf(stderr, "unknown argument: %s\n", a.c_str());
       usage(2);
     } catch (const std::logic_error&) {  // stoi/stod on a bad number
@@ -103,12 +115,7 @@ inline void parse_flags(
       usage(2);
     }
   }
-}
-
-/// Common checks; false if the options are inconsistent.
-inline bool common_options_valid(const CommonOptions& o) {
-  return (o.device == "cpu" || o.device == "cuda" || o.device == "all") && o.min_reps >= 1 &&
-         o.max_reps >= o.min_reps && o.warmup >= 0;
+  if (!common_options_valid(o)) usage(2);
 }
 
 inline bool wanted(const std::string& list, const std::string& op) {

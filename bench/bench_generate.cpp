@@ -107,19 +107,9 @@ struct Options : drdm::bench::CommonOptions {
 
 Options parse(int argc, char** argv) {
   Options o;
-  drdm::bench::parse_flags(
-      argc, argv, o,
-      [&](const std::string& a, const std::function<std::string()>& value) {
-        if (a == "--level")
-          o.level = std::stoll(value());
-        else
-          return false;
-        return true;
-      },
-      usage);
-  if (!drdm::bench::common_options_valid(o)) usage(2);
-  if (o.case_index >= static_cast<int>(cases().size())) usage(2);
-  if (o.level < 1 || o.level > 80) usage(2);
+  drdm::bench::parse_flags(argc, argv, o, {{"--level", [&](const std::string& v) { o.level = std::stoll(v); }}},
+                           usage);
+  if (o.case_index >= static_cast<int>(cases().size()) || o.level < 1 || o.level > 80) usage(2);
   return o;
 }
 

@@ -48,15 +48,8 @@ struct Options : drdm::bench::CommonOptions {
 
 Options parse(int argc, char** argv) {
   Options o;
-  drdm::bench::parse_flags(
-      argc, argv, o,
-      [&](const std::string& a, const std::function<std::string()>& value) {
-        if (a != "--dir") return false;
-        o.dir = value();
-        return true;
-      },
-      usage);
-  if (!drdm::bench::common_options_valid(o) || o.dir.empty()) usage(2);
+  drdm::bench::parse_flags(argc, argv, o, {{"--dir", [&](const std::string& v) { o.dir = v; }}}, usage);
+  if (o.dir.empty()) usage(2);
   return o;
 }
 

@@ -82,28 +82,15 @@ struct Options : drdm::bench::CommonOptions {
 
 Options parse(int argc, char** argv) {
   Options o;
-  drdm::bench::parse_flags(
-      argc, argv, o,
-      [&](const std::string& a, const std::function<std::string()>& value) {
-        if (a == "--step-reps")
-          o.step_reps = std::stoi(value());
-        else if (a == "--step-warmup")
-          o.step_warmup = std::stoi(value());
-        else if (a == "--aug-min-time")
-          o.aug_min_time = std::stod(value());
-        else if (a == "--aug-min-reps")
-          o.aug_min_reps = std::stoi(value());
-        else if (a == "--aug-warmup")
-          o.aug_warmup = std::stoi(value());
-        else if (a == "--lr")
-          o.lr = std::stod(value());
-        else
-          return false;
-        return true;
-      },
-      usage);
-  if (!drdm::bench::common_options_valid(o) || o.step_reps < 1 || o.step_warmup < 0 ||
-      o.aug_min_reps < 1 || o.aug_warmup < 0 || !(o.aug_min_time >= 0))
+  drdm::bench::parse_flags(argc, argv, o,
+                           {{"--step-reps", [&](const std::string& v) { o.step_reps = std::stoi(v); }},
+                            {"--step-warmup", [&](const std::string& v) { o.step_warmup = std::stoi(v); }},
+                            {"--aug-min-time", [&](const std::string& v) { o.aug_min_time = std::stod(v); }},
+                            {"--aug-min-reps", [&](const std::string& v) { o.aug_min_reps = std::stoi(v); }},
+                            {"--aug-warmup", [&](const std::string& v) { o.aug_warmup = std::stoi(v); }},
+                            {"--lr", [&](const std::string& v) { o.lr = std::stod(v); }}},
+                           usage);
+  if (o.step_reps < 1 || o.step_warmup < 0 || o.aug_min_reps < 1 || o.aug_warmup < 0 || !(o.aug_min_time >= 0))
     usage(2);
   if (o.case_index >= static_cast<int>(cases().size())) usage(2);
   return o;

@@ -65,17 +65,7 @@ struct Options : drdm::bench::CommonOptions {
 
 Options parse(int argc, char** argv) {
   Options o;
-  drdm::bench::parse_flags(
-      argc, argv, o,
-      [&](const std::string& a, const std::function<std::string()>& value) {
-        if (a == "--sizes")
-          o.sizes = value();
-        else
-          return false;
-        return true;
-      },
-      usage);
-  if (!drdm::bench::common_options_valid(o)) usage(2);
+  drdm::bench::parse_flags(argc, argv, o, {{"--sizes", [&](const std::string& v) { o.sizes = v; }}}, usage);
   if (o.sizes != "quick" && o.sizes != "full") usage(2);
   return o;
 }

@@ -94,19 +94,10 @@ struct Options : drdm::bench::CommonOptions {
 
 Options parse(int argc, char** argv) {
   Options o;
-  drdm::bench::parse_flags(
-      argc, argv, o,
-      [&](const std::string& a, const std::function<std::string()>& value) {
-        if (a == "--dump-state")
-          o.dump_state = value();
-        else if (a == "--lr")
-          o.lr = std::stod(value());
-        else
-          return false;
-        return true;
-      },
-      usage);
-  if (!drdm::bench::common_options_valid(o)) usage(2);
+  drdm::bench::parse_flags(argc, argv, o,
+                           {{"--dump-state", [&](const std::string& v) { o.dump_state = v; }},
+                            {"--lr", [&](const std::string& v) { o.lr = std::stod(v); }}},
+                           usage);
   if (o.case_index >= static_cast<int>(cases().size())) usage(2);
   return o;
 }
