@@ -58,6 +58,9 @@ fi
 
 # ---- configure and build --------------------------------------------------
 export CCACHE_BASEDIR="$ROOT" CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}" CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
+# Debug-info objects (the sanitized build's -g) are otherwise keyed to the
+# build folder, so that no other checkout could reuse them.
+export CCACHE_NOHASHDIR=1
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
   log "configuring $BUILD_DIR"
   cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE="$PY" \
