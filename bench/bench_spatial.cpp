@@ -28,6 +28,7 @@
 #include "bench_common.h"
 #include "drdm/runtime.h"
 #include "drdm/spatial.h"
+#include "spatial_kernels.h"  // private: switches between the direct kernels and ATen
 
 namespace {
 
@@ -43,20 +44,30 @@ struct Case {
 };
 
 struct Options : drdm::bench::CommonOptions {
-  std::string sizes = "quick";  // quick | full
+  std::string sizes = "quick";  // quick | full | kernels
+  std::string impl;             // "" (as DRDM_SPATIAL_KERNELS says) | ours | aten | both
+  int64_t channels = 1;         // channels of the warped image
+  int64_t power = 8;            // n of compose_power
 };
 
 [[noreturn]] void usage(int rc) {
   std::fprintf(
       rc ? stderr : stdout,
-      "usage: drdm_bench_spatial [--device cpu|cuda|all] [--sizes quick|full]\n"
+      "usage: drdm_bench_spatial [--device cpu|cuda|all] [--sizes quick|full|kernels]\n"
       "                          [--threads N] [--ops warp,compose,compose_power,integrate_ss]\n"
+      "                          [--impl ours|aten|both] [--channels C] [--power N]\n"
       "                          [--min-time S] [--min-reps N] [--max-reps N] [--warmup N]\n"
       "                          [--rounds N] [--case I] [--seed N] [--out FILE] [--dump DIR]\n"
       "                          [--default-malloc]\n"
       "  Like the libdrdm programs, calls drdm::keep_freed_memory_for_reuse() at start-up\n"
       "  unless --default-malloc is given.\n"
-      "  quick: 2D 256x256 (batch 1, 8), 3D 64^3 (batch 1); full adds 3D 128^3 (batch 1).\n"
+      "  quick: 2D 256x256 (batch 1, 8), 3D 64^3 (batch 1); full adds 3D 128^3 (batch 1);\n"
+      "  kernels: 2D 512x512, 3D 64^3 and 128^3 (batch 1).\n"
+      "  --impl: which CPU sampler the library uses: its direct kernels (ours, impl\n"
+      "  \"libdrdm\"), the ATen grid_sampler path (aten, impl \"libdrdm-aten\"), or both\n"
+      "  one after the other per op; without it, as DRDM_SPATIAL_KERNELS says (impl \"libdrdm\").\n"
+      "  --channels: channels of the warped image (default 1); --power: n of compose_power\n"
+      "  (default 8).\n"
       "  --case I runs only the I-th (0-based) of those cases.\n"
       "  --dump DIR writes the results of all four ops on small deterministic inputs as raw\n"
       "  float32 files (for bench/run.py's cross-check) and exits.\n");
@@ -65,8 +76,16 @@ struct Options : drdm::bench::CommonOptions {
 
 Options parse(int argc, char** argv) {
   Options o;
-  drdm::bench::parse_flags(argc, argv, o, {{"--sizes", [&](const std::string& v) { o.sizes = v; }}}, usage);
-  if (o.sizes != "quick" && o.sizes != "full") usage(2);
+  drdm::bench::parse_flags(
+      argc, argv, o,
+      {{"--sizes", [&](const std::string& v) { o.sizes = v; }},
+       {"--impl", [&](const std::string& v) { o.impl = v; }},
+       {"--channels", [&](const std::string& v) { o.channels = std::stoll(v); }},
+       {"--power", [&](const std::string& v) { o.power = std::stoll(v); }}},
+      usage);
+  if (o.sizes != "quick" && o.sizes != "full" && o.sizes != "kernels") usage(2);
+  if (!o.impl.empty() && o.impl != "ours" && o.impl != "aten" && o.impl != "both") usage(2);
+  if (o.channels < 1 || o.power < 0) usage(2);
   return o;
 }
 
@@ -82,9 +101,9 @@ at::Tensor smooth_field(int64_t batch, const std::vector<int64_t>& size, double 
                 : at::upsample_trilinear3d(noise, size, /*align_corners=*/true);
 }
 
-// Image [N, 1, ...S]: uniform noise in [0, 1).
-at::Tensor random_image(int64_t batch, const std::vector<int64_t>& size) {
-  std::vector<int64_t> shape{batch, 1};
+// Image [N, C, ...S]: uniform noise in [0, 1).
+at::Tensor random_image(int64_t batch, const std::vector<int64_t>& size, int64_t channels = 1) {
+  std::vector<int64_t> shape{batch, channels};
   shape.insert(shape.end(), size.begin(), size.end());
   return at::rand(shape, at::kFloat);
 }
@@ -115,6 +134,49 @@ void dump(const Options& o) {
   }
 }
 
+// Times the ops of case c (index ci) on `dev`, once per implementation in
+// `impls` ("" = as configured), one JSON line per (op, implementation).
+void time_case(const Options& o, const Case& c, size_t ci, const std::string& dev,
+               const std::vector<std::string>& impls, std::ostream& out) {
+  const at::Device device(dev == "cuda" ? at::kCUDA : at::kCPU);
+  // Same seed and drawing order as bench/peer_spatial.py.
+  at::manual_seed(o.seed + ci);
+  const auto image = random_image(c.batch, c.size, o.channels).to(device);
+  const auto a = smooth_field(c.batch, c.size, 3.0).to(device);
+  const auto b = smooth_field(c.batch, c.size, 3.0).to(device);
+  const std::vector<std::pair<std::string, std::function<at::Tensor()>>> ops{
+      {"warp",
+       [&] { return drdm::warp(image, a, drdm::Interpolation::kLinear, drdm::Padding::kZeros); }},
+      {"compose", [&] { return drdm::compose(a, b); }},
+      {"compose_power", [&] { return drdm::compose_power(a, o.power); }},
+      {"integrate_ss", [&] { return drdm::integrate_scaling_squaring(a, 7); }},
+  };
+  // Non-default image channels and compose_power count are part of the row.
+  std::string extra;
+  if (o.channels != 1) extra += ", \"channels\": " + std::to_string(o.channels);
+  if (o.power != 8) extra += ", \"power\": " + std::to_string(o.power);
+  const bool configured = drdm::detail::spatial_kernels_enabled();
+  for (const auto& [name, fn] : ops) {
+    if (!wanted(o.ops, name)) continue;
+    const auto& op = fn;  // (structured bindings cannot be captured in C++17)
+    for (const auto& impl : impls) {
+      if (!impl.empty()) drdm::detail::set_spatial_kernels_enabled(impl == "ours");
+      const Timing t = time_op([&](int) { return op(); }, o);
+      char line[640];
+      std::snprintf(line, sizeof line,
+                    "{\"impl\": \"%s\", \"op\": \"%s\", \"dims\": %zu, \"size\": \"%s\", "
+                    "\"batch\": %lld, \"device\": \"%s\", \"threads\": %d, "
+                    "\"median_ms\": %.4f, \"min_ms\": %.4f, \"reps\": %d%s}",
+                    impl == "aten" ? "libdrdm-aten" : "libdrdm", name.c_str(), c.size.size(),
+                    size_string(c.size).c_str(), static_cast<long long>(c.batch), dev.c_str(),
+                    at::get_num_threads(), t.median_ms, t.min_ms, t.reps, extra.c_str());
+      out << line << std::endl;
+      if (!o.out.empty()) std::fprintf(stderr, "%s\n", line);
+    }
+    drdm::detail::set_spatial_kernels_enabled(configured);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -132,6 +194,7 @@ int main(int argc, char** argv) {
 
   std::vector<Case> cases{{{256, 256}, 1}, {{256, 256}, 8}, {{64, 64, 64}, 1}};
   if (o.sizes == "full") cases.push_back({{128, 128, 128}, 1});
+  if (o.sizes == "kernels") cases = {{{512, 512}, 1}, {{64, 64, 64}, 1}, {{128, 128, 128}, 1}};
   if (o.case_index >= static_cast<int>(cases.size())) {
     std::fprintf(stderr, "drdm_bench_spatial: --case %d but --sizes %s has %zu cases\n",
                  o.case_index, o.sizes.c_str(), cases.size());
@@ -142,42 +205,13 @@ int main(int argc, char** argv) {
   if (!drdm::bench::open_output(o, "drdm_bench_spatial", file)) return 1;
   std::ostream& out = o.out.empty() ? std::cout : file;
 
-  const int threads = at::get_num_threads();
+  // Sampler implementations to time, one after the other per op ("" = as configured).
+  const std::vector<std::string> impls = o.impl == "both" ? std::vector<std::string>{"aten", "ours"}
+                                                          : std::vector<std::string>{o.impl};
   for (const auto& dev : devices) {
-    const at::Device device(dev == "cuda" ? at::kCUDA : at::kCPU);
     for (size_t ci = 0; ci < cases.size(); ++ci) {
       if (o.case_index >= 0 && static_cast<size_t>(o.case_index) != ci) continue;
-      const auto& c = cases[ci];
-      // Same seed and drawing order as bench/peer_spatial.py.
-      at::manual_seed(o.seed + ci);
-      const auto image = random_image(c.batch, c.size).to(device);
-      const auto a = smooth_field(c.batch, c.size, 3.0).to(device);
-      const auto b = smooth_field(c.batch, c.size, 3.0).to(device);
-
-      const std::vector<std::pair<std::string, std::function<at::Tensor()>>> ops{
-          {"warp",
-           [&] {
-             return drdm::warp(image, a, drdm::Interpolation::kLinear, drdm::Padding::kZeros);
-           }},
-          {"compose", [&] { return drdm::compose(a, b); }},
-          {"compose_power", [&] { return drdm::compose_power(a, 8); }},
-          {"integrate_ss", [&] { return drdm::integrate_scaling_squaring(a, 7); }},
-      };
-      for (const auto& [name, fn] : ops) {
-        if (!wanted(o.ops, name)) continue;
-        const auto& op = fn;  // (structured bindings cannot be captured in C++17)
-        const Timing t = time_op([&](int) { return op(); }, o);
-        char line[512];
-        std::snprintf(line, sizeof line,
-                      "{\"impl\": \"libdrdm\", \"op\": \"%s\", \"dims\": %zu, \"size\": \"%s\", "
-                      "\"batch\": %lld, \"device\": \"%s\", \"threads\": %d, "
-                      "\"median_ms\": %.4f, \"min_ms\": %.4f, \"reps\": %d}",
-                      name.c_str(), c.size.size(), size_string(c.size).c_str(),
-                      static_cast<long long>(c.batch), dev.c_str(), threads, t.median_ms, t.min_ms,
-                      t.reps);
-        out << line << std::endl;
-        if (!o.out.empty()) std::fprintf(stderr, "%s\n", line);
-      }
+      time_case(o, cases[ci], ci, dev, impls, out);
     }
   }
   return 0;

@@ -678,10 +678,13 @@ struct BatchPrefetcher::Impl {
   Impl(const ImageDataset& d, int64_t b, uint64_t s, int64_t first, AugmentOptions a, int64_t dp)
       : dataset(d), batch(b), seed(s), augment(std::move(a)), depth(dp), next_produce(first), next_consume(first) {}
 
-  void work(bool serial_ops) {
-    // Several workers are the parallelism: each runs its tensor operations
-    // serially (thread-local; results are the same either way).
-    c10::ParallelGuard serial(serial_ops);
+  void work() {
+    // Workers run their tensor operations serially (thread-local; results are
+    // the same either way). A worker with its own intra-op team would compete
+    // with the training step's team for the same cores: with 2 threads on 2
+    // cores that cost 2D training 1.6x (reference/cpu-profile.md); loading a
+    // batch takes well under a millisecond on one thread.
+    c10::ParallelGuard serial(true);
     std::unique_lock<std::mutex> lock(mutex);
     for (;;) {
       cv.wait(lock, [&] { return stop || next_produce - next_consume < depth; });
@@ -709,7 +712,7 @@ BatchPrefetcher::BatchPrefetcher(const ImageDataset& dataset, int64_t batch, uin
   TORCH_CHECK(workers > 0, "BatchPrefetcher: workers must be positive, got ", workers);
   detail::check_augment(augment);
   impl_ = std::make_unique<Impl>(dataset, batch, seed, first_step, std::move(augment), depth);
-  for (int64_t i = 0; i < workers; ++i) impl_->threads.emplace_back([this, workers] { impl_->work(workers > 1); });
+  for (int64_t i = 0; i < workers; ++i) impl_->threads.emplace_back([this] { impl_->work(); });
 }
 
 BatchPrefetcher::~BatchPrefetcher() {

@@ -209,6 +209,8 @@ void check_ranges(const DeformJobOptions& o) {
   if (!(o.slice_sigma >= 0) || !std::isfinite(o.slice_sigma))
     throw std::invalid_argument("slice_sigma: must be a finite number >= 0, got " + std::to_string(o.slice_sigma));
   if (o.levels.empty()) throw std::invalid_argument("levels: none given");
+  if (o.mixed_precision != "none" && o.mixed_precision != "bf16")
+    throw std::invalid_argument("mixed_precision: must be \"none\" or \"bf16\", got \"" + o.mixed_precision + "\"");
 }
 
 }  // namespace
@@ -261,10 +263,13 @@ void load_deform_config(const std::string& path, DeformJobOptions& o) {
         o.previews = value.get<bool>();
       } else if (key == "threads") {
         o.threads = integer_in(value, 0, 1024);
+      } else if (key == "mixed_precision") {
+        o.mixed_precision = value.get<std::string>();
       } else {
         throw std::invalid_argument(
             "unknown key (expected model, mode, levels, samples, seed, device, batch, schedule, "
-            "label_interpolation, padding, slice_axis, slice_mode, slice_sigma, previews, threads)");
+            "label_interpolation, padding, slice_axis, slice_mode, slice_sigma, previews, threads, "
+            "mixed_precision)");
       }
     } catch (const json::exception& e) {
       throw std::invalid_argument(where + ": wrong type (" + std::string(e.what()) + ")");
@@ -295,6 +300,7 @@ std::string to_json(const DeformJobOptions& o) {
   j["slice_sigma"] = o.slice_sigma;
   j["previews"] = o.previews;
   j["threads"] = o.threads;
+  j["mixed_precision"] = o.mixed_precision;
   return j.dump(2);
 }
 
@@ -1017,6 +1023,7 @@ std::vector<Case> shard_cases(const Inputs& in, const DeformJobOptions& o, int64
 DeformerOptions deformer_options(const DeformJobOptions& o) {
   DeformerOptions d;
   d.generation.batch = o.batch;
+  d.generation.bf16 = o.mixed_precision == "bf16";
   d.generation.schedule = o.schedule;
   d.label_interpolation = o.label_interpolation;
   d.padding = o.padding;

@@ -110,7 +110,7 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
       const at::Tensor img = everyone ? image : rows(image, active);
       const at::Tensor cur = everyone ? phi : rows(phi, active);
       const at::Tensor tt = at::full({static_cast<int64_t>(active.size())}, step, at::kLong);  // CPU: no sync
-      const at::Tensor psi_hat = net.forward(warp(img, cur), tt);
+      const at::Tensor psi_hat = forward_mixed(net, warp(img, cur), tt, options.bf16);
       const at::Tensor next = compose(psi_hat, cur);
       if (everyone) {
         phi = next;
@@ -157,7 +157,7 @@ at::Tensor slice_smoothing_matrix(const std::vector<bool>& valid, double sigma) 
 
 /// The network's step for the valid slices, in chunks of `batch`; zero elsewhere.
 at::Tensor predict_valid(RecoveryNet& net, const at::Tensor& warped, const at::Tensor& valid_index, int64_t step,
-                         int64_t batch) {
+                         int64_t batch, bool bf16) {
   const auto device = warped.device();
   std::vector<int64_t> shape(warped.sizes().begin(), warped.sizes().end());
   shape[1] = warped.dim() - 2;
@@ -167,7 +167,7 @@ at::Tensor predict_valid(RecoveryNet& net, const at::Tensor& warped, const at::T
   for (int64_t first = 0; first < inputs.size(0); first += batch) {
     const int64_t count = std::min(batch, inputs.size(0) - first);
     const at::Tensor t = at::full({count}, step, at::kLong);  // CPU: checked without a sync
-    parts.push_back(net.forward(inputs.narrow(0, first, count), t));
+    parts.push_back(forward_mixed(net, inputs.narrow(0, first, count), t, bf16));
   }
   return out.index_copy(0, valid_index, at::cat(parts, 0));
 }
@@ -209,7 +209,7 @@ at::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sample
   at::Tensor phi = start.expand({z, 2, size[0], size[1]}).contiguous();
   const int64_t top = options.schedule == RecoverySchedule::kAllSteps ? sampler_options.timesteps : level;
   for (int64_t step = top; step >= 1; --step) {
-    const at::Tensor psi_hat = predict_valid(net, warp(image, phi), valid_index, step, options.batch);
+    const at::Tensor psi_hat = predict_valid(net, warp(image, phi), valid_index, step, options.batch, options.bf16);
     const at::Tensor smoothed = at::matmul(smooth, psi_hat.reshape({z, -1})).reshape(psi_hat.sizes());
     phi = compose(smoothed, phi);
     if (options.on_step) options.on_step(z);

@@ -1,5 +1,6 @@
 #include "drdm/network.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/nn.h>
 
 #include "drdm/spatial.h"
@@ -7,6 +8,7 @@
 
 #include <cmath>
 #include <set>
+#include <stdexcept>
 #include <utility>
 
 namespace drdm {
@@ -14,10 +16,9 @@ namespace {
 
 namespace nn = torch::nn;
 
-// Leaky ReLU slopes: 1e-6 inside the ACNN-II blocks (Table B.5), 0.01 in the
-// time-embedding MLPs (App. A).
+// Leaky ReLU slope inside the ACNN-II blocks (Table B.5); the time MLPs'
+// slope is an option (NetworkOptions::time_mlp_slope).
 constexpr double kBlockSlope = 1e-6;
-constexpr double kEmbedSlope = 0.01;
 // Three stride-2 levels: every spatial size must be divisible by 2^3.
 constexpr int64_t kDivisor = 8;
 
@@ -74,21 +75,35 @@ torch::Tensor block_act_(torch::Tensor x) {
 // ACNN-II block (Table B.5):
 //   x = norm(conv3x3(f));  r = conv3x3_dil1(act(x));  r = conv3x3_dil3(act(r));
 //   out = act(r + x).
+// Without `normalise` (the authors' decoder blocks) x = conv3x3(f) and the
+// block has no "norm" parameters.
 // Training memory: autograd keeps the norm's input, act(x), act(r) and the
 // output (4 activations; 7 with out-of-place activations and sum). x itself
 // is needed only until the residual sum: act(x) is taken on a copy.
 struct AcnnBlockImpl : nn::Module {
-  AcnnBlockImpl(int64_t dims, int64_t cin, int64_t cout) {
+  AcnnBlockImpl(int64_t dims, int64_t cin, int64_t cout, bool normalise) {
     conv_in = make_conv(*this, "conv_in", dims, cin, cout, 3, 1, 1, 1);
-    norm = make_norm(*this, "norm", dims, cout);
+    if (normalise) norm = make_norm(*this, "norm", dims, cout);
     conv_d1 = make_conv(*this, "conv_d1", dims, cout, cout, 3, 1, 1, 1);
     conv_d3 = make_conv(*this, "conv_d3", dims, cout, cout, 3, 1, 3, 3);
   }
   torch::Tensor forward(const torch::Tensor& f) {
-    auto x = norm.forward(conv_in.forward(f));
+    auto x = conv_in.forward(f);
+    if (!norm.is_empty()) x = norm.forward(x);
     auto r = conv_d1.forward(block_act_(x.clone()));
-    r = conv_d3.forward(block_act_(r));
+    r = dilated_forward(block_act_(r));
     return block_act_(r.add_(x));
+  }
+  // Under CPU bf16 autocast, oneDNN's weight gradient of the channels-last 2D
+  // dilated convolution returns NaN in 4-20 % of its entries (measured,
+  // reference/cpu-profile.md), so this convolution runs in float32 there.
+  torch::Tensor dilated_forward(const torch::Tensor& r) {
+    if (!r.is_cpu() || !at::autocast::is_autocast_enabled(at::kCPU)) return conv_d3.forward(r);
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    struct Restore {
+      ~Restore() { at::autocast::set_autocast_enabled(at::kCPU, true); }
+    } restore;
+    return conv_d3.forward(r.to(at::kFloat));
   }
   nn::AnyModule conv_in, norm, conv_d1, conv_d3;
 };
@@ -99,10 +114,10 @@ struct Stage {
   std::vector<std::shared_ptr<AcnnBlockImpl>> blocks;
 
   void build(nn::Module& owner, const std::string& name, int64_t dims,
-             const std::vector<int64_t>& widths) {
+             const std::vector<int64_t>& widths, bool normalise = true) {
     list = owner.register_module(name, nn::ModuleList());
     for (size_t i = 0; i + 1 < widths.size(); ++i) {
-      auto b = std::make_shared<AcnnBlockImpl>(dims, widths[i], widths[i + 1]);
+      auto b = std::make_shared<AcnnBlockImpl>(dims, widths[i], widths[i + 1], normalise);
       list->push_back(b);
       blocks.push_back(b);
     }
@@ -114,11 +129,13 @@ struct Stage {
 };
 
 // Sinusoidal table [T+1, E]: row t, pair j: column 2j = sin(t w_j), column
-// 2j+1 = cos(t w_j), w_j = 1 / 10000^(2j/E).
-torch::Tensor sinusoidal_table(int64_t timesteps, int64_t width) {
-  auto t = torch::arange(timesteps + 1, torch::kDouble).unsqueeze(1);             // [T+1, 1]
-  auto j = torch::arange(width / 2, torch::kDouble);                              // [E/2]
-  auto w = torch::pow(10000.0, -2.0 * j / static_cast<double>(width)).unsqueeze(0);  // [1, E/2]
+// 2j+1 = cos(t w_j), w_j = 1 / 10000^(2j/E) (standard) or 1 / 10000^(4j/E)
+// (every other).
+torch::Tensor sinusoidal_table(int64_t timesteps, int64_t width, TimeFrequencies frequencies) {
+  const double step = frequencies == TimeFrequencies::kStandard ? 2.0 : 4.0;
+  auto t = torch::arange(timesteps + 1, torch::kDouble).unsqueeze(1);                // [T+1, 1]
+  auto j = torch::arange(width / 2, torch::kDouble);                                 // [E/2]
+  auto w = torch::pow(10000.0, -step * j / static_cast<double>(width)).unsqueeze(0);  // [1, E/2]
   auto arg = t * w;                                                                // [T+1, E/2]
   return torch::stack({torch::sin(arg), torch::cos(arg)}, 2)
       .reshape({timesteps + 1, width})
@@ -127,19 +144,20 @@ torch::Tensor sinusoidal_table(int64_t timesteps, int64_t width) {
 
 // The U-Net of Table B.4 (one pass, no recursion).
 struct UNetImpl : nn::Module {
-  explicit UNetImpl(const NetworkOptions& o) : dims(o.dims) {
+  explicit UNetImpl(const NetworkOptions& o) : dims(o.dims), options(o) {
     const int64_t E = o.time_embedding;
     const int64_t c0 = o.in_channels;
-    time_table = register_buffer("time_table", sinusoidal_table(o.timesteps, E));
+    time_table =
+        register_buffer("time_table", sinusoidal_table(o.timesteps, E, o.time_frequencies));
 
-    // Per-level time MLPs te1..te7: Linear(E, c) -> LeakyReLU(0.01) -> Linear(c, c).
+    // Per-level time MLPs te1..te7: Linear(E, c) -> LeakyReLU(slope) -> Linear(c, c).
     const std::vector<int64_t> te_widths{c0, 10, 20, 40, 80, 40, 20};
     for (size_t i = 0; i < te_widths.size(); ++i) {
       const int64_t c = te_widths[i];
       te.push_back(register_module(
           "te" + std::to_string(i + 1),
           nn::Sequential(nn::Linear(E, c),
-                         nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(kEmbedSlope)),
+                         nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(o.time_mlp_slope)),
                          nn::Linear(c, c))));
     }
 
@@ -152,11 +170,11 @@ struct UNetImpl : nn::Module {
     bottleneck.build(*this, "bottleneck", dims, {40, 20, 20, 40});
 
     up1 = make_up(*this, "up1", dims, 40);
-    dec1.build(*this, "dec1", dims, {80, 40, 20, 20});
+    dec1.build(*this, "dec1", dims, {80, 40, 20, 20}, o.decoder_norm);
     up2 = make_up(*this, "up2", dims, 20);
-    dec2.build(*this, "dec2", dims, {40, 20, 10, 10});
+    dec2.build(*this, "dec2", dims, {40, 20, 10, 10}, o.decoder_norm);
     up3 = make_up(*this, "up3", dims, 10);
-    dec3.build(*this, "dec3", dims, {20, 10, 10, 10});
+    dec3.build(*this, "dec3", dims, {20, 10, 10, 10}, o.decoder_norm);
     out = make_conv(*this, "out", dims, 10, dims, 3, 1, 1, 1);
 
     // The output conv starts near zero (weights N(0, 1e-5), bias 0) so that an
@@ -188,10 +206,26 @@ struct UNetImpl : nn::Module {
     auto f5 = dec1.forward(torch::cat({f3, up1.forward(f4)}, 1).add_(embed(4, t0)));
     auto f6 = dec2.forward(torch::cat({f2, up2.forward(f5)}, 1).add_(embed(5, t0)));
     auto f7 = dec3.forward(torch::cat({f1, up3.forward(f6)}, 1).add_(embed(6, t0)));
-    return out.forward(f7);
+    return to_voxels(out.forward(f7));
+  }
+
+  // The output conv's prediction as a field in voxels (output_units), clamped
+  // to +-(S_i - 1) voxels per channel when output_clamp.
+  torch::Tensor to_voxels(torch::Tensor u) const {
+    const bool scale = options.output_units == OutputUnits::kImageSize;
+    if (!scale && !options.output_clamp) return u;
+    std::vector<double> sizes;
+    for (int64_t i = 0; i < dims; ++i) sizes.push_back(static_cast<double>(u.size(2 + i)));
+    std::vector<int64_t> shape(2 + dims, 1);
+    shape[1] = dims;
+    const auto s = torch::tensor(sizes, u.options().dtype(torch::kFloat)).view(shape);
+    if (scale) u = u * s;
+    if (options.output_clamp) u = torch::clamp(u, 1 - s, s - 1);
+    return u;
   }
 
   int64_t dims;
+  NetworkOptions options;
   torch::Tensor time_table;
   std::vector<nn::Sequential> te;
   Stage enc1, enc2, enc3, bottleneck, dec1, dec2, dec3;
@@ -199,6 +233,26 @@ struct UNetImpl : nn::Module {
 };
 
 }  // namespace
+
+std::string to_string(TimeFrequencies f) {
+  return f == TimeFrequencies::kStandard ? "standard" : "every_other";
+}
+
+std::string to_string(OutputUnits u) {
+  return u == OutputUnits::kVoxels ? "voxels" : "image_size";
+}
+
+TimeFrequencies parse_time_frequencies(const std::string& name) {
+  if (name == "standard") return TimeFrequencies::kStandard;
+  if (name == "every_other") return TimeFrequencies::kEveryOther;
+  throw std::invalid_argument("must be \"standard\" or \"every_other\", got \"" + name + "\"");
+}
+
+OutputUnits parse_output_units(const std::string& name) {
+  if (name == "voxels") return OutputUnits::kVoxels;
+  if (name == "image_size") return OutputUnits::kImageSize;
+  throw std::invalid_argument("must be \"voxels\" or \"image_size\", got \"" + name + "\"");
+}
 
 struct RecoveryNet::Impl {
   NetworkOptions options;
@@ -244,6 +298,9 @@ RecoveryNet::RecoveryNet(const NetworkOptions& options) : impl_(std::make_unique
               "RecoveryNet: time_embedding must be even and >= 2, got ", options.time_embedding);
   TORCH_CHECK(options.recursion >= 1,
               "RecoveryNet: recursion must be >= 1, got ", options.recursion);
+  TORCH_CHECK(std::isfinite(options.time_mlp_slope) && options.time_mlp_slope >= 0 &&
+                  options.time_mlp_slope < 1,
+              "RecoveryNet: time_mlp_slope must be in [0, 1), got ", options.time_mlp_slope);
   impl_->options = options;
   impl_->net = std::make_shared<UNetImpl>(options);
   impl_->choose_memory_format();
@@ -295,12 +352,15 @@ torch::Tensor RecoveryNet::forward(const torch::Tensor& image, const torch::Tens
   auto steps = t.reshape({-1}).to(table.device(), torch::kLong);
   if (steps.numel() != n) steps = steps.expand({n}).contiguous();
 
-  auto acc = net.forward(image, steps);
+  // Under autocast the passes return bf16: fields are composed in the image's
+  // dtype (a no-op without autocast).
+  const auto dtype = image.scalar_type();
+  auto acc = net.forward(image, steps).to(dtype);
   for (int64_t k = 1; k < o.recursion; ++k) {
     // Re-warp the ORIGINAL image by the accumulated field (never a warped
     // image), predict the next step, and let it act after the previous ones.
     auto warped = warp(image, acc, Interpolation::kLinear, Padding::kZeros);
-    auto psi = net.forward(warped, steps);
+    auto psi = net.forward(warped, steps).to(dtype);
     acc = compose(psi, acc);
   }
   return acc;
@@ -333,5 +393,36 @@ void RecoveryNet::train(bool on) { impl_->net->train(on); }
 bool RecoveryNet::is_training() const { return impl_->net->is_training(); }
 
 const NetworkOptions& RecoveryNet::options() const { return impl_->options; }
+
+torch::Tensor forward_mixed(RecoveryNet& net, const torch::Tensor& image, const torch::Tensor& t,
+                            bool bf16) {
+  if (!bf16) return net.forward(image, t);
+  const auto type = image.device().type();
+  TORCH_CHECK(type == at::kCPU || type == at::kCUDA,
+              "forward_mixed: bf16 autocast needs a CPU or CUDA image, got ", image.device());
+  const bool was = at::autocast::is_autocast_enabled(type);
+  const auto was_dtype = at::autocast::get_autocast_dtype(type);
+  at::autocast::set_autocast_dtype(type, at::kBFloat16);
+  at::autocast::set_autocast_enabled(type, true);
+  struct Restore {
+    c10::DeviceType type;
+    bool was;
+    at::ScalarType dtype;
+    ~Restore() {
+      at::autocast::set_autocast_enabled(type, was);
+      at::autocast::set_autocast_dtype(type, dtype);
+      if (!was) at::autocast::clear_cache();
+    }
+  } restore{type, was, was_dtype};
+  return net.forward(image, t).to(image.scalar_type());
+}
+
+bool cpu_has_native_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+  return false;
+#endif
+}
 
 }  // namespace drdm

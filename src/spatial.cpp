@@ -1,6 +1,7 @@
 #include "drdm/spatial.h"
 
 #include "soft_labels.h"
+#include "spatial_kernels.h"
 
 #include <ATen/ATen.h>
 
@@ -87,8 +88,8 @@ torch::Tensor sampling_grid(const torch::Tensor& field) {
   return at::stack(coords, -1);
 }
 
-torch::Tensor grid_sample(const torch::Tensor& input, const torch::Tensor& field,
-                          int64_t mode, int64_t padding) {
+torch::Tensor grid_sample_codes(const torch::Tensor& input, const torch::Tensor& field,
+                                int64_t mode, int64_t padding) {
   auto grid = sampling_grid(field);
   auto src = input;
   if (grid.size(0) != src.size(0)) {
@@ -103,6 +104,27 @@ torch::Tensor grid_sample(const torch::Tensor& input, const torch::Tensor& field
   return at::grid_sampler(src, grid, mode, padding, /*align_corners=*/true);
 }
 
+bool use_direct(const torch::Tensor& input, const torch::Tensor& field) {
+  return spatial_kernels_enabled() && sample_direct_applicable(input, field);
+}
+
+// Samples input at x + field(x): the direct CPU kernel where it applies
+// (spatial_kernels.h), at::grid_sampler otherwise.
+torch::Tensor grid_sample(const torch::Tensor& input, const torch::Tensor& field,
+                          int64_t mode, int64_t padding) {
+  if (use_direct(input, field))
+    return sample_direct(input, field,
+                         mode == kGridBilinear ? Interpolation::kLinear : Interpolation::kNearest,
+                         padding == kGridZeros ? Padding::kZeros : Padding::kBorder);
+  return grid_sample_codes(input, field, mode, padding);
+}
+
+// base + sample(phi, base, linear, border): compose(base, phi).
+torch::Tensor compose_step(const torch::Tensor& base, const torch::Tensor& phi) {
+  if (use_direct(phi, base)) return compose_direct(base, phi);
+  return base + grid_sample(phi, base, kGridBilinear, kGridBorder);
+}
+
 // Derivative along `dim`: central differences inside, one-sided at the ends.
 torch::Tensor finite_difference(const torch::Tensor& x, int64_t dim) {
   const int64_t n = x.size(dim);
@@ -114,6 +136,14 @@ torch::Tensor finite_difference(const torch::Tensor& x, int64_t dim) {
 }
 
 }  // namespace
+
+torch::Tensor grid_sample_aten(const torch::Tensor& input, const torch::Tensor& field,
+                               Interpolation mode, Padding padding) {
+  return grid_sample_codes(input, field,
+                           mode == Interpolation::kLinear ? kGridBilinear : kGridNearest,
+                           padding == Padding::kZeros ? kGridZeros : kGridBorder);
+}
+
 }  // namespace detail
 
 torch::Tensor identity_grid(at::IntArrayRef size, const torch::TensorOptions& options) {
@@ -201,7 +231,7 @@ torch::Tensor compose(const torch::Tensor& a, const torch::Tensor& b) {
               "compose(a, b): expected fields on the same grid, got a ", a.sizes(), " and b ",
               b.sizes());
   auto bb = b.scalar_type() == a.scalar_type() ? b : b.to(a.scalar_type());
-  return a + detail::grid_sample(bb, a, detail::kGridBilinear, detail::kGridBorder);
+  return detail::compose_step(a, bb);
 }
 
 torch::Tensor resize_field(const torch::Tensor& field, at::IntArrayRef size) {
@@ -236,10 +266,14 @@ torch::Tensor compose_power(const torch::Tensor& v, int64_t n) {
   detail::check_field(v, "compose_power");
   TORCH_CHECK(n >= 0, "compose_power: expected n >= 0, got ", n);
   if (n == 0) return at::zeros_like(v);
+  auto phi = v;
+  if (detail::use_direct(v, v)) {  // the direct kernel takes v as it is, no grid
+    for (int64_t k = 1; k < n; ++k) phi = detail::compose_step(v, phi);
+    return phi;
+  }
   // compose(v, phi) = v + phi(x + v(x)): the sampling grid of v is the same
   // at every step, so it is built once.
   const auto grid = n > 1 ? detail::sampling_grid(v) : torch::Tensor();
-  auto phi = v;
   for (int64_t k = 1; k < n; ++k)
     phi = v + at::grid_sampler(phi, grid, detail::kGridBilinear, detail::kGridBorder,
                                /*align_corners=*/true);
@@ -261,10 +295,13 @@ torch::Tensor compose_power(const torch::Tensor& v, const std::vector<int64_t>& 
   const auto count = at::tensor(counts, at::kLong).to(v.device()).view(shape);
   // Sample b keeps phi once it has counts[b] copies; a count of 0 is the zero field.
   auto phi = at::where(count >= 1, v, at::zeros_like(v));
-  const auto grid = most > 1 ? detail::sampling_grid(v) : torch::Tensor();
+  // The direct kernel takes v as it is; the ATen path builds v's grid once.
+  const bool direct = detail::use_direct(v, v);
+  const auto grid = most > 1 && !direct ? detail::sampling_grid(v) : torch::Tensor();
   for (int64_t k = 1; k < most; ++k) {
-    auto next = v + at::grid_sampler(phi, grid, detail::kGridBilinear, detail::kGridBorder,
-                                     /*align_corners=*/true);
+    auto next = direct ? detail::compose_step(v, phi)
+                       : v + at::grid_sampler(phi, grid, detail::kGridBilinear,
+                                              detail::kGridBorder, /*align_corners=*/true);
     phi = at::where(count > k, next, phi);
   }
   return phi;

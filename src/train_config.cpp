@@ -19,6 +19,25 @@ namespace {
 
 bool finite(double v) { return std::isfinite(v); }
 
+// The model keys that select the authors' variant of the network (drdm/import.h).
+void parse_model_variant(const json& j, const std::string& src, NetworkOptions& m) {
+  const auto parse = [&](const char* key, auto parser) {
+    const auto name = get<std::string>(j, "model", key, src);
+    try {
+      return parser(name);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(src + ": config key 'model." + key + "' " + e.what());
+    }
+  };
+  m.time_frequencies = parse("time_frequencies", parse_time_frequencies);
+  m.output_units = parse("output_units", parse_output_units);
+  m.time_mlp_slope = get<double>(j, "model", "time_mlp_slope", src);
+  m.decoder_norm = get<bool>(j, "model", "decoder_norm", src);
+  m.output_clamp = get<bool>(j, "model", "output_clamp", src);
+  require(finite(m.time_mlp_slope) && m.time_mlp_slope >= 0 && m.time_mlp_slope < 1, src,
+          "model.time_mlp_slope", "must be in [0, 1)");
+}
+
 json defaults_json(const TrainConfig& c) {
   json j;
   j["name"] = c.name;
@@ -49,9 +68,15 @@ json defaults_json(const TrainConfig& c) {
                   {"integrated_beta", s.integrated_beta},
                   {"integrated_max", s.integrated_max},
                   {"perturbation", s.perturbation}};
-  j["model"] = {{"in_channels", c.model.in_channels},
-                {"time_embedding", c.model.time_embedding},
-                {"recursion", c.model.recursion}};
+  const auto& m = c.model;
+  j["model"] = {{"in_channels", m.in_channels},
+                {"time_embedding", m.time_embedding},
+                {"recursion", m.recursion},
+                {"time_frequencies", to_string(m.time_frequencies)},
+                {"time_mlp_slope", m.time_mlp_slope},
+                {"decoder_norm", m.decoder_norm},
+                {"output_units", to_string(m.output_units)},
+                {"output_clamp", m.output_clamp}};
   j["loss"] = {{"distance", c.loss.distance},
                {"angle", c.loss.angle},
                {"regularisation", c.loss.regularisation},
@@ -140,6 +165,7 @@ TrainConfig from_json(const json& j, const std::string& src) {
           src, "model.time_embedding", "must be an even number in [2, 4096]");
   require(c.model.recursion >= 1 && c.model.recursion <= 8, src, "model.recursion",
           "must be in [1, 8]");
+  parse_model_variant(j, src, c.model);
   c.model.dims = d.dims;
   c.model.timesteps = s.timesteps;
 

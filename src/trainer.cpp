@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
 #include <sys/stat.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 
@@ -80,8 +79,12 @@ void init_weights_from(const std::string& name_or_path, const TrainConfig& confi
   const auto want = network_options(config), have = network_options(ck.config);
   const auto describe = [](const NetworkOptions& o) {
     return std::to_string(o.dims) + "D, " + std::to_string(o.in_channels) + " channel(s), " +
-           "time embedding " + std::to_string(o.time_embedding) + ", T = " +
-           std::to_string(o.timesteps) + ", K = " + std::to_string(o.recursion);
+           "time embedding " + std::to_string(o.time_embedding) + " (" +
+           to_string(o.time_frequencies) + " frequencies, MLP slope " +
+           std::to_string(o.time_mlp_slope) + "), T = " + std::to_string(o.timesteps) +
+           ", K = " + std::to_string(o.recursion) + ", decoder norm " +
+           (o.decoder_norm ? "on" : "off") + ", output in " + to_string(o.output_units) +
+           (o.output_clamp ? " (clamped)" : "");
   };
   if (describe(want) != describe(have))
     throw std::runtime_error("train.init_from: '" + path + "' holds a network of " +
@@ -98,9 +101,9 @@ void init_weights_from(const std::string& name_or_path, const TrainConfig& confi
 
 torch::Device training_device(const TrainConfig& config) {
   const auto device = resolve_device(config.train.device);
-  if (config.train.mixed_precision == "bf16" && !device.is_cuda())
-    throw std::invalid_argument("train.mixed_precision = bf16 needs a CUDA device (device is " +
-                                device.str() + ")");
+  if (config.train.mixed_precision == "bf16" && device.is_cpu() && !cpu_has_native_bf16())
+    log::warn("train.mixed_precision = bf16 on a CPU without native bf16 (AVX512-BF16/AMX): "
+              "oneDNN emulates it, usually slower than float32");
   if (config.data.folders.empty())
     throw std::invalid_argument(
         "config key 'data.folders' is empty: give at least one folder of training images");
@@ -130,16 +133,6 @@ RunSpec drdm_run_spec(const TrainConfig& config, const std::string& output_dir, 
     return to_json(c);
   };
   return run_spec(config.train, output_dir, kKind, to_json(config), identity, resume, progress);
-}
-
-at::Tensor predict_recovery(RecoveryNet& net, const at::Tensor& xt, const at::Tensor& t, bool bf16) {
-  if (!bf16) return net.forward(xt, t);
-  at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-  at::autocast::set_autocast_enabled(at::kCUDA, true);
-  auto psi_hat = net.forward(xt, t);
-  at::autocast::set_autocast_enabled(at::kCUDA, false);
-  at::autocast::clear_cache();
-  return psi_hat.to(at::kFloat);
 }
 
 /// Alg. 1, one step at a time; keeps the last batch for previews.
@@ -175,7 +168,7 @@ class RecoveryStep {
                                     : sampler_.sample_rows(all_t, field_gen, first, count);
       xt_ = warp(x0_, fwd_.phi);
     }
-    psi_hat_ = predict_recovery(net_, xt_, t, tr.mixed_precision == "bf16");  // t on the CPU: checked without a sync
+    psi_hat_ = forward_mixed(net_, xt_, t, tr.mixed_precision == "bf16");  // t on the CPU: checked without a sync
     const auto terms = recovery_loss(fwd_.psi, psi_hat_, config_.loss);
     auto result = descend(adam_, terms.total, tr, step);
     if (result.metrics.empty()) return result;  // not finite: no step taken

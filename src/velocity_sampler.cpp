@@ -12,14 +12,23 @@
 namespace drdm {
 
 std::string to_string(DiffusionProcess process) {
-  return process == DiffusionProcess::kMarkov ? "markov" : "stationary";
+  switch (process) {
+    case DiffusionProcess::kMarkov:
+      return "markov";
+    case DiffusionProcess::kAuthors:
+      return "authors";
+    case DiffusionProcess::kStationary:
+      break;
+  }
+  return "stationary";
 }
 
 DiffusionProcess parse_diffusion_process(const std::string& name) {
   if (name == "stationary") return DiffusionProcess::kStationary;
   if (name == "markov") return DiffusionProcess::kMarkov;
+  if (name == "authors") return DiffusionProcess::kAuthors;
   throw std::invalid_argument("unknown diffusion process '" + name +
-                              "' (expected \"stationary\" or \"markov\")");
+                              "' (expected \"stationary\", \"markov\" or \"authors\")");
 }
 
 void validate(const SamplerOptions& o) {
@@ -76,6 +85,27 @@ torch::Tensor sample_mask(const std::vector<int64_t>& flags, const torch::Tensor
   return at::tensor(f, at::kFloat).to(like.options()).view(shape);
 }
 
+torch::Tensor upsample(const torch::Tensor& field, at::IntArrayRef size, bool align_corners) {
+  return size.size() == 2 ? at::upsample_bilinear2d(field, size, align_corners)
+                          : at::upsample_trilinear3d(field, size, align_corners);
+}
+
+// The authors' conversion of a control-grid field to image voxels (kAuthors):
+// channel i times (S_i / c_i)^2, as a tensor [1, d, 1, ...] of the field's options.
+torch::Tensor authors_factors(const torch::Tensor& control_field,
+                              const std::vector<int64_t>& image_size) {
+  const auto d = static_cast<int64_t>(image_size.size());
+  std::vector<double> f;
+  for (int64_t i = 0; i < d; ++i) {
+    const double r =
+        static_cast<double>(image_size[i]) / static_cast<double>(control_field.size(2 + i));
+    f.push_back(r * r);
+  }
+  std::vector<int64_t> shape(control_field.dim(), 1);
+  shape[1] = d;
+  return at::tensor(f, at::kDouble).to(control_field.options()).view(shape);
+}
+
 }  // namespace
 
 VelocitySampler::VelocitySampler(const SamplerOptions& options, std::vector<int64_t> image_size,
@@ -119,9 +149,9 @@ torch::Tensor VelocitySampler::velocity_rows(int64_t batch, at::Generator& gen, 
       v.add_(noise);
       continue;
     }
-    std::vector<int64_t> size(d, options_.control);
-    v.add_(d == 2 ? at::upsample_bilinear2d(noise, size, /*align_corners=*/true)
-                  : at::upsample_trilinear3d(noise, size, /*align_corners=*/true));
+    // The authors' code upsamples with align_corners = false (F.interpolate's default).
+    const bool corners = options_.process != DiffusionProcess::kAuthors;
+    v.add_(upsample(noise, std::vector<int64_t>(d, options_.control), corners));
   }
   return v;
 }
@@ -136,7 +166,11 @@ torch::Tensor VelocitySampler::to_image(const torch::Tensor& control_field) cons
   };
   TORCH_CHECK(control_field.dim() == 2 + d && control_field.size(1) == d,
               "VelocitySampler::to_image: expected a field [N, ", d, ", ...], got ", control_field.sizes());
-  if (control_field.sizes().slice(2) == at::IntArrayRef(doubled)) return crop(control_field).contiguous();
+  const bool authors = options_.process == DiffusionProcess::kAuthors;
+  const auto factors = authors ? authors_factors(control_field, image_size_)
+                               : resize_factors(control_field, doubled);
+  if (!authors && control_field.sizes().slice(2) == at::IntArrayRef(doubled))
+    return crop(control_field).contiguous();
   // resize_field(control_field, doubled), centre-cropped: the same values, but
   // one sample at a time and scaled after the crop, so that the doubled grid
   // (2^d times the image) is held for one sample only, never for the batch.
@@ -145,10 +179,9 @@ torch::Tensor VelocitySampler::to_image(const torch::Tensor& control_field) cons
   auto out = at::empty(shape, control_field.options());
   for (int64_t b = 0; b < control_field.size(0); ++b) {
     const auto one = control_field.narrow(0, b, 1);
-    auto big = d == 2 ? at::upsample_bilinear2d(one, doubled, /*align_corners=*/true)
-                      : at::upsample_trilinear3d(one, doubled, /*align_corners=*/true);
+    auto big = upsample(one, doubled, /*align_corners=*/!authors);
     auto slot = out.narrow(0, b, 1);
-    at::mul_out(slot, crop(big), resize_factors(control_field, doubled));
+    at::mul_out(slot, crop(big), factors);
   }
   return out;
 }
@@ -199,7 +232,7 @@ ForwardSample VelocitySampler::sample_impl(const torch::Tensor& t,
                 options_.timesteps, "], got ", v);
   const auto batch = static_cast<int64_t>(ts.size());
   ForwardSample out;
-  if (options_.process == DiffusionProcess::kStationary) {
+  if (options_.process != DiffusionProcess::kMarkov) {
     const auto v = draw(batch);
     std::vector<int64_t> n, m;
     for (auto tt : ts) {
@@ -207,7 +240,11 @@ ForwardSample VelocitySampler::sample_impl(const torch::Tensor& t,
       m.push_back(integrated_count(tt, options_));
     }
     auto perturbed = v;
-    if (options_.perturbation > 0) perturbed = v + draw(batch) * options_.perturbation;
+    if (options_.perturbation > 0) {
+      const auto w = draw(batch) * options_.perturbation;
+      // The authors' code warps the perturbation by v: v(x) + w(x + v(x)) = compose(v, w).
+      perturbed = options_.process == DiffusionProcess::kAuthors ? compose(v, w) : v + w;
+    }
     out.phi = to_image(compose_power(perturbed, m));
     if (need_psi) out.psi = to_image(compose_power(v, n));
     return out;

@@ -271,7 +271,8 @@ TEST(Sampler, RowsOfTheBatchAreTheBatchsRows) {
   // A data-parallel rank's share: sample_rows(t, gen, first, count) is rows
   // [first, first + count) of sample(t, gen), for both processes and with
   // the perturbation (a second draw), while the other rows are never built.
-  for (const auto process : {drdm::DiffusionProcess::kStationary, drdm::DiffusionProcess::kMarkov}) {
+  for (const auto process : {drdm::DiffusionProcess::kStationary, drdm::DiffusionProcess::kMarkov,
+                             drdm::DiffusionProcess::kAuthors}) {
     SamplerOptions o;
     o.process = process;
     o.control = 16;
@@ -290,6 +291,174 @@ TEST(Sampler, RowsOfTheBatchAreTheBatchsRows) {
   auto g = drdm::make_generator(1);
   VelocitySampler s(SamplerOptions{}, {16, 16});
   EXPECT_THROW(s.sample_rows(levels({1, 2}), g, 1, 2), c10::Error);
+}
+
+// ---- process "authors": the authors' forward process (issue 22) ----
+// Their code: Diffusion/diffuser.py of jianqingzheng/def_diff_rec. The numbers
+// below were measured from it by scripts/forward_parity.py (--fixture and the
+// table in docs/results/forward-parity.md).
+
+SamplerOptions authors_options() {
+  SamplerOptions o;
+  o.process = drdm::DiffusionProcess::kAuthors;
+  o.sigma = 4e-5 * 64;  // their v_scale (a fraction of the control grid) in control voxels
+  o.perturbation = 0.08;
+  return o;
+}
+
+TEST(Authors, ParsesAndPrints) {
+  EXPECT_EQ(drdm::parse_diffusion_process("authors"), drdm::DiffusionProcess::kAuthors);
+  EXPECT_EQ(drdm::to_string(drdm::DiffusionProcess::kAuthors), "authors");
+  EXPECT_EQ(drdm::to_string(drdm::DiffusionProcess::kStationary), "stationary");
+  EXPECT_EQ(drdm::to_string(drdm::DiffusionProcess::kMarkov), "markov");
+}
+
+TEST(Authors, ToImageScalesWithTheGrid) {
+  // Their conversion: (S / control)^2 image voxels per control voxel, so doubling the image
+  // quadruples the displacement in voxels (doubles it in % of the image); the geometric
+  // conversion keeps it in % of the image.
+  auto c = at::ones({1, 2, 16, 16});
+  c.select(1, 0).fill_(1.5);
+  c.select(1, 1).fill_(-0.5);
+  for (int64_t size : {32, 64}) {
+    SamplerOptions o = authors_options();
+    o.control = 16;
+    const auto f = VelocitySampler(o, {size, size}).to_image(c);
+    const double r = static_cast<double>(size) / 16.0;
+    EXPECT_NEAR(f.select(1, 0).mean().item<double>(), 1.5 * r * r, 1e-4) << size;
+    EXPECT_NEAR(f.select(1, 1).mean().item<double>(), -0.5 * r * r, 1e-4) << size;
+    o.process = drdm::DiffusionProcess::kStationary;
+    const auto g = VelocitySampler(o, {size, size}).to_image(c);
+    EXPECT_NEAR(g.select(1, 0).mean().item<double>(), 1.5 * (2.0 * size - 1) / 15.0, 1e-4) << size;
+  }
+  // 3D, non-cubic: channel i times (S_i / control)^2.
+  SamplerOptions o = authors_options();
+  o.control = 8;
+  o.levels = 3;
+  const auto f3 = VelocitySampler(o, {8, 16, 24}).to_image(at::ones({1, 3, 8, 8, 8}));
+  for (int64_t i = 0; i < 3; ++i) {
+    const double r = (8.0 * (i + 1)) / 8.0;
+    EXPECT_NEAR(f3.select(1, i).mean().item<double>(), r * r, 1e-4) << i;
+  }
+}
+
+TEST(Authors, ToImageResamplesWithoutAlignedCorners) {
+  // A linear control field a * x (axis 0) resampled to twice the image with
+  // align_corners = false: image voxel j is big-grid voxel j + S/2, which reads
+  // control position (j + S/2 + 0.5) * control / (2 S) - 0.5.
+  SamplerOptions o = authors_options();
+  o.control = 16;
+  const int64_t size = 40;
+  VelocitySampler s(o, {size, size});
+  const auto lin =
+      drdm::identity_grid({16, 16}).select(1, 0).unsqueeze(1).repeat({1, 2, 1, 1}) * 0.1;
+  const auto f = s.to_image(lin);
+  const double scale = (size / 16.0) * (size / 16.0);
+  for (int64_t j : {0, 7, 21, 39}) {
+    const double pos = (j + size / 2 + 0.5) * 16.0 / (2.0 * size) - 0.5;
+    EXPECT_NEAR(f[0][0][j][5].item<double>(), 0.1 * pos * scale, 1e-4) << j;
+  }
+}
+
+TEST(Authors, VelocityUpsamplesLikeTheirCode) {
+  // Their coarse levels are upsampled with F.interpolate's default, align_corners = false.
+  SamplerOptions o = authors_options();
+  o.control = 8;
+  o.levels = 2;
+  o.sigma = 0.1;
+  VelocitySampler s(o, {16, 16});
+  auto g1 = drdm::make_generator(5), g2 = drdm::make_generator(5);
+  const auto v = s.velocity(3, g1);
+  const auto fine = at::randn({3, 2, 8, 8}, g2) * 0.1;
+  const auto coarse = at::randn({3, 2, 4, 4}, g2) * 0.2;
+  const auto want = fine + at::upsample_bilinear2d(coarse, {8, 8}, /*align_corners=*/false);
+  EXPECT_LT((v - want).abs().max().item<double>(), 1e-7);
+  // ... which differs from the aligned-corners upsampling of the default process.
+  const auto aligned = fine + at::upsample_bilinear2d(coarse, {8, 8}, /*align_corners=*/true);
+  EXPECT_GT((v - aligned).abs().max().item<double>(), 1e-3);
+}
+
+TEST(Authors, PerturbationIsWarpedByTheVelocity) {
+  // At t = 1 (m_1 = n_1 = 1): psi = v and phi = v(x) + w(x + v(x)) = compose(v, w), with
+  // w = 0.08 * the second velocity drawn (their dvf + stn(noise, dvf)).
+  SamplerOptions o = authors_options();
+  o.control = 16;
+  o.sigma = 0.05;  // large enough that warping w by v is visible
+  VelocitySampler s(o, {32, 32});
+  auto gen = drdm::make_generator(8), ref = drdm::make_generator(8);
+  const auto f = s.sample(levels({1, 1, 1}), gen);
+  const auto v = s.velocity(3, ref);
+  const auto w = s.velocity(3, ref) * 0.08;
+  EXPECT_LT((f.psi - s.to_image(v)).abs().max().item<double>(), 1e-6);
+  EXPECT_LT((f.phi - s.to_image(drdm::compose(v, w))).abs().max().item<double>(), 1e-6);
+  // Hand-made: v shifts by 2 control voxels along axis 1, w = (0, 0.1 x_1): away from the
+  // border compose(v, w) = (0, 2 + 0.1 (x_1 + 2)), the added perturbation (0, 2 + 0.1 x_1).
+  auto shift = at::zeros({1, 2, 16, 16});
+  shift.select(1, 1).fill_(2.0);
+  const auto ramp = drdm::identity_grid({16, 16}) * at::tensor({0.0f, 0.1f}).view({1, 2, 1, 1});
+  const auto warped = drdm::compose(shift, ramp);
+  for (int64_t x1 : {0, 5, 13})
+    EXPECT_NEAR(warped[0][1][7][x1].item<double>(), 2.0 + 0.1 * (x1 + 2), 1e-5) << x1;
+  EXPECT_NEAR(warped[0][0][7][5].item<double>(), 0.0, 1e-6);
+}
+
+TEST(Authors, ReproducesTheirFieldsForTheSameSeed) {
+  // Both draw from PyTorch's CPU generator in the same order, so a seed gives their fields.
+  // Values from scripts/forward_parity.py --fixture (their code, 128^2, t = 10, 2 draws,
+  // torch.manual_seed(0)), in image voxels.
+  auto probe = drdm::make_generator(0);
+  const auto first = at::randn({4}, probe);
+  const std::vector<double> stream{1.540996, -0.293429, -2.178789, 0.568431};
+  for (int64_t i = 0; i < 4; ++i)
+    if (std::abs(first[i].item<double>() - stream[static_cast<size_t>(i)]) > 1e-5)
+      GTEST_SKIP()
+          << "PyTorch's CPU random stream changed: rerun scripts/forward_parity.py --fixture";
+  VelocitySampler s(authors_options(), {128, 128});
+  auto gen = drdm::make_generator(0);
+  const auto f = s.sample(levels({10, 10}), gen);
+  struct Probe {
+    int64_t b, i, j;
+    double phi0, phi1, psi0, psi1;
+  };
+  for (const auto& p : {Probe{0, 0, 0, -1.0911, -0.52091, -0.24587, -0.10516},
+                        Probe{0, 64, 64, -0.33186, -0.22964, -0.07115, -0.05095},
+                        Probe{1, 10, 100, 0.1996, 1.52685, 0.05149, 0.34018},
+                        Probe{1, 127, 31, -0.08239, -0.12463, -0.02645, -0.02793}}) {
+    const auto value = [&](const at::Tensor& field, int64_t c) {
+      return field[p.b][c][p.i][p.j].item<double>();
+    };
+    SCOPED_TRACE(std::to_string(p.b) + " " + std::to_string(p.i) + " " + std::to_string(p.j));
+    EXPECT_NEAR(value(f.phi, 0), p.phi0, 2e-4);
+    EXPECT_NEAR(value(f.phi, 1), p.phi1, 2e-4);
+    EXPECT_NEAR(value(f.psi, 0), p.psi0, 2e-4);
+    EXPECT_NEAR(value(f.psi, 1), p.psi1, 2e-4);
+  }
+}
+
+double mean_of(const std::vector<double>& v) {
+  double sum = 0;
+  for (auto x : v) sum += x;
+  return sum / static_cast<double>(v.size());
+}
+
+TEST(Authors, ReproducesTheirStartFieldStatistics) {
+  // Their code at 256^2, T' = 45 (m = 93, n = 9), 16 draws, seed 0 (scripts/forward_parity.py
+  // --fixture): phi mean magnitude 10.40 % (one draw's s.d. 1.3 %), folding 11.6 % (s.d. 2.4 %),
+  // psi mean 1.085 %. Another seed here, so the tolerances are ~3.5 s.d. of a 16-draw mean.
+  VelocitySampler s(authors_options(), {256, 256});
+  auto gen = drdm::make_generator(22);
+  const auto f = s.sample(levels(std::vector<int64_t>(16, 45)), gen);
+  const auto phi = drdm::field_stats(f.phi), psi = drdm::field_stats(f.psi);
+  EXPECT_NEAR(mean_of(phi.mean_magnitude_pct), 10.40, 1.2);
+  EXPECT_NEAR(mean_of(phi.folding_ratio), 0.116, 0.025);
+  EXPECT_NEAR(mean_of(psi.mean_magnitude_pct), 1.085, 0.12);
+  EXPECT_EQ(mean_of(psi.folding_ratio), 0.0);
+  // Our default process at the same grid and level: similar magnitudes, almost no folding.
+  VelocitySampler ours(SamplerOptions{}, {256, 256});
+  auto g2 = drdm::make_generator(22);
+  const auto mine = drdm::field_stats(ours.sample_field(levels(std::vector<int64_t>(16, 45)), g2));
+  EXPECT_NEAR(mean_of(mine.mean_magnitude_pct), 9.46, 1.2);
+  EXPECT_LT(mean_of(mine.folding_ratio), 0.005);
 }
 
 TEST(Sampler, CudaMatchesItsOwnSeeds_CUDA) {

@@ -59,6 +59,7 @@ struct DeformJobOptions {
   bool previews = true;
   bool progress = true;
   int64_t threads = 0;  ///< CPU threads (0: LibTorch's default)
+  std::string mixed_precision = "none";  ///< "none" or "bf16": network passes under bf16 autocast
 };
 
 /// --shard: "i/n" -> (i, n), or "auto": the shard of a Slurm job array task

@@ -42,6 +42,8 @@ int64_t slicing_axis(const std::vector<int64_t>& tensor_size, int64_t model_dims
 struct GenerationOptions {
   RecoverySchedule schedule = RecoverySchedule::kFromLevel;
   int64_t batch = 16;  ///< samples per network forward pass (>= 1)
+  /// Network passes under bf16 autocast (forward_mixed); fields stay float32.
+  bool bf16 = false;
   /// Progress: called after every recovery step with the number of samples
   /// it advanced (skipped empty slices are reported at once), if set.
   std::function<void(int64_t)> on_step;

@@ -13,17 +13,51 @@
 
 namespace drdm {
 
+/// Frequencies of the sinusoidal time table (row t, pair j: sin(t w_j), cos(t w_j)).
+enum class TimeFrequencies {
+  kStandard,   ///< w_j = 10000^(-2j/E) (the usual transformer table)
+  kEveryOther  ///< w_j = 10000^(-4j/E): every other frequency of an E-wide table
+               ///< (what the authors' code computes)
+};
+
+/// What the final convolution predicts.
+enum class OutputUnits {
+  kVoxels,    ///< displacements in voxels
+  kImageSize  ///< fractions of the image size: channel i is multiplied by the size of
+              ///< spatial axis i to give voxels (the authors' code)
+};
+
 struct NetworkOptions {
   int64_t dims = 2;             ///< spatial dimensions: 2 or 3
   int64_t in_channels = 1;      ///< image channels
   int64_t timesteps = 80;       ///< T; t in [0, T] accepted (embedding table has T+1 rows)
   int64_t time_embedding = 80;  ///< sinusoidal embedding width E (Table B.4: 80); even
   int64_t recursion = 2;        ///< internal recursion K (shared weights), >= 1
+  TimeFrequencies time_frequencies = TimeFrequencies::kStandard;
+  /// Negative slope of the activation between the two linear layers of each
+  /// per-level time MLP: 0.01 (App. A); 0 is a ReLU (the authors' code).
+  double time_mlp_slope = 0.01;
+  /// Instance norm in the ACNN-II blocks of the decoder (dec1..dec3); the
+  /// authors' code has none there (the encoder and bottleneck always have it).
+  bool decoder_norm = true;
+  OutputUnits output_units = OutputUnits::kVoxels;
+  /// Clamp each pass's field, channel i, to [-(S_i - 1), S_i - 1] voxels
+  /// before the passes are composed (the authors' code).
+  bool output_clamp = false;
 };
+
+/// "standard" / "every_other" and "voxels" / "image_size" (config values);
+/// parse_* throw std::invalid_argument naming the accepted values.
+std::string to_string(TimeFrequencies f);
+std::string to_string(OutputUnits u);
+TimeFrequencies parse_time_frequencies(const std::string& name);
+OutputUnits parse_output_units(const std::string& name);
 
 /// Recursive ACNN-II U-Net with three stride-2 levels (widths 10/20/40), a
 /// sinusoidal time embedding added at every level (multiplied at the
-/// bottleneck) and a final 3x3 conv to `dims` channels.
+/// bottleneck) and a final 3x3 conv to `dims` channels. The options
+/// time_frequencies, time_mlp_slope, decoder_norm, output_units and
+/// output_clamp reproduce the authors' RecResACNet (drdm/import.h).
 ///
 /// With recursion K, pass 1 predicts psi_1 = net(I, t); pass k >= 2 sees the
 /// ORIGINAL image warped by the accumulated field, psi_k = net(warp(I, acc), t),
@@ -71,4 +105,16 @@ class RecoveryNet {
   std::unique_ptr<Impl> impl_;
 };
 
+/// net.forward, under bf16 autocast on the image's device (CPU or CUDA) when
+/// `bf16`; the field comes back in the image's dtype (float32) either way.
+/// Parameters stay float32. On the CPU the dilated convolutions run in
+/// float32 (oneDNN's bf16 weight gradient of that convolution returns NaN).
+torch::Tensor forward_mixed(RecoveryNet& net, const torch::Tensor& image, const torch::Tensor& t,
+                            bool bf16);
+
+/// Whether this CPU runs bf16 natively (AVX512-BF16 or AMX-BF16); elsewhere
+/// oneDNN emulates it, usually slower than float32.
+bool cpu_has_native_bf16();
+
 }  // namespace drdm
+

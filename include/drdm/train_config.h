@@ -22,7 +22,8 @@ struct TrainConfig {
   AugmentOptions augment;  ///< "augment"
   SamplerOptions sampler;  ///< "sampler" (process as "stationary" | "markov")
   NetworkOptions
-      model;  ///< "model": time_embedding, recursion (dims and timesteps follow data and sampler)
+      model;  ///< "model": time_embedding, recursion and the authors'-variant keys
+              ///< (docs/configs.md); dims and timesteps follow data and sampler
   LossWeights loss;  ///< "loss": distance, angle, regularisation, eps
   struct Train {
     int64_t batch_size = 64;
@@ -42,7 +43,7 @@ struct TrainConfig {
         500;                      ///< steps between checkpoints (one is always written at the end)
     int64_t preview_every = 500;  ///< steps between preview PNGs (0 = never)
     int64_t log_every = 10;       ///< steps between metrics lines
-    std::string mixed_precision = "none";  ///< "none" or "bf16" (CUDA only)
+    std::string mixed_precision = "none";  ///< "none" or "bf16" (autocast of the network, CPU or CUDA)
     std::string device = "auto";           ///< "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
     int64_t threads = 0;                   ///< CPU intra-op threads, 0 = LibTorch's default
     int64_t prefetch = 2;                  ///< batches prepared ahead by the loader thread

@@ -20,10 +20,20 @@ enum class DiffusionProcess {
   /// The paper's Eq. (2): independent steps psi_1..psi_t (psi_tau = v_tau
   /// composed n_tau times), phi_{t:1} = compose(psi_t, compose(psi_{t-1}, ...)).
   kMarkov,
+  /// The authors' code exactly (Diffusion/diffuser.py of jianqingzheng/def_diff_rec), for models
+  /// trained on it: the stationary process with their three departures (docs/configs.md,
+  /// docs/results/forward-parity.md). (1) The coarse levels of a velocity are upsampled with
+  /// align_corners = false. (2) The perturbation is warped by v: phi_{t:1} uses
+  /// compose(v, perturbation * w) = v + perturbation * w(x + v(x)), w an independent velocity.
+  /// (3) A control-grid field reaches the image as their code converts it: displacements
+  /// multiplied by (S_i / control)^2 image voxels per control voxel (S_i / (2 control) times the
+  /// geometric factor: 2x at 256^2 with control 64), resampled with align_corners = false, after
+  /// the composition. Their v_scale (a fraction of the control grid) is sigma = v_scale * control.
+  kAuthors,
 };
 
 std::string to_string(DiffusionProcess process);
-/// "stationary" or "markov"; throws std::invalid_argument otherwise.
+/// "stationary", "markov" or "authors"; throws std::invalid_argument otherwise.
 DiffusionProcess parse_diffusion_process(const std::string& name);
 
 struct SamplerOptions {
@@ -43,7 +53,8 @@ struct SamplerOptions {
   double integrated_beta = 1.5;
   int64_t integrated_max = 200;
   /// Relative strength of the independent multi-scale perturbation added to v
-  /// before it builds the image field (stationary process; paper Sec. 3.3: 5%).
+  /// before it builds the image field (stationary process; paper Sec. 3.3: 5%;
+  /// the authors' code: 8%, warped by v, see kAuthors).
   double perturbation = 0.05;
   DiffusionProcess process = DiffusionProcess::kStationary;
 };
@@ -88,7 +99,9 @@ class VelocitySampler {
   torch::Tensor velocity_rows(int64_t batch, at::Generator& gen, int64_t first, int64_t count) const;
 
   /// Control-grid field -> image grid: resampled to twice the image size
-  /// (DESIGN's resize rule) and centre-cropped, in image voxels.
+  /// (DESIGN's resize rule) and centre-cropped, in image voxels. For the authors' process
+  /// (kAuthors) their conversion instead: values times (S_i / control_i)^2, resampled with
+  /// align_corners = false to twice the image size, centre-cropped.
   torch::Tensor to_image(const torch::Tensor& control_field) const;
 
   /// psi_t and phi_{t:1} for per-sample levels t (int64 [N], 1 <= t <= T).
