@@ -56,14 +56,18 @@ def main():
     args = ap.parse_args()
     config = json.load(open(os.path.join(args.run, "config.json")))
     rows, start_elapsed = stretch_rows(os.path.join(args.run, "metrics.jsonl"), args.from_step)
+    ratios, check_step = ratio_text(args.check, [int(t) for t in args.levels.split(",")])
+    # The stretch ends at the checked model's step (the last checkpoint): rows
+    # logged after it are lost to a resume and belong to no stretch.
+    if check_step is not None:
+        rows = [r for r in rows if r["step"] <= check_step]
+        if not rows or rows[-1]["step"] != check_step:
+            sys.exit(f"{args.check} measured the model of step {check_step}, which metrics.jsonl does not log")
     train, data = config["train"], config["data"]
     batch = train["batch_size"]
     last = rows[-1]["step"]
     hours = (rows[-1]["elapsed_seconds"] - start_elapsed) / 3600
     rate = sum(r["images_per_second"] for r in rows) / len(rows)
-    ratios, check_step = ratio_text(args.check, [int(t) for t in args.levels.split(",")])
-    if check_step is not None and check_step != last:
-        sys.exit(f"{args.check} measured the model of step {check_step}, the stretch ends at {last}")
     grid = "x".join(str(s) for s in data["size"])
     row = (f"| {args.model} | {args.date} | {args.from_step}-{last} | {(last - args.from_step) * batch:,} | "
            f"{hours:.2f} | {rate:.2f} | {grid}, {batch} | {args.machine} | "
