@@ -302,13 +302,14 @@ TEST_F(TinyTraining, BadInputsAreClearErrors) {
   EXPECT_THROW(drdm::train(c, out_.path("a"), false, false), std::invalid_argument);
   c = config(2, {"data.folders=[\"" + out_.path("empty") + "\"]"});
   EXPECT_ANY_THROW(drdm::train(c, out_.path("b"), false, false));
-  // bf16 needs CUDA.
-  if (!at::hasCUDA()) {
-    EXPECT_THROW(
-        drdm::train(config(2, {"train.mixed_precision=bf16"}), out_.path("c"), false, false),
-        std::invalid_argument);
-    EXPECT_THROW(drdm::resolve_device("cuda"), std::invalid_argument);
-  }
+  // bf16 autocast also runs on the CPU (issue 21): finite, and the model stays float32.
+  const auto bf16 =
+      drdm::train(config(2, {"train.mixed_precision=bf16", "train.device=cpu"}), out_.path("c"),
+                  false, false);
+  EXPECT_TRUE(std::isfinite(bf16.last_loss));
+  const auto m = drdm::load_model(out_.path("c") + "/model.pt", torch::Device(torch::kCPU));
+  for (const auto& p : m.net.parameters()) EXPECT_EQ(p.scalar_type(), at::kFloat);
+  if (!at::hasCUDA()) EXPECT_THROW(drdm::resolve_device("cuda"), std::invalid_argument);
   EXPECT_THROW(drdm::resolve_device("tpu"), std::invalid_argument);
   // Missing and corrupt model files name the file.
   try {
