@@ -66,6 +66,9 @@ def main():
     train, data = config["train"], config["data"]
     batch = train["batch_size"]
     last = rows[-1]["step"]
+    # A resumed run counts elapsed_seconds from its own start again.
+    if rows[0]["elapsed_seconds"] < start_elapsed:
+        start_elapsed = 0.0
     hours = (rows[-1]["elapsed_seconds"] - start_elapsed) / 3600
     rate = sum(r["images_per_second"] for r in rows) / len(rows)
     grid = "x".join(str(s) for s in data["size"])
