@@ -31,6 +31,11 @@ int main(int argc, char** argv) {
          "--set", overrides,
          "Override a config key: section.key=value (repeatable), e.g. --set train.steps=500")
       ->take_all();
+  double max_minutes = 0;
+  cli.add_option("--max-minutes", max_minutes,
+                 "Stop after this much wall time, at the next logging step, with a checkpoint "
+                 "there (--resume goes on); 0: no limit")
+      ->check(CLI::NonNegativeNumber);
   cli.add_flag("--no-progress", no_progress, "Do not draw the progress bar");
   cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");
   CLI11_PARSE(cli, argc, argv);
@@ -42,7 +47,7 @@ int main(int argc, char** argv) {
       overrides.push_back("train.init_from=" + drdm::resolve_model_path(init_from));
     const auto config = drdm::load_train_config(config_path, overrides);
     if (output.empty()) output = "runs/" + config.name;
-    const auto s = drdm::train(config, output, resume, !no_progress);
+    const auto s = drdm::train(config, output, resume, !no_progress, max_minutes * 60);
     std::cout << "{\"output\": \"" << output << "\", \"first_step\": " << s.first_step
               << ", \"steps\": " << s.steps << ", \"seconds\": " << s.seconds
               << ", \"last_loss\": " << s.last_loss << ", \"checkpoint\": \"" << s.checkpoint

@@ -77,12 +77,14 @@ struct Case {
 };
 
 const std::vector<Case>& cases() {
-  static const std::vector<Case> c{{{128, 128}, 8, 64, 4}, {{256, 256}, 4, 64, 4}, {{64, 64, 64}, 1, 32, 3}};
+  static const std::vector<Case> c{
+      {{128, 128}, 8, 64, 4}, {{256, 256}, 4, 64, 4}, {{64, 64, 64}, 1, 32, 3}};
   return c;
 }
 
 struct Options : drdm::bench::CommonOptions {
   int64_t level = 45;  // T'
+  bool cuda_graphs = false;
   Options() {
     min_time_s = 0;  // one generation call is seconds long: --rounds / --min-reps decide
     min_reps = 1;
@@ -92,23 +94,29 @@ struct Options : drdm::bench::CommonOptions {
 };
 
 [[noreturn]] void usage(int rc) {
-  std::fprintf(rc ? stderr : stdout,
-               "usage: drdm_bench_generate [--device cpu|cuda|all] [--threads N] [--case I]\n"
-               "                           [--ops generate,sampler] [--level T']\n"
-               "                           [--rounds N | --min-reps N --max-reps N --min-time S]\n"
-               "                           [--warmup N] [--seed N] [--out FILE] [--default-malloc]\n"
-               "  cases: 0 = 2D 128x128 batch 8, 1 = 2D 256x256 batch 4, 2 = 3D 64^3 batch 1\n"
-               "  (default: all; run one per process for memory figures of one case).\n"
-               "  --level: T' of every sample (default 45).\n"
-               "  --rounds N: exactly N timed calls per row. Default: 1 timed generation call after\n"
-               "  1 warm-up call at level 1; the sampler row takes at least 5 calls.\n");
+  std::fprintf(
+      rc ? stderr : stdout,
+      "usage: drdm_bench_generate [--device cpu|cuda|all] [--threads N] [--case I]\n"
+      "                           [--ops generate,sampler] [--level T']\n"
+      "                           [--rounds N | --min-reps N --max-reps N --min-time S]\n"
+      "                           [--warmup N] [--seed N] [--out FILE] [--default-malloc]\n"
+      "                           [--cuda-graphs 0|1]\n"
+      "  cases: 0 = 2D 128x128 batch 8, 1 = 2D 256x256 batch 4, 2 = 3D 64^3 batch 1\n"
+      "  (default: all; run one per process for memory figures of one case).\n"
+      "  --level: T' of every sample (default 45).\n"
+      "  --cuda-graphs 1: GenerationOptions::cuda_graphs (CUDA rows; impl libdrdm-graphs).\n"
+      "  --rounds N: exactly N timed calls per row. Default: 1 timed generation call after\n"
+      "  1 warm-up call at level 1; the sampler row takes at least 5 calls.\n");
   std::exit(rc);
 }
 
 Options parse(int argc, char** argv) {
   Options o;
-  drdm::bench::parse_flags(argc, argv, o, {{"--level", [&](const std::string& v) { o.level = std::stoll(v); }}},
-                           usage);
+  drdm::bench::parse_flags(
+      argc, argv, o,
+      {{"--level", [&](const std::string& v) { o.level = std::stoll(v); }},
+       {"--cuda-graphs", [&](const std::string& v) { o.cuda_graphs = v == "1"; }}},
+      usage);
   if (o.case_index >= static_cast<int>(cases().size()) || o.level < 1 || o.level > 80) usage(2);
   return o;
 }
@@ -162,7 +170,8 @@ bool reset_peak_rss() {
 
 void reset_cuda_peak(const at::Device& device) {
 #ifdef DRDM_BENCH_CUDA_MEMORY
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+  if (device.is_cuda())
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
 #else
   (void)device;
 #endif
@@ -171,9 +180,12 @@ void reset_cuda_peak(const at::Device& device) {
 double cuda_peak_mb(const at::Device& device) {
 #ifdef DRDM_BENCH_CUDA_MEMORY
   if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    const auto stats =
+        c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
     return static_cast<double>(
-               stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak) /
+               stats
+                   .allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+                   .peak) /
            (1024.0 * 1024.0);
   }
 #else
@@ -212,15 +224,16 @@ int main(int argc, char** argv) {
       const int64_t d = static_cast<int64_t>(c.size.size());
       auto emit = [&](const std::string& op, const Timing& t, const std::string& extra) {
         char line[1536];
-        std::snprintf(line, sizeof line,
-                      "{\"impl\": \"libdrdm\", \"op\": \"%s\", \"dims\": %lld, \"size\": \"%s\", "
-                      "\"batch\": %lld, \"device\": \"%s\", \"threads\": %d, \"level\": %lld, "
-                      "\"ms\": %.4f, \"median_ms\": %.4f, \"mean_ms\": %.4f, \"min_ms\": %.4f, "
-                      "\"reps\": %d, \"control\": %lld, \"levels\": %lld%s}",
-                      op.c_str(), static_cast<long long>(d), size_string(c.size).c_str(),
-                      static_cast<long long>(c.batch), dev.c_str(), threads, static_cast<long long>(o.level),
-                      t.median_ms, t.median_ms, t.mean_ms, t.min_ms, t.reps, static_cast<long long>(c.control),
-                      static_cast<long long>(c.levels), extra.c_str());
+        std::snprintf(
+            line, sizeof line,
+            "{\"impl\": \"%s\", \"op\": \"%s\", \"dims\": %lld, \"size\": \"%s\", "
+            "\"batch\": %lld, \"device\": \"%s\", \"threads\": %d, \"level\": %lld, "
+            "\"ms\": %.4f, \"median_ms\": %.4f, \"mean_ms\": %.4f, \"min_ms\": %.4f, "
+            "\"reps\": %d, \"control\": %lld, \"levels\": %lld%s}",
+            o.cuda_graphs ? "libdrdm-graphs" : "libdrdm", op.c_str(), static_cast<long long>(d),
+            size_string(c.size).c_str(), static_cast<long long>(c.batch), dev.c_str(), threads,
+            static_cast<long long>(o.level), t.median_ms, t.median_ms, t.mean_ms, t.min_ms, t.reps,
+            static_cast<long long>(c.control), static_cast<long long>(c.levels), extra.c_str());
         out << line << std::endl;
         if (!o.out.empty()) std::fprintf(stderr, "%s\n", line);
       };
@@ -233,14 +246,17 @@ int main(int argc, char** argv) {
       sampler.control = c.control;
       sampler.levels = c.levels;
       const at::Tensor image = make_image(c.size).to(device);
-      const at::Tensor images = image.expand([&] {
-                                       std::vector<int64_t> s(image.sizes().begin(), image.sizes().end());
-                                       s[0] = c.batch;
-                                       return s;
-                                     }())
-                                    .contiguous();
+      const at::Tensor images =
+          image
+              .expand([&] {
+                std::vector<int64_t> s(image.sizes().begin(), image.sizes().end());
+                s[0] = c.batch;
+                return s;
+              }())
+              .contiguous();
       drdm::GenerationOptions gen_options;
       gen_options.batch = c.batch;
+      gen_options.cuda_graphs = o.cuda_graphs;
 
       double generate_ms = -1;
       if (wanted(o.ops, "generate")) {
@@ -257,7 +273,8 @@ int main(int argc, char** argv) {
               std::vector<int64_t> levels(static_cast<size_t>(c.batch), warmup ? 1 : o.level);
               std::vector<uint64_t> seeds;
               for (int64_t i = 0; i < c.batch; ++i)
-                seeds.push_back(drdm::derive_seed(o.seed, static_cast<uint64_t>(call), static_cast<uint64_t>(i)));
+                seeds.push_back(drdm::derive_seed(o.seed, static_cast<uint64_t>(call),
+                                                  static_cast<uint64_t>(i)));
               last = drdm::generate_fields(net, sampler, images, levels, seeds, gen_options);
               last_images = drdm::warp(images, last.field);  // the augmented images
               return last_images;
@@ -267,16 +284,16 @@ int main(int argc, char** argv) {
         const double cuda_mb = cuda_peak_mb(device);
         generate_ms = t.median_ms;
         const double sps = 1000.0 * static_cast<double>(c.batch) / t.median_ms;
-        std::string extra = ", \"samples_per_s\": " + num(sps, "%.5f") +
-                            ", \"params\": " + std::to_string(net.parameter_count()) +
-                            ", \"weights\": \"untrained\"" + ", \"start_mean_disp\": " +
-                            num(central_mean_norm(last.initial)) +
-                            ", \"final_mean_disp\": " + num(central_mean_norm(last.field)) +
-                            ", \"peak_rss_mb\": " + num(device.is_cpu() && reset ? hwm : -1, "%.1f") +
-                            ", \"rss_before_mb\": " + num(rss_before, "%.1f") +
-                            ", \"peak_growth_mb\": " +
-                            num(device.is_cpu() && reset ? hwm - rss_before : -1, "%.1f") +
-                            ", \"cuda_peak_mb\": " + num(cuda_mb, "%.1f");
+        std::string extra =
+            ", \"samples_per_s\": " + num(sps, "%.5f") +
+            ", \"params\": " + std::to_string(net.parameter_count()) +
+            ", \"weights\": \"untrained\"" +
+            ", \"start_mean_disp\": " + num(central_mean_norm(last.initial)) +
+            ", \"final_mean_disp\": " + num(central_mean_norm(last.field)) +
+            ", \"peak_rss_mb\": " + num(device.is_cpu() && reset ? hwm : -1, "%.1f") +
+            ", \"rss_before_mb\": " + num(rss_before, "%.1f") + ", \"peak_growth_mb\": " +
+            num(device.is_cpu() && reset ? hwm - rss_before : -1, "%.1f") +
+            ", \"cuda_peak_mb\": " + num(cuda_mb, "%.1f");
         emit("generate", t, extra);
       }
 

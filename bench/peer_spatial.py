@@ -79,8 +79,8 @@ def smooth_field(batch, size, amplitude):
     return F.interpolate(noise, size=list(size), mode=mode, align_corners=True)
 
 
-def random_image(batch, size):
-    return torch.rand([batch, 1] + list(size), dtype=torch.float32)
+def random_image(batch, size, channels=1):
+    return torch.rand([batch, channels] + list(size), dtype=torch.float32)
 
 
 def sync(t):
@@ -112,7 +112,8 @@ def dump(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(p, min_time=0.5)
-    p.add_argument("--sizes", choices=["quick", "full"], default="quick")
+    p.add_argument("--sizes", choices=["quick", "full", "kernels"], default="quick")
+    p.add_argument("--channels", type=int, default=1, help="channels of the warped image")
     p.add_argument("--ops", default="all",
                    help="comma-separated subset of warp,compose,compose_power,integrate_ss")
     p.add_argument("--dump", default="", help="write cross-check results to this directory and exit")
@@ -127,6 +128,8 @@ def main():
     cases = [([256, 256], 1), ([256, 256], 8), ([64, 64, 64], 1)]
     if args.sizes == "full":
         cases.append(([128, 128, 128], 1))
+    if args.sizes == "kernels":  # as drdm_bench_spatial --sizes kernels
+        cases = [([512, 512], 1), ([64, 64, 64], 1), ([128, 128, 128], 1)]
     if args.case >= len(cases):
         print(f"peer_spatial.py: --case {args.case} but --sizes {args.sizes} has {len(cases)} cases",
               file=sys.stderr)
@@ -141,7 +144,7 @@ def main():
                     continue
                 # Same seed and drawing order as bench_spatial.cpp.
                 torch.manual_seed(args.seed + ci)
-                image = random_image(batch, size).to(dev)
+                image = random_image(batch, size, args.channels).to(dev)
                 a = smooth_field(batch, size, 3.0).to(dev)
                 b = smooth_field(batch, size, 3.0).to(dev)
                 st = SpatialTransformer(size, dev)  # built once, like a module buffer
@@ -155,12 +158,15 @@ def main():
                     if wanted is not None and name not in wanted:
                         continue
                     timing = time_op(fn, args, sync=sync)
-                    out.emit({
+                    row = {
                         "impl": "pytorch-python", "op": name, "dims": len(size),
                         "size": "x".join(map(str, size)), "batch": batch, "device": dev,
                         "threads": threads, "median_ms": round(timing["median_ms"], 4),
                         "min_ms": round(timing["min_ms"], 4), "reps": timing["reps"],
-                    })
+                    }
+                    if args.channels != 1:  # as bench_spatial.cpp
+                        row["channels"] = args.channels
+                    out.emit(row)
     return 0
 
 

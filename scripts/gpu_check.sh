@@ -124,6 +124,12 @@ if [[ " $PARTS " == *" bench "* ]]; then
     step "bench $suite cuda" "${GPU_CHECK_BENCH_LIMIT:-150}" "$PY" "$ROOT/bench/run.py" "$suite" --device cuda --threads 8 \
       --python "$PY" --out-dir "$BO" "${args[@]}"
   done
+  # Generation with and without CUDA graphs of the recovery step (issue 21).
+  for graphs in 0 1; do
+    step "bench generate cuda graphs=$graphs" 300 bash -c '"$@" > "$0"' "$BO/generate-graphs-$graphs.jsonl" \
+      "$B/bench/drdm_bench_generate" --device cuda --ops generate --level 45 --cuda-graphs "$graphs"
+  done
+  cat "$BO"/generate-graphs-*.jsonl > "$OUT/generate-graphs.jsonl" 2>/dev/null
   cat "$BO"/*.md > "$OUT/bench.md" 2>/dev/null
 fi
 echo "work folder: $WORK" >> "$SUMMARY"

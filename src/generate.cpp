@@ -1,16 +1,18 @@
 #include "drdm/generate.h"
 
-#include "seeds.h"
-
-#include "drdm/dataset.h"
-#include "drdm/trainer.h"
-
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <stdexcept>
 #include <utility>
+
+#include "cuda_graph.h"
+#include "drdm/dataset.h"
+#include "drdm/log.h"
+#include "drdm/trainer.h"
+#include "seeds.h"
 
 namespace drdm {
 
@@ -21,7 +23,8 @@ std::string to_string(RecoverySchedule schedule) {
 RecoverySchedule parse_recovery_schedule(const std::string& name) {
   if (name == "level") return RecoverySchedule::kFromLevel;
   if (name == "all") return RecoverySchedule::kAllSteps;
-  throw std::invalid_argument("unknown recovery schedule '" + name + "' (expected 'level' or 'all')");
+  throw std::invalid_argument("unknown recovery schedule '" + name +
+                              "' (expected 'level' or 'all')");
 }
 
 uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
@@ -31,7 +34,8 @@ uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
   return detail::splitmix64(h ^ (c + 0xa54ff53a5f1d36f1ULL));
 }
 
-int64_t slicing_axis(const std::vector<int64_t>& tensor_size, int64_t model_dims, int64_t slice_axis) {
+int64_t slicing_axis(const std::vector<int64_t>& tensor_size, int64_t model_dims,
+                     int64_t slice_axis) {
   if (static_cast<int64_t>(tensor_size.size()) == model_dims) return -1;
   for (size_t a = 0; a < tensor_size.size(); ++a)
     if (tensor_size[a] == 1) return static_cast<int64_t>(a);
@@ -47,7 +51,8 @@ namespace {
 class DeterministicCudnn {
  public:
   DeterministicCudnn()
-      : deterministic_(at::globalContext().deterministicCuDNN()), benchmark_(at::globalContext().benchmarkCuDNN()) {
+      : deterministic_(at::globalContext().deterministicCuDNN()),
+        benchmark_(at::globalContext().benchmarkCuDNN()) {
     at::globalContext().setDeterministicCuDNN(true);
     at::globalContext().setBenchmarkCuDNN(false);
   }
@@ -68,20 +73,93 @@ at::Tensor rows(const at::Tensor& x, const std::vector<int64_t>& index) {
 
 }  // namespace
 
-GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_options, const torch::Tensor& images,
-                                const std::vector<int64_t>& levels, const std::vector<uint64_t>& seeds,
+namespace {
+
+/// Captured recovery steps for generate_fields, when GenerationOptions::
+/// cuda_graphs asks for them on a CUDA device: one graph per batch size,
+/// recaptured when the batch size changes; a capture that fails is reported
+/// once and generation goes on eagerly.
+class StepGraphs {
+ public:
+  StepGraphs(bool wanted, const at::Device& device, detail::RecoveryStep step)
+      : enabled_(wanted && device.is_cuda()), step_(std::move(step)) {
+    if (wanted && !device.is_cuda())
+      log::warn("generation: cuda_graphs applies to CUDA devices only; running eagerly on " +
+                device.str());
+  }
+
+  /// phi advanced by one step through a graph, or an undefined tensor when
+  /// graphs are off (the caller then runs the step eagerly).
+  at::Tensor advance(const at::Tensor& image, const at::Tensor& phi, int64_t t) {
+    if (!enabled_) return {};
+    if (!graph_ || graph_->batch() != phi.size(0)) {
+      graph_.reset();
+      try {
+        graph_ = std::make_unique<detail::RecoveryStepGraph>(step_, image, phi, t);
+      } catch (const c10::Error& e) {
+        log::warn(std::string("generation: CUDA graph capture failed, running eagerly: ") +
+                  e.what_without_backtrace());
+        enabled_ = false;
+        return {};
+      }
+    }
+    graph_->set_image(image);
+    graph_->set_phi(phi);
+    graph_->advance(t);
+    return graph_->phi().clone();
+  }
+
+ private:
+  bool enabled_;
+  detail::RecoveryStep step_;
+  std::unique_ptr<detail::RecoveryStepGraph> graph_;
+};
+
+/// Alg. 2's recovery loop for one batch of samples: phi from its start field
+/// through t = top..1, the samples with level t[i] >= step taking part.
+at::Tensor recover_batch(const detail::RecoveryStep& step_fn, StepGraphs& graphs,
+                         const at::Tensor& image, at::Tensor phi, const std::vector<int64_t>& t,
+                         int64_t top, const GenerationOptions& options) {
+  const int64_t count = image.size(0);
+  for (int64_t step = top; step >= 1; --step) {
+    std::vector<int64_t> active;
+    for (int64_t i = 0; i < count; ++i)
+      if (options.schedule == RecoverySchedule::kAllSteps || t[static_cast<size_t>(i)] >= step)
+        active.push_back(i);
+    if (static_cast<int64_t>(active.size()) == count) {
+      const at::Tensor graphed = graphs.advance(image, phi, step);
+      const at::Tensor tt = at::full({count}, step, at::kLong);  // CPU: no sync
+      phi = graphed.defined() ? graphed : step_fn(image, phi, tt);
+    } else {
+      const at::Tensor index =
+          at::tensor(active, at::TensorOptions().dtype(at::kLong)).to(phi.device());
+      const at::Tensor tt = at::full({static_cast<int64_t>(active.size())}, step, at::kLong);
+      phi = phi.index_copy(0, index, step_fn(rows(image, active), rows(phi, active), tt));
+    }
+    if (options.on_step) options.on_step(static_cast<int64_t>(active.size()));
+  }
+  return phi;
+}
+
+}  // namespace
+
+GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_options,
+                                const torch::Tensor& images, const std::vector<int64_t>& levels,
+                                const std::vector<uint64_t>& seeds,
                                 const GenerationOptions& options) {
   const int64_t d = net.options().dims;
   TORCH_CHECK(images.dim() == d + 2 && images.size(1) == net.options().in_channels,
-              "generate_fields: expected images [N, ", net.options().in_channels, ", ...S] with ", d,
-              " spatial dims, got ", images.sizes());
+              "generate_fields: expected images [N, ", net.options().in_channels, ", ...S] with ",
+              d, " spatial dims, got ", images.sizes());
   const int64_t n = images.size(0);
   TORCH_CHECK(static_cast<int64_t>(levels.size()) == n && static_cast<int64_t>(seeds.size()) == n,
-              "generate_fields: expected ", n, " levels and seeds, got ", levels.size(), " and ", seeds.size());
+              "generate_fields: expected ", n, " levels and seeds, got ", levels.size(), " and ",
+              seeds.size());
   TORCH_CHECK(options.batch >= 1, "generate_fields: batch must be >= 1");
   const int64_t big_t = sampler_options.timesteps;
   for (auto level : levels)
-    TORCH_CHECK(level >= 1 && level <= big_t, "generate_fields: levels must be in [1, ", big_t, "], got ", level);
+    TORCH_CHECK(level >= 1 && level <= big_t, "generate_fields: levels must be in [1, ", big_t,
+                "], got ", level);
   at::NoGradGuard no_grad;
   const DeterministicCudnn deterministic;
   const bool was_training = net.is_training();
@@ -90,47 +168,41 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
   std::vector<int64_t> size(images.sizes().begin() + 2, images.sizes().end());
   const VelocitySampler sampler(sampler_options, size, device);
   const at::Tensor all = images.to(device, at::kFloat);
+  const detail::RecoveryStep step_fn =
+      [&net, &options](const at::Tensor& img, const at::Tensor& phi, const at::Tensor& t) {
+        return compose(forward_mixed(net, warp(img, phi), t, options.bf16), phi);
+      };
+  StepGraphs graphs(options.cuda_graphs, device, step_fn);
 
   std::vector<at::Tensor> fields, starts;
   for (int64_t first = 0; first < n; first += options.batch) {
     const int64_t count = std::min(options.batch, n - first);
-    const at::Tensor image = all.narrow(0, first, count);
     std::vector<int64_t> t(levels.begin() + first, levels.begin() + first + count);
     std::vector<at::Generator> gens;
-    for (int64_t i = 0; i < count; ++i) gens.push_back(make_generator(seeds[static_cast<size_t>(first + i)]));
-    at::Tensor phi = sampler.sample_field(at::tensor(t, at::TensorOptions().dtype(at::kLong)), gens);
+    for (int64_t i = 0; i < count; ++i)
+      gens.push_back(make_generator(seeds[static_cast<size_t>(first + i)]));
+    const at::Tensor phi =
+        sampler.sample_field(at::tensor(t, at::TensorOptions().dtype(at::kLong)), gens);
     starts.push_back(phi.clone());
-    const int64_t top =
-        options.schedule == RecoverySchedule::kAllSteps ? big_t : *std::max_element(t.begin(), t.end());
-    for (int64_t step = top; step >= 1; --step) {
-      std::vector<int64_t> active;
-      for (int64_t i = 0; i < count; ++i)
-        if (options.schedule == RecoverySchedule::kAllSteps || t[static_cast<size_t>(i)] >= step) active.push_back(i);
-      const bool everyone = static_cast<int64_t>(active.size()) == count;
-      const at::Tensor img = everyone ? image : rows(image, active);
-      const at::Tensor cur = everyone ? phi : rows(phi, active);
-      const at::Tensor tt = at::full({static_cast<int64_t>(active.size())}, step, at::kLong);  // CPU: no sync
-      const at::Tensor psi_hat = forward_mixed(net, warp(img, cur), tt, options.bf16);
-      const at::Tensor next = compose(psi_hat, cur);
-      if (everyone) {
-        phi = next;
-      } else {
-        phi = phi.index_copy(0, at::tensor(active, at::TensorOptions().dtype(at::kLong)).to(device), next);
-      }
-      if (options.on_step) options.on_step(static_cast<int64_t>(active.size()));
-    }
-    fields.push_back(phi);
+    const int64_t top = options.schedule == RecoverySchedule::kAllSteps
+                            ? big_t
+                            : *std::max_element(t.begin(), t.end());
+    fields.push_back(
+        recover_batch(step_fn, graphs, all.narrow(0, first, count), phi, t, top, options));
   }
   net.train(was_training);
   return {at::cat(fields, 0), at::cat(starts, 0)};
 }
 
-std::string to_string(SliceMode mode) { return mode == SliceMode::kIndependent ? "independent" : "coherent"; }
+std::string to_string(SliceMode mode) {
+  return mode == SliceMode::kIndependent ? "independent" : "coherent";
+}
 
 SliceMode parse_slice_mode(const std::string& name) {
   if (name == "coherent") return SliceMode::kCoherent;
   if (name == "independent") return SliceMode::kIndependent;
-  throw std::invalid_argument("unknown slice mode '" + name + "' (expected 'coherent' or 'independent')");
+  throw std::invalid_argument("unknown slice mode '" + name +
+                              "' (expected 'coherent' or 'independent')");
 }
 
 namespace {
@@ -156,8 +228,8 @@ at::Tensor slice_smoothing_matrix(const std::vector<bool>& valid, double sigma) 
 }
 
 /// The network's step for the valid slices, in chunks of `batch`; zero elsewhere.
-at::Tensor predict_valid(RecoveryNet& net, const at::Tensor& warped, const at::Tensor& valid_index, int64_t step,
-                         int64_t batch, bool bf16) {
+at::Tensor predict_valid(RecoveryNet& net, const at::Tensor& warped, const at::Tensor& valid_index,
+                         int64_t step, int64_t batch, bool bf16) {
   const auto device = warped.device();
   std::vector<int64_t> shape(warped.sizes().begin(), warped.sizes().end());
   shape[1] = warped.dim() - 2;
@@ -174,18 +246,22 @@ at::Tensor predict_valid(RecoveryNet& net, const at::Tensor& warped, const at::T
 
 }  // namespace
 
-at::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sampler_options, const at::Tensor& slices,
-                                  int64_t level, uint64_t seed, const std::vector<bool>& valid, double sigma,
+at::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sampler_options,
+                                  const at::Tensor& slices, int64_t level, uint64_t seed,
+                                  const std::vector<bool>& valid, double sigma,
                                   const GenerationOptions& options) {
-  TORCH_CHECK(net.options().dims == 2 && slices.dim() == 4 && slices.size(1) == net.options().in_channels,
-              "generate_volume_fields: expected a 2D model and slices [Z, ", net.options().in_channels,
-              ", H, W], got ", slices.sizes());
+  TORCH_CHECK(
+      net.options().dims == 2 && slices.dim() == 4 && slices.size(1) == net.options().in_channels,
+      "generate_volume_fields: expected a 2D model and slices [Z, ", net.options().in_channels,
+      ", H, W], got ", slices.sizes());
   const int64_t z = slices.size(0);
-  TORCH_CHECK(static_cast<int64_t>(valid.size()) == z, "generate_volume_fields: expected ", z, " valid flags, got ",
-              valid.size());
-  TORCH_CHECK(level >= 1 && level <= sampler_options.timesteps, "generate_volume_fields: level must be in [1, ",
-              sampler_options.timesteps, "], got ", level);
-  TORCH_CHECK(sigma >= 0 && std::isfinite(sigma), "generate_volume_fields: sigma must be >= 0, got ", sigma);
+  TORCH_CHECK(static_cast<int64_t>(valid.size()) == z, "generate_volume_fields: expected ", z,
+              " valid flags, got ", valid.size());
+  TORCH_CHECK(level >= 1 && level <= sampler_options.timesteps,
+              "generate_volume_fields: level must be in [1, ", sampler_options.timesteps, "], got ",
+              level);
+  TORCH_CHECK(sigma >= 0 && std::isfinite(sigma),
+              "generate_volume_fields: sigma must be >= 0, got ", sigma);
   TORCH_CHECK(options.batch >= 1, "generate_volume_fields: batch must be >= 1");
   at::NoGradGuard no_grad;
   const DeterministicCudnn deterministic;
@@ -204,13 +280,17 @@ at::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sample
     net.train(was_training);
     return at::zeros({z, 2, size[0], size[1]}, image.options());
   }
-  const at::Tensor valid_index = at::tensor(valid_rows, at::TensorOptions().dtype(at::kLong)).to(device);
+  const at::Tensor valid_index =
+      at::tensor(valid_rows, at::TensorOptions().dtype(at::kLong)).to(device);
   const at::Tensor smooth = slice_smoothing_matrix(valid, sigma).to(device);
   at::Tensor phi = start.expand({z, 2, size[0], size[1]}).contiguous();
-  const int64_t top = options.schedule == RecoverySchedule::kAllSteps ? sampler_options.timesteps : level;
+  const int64_t top =
+      options.schedule == RecoverySchedule::kAllSteps ? sampler_options.timesteps : level;
   for (int64_t step = top; step >= 1; --step) {
-    const at::Tensor psi_hat = predict_valid(net, warp(image, phi), valid_index, step, options.batch, options.bf16);
-    const at::Tensor smoothed = at::matmul(smooth, psi_hat.reshape({z, -1})).reshape(psi_hat.sizes());
+    const at::Tensor psi_hat =
+        predict_valid(net, warp(image, phi), valid_index, step, options.batch, options.bf16);
+    const at::Tensor smoothed =
+        at::matmul(smooth, psi_hat.reshape({z, -1})).reshape(psi_hat.sizes());
     phi = compose(smoothed, phi);
     if (options.on_step) options.on_step(z);
   }
@@ -221,8 +301,8 @@ at::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sample
 double slice_incoherence(const at::Tensor& field, int64_t axis) {
   TORCH_CHECK(field.dim() >= 4 && field.size(1) == field.dim() - 2,
               "slice_incoherence: expected a field [N, d, ...S], got ", field.sizes());
-  TORCH_CHECK(axis >= 0 && axis < field.dim() - 2, "slice_incoherence: axis ", axis, " out of range for ",
-              field.sizes());
+  TORCH_CHECK(axis >= 0 && axis < field.dim() - 2, "slice_incoherence: axis ", axis,
+              " out of range for ", field.sizes());
   const int64_t dim = 2 + axis, n = field.size(dim);
   const at::Tensor f = field.to(at::kDouble);
   const double magnitude = f.norm(2, 1).mean().item<double>();
@@ -245,8 +325,8 @@ struct Deformer::Impl {
     at::Tensor model_images;  ///< [N * slices, 1, ...model]
     GridFit fit;              ///< per image (3D model / 2D model on 2D) or per slice
     int64_t n = 0;
-    int64_t slices = 1;     ///< model items per input image
-    int64_t axis = -1;      ///< slicing axis (tensor spatial axis) or -1
+    int64_t slices = 1;  ///< model items per input image
+    int64_t axis = -1;   ///< slicing axis (tensor spatial axis) or -1
     std::vector<int64_t> input_size;
     /// Per model item: a slice with less foreground than the model was
     /// trained on (data.min_foreground), left undeformed.
@@ -259,7 +339,8 @@ struct Deformer::Impl {
     slice_axis = options.slice_axis >= 0 ? options.slice_axis : model.config.data.slice_axis;
     TORCH_CHECK(options.slice_sigma >= 0 && std::isfinite(options.slice_sigma),
                 "Deformer: slice_sigma must be >= 0, got ", options.slice_sigma);
-    TORCH_CHECK(slice_axis >= 0 && slice_axis <= 2, "Deformer: slice_axis must be 0, 1 or 2, got ", slice_axis);
+    TORCH_CHECK(slice_axis >= 0 && slice_axis <= 2, "Deformer: slice_axis must be 0, 1 or 2, got ",
+                slice_axis);
     model.net.to(device);
     model.net.train(false);
   }
@@ -268,14 +349,16 @@ struct Deformer::Impl {
 
   Prepared prepare(const at::Tensor& images, const std::vector<double>& spacing_in) const {
     const int64_t d_in = images.dim() - 2;
-    TORCH_CHECK(d_in == 2 || d_in == 3, "Deformer: expected images [N, C, H, W] or [N, C, D, H, W], got ",
-                images.sizes());
-    TORCH_CHECK(images.size(0) >= 1 && images.size(1) >= 1 && images.numel() > 0, "Deformer: empty batch ",
-                images.sizes());
-    TORCH_CHECK(d_in >= dims(), "Deformer: a ", d_in, "D batch cannot go through a ", dims(), "D model");
-    std::vector<double> spacing = spacing_in.empty() ? std::vector<double>(static_cast<size_t>(d_in), 1.0) : spacing_in;
-    TORCH_CHECK(static_cast<int64_t>(spacing.size()) == d_in, "Deformer: expected ", d_in, " spacings, got ",
-                spacing.size());
+    TORCH_CHECK(d_in == 2 || d_in == 3,
+                "Deformer: expected images [N, C, H, W] or [N, C, D, H, W], got ", images.sizes());
+    TORCH_CHECK(images.size(0) >= 1 && images.size(1) >= 1 && images.numel() > 0,
+                "Deformer: empty batch ", images.sizes());
+    TORCH_CHECK(d_in >= dims(), "Deformer: a ", d_in, "D batch cannot go through a ", dims(),
+                "D model");
+    std::vector<double> spacing =
+        spacing_in.empty() ? std::vector<double>(static_cast<size_t>(d_in), 1.0) : spacing_in;
+    TORCH_CHECK(static_cast<int64_t>(spacing.size()) == d_in, "Deformer: expected ", d_in,
+                " spacings, got ", spacing.size());
     TORCH_CHECK(at::isfinite(images).all().item<bool>(), "Deformer: the images hold NaN or Inf");
     Prepared p;
     p.n = images.size(0);
@@ -295,7 +378,8 @@ struct Deformer::Impl {
     const at::Tensor cpu = images.select(1, 0).to(at::kCPU, at::kFloat);  // channel 0: [N, ...S]
     for (int64_t b = 0; b < p.n; ++b) {
       // One intensity scale per image (a volume's slices share it).
-      const at::Tensor norm = normalise_intensity(cpu[b].unsqueeze(0), data.clip_low_pct, data.clip_high_pct);
+      const at::Tensor norm =
+          normalise_intensity(cpu[b].unsqueeze(0), data.clip_low_pct, data.clip_high_pct);
       if (p.axis < 0) {
         items.push_back(fit_image(norm, p.fit));
         continue;
@@ -316,34 +400,40 @@ struct Deformer::Impl {
     std::vector<uint64_t> out;
     for (int64_t b = 0; b < p.n; ++b)
       for (int64_t k = 0; k < p.slices; ++k)
-        out.push_back(p.slices == 1 ? seeds[static_cast<size_t>(b)]
-                                    : derive_seed(seeds[static_cast<size_t>(b)], static_cast<uint64_t>(k)));
+        out.push_back(p.slices == 1
+                          ? seeds[static_cast<size_t>(b)]
+                          : derive_seed(seeds[static_cast<size_t>(b)], static_cast<uint64_t>(k)));
     return out;
   }
 
   std::vector<int64_t> item_levels(const Prepared& p, const std::vector<int64_t>& levels) const {
-    TORCH_CHECK(levels.size() == 1 || static_cast<int64_t>(levels.size()) == p.n, "Deformer: expected 1 or ", p.n,
-                " levels, got ", levels.size());
+    TORCH_CHECK(levels.size() == 1 || static_cast<int64_t>(levels.size()) == p.n,
+                "Deformer: expected 1 or ", p.n, " levels, got ", levels.size());
     std::vector<int64_t> out;
     for (int64_t b = 0; b < p.n; ++b)
-      for (int64_t k = 0; k < p.slices; ++k) out.push_back(levels.size() == 1 ? levels[0] : levels[static_cast<size_t>(b)]);
+      for (int64_t k = 0; k < p.slices; ++k)
+        out.push_back(levels.size() == 1 ? levels[0] : levels[static_cast<size_t>(b)]);
     return out;
   }
 
   /// Alg. 2 for every item that is not an empty slice; empty slices get the zero field.
-  at::Tensor generate(const Prepared& p, const at::Tensor& model_images, const std::vector<int64_t>& levels,
+  at::Tensor generate(const Prepared& p, const at::Tensor& model_images,
+                      const std::vector<int64_t>& levels,
                       const std::vector<uint64_t>& seeds) const {
     std::vector<int64_t> keep;
     for (size_t i = 0; i < p.empty.size(); ++i)
       if (!p.empty[i]) keep.push_back(static_cast<int64_t>(i));
     if (keep.size() == p.empty.size())
-      return generate_fields(model.net, model.config.sampler, model_images, levels, seeds, options.generation).field;
+      return generate_fields(model.net, model.config.sampler, model_images, levels, seeds,
+                             options.generation)
+          .field;
     if (options.generation.on_step) {  // the skipped slices' steps count as done
       int64_t skipped = 0;
       for (size_t i = 0; i < p.empty.size(); ++i)
         if (p.empty[i])
-          skipped += options.generation.schedule == RecoverySchedule::kAllSteps ? model.config.sampler.timesteps
-                                                                                : levels[i];
+          skipped += options.generation.schedule == RecoverySchedule::kAllSteps
+                         ? model.config.sampler.timesteps
+                         : levels[i];
       options.generation.on_step(skipped);
     }
     std::vector<int64_t> shape{model_images.size(0), dims()};
@@ -356,10 +446,11 @@ struct Deformer::Impl {
       kl.push_back(levels[static_cast<size_t>(i)]);
       ks.push_back(seeds[static_cast<size_t>(i)]);
     }
-    const at::Tensor index = at::tensor(keep, at::TensorOptions().dtype(at::kLong)).to(model_images.device());
+    const at::Tensor index =
+        at::tensor(keep, at::TensorOptions().dtype(at::kLong)).to(model_images.device());
     const at::Tensor fields =
-        generate_fields(model.net, model.config.sampler, model_images.index_select(0, index), kl, ks,
-                        options.generation)
+        generate_fields(model.net, model.config.sampler, model_images.index_select(0, index), kl,
+                        ks, options.generation)
             .field;
     return out.index_copy(0, index, fields);
   }
@@ -367,7 +458,8 @@ struct Deformer::Impl {
   /// Fields on the model grid for per-input levels and seeds: coherent
   /// volumes (one generation per volume) or independent items. syn: the
   /// second field of a pair (seeds derived with derive_seed(., 1)).
-  at::Tensor generate_for_inputs(const Prepared& p, const at::Tensor& model_images, const std::vector<int64_t>& levels,
+  at::Tensor generate_for_inputs(const Prepared& p, const at::Tensor& model_images,
+                                 const std::vector<int64_t>& levels,
                                  const std::vector<uint64_t>& seeds, bool syn = false) const {
     const auto item_level = item_levels(p, levels);
     if (options.slice_mode == SliceMode::kIndependent || p.axis < 0 || p.slices < 2) {
@@ -380,11 +472,13 @@ struct Deformer::Impl {
     for (int64_t b = 0; b < p.n; ++b) {
       const auto first = static_cast<size_t>(b * p.slices);
       std::vector<bool> valid;
-      for (int64_t k = 0; k < p.slices; ++k) valid.push_back(!p.empty[first + static_cast<size_t>(k)]);
-      const uint64_t seed = syn ? derive_seed(seeds[static_cast<size_t>(b)], 1) : seeds[static_cast<size_t>(b)];
-      volumes.push_back(generate_volume_fields(model.net, model.config.sampler,
-                                               model_images.narrow(0, b * p.slices, p.slices), item_level[first],
-                                               seed, valid, options.slice_sigma, options.generation));
+      for (int64_t k = 0; k < p.slices; ++k)
+        valid.push_back(!p.empty[first + static_cast<size_t>(k)]);
+      const uint64_t seed =
+          syn ? derive_seed(seeds[static_cast<size_t>(b)], 1) : seeds[static_cast<size_t>(b)];
+      volumes.push_back(generate_volume_fields(
+          model.net, model.config.sampler, model_images.narrow(0, b * p.slices, p.slices),
+          item_level[first], seed, valid, options.slice_sigma, options.generation));
     }
     return at::cat(volumes, 0);
   }
@@ -419,16 +513,19 @@ struct Deformer::Impl {
   void check_labels(const at::Tensor& images, const at::Tensor& labels) const {
     if (!labels.defined()) return;
     TORCH_CHECK(labels.dim() == images.dim() && labels.size(0) == images.size(0) &&
-                    std::equal(labels.sizes().begin() + 2, labels.sizes().end(), images.sizes().begin() + 2),
+                    std::equal(labels.sizes().begin() + 2, labels.sizes().end(),
+                               images.sizes().begin() + 2),
                 "Deformer: labels ", labels.sizes(), " do not match images ", images.sizes());
     TORCH_CHECK(labels.scalar_type() == at::kLong || labels.is_floating_point(),
-                "Deformer: labels must be int64 class maps or one-hot float, got ", labels.scalar_type());
+                "Deformer: labels must be int64 class maps or one-hot float, got ",
+                labels.scalar_type());
     TORCH_CHECK(labels.scalar_type() != at::kLong || labels.size(1) == 1,
                 "Deformer: int64 class maps must have one channel, got ", labels.sizes());
   }
 };
 
-Deformer::Deformer(const std::string& model_path, const torch::Device& device, DeformerOptions options)
+Deformer::Deformer(const std::string& model_path, const torch::Device& device,
+                   DeformerOptions options)
     : Deformer(load_model(model_path, device), device, std::move(options)) {}
 
 Deformer::Deformer(TrainedModel model, const torch::Device& device, DeformerOptions options)
@@ -439,12 +536,14 @@ Deformer::Deformer(Deformer&&) noexcept = default;
 Deformer& Deformer::operator=(Deformer&&) noexcept = default;
 
 DeformedBatch Deformer::deform_with_seeds(const torch::Tensor& images, const torch::Tensor& labels,
-                                          const std::vector<int64_t>& levels, const std::vector<uint64_t>& seeds,
+                                          const std::vector<int64_t>& levels,
+                                          const std::vector<uint64_t>& seeds,
                                           const std::vector<double>& spacing) const {
   const Impl& m = *impl_;
   m.check_labels(images, labels);
   const auto p = m.prepare(images, spacing);
-  TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ", seeds.size());
+  TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ",
+              seeds.size());
   DeformedBatch out;
   out.model_fields = m.generate_for_inputs(p, p.model_images, levels, seeds);
   const at::Tensor field = m.to_input(p, out.model_fields);
@@ -461,17 +560,21 @@ DeformedBatch Deformer::deform(const torch::Tensor& images, const torch::Tensor&
                                const std::vector<double>& spacing) const {
   TORCH_CHECK(images.dim() >= 1, "Deformer: expected a batch of images");
   std::vector<uint64_t> seeds;
-  for (int64_t i = 0; i < images.size(0); ++i) seeds.push_back(derive_seed(seed, static_cast<uint64_t>(i)));
+  for (int64_t i = 0; i < images.size(0); ++i)
+    seeds.push_back(derive_seed(seed, static_cast<uint64_t>(i)));
   return deform_with_seeds(images, labels, levels, seeds, spacing);
 }
 
 PairBatch Deformer::pairs(const torch::Tensor& images, const torch::Tensor& labels,
-                          const std::vector<int64_t>& aug_levels, const std::vector<int64_t>& syn_levels,
-                          const std::vector<uint64_t>& seeds, const std::vector<double>& spacing) const {
+                          const std::vector<int64_t>& aug_levels,
+                          const std::vector<int64_t>& syn_levels,
+                          const std::vector<uint64_t>& seeds,
+                          const std::vector<double>& spacing) const {
   const Impl& m = *impl_;
   m.check_labels(images, labels);
   const auto p = m.prepare(images, spacing);
-  TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ", seeds.size());
+  TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ",
+              seeds.size());
   const at::Tensor aug = m.generate_for_inputs(p, p.model_images, aug_levels, seeds);
   // phi_syn is generated for the moving image (Alg. 4 line 8).
   const at::Tensor moving_model = warp(p.model_images, aug);

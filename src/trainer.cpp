@@ -73,7 +73,8 @@ void write_training_preview(const std::string& path, const at::Tensor& x0, const
 /// train.init_from: the weights of another run (fresh optimiser, step 0).
 /// The network must have the same shape; the image size may differ (the
 /// network is fully convolutional), so a model can be fine-tuned at another size.
-void init_weights_from(const std::string& name_or_path, const TrainConfig& config, RecoveryNet& net) {
+void init_weights_from(const std::string& name_or_path, const TrainConfig& config,
+                       RecoveryNet& net) {
   const auto path = resolve_model_path(name_or_path);
   auto ck = read_drdm_checkpoint(path);
   const auto want = network_options(config), have = network_options(ck.config);
@@ -102,8 +103,9 @@ void init_weights_from(const std::string& name_or_path, const TrainConfig& confi
 torch::Device training_device(const TrainConfig& config) {
   const auto device = resolve_device(config.train.device);
   if (config.train.mixed_precision == "bf16" && device.is_cpu() && !cpu_has_native_bf16())
-    log::warn("train.mixed_precision = bf16 on a CPU without native bf16 (AVX512-BF16/AMX): "
-              "oneDNN emulates it, usually slower than float32");
+    log::warn(
+        "train.mixed_precision = bf16 on a CPU without native bf16 (AVX512-BF16/AMX): "
+        "oneDNN emulates it, usually slower than float32");
   if (config.data.folders.empty())
     throw std::invalid_argument(
         "config key 'data.folders' is empty: give at least one folder of training images");
@@ -116,9 +118,10 @@ torch::Device training_device(const TrainConfig& config) {
 void refuse_existing_run(const std::string& output_dir) {
   for (const char* name : {"checkpoint.pt", "model.pt", "config.json", "metrics.jsonl"}) {
     if (!detail::file_exists(detail::join(output_dir, name))) continue;
-    throw std::runtime_error("output folder '" + output_dir + "' already holds a training run (" + name +
-                             "); continue it with --resume, or give a new --output folder (delete the "
-                             "folder first to start that run over)");
+    throw std::runtime_error(
+        "output folder '" + output_dir + "' already holds a training run (" + name +
+        "); continue it with --resume, or give a new --output folder (delete the "
+        "folder first to start that run over)");
   }
 }
 
@@ -140,12 +143,16 @@ class RecoveryStep {
  public:
   RecoveryStep(const TrainConfig& config, const ImageDataset& dataset, RecoveryNet& net, Adam& adam,
                const torch::Device& device, int64_t first_step)
-      : config_(config), net_(net), adam_(adam), device_(device), dataset_(dataset),
+      : config_(config),
+        net_(net),
+        adam_(adam),
+        device_(device),
+        dataset_(dataset),
         sampler_(config.sampler, config.data.size, device) {
     if (config.train.prefetch > 0)
-      prefetcher_ = std::make_unique<BatchPrefetcher>(dataset_, config.train.batch_size,
-                                                      config.train.seed, first_step, config.augment,
-                                                      config.train.prefetch, 1);
+      prefetcher_ =
+          std::make_unique<BatchPrefetcher>(dataset_, config.train.batch_size, config.train.seed,
+                                            first_step, config.augment, config.train.prefetch, 1);
   }
 
   /// The global batch's step; a data-parallel rank trains on its rows
@@ -159,7 +166,8 @@ class RecoveryStep {
               .narrow(0, first, count)
               .to(device_);
     auto t_gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(tr.seed, step, 1));
-    const auto all_t = at::randint(1, config_.sampler.timesteps + 1, {tr.batch_size}, t_gen, at::kLong);
+    const auto all_t =
+        at::randint(1, config_.sampler.timesteps + 1, {tr.batch_size}, t_gen, at::kLong);
     const auto t = all_t.narrow(0, first, count);
     auto field_gen = make_generator(stream_seed(tr.seed, step, 2));
     {
@@ -168,15 +176,17 @@ class RecoveryStep {
                                     : sampler_.sample_rows(all_t, field_gen, first, count);
       xt_ = warp(x0_, fwd_.phi);
     }
-    psi_hat_ = forward_mixed(net_, xt_, t, tr.mixed_precision == "bf16");  // t on the CPU: checked without a sync
+    psi_hat_ = forward_mixed(net_, xt_, t,
+                             tr.mixed_precision == "bf16");  // t on the CPU: checked without a sync
     const auto terms = recovery_loss(fwd_.psi, psi_hat_, config_.loss);
     auto result = descend(adam_, terms.total, tr, step);
     if (result.metrics.empty()) return result;  // not finite: no step taken
-    result.metrics.insert(result.metrics.begin(), {{"distance", terms.distance.item<double>()},
-                                                   {"angle", terms.angle.item<double>()},
-                                                   {"smoothness", terms.smoothness.item<double>()},
-                                                   {"folding", terms.folding.item<double>()},
-                                                   {"t_mean", t.to(at::kDouble).mean().item<double>()}});
+    result.metrics.insert(result.metrics.begin(),
+                          {{"distance", terms.distance.item<double>()},
+                           {"angle", terms.angle.item<double>()},
+                           {"smoothness", terms.smoothness.item<double>()},
+                           {"folding", terms.folding.item<double>()},
+                           {"t_mean", t.to(at::kDouble).mean().item<double>()}});
     return result;
   }
 
@@ -199,9 +209,10 @@ class RecoveryStep {
 }  // namespace
 
 TrainSummary train(const TrainConfig& config, const std::string& output_dir, bool resume,
-                   bool progress) {
-  const auto device = dist::join_world(training_device(config), dist::dist_timeout(config.train.dist_timeout),
-                                       config.train.dist_master);
+                   bool progress, double max_seconds) {
+  const auto device =
+      dist::join_world(training_device(config), dist::dist_timeout(config.train.dist_timeout),
+                       config.train.dist_master);
   const auto& world = dist::world();
   world.share(config.train.batch_size, "train.batch_size");  // a clear error before any work
   std::optional<detail::RunLock> lock;  // held until training ends; rank 0 writes
@@ -217,15 +228,19 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
   Adam adam(net.parameters());
   if (!resume && !config.train.init_from.empty())
     init_weights_from(config.train.init_from, config, net);
-  TrainingRun run(drdm_run_spec(config, output_dir, resume, progress), [&] { return net.state(); },
-                  [&](const TensorMap& m) { net.load_state(m); }, adam);
+  auto spec = drdm_run_spec(config, output_dir, resume, progress);
+  spec.max_seconds = max_seconds;
+  TrainingRun run(
+      std::move(spec), [&] { return net.state(); }, [&](const TensorMap& m) { net.load_state(m); },
+      adam);
   const int64_t first_step = run.start();
   log::info("recovery network: " + std::to_string(net.parameter_count()) +
             " trainable parameters (" + std::to_string(config.data.dims) +
             "D, K = " + std::to_string(config.model.recursion) + ")");
   std::unique_ptr<RecoveryStep> step;
   if (first_step < config.train.steps) {
-    if (config.train.preview_every > 0 && world.writer()) detail::make_dirs(output_dir + "/previews");
+    if (config.train.preview_every > 0 && world.writer())
+      detail::make_dirs(output_dir + "/previews");
     step = std::make_unique<RecoveryStep>(config, dataset, net, adam, device, first_step);
   }
   const auto preview = [&](int64_t done) {
@@ -283,7 +298,7 @@ std::vector<RecoveryCheck> check_recovery(RecoveryNet& net, const VelocitySample
         const auto xt = warp(x0, fwd.phi);
         const auto psi_hat = net.forward(xt, t);
         const auto residual = compose(fwd.psi, psi_hat);  // psi + psi_hat(x + psi(x))
-        const auto back = residual - fwd.psi;               // psi_hat(x + psi(x))
+        const auto back = residual - fwd.psi;             // psi_hat(x + psi(x))
         const auto psi_norm = fwd.psi.norm(2, 1);
         no_step += psi_norm.mean().item<double>() * n;
         one_step += residual.norm(2, 1).mean().item<double>() * n;

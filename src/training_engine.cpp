@@ -1,8 +1,5 @@
 #include "drdm/training_engine.h"
 
-#include "drdm/distributed.h"
-
-#include <optional>
 #include <ATen/ATen.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 
@@ -11,10 +8,12 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 
 #include "atomic_file.h"
+#include "drdm/distributed.h"
 #include "drdm/interrupt.h"
 #include "drdm/log.h"
 #include "progress.h"
@@ -50,11 +49,13 @@ TensorMap from_dict(const c10::IValue& v) {
 }
 
 c10::IValue unpickle(const std::string& path) {
-  if (!detail::file_exists(path)) throw std::runtime_error("model file '" + path + "' does not exist");
+  if (!detail::file_exists(path))
+    throw std::runtime_error("model file '" + path + "' does not exist");
   try {
     return torch::jit::pickle_load(read_bytes(path));
   } catch (const std::exception& e) {
-    throw std::runtime_error("'" + path + "' is not a libdrdm model or checkpoint (cannot unpickle: " +
+    throw std::runtime_error("'" + path +
+                             "' is not a libdrdm model or checkpoint (cannot unpickle: " +
                              std::string(e.what()).substr(0, 200) + ")");
   }
 }
@@ -81,8 +82,9 @@ std::string drop_lines_after(const std::string& path, int64_t step) {
 torch::Device resolve_device(const std::string& name) {
   const std::string expected = "' (expected auto, cpu, cuda or cuda:N)";
   const auto& w = dist::world();
-  const torch::Device gpu = w.distributed() ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(w.local_rank()))
-                                            : torch::Device(torch::kCUDA);  // one process per GPU
+  const torch::Device gpu =
+      w.distributed() ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(w.local_rank()))
+                      : torch::Device(torch::kCUDA);  // one process per GPU
   if (name == "auto") return at::hasCUDA() ? gpu : torch::Device(torch::kCPU);
   if (name == "cuda" && at::hasCUDA()) return gpu;
   if (name == "cpu") return torch::kCPU;
@@ -143,7 +145,8 @@ Checkpoint read_checkpoint(const std::string& path, const std::string& expected_
     c.model = from_dict(d.at("model"));
     read_adam(d, c);
   } catch (const c10::Error& e) {
-    throw std::runtime_error("'" + path + "' is damaged: " + std::string(e.what_without_backtrace()));
+    throw std::runtime_error("'" + path +
+                             "' is damaged: " + std::string(e.what_without_backtrace()));
   }
   if (!expected_kind.empty() && c.kind != expected_kind)
     throw std::runtime_error("'" + path + "' holds a '" + c.kind + "' model, not a '" +
@@ -151,9 +154,10 @@ Checkpoint read_checkpoint(const std::string& path, const std::string& expected_
   return c;
 }
 
-RunSpec run_spec(const TrainConfig::Train& train, const std::string& output_dir, const std::string& kind,
-                 const std::string& config, std::function<std::string(const std::string&)> identity,
-                 bool resume, bool progress) {
+RunSpec run_spec(const TrainConfig::Train& train, const std::string& output_dir,
+                 const std::string& kind, const std::string& config,
+                 std::function<std::string(const std::string&)> identity, bool resume,
+                 bool progress) {
   RunSpec spec;
   spec.output_dir = output_dir;
   spec.kind = kind;
@@ -207,8 +211,9 @@ void TrainingRun::start_here() {
     try {
       adam_.load_state(ck.adam_step, ck.exp_avg, ck.exp_avg_sq);
     } catch (const c10::Error& e) {
-      throw std::runtime_error("--resume: the optimiser state in '" + checkpoint +
-                               "' does not fit this network: " + std::string(e.what_without_backtrace()));
+      throw std::runtime_error(
+          "--resume: the optimiser state in '" + checkpoint +
+          "' does not fit this network: " + std::string(e.what_without_backtrace()));
     }
     first_step_ = ck.step;
     log::info("resuming from " + checkpoint + " at step " + std::to_string(first_step_));
@@ -217,7 +222,8 @@ void TrainingRun::start_here() {
   if (!dist::world().writer()) return;
   detail::make_dirs(spec_.output_dir);
   write_text_atomically(spec_.output_dir + "/config.json", spec_.config + "\n");
-  write_text_atomically(metrics_path_, spec_.resume ? drop_lines_after(metrics_path_, first_step_) : "");
+  write_text_atomically(metrics_path_,
+                        spec_.resume ? drop_lines_after(metrics_path_, first_step_) : "");
 }
 
 // A resume cannot train backwards: fewer steps than the checkpoint has done
@@ -225,8 +231,8 @@ void TrainingRun::start_here() {
 void TrainingRun::check_steps(int64_t checkpoint_step, const std::string& checkpoint) const {
   if (spec_.steps >= checkpoint_step) return;
   throw std::runtime_error("--resume: " + spec_.steps_key + " = " + std::to_string(spec_.steps) +
-                           " is below the " + std::to_string(checkpoint_step) + " steps that '" + checkpoint +
-                           "' has already trained; give " + spec_.steps_key + " >= " +
+                           " is below the " + std::to_string(checkpoint_step) + " steps that '" +
+                           checkpoint + "' has already trained; give " + spec_.steps_key + " >= " +
                            std::to_string(checkpoint_step) + ", or train into a new output folder");
 }
 
@@ -235,6 +241,13 @@ void TrainingRun::save(int64_t done) {
   const auto w = weights_();
   save_checkpoint(spec_.output_dir + "/checkpoint.pt", spec_.kind, spec_.config, done, w, &adam_);
   save_checkpoint(spec_.output_dir + "/model.pt", spec_.kind, spec_.config, done, w, nullptr);
+}
+
+bool TrainingRun::out_of_time(int64_t done, double seconds) const {
+  if (spec_.max_seconds <= 0 || done == spec_.steps || done % spec_.log_every != 0) return false;
+  std::vector<double> over{seconds >= spec_.max_seconds ? 1.0 : 0.0};  // ranks' clocks differ
+  dist::world().average(over, "agreeing on the time limit at step " + std::to_string(done));
+  return over[0] > 0;
 }
 
 void TrainingRun::accumulate(const std::vector<StepMetric>& metrics) {
@@ -281,7 +294,11 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
   const auto secs_since = [](clock::time_point t) {
     return std::chrono::duration<double>(clock::now() - t).count();
   };
-  RunSummary summary{first_step_, spec_.steps, 0, 0, spec_.output_dir + "/checkpoint.pt",
+  RunSummary summary{first_step_,
+                     spec_.steps,
+                     0,
+                     0,
+                     spec_.output_dir + "/checkpoint.pt",
                      spec_.output_dir + "/model.pt"};
   if (first_step_ >= spec_.steps) {
     log::info("nothing to do: the checkpoint is at step " + std::to_string(first_step_));
@@ -299,10 +316,11 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
     if (!std::isfinite(r.loss)) {
       bar.finish();
       const bool kept = detail::file_exists(summary.checkpoint);
-      throw std::runtime_error("the loss became " + std::to_string(r.loss) + " at step " +
-                               std::to_string(s) + "; training stopped. The last good checkpoint is kept" +
-                               (kept ? " at '" + summary.checkpoint + "'" : " (none was written yet)") +
-                               ". Try a smaller " + spec_.lr_key + ".");
+      throw std::runtime_error(
+          "the loss became " + std::to_string(r.loss) + " at step " + std::to_string(s) +
+          "; training stopped. The last good checkpoint is kept" +
+          (kept ? " at '" + summary.checkpoint + "'" : " (none was written yet)") +
+          ". Try a smaller " + spec_.lr_key + ".");
     }
     accumulate(r.metrics);
     window_loss_ += r.loss;
@@ -317,18 +335,26 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
       window_begin = clock::now();
     }
     if (after && writer) after(done);
-    if (done % spec_.checkpoint_every == 0 || done == spec_.steps) save(done);
+    const bool timed_out = out_of_time(done, secs_since(begin));
+    if (done % spec_.checkpoint_every == 0 || done == spec_.steps || timed_out) save(done);
+    if (timed_out) {
+      summary.steps = done;
+      log::info("time limit reached: stopped at step " + std::to_string(done) + " of " +
+                std::to_string(spec_.steps) + "; --resume continues from there");
+      break;
+    }
   }
   bar.finish();
   dist::world().agree(true, "writing " + summary.model);  // every rank may read it from here on
   summary.seconds = secs_since(begin);
   summary.last_loss = last_loss_;
-  log::info("trained to step " + std::to_string(spec_.steps) + " in " +
+  log::info("trained to step " + std::to_string(summary.steps) + " in " +
             detail::format_duration(summary.seconds) + "; model: " + summary.model);
   return summary;
 }
 
-StepResult descend(Adam& adam, const torch::Tensor& loss, const TrainConfig::Train& train, int64_t step) {
+StepResult descend(Adam& adam, const torch::Tensor& loss, const TrainConfig::Train& train,
+                   int64_t step) {
   const auto& w = dist::world();
   // Data-parallel: the loss of the global batch (every rank sees the same
   // value, so all take the step or all stop) and the mean of the gradients.

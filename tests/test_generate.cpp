@@ -1112,3 +1112,41 @@ TEST(GenerateFields, ReproducibleForTheSameSeeds_CUDA) {
 }
 
 }  // namespace
+
+// CUDA graphs (GenerationOptions::cuda_graphs): a replayed step is the eager
+// step, through mixed levels (partial batches run eagerly), batches of
+// another size (a new capture) and the all-steps schedule.
+TEST(GenerateFields, CudaGraphsGiveTheEagerFields_CUDA) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const auto c = tiny_config(10, 2);
+  const torch::Device gpu(torch::kCUDA);
+  auto net = make_net(c, 16, 0.02);
+  net.to(gpu);
+  const auto images = smooth_images({32, 32}, 5).to(gpu);
+  const std::vector<int64_t> levels{7, 7, 3, 10, 10};
+  const std::vector<uint64_t> seeds{1, 2, 3, 4, 5};
+  for (auto schedule : {drdm::RecoverySchedule::kFromLevel, drdm::RecoverySchedule::kAllSteps}) {
+    drdm::GenerationOptions eager;
+    eager.batch = 2;
+    eager.schedule = schedule;
+    auto graphed = eager;
+    graphed.cuda_graphs = true;
+    const auto a = drdm::generate_fields(net, c.sampler, images, levels, seeds, eager);
+    const auto b = drdm::generate_fields(net, c.sampler, images, levels, seeds, graphed);
+    EXPECT_TRUE(at::equal(a.initial, b.initial));
+    EXPECT_GT(max_abs(a.field - a.initial), 1e-3);  // the network moved the fields
+    EXPECT_LT(max_diff(a.field, b.field), 1e-5 * (1 + max_abs(a.field)));
+  }
+}
+
+// On the CPU the option is ignored (with a warning): the eager fields, exactly.
+TEST(GenerateFields, CudaGraphsOptionIsIgnoredOnTheCpu) {
+  const auto c = tiny_config();
+  auto net = make_net(c, 16, 0.02);
+  const auto images = smooth_images({32, 32}, 2);
+  drdm::GenerationOptions graphed;
+  graphed.cuda_graphs = true;
+  const auto a = drdm::generate_fields(net, c.sampler, images, {4, 6}, {8, 9});
+  const auto b = drdm::generate_fields(net, c.sampler, images, {4, 6}, {8, 9}, graphed);
+  EXPECT_TRUE(at::equal(a.field, b.field));
+}

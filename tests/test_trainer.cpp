@@ -229,6 +229,25 @@ TEST_F(TinyTraining, ResumeIsBitExactOnCpu) {
   EXPECT_FALSE(all_equal);
 }
 
+// A time limit stops at the first logging step past it, with that step's
+// checkpoint (not a checkpoint_every multiple), and resuming from there
+// reaches the uninterrupted run's weights bit for bit.
+TEST_F(TinyTraining, TimeLimitStopsWithACheckpointThatResumesExactly) {
+  const auto straight = out_.path("straight"), limited = out_.path("limited");
+  const std::vector<std::string> every{"train.checkpoint_every=4", "train.log_every=1"};
+  drdm::train(config(4, every), straight, false, false);
+  const auto s = drdm::train(config(4, every), limited, false, false, /*max_seconds=*/1e-9);
+  EXPECT_EQ(s.steps, 1);
+  EXPECT_EQ(drdm::load_model(limited + "/checkpoint.pt").step, 1);
+  EXPECT_EQ(lines(limited + "/metrics.jsonl"), 1);
+  const auto r = drdm::train(config(4, every), limited, /*resume=*/true, false);
+  EXPECT_EQ(r.first_step, 1);
+  EXPECT_EQ(r.steps, 4);
+  const auto sa = drdm::load_model(straight + "/checkpoint.pt").net.state();
+  const auto sb = drdm::load_model(limited + "/checkpoint.pt").net.state();
+  for (const auto& [k, v] : sa) EXPECT_TRUE(at::equal(v, sb.at(k))) << k;
+}
+
 TEST_F(TinyTraining, ResumeRefusesAnotherConfigOrNoCheckpoint) {
   const auto dir = out_.path("run");
   EXPECT_THROW(drdm::train(config(2), dir, /*resume=*/true, false), std::runtime_error);

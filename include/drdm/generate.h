@@ -44,6 +44,12 @@ struct GenerationOptions {
   int64_t batch = 16;  ///< samples per network forward pass (>= 1)
   /// Network passes under bf16 autocast (forward_mixed); fields stay float32.
   bool bf16 = false;
+  /// On a CUDA device, capture one recovery step (warp, K network passes,
+  /// compose) as a CUDA graph per batch size and replay it for every step in
+  /// which all samples of the batch take part (fewer kernel launches); the
+  /// fields equal the eager ones. Ignored, with a warning, on the CPU; a
+  /// capture that fails is reported and generation runs eagerly.
+  bool cuda_graphs = false;
   /// Progress: called after every recovery step with the number of samples
   /// it advanced (skipped empty slices are reported at once), if set.
   std::function<void(int64_t)> on_step;

@@ -36,9 +36,10 @@ struct TrainSummary {
 /// resume = true continues from output_dir/checkpoint.pt (error if absent or
 /// made with a different config). A non-finite loss stops training with an
 /// error; the last good checkpoint is kept.
-/// progress: draw a progress bar on stderr.
+/// progress: draw a progress bar on stderr. max_seconds > 0: stop after that
+/// much wall time, checkpointed at the step reached (TrainSummary::steps).
 TrainSummary train(const TrainConfig& config, const std::string& output_dir, bool resume,
-                   bool progress = true);
+                   bool progress = true, double max_seconds = 0);
 
 /// A trained network with the config it was trained with.
 struct TrainedModel {

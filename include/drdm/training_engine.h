@@ -94,6 +94,9 @@ struct RunSpec {
   int64_t checkpoint_every = 500;
   int64_t log_every = 10;
   int64_t samples_per_step = 1;  ///< for images_per_second in metrics.jsonl
+  /// > 0: stop after this much wall time, at the first logging step past it
+  /// (all ranks agree), writing the checkpoint of that step; --resume goes on.
+  double max_seconds = 0;
   bool resume = false;
   bool progress = true;
   std::string label = "train";  ///< progress bar label
@@ -139,8 +142,9 @@ class TrainingRun {
   /// Runs steps [first, spec.steps): step(s) trains one step and returns its
   /// metrics; after(done) runs after each step (previews, ...) before the
   /// checkpoint of that step. A non-finite loss stops with an error that
-  /// names the step and keeps the last good checkpoint. In a data-parallel
-  /// job every rank returns once rank 0 has written the model.
+  /// names the step and keeps the last good checkpoint. With spec.max_seconds
+  /// the run may stop earlier, checkpointed (RunSummary::steps says where).
+  /// In a data-parallel job every rank returns once rank 0 has written the model.
   RunSummary run(const std::function<StepResult(int64_t step)>& step,
                  const std::function<void(int64_t done)>& after = {});
 
@@ -154,6 +158,7 @@ class TrainingRun {
   void accumulate(const std::vector<StepMetric>& metrics);
   void log_window(int64_t done, double seconds);
   void save(int64_t done);
+  bool out_of_time(int64_t done, double seconds) const;
 
   RunSpec spec_;
   std::function<TensorMap()> weights_;
