@@ -3,10 +3,10 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <sstream>
 #include <string>
 
@@ -15,7 +15,8 @@ namespace drdm::app {
 /// An empty value ("") would silently mean the default: refused.
 inline CLI::Validator non_empty() {
   return CLI::Validator(
-      [](std::string& s) { return s.empty() ? std::string("must not be empty") : std::string(); }, "", "NONEMPTY");
+      [](std::string& s) { return s.empty() ? std::string("must not be empty") : std::string(); },
+      "", "NONEMPTY");
 }
 
 /// An integer >= 0 that fits 64 bits (CLI11 would wrap -1 to 2^64 - 1, and
@@ -23,7 +24,8 @@ inline CLI::Validator non_empty() {
 inline CLI::Validator non_negative_integer() {
   return CLI::Validator(
       [](std::string& s) {
-        bool ok = !s.empty() && s.size() <= 20 && s.find_first_not_of("0123456789") == std::string::npos;
+        bool ok =
+            !s.empty() && s.size() <= 20 && s.find_first_not_of("0123456789") == std::string::npos;
         if (ok) {
           errno = 0;
           std::strtoull(s.c_str(), nullptr, 10);
@@ -49,6 +51,23 @@ inline CLI::Validator finite_in(double lo, double hi) {
         return std::string();
       },
       "FLOAT in [" + text(lo) + " - " + text(hi) + "]", "FINITE");
+}
+
+/// Parses the command line as CLI11_PARSE would, with the exit codes that
+/// docs/reliability.md promises: --help prints and gives 0; every usage error
+/// (unknown option or argument, missing or invalid value, no subcommand)
+/// prints CLI11's message and gives 2 (CLI11's own codes are 105-109). The
+/// programs' own options (-q, -v, ...) are also taken after a subcommand.
+/// Returns the exit code when the program must stop here.
+inline std::optional<int> parse_command_line(CLI::App& cli, int argc, char** argv) {
+  for (auto* sub : cli.get_subcommands([](CLI::App*) { return true; })) sub->fallthrough();
+  try {
+    cli.parse(argc, argv);
+    return std::nullopt;
+  } catch (const CLI::ParseError& e) {
+    const int code = cli.exit(e);  // prints the help or the error
+    return code == static_cast<int>(CLI::ExitCodes::Success) ? 0 : 2;
+  }
 }
 
 }  // namespace drdm::app

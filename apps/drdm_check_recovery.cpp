@@ -8,11 +8,11 @@
 #include <sstream>
 
 #include "app_common.h"
+#include "cli_checks.h"
 #include "drdm/commands.h"
 #include "drdm/dataset.h"
+#include "drdm/models.h"
 #include "drdm/trainer.h"
-
-#include "cli_checks.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{
@@ -51,15 +51,21 @@ int main(int argc, char** argv) {
   cli.add_option("--max-images", max_images, "Use at most this many images (evenly spread)")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
-  cli.add_option("--seed", seed, "Random seed")->check(drdm::app::non_negative_integer())->capture_default_str();
-  cli.add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str()->check(drdm::app::non_empty());
-  cli.add_option("-o,--output", output, "Also write the JSON to this file")->check(drdm::app::non_empty());
+  cli.add_option("--seed", seed, "Random seed")
+      ->check(drdm::app::non_negative_integer())
+      ->capture_default_str();
+  cli.add_option("--device", device, "cpu, cuda, cuda:N or auto")
+      ->capture_default_str()
+      ->check(drdm::app::non_empty());
+  cli.add_option("-o,--output", output, "Also write the JSON to this file")
+      ->check(drdm::app::non_empty());
   cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");
-  CLI11_PARSE(cli, argc, argv);
+  if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
 
   drdm::app::init_program(!quiet);
   return drdm::app::run_reporting_errors("drdm_check_recovery", [&] {
     if (levels.empty()) throw std::invalid_argument("--levels: none given");
+    drdm::check_output_file(output, {drdm::resolve_model_path(model)}, "--output");
     const auto dev = drdm::resolve_device(device);
     auto m = drdm::load_model(model, dev);
     auto data = m.config.data;

@@ -38,7 +38,7 @@ int merge_main(int argc, char** argv) {
   cli.add_option("-o,--output", merged, "Merged folder (created; required with several OUT_DIRs)")
       ->check(drdm::app::non_empty());
   cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");
-  CLI11_PARSE(cli, argc, argv);
+  if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
   drdm::app::init_program(!quiet);
   return drdm::app::run_reporting_errors("drdm_deform merge", [&] {
     const auto s = drdm::merge_deform_shards(folders, merged);
@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
   cli.add_flag("--no-preview", no_preview, "Do not write preview PNGs");
   cli.add_flag("--no-progress", no_progress, "Do not draw the progress bar");
   cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");
-  CLI11_PARSE(cli, argc, argv);
+  if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
   const auto given = [](const CLI::Option* opt) { return opt->count() > 0; };
 
   drdm::app::init_program(!quiet);

@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
                  "Write the Jacobian determinant map (float32 image on the field's grid)")
       ->check(drdm::app::non_empty());
   cli.add_flag("-v,--verbose", verbose, "Log progress");
-  CLI11_PARSE(cli, argc, argv);
+  if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
 
   drdm::app::init_program(verbose);
   return drdm::app::run_reporting_errors("drdm_field_stats", [&] { std::cout << drdm::field_stats_file(o); });

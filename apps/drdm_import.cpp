@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
   cli.add_option("--set", overrides, "Override a config key: section.key=value (repeatable)");
   cli.add_flag("--force", force, "Overwrite an existing OUTPUT/model.pt");
   cli.add_flag("-v,--verbose", verbose, "Log progress");
-  CLI11_PARSE(cli, argc, argv);
+  if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
 
   drdm::app::init_program(verbose);
   return drdm::app::run_reporting_errors("drdm_import", [&] {

@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   cli.add_option("--seed", o.seed, "Random seed")->check(drdm::app::non_negative_integer())->capture_default_str();
   cli.add_flag("-v,--verbose", verbose, "Log progress");
-  CLI11_PARSE(cli, argc, argv);
+  if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
 
   drdm::app::init_program(verbose);
   return drdm::app::run_reporting_errors("drdm_random_field", [&] { std::cout << drdm::random_field_file(o); });

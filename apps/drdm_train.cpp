@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   cli.add_flag("--no-progress", no_progress, "Do not draw the progress bar");
   cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");
-  CLI11_PARSE(cli, argc, argv);
+  if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
 
   drdm::app::init_program(!quiet);
   return drdm::app::run_reporting_errors("drdm_train", [&] {

@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
                  "Also write a PNG: input | warped | deformed grid | magnitude (3D: central planes)")
       ->check(drdm::app::non_empty());
   cli.add_flag("-v,--verbose", verbose, "Log progress");
-  CLI11_PARSE(cli, argc, argv);
+  if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
 
   drdm::app::init_program(verbose);
   o.interpolation = interpolation == "linear" ? drdm::Interpolation::kLinear : drdm::Interpolation::kNearest;

@@ -1,6 +1,5 @@
 // seg_fewshot: few-shot segmentation with no / BigAug / DRDM augmentation (paper Sec. 4, Table 2).
 #include <CLI/CLI.hpp>
-
 #include <iostream>
 
 #include "app_common.h"
@@ -10,40 +9,67 @@
 #include "drdm/training_engine.h"
 
 int main(int argc, char** argv) {
-  CLI::App cli{"Few-shot segmentation with no / BigAug / DRDM augmentation (paper Sec. 4, Table 2). "
-               "See docs/seg_fewshot.md."};
+  CLI::App cli{
+      "Few-shot segmentation with no / BigAug / DRDM augmentation (paper Sec. 4, Table 2). "
+      "See docs/seg_fewshot.md."};
   cli.require_subcommand(1);
-  std::string config, output, model = "seg-cardiac2d", input, pred, truth, json_out, device = "auto";
+  std::string config, output, model = "seg-cardiac2d", input, device = "auto";
   std::vector<std::string> sets;
-  std::vector<int64_t> classes = {1, 2, 3};
+  drdm::seg::EvaluateOptions eval;
   bool no_progress = false, quiet = false;
   cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");
-  auto* r = cli.add_subcommand("run", "Run the grid: augmentation x labelled subjects x seeds (reruns skip "
-                                      "finished runs and resume a half-finished one)");
+  auto* r =
+      cli.add_subcommand("run",
+                         "Run the grid: augmentation x labelled subjects x seeds (reruns skip "
+                         "finished runs and resume a half-finished one)");
   r->add_option("--config", config, "seg_fewshot config (e.g. configs/seg-acdc-cpu.json)")
       ->required()
       ->check(CLI::ExistingFile);
-  r->add_option("--output", output, "Output folder (default: runs/<config name>; one run at a time)")->check(drdm::app::non_empty());
+  r->add_option("--output", output,
+                "Output folder (default: runs/<config name>; one run at a time)")
+      ->check(drdm::app::non_empty());
   r->add_option("--set", sets, "Override a config key: section.key=value (repeatable)")->take_all();
   r->add_flag("--no-progress", no_progress, "Do not draw progress bars");
-  auto* p = cli.add_subcommand("predict", "Segment images (2D, or volumes slice by slice); label maps keep "
-                                          "the input's geometry");
-  p->add_option("--model", model, "model.pt of a grid run, or a shipped segmentation model:\n" +
-                                      drdm::shipped_models_help("segmentation"))
+  auto* p = cli.add_subcommand("predict",
+                               "Segment images (2D, or volumes slice by slice); label maps keep "
+                               "the input's geometry");
+  p->add_option("--model", model,
+                "model.pt of a grid run, or a shipped segmentation model:\n" +
+                    drdm::shipped_models_help("segmentation"))
       ->capture_default_str()
       ->check(drdm::app::non_empty());
-  p->add_option("--input", input, "An image file or a folder of images")->required()->check(drdm::app::non_empty());
-  p->add_option("--output", output, "Folder for the label maps (the inputs' file names)")->required()->check(drdm::app::non_empty());
-  p->add_option("--device", device, "cpu, cuda, cuda:N or auto")->capture_default_str()->check(drdm::app::non_empty());
-  auto* e = cli.add_subcommand("evaluate", "Metrics of predicted label maps against the truth, matched by name");
-  e->add_option("--pred", pred, "Folder of predicted label maps")->required()->check(drdm::app::non_empty());
-  e->add_option("--truth", truth, "Folder of true label maps (same file names)")->required()->check(drdm::app::non_empty());
-  e->add_option("--json", json_out, "Also write the per-case metrics as JSON here")->check(drdm::app::non_empty());
-  e->add_option("--classes", classes, "Labels to score")
+  p->add_option("--input", input, "An image file or a folder of images")
+      ->required()
+      ->check(drdm::app::non_empty());
+  p->add_option("--output", output, "Folder for the label maps (the inputs' file names)")
+      ->required()
+      ->check(drdm::app::non_empty());
+  p->add_option("--device", device, "cpu, cuda, cuda:N or auto")
       ->capture_default_str()
+      ->check(drdm::app::non_empty());
+  auto* e = cli.add_subcommand(
+      "evaluate", "Metrics of predicted label maps against the truth, matched by name");
+  e->add_option("--pred", eval.pred, "Folder of predicted label maps")
+      ->required()
+      ->check(drdm::app::non_empty());
+  e->add_option("--truth", eval.truth, "Folder of true label maps (same file names)")
+      ->required()
+      ->check(drdm::app::non_empty());
+  e->add_option("--json", eval.json, "Also write the per-case metrics as JSON here")
+      ->check(drdm::app::non_empty());
+  e->add_option("--classes", eval.classes, "Label values to score")
       ->delimiter(',')
-      ->check(drdm::app::non_negative_integer());
-  CLI11_PARSE(cli, argc, argv);
+      ->check(drdm::app::non_negative_integer().description(""))
+      ->type_name("LABEL")
+      ->default_str("1,2,3");
+  e->add_option("--class-names", eval.class_names,
+                "Their names in the table and the JSON, e.g. RV,MYO,LV")
+      ->delimiter(',')
+      ->type_name("NAME");
+  e->add_option("--model", eval.model,
+                "Or take the names from this model (label k: its k-th class)")
+      ->check(drdm::app::non_empty());
+  if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
 
   drdm::app::init_program(!quiet);
   return drdm::app::run_reporting_errors("seg_fewshot", [&] {
@@ -54,10 +80,7 @@ int main(int argc, char** argv) {
       auto m = drdm::seg::load_seg_model(model, drdm::resolve_device(device));
       drdm::seg::predict_files(m, input, output);
     } else {
-      if (classes.empty()) throw std::invalid_argument("--classes: none given");
-      const auto results = drdm::seg::evaluate_folders(pred, truth, classes);
-      std::cout << drdm::seg::metrics_table(results, classes);
-      if (!json_out.empty()) drdm::write_text_atomically(json_out, drdm::seg::results_json(results) + "\n");
+      std::cout << drdm::seg::evaluate_command(eval);
     }
   });
 }

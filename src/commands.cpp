@@ -113,6 +113,12 @@ std::string field_stats_file(const FieldStatsFileOptions& o) {
   return text;
 }
 
+void check_output_file(const std::string& output, const std::vector<std::string>& inputs,
+                       const std::string& option) {
+  detail::require_writable_output(output, option);
+  detail::require_distinct(output, inputs);
+}
+
 std::string random_field_file(const RandomFieldFileOptions& o) {
   detail::require_writable_output(o.output, "-o");
   detail::require_distinct(o.output, {o.reference});

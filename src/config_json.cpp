@@ -1,9 +1,14 @@
 #include "config_json.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <set>
 #include <sstream>
+
+#include "atomic_file.h"
 
 namespace drdm::detail {
 
@@ -113,6 +118,36 @@ json parse_json_strict(const std::string& text, const std::string& source) {
   return json::parse(text, check, /*allow_exceptions=*/true, /*ignore_comments=*/true);
 }
 
+namespace {
+
+/// True when `text` names the dotted config key `key` as a whole (not a
+/// part of a longer key such as "train.steps_x" or "x.train.steps").
+bool names_key(const std::string& text, const std::string& key) {
+  const auto word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+  for (auto at = text.find(key); at != std::string::npos; at = text.find(key, at + 1)) {
+    const size_t after = at + key.size();
+    const bool starts = at == 0 || !(word(text[at - 1]) || text[at - 1] == '.');
+    const bool deeper = after + 1 < text.size() && text[after] == '.' && word(text[after + 1]);
+    if (starts && (after == text.size() || !(word(text[after]) || deeper))) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+void require_data_folder(const std::string& path, const std::string& key) {
+  if (dir_exists(path)) return;
+  std::string where;
+  if (!path.empty() && path[0] != '/') {
+    char cwd[4096];
+    where = " (a relative path is taken from the working folder '" +
+            std::string(::getcwd(cwd, sizeof cwd) ? cwd : "?") + "'; give --set " + key +
+            "=FOLDER)";
+  }
+  throw std::runtime_error("config key '" + key + "': the folder '" + path + "' does not exist" +
+                           where);
+}
+
 void rethrow_blaming_overrides(const std::invalid_argument& error, const std::string& source,
                                const std::vector<std::string>& overrides) {
   const std::string message = error.what(), prefix = source + ": config key '";
@@ -123,6 +158,15 @@ void rethrow_blaming_overrides(const std::invalid_argument& error, const std::st
     const std::string set = o->substr(0, o->find('='));
     if (key == set || key.rfind(set + ".", 0) == 0)
       throw std::invalid_argument("--set " + *o + ": config key '" + key + message.substr(end));
+  }
+  // A check across keys ("must be in [0, train.steps)"): when a --set gave
+  // the other key that the message names, that --set made the conflict.
+  for (auto o = overrides.rbegin(); o != overrides.rend(); ++o) {
+    const std::string set = o->substr(0, o->find('='));
+    if (names_key(message.substr(end), set))
+      throw std::invalid_argument("--set " + *o + " conflicts with '" + key + "' of " + source +
+                                  ": config key '" + key + message.substr(end) + " (override '" +
+                                  key + "' too)");
   }
   throw error;
 }

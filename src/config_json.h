@@ -31,6 +31,12 @@ nlohmann::json merge_config(const nlohmann::json& defaults, const std::string& j
 /// Reads a config file into text; an error names the file.
 std::string read_config_text(const std::string& path);
 
+/// Throws std::runtime_error naming the config key `key` when `path`, a
+/// config's data folder, is not a folder; the message says which working
+/// folder a relative path was taken from (shipped configs name
+/// ../shared/data/..., from the repository root).
+void require_data_folder(const std::string& path, const std::string& key);
+
 /// Throws std::invalid_argument "<source>: config key '<key>' <why>" unless ok.
 void require(bool ok, const std::string& source, const std::string& key, const std::string& why);
 

@@ -186,6 +186,8 @@ ImportSummary import_authors_model(const std::string& pth, const std::string& co
   require_authors_architecture(options);
   ImportSummary s;
   s.model = detail::join(output_dir, "model.pt");
+  for (const char* name : {"model.pt", "config.json", "import.json"})
+    detail::require_distinct(detail::join(output_dir, name), {pth, config_path});
   if (!overwrite && detail::file_exists(s.model))
     throw std::runtime_error("'" + s.model + "' exists (overwrite it with --force)");
   const auto theirs = read_torch_state_dict(pth);

@@ -3,9 +3,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 #include "atomic_file.h"
@@ -29,21 +31,50 @@ std::vector<std::string> model_roots() {
     dir = dir.substr(0, dir.find_last_of('/'));
     roots.push_back(dir + "/../share/drdm/models");
   }
-  if (std::string(DRDM_SOURCE_DIR).size() > 0) roots.push_back(std::string(DRDM_SOURCE_DIR) + "/models");
+  if (std::string(DRDM_SOURCE_DIR).size() > 0)
+    roots.push_back(std::string(DRDM_SOURCE_DIR) + "/models");
   return roots;
 }
 
-/// The first sentence of a model card's first paragraph (what the model is).
+/// The first sentence of a model card's first paragraph (what the model is),
+/// whole: a period ends it only before a capital letter or a `, and not after an
+/// abbreviation ("et al. 2019", "Alg. 2-4").
 std::string card_summary(const std::string& folder) {
   std::ifstream in(folder + "/README.md");
-  std::string line;
+  std::string line, paragraph;
   while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#' || line[0] == '*') continue;
-    const auto stop = line.find(". ");
-    line = line.substr(0, stop == std::string::npos ? line.size() : stop);
-    return line.size() > 110 ? line.substr(0, 107) + "..." : line;
+    if (line.empty() && !paragraph.empty()) break;
+    if (line.empty() || (paragraph.empty() && (line[0] == '#' || line[0] == '*'))) continue;
+    paragraph += (paragraph.empty() ? "" : " ") + line;
   }
-  return "";
+  for (size_t dot = paragraph.find(". "); dot != std::string::npos;
+       dot = paragraph.find(". ", dot + 1)) {
+    const auto word_start = paragraph.find_last_of(" (", dot);
+    const auto word =
+        paragraph.substr(word_start == std::string::npos ? 0 : word_start + 1,
+                         dot - (word_start == std::string::npos ? 0 : word_start + 1));
+    const bool abbreviation = word == "al" || word == "e.g" || word == "i.e" || word == "cf" ||
+                              word == "Alg" || word == "Eq" || word == "Fig" || word == "vs";
+    if (!abbreviation && dot + 2 < paragraph.size() &&
+        (std::isupper(static_cast<unsigned char>(paragraph[dot + 2])) || paragraph[dot + 2] == '`'))
+      return paragraph.substr(0, dot + 1);
+  }
+  return paragraph;
+}
+
+/// `text` in lines of at most `width` characters (words are not split), the
+/// lines after the first indented by `indent`.
+std::string wrapped(const std::string& text, size_t width, const std::string& indent) {
+  std::string out, line, word;
+  std::istringstream words(text);
+  while (words >> word) {
+    if (!line.empty() && line.size() + 1 + word.size() > width) {
+      out += (out.empty() ? "" : "\n" + indent) + line;
+      line.clear();
+    }
+    line += (line.empty() ? "" : " ") + word;
+  }
+  return out + (out.empty() ? "" : "\n" + indent) + line;
 }
 
 }  // namespace
@@ -56,7 +87,8 @@ std::vector<ShippedModel> shipped_models() {
     for (const auto& entry : fs::directory_iterator(root, ec)) {
       const auto name = entry.path().filename().string();
       const auto model = entry.path().string() + "/model.pt";
-      const bool known = std::any_of(out.begin(), out.end(), [&](const auto& m) { return m.name == name; });
+      const bool known =
+          std::any_of(out.begin(), out.end(), [&](const auto& m) { return m.name == name; });
       if (known || !detail::file_exists(model)) continue;
       const auto task = name.rfind("seg-", 0) == 0   ? "segmentation"
                         : name.rfind("reg-", 0) == 0 ? "registration"
@@ -96,7 +128,7 @@ std::string shipped_models_help(const std::string& task) {
   for (const auto& m : shipped_models()) {
     if (m.task != task) continue;
     std::string pad(m.name.size() < 16 ? 16 - m.name.size() : 1, ' ');
-    text += "  " + m.name + pad + m.description + "\n";
+    text += "  " + m.name + pad + wrapped(m.description, 56, std::string(18, ' ')) + "\n";
   }
   return text.empty() ? "  (no shipped models found)\n" : text;
 }

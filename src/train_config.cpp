@@ -243,7 +243,8 @@ TrainConfig::Train parse_train_section(const json& j, const std::string& src, co
           src, key("lr_schedule"),
           "must be \"exponential\", \"cosine\" or \"constant\", got \"" + t.lr_schedule + "\"");
   require(t.warmup_steps >= 0 && t.warmup_steps < t.steps, src, key("warmup_steps"),
-          "must be in [0, " + section + ".steps)");
+          "must be in [0, " + section + ".steps) = [0, " + std::to_string(t.steps) + "), got " +
+              std::to_string(t.warmup_steps));
   require(t.lr_schedule != "exponential" || t.warmup_steps == 0, src, key("warmup_steps"),
           "is only used by the \"cosine\" and \"constant\" schedules");
   require(finite(t.lr_min) && t.lr_min >= 0 && t.lr_min <= t.lr, src, key("lr_min"),

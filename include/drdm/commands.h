@@ -1,10 +1,11 @@
 /// @file The library entry points behind the command-line programs.
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "drdm/random_field.h"
 #include "drdm/spatial.h"
-
-#include <string>
 
 namespace drdm {
 
@@ -56,5 +57,13 @@ std::string random_field_file(const RandomFieldFileOptions& options);
 /// Writes `text` to `path` atomically (temporary file in the same folder,
 /// then rename). Throws naming the file.
 void write_text_file(const std::string& path, const std::string& text);
+
+/// Checks, before any work, that the file `output` can be written (its folder
+/// exists and is writable, it is no folder) and is none of `inputs`: the
+/// same file by device and inode, so also through `./`, a symlink or a hard
+/// link. `option` (e.g. "--json") names it in the message; an empty
+/// `output` or input is skipped. Throws std::invalid_argument naming both.
+void check_output_file(const std::string& output, const std::vector<std::string>& inputs,
+                       const std::string& option = "");
 
 }  // namespace drdm

@@ -8,6 +8,8 @@
 #include <stdexcept>
 
 #include "../atomic_file.h"
+#include "../config_json.h"
+#include "../grid_check.h"
 #include "drdm/reg/synth.h"
 
 namespace drdm::reg {
@@ -25,6 +27,10 @@ void squeeze_for(int64_t dims, const std::string& path, at::Tensor& data, Geomet
     data = data.squeeze(2 + axis);
     geometry = geometry.squeeze_single_slice();
   }
+  if (dims == 3 && geometry.single_slice_axis() >= 0)
+    throw std::runtime_error("'" + path + "' is a single-slice volume (" +
+                             detail::grid_values_text(geometry.size) +
+                             ", a 2D image), but the registration network is 3D");
   if (geometry.dimension() != dims)
     throw std::runtime_error("'" + path + "' is " + dims_text(geometry.dimension()) +
                              ", but the registration network is " + dims_text(dims));
@@ -51,8 +57,10 @@ RegVolume load_volume(const std::string& image_path, const std::string& label_pa
     if (!detail::file_exists(label_path))
       throw std::runtime_error("label file '" + label_path + "' (for '" + image_path + "') does not exist");
     auto labels = read_labels(label_path);
-    if (labels.geometry.tensor_size() != image.geometry.tensor_size())
-      throw std::runtime_error("labels '" + label_path + "' lie on another grid than the image '" + image_path + "'");
+    const auto difference = detail::grid_difference(image.geometry, labels.geometry);
+    if (!difference.empty())
+      throw std::runtime_error("labels '" + label_path + "' lie on another grid than the image '" +
+                               image_path + "' (" + difference + ")");
     v.labels = labels.data;
     Geometry g = labels.geometry;
     squeeze_for(dims, label_path, v.labels, g);
@@ -61,6 +69,8 @@ RegVolume load_volume(const std::string& image_path, const std::string& label_pa
 }
 
 RegSplit split_cases(const RegConfig::Data& data) {
+  detail::require_data_folder(data.images, "data.images");
+  detail::require_data_folder(data.labels, "data.labels");
   const auto cases = seg::find_cases(data.images, data.labels);
   const auto n_train = static_cast<size_t>(std::floor(data.train_fraction * static_cast<double>(cases.size())));
   const auto included = [&](const seg::LabelledCase& c) {

@@ -1,23 +1,24 @@
 // Few-shot segmentation: subjects, the DRDM bank, training one U-Net, segmenting and scoring.
-#include "drdm/distributed.h"
 #include "drdm/seg/fewshot.h"
 
-#include <optional>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <cstdio>
-#include <cmath>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <stdexcept>
 
 #include "../atomic_file.h"
+#include "../config_json.h"
 #include "../progress.h"
+#include "drdm/distributed.h"
 #include "drdm/generate.h"
 #include "drdm/interrupt.h"
 #include "drdm/log.h"
@@ -56,6 +57,8 @@ std::vector<Subject> group_by_subject(const std::vector<LabelledCase>& cases, in
 }  // namespace
 
 Split split_subjects(const SegConfig::Data& data) {
+  detail::require_data_folder(data.images, "data.images");
+  detail::require_data_folder(data.labels, "data.labels");
   Split split;
   for (auto& s : group_by_subject(find_cases(data.images, data.labels), data.group_size)) {
     if (in_mod(s.number, data.group_size, data.pool_mod)) split.pool.push_back(s);
@@ -279,73 +282,6 @@ std::vector<CaseResult> evaluate_cases(SegModel& model, const std::vector<Labell
     out.push_back({c.name, case_number(c.name), label_metrics(pred, truth.data, spacing, classes)});
   }
   return out;
-}
-
-std::vector<std::string> predict_files(SegModel& model, const std::string& input, const std::string& output_dir) {
-  std::vector<std::string> inputs;
-  if (detail::dir_exists(input)) {
-    for (const auto& f : detail::list_images(input)) inputs.push_back(detail::join(input, f));
-    if (inputs.empty()) throw std::runtime_error("no images found in '" + input + "'");
-  } else {
-    if (!detail::file_exists(input)) throw std::runtime_error("input '" + input + "' does not exist");
-    inputs.push_back(input);
-  }
-  detail::make_dirs(output_dir);
-  std::vector<std::string> written;
-  for (const auto& path : inputs) {
-    const auto labels = segment_file(model, path);
-    const auto out = detail::join(output_dir, detail::base_name(path));
-    write_labels(out, labels, read_image_info(path).geometry);
-    written.push_back(out);
-    log::info("segmented " + path + " -> " + out);
-  }
-  return written;
-}
-
-std::vector<CaseResult> evaluate_folders(const std::string& pred_dir, const std::string& truth_dir,
-                                         const std::vector<int64_t>& classes) {
-  std::vector<CaseResult> out;
-  for (const auto& c : find_cases(pred_dir, truth_dir)) {
-    const auto pred = read_labels(c.image_path), truth = read_labels(c.label_path);
-    const auto& g = truth.geometry;
-    if (pred.geometry.tensor_size() != g.tensor_size())
-      throw std::runtime_error("'" + c.image_path + "' and '" + c.label_path + "' lie on different grids");
-    const std::vector<double> spacing(g.spacing.rbegin(), g.spacing.rend());
-    out.push_back({c.name, case_number(c.name), label_metrics(pred.data, truth.data, spacing, classes)});
-  }
-  return out;
-}
-
-std::string metrics_table(const std::vector<CaseResult>& results, const std::vector<int64_t>& classes) {
-  std::string md = std::to_string(results.size()) +
-                   " cases\n\n| class | DSC % | sensitivity % | precision % | ASD | HD95 |\n|---|---:|---:|---:|---:|---:|\n";
-  for (size_t k = 0; k < classes.size(); ++k) {
-    std::vector<double> v[5];
-    for (const auto& r : results) {
-      const auto& m = r.classes[k];
-      v[0].push_back(100 * m.dice), v[1].push_back(100 * m.sensitivity), v[2].push_back(100 * m.precision);
-      v[3].push_back(m.asd), v[4].push_back(m.hd95);
-    }
-    char row[256];
-    std::snprintf(row, sizeof row, "| %lld | %.1f ± %.1f | %.1f ± %.1f | %.1f ± %.1f | %.2f ± %.2f | %.2f ± %.2f |\n",
-                  static_cast<long long>(classes[k]), mean_of(v[0]), std_of(v[0]), mean_of(v[1]), std_of(v[1]),
-                  mean_of(v[2]), std_of(v[2]), mean_of(v[3]), std_of(v[3]), mean_of(v[4]), std_of(v[4]));
-    md += row;
-  }
-  return md;
-}
-
-std::string results_json(const std::vector<CaseResult>& results) {
-  const auto num = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); };
-  nlohmann::json out = nlohmann::json::array();
-  for (const auto& r : results) {
-    nlohmann::json classes = nlohmann::json::array();
-    for (const auto& m : r.classes)
-      classes.push_back({{"dice", num(m.dice)}, {"sensitivity", num(m.sensitivity)},
-                         {"precision", num(m.precision)}, {"asd", num(m.asd)}, {"hd95", num(m.hd95)}});
-    out.push_back({{"name", r.name}, {"subject", r.subject}, {"classes", classes}});
-  }
-  return out.dump(1);
 }
 
 }  // namespace drdm::seg

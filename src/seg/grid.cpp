@@ -34,6 +34,12 @@ double metric_of(const ClassMetrics& m, const std::string& name) {
   return m.hd95;
 }
 
+std::vector<int64_t> class_labels(const SegConfig& c) {
+  std::vector<int64_t> labels;
+  for (size_t k = 1; k <= c.data.classes.size(); ++k) labels.push_back(static_cast<int64_t>(k));
+  return labels;
+}
+
 std::string run_name(const std::string& aug, int64_t n, int64_t seed) {
   return aug + "-n" + std::to_string(n) + "-s" + std::to_string(seed);
 }
@@ -98,10 +104,15 @@ json run_one(const SegConfig& c, const std::string& aug, int64_t n, int64_t seed
   const auto results = evaluate_cases(model, test);
   std::vector<int64_t> numbers;
   for (const auto& s : chosen) numbers.push_back(s.number);
-  json record = {{"augmentation", aug}, {"subjects", n}, {"seed", seed}, {"chosen", numbers},
-                 {"labelled_slices", slices.images.size(0)}, {"train_seconds", train_secs},
+  json record = {{"augmentation", aug},
+                 {"subjects", n},
+                 {"seed", seed},
+                 {"chosen", numbers},
+                 {"labelled_slices", slices.images.size(0)},
+                 {"train_seconds", train_secs},
                  {"bank_fields_per_slice", bank.defined() ? bank.size(1) : 0},
-                 {"per_subject", per_subject(results, c)}, {"cases", json::parse(results_json(results))}};
+                 {"per_subject", per_subject(results, c)},
+                 {"cases", json::parse(results_json(results, class_labels(c), c.data.classes))}};
   write_text_atomically(done, record.dump(1) + "\n");
   return record;
 }
@@ -232,11 +243,11 @@ void write_predictions_png(const SegConfig& c, const LabelledCase& test_case, co
 
 void run_grid(const SegConfig& c, const std::string& out, bool progress) {
   const auto begin = std::chrono::steady_clock::now();
+  const auto split = split_subjects(c.data);  // the data is found before the output folder is made
   dist::join_for(c.train.device, c.train.dist_timeout, c.train.dist_master);  // a data-parallel job, when launched as one
   std::optional<detail::RunLock> lock;  // one run per output folder; rank 0 writes
   if (dist::world().writer()) lock.emplace(out, "seg_fewshot run");
   write_text_atomically(out + "/config.json", to_json(c) + "\n");
-  const auto split = split_subjects(c.data);
   const auto test = cases_of(split.test);
   log::info("seg_fewshot: pool of " + std::to_string(split.pool.size()) + " subjects, " +
             std::to_string(split.test.size()) + " test subjects (" + std::to_string(test.size()) + " cases)");

@@ -94,7 +94,7 @@ def main():
 
     rc, out, err = run([a.bin, "evaluate", "--pred", f"{data}/labels", "--truth", f"{data}/labels", "--json",
                         f"{a.workdir}/self.json"])
-    check(rc == 0 and "| 3 | 100.0 ± 0.0" in out, "labels against themselves score 100 % DSC")
+    check(rc == 0 and "| 3 | 3 | 100.0 ± 0.0" in out, "labels against themselves score 100 % DSC")
     check(len(json.load(open(f"{a.workdir}/self.json"))) == 10, "--json writes one entry per case")
     odd = f"{a.workdir}/odd"
     write_case(odd, "patient001_frame01", 0, slices=3)

@@ -144,12 +144,23 @@ struct PairResult {
 PairResult score_pair(const RegVolume& moving, const RegVolume& fixed, const torch::Tensor& field,
                       int64_t num_classes);
 
+/// What reg_synth register wrote, and (with fixed labels) its metrics as a
+/// Markdown table: per class DSC, ASD and HD95 before and after registration.
+struct RegisterResult {
+  std::vector<std::string> written;
+  std::string metrics_table;
+};
+
 /// reg_synth register: writes field.nii.gz (ITK displacement, mm), warped
 /// image, warped labels (when moving_labels is set) and metrics.json (when
-/// fixed_labels is set) into output_dir. Returns the written paths.
-std::vector<std::string> register_files(RegModel& model, const std::string& moving, const std::string& fixed,
-                                        const std::string& moving_labels, const std::string& fixed_labels,
-                                        const std::string& output_dir);
+/// fixed_labels is set: per class its label value and the metrics after and
+/// "before" registration, and mean_dice / mean_dice_before) into
+/// output_dir. Refuses, before any work, an output that is one of the inputs
+/// (by path or link) and images on different grids or of the network's
+/// other dimension.
+RegisterResult register_files(RegModel& model, const std::string& moving, const std::string& fixed,
+                              const std::string& moving_labels, const std::string& fixed_labels,
+                              const std::string& output_dir);
 
 /// Runs Table 3's rows (grid.pretrain x grid.finetune) into output_dir,
 /// skipping finished rows and resuming half-finished training; writes
