@@ -365,6 +365,9 @@ def _show(ax, img, lo, hi, grid=None):
     ax.set_yticks([])
 
 
+MODEL_NAME = "cardiac2d"  # the model's folder name, for figure titles (set in main)
+
+
 def figure_levels(path: Path, run_dir: Path, start_dir: Path | None, rows: list[dict], case: dict,
                   levels: list[int], samples: int, start_rows: list[dict] | None) -> None:
     import matplotlib  # noqa: PLC0415
@@ -405,7 +408,7 @@ def figure_levels(path: Path, run_dir: Path, start_dir: Path | None, rows: list[
             if i == 0:
                 axes[i, col].set_title(f"DRDM s{r['sample']:02d}", fontsize=9)
             col += 1
-    fig.suptitle(f"DRDM (cardiac2d) on ACDC {case['name']}\nrows: level T'; columns: samples "
+    fig.suptitle(f"DRDM ({MODEL_NAME}) on ACDC {case['name']}\nrows: level T'; columns: samples "
                  f"(each its own seed); green: warped grid", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=80)
@@ -600,8 +603,8 @@ def write_markdown(path: Path, res: dict, command: str) -> None:
     if "models/cardiac2d/" in cfg["model"]:
         L.append(narrative(res))
     else:  # the narrative speaks of the shipped cardiac2d model
-        L.append("The reading of this run is in [docs/results/table1.md](../table1.md), beside the shipped "
-                 "`cardiac2d` model's table.")
+        L.append("The reading of this run is in [README.md](README.md) beside this file (written by hand: "
+                 "the narrative below the shipped `cardiac2d` model's table speaks of that model).")
     L.append("")
     path.write_text("\n".join(L) + "\n")
 
@@ -720,6 +723,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse drdm_deform outputs already in --work-dir")
     ap.add_argument("--figure-case", default="", help="slice name for the level figure (default: the first)")
     args = ap.parse_args()
+    global MODEL_NAME
+    MODEL_NAME = Path(args.model).parent.name
 
     t_start = time.time()
     levels = [int(x) for x in args.levels.split(",")]

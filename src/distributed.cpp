@@ -1,16 +1,11 @@
 #include "drdm/distributed.h"
 
-#include "dist/backends.h"
-#include "parse_integer.h"
-#include "drdm/log.h"
-
 #include <ATen/ATen.h>
 #include <torch/cuda.h>
-#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <unistd.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -18,7 +13,12 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
-#include <unistd.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include "dist/backends.h"
+#include "drdm/log.h"
+#include "parse_integer.h"
 
 namespace drdm::dist {
 namespace {
@@ -34,7 +34,8 @@ int env_int(const char* name, int lo, int hi) {
   const auto x = drdm::detail::parse_integer(v);
   if (!x || *x < lo || *x > hi)
     throw std::invalid_argument(std::string("environment variable ") + name + " = '" + v +
-                                "' is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+                                "' is not an integer in [" + std::to_string(lo) + ", " +
+                                std::to_string(hi) + "]");
   return static_cast<int>(*x);
 }
 
@@ -46,7 +47,8 @@ std::string message_of(const std::exception& e) {
 void read_master(WorldSpec& w, const std::string& master) {
   if (env("MASTER_ADDR") || master.empty()) {
     if (!env("MASTER_ADDR"))
-      throw std::invalid_argument("environment variable MASTER_ADDR is not set (the address of rank 0's host)");
+      throw std::invalid_argument(
+          "environment variable MASTER_ADDR is not set (the address of rank 0's host)");
     w.master_addr = env("MASTER_ADDR");
     w.master_port = env_int("MASTER_PORT", 1, 65535);
     return;
@@ -58,7 +60,8 @@ void read_master(WorldSpec& w, const std::string& master) {
   const std::string port = master.substr(colon + 1);
   const auto p = drdm::detail::parse_integer(port);
   if (!p || *p < 1 || *p > 65535)
-    throw std::invalid_argument("master '" + master + "': the port must be an integer in [1, 65535]");
+    throw std::invalid_argument("master '" + master +
+                                "': the port must be an integer in [1, 65535]");
   w.master_port = static_cast<int>(*p);
 }
 
@@ -79,14 +82,18 @@ WorldSpec world_from_environment(const std::string& master) {
   } else {
     return w;
   }
+  if (w.size == 1) return w;  // a world of one needs no rendezvous (nor a master)
   read_master(w, master);
   // torchrun's agent already serves a TCPStore on MASTER_PORT; keys of a
   // restarted attempt are kept apart from those of the one before.
-  w.agent_store = env("TORCHELASTIC_USE_AGENT_STORE") && std::string(env("TORCHELASTIC_USE_AGENT_STORE")) == "True";
-  w.key_prefix = w.agent_store ? std::string("/worker/attempt_") +
-                                     (env("TORCHELASTIC_RESTART_COUNT") ? env("TORCHELASTIC_RESTART_COUNT") : "0") +
-                                     "/drdm"
-                               : "drdm";  // c10d::PrefixStore adds the "/"
+  w.agent_store = env("TORCHELASTIC_USE_AGENT_STORE") &&
+                  std::string(env("TORCHELASTIC_USE_AGENT_STORE")) == "True";
+  w.key_prefix =
+      w.agent_store
+          ? std::string("/worker/attempt_") +
+                (env("TORCHELASTIC_RESTART_COUNT") ? env("TORCHELASTIC_RESTART_COUNT") : "0") +
+                "/drdm"
+          : "drdm";  // c10d::PrefixStore adds the "/"
   return w;
 }
 
@@ -108,9 +115,11 @@ std::string backend_for(const torch::Device& device) {
   if (const char* v = env("DRDM_DIST_BACKEND")) {
     const std::string b = v;
     if (b != "gloo" && b != "nccl")
-      throw std::invalid_argument("environment variable DRDM_DIST_BACKEND = '" + b + "' must be gloo or nccl");
+      throw std::invalid_argument("environment variable DRDM_DIST_BACKEND = '" + b +
+                                  "' must be gloo or nccl");
     if (b == "nccl" && !device.is_cuda())
-      throw std::invalid_argument("DRDM_DIST_BACKEND = nccl needs a CUDA device (training on " + device.str() + ")");
+      throw std::invalid_argument("DRDM_DIST_BACKEND = nccl needs a CUDA device (training on " +
+                                  device.str() + ")");
     return b;
   }
   return device.is_cuda() ? "nccl" : "gloo";
@@ -118,14 +127,15 @@ std::string backend_for(const torch::Device& device) {
 
 namespace {
 
-void wait_for(const c10::intrusive_ptr<c10d::Work>& work, const World& w, std::chrono::milliseconds timeout,
-              const std::string& what) {
+void wait_for(const c10::intrusive_ptr<c10d::Work>& work, const World& w,
+              std::chrono::milliseconds timeout, const std::string& what) {
   try {
     work->wait(timeout);
   } catch (const std::exception& e) {
-    throw std::runtime_error("rank " + std::to_string(w.rank()) + " of " + std::to_string(w.size()) + ": " + what +
-                             " failed; another rank stopped or cannot be reached (its own message says why): " +
-                             message_of(e));
+    throw std::runtime_error(
+        "rank " + std::to_string(w.rank()) + " of " + std::to_string(w.size()) + ": " + what +
+        " failed; another rank stopped or cannot be reached (its own message says why): " +
+        message_of(e));
   }
 }
 
@@ -137,7 +147,8 @@ struct World::Impl {
   torch::Device device{torch::kCPU};
   std::chrono::milliseconds timeout{0};
   std::mutex mutex;
-  std::map<std::pair<const void*, size_t>, std::weak_ptr<World::Buckets>> buckets;  // per parameter set
+  std::map<std::pair<const void*, size_t>, std::weak_ptr<World::Buckets>>
+      buckets;  // per parameter set
 };
 
 /// The gradient buckets of one parameter list. Each parameter's hook copies
@@ -198,7 +209,8 @@ struct World::Buckets {
 
 namespace {
 
-c10::intrusive_ptr<c10d::Store> connect_store(const WorldSpec& w, std::chrono::milliseconds timeout) {
+c10::intrusive_ptr<c10d::Store> connect_store(const WorldSpec& w,
+                                              std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions o;
   o.port = static_cast<std::uint16_t>(w.master_port);
   o.isServer = w.rank == 0 && !w.agent_store;
@@ -210,10 +222,11 @@ c10::intrusive_ptr<c10d::Store> connect_store(const WorldSpec& w, std::chrono::m
     auto tcp = c10::make_intrusive<c10d::TCPStore>(w.master_addr, o);
     return c10::make_intrusive<c10d::PrefixStore>(w.key_prefix, tcp);
   } catch (const std::exception& e) {
-    throw std::runtime_error(
-        std::string(o.isServer ? "rank 0 could not serve the rendezvous at " : "could not reach the master at ") +
-        where + " within " + std::to_string(timeout.count() / 1000) + " s (MASTER_ADDR / MASTER_PORT; " +
-        "is rank 0 running, is the port free and open?): " + message_of(e));
+    throw std::runtime_error(std::string(o.isServer ? "rank 0 could not serve the rendezvous at "
+                                                    : "could not reach the master at ") +
+                             where + " within " + std::to_string(timeout.count() / 1000) +
+                             " s (MASTER_ADDR / MASTER_PORT; " +
+                             "is rank 0 running, is the port free and open?): " + message_of(e));
   }
 }
 
@@ -223,18 +236,20 @@ std::string get_key(c10d::Store& store, const std::string& key, std::chrono::mil
   return std::string(v.begin(), v.end());
 }
 
-std::string size_of_rank(c10d::Store& store, const WorldSpec& w, int r, std::chrono::milliseconds timeout) {
+std::string size_of_rank(c10d::Store& store, const WorldSpec& w, int r,
+                         std::chrono::milliseconds timeout) {
   try {
     return get_key(store, "size/" + std::to_string(r), timeout);
   } catch (const c10::DistNetworkError& e) {
-    throw std::runtime_error("lost the connection to rank 0 at " + w.master_addr + ":" +
-                             std::to_string(w.master_port) + " while joining (rank 0 stopped; its message says why): " +
-                             message_of(e));
+    throw std::runtime_error(
+        "lost the connection to rank 0 at " + w.master_addr + ":" + std::to_string(w.master_port) +
+        " while joining (rank 0 stopped; its message says why): " + message_of(e));
   } catch (const std::exception& e) {
-    throw std::runtime_error("rank " + std::to_string(r) + " of " + std::to_string(w.size) + " did not join within " +
-                             std::to_string(timeout.count() / 1000) +
-                             " s (was it started, with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE?): " +
-                             message_of(e));
+    throw std::runtime_error(
+        "rank " + std::to_string(r) + " of " + std::to_string(w.size) + " did not join within " +
+        std::to_string(timeout.count() / 1000) +
+        " s (was it started, with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE?): " +
+        message_of(e));
   }
 }
 
@@ -253,9 +268,9 @@ void check_arrivals(c10d::Store& store, const WorldSpec& w, std::chrono::millise
     if (theirs == mine) continue;
     for (int i = 0; w.rank == 0 && i < 50 && store.add("size_read", 0) < r; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    throw std::runtime_error("WORLD_SIZE differs between ranks: rank " + std::to_string(r) + " has " + theirs +
-                             ", rank " + std::to_string(w.rank) + " has " + mine +
-                             "; start every rank with the same WORLD_SIZE");
+    throw std::runtime_error("WORLD_SIZE differs between ranks: rank " + std::to_string(r) +
+                             " has " + theirs + ", rank " + std::to_string(w.rank) + " has " +
+                             mine + "; start every rank with the same WORLD_SIZE");
   }
 }
 
@@ -272,17 +287,19 @@ World::World(WorldSpec spec, const torch::Device& device, std::chrono::milliseco
   check_arrivals(*impl_->store, spec_, timeout);
   auto pg_store = c10::make_intrusive<c10d::PrefixStore>(backend_, impl_->store);
   try {
-    impl_->backend = backend_ == "nccl" ? detail::make_nccl_backend(pg_store, spec_.rank, spec_.size, timeout)
-                                        : detail::make_gloo_backend(pg_store, spec_.rank, spec_.size, timeout);
+    impl_->backend = backend_ == "nccl"
+                         ? detail::make_nccl_backend(pg_store, spec_.rank, spec_.size, timeout)
+                         : detail::make_gloo_backend(pg_store, spec_.rank, spec_.size, timeout);
   } catch (const std::exception& e) {
-    throw std::runtime_error("could not start the " + backend_ + " backend on rank " + std::to_string(spec_.rank) +
-                             ": " + message_of(e));
+    throw std::runtime_error("could not start the " + backend_ + " backend on rank " +
+                             std::to_string(spec_.rank) + ": " + message_of(e));
   }
 }
 
 std::pair<int64_t, int64_t> World::share(int64_t global_batch, const std::string& key) const {
   if (global_batch % spec_.size != 0)
-    throw std::invalid_argument(key + " = " + std::to_string(global_batch) + " is the global batch; it must be a " +
+    throw std::invalid_argument(key + " = " + std::to_string(global_batch) +
+                                " is the global batch; it must be a " +
                                 "multiple of the world size " + std::to_string(spec_.size));
   const int64_t n = global_batch / spec_.size;
   return {spec_.rank * n, (spec_.rank + 1) * n};
@@ -315,7 +332,8 @@ std::shared_ptr<World::Buckets> World::buckets_for(const std::vector<torch::Tens
   for (auto& b : state->list) {
     int64_t total = 0;
     for (auto k : b.members) total += params[k].numel();
-    b.flat = at::zeros({total}, params.front().options().device(impl_->device).requires_grad(false));
+    b.flat =
+        at::zeros({total}, params.front().options().device(impl_->device).requires_grad(false));
   }
   for (size_t k = 0; k < params.size(); ++k) {
     std::weak_ptr<Buckets> weak = state;
@@ -345,7 +363,8 @@ void World::backward(const torch::Tensor& loss, const std::vector<torch::Tensor>
     b.flat.div_(spec_.size);
     for (auto k : b.members)
       if (state->ready[k] && params[k].grad().defined())
-        params[k].mutable_grad().copy_(b.flat.narrow(0, state->offset[k], params[k].numel()).view(params[k].sizes()));
+        params[k].mutable_grad().copy_(
+            b.flat.narrow(0, state->offset[k], params[k].numel()).view(params[k].sizes()));
   }
 }
 
@@ -354,19 +373,22 @@ void World::average(std::vector<double>& values, const std::string& what) const 
   std::vector<at::Tensor> bucket{at::tensor(values, at::kDouble).to(impl_->device)};
   wait_for(impl_->backend->allreduce(bucket), *this, impl_->timeout, what);
   const at::Tensor mean = bucket[0].div(spec_.size).cpu();
-  for (size_t i = 0; i < values.size(); ++i) values[i] = mean[static_cast<int64_t>(i)].item<double>();
+  for (size_t i = 0; i < values.size(); ++i)
+    values[i] = mean[static_cast<int64_t>(i)].item<double>();
 }
 
 void World::agree(bool ok, const std::string& what) const {
   if (!impl_) return;
   // The smallest failing rank: MIN over (ok ? size : rank).
-  std::vector<at::Tensor> t{at::full({1}, ok ? spec_.size : spec_.rank, at::kLong).to(impl_->device)};
+  std::vector<at::Tensor> t{
+      at::full({1}, ok ? spec_.size : spec_.rank, at::kLong).to(impl_->device)};
   c10d::AllreduceOptions o;
   o.reduceOp = c10d::ReduceOp::MIN;
   wait_for(impl_->backend->allreduce(t, o), *this, impl_->timeout, what);
   const auto first = t[0].item<int64_t>();
   if (first < spec_.size && first != spec_.rank)
-    throw std::runtime_error(what + " failed on rank " + std::to_string(first) + " (its own message says why)");
+    throw std::runtime_error(what + " failed on rank " + std::to_string(first) +
+                             " (its own message says why)");
 }
 
 namespace {
@@ -376,21 +398,27 @@ World* g_world = nullptr;  // never destroyed: a group whose peer died can block
 
 }  // namespace
 
-torch::Device join_world(const torch::Device& device, std::chrono::milliseconds timeout, const std::string& master) {
+torch::Device join_world(const torch::Device& device, std::chrono::milliseconds timeout,
+                         const std::string& master) {
   std::lock_guard<std::mutex> lock(g_mutex);
   const auto spec = world_from_environment(master);
   torch::Device d = device;
-  if (spec.launcher != "none" && d.is_cuda() && !d.has_index()) d = torch::Device(torch::kCUDA, spec.local_rank);
+  if (spec.launcher != "none" && d.is_cuda() && !d.has_index())
+    d = torch::Device(torch::kCUDA, spec.local_rank);
   if (g_world) return d;
-  if (spec.launcher == "none") {
+  if (spec.launcher == "none" || spec.size == 1) {
+    if (spec.launcher != "none")
+      log::info("a world of one rank (" + spec.launcher +
+                "): running as one process, without a rendezvous");
     g_world = new World();
     return d;
   }
   if (spec.rank != 0) log::set_level(log::Level::kWarn);
   g_world = new World(spec, d, timeout);
-  log::info("joined a world of " + std::to_string(spec.size) + " ranks (" + spec.launcher + ", backend " +
-            g_world->backend() + ", master " + spec.master_addr + ":" + std::to_string(spec.master_port) +
-            ", timeout " + std::to_string(timeout.count() / 1000) + " s); rank 0 writes");
+  log::info("joined a world of " + std::to_string(spec.size) + " ranks (" + spec.launcher +
+            ", backend " + g_world->backend() + ", master " + spec.master_addr + ":" +
+            std::to_string(spec.master_port) + ", timeout " +
+            std::to_string(timeout.count() / 1000) + " s); rank 0 writes");
   return d;
 }
 
@@ -403,7 +431,8 @@ torch::Tensor my_rows(const torch::Tensor& global_batch, const std::string& key)
 
 void join_for(const std::string& device_name, double config_timeout, const std::string& master) {
   const bool cuda = device_name == "cuda" || (device_name == "auto" && torch::cuda::is_available());
-  const torch::Device requested = cuda ? torch::Device(torch::kCUDA) : torch::Device(device_name == "auto" ? "cpu" : device_name);
+  const torch::Device requested = cuda ? torch::Device(torch::kCUDA)
+                                       : torch::Device(device_name == "auto" ? "cpu" : device_name);
   join_world(requested, dist_timeout(config_timeout), master);
 }
 

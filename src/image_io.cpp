@@ -151,6 +151,8 @@ itk::ImageIOBase::Pointer open_io(const std::string& path) {
   if (::stat(path.c_str(), &st) != 0) fail(path, "no such file");
   if (S_ISDIR(st.st_mode)) fail(path, "is a directory, expected an image file");
   check_nifti_header_finite(path);
+  // Before any reader allocates what the header claims.
+  if (const auto header = read_nifti_header(path)) check_nifti_size(path, *header);
   check_metaimage_ndims(path);
   auto io = itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::ReadMode);
   if (!io) fail(path, "not a readable NIfTI, MetaImage, NRRD or PNG image (unknown format or corrupt header)");

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -59,7 +60,8 @@ void inflate_all(FILE* f, const ByteSink& sink, const std::string& name) {
         z.avail_in = 0;
         continue;
       } else {
-        fail(name, "corrupt compressed data: unexpected bytes after the end of the compressed stream");
+        fail(name,
+             "corrupt compressed data: unexpected bytes after the end of the compressed stream");
       }
     }
     z.next_out = out.data();
@@ -70,16 +72,18 @@ void inflate_all(FILE* f, const ByteSink& sink, const std::string& name) {
       in_member = false;
     } else if (rc != Z_OK && !(rc == Z_BUF_ERROR && z.avail_in == 0)) {
       const std::string why = z.msg ? z.msg : "error";
-      fail(name, "corrupt compressed data: " +
-                     (why == "incorrect data check"     ? "checksum mismatch (gzip CRC-32 or zlib Adler-32)"
-                      : why == "incorrect length check" ? "length mismatch (gzip ISIZE)"
-                                                        : "zlib: " + why) +
-                     "; the file is damaged");
+      fail(name,
+           "corrupt compressed data: " +
+               (why == "incorrect data check" ? "checksum mismatch (gzip CRC-32 or zlib Adler-32)"
+                : why == "incorrect length check" ? "length mismatch (gzip ISIZE)"
+                                                  : "zlib: " + why) +
+               "; the file is damaged");
     }
   }
   if (in_member)
-    fail(name, "compressed data is truncated: the stream ends before its end (for gzip, "
-               "before the 8-byte CRC-32 and length trailer)");
+    fail(name,
+         "compressed data is truncated: the stream ends before its end (for gzip, "
+         "before the 8-byte CRC-32 and length trailer)");
 }
 
 template <typename T>
@@ -97,7 +101,9 @@ T get(const unsigned char* header, size_t offset, bool swapped) {
 class FiniteCheck {
  public:
   explicit FiniteCheck(const NiftiHeader& h)
-      : width_(h.datatype == DT_FLOAT32 ? 4 : h.datatype == DT_FLOAT64 ? 8 : 0),
+      : width_(h.datatype == DT_FLOAT32   ? 4
+               : h.datatype == DT_FLOAT64 ? 8
+                                          : 0),
         swapped_(h.swapped) {}
   bool finite() const { return finite_; }
   void feed(const unsigned char* p, size_t n) {
@@ -111,7 +117,8 @@ class FiniteCheck {
       carried_ = 0;
     }
     const size_t whole = n / width_;
-    finite_ = finite_ && (width_ == 4 ? all_finite<uint32_t>(p, whole) : all_finite<uint64_t>(p, whole));
+    finite_ =
+        finite_ && (width_ == 4 ? all_finite<uint32_t>(p, whole) : all_finite<uint64_t>(p, whole));
     p += whole * width_, n -= whole * width_;
     std::memcpy(carry_, p, n);
     carried_ = n;
@@ -122,13 +129,15 @@ class FiniteCheck {
   // branch-free loop over the bits (the compiler vectorises it).
   template <typename U>
   bool all_finite(const unsigned char* p, size_t count) const {
-    constexpr U exponent = sizeof(U) == 4 ? static_cast<U>(0x7f800000u) : static_cast<U>(0x7ff0000000000000ull);
+    constexpr U exponent =
+        sizeof(U) == 4 ? static_cast<U>(0x7f800000u) : static_cast<U>(0x7ff0000000000000ull);
     U bad = 0;
     for (size_t i = 0; i < count; ++i) {
       U u;
       std::memcpy(&u, p + i * sizeof(U), sizeof(U));
-      if (swapped_) u = sizeof(U) == 4 ? static_cast<U>(__builtin_bswap32(static_cast<uint32_t>(u)))
-                                       : static_cast<U>(__builtin_bswap64(static_cast<uint64_t>(u)));
+      if (swapped_)
+        u = sizeof(U) == 4 ? static_cast<U>(__builtin_bswap32(static_cast<uint32_t>(u)))
+                           : static_cast<U>(__builtin_bswap64(static_cast<uint64_t>(u)));
       bad |= static_cast<U>((u & exponent) == exponent);
     }
     return bad == 0;
@@ -160,7 +169,8 @@ bool is_gzip(const std::string& file) {
 
 uint64_t NiftiHeader::data_bytes() const {
   uint64_t n = 1;
-  for (int64_t k = 1; k <= std::clamp<int64_t>(dim[0], 0, 7); ++k) n *= static_cast<uint64_t>(std::max<int64_t>(dim[k], 1));
+  for (int64_t k = 1; k <= std::clamp<int64_t>(dim[0], 0, 7); ++k)
+    n *= static_cast<uint64_t>(std::max<int64_t>(dim[k], 1));
   return n * static_cast<uint64_t>(std::max(bitpix, 0)) / 8;
 }
 
@@ -184,7 +194,8 @@ std::optional<NiftiHeader> read_nifti_header(const std::string& path) {
   r.datatype = i16(offsetof(nifti_1_header, datatype));
   r.bitpix = i16(offsetof(nifti_1_header, bitpix));
   const auto vox_offset = get<float>(h, offsetof(nifti_1_header, vox_offset), r.swapped);
-  if (std::isfinite(vox_offset) && vox_offset >= 352) r.vox_offset = static_cast<uint64_t>(vox_offset);
+  if (std::isfinite(vox_offset) && vox_offset >= 352)
+    r.vox_offset = static_cast<uint64_t>(vox_offset);
   r.qform_code = i16(offsetof(nifti_1_header, qform_code));
   r.sform_code = i16(offsetof(nifti_1_header, sform_code));
   r.scl_slope = get<float>(h, offsetof(nifti_1_header, scl_slope), r.swapped);
@@ -192,20 +203,45 @@ std::optional<NiftiHeader> read_nifti_header(const std::string& path) {
   return r;
 }
 
+void check_nifti_size(const std::string& path, const NiftiHeader& header) {
+  std::error_code ec;
+  const uint64_t size = std::filesystem::file_size(path, ec);
+  if (ec || !header.single_file)
+    return;  // unreadable: the reader says so; .hdr/.img: no claim here
+  const uint64_t claimed = header.vox_offset + header.data_bytes();
+  const bool gzip = is_gzip(path);
+  // deflate expands a byte to at most 1032 (zlib's technical notes), plus headers.
+  const uint64_t most = gzip ? size * 1032 + 1024 : size;
+  if (claimed <= most) return;
+  std::string dims;
+  for (int64_t k = 1; k <= std::clamp<int64_t>(header.dim[0], 0, 7); ++k)
+    dims += (dims.empty() ? "" : " x ") + std::to_string(header.dim[k]);
+  fail(path,
+       "the header claims " + dims + " voxels (" + std::to_string(claimed) +
+           " bytes with the header), but the " +
+           (gzip ? "compressed file of " + std::to_string(size) + " bytes cannot hold that much"
+                 : "file has " + std::to_string(size) + " bytes") +
+           ": the header is corrupt or the file truncated");
+}
+
 void check_nifti_data(const std::string& path, const NiftiHeader& header, uint64_t needed,
                       const std::string& nan_message, unsigned char* voxels) {
   const uint64_t begin = header.vox_offset, end = begin + header.data_bytes();
   uint64_t pos = 0;  // of the next byte in the (inflated) file
   FiniteCheck values(header);
-  read_bytes(path, 0, is_gzip(path), [&](const unsigned char* p, size_t n) {
-    const uint64_t lo = std::clamp(begin, pos, pos + n), hi = std::clamp(end, pos, pos + n);
-    values.feed(p + (lo - pos), hi - lo);
-    if (voxels != nullptr) {
-      const uint64_t from = std::clamp(begin, pos, pos + n), to = std::clamp(begin + needed, pos, pos + n);
-      if (from < to) std::memcpy(voxels + (from - begin), p + (from - pos), to - from);
-    }
-    pos += n;
-  }, path);
+  read_bytes(
+      path, 0, is_gzip(path),
+      [&](const unsigned char* p, size_t n) {
+        const uint64_t lo = std::clamp(begin, pos, pos + n), hi = std::clamp(end, pos, pos + n);
+        values.feed(p + (lo - pos), hi - lo);
+        if (voxels != nullptr) {
+          const uint64_t from = std::clamp(begin, pos, pos + n),
+                         to = std::clamp(begin + needed, pos, pos + n);
+          if (from < to) std::memcpy(voxels + (from - begin), p + (from - pos), to - from);
+        }
+        pos += n;
+      },
+      path);
   const uint64_t found = pos > begin ? pos - begin : 0;
   if (found < needed)
     fail(path, "image data is truncated or corrupt: expected " + std::to_string(needed) +
@@ -213,8 +249,8 @@ void check_nifti_data(const std::string& path, const NiftiHeader& header, uint64
   if (!values.finite()) fail(path, nan_message);
 }
 
-void set_nifti_codes(const std::string& src, const std::string& dst, const std::optional<NiftiCodes>& codes,
-                     int level, const std::string& name) {
+void set_nifti_codes(const std::string& src, const std::string& dst,
+                     const std::optional<NiftiCodes>& codes, int level, const std::string& name) {
   unsigned char bytes[4];  // qform_code, sform_code: adjacent int16 in the file's byte order
   const uint64_t at = offsetof(nifti_1_header, qform_code);
   static_assert(offsetof(nifti_1_header, sform_code) == offsetof(nifti_1_header, qform_code) + 2);
@@ -231,8 +267,8 @@ void set_nifti_codes(const std::string& src, const std::string& dst, const std::
   if (dst == src) {
     if (!codes) return;
     auto f = open_file(src, "r+b", name);
-    if (fseeko(f.get(), static_cast<off_t>(at), SEEK_SET) != 0 || std::fwrite(bytes, 1, 4, f.get()) != 4 ||
-        std::fclose(f.release()) != 0)
+    if (fseeko(f.get(), static_cast<off_t>(at), SEEK_SET) != 0 ||
+        std::fwrite(bytes, 1, 4, f.get()) != 4 || std::fclose(f.release()) != 0)
       fail(name, "cannot set the NIfTI qform/sform codes: write error");
     return;
   }
@@ -243,13 +279,17 @@ void set_nifti_codes(const std::string& src, const std::string& dst, const std::
   uint64_t pos = 0;
   std::vector<unsigned char> chunk;
   try {
-    read_bytes(src, 0, false, [&](const unsigned char* p, size_t n) {
-      chunk.assign(p, p + n);
-      if (codes)
-        for (uint64_t i = std::max(at, pos); i < std::min(at + 4, pos + n); ++i) chunk[i - pos] = bytes[i - at];
-      ok = ok && gzwrite(out, chunk.data(), static_cast<unsigned>(n)) == static_cast<int>(n);
-      pos += n;
-    }, name);
+    read_bytes(
+        src, 0, false,
+        [&](const unsigned char* p, size_t n) {
+          chunk.assign(p, p + n);
+          if (codes)
+            for (uint64_t i = std::max(at, pos); i < std::min(at + 4, pos + n); ++i)
+              chunk[i - pos] = bytes[i - at];
+          ok = ok && gzwrite(out, chunk.data(), static_cast<unsigned>(n)) == static_cast<int>(n);
+          pos += n;
+        },
+        name);
   } catch (...) {
     gzclose(out);
     throw;

@@ -48,6 +48,12 @@ struct NiftiHeader {
 /// `path` is not one (other formats, NIfTI-2, unreadable).
 std::optional<NiftiHeader> read_nifti_header(const std::string& path);
 
+/// Throws std::runtime_error naming `path` when the file cannot hold the voxel data
+/// its header claims: a plain .nii shorter than vox_offset + the data, or a .nii.gz
+/// whose claimed data exceed what deflate can expand its bytes to (1032:1). Cheap
+/// (one stat), and meant to run before anything is allocated for the voxels.
+void check_nifti_size(const std::string& path, const NiftiHeader& header);
+
 /// Reads the whole of the single-file NIfTI-1 `path` (inflating and checking gzip as
 /// read_bytes does) and throws std::runtime_error naming it when its float32/float64
 /// voxel data hold NaN or Inf (`nan_message` says what), or when fewer than `needed`

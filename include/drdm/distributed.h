@@ -38,7 +38,8 @@ struct WorldSpec {
 /// The world from the environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 /// MASTER_PORT (torchrun, or set by hand); else SLURM_PROCID, SLURM_NTASKS,
 /// SLURM_LOCALID with the master from MASTER_ADDR / MASTER_PORT or `master`
-/// ("host:port", a config key); else a one-process world. Throws
+/// ("host:port", a config key); else a one-process world. A world of size 1
+/// needs no master (a single-task Slurm job, RANK=0 WORLD_SIZE=1). Throws
 /// std::invalid_argument naming the variable that is missing or wrong.
 WorldSpec world_from_environment(const std::string& master = "");
 

@@ -205,6 +205,21 @@ def failures(args, train, cfg, w):
     check(p.returncode == 1 and "RANK" in p.stderr and "[0, 0]" in p.stderr, "RANK outside [0, WORLD_SIZE) is named")
 
 
+def world_of_one(args, train, cfg, one, w):
+    """A launcher's world of size 1 (single-task Slurm job, RANK=0 WORLD_SIZE=1) without MASTER_ADDR runs as
+    one process: the uninterrupted one-process result (issue 26, item 14)."""
+    bare = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    for name, extra in (("slurm1", dict(SLURM_PROCID="0", SLURM_NTASKS="1")),
+                        ("torchrun1", dict(RANK="0", WORLD_SIZE="1"))):
+        p = subprocess.run([train, "-c", cfg, "-o", w(name), "--no-progress"], env=dict(bare, **extra),
+                           capture_output=True, text=True, timeout=120)
+        check(p.returncode == 0 and "a world of one rank" in p.stderr,
+              f"{extra} without MASTER_ADDR trains as one process (rc {p.returncode}) {p.stderr[-200:]}")
+        if p.returncode == 0:
+            d = diff(args.diff_tool, f"{one}/checkpoint.pt", f"{w(name)}/checkpoint.pt")
+            check(d.get("max_abs_diff") == 0 and d.get("adam_max_abs_diff") == 0, f"{name} == 1 process: {d}")
+
+
 def one_and_two(program, cfg, sets, one, two, name):
     """`program run` as one process into `one`, then as 2 ranks started by hand into `two`."""
     rc, _, err = run([program, "run", "--config", cfg, "--output", one, "--no-progress"] + sets)
@@ -272,6 +287,7 @@ def main():
     cfg = make_config(w("tiny.json"), w("data"))
     one = equal_results(args, train, cfg, w)
     resume_other_size(args, train, cfg, one, w)
+    world_of_one(args, train, cfg, one, w)
     kill_a_rank(args, train, cfg, w)
     failures(args, train, cfg, w)
     seg_equal(args, w)

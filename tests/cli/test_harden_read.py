@@ -308,11 +308,33 @@ def codes_cases(exe, p):
           f"drdm_deform outputs keep codes 0/2: {[codes_of(f) for f in written]}")
 
 
+def oversized_cases(exe, p):
+    """A header claiming 32767^3 voxels is refused before anything is allocated (issue 26, item 13)."""
+    sitk.WriteImage(sitk_image((8, 8, 8), seed=3), p("small.nii"))
+    raw = bytearray(open(p("small.nii"), "rb").read())
+    struct.pack_into("<hhhh", raw, 40, 3, 32767, 32767, 32767)  # dim[0..3]
+    open(p("huge.nii"), "wb").write(raw)
+    open(p("huge.nii.gz"), "wb").write(gzip.compress(bytes(raw)))
+    for name in ("huge.nii", "huge.nii.gz"):
+        out = p(name + "-out.nii.gz")
+        err = refused([exe("drdm_warp"), "-i", p(name), "-f", p(name), "-o", out], p(name),
+                      f"{name} with a 32767^3 header", outputs=[out], words=["32767 x 32767 x 32767", "claims"])
+        check("allocate" not in err, f"{name}: no allocator message ({err[-120:]})")
+    # The bound is not too tight: all-zero volumes, gzip's best case (about 1000:1), still read.
+    zeros = sitk.Image([64, 64, 64], sitk.sitkFloat32)
+    sitk.WriteImage(zeros, p("zeros.nii.gz"), True, 9)
+    field = sitk.Image([64, 64, 64], sitk.sitkVectorFloat32, 3)
+    sitk.WriteImage(field, p("zero_field.nii.gz"), True, 9)
+    ratio = 64 ** 3 * 4 / os.path.getsize(p("zeros.nii.gz"))
+    rc, _, err = run([exe("drdm_warp"), "-i", p("zeros.nii.gz"), "-f", p("zero_field.nii.gz"), "-o", p("z-out.nii")])
+    check(rc == 0, f"an all-zero .nii.gz (compressed {ratio:.0f}:1) is read (rc {rc}) {err[-200:]}")
+
+
 def main():
     a = start()
     exe = lambda name: os.path.join(a.bin_dir, name)  # noqa: E731
     p = lambda name: os.path.join(a.workdir, name)  # noqa: E731
-    for section in (gzip_cases, nan_cases, degenerate_cases, dispvect_cases, codes_cases):
+    for section in (gzip_cases, nan_cases, degenerate_cases, dispvect_cases, codes_cases, oversized_cases):
         print(f"--- {section.__name__}")
         section(exe, p)
     return finish("cli harden read", a.workdir)
