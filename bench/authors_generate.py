@@ -22,31 +22,25 @@ Prints one JSON line: impl "authors", ms per sample, samples/s.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import torch
 
-AUTHORS_FILES = ["Diffusion/__init__.py", "Diffusion/losses.py", "Diffusion/networks.py",
-                 "Diffusion/diffuser.py"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 CASES = [(2, 128), (2, 256), (3, 64)]  # (dims, size)
 V_SCALE = 4e-5  # Config/config_cmr.yaml and config_lct.yaml
 
 
 def import_authors(git_dir, workdir):
-    for name in AUTHORS_FILES:
-        text = subprocess.check_output(["git", "--git-dir", git_dir, "show", "HEAD:" + name])
-        path = os.path.join(workdir, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(text)
-    sys.path.insert(0, workdir)
-    warnings.filterwarnings("ignore")
-    from Diffusion.diffuser import DeformDDPM  # noqa: E402  (their code, at run time)
-    from Diffusion.networks import RecResACNet  # noqa: E402
+    """Their DeformDDPM and RecResACNet (scripts/forward_parity.py extracts their package)."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from forward_parity import import_authors as extract  # noqa: E402
+
+    DeformDDPM = extract(git_dir, workdir)
+    from Diffusion.networks import RecResACNet  # noqa: E402  (their code, at run time)
 
     return DeformDDPM, RecResACNet
 

@@ -16,16 +16,14 @@ and reports samples/s (median over rounds) and the ratios. Processes matching
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from kernels import matching_pids  # noqa: E402
+from kernels import paused, write_results  # noqa: E402
 
 
 def run_json(cmd, env=None):
@@ -86,22 +84,9 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "bench/results/generation.md"))
     args = p.parse_args()
     args.cases = [int(c) for c in args.cases.split(",")]
-    paused = matching_pids(args.pause)
-    for pid in paused:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        time.sleep(1 if paused else 0)
+    with paused(args.pause):
         rows = measure(args)
-    finally:
-        for pid in paused:
-            os.kill(pid, signal.SIGCONT)
-    text = table(rows, args)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({f"{c}|{i}": v for (c, i), v in rows.items()}, f, indent=1)
-    print(text)
+    write_results(args.out, table(rows, args), {f"{c}|{i}": v for (c, i), v in rows.items()})
     return 0
 
 

@@ -13,6 +13,7 @@ cores with the measurement.
     .venv/bin/python bench/kernels.py --rounds 3 --channels 3 --pause runbin/drdm_train
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,6 +32,30 @@ def matching_pids(pattern):
         return []
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
     return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+@contextlib.contextmanager
+def paused(pattern):
+    """Processes matching `pattern` stopped (SIGSTOP) inside the block, resumed after it."""
+    pids = matching_pids(pattern)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(1 if pids else 0)
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def write_results(out, text, raw):
+    """The markdown table to `out` and the raw rows beside it (.json); prints the table."""
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump(raw, f, indent=1)
+    print(text)
 
 
 def run_rows(cmd):
@@ -98,22 +123,9 @@ def main():
     if not os.path.exists(args.bench):
         sys.exit(f"kernels.py: {args.bench} not found; build it with "
                  "cmake --build build --target drdm_bench_spatial")
-    paused = matching_pids(args.pause)
-    for pid in paused:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        time.sleep(1 if paused else 0)
+    with paused(args.pause):
         rows = collect(args)
-    finally:
-        for pid in paused:
-            os.kill(pid, signal.SIGCONT)
-    text = table(rows, args)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({"|".join(map(str, k)): v for k, v in rows.items()}, f, indent=1)
-    print(text)
+    write_results(args.out, table(rows, args), {"|".join(map(str, k)): v for k, v in rows.items()})
     return 0
 
 
