@@ -313,7 +313,8 @@ def concurrent_cases(b, w, data, configs):
     shard_lock.close()
     holder.close()
     for prog, cfg_name, sets in (
-            ("seg_fewshot", "seg-acdc-cpu.json", []),
+            # The data folders are checked before the lock is taken (issue 23 item 9).
+            ("seg_fewshot", "seg-acdc-cpu.json", [f"data.images={data}/acdc/images", f"data.labels={data}/acdc/labels"]),
             ("reg_synth", "reg-jsrt-cpu.json", [f"data.images={data}/jsrt/images", f"data.labels={data}/jsrt/labels",
                                                 "data.size=[64,64]", "data.test_pairs=2",
                                                 'data.include=["JPCLN00[1-3]*", "JPCNN08[0-2]*"]'])):
