@@ -171,6 +171,11 @@ TEST(RegConfig, ParsesRoundTripsAndNamesBadKeys) {
   // Too many control points to be an int64 (its conversion was undefined before the bound).
   expect_config_error(config_text(), {"synthetic.mrbs=[[1e30, 2.0]]"}, "synthetic.mrbs");
   expect_config_error(config_text(), {"finetune.ncc_window=8"}, "finetune.ncc_window");
+  // Absurd sizes are refused by the config before any work (issue 26, items 9 and 12).
+  expect_config_error(config_text(), {"voxelmorph.encoder=[100000, 16]"}, "voxelmorph.encoder");
+  expect_config_error(config_text(), {"synthetic.pairs_per_image=100000000"}, "synthetic.pairs_per_image");
+  // VoxelMorph's own checks are blamed on the --set too, naming the key once (item 17).
+  expect_config_error(config_text(), {"voxelmorph.integration_steps=-1"}, "'voxelmorph.integration_steps'");
   expect_config_error(config_text(", \"pretrian\": {}"), {}, "pretrian");
 }
 

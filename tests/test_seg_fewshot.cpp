@@ -68,6 +68,9 @@ TEST(SegConfig, BadKeysAndValuesNameThemselves) {
   for (int i = 1; i < 70; ++i) widths += ", 1";
   EXPECT_NE(config_error("{" + data + R"(, "unet": {"widths": [)" + widths + "]}}").find("unet.widths"),
             std::string::npos);
+  // Absurd widths are refused by the config, not by the allocator (issue 26, item 12).
+  EXPECT_NE(config_error("{" + data + R"(, "unet": {"widths": [100000, 200000]}})").find("[1, 4096]"),
+            std::string::npos);
   EXPECT_NE(config_error(R"({"data": {"images": "i", "labels": "l", "test_mod": [5, 12]}})").find("data.test_mod"),
             std::string::npos);
   EXPECT_NE(config_error(R"({"data": {"images": "i", "labels": "l", "size": [100, 100]}})").find("divisible by 8"),

@@ -6,9 +6,9 @@
 
 namespace drdm::reg {
 
-using nlohmann::json;
 using detail::get;
 using detail::require;
+using nlohmann::json;
 
 namespace {
 
@@ -18,7 +18,8 @@ json mrbs_json(const std::vector<MrbsLevel>& levels) {
   return out;
 }
 
-json phase_json(const TrainConfig::Train& t, const std::vector<std::pair<std::string, json>>& extra) {
+json phase_json(const TrainConfig::Train& t,
+                const std::vector<std::pair<std::string, json>>& extra) {
   auto j = detail::train_section_json(t);
   for (const auto& [k, v] : extra) j[k] = v;
   return j;
@@ -30,18 +31,32 @@ json defaults_json(const RegConfig& c) {
   const auto& v = c.voxelmorph;
   return {{"name", c.name},
           {"data",
-           {{"images", d.images}, {"labels", d.labels}, {"include", d.include}, {"size", d.size},
-            {"clip_low_pct", d.clip_low_pct}, {"clip_high_pct", d.clip_high_pct}, {"classes", d.classes},
-            {"train_fraction", d.train_fraction}, {"test_pairs", d.test_pairs}, {"seed", d.seed}}},
+           {{"images", d.images},
+            {"labels", d.labels},
+            {"include", d.include},
+            {"size", d.size},
+            {"clip_low_pct", d.clip_low_pct},
+            {"clip_high_pct", d.clip_high_pct},
+            {"classes", d.classes},
+            {"train_fraction", d.train_fraction},
+            {"test_pairs", d.test_pairs},
+            {"seed", d.seed}}},
           {"voxelmorph",
-           {{"encoder", v.encoder}, {"decoder", v.decoder}, {"integration_steps", v.integration_steps},
+           {{"encoder", v.encoder},
+            {"decoder", v.decoder},
+            {"integration_steps", v.integration_steps},
             {"integration_downsize", v.integration_downsize}}},
           {"synthetic",
-           {{"pairs_per_image", s.pairs_per_image}, {"mrbs", mrbs_json(s.mrbs)},
-            {"mrbs_max_tries", s.mrbs_max_tries}, {"drdm_model", s.drdm_model},
-            {"drdm_levels", s.drdm_levels}, {"drdm_batch", s.drdm_batch}, {"seed", s.seed}}},
+           {{"pairs_per_image", s.pairs_per_image},
+            {"mrbs", mrbs_json(s.mrbs)},
+            {"mrbs_max_tries", s.mrbs_max_tries},
+            {"drdm_model", s.drdm_model},
+            {"drdm_levels", s.drdm_levels},
+            {"drdm_batch", s.drdm_batch},
+            {"seed", s.seed}}},
           {"pretrain", phase_json(c.pretrain, {{"lambda", c.pretrain_lambda}})},
-          {"finetune", phase_json(c.finetune, {{"lambda", c.finetune_lambda}, {"similarity", c.similarity},
+          {"finetune", phase_json(c.finetune, {{"lambda", c.finetune_lambda},
+                                               {"similarity", c.similarity},
                                                {"ncc_window", c.ncc_window}})},
           {"grid", {{"pretrain", c.grid.pretrain}, {"finetune", c.grid.finetune}}}};
 }
@@ -59,12 +74,15 @@ void parse_data(const json& j, const std::string& src, RegConfig::Data& d) {
   const auto seed = get<int64_t>(j, "data", "seed", src);
   require(!d.images.empty() && !d.labels.empty(), src, "data.images",
           "and data.labels must name the folders of images and label maps");
-  require(d.size.size() == 2 || d.size.size() == 3, src, "data.size", "must be [H, W] or [D, H, W]");
-  for (auto s : d.size) require(s >= 16 && s <= 1024, src, "data.size", "entries must be in [16, 1024]");
+  require(d.size.size() == 2 || d.size.size() == 3, src, "data.size",
+          "must be [H, W] or [D, H, W]");
+  for (auto s : d.size)
+    require(s >= 16 && s <= 1024, src, "data.size", "entries must be in [16, 1024]");
   require(0 <= d.clip_low_pct && d.clip_low_pct < d.clip_high_pct && d.clip_high_pct <= 100, src,
           "data.clip_low_pct", "and data.clip_high_pct must satisfy 0 <= low < high <= 100");
   require(!d.classes.empty(), src, "data.classes", "must name at least one foreground class");
-  require(d.train_fraction > 0 && d.train_fraction < 1, src, "data.train_fraction", "must be in (0, 1)");
+  require(d.train_fraction > 0 && d.train_fraction < 1, src, "data.train_fraction",
+          "must be in (0, 1)");
   require(d.test_pairs >= 0, src, "data.test_pairs", "must be >= 0 (0 = all ordered pairs)");
   require(seed >= 0, src, "data.seed", "must be >= 0");
   d.seed = static_cast<uint64_t>(seed);
@@ -80,7 +98,11 @@ void parse_voxelmorph(const json& j, const std::string& src, RegConfig& c) {
   try {
     validate(v);
   } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(src + ": config key voxelmorph." + e.what());
+    // validate() says "voxelmorph.<key> <why>": in require's form, a --set can take the blame.
+    const std::string what = e.what();
+    const auto space = what.find(' ');
+    require(false, src, what.substr(0, space),
+            space == std::string::npos ? "is invalid" : what.substr(space + 1));
   }
   const int64_t divisor = std::max<int64_t>(int64_t{1} << v.encoder.size(), v.integration_downsize);
   for (auto s : c.data.size)
@@ -95,8 +117,9 @@ void parse_synthetic(const json& j, const std::string& src, RegConfig::Synthetic
   s.mrbs.clear();
   for (const auto& l : mrbs) {
     // The upper bound keeps the conversion to int64 defined.
-    require(l.size() == 2 && l[0] >= 2 && l[0] <= 4096 && l[0] == std::floor(l[0]) && l[1] >= 0, src,
-            "synthetic.mrbs", "entries must be [control_points in [2, 4096] (integer), max_displacement >= 0]");
+    require(l.size() == 2 && l[0] >= 2 && l[0] <= 4096 && l[0] == std::floor(l[0]) && l[1] >= 0,
+            src, "synthetic.mrbs",
+            "entries must be [control_points in [2, 4096] (integer), max_displacement >= 0]");
     s.mrbs.push_back({static_cast<int64_t>(l[0]), l[1]});
   }
   require(!s.mrbs.empty(), src, "synthetic.mrbs", "must have at least one level");
@@ -105,7 +128,8 @@ void parse_synthetic(const json& j, const std::string& src, RegConfig::Synthetic
   s.drdm_levels = get<std::vector<std::vector<int64_t>>>(j, "synthetic", "drdm_levels", src);
   s.drdm_batch = get<int64_t>(j, "synthetic", "drdm_batch", src);
   const auto seed = get<int64_t>(j, "synthetic", "seed", src);
-  require(s.pairs_per_image >= 1, src, "synthetic.pairs_per_image", "must be >= 1");
+  require(s.pairs_per_image >= 1 && s.pairs_per_image <= 100000, src, "synthetic.pairs_per_image",
+          "must be in [1, 100000]");
   require(s.mrbs_max_tries >= 1, src, "synthetic.mrbs_max_tries", "must be >= 1");
   require(!s.drdm_levels.empty(), src, "synthetic.drdm_levels", "must not be empty");
   for (const auto& l : s.drdm_levels)
@@ -129,11 +153,14 @@ void parse_phases(const json& j, const std::string& src, RegConfig& c) {
   c.finetune_lambda = get<double>(j, "finetune", "lambda", src);
   c.similarity = get<std::string>(j, "finetune", "similarity", src);
   c.ncc_window = get<int64_t>(j, "finetune", "ncc_window", src);
-  require(std::isfinite(c.pretrain_lambda) && c.pretrain_lambda >= 0, src, "pretrain.lambda", "must be >= 0");
-  require(std::isfinite(c.finetune_lambda) && c.finetune_lambda >= 0, src, "finetune.lambda", "must be >= 0");
+  require(std::isfinite(c.pretrain_lambda) && c.pretrain_lambda >= 0, src, "pretrain.lambda",
+          "must be >= 0");
+  require(std::isfinite(c.finetune_lambda) && c.finetune_lambda >= 0, src, "finetune.lambda",
+          "must be >= 0");
   require(c.similarity == "mse" || c.similarity == "ncc", src, "finetune.similarity",
           "must be \"mse\" or \"ncc\"");
-  require(c.ncc_window >= 1 && c.ncc_window % 2 == 1, src, "finetune.ncc_window", "must be odd and >= 1");
+  require(c.ncc_window >= 1 && c.ncc_window % 2 == 1, src, "finetune.ncc_window",
+          "must be odd and >= 1");
 }
 
 void parse_grid(const json& j, const std::string& src, RegConfig::Grid& g) {

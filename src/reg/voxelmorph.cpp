@@ -42,10 +42,14 @@ void validate(const VoxelMorphOptions& o) {
   if (o.decoder.size() < o.encoder.size())
     throw std::invalid_argument("voxelmorph.decoder needs at least encoder.size() = " +
                                 std::to_string(o.encoder.size()) + " entries");
+  // 4096 channels is far beyond any registration network and keeps an absurd
+  // value (issue 26: 100000) from allocating gigabytes before failing.
   for (auto w : o.encoder)
-    if (w < 1) throw std::invalid_argument("voxelmorph.encoder widths must be positive");
+    if (w < 1 || w > 4096)
+      throw std::invalid_argument("voxelmorph.encoder widths must be in [1, 4096]");
   for (auto w : o.decoder)
-    if (w < 1) throw std::invalid_argument("voxelmorph.decoder widths must be positive");
+    if (w < 1 || w > 4096)
+      throw std::invalid_argument("voxelmorph.decoder widths must be in [1, 4096]");
   if (o.integration_steps < 0 || o.integration_steps > 30)
     throw std::invalid_argument("voxelmorph.integration_steps must be in [0, 30]");
   if (o.integration_downsize < 1)

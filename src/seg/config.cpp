@@ -6,23 +6,32 @@
 
 namespace drdm::seg {
 
-using nlohmann::json;
 using detail::get;
 using detail::require;
+using nlohmann::json;
 
 namespace {
 
 json bigaug_json(const BigAugOptions& b) {
   return {{"p", b.p},
-          {"blur_sigma_min", b.blur_sigma_min},       {"blur_sigma_max", b.blur_sigma_max},
-          {"sharpen_alpha_min", b.sharpen_alpha_min}, {"sharpen_alpha_max", b.sharpen_alpha_max},
-          {"sharpen_sigma1", b.sharpen_sigma1},       {"sharpen_sigma2", b.sharpen_sigma2},
-          {"noise_std_min", b.noise_std_min},         {"noise_std_max", b.noise_std_max},
-          {"brightness", b.brightness},               {"gamma_min", b.gamma_min},
-          {"gamma_max", b.gamma_max},                 {"scale_min", b.scale_min},
-          {"scale_max", b.scale_max},                 {"shift", b.shift},
-          {"rotation_deg", b.rotation_deg},           {"scaling_min", b.scaling_min},
-          {"scaling_max", b.scaling_max},             {"elastic_control_points", b.elastic_control_points},
+          {"blur_sigma_min", b.blur_sigma_min},
+          {"blur_sigma_max", b.blur_sigma_max},
+          {"sharpen_alpha_min", b.sharpen_alpha_min},
+          {"sharpen_alpha_max", b.sharpen_alpha_max},
+          {"sharpen_sigma1", b.sharpen_sigma1},
+          {"sharpen_sigma2", b.sharpen_sigma2},
+          {"noise_std_min", b.noise_std_min},
+          {"noise_std_max", b.noise_std_max},
+          {"brightness", b.brightness},
+          {"gamma_min", b.gamma_min},
+          {"gamma_max", b.gamma_max},
+          {"scale_min", b.scale_min},
+          {"scale_max", b.scale_max},
+          {"shift", b.shift},
+          {"rotation_deg", b.rotation_deg},
+          {"scaling_min", b.scaling_min},
+          {"scaling_max", b.scaling_max},
+          {"elastic_control_points", b.elastic_control_points},
           {"elastic_magnitude_min", b.elastic_magnitude_min},
           {"elastic_magnitude_max", b.elastic_magnitude_max}};
 }
@@ -144,15 +153,19 @@ SegConfig from_json(const json& j, const std::string& src) {
   require(!c.unet.widths.empty(), src, "unet.widths", "must not be empty");
   // At most 16 levels: 2^(levels - 1) below must not shift past 63 bits.
   require(c.unet.widths.size() <= 16, src, "unet.widths", "must have at most 16 levels");
-  for (auto w : c.unet.widths) require(w >= 1, src, "unet.widths", "entries must be >= 1");
+  // 4096 channels is far beyond any U-Net here and stops an absurd width before it allocates.
+  for (auto w : c.unet.widths)
+    require(w >= 1 && w <= 4096, src, "unet.widths", "entries must be in [1, 4096]");
   const int64_t divisor = int64_t{1} << (c.unet.widths.size() - 1);
   for (auto s : c.data.slices.size)
     require(s % divisor == 0, src, "data.size",
-            "entries must be divisible by " + std::to_string(divisor) + " (2^(levels - 1) of unet.widths)");
+            "entries must be divisible by " + std::to_string(divisor) +
+                " (2^(levels - 1) of unet.widths)");
   c.unet.dims = 2;
   c.unet.classes = static_cast<int64_t>(c.data.classes.size()) + 1;
   c.loss = get<std::string>(j, "unet", "loss", src);
-  require(c.loss == "bce" || c.loss == "dice_ce", src, "unet.loss", "must be \"bce\" or \"dice_ce\"");
+  require(c.loss == "bce" || c.loss == "dice_ce", src, "unet.loss",
+          "must be \"bce\" or \"dice_ce\"");
   c.train = detail::parse_train_section(j, src);
   c.bigaug = parse_bigaug(j, src);
   return c;
