@@ -593,8 +593,9 @@ def write_markdown(path: Path, res: dict, command: str) -> None:
              "with other work, so expect less on an idle machine).")
     if "start_seconds" in t:
         L.append(f"- Start-field run (zeroed model): {t['start_seconds']:.0f} s.")
-    L.append("- For scale: one slice × 5 levels × 4 samples alone (1 thread, `/usr/bin/time`) took 40 s of CPU time, so "
-             "on 2 idle cores the default run (20 + 5 slices) should take about 8–9 minutes.")
+    if "models/cardiac2d/" in cfg["model"]:  # measured with that model's 64² grid
+        L.append("- For scale: one slice × 5 levels × 4 samples alone (1 thread, `/usr/bin/time`) took 40 s of CPU "
+                 "time, so on 2 idle cores the default run (20 + 5 slices) should take about 8–9 minutes.")
     L.append(f"- Reading the fields, metrics, figures: {t['analysis_seconds']:.0f} s; whole script about "
              f"{t['total_seconds']:.0f} s.")
     L.append("")
