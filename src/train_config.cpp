@@ -235,7 +235,8 @@ TrainConfig::Train parse_train_section(const json& j, const std::string& src, co
   require(t.batch_size >= 1 && t.batch_size <= 4096, src, key("batch_size"),
           "must be in [1, 4096]");
   require(t.steps >= 1, src, key("steps"), "must be >= 1");
-  require(finite(t.lr) && t.lr > 0, src, key("lr"), "must be > 0");
+  // Far beyond any useful rate; a larger one overflows the float optimiser state.
+  require(finite(t.lr) && t.lr > 0 && t.lr <= 10, src, key("lr"), "must be in (0, 10]");
   require(finite(t.lr_decay) && t.lr_decay > 0 && t.lr_decay <= 1, src, key("lr_decay"),
           "must be in (0, 1]");
   require(t.lr_schedule == "exponential" || t.lr_schedule == "cosine" ||

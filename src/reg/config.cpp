@@ -116,10 +116,13 @@ void parse_synthetic(const json& j, const std::string& src, RegConfig::Synthetic
   const auto mrbs = get<std::vector<std::vector<double>>>(j, "synthetic", "mrbs", src);
   s.mrbs.clear();
   for (const auto& l : mrbs) {
-    // The upper bound keeps the conversion to int64 defined.
-    require(l.size() == 2 && l[0] >= 2 && l[0] <= 4096 && l[0] == std::floor(l[0]) && l[1] >= 0,
+    // The upper bounds keep the conversion to int64 defined and the fields finite: a
+    // displacement beyond the largest grid (data.size <= 1024) means nothing.
+    require(l.size() == 2 && l[0] >= 2 && l[0] <= 4096 && l[0] == std::floor(l[0]) && l[1] >= 0 &&
+                l[1] <= 1024,
             src, "synthetic.mrbs",
-            "entries must be [control_points in [2, 4096] (integer), max_displacement >= 0]");
+            "entries must be [control_points in [2, 4096] (integer), max_displacement in [0, 1024] "
+            "voxels]");
     s.mrbs.push_back({static_cast<int64_t>(l[0]), l[1]});
   }
   require(!s.mrbs.empty(), src, "synthetic.mrbs", "must have at least one level");

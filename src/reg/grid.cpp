@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include "drdm/distributed.h"
 #include "../atomic_file.h"
 #include "../config_json.h"
+#include "../run_checks.h"
 #include "../run_lock.h"
 #include "drdm/interrupt.h"
 #include "drdm/log.h"
@@ -214,11 +216,29 @@ void write_pair_figure(const std::vector<Row>& rows, const std::map<std::string,
   write_rgb_png(path, at::cat(pictures, 1));
 }
 
+/// What a run can refuse is refused before its folder is made: the batches must split over
+/// the ranks, the DRDM levels must be the model's.
+void check_before_writing(const RegConfig& c) {
+  const auto& g = c.grid;
+  const auto has = [](const auto& list, const auto& value) {
+    return std::find(list.begin(), list.end(), value) != list.end();
+  };
+  if (g.pretrain.size() > static_cast<size_t>(std::count(g.pretrain.begin(), g.pretrain.end(), "none")))
+    dist::world().share(c.pretrain.batch_size, "pretrain.batch_size");
+  if (has(g.finetune, true)) dist::world().share(c.finetune.batch_size, "finetune.batch_size");
+  if (!has(g.pretrain, std::string("drdm"))) return;
+  std::vector<int64_t> levels;
+  for (const auto& l : c.synthetic.drdm_levels) levels.insert(levels.end(), l.begin(), l.end());
+  detail::require_levels_in_model(c.synthetic.drdm_model, levels, "synthetic.drdm_levels");
+}
+
 }  // namespace
 
 void run_grid(const RegConfig& c, const std::string& out, bool progress) {
+  detail::require_output_outside(out, {{"data.images", c.data.images}, {"data.labels", c.data.labels}});
   const auto d = load_data(c);
   dist::join_for(c.pretrain.device, c.pretrain.dist_timeout, c.pretrain.dist_master);  // a data-parallel job, when launched as one
+  check_before_writing(c);
   std::optional<detail::RunLock> lock;  // one run per output folder; rank 0 writes
   if (dist::world().writer()) lock.emplace(out, "reg_synth run");
   std::vector<Row> rows;

@@ -108,7 +108,7 @@ torch::Tensor mrbs_field(at::IntArrayRef size, int64_t batch, at::Generator& gen
   auto out = mrbs_unchecked(size, batch, gen, options, tensor_options);
   for (int64_t draws = 1;; ++draws) {
     const auto min_det = std::get<0>(jacobian_determinant(out).flatten(1).min(1));
-    const auto bad = min_det.le(0).nonzero().flatten();
+    const auto bad = min_det.gt(0).logical_not().nonzero().flatten();  // NaN counts as folded
     if (bad.numel() == 0) return out;
     if (draws >= options.max_tries)
       throw std::runtime_error("MRBS: " + std::to_string(bad.numel()) +

@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "drdm/distributed.h"
+#include "drdm/interrupt.h"
 #include "../atomic_file.h"
 #include "../progress.h"
 #include "drdm/log.h"
@@ -52,6 +53,7 @@ PairBank generate_mrbs(const at::Tensor& images, const RegConfig& c, bool progre
   std::vector<at::Tensor> moving, fixed, target;
   detail::ProgressBar bar("mrbs pairs", M * K, 0, progress);
   for (int64_t i = 0; i < M * K; ++i) {
+    throw_if_interrupted();  // SIGINT / SIGTERM: stop between pairs; nothing is written yet
     auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(c.synthetic.seed, i, 11));
     const auto p = mrbs_pairs(images.narrow(0, i / K, 1), gen, options);
     moving.push_back(p.moving.to(at::kHalf)), fixed.push_back(p.fixed.to(at::kHalf)), target.push_back(p.target);
@@ -66,11 +68,13 @@ PairBank generate_drdm(const at::Tensor& images, const RegConfig& c, bool progre
   const auto& s = c.synthetic;
   DeformerOptions options;
   options.generation.batch = s.drdm_batch;
+  options.generation.on_step = [](int64_t) { throw_if_interrupted(); };  // after every recovery step
   Deformer deformer(s.drdm_model, device, options);
   const int64_t M = images.size(0), K = s.pairs_per_image;
   std::vector<at::Tensor> moving, fixed, target;
   detail::ProgressBar bar("drdm pairs", M * K, 0, progress);
   for (int64_t start = 0; start < M * K; start += s.drdm_batch) {
+    throw_if_interrupted();  // SIGINT / SIGTERM: stop between batches; nothing is written yet
     const int64_t n = std::min(s.drdm_batch, M * K - start);
     std::vector<int64_t> index;
     std::vector<std::vector<int64_t>> levels;

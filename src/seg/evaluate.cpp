@@ -10,6 +10,7 @@
 
 #include "../atomic_file.h"
 #include "../grid_check.h"
+#include "drdm/interrupt.h"
 #include "drdm/log.h"
 #include "drdm/seg/fewshot.h"
 #include "drdm/stats.h"
@@ -43,9 +44,13 @@ std::vector<std::string> predict_files(SegModel& model, const std::string& input
   for (const auto& out : outputs) detail::require_distinct(out, inputs);
   // Every input is read and prepared before the first write: a bad file
   // anywhere in the folder leaves no prediction (and no folder) behind.
-  for (const auto& path : inputs) prepare_volume(path, "", model.config.data.slices);
+  for (const auto& path : inputs) {
+    throw_if_interrupted();  // SIGINT / SIGTERM: stop between files
+    prepare_volume(path, "", model.config.data.slices);
+  }
   detail::make_dirs(output_dir);
   for (size_t i = 0; i < inputs.size(); ++i) {
+    throw_if_interrupted();
     const auto labels = segment_file(model, inputs[i]);
     write_labels(outputs[i], labels, read_image_info(inputs[i]).geometry);
     log::info("segmented " + inputs[i] + " -> " + outputs[i]);
@@ -57,6 +62,7 @@ std::vector<CaseResult> evaluate_folders(const std::string& pred_dir, const std:
                                          const std::vector<int64_t>& classes) {
   std::vector<CaseResult> out;
   for (const auto& c : find_cases(pred_dir, truth_dir)) {
+    throw_if_interrupted();  // SIGINT / SIGTERM: stop between cases
     const auto pred = read_labels(c.image_path), truth = read_labels(c.label_path);
     const auto& g = truth.geometry;
     const auto difference = detail::grid_difference(g, pred.geometry);

@@ -115,11 +115,13 @@ at::Tensor generate_bank(const SliceSet& slices, const SegConfig& c, uint64_t se
   const auto device = resolve_device(c.train.device);
   DeformerOptions options;
   options.generation.batch = c.drdm.batch;
+  options.generation.on_step = [](int64_t) { throw_if_interrupted(); };  // after every recovery step
   Deformer deformer(c.drdm.model, device, options);
   const int64_t M = slices.images.size(0), K = bank_fields_per_slice(c, M);
   std::vector<at::Tensor> fields;
   detail::ProgressBar bar("drdm bank", M * K, 0, progress);
   for (int64_t start = 0; start < M * K; start += c.drdm.batch) {
+    throw_if_interrupted();  // SIGINT / SIGTERM: stop between batches; nothing is written yet
     const int64_t n = std::min(c.drdm.batch, M * K - start);
     std::vector<int64_t> index, levels;
     std::vector<uint64_t> seeds;

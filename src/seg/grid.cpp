@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,8 +13,10 @@
 #include "drdm/distributed.h"
 #include "../atomic_file.h"
 #include "../progress.h"
+#include "../run_checks.h"
 #include "../run_lock.h"
 #include "drdm/image_io.h"
+#include "drdm/interrupt.h"
 #include "drdm/log.h"
 #include "drdm/seg/fewshot.h"
 #include "drdm/stats.h"
@@ -239,12 +242,29 @@ void write_predictions_png(const SegConfig& c, const LabelledCase& test_case, co
   write_rgb_png(out + "/predictions.png", at::cat(rows, 1));
 }
 
+/// What a run can refuse is refused before its folder or config.json is made: every case is
+/// read once, the batch must split over the ranks, the levels must be the model's.
+void check_before_writing(const SegConfig& c, const Split& split, const std::string& out) {
+  detail::require_output_outside(out, {{"data.images", c.data.images}, {"data.labels", c.data.labels}});
+  dist::world().share(c.train.batch_size, "train.batch_size");
+  const auto& augs = c.grid.augmentations;
+  if (std::find(augs.begin(), augs.end(), "drdm") != augs.end())
+    detail::require_levels_in_model(c.drdm.model, c.drdm.levels, "drdm.levels");
+  for (const auto* subjects : {&split.pool, &split.test})
+    for (const auto& s : *subjects)
+      for (const auto& cs : s.cases) {
+        throw_if_interrupted();
+        prepare_volume(cs.image_path, cs.label_path, c.data.slices);
+      }
+}
+
 }  // namespace
 
 void run_grid(const SegConfig& c, const std::string& out, bool progress) {
   const auto begin = std::chrono::steady_clock::now();
   const auto split = split_subjects(c.data);  // the data is found before the output folder is made
   dist::join_for(c.train.device, c.train.dist_timeout, c.train.dist_master);  // a data-parallel job, when launched as one
+  check_before_writing(c, split, out);
   std::optional<detail::RunLock> lock;  // one run per output folder; rank 0 writes
   if (dist::world().writer()) lock.emplace(out, "seg_fewshot run");
   write_text_atomically(out + "/config.json", to_json(c) + "\n");
