@@ -256,7 +256,10 @@ void run_grid(const RegConfig& c, const std::string& out, bool progress) {
   std::vector<json> results;
   for (const auto& row : rows) {
     results.push_back(run_row(c, row, d, pretrained, out, progress));
-    weights[row.name()] = results.back().at("model").get<std::string>();
+    // Where the row's model is now: a finished row of a moved or copied folder names its old place.
+    const auto model = row.finetune ? detail::join(out, row.name()) + "/model.pt"
+                                    : (row.pretrain == "none" ? "" : pretrained.at(row.pretrain));
+    results.back()["model"] = weights[row.name()] = model;
   }
   json all = {{"config", json::parse(to_json(c))}, {"test_pairs", d.pairs.size()}, {"rows", results}};
   write_text_atomically(detail::join(out, "results.json"), all.dump(1) + "\n");

@@ -138,6 +138,16 @@ RegConfig embedded_config(const std::string& text, const std::string& source) {
   return parse_reg_config(j.dump(), source);
 }
 
+/// "pretrain-mrbs/model.pt" for the weights a grid pretrained in its own folder, any path else:
+/// a rerun through another spelling of --output, or in a moved or copied folder, resumes.
+std::string init_in_grid(const std::string& init) {
+  const auto last = init.find_last_of('/');
+  if (last == std::string::npos || init.substr(last + 1) != "model.pt") return init;
+  const auto before = init.find_last_of('/', last == 0 ? 0 : last - 1);
+  const auto folder = init.substr(before == std::string::npos ? 0 : before + 1);
+  return folder.rfind("pretrain-", 0) == 0 ? folder : init;
+}
+
 /// What a run's weights depend on: not the step counts (a resume may extend
 /// them), threads, device, logging, the test pairs or the grid, and for pretraining not the fine-tuning
 /// settings (so that changing those reuses a finished pretraining).
@@ -158,6 +168,7 @@ std::string resume_identity(const std::string& text) {
   }
   auto j = nlohmann::json::parse(to_json(c));
   j["run"] = run;
+  if (run.contains("init")) j["run"]["init"] = init_in_grid(run.value("init", ""));
   return j.dump();
 }
 

@@ -160,13 +160,39 @@ def signals_during_banks(seg, reg):
                    "SIGINT while seg_fewshot makes a DRDM bank of 20000 fields", [f"{out}/banks"])
 
 
+# -- item 15: a rerun does not depend on how --output was spelled, nor on where the folder is -----------
+
+def rerun_elsewhere(reg):
+    cmd = lambda out: reg_cmd(reg, out)  # noqa: E731
+    p = subprocess.run(cmd("y1"), cwd=ARGS.workdir, capture_output=True, text=True, timeout=300)
+    check(p.returncode == 0, "reg_synth run --output y1 (relative) " + p.stderr[-300:])
+    if p.returncode != 0:
+        return
+    os.remove(w("y1", "mrbs-finetuned", "results.json"))  # as a kill after fine-tuning, before scoring
+    p = subprocess.run(cmd(w("y1")), capture_output=True, text=True, timeout=300)
+    check(p.returncode == 0 and "nothing to do" in p.stderr,
+          f"rerun with --output $PWD/y1 resumes the finished fine-tuning (rc {p.returncode}) {p.stderr[-300:]}")
+    shutil.copytree(w("y1"), w("y2"))
+    shutil.rmtree(w("y1"))
+    os.remove(w("y2", "mrbs-finetuned", "results.json"))
+    p = subprocess.run(cmd("y2"), cwd=ARGS.workdir, capture_output=True, text=True, timeout=300)
+    check(p.returncode == 0 and "nothing to do" in p.stderr and os.path.exists(w("y2", "pair.png")),
+          f"rerun of a moved copy (y1 removed) resumes and draws pair.png (rc {p.returncode}) {p.stderr[-300:]}")
+    if p.returncode == 0:
+        rows = json.load(open(w("y2", "results.json")))["rows"]
+        check(all(r["model"] == "" or r["model"].startswith("y2/") for r in rows),
+              f"results.json names the models where they are now {[r['model'] for r in rows]}")
+
+
 def main():
     global ARGS
     ARGS = start([("--models", "the models/ folder"), ("--configs", "the configs/ folder")])
+    ARGS.workdir, ARGS.configs = os.path.abspath(ARGS.workdir), os.path.abspath(ARGS.configs)
     seg, reg = seg_data("seg"), reg_data("reg")
     config_bounds(seg, reg)
     checks_before_writing(seg, reg)
     signals_during_banks(seg, reg)
+    rerun_elsewhere(reg)
     return finish("cli_hostile_runtime", ARGS.workdir)
 
 
