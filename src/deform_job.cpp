@@ -540,13 +540,10 @@ void copy_file(const std::string& from, const std::string& to) {
   detail::write_via_temporary(to, [&](const std::string& tmp) {
     std::ifstream in(from, std::ios::binary);
     if (!in) throw std::runtime_error("cannot read '" + from + "'");
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    std::vector<char> buf(1 << 16);
-    while (out && (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0))
-      out.write(buf.data(), in.gcount());
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (in.bad()) throw std::runtime_error("cannot read '" + from + "'");
-    out.close();
-    if (!out) throw std::runtime_error("cannot write '" + to + "'");
+    // Checked writes: the error names the system's reason ("No space left on device").
+    detail::write_file_checked(tmp, bytes.data(), bytes.size(), to);
   });
 }
 

@@ -276,6 +276,7 @@ void set_nifti_codes(const std::string& src, const std::string& dst,
   gzFile out = gzopen(dst.c_str(), mode.c_str());
   if (!out) fail(name, "cannot create the compressed file");
   bool ok = true;
+  int write_errno = EIO;
   uint64_t pos = 0;
   std::vector<unsigned char> chunk;
   try {
@@ -286,7 +287,8 @@ void set_nifti_codes(const std::string& src, const std::string& dst,
           if (codes)
             for (uint64_t i = std::max(at, pos); i < std::min(at + 4, pos + n); ++i)
               chunk[i - pos] = bytes[i - at];
-          ok = ok && gzwrite(out, chunk.data(), static_cast<unsigned>(n)) == static_cast<int>(n);
+          if (ok && gzwrite(out, chunk.data(), static_cast<unsigned>(n)) != static_cast<int>(n))
+            ok = false, write_errno = errno;  // the failed write()'s reason
           pos += n;
         },
         name);
@@ -294,8 +296,10 @@ void set_nifti_codes(const std::string& src, const std::string& dst,
     gzclose(out);
     throw;
   }
-  ok = gzclose(out) == Z_OK && ok;
-  if (!ok) fail(name, "cannot write the compressed file: write error");
+  const int closed = gzclose(out);
+  // zlib reports a failed write() or close() as Z_ERRNO with errno set: the system's reason.
+  if (ok && closed != Z_OK) ok = false, write_errno = closed == Z_ERRNO ? errno : EIO;
+  if (!ok) fail(name, std::string("cannot write the compressed file: ") + std::strerror(write_errno));
   std::remove(src.c_str());
 }
 

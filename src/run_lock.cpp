@@ -1,11 +1,13 @@
 #include "run_lock.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -42,6 +44,18 @@ bool same_file(int fd, const std::string& path) {
   return ::fstat(fd, &a) == 0 && ::stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
+/// The recorded holder, unless it is a process of this host that has exited: the shares of a
+/// sharded job record themselves in turn, and the last one may be done while others run on.
+std::string live_holder(const std::string& holder) {
+  const auto at = holder.find(", pid "), on = holder.rfind(" on ");
+  if (at == std::string::npos || on == std::string::npos || on < at) return holder;
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0 || holder.substr(on + 4) != host) return holder;
+  const long pid = std::strtol(holder.c_str() + at + 6, nullptr, 10);
+  if (pid <= 0 || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) return holder;
+  return "another share of a sharded job; the share last recorded, " + holder + ", has exited";
+}
+
 [[noreturn]] void refuse(const std::string& folder, const std::string& path, const std::string& holder) {
   throw std::runtime_error("output folder '" + folder + "' is in use by another run" +
                            (holder.empty() ? std::string() : " (" + holder + ")") +
@@ -61,7 +75,7 @@ int lock_file(const std::string& folder, const std::string& path, int operation)
       const int err = errno;
       const std::string holder = err == EWOULDBLOCK ? read_holder(fd) : "";
       ::close(fd);
-      if (err == EWOULDBLOCK) refuse(folder, path, holder);
+      if (err == EWOULDBLOCK) refuse(folder, path, live_holder(holder));
       if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS) {
         log::warn("'" + folder + "': this file system does not support locks (" + std::strerror(err) +
                   "); nothing stops another run from writing into the same folder");

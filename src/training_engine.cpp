@@ -201,19 +201,19 @@ void TrainingRun::start_here() {
       throw std::runtime_error("--resume: no checkpoint at '" + checkpoint + "'");
     auto ck = read_checkpoint(checkpoint, spec_.kind);
     if (spec_.resume_identity(ck.config) != spec_.resume_identity(spec_.config))
-      throw std::runtime_error("--resume: the config differs from the one '" + checkpoint +
-                               "' was trained with (only the step count may change); see " +
-                               spec_.output_dir + "/config.json");
+      throw std::runtime_error("cannot resume from '" + checkpoint +
+                               "': the config differs from the one it was trained with (only the " +
+                               "step count may change); see " + spec_.output_dir + "/config.json");
     if (ck.adam_step < 0)
-      throw std::runtime_error("--resume: '" + checkpoint + "' has no optimiser state");
+      throw std::runtime_error("cannot resume from '" + checkpoint + "': it has no optimiser state");
     check_steps(ck.step, checkpoint);
     load_(ck.model);
     try {
       adam_.load_state(ck.adam_step, ck.exp_avg, ck.exp_avg_sq);
     } catch (const c10::Error& e) {
       throw std::runtime_error(
-          "--resume: the optimiser state in '" + checkpoint +
-          "' does not fit this network: " + std::string(e.what_without_backtrace()));
+          "cannot resume from '" + checkpoint + "': its optimiser state does not fit this network: " +
+          std::string(e.what_without_backtrace()));
     }
     first_step_ = ck.step;
     log::info("resuming from " + checkpoint + " at step " + std::to_string(first_step_));
@@ -230,7 +230,8 @@ void TrainingRun::start_here() {
 // would leave config.json disagreeing with the checkpoint and model.pt.
 void TrainingRun::check_steps(int64_t checkpoint_step, const std::string& checkpoint) const {
   if (spec_.steps >= checkpoint_step) return;
-  throw std::runtime_error("--resume: " + spec_.steps_key + " = " + std::to_string(spec_.steps) +
+  // No "--resume": seg_fewshot and reg_synth resume by themselves.
+  throw std::runtime_error("cannot resume: " + spec_.steps_key + " = " + std::to_string(spec_.steps) +
                            " is below the " + std::to_string(checkpoint_step) + " steps that '" +
                            checkpoint + "' has already trained; give " + spec_.steps_key + " >= " +
                            std::to_string(checkpoint_step) + ", or train into a new output folder");

@@ -184,6 +184,110 @@ def rerun_elsewhere(reg):
               f"results.json names the models where they are now {[r['model'] for r in rows]}")
 
 
+# -- item 18: wording ---------------------------------------------------------------------------------------
+
+class FullDisk:
+    """A 48 KiB tmpfs at `path` (filled to `free` bytes), or, where mount is not allowed, a file size
+    limit on the child (the reason then reads "File too large")."""
+
+    def __init__(self, path, free=4096):
+        os.makedirs(path)
+        self.path = path
+        self.mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", path],
+                                      capture_output=True).returncode == 0
+        if self.mounted:
+            with open(os.path.join(path, "fill"), "wb") as f:
+                f.write(b"\0" * (48 * 1024 - free))
+        self.reason = "No space left on device" if self.mounted else "File too large"
+        print("full disk: " + ("a tmpfs" if self.mounted else "no mount permitted; RLIMIT_FSIZE instead"))
+
+    def preexec(self):
+        if not self.mounted:
+            import resource
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    def run(self, cmd):
+        p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300, preexec_fn=self.preexec)
+        return p.returncode, p.stderr
+
+    def close(self):
+        if self.mounted:
+            subprocess.run(["umount", self.path])
+
+
+def full_disk_wording(seg, reg):
+    disk = FullDisk(w("full"))
+    try:
+        out = os.path.join(disk.path, "pred")
+        rc, err = disk.run([exe("seg_fewshot"), "predict", "--model", "seg-cardiac2d", "--device", "cpu", "-q",
+                            "--input", f"{seg}/images/patient001_frame01.nii.gz", "--output", out])
+        check(rc == 1 and disk.reason in err and "patient001_frame01.nii.gz" in err,
+              f"full disk under seg_fewshot predict's .nii.gz: exit {rc}, says '{disk.reason}' ({err.strip()[-200:]})")
+        shards = w("shards")
+        for i in range(2):
+            rc, _, err = run([exe("drdm_deform"), "--model", "cardiac2d", "--device", "cpu", "-i", f"{reg}/images",
+                              "-o", shards, "--levels", "2", "--samples", "1", "--shard", f"{i}/2", "-q",
+                              "--no-progress"])
+            check(rc == 0, f"drdm_deform --shard {i}/2 " + err[-200:])
+        rc, err = disk.run([exe("drdm_deform"), "merge", shards, "-o", os.path.join(disk.path, "merged")])
+        check(rc == 1 and disk.reason in err, f"full disk under drdm_deform merge -o: exit {rc}, says "
+              f"'{disk.reason}' ({err.strip()[-200:]})")
+    finally:
+        disk.close()
+
+
+def flipped_crc(seg):
+    src = f"{seg}/labels/patient001_frame01.nii.gz"
+    data = bytearray(open(src, "rb").read())
+    check(len(data) < 2000, f"the label map is small ({len(data)} bytes): its header reaches the trailer")
+    data[-8] ^= 0x01  # the CRC-32
+    bad = w("crc", "patient001_frame01.nii.gz")
+    os.makedirs(os.path.dirname(bad))
+    open(bad, "wb").write(bytes(data))
+    try:
+        gzip.decompress(bytes(data))
+        check(False, "Python's gzip refuses the flipped CRC too")
+    except (OSError, EOFError, gzip.BadGzipFile):
+        pass
+    rc, _, err = run([exe("seg_fewshot"), "predict", "--model", "seg-cardiac2d", "--device", "cpu",
+                      "--input", bad, "--output", w("crc_out")])
+    check(rc == 1 and bad in err and "CRC" in err and "unknown format" not in err,
+          f"a small .nii.gz with a flipped CRC is named as damaged, not of unknown format ({err.strip()[-200:]})")
+
+
+def lock_names_a_live_holder(reg):
+    """Shard 0 holds the folder (stopped), shard 1 runs and exits: a third run is refused without
+    naming the exited shard as the holder."""
+    out = w("locked")
+    base = [exe("drdm_deform"), "--model", "cardiac2d", "--device", "cpu", "-i", f"{reg}/images", "-o", out,
+            "--levels", "2", "--samples", "1", "-q", "--no-progress"]
+    first = subprocess.Popen(base + ["--shard", "0/2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = os.path.join(out, ".drdm.lock")
+    end = time.time() + 60
+    while time.time() < end and not (os.path.exists(lock) and f"pid {first.pid}" in open(lock).read()):
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(base + ["--shard", "1/2"], capture_output=True, text=True, timeout=300)
+        check(second.returncode == 0, "shard 1 runs beside the stopped shard 0 " + second.stderr[-200:])
+        rc, _, err = run(base)
+        check(rc == 1 and "in use" in err and "has exited" in err,
+              f"an unsharded run is refused and the exited shard is not named as the holder ({err.strip()[-300:]})")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+
+def engine_wording(reg):
+    """seg_fewshot and reg_synth have no --resume; overflowing MRBS displacements are the config's fault."""
+    rc, _, err = run(reg_cmd(reg, w("y2"), "pretrain.steps=1"))
+    check(rc == 1 and "--resume" not in err and "pretrain.steps = 1" in err,
+          f"reg_synth: fewer steps than the checkpoint: no --resume in the message ({err.strip()[-240:]})")
+    refused(reg_cmd(reg, w("mrbs"), "synthetic.mrbs=[[4, 1e38]]"), "reg_synth synthetic.mrbs=[[4, 1e38]]",
+            ["synthetic.mrbs", "[0, 1024]"], [w("mrbs")])
+
+
 def main():
     global ARGS
     ARGS = start([("--models", "the models/ folder"), ("--configs", "the configs/ folder")])
@@ -193,6 +297,10 @@ def main():
     checks_before_writing(seg, reg)
     signals_during_banks(seg, reg)
     rerun_elsewhere(reg)
+    full_disk_wording(seg, reg)
+    flipped_crc(seg)
+    lock_names_a_live_holder(reg)
+    engine_wording(reg)
     return finish("cli_hostile_runtime", ARGS.workdir)
 
 
