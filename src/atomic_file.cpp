@@ -1,5 +1,7 @@
 #include "atomic_file.h"
 
+#include "input_checks.h"
+
 #include "drdm/distributed.h"
 #include "drdm/interrupt.h"
 
@@ -328,6 +330,12 @@ std::vector<std::string> list_images(const std::string& folder) {
     const std::string name = e->d_name;
     if (name.empty() || name[0] == '.') continue;
     if (split_name(name).first.empty()) continue;
+    try {
+      require_not_dangling(join(folder, name));  // a broken link would drop a case silently
+    } catch (...) {
+      ::closedir(dir);
+      throw;
+    }
     if (detail::file_exists(join(folder, name))) names.push_back(name);
   }
   ::closedir(dir);

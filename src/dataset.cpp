@@ -74,9 +74,13 @@ std::vector<std::string> scan_folder(const std::string& folder, const DatasetOpt
   for (; it != end; it.increment(ec)) {
     if (ec) throw std::runtime_error("dataset: cannot list folder '" + folder + "': " + ec.message());
     std::error_code ec2;
-    if (!it->is_regular_file(ec2)) continue;
     const fs::path& p = it->path();
     const std::string name = p.filename().string();
+    if (it->is_symlink(ec2) && !fs::exists(p, ec2) &&
+        matches_any(options.include, name, FNM_PERIOD))
+      throw std::runtime_error("dataset: '" + p.string() +
+                               "' is a symbolic link to a file that does not exist");
+    if (!it->is_regular_file(ec2)) continue;
     if (!matches_any(options.include, name, FNM_PERIOD)) continue;
     const std::string rel = p.lexically_relative(folder).generic_string();
     if (matches_any(options.exclude, rel, 0) || matches_any(options.exclude, name, 0)) continue;

@@ -2,6 +2,7 @@
 
 #include "atomic_file.h"
 #include "config_json.h"
+#include "input_checks.h"
 #include "grid_check.h"
 #include "parse_integer.h"
 #include "soft_labels.h"
@@ -345,7 +346,14 @@ std::vector<std::string> list_files(const std::string& folder) {
   std::vector<std::string> names;
   while (const dirent* e = ::readdir(dir)) {
     const std::string name = e->d_name;
-    if (!name.empty() && name[0] != '.' && detail::file_exists(join(folder, name))) names.push_back(name);
+    if (name.empty() || name[0] == '.') continue;
+    try {
+      detail::require_not_dangling(join(folder, name));  // a broken link would drop a file silently
+    } catch (...) {
+      ::closedir(dir);
+      throw;
+    }
+    if (detail::file_exists(join(folder, name))) names.push_back(name);
   }
   ::closedir(dir);
   std::sort(names.begin(), names.end());
@@ -490,6 +498,19 @@ Inputs discover(const DeformJobOptions& o) {
   if (detail::file_exists(dataset_json) && detail::dir_exists(join(o.input, "imagesTr")))
     return discover_dataset(o, dataset_json);
   return discover_folder(o);
+}
+
+/// config.json and the manifest hold these paths: JSON needs them in UTF-8, checked before any
+/// work (not when the manifest is written, after all of it).
+void require_utf8_names(const DeformJobOptions& o, const Inputs& in,
+                        const std::string& model_path) {
+  std::vector<std::string> paths = {o.input, o.output, o.labels, o.model, model_path};
+  for (const auto& c : in.cases) {
+    paths.insert(paths.end(), c.images.begin(), c.images.end());
+    paths.push_back(c.labels);
+  }
+  for (const auto& f : in.test_files) paths.push_back(join(in.root, f));
+  for (const auto& p : paths) detail::require_utf8(p, "'" + detail::escaped(p) + "'");
 }
 
 /// Checks one case: dimension, channels and labels on one grid, data readable.
@@ -1071,6 +1092,7 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
     if (l.aug > big_t || l.syn > big_t)
       throw std::invalid_argument("levels: " + levels_text({l}) + " exceeds the model's T = " + std::to_string(big_t));
   const Inputs in = discover(o);
+  require_utf8_names(o, in, model_path);
   const int64_t model_dims = trained.config.data.dims;
   const std::vector<Case> mine = shard_cases(in, o, model_dims);
   // One run per output folder (shards of one job share it, one process per shard).

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "drdm/image_io.h"
@@ -180,6 +181,37 @@ TEST_F(TinyData, TrainPredictKeepsGeometryEvaluateScores) {
   EXPECT_DOUBLE_EQ(self[0].classes[2].dice, 1.0);
   EXPECT_THROW(seg::evaluate_folders(out_.dir() + "/pred", data_.dir() + "/images_missing", {1}), std::runtime_error);
   EXPECT_THROW(seg::load_seg_model(out_.dir() + "/nothing.pt"), std::runtime_error);
+}
+
+// Label maps outside 0..K or on another spacing are named, not scored (issue 26, items 4 and 5).
+TEST_F(TinyData, LabelsOutsideTheClassesOrOffTheImageGridAreNamed) {
+  const auto c = config();
+  const auto labels = data_.dir() + "/labels/patient010_frame01.nii.gz";
+  auto bad = drdm::read_labels(labels);
+  bad.data[0][0][0][0][0] = 7;
+  drdm::write_labels(labels, bad.data, bad.geometry);
+  const auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const auto evaluate = message([&] {
+    seg::evaluate_folders(data_.dir() + "/labels", data_.dir() + "/labels", {1, 2, 3});
+  });
+  EXPECT_NE(evaluate.find("patient010_frame01.nii.gz' holds the label 7"), std::string::npos) << evaluate;
+  EXPECT_EQ(seg::evaluate_folders(data_.dir() + "/labels", data_.dir() + "/labels", {1, 7}).size(), 10u);
+  EXPECT_NE(message([&] { seg::run_grid(c, out_.path("grid"), false); }).find("label 7"), std::string::npos);
+  EXPECT_FALSE(std::ifstream(out_.dir() + "/grid/config.json").good());  // refused before any write
+  bad.geometry.spacing = {2.0, 2.0, 8.0};
+  bad.data[0][0][0][0][0] = 0;
+  drdm::write_labels(labels, bad.data, bad.geometry);
+  const auto grid = message([&] {
+    seg::prepare_volume(data_.dir() + "/images/patient010_frame01.nii.gz", labels, c.data.slices);
+  });
+  EXPECT_NE(grid.find("spacing 2x2x8 vs 1.5x1.25x8"), std::string::npos) << grid;
 }
 
 TEST_F(TinyData, GridSmokeRunWritesItsReportAndSkipsFinishedRuns) {

@@ -10,6 +10,7 @@
 #include "../atomic_file.h"
 #include "../config_json.h"
 #include "../grid_check.h"
+#include "../input_checks.h"
 #include "drdm/reg/synth.h"
 
 namespace drdm::reg {
@@ -61,6 +62,9 @@ RegVolume load_volume(const std::string& image_path, const std::string& label_pa
     if (!difference.empty())
       throw std::runtime_error("labels '" + label_path + "' lie on another grid than the image '" +
                                image_path + "' (" + difference + ")");
+    const auto classes = static_cast<int64_t>(data.classes.size());
+    detail::require_label_range(labels.data, classes, label_path,
+                                "data.classes names " + std::to_string(classes) + " classes");
     v.labels = labels.data;
     Geometry g = labels.geometry;
     squeeze_for(dims, label_path, v.labels, g);

@@ -10,6 +10,7 @@
 
 #include "../atomic_file.h"
 #include "../grid_check.h"
+#include "../input_checks.h"
 #include "drdm/log.h"
 #include "drdm/reg/synth.h"
 #include "drdm/spatial.h"
@@ -130,6 +131,9 @@ RegisterResult register_files(RegModel& model, const std::string& moving_path,
                              {moving_path, fixed_path, moving_labels, fixed_labels});
   if (detail::file_exists(output_dir))
     throw std::invalid_argument("--output '" + output_dir + "' is a file, expected a folder");
+  if (!fixed_labels.empty())  // metrics.json names both images
+    for (const auto& path : {moving_path, fixed_path})
+      detail::require_utf8(detail::base_name(path), "the name of '" + detail::escaped(path) + "'");
   const auto moving = load_volume(moving_path, moving_labels, model.config.data);
   const auto fixed = load_volume(fixed_path, fixed_labels, model.config.data);
   const auto field = register_volumes(model, moving, fixed);

@@ -15,7 +15,9 @@
 #include "drdm/distributed.h"
 #include "../atomic_file.h"
 #include "../config_json.h"
+#include "../input_checks.h"
 #include "../run_checks.h"
+#include "../run_kind.h"
 #include "../run_lock.h"
 #include "drdm/interrupt.h"
 #include "drdm/log.h"
@@ -30,6 +32,8 @@ namespace drdm::reg {
 namespace {
 
 using nlohmann::json;
+
+constexpr const char* kProgram = "reg_synth run";
 
 struct Row {
   std::string pretrain;
@@ -236,11 +240,17 @@ void check_before_writing(const RegConfig& c) {
 
 void run_grid(const RegConfig& c, const std::string& out, bool progress) {
   detail::require_output_outside(out, {{"data.images", c.data.images}, {"data.labels", c.data.labels}});
+  // The rows' results.json name their model under `out`; another program's run is not overwritten.
+  detail::require_utf8(out, "the output folder '" + detail::escaped(out) + "'");
+  detail::require_run_kind(out, kProgram, [](const std::string& text) {
+    parse_reg_config(text, "config.json");
+  });
   const auto d = load_data(c);
   dist::join_for(c.pretrain.device, c.pretrain.dist_timeout, c.pretrain.dist_master);  // a data-parallel job, when launched as one
   check_before_writing(c);
   std::optional<detail::RunLock> lock;  // one run per output folder; rank 0 writes
-  if (dist::world().writer()) lock.emplace(out, "reg_synth run");
+  if (dist::world().writer()) lock.emplace(out, kProgram);
+  detail::record_run_kind(out, kProgram);
   std::vector<Row> rows;
   for (const auto& p : c.grid.pretrain)
     for (bool f : c.grid.finetune) rows.push_back({p, f});

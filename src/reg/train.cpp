@@ -13,6 +13,7 @@
 #include "drdm/distributed.h"
 #include "drdm/interrupt.h"
 #include "../atomic_file.h"
+#include "../bank_files.h"
 #include "../progress.h"
 #include "drdm/log.h"
 #include "drdm/models.h"
@@ -102,7 +103,7 @@ PairBank synthetic_bank(const std::string& kind, const torch::Tensor& images, co
     throw std::invalid_argument("unknown synthetic pairs '" + kind + "' (expected mrbs or drdm)");
   const auto identity = bank_identity(kind, images, c);
   const auto path = dir + "/bank.pt";
-  if (detail::file_exists(path)) {
+  if (detail::bank_published(dir, identity, kind + " pairs")) {
     auto ck = read_checkpoint(path, kBankKind);
     if (nlohmann::json::parse(ck.config).value("identity", nlohmann::json()) == identity) {
       log::info(kind + " pairs: reusing " + path);
@@ -115,9 +116,10 @@ PairBank synthetic_bank(const std::string& kind, const torch::Tensor& images, co
   bank.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   detail::make_dirs(dir);
   const nlohmann::json record = {{"identity", identity}, {"seconds", bank.seconds}, {"pairs", bank.target.size(0)}};
-  save_checkpoint(path, kBankKind, record.dump(), 0,
-                  {{"moving", bank.moving}, {"fixed", bank.fixed}, {"target", bank.target}});
-  write_text_atomically(dir + "/manifest.json", record.dump(2) + "\n");
+  detail::publish_bank(dir, record, [&](const std::string& bank_path) {
+    save_checkpoint(bank_path, kBankKind, record.dump(), 0,
+                    {{"moving", bank.moving}, {"fixed", bank.fixed}, {"target", bank.target}});
+  });
   log::info(kind + " pairs: " + std::to_string(bank.target.size(0)) + " in " +
             detail::format_duration(bank.seconds) + " -> " + path);
   return bank;

@@ -6,15 +6,11 @@
 #include <stdexcept>
 
 #include "../atomic_file.h"
+#include "../grid_check.h"
+#include "../input_checks.h"
 
 namespace drdm::seg {
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? "x" : "") + std::to_string(s[i]);
-  return out;
-}
 
 /// [1, 1, H, W] or [1, 1, D, H, W] -> [S, 1, H, W] slices along tensor axis 0.
 at::Tensor as_slices(const at::Tensor& volume) {
@@ -42,7 +38,11 @@ at::Tensor fit_labels(const at::Tensor& labels, const GridFit& fit) {
 std::vector<LabelledCase> find_cases(const std::string& images_dir, const std::string& labels_dir) {
   std::vector<LabelledCase> cases;
   for (const auto& file : detail::list_images(images_dir)) {
+    // Names go into the JSON records: checked before any work, not when the results are written.
+    detail::require_utf8(file,
+                         "the name of '" + detail::escaped(detail::join(images_dir, file)) + "'");
     const auto label = detail::join(labels_dir, file);
+    detail::require_not_dangling(label);
     if (!detail::file_exists(label))
       throw std::runtime_error("no label map for '" + detail::join(images_dir, file) +
                                "': expected '" + label + "'");
@@ -78,10 +78,10 @@ PreparedVolume prepare_volume(const std::string& image_path, const std::string& 
   v.slices = at::stack(fitted);
   if (label_path.empty()) return v;
   const auto labels = read_labels(label_path);
-  if (labels.geometry.tensor_size() != size)
-    throw std::runtime_error("label map '" + label_path + "' (" +
-                             shape_text(labels.geometry.tensor_size()) + ") is not on the grid of '" +
-                             image_path + "' (" + shape_text(size) + ")");
+  const auto difference = detail::grid_difference(v.geometry, labels.geometry);
+  if (!difference.empty())
+    throw std::runtime_error("label map '" + label_path + "' is not on the grid of '" + image_path +
+                             "' (" + difference + ")");
   v.labels = fit_labels(as_slices(labels.data), v.fit);
   return v;
 }

@@ -10,6 +10,7 @@
 
 #include "../atomic_file.h"
 #include "../grid_check.h"
+#include "../input_checks.h"
 #include "drdm/interrupt.h"
 #include "drdm/log.h"
 #include "drdm/seg/fewshot.h"
@@ -60,10 +61,18 @@ std::vector<std::string> predict_files(SegModel& model, const std::string& input
 
 std::vector<CaseResult> evaluate_folders(const std::string& pred_dir, const std::string& truth_dir,
                                          const std::vector<int64_t>& classes) {
+  // A label above every scored class is a map of other classes (or a broken one): its classes
+  // would be empty in both maps and not scored at all.
+  const int64_t top = classes.empty() ? 0 : *std::max_element(classes.begin(), classes.end());
+  std::string rule = "--classes ";
+  for (size_t k = 0; k < classes.size(); ++k) rule += (k ? "," : "") + std::to_string(classes[k]);
+  rule += ": give every label value of the maps";
   std::vector<CaseResult> out;
   for (const auto& c : find_cases(pred_dir, truth_dir)) {
     throw_if_interrupted();  // SIGINT / SIGTERM: stop between cases
     const auto pred = read_labels(c.image_path), truth = read_labels(c.label_path);
+    detail::require_label_range(pred.data, top, c.image_path, rule);
+    detail::require_label_range(truth.data, top, c.label_path, rule);
     const auto& g = truth.geometry;
     const auto difference = detail::grid_difference(g, pred.geometry);
     if (!difference.empty())
@@ -161,7 +170,10 @@ std::string metrics_table(const std::vector<CaseResult>& results,
     }
     md += table_row(name, label, v);
   }
-  return md + table_row("mean", "", mean);
+  const bool none_scored = std::all_of(results.begin(), results.end(), [](const auto& r) {
+    return std::all_of(r.classes.begin(), r.classes.end(), absent_in_both);
+  });
+  return md + (none_scored ? "| mean | | absent in both | | | | |\n" : table_row("mean", "", mean));
 }
 
 std::string results_json(const std::vector<CaseResult>& results,

@@ -16,7 +16,9 @@
 #include <stdexcept>
 
 #include "../atomic_file.h"
+#include "../bank_files.h"
 #include "../config_json.h"
+#include "../input_checks.h"
 #include "../progress.h"
 #include "drdm/distributed.h"
 #include "drdm/generate.h"
@@ -146,7 +148,7 @@ torch::Tensor drdm_bank(const SliceSet& slices, const SegConfig& c, uint64_t see
                         bool progress) {
   const auto manifest = bank_manifest(slices, c, seed);
   const auto path = dir + "/bank.pt";
-  if (detail::file_exists(path)) {
+  if (detail::bank_published(dir, manifest, "drdm bank")) {
     auto ck = read_checkpoint(path, kBankKind);
     if (nlohmann::json::parse(ck.config).value("identity", nlohmann::json()) == manifest) {
       log::info("drdm bank: reusing " + path);
@@ -160,8 +162,9 @@ torch::Tensor drdm_bank(const SliceSet& slices, const SegConfig& c, uint64_t see
   detail::make_dirs(dir);
   nlohmann::json record = {{"identity", manifest}, {"seconds", secs},
                            {"fields", fields.size(0) * fields.size(1)}};
-  save_checkpoint(path, kBankKind, record.dump(), 0, {{"fields", fields}});
-  write_text_atomically(dir + "/manifest.json", record.dump(2) + "\n");
+  detail::publish_bank(dir, record, [&](const std::string& bank_path) {
+    save_checkpoint(bank_path, kBankKind, record.dump(), 0, {{"fields", fields}});
+  });
   log::info("drdm bank: " + std::to_string(fields.size(0) * fields.size(1)) + " fields in " +
             detail::format_duration(secs) + " -> " + path);
   return fields;
@@ -225,6 +228,7 @@ std::string train_segmentation(const SegConfig& c, const std::string& augmentati
   const auto identity = [](const std::string& text) {
     auto cfg = parse_seg_config(text, "checkpoint config");
     cfg.train.steps = 0;
+    cfg.grid = SegConfig::Grid{};  // the grid names the runs; a run does not depend on it
     return to_json(cfg);
   };
   dist::world().agree(true, "starting the " + augmentation + " run");  // every rank sees the same files
@@ -279,6 +283,9 @@ std::vector<CaseResult> evaluate_cases(SegModel& model, const std::vector<Labell
     throw_if_interrupted();  // SIGINT / SIGTERM: stop between cases
     const auto pred = segment_file(model, c.image_path);
     const auto truth = read_labels(c.label_path);
+    detail::require_label_range(truth.data, static_cast<int64_t>(classes.size()), c.label_path,
+                                "the model's data.classes names " + std::to_string(classes.size()) +
+                                    " classes");
     const auto& g = truth.geometry;
     const std::vector<double> spacing(g.spacing.rbegin(), g.spacing.rend());
     out.push_back({c.name, case_number(c.name), label_metrics(pred, truth.data, spacing, classes)});

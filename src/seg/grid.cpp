@@ -8,12 +8,16 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "drdm/distributed.h"
 #include "../atomic_file.h"
+#include "../config_json.h"
+#include "../input_checks.h"
 #include "../progress.h"
 #include "../run_checks.h"
+#include "../run_kind.h"
 #include "../run_lock.h"
 #include "drdm/image_io.h"
 #include "drdm/interrupt.h"
@@ -27,6 +31,7 @@ namespace {
 
 using nlohmann::json;
 
+constexpr const char* kProgram = "seg_fewshot run";
 const char* const kMetrics[] = {"dice", "sensitivity", "precision", "asd", "hd95"};
 
 double metric_of(const ClassMetrics& m, const std::string& name) {
@@ -258,6 +263,53 @@ void check_before_writing(const SegConfig& c, const Split& split, const std::str
       }
 }
 
+/// Every label map of the split holds labels 0..K (K = the classes data.classes names): a 7
+/// would be scored as background, and an empty class as a DSC of 100 %.
+void check_label_values(const SegConfig& c, const Split& split) {
+  const auto k = static_cast<int64_t>(c.data.classes.size());
+  const auto rule = "data.classes names " + std::to_string(k) + " classes";
+  for (const auto* subjects : {&split.pool, &split.test})
+    for (const auto& s : *subjects)
+      for (const auto& cs : s.cases)
+        detail::require_label_range(read_labels(cs.label_path).data, k, cs.label_path, rule);
+}
+
+/// "unet.widths, data.size": the keys in which two configs differ (a path "/unet/widths/1" is
+/// the key "unet.widths").
+std::string changed_keys(const json& before, const json& now) {
+  std::set<std::string> keys;
+  for (const auto& op : json::diff(before, now)) {
+    std::string key, part;
+    std::istringstream path(op.at("path").get<std::string>());
+    while (std::getline(path, part, '/'))
+      if (!part.empty() && part.find_first_not_of("0123456789") != std::string::npos)
+        key += (key.empty() ? "" : ".") + part;
+    keys.insert(key);
+  }
+  std::string text;
+  for (const auto& k : keys) text += (text.empty() ? "" : ", ") + k;
+  return text;
+}
+
+/// A folder holding another program's run, or seg_fewshot runs made with another config, is
+/// refused: finished runs are skipped, and their results would be reported under this config.
+/// The grid may change (runs are named by augmentation, subjects and seed).
+void check_earlier_runs(const SegConfig& c, const std::string& out) {
+  detail::require_run_kind(out, kProgram, [](const std::string& text) {
+    parse_seg_config(text, "config.json");
+  });
+  const auto path = detail::join(out, "config.json");
+  if (!detail::file_exists(path)) return;
+  auto before = detail::parse_json_strict(detail::read_config_text(path), path);
+  auto now = json::parse(to_json(c));
+  before.erase("grid"), now.erase("grid");
+  if (before == now) return;
+  throw std::runtime_error("output folder '" + out + "' holds runs made with another config " +
+                           "(its config.json differs in " + changed_keys(before, now) + "): its " +
+                           "finished runs would be kept and reported under this config. Give the " +
+                           "same values, or choose another --output");
+}
+
 }  // namespace
 
 void run_grid(const SegConfig& c, const std::string& out, bool progress) {
@@ -265,8 +317,11 @@ void run_grid(const SegConfig& c, const std::string& out, bool progress) {
   const auto split = split_subjects(c.data);  // the data is found before the output folder is made
   dist::join_for(c.train.device, c.train.dist_timeout, c.train.dist_master);  // a data-parallel job, when launched as one
   check_before_writing(c, split, out);
+  check_label_values(c, split);
+  check_earlier_runs(c, out);
   std::optional<detail::RunLock> lock;  // one run per output folder; rank 0 writes
-  if (dist::world().writer()) lock.emplace(out, "seg_fewshot run");
+  if (dist::world().writer()) lock.emplace(out, kProgram);
+  detail::record_run_kind(out, kProgram);
   write_text_atomically(out + "/config.json", to_json(c) + "\n");
   const auto test = cases_of(split.test);
   log::info("seg_fewshot: pool of " + std::to_string(split.pool.size()) + " subjects, " +
