@@ -2,9 +2,13 @@
 
 #include <ATen/ATen.h>
 #include <torch/cuda.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -17,6 +21,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "dist/backends.h"
+#include "drdm/interrupt.h"
 #include "drdm/log.h"
 #include "parse_integer.h"
 
@@ -97,6 +102,19 @@ WorldSpec world_from_environment(const std::string& master) {
   return w;
 }
 
+/// DRDM_DIST_BUCKET_MB (default 1): the gradient bucket size, refused unless a number of MB in
+/// [0.01, 1024], when the world is joined (not at the first step, after the run folder is made).
+double bucket_bytes() {
+  const char* v = env("DRDM_DIST_BUCKET_MB");
+  if (!v) return 1 << 20;
+  char* end = nullptr;
+  const double mb = std::strtod(v, &end);
+  if (*end != '\0' || !(mb >= 0.01 && mb <= 1024))
+    throw std::invalid_argument(std::string("environment variable DRDM_DIST_BUCKET_MB = '") + v +
+                                "' must be a number of megabytes in [0.01, 1024]");
+  return mb * (1 << 20);
+}
+
 std::chrono::milliseconds dist_timeout(double config_seconds) {
   double s = config_seconds;
   std::string from = "train.dist_timeout";
@@ -127,10 +145,25 @@ std::string backend_for(const torch::Device& device) {
 
 namespace {
 
+/// Waits for a Gloo collective in short slices: SIGINT / SIGTERM act at once, not when the
+/// timeout ends (NCCL's wait only orders the GPU streams and returns).
+void poll_until_done(c10d::Work& work, std::chrono::milliseconds timeout) {
+  const auto begin = std::chrono::steady_clock::now();
+  for (auto waited = begin - begin; !work.isCompleted() && waited < timeout;
+       waited = std::chrono::steady_clock::now() - begin) {
+    throw_if_interrupted();
+    std::this_thread::sleep_for(waited < std::chrono::milliseconds(20) ? std::chrono::microseconds(50)
+                                                                       : std::chrono::microseconds(2000));
+  }
+}
+
 void wait_for(const c10::intrusive_ptr<c10d::Work>& work, const World& w,
               std::chrono::milliseconds timeout, const std::string& what) {
   try {
+    if (w.backend() == "gloo") poll_until_done(*work, timeout);
     work->wait(timeout);
+  } catch (const Interrupted&) {
+    throw;
   } catch (const std::exception& e) {
     throw std::runtime_error(
         "rank " + std::to_string(w.rank()) + " of " + std::to_string(w.size()) + ": " + what +
@@ -146,6 +179,7 @@ struct World::Impl {
   c10::intrusive_ptr<c10d::Backend> backend;
   torch::Device device{torch::kCPU};
   std::chrono::milliseconds timeout{0};
+  double bucket_bytes = 1 << 20;
   std::mutex mutex;
   std::map<std::pair<const void*, size_t>, std::weak_ptr<World::Buckets>>
       buckets;  // per parameter set
@@ -209,6 +243,41 @@ struct World::Buckets {
 
 namespace {
 
+/// True when a TCP connection to `a` opens within `wait`.
+bool connects(const addrinfo& a, std::chrono::milliseconds wait) {
+  const int fd = ::socket(a.ai_family, a.ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a.ai_protocol);
+  if (fd < 0) return false;
+  int err = ::connect(fd, a.ai_addr, a.ai_addrlen) == 0 ? 0 : errno;
+  if (err == EINPROGRESS) {
+    pollfd p{fd, POLLOUT, 0};
+    socklen_t len = sizeof err;
+    err = ::poll(&p, 1, static_cast<int>(wait.count())) == 1 &&
+                  ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0
+              ? err
+              : ETIMEDOUT;
+  }
+  ::close(fd);
+  return err == 0;
+}
+
+/// A client waits until the master's port accepts connections, trying every 200 ms, so that a
+/// signal acts at once (TCPStore's own retries cannot be interrupted) and c10d logs no retries.
+void wait_until_reachable(const WorldSpec& w, std::chrono::steady_clock::time_point end) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  for (;;) {
+    throw_if_interrupted();
+    addrinfo* found = nullptr;
+    bool open = false;
+    if (::getaddrinfo(w.master_addr.c_str(), std::to_string(w.master_port).c_str(), &hints, &found) == 0) {
+      for (auto* a = found; a && !open; a = a->ai_next) open = connects(*a, std::chrono::milliseconds(200));
+      ::freeaddrinfo(found);
+    }
+    if (open || std::chrono::steady_clock::now() >= end) return;  // TCPStore then says why
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
 c10::intrusive_ptr<c10d::Store> connect_store(const WorldSpec& w,
                                               std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions o;
@@ -219,8 +288,18 @@ c10::intrusive_ptr<c10d::Store> connect_store(const WorldSpec& w,
   o.timeout = timeout;
   const std::string where = w.master_addr + ":" + std::to_string(w.master_port);
   try {
+    if (!o.isServer) {
+      const auto end = std::chrono::steady_clock::now() + timeout;
+      wait_until_reachable(w, end);
+      o.timeout = std::max(std::chrono::duration_cast<std::chrono::milliseconds>(
+                               end - std::chrono::steady_clock::now()),
+                           std::chrono::milliseconds(1000));
+    }
     auto tcp = c10::make_intrusive<c10d::TCPStore>(w.master_addr, o);
+    tcp->setTimeout(timeout);
     return c10::make_intrusive<c10d::PrefixStore>(w.key_prefix, tcp);
+  } catch (const Interrupted&) {
+    throw;
   } catch (const std::exception& e) {
     throw std::runtime_error(std::string(o.isServer ? "rank 0 could not serve the rendezvous at "
                                                     : "could not reach the master at ") +
@@ -231,7 +310,14 @@ c10::intrusive_ptr<c10d::Store> connect_store(const WorldSpec& w,
 }
 
 std::string get_key(c10d::Store& store, const std::string& key, std::chrono::milliseconds timeout) {
-  store.wait({key}, timeout);
+  // Polled rather than store.wait(): a signal acts within 50 ms, not when the timeout ends.
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (!store.check({key})) {
+    throw_if_interrupted();
+    if (std::chrono::steady_clock::now() >= end)
+      throw std::runtime_error("timed out waiting for '" + key + "'");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   const auto v = store.get(key);
   return std::string(v.begin(), v.end());
 }
@@ -240,6 +326,8 @@ std::string size_of_rank(c10d::Store& store, const WorldSpec& w, int r,
                          std::chrono::milliseconds timeout) {
   try {
     return get_key(store, "size/" + std::to_string(r), timeout);
+  } catch (const Interrupted&) {
+    throw;
   } catch (const c10::DistNetworkError& e) {
     throw std::runtime_error(
         "lost the connection to rank 0 at " + w.master_addr + ":" + std::to_string(w.master_port) +
@@ -283,6 +371,7 @@ World::World(WorldSpec spec, const torch::Device& device, std::chrono::milliseco
     : spec_(std::move(spec)), backend_(backend_for(device)), impl_(std::make_unique<Impl>()) {
   impl_->device = backend_ == "nccl" ? device : torch::Device(torch::kCPU);
   impl_->timeout = timeout;
+  impl_->bucket_bytes = bucket_bytes();
   impl_->store = connect_store(spec_, timeout);
   check_arrivals(*impl_->store, spec_, timeout);
   auto pg_store = c10::make_intrusive<c10d::PrefixStore>(backend_, impl_->store);
@@ -309,8 +398,7 @@ std::shared_ptr<World::Buckets> World::buckets_for(const std::vector<torch::Tens
   const std::pair<const void*, size_t> key{params.front().unsafeGetTensorImpl(), params.size()};
   std::lock_guard<std::mutex> lock(impl_->mutex);
   if (auto known = impl_->buckets[key].lock()) return known;
-  const char* mb = env("DRDM_DIST_BUCKET_MB");
-  const double cap_bytes = (mb ? std::max(0.01, std::atof(mb)) : 1.0) * (1 << 20);
+  const double cap_bytes = impl_->bucket_bytes;
   auto state = std::make_shared<Buckets>();
   state->backend = impl_->backend;
   state->bucket_of.resize(params.size());

@@ -273,6 +273,76 @@ def reg_equal(args, w):
     check(same, "rank 0 wrote the same files as one process")
 
 
+def stopped_in_time(proc, sig, want, what, limit=10):
+    """Sends `sig` to `proc`: it must exit with `want` within `limit` seconds."""
+    proc.send_signal(sig)
+    t0 = time.time()
+    (rc, err, _), = wait_all([proc], limit)
+    check(rc == want and time.time() - t0 < limit,
+          f"{what}: exit {rc} (want {want}) {time.time() - t0:.1f} s after the signal " + err.strip()[-160:])
+
+
+def signals_while_waiting(train, cfg, w):
+    """SIGINT / SIGTERM act at once while a rank waits for its peers, not when DRDM_DIST_TIMEOUT
+    (60 s) ends (issue 26, item 11)."""
+    rank0 = launch([train, "-c", cfg, "-o", w("sig0"), "--no-progress"], env_for(0, 2, free_port(), DRDM_DIST_TIMEOUT=60))
+    time.sleep(3)
+    stopped_in_time(rank0, signal.SIGINT, 130, "rank 0 waiting for rank 1 to join, SIGINT")
+    rank1 = launch([train, "-c", cfg, "-o", w("sig1"), "--no-progress"], env_for(1, 2, free_port(), DRDM_DIST_TIMEOUT=60))
+    time.sleep(3)
+    stopped_in_time(rank1, signal.SIGTERM, 143, "rank 1 trying to reach an absent master, SIGTERM")
+    out, port = w("sig2"), free_port()
+    long = [train, "-c", cfg, "-o", out, "--no-progress", "-q", "--set", "train.steps=100000"]
+    procs = [launch(long, env_for(r, 2, port, DRDM_DIST_TIMEOUT=60)) for r in range(2)]
+    end = time.time() + 120
+    while time.time() < end and not (os.path.exists(f"{out}/metrics.jsonl") and len(lines(f"{out}/metrics.jsonl")) >= 2):
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGSTOP)
+    time.sleep(1)
+    stopped_in_time(procs[0], signal.SIGTERM, 143, "rank 0 in a collective with a stopped rank 1, SIGTERM")
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait()
+
+
+def refused_on_both(cmd_of, env_extra, names, out, what):
+    port = free_port()
+    res = wait_all([launch(cmd_of(r), env_for(r, 2, port, DRDM_DIST_TIMEOUT=30, **env_extra)) for r in range(2)], 120)
+    check(all(rc == 1 and all(n in err for n in names) for rc, err, _ in res),
+          f"{what}: both ranks exit 1 naming {names}: " + " | ".join(e.strip()[-160:] for _, e, _ in res))
+    check(not os.path.exists(out), f"{what}: nothing was written ({out})")
+
+
+def checks_before_writing(args, train, cfg, w):
+    """A batch that does not split over the ranks (seg_fewshot, reg_synth) and a bad
+    DRDM_DIST_BUCKET_MB are refused before any folder is made (issue 26, item 19)."""
+    from test_seg_cli import write_case
+    data = w("seg_data")
+    if not os.path.exists(data):
+        for s in (1, 2, 21, 10, 30):
+            for f in (1, 2):
+                write_case(data, f"patient{s:03d}_frame0{f}", s % 5 - 2)
+    seg = os.path.join(args.bin_dir, "seg_fewshot")
+    sets = ["--set", f"data.images={data}/images", f"data.labels={data}/labels", "data.size=[32,32]",
+            "unet.widths=[4,8]", "train.steps=2", "train.warmup_steps=0", "train.batch_size=3", "train.device=cpu",
+            "grid.subjects=[1]", 'grid.augmentations=["none"]']
+    out = w("seg_batch3")
+    refused_on_both(lambda r: [seg, "run", "--config", os.path.join(args.configs, "seg-acdc-cpu.json"), "--output",
+                               out, "--no-progress"] + sets, {}, ["train.batch_size = 3", "world size 2"], out,
+                    "seg_fewshot train.batch_size=3 on 2 ranks")
+    reg = os.path.join(args.bin_dir, "reg_synth")
+    jsrt = os.path.join(args.data, "jsrt")
+    out = w("reg_batch3")
+    refused_on_both(lambda r: [reg, "run", "--config", os.path.join(args.configs, "reg-jsrt-cpu.json"), "--output",
+                               out, "--no-progress", "--set", f"data.images={jsrt}/images",
+                               f"data.labels={jsrt}/labels", 'data.include=["JPCLN00[1-3]*", "JPCNN08[0-2]*"]',
+                               "data.size=[64, 64]", "pretrain.batch_size=3", 'pretrain.device="cpu"'],
+                    {}, ["pretrain.batch_size = 3", "world size 2"], out, "reg_synth pretrain.batch_size=3 on 2 ranks")
+    for value in ("abc", "-5"):
+        out = w("bucket" + value)
+        refused_on_both(lambda r: [train, "-c", cfg, "-o", out, "--no-progress"], {"DRDM_DIST_BUCKET_MB": value},
+                        ["DRDM_DIST_BUCKET_MB", value], out, f"DRDM_DIST_BUCKET_MB={value}")
+
+
 def c_lr(cfg):
     text = open(cfg).read()
     return json.loads(text)["train"]["lr"]
@@ -290,6 +360,8 @@ def main():
     world_of_one(args, train, cfg, one, w)
     kill_a_rank(args, train, cfg, w)
     failures(args, train, cfg, w)
+    signals_while_waiting(train, cfg, w)
+    checks_before_writing(args, train, cfg, w)
     seg_equal(args, w)
     reg_equal(args, w)
     return finish("cli_distributed", args.workdir)
