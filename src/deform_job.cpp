@@ -7,6 +7,7 @@
 #include "parse_integer.h"
 #include "soft_labels.h"
 #include "progress.h"
+#include "run_kind.h"
 #include "run_lock.h"
 
 #include "drdm/commands.h"
@@ -1093,6 +1094,7 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
       throw std::invalid_argument("levels: " + levels_text({l}) + " exceeds the model's T = " + std::to_string(big_t));
   const Inputs in = discover(o);
   require_utf8_names(o, in, model_path);
+  detail::require_run_kind(o.output, "drdm_deform", {});  // not a seg_fewshot / reg_synth folder
   const int64_t model_dims = trained.config.data.dims;
   const std::vector<Case> mine = shard_cases(in, o, model_dims);
   // One run per output folder (shards of one job share it, one process per shard).

@@ -56,6 +56,7 @@ void require_run_kind(const std::string& folder, const std::string& program,
                              : "the results of " + made_by);
     return;
   }
+  if (!parse_config) return;
   const auto text = earlier_config(folder);
   if (text.empty()) return;
   try {

@@ -13,8 +13,8 @@ inline constexpr const char* kRunKindFile = "run.json";
 /// Throws std::runtime_error naming `folder` and the other program when
 /// `folder` holds another program's run: its run.json names another program
 /// or, in a folder from before run.json, its config.json (or the "config" of
-/// its results.json) is not a config that `parse_config` accepts. A missing,
-/// empty or new folder passes.
+/// its results.json) is not a config that `parse_config` accepts (without
+/// `parse_config`, run.json alone tells). A missing, empty or new folder passes.
 void require_run_kind(const std::string& folder, const std::string& program,
                       const std::function<void(const std::string& json_text)>& parse_config);
 

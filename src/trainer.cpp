@@ -26,6 +26,7 @@
 #include "drdm/preview.h"
 #include "drdm/spatial.h"
 #include "progress.h"
+#include "run_kind.h"
 #include "run_lock.h"
 #include "seeds.h"
 
@@ -218,6 +219,7 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
   std::optional<detail::RunLock> lock;  // held until training ends; rank 0 writes
   if (world.writer()) lock.emplace(output_dir, "drdm_train");
   if (!resume) refuse_existing_run(output_dir);
+  detail::require_run_kind(output_dir, "drdm_train", {});  // not a seg_fewshot / reg_synth folder
   // The data is read and checked before anything is written.
   const ImageDataset dataset(config.data);
   if (dataset.size() == 0) throw std::runtime_error("no training samples found in data.folders");

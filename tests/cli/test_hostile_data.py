@@ -144,6 +144,12 @@ def other_kind_refused():
             untouched=[reg_out])
     refused(reg_cmd(reg, seg_out), "reg_synth run --output <a seg_fewshot folder>", ["seg_fewshot run", seg_out],
             untouched=[seg_out])
+    refused([exe("drdm_deform"), "-i", os.path.join(reg, "images"), "-o", reg_out, "--device", "cpu", "--levels",
+             "2", "--samples", "1"], "drdm_deform -o <a reg_synth folder>", ["reg_synth run", reg_out],
+            untouched=[reg_out])
+    refused([exe("drdm_train"), "-c", os.path.join(ARGS.configs, "cardiac2d-cpu.json"), "-o", reg_out,
+             "--no-progress", "--set", f'data.folders=["{reg}/images"]', "train.device=cpu"],
+            "drdm_train -o <a reg_synth folder>", ["reg_synth run", reg_out], untouched=[reg_out])
     if os.path.exists(os.path.join(reg_out, "run.json")):
         os.remove(os.path.join(reg_out, "run.json"))  # as a folder written before run.json
     refused(seg_cmd(seg, reg_out), "seg_fewshot run --output <a reg_synth folder without run.json>",
