@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 
 #include <exception>
+#include <new>
 #include <iostream>
 
 namespace drdm::app {
@@ -39,6 +40,10 @@ int run_reporting_errors(const char* program, Fn&& work) {
   } catch (const c10::Error& e) {  // LibTorch's messages without the C++ backtrace
     if (interrupt_signal()) return interrupted();
     std::cerr << program << ": error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::bad_alloc&) {  // an allocation that no caller named (they say "while ...")
+    if (interrupt_signal()) return interrupted();
+    std::cerr << program << ": error: out of memory\n";
     return 1;
   } catch (const std::exception& e) {
     if (interrupt_signal()) return interrupted();

@@ -1,11 +1,19 @@
 #include "drdm/training_engine.h"
 
 #include <ATen/ATen.h>
+#include <caffe2/serialize/inline_container.h>
+#include <fcntl.h>
+#include <torch/csrc/jit/serialization/export.h>
 #include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/csrc/jit/serialization/pickler.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <fstream>
 #include <iterator>
 #include <optional>
@@ -16,6 +24,7 @@
 #include "drdm/distributed.h"
 #include "drdm/interrupt.h"
 #include "drdm/log.h"
+#include "out_of_memory.h"
 #include "progress.h"
 #include "seeds.h"
 
@@ -28,6 +37,42 @@ std::vector<char> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot read '" + path + "'");
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+/// torch.save's zip archive of `value`, streamed into the new file `file` (no copy in memory).
+/// PyTorchStreamWriter ends the archive in its destructor, and after a failed write it throws
+/// there ("unexpected pos"), which ends the process. So its writer function never fails: it keeps
+/// the first error and drops the bytes after it; the error is thrown once the archive is closed.
+/// A writer left by an exception is abandoned, not destroyed.
+void write_archive(const std::string& file, const std::string& what, const c10::IValue& value) {
+  std::vector<char> pickle;
+  torch::jit::Pickler pickler([&](const char* p, size_t n) { pickle.insert(pickle.end(), p, p + n); });
+  pickler.protocol();
+  pickler.pushIValue(value);
+  pickler.stop();
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error("'" + what + "': cannot create: " + std::strerror(errno));
+  int error = 0;
+  auto writer = std::make_unique<caffe2::serialize::PyTorchStreamWriter>([&](const void* p, size_t n) {
+    for (auto [b, left] = std::pair{static_cast<const char*>(p), n}; error == 0 && left > 0;) {
+      const ssize_t k = ::write(fd, b, left);
+      if (k < 0 && errno == EINTR) continue;
+      if (k <= 0) error = k < 0 ? errno : ENOSPC;
+      else b += k, left -= static_cast<size_t>(k);
+    }
+    return n;
+  });
+  try {
+    torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(), *writer);
+    writer->writeEndOfFile();
+  } catch (...) {
+    (void)writer.release();
+    ::close(fd);
+    throw;
+  }
+  writer.reset();
+  if (::close(fd) != 0 && error == 0) error = errno;
+  if (error != 0) throw std::runtime_error("'" + what + "': cannot write: " + std::strerror(error));
 }
 
 void write_bytes_atomically(const std::string& path, const std::vector<char>& bytes) {
@@ -125,7 +170,9 @@ void save_checkpoint(const std::string& path, const std::string& kind, const std
     d.insert("adam_exp_avg_sq", c10::IValue(v));
     d.insert("adam_step", c10::IValue(adam->steps()));
   }
-  write_bytes_atomically(path, torch::jit::pickle_save(c10::IValue(d)));
+  detail::naming_out_of_memory("writing '" + path + "'", [&] {
+    detail::write_via_temporary(path, [&](const std::string& tmp) { write_archive(tmp, path, d); });
+  });
 }
 
 Checkpoint read_checkpoint(const std::string& path, const std::string& expected_kind) {

@@ -13,6 +13,7 @@
 #include "drdm/distributed.h"
 #include "drdm/interrupt.h"
 #include "../atomic_file.h"
+#include "../out_of_memory.h"
 #include "../bank_files.h"
 #include "../progress.h"
 #include "drdm/log.h"
@@ -112,7 +113,11 @@ PairBank synthetic_bank(const std::string& kind, const torch::Tensor& images, co
     log::info(kind + " pairs: " + path + " was made for other images or settings; rebuilding");
   }
   const auto begin = std::chrono::steady_clock::now();
-  auto bank = kind == "mrbs" ? generate_mrbs(images, c, progress) : generate_drdm(images, c, progress);
+  const auto what = "making " + std::to_string(images.size(0) * c.synthetic.pairs_per_image) + " " + kind +
+                    " pairs (lower synthetic.pairs_per_image)";
+  auto bank = detail::naming_out_of_memory(what, [&] {
+    return kind == "mrbs" ? generate_mrbs(images, c, progress) : generate_drdm(images, c, progress);
+  });
   bank.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   detail::make_dirs(dir);
   const nlohmann::json record = {{"identity", identity}, {"seconds", bank.seconds}, {"pairs", bank.target.size(0)}};

@@ -16,6 +16,7 @@
 #include <stdexcept>
 
 #include "../atomic_file.h"
+#include "../out_of_memory.h"
 #include "../bank_files.h"
 #include "../config_json.h"
 #include "../input_checks.h"
@@ -157,7 +158,9 @@ torch::Tensor drdm_bank(const SliceSet& slices, const SegConfig& c, uint64_t see
     log::info("drdm bank: " + path + " was made for other slices or settings; rebuilding");
   }
   const auto begin = std::chrono::steady_clock::now();
-  auto fields = generate_bank(slices, c, seed, progress);
+  auto fields = detail::naming_out_of_memory(
+      "making the DRDM bank (lower drdm.fields_per_slice or drdm.max_fields)",
+      [&] { return generate_bank(slices, c, seed, progress); });
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   detail::make_dirs(dir);
   nlohmann::json record = {{"identity", manifest}, {"seconds", secs},
