@@ -152,8 +152,9 @@ void poll_until_done(c10d::Work& work, std::chrono::milliseconds timeout) {
   for (auto waited = begin - begin; !work.isCompleted() && waited < timeout;
        waited = std::chrono::steady_clock::now() - begin) {
     throw_if_interrupted();
-    std::this_thread::sleep_for(waited < std::chrono::milliseconds(20) ? std::chrono::microseconds(50)
-                                                                       : std::chrono::microseconds(2000));
+    std::this_thread::sleep_for(waited < std::chrono::milliseconds(20)
+                                    ? std::chrono::microseconds(50)
+                                    : std::chrono::microseconds(2000));
   }
 }
 
@@ -269,8 +270,10 @@ void wait_until_reachable(const WorldSpec& w, std::chrono::steady_clock::time_po
     throw_if_interrupted();
     addrinfo* found = nullptr;
     bool open = false;
-    if (::getaddrinfo(w.master_addr.c_str(), std::to_string(w.master_port).c_str(), &hints, &found) == 0) {
-      for (auto* a = found; a && !open; a = a->ai_next) open = connects(*a, std::chrono::milliseconds(200));
+    if (::getaddrinfo(w.master_addr.c_str(), std::to_string(w.master_port).c_str(), &hints,
+                      &found) == 0) {
+      for (auto* a = found; a && !open; a = a->ai_next)
+        open = connects(*a, std::chrono::milliseconds(200));
       ::freeaddrinfo(found);
     }
     if (open || std::chrono::steady_clock::now() >= end) return;  // TCPStore then says why

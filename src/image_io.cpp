@@ -156,7 +156,8 @@ itk::ImageIOBase::Pointer open_io(const std::string& path) {
   check_metaimage_ndims(path);
   auto io = itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::ImageIOFactory::ReadMode);
   if (!io && is_gzip(path))  // a small file's header reaches the damaged trailer: say so
-    read_bytes(path, 0, true, [](const unsigned char*, size_t) {}, path);
+    read_bytes(
+        path, 0, true, [](const unsigned char*, size_t) {}, path);
   if (!io) fail(path, "not a readable NIfTI, MetaImage, NRRD or PNG image (unknown format or corrupt header)");
   io->SetFileName(path);
   try {

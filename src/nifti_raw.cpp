@@ -299,7 +299,8 @@ void set_nifti_codes(const std::string& src, const std::string& dst,
   const int closed = gzclose(out);
   // zlib reports a failed write() or close() as Z_ERRNO with errno set: the system's reason.
   if (ok && closed != Z_OK) ok = false, write_errno = closed == Z_ERRNO ? errno : EIO;
-  if (!ok) fail(name, std::string("cannot write the compressed file: ") + std::strerror(write_errno));
+  if (!ok)
+    fail(name, std::string("cannot write the compressed file: ") + std::strerror(write_errno));
   std::remove(src.c_str());
 }
 

@@ -13,7 +13,8 @@ namespace drdm::detail {
 /// out-of-memory error).
 inline bool is_out_of_memory(const c10::Error& e) {
   const std::string m = e.what_without_backtrace();
-  return dynamic_cast<const c10::OutOfMemoryError*>(&e) || m.find("can't allocate memory") != std::string::npos;
+  return dynamic_cast<const c10::OutOfMemoryError*>(&e) ||
+         m.find("can't allocate memory") != std::string::npos;
 }
 
 /// Runs `work`; an allocation failure in it becomes std::runtime_error("out of memory while
@@ -27,7 +28,8 @@ decltype(auto) naming_out_of_memory(const std::string& what, Fn&& work) {
   } catch (const c10::Error& e) {
     if (!is_out_of_memory(e)) throw;
     const std::string m = e.what_without_backtrace();
-    throw std::runtime_error("out of memory while " + what + " (" + m.substr(0, m.find('\n')) + ")");
+    throw std::runtime_error("out of memory while " + what + " (" + m.substr(0, m.find('\n')) +
+                             ")");
   }
 }
 

@@ -46,24 +46,29 @@ std::vector<char> read_bytes(const std::string& path) {
 /// A writer left by an exception is abandoned, not destroyed.
 void write_archive(const std::string& file, const std::string& what, const c10::IValue& value) {
   std::vector<char> pickle;
-  torch::jit::Pickler pickler([&](const char* p, size_t n) { pickle.insert(pickle.end(), p, p + n); });
+  torch::jit::Pickler pickler(
+      [&](const char* p, size_t n) { pickle.insert(pickle.end(), p, p + n); });
   pickler.protocol();
   pickler.pushIValue(value);
   pickler.stop();
   const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw std::runtime_error("'" + what + "': cannot create: " + std::strerror(errno));
   int error = 0;
-  auto writer = std::make_unique<caffe2::serialize::PyTorchStreamWriter>([&](const void* p, size_t n) {
-    for (auto [b, left] = std::pair{static_cast<const char*>(p), n}; error == 0 && left > 0;) {
-      const ssize_t k = ::write(fd, b, left);
-      if (k < 0 && errno == EINTR) continue;
-      if (k <= 0) error = k < 0 ? errno : ENOSPC;
-      else b += k, left -= static_cast<size_t>(k);
-    }
-    return n;
-  });
+  auto writer =
+      std::make_unique<caffe2::serialize::PyTorchStreamWriter>([&](const void* p, size_t n) {
+        for (auto [b, left] = std::pair{static_cast<const char*>(p), n}; error == 0 && left > 0;) {
+          const ssize_t k = ::write(fd, b, left);
+          if (k < 0 && errno == EINTR) continue;
+          if (k <= 0)
+            error = k < 0 ? errno : ENOSPC;
+          else
+            b += k, left -= static_cast<size_t>(k);
+        }
+        return n;
+      });
   try {
-    torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(), *writer);
+    torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(),
+                                       *writer);
     writer->writeEndOfFile();
   } catch (...) {
     (void)writer.release();

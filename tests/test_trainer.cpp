@@ -499,7 +499,9 @@ TEST(Checkpoint, SavesUnderAMemoryLimitWithoutAborting) {
       drdm::save_checkpoint(path, "test", "{}", 0, {{"w", weights}});
       ::_exit(0);
     } catch (const std::exception& e) {
-      ::_exit(std::string(e.what()).find("out of memory while writing") != std::string::npos ? 2 : 3);
+      const bool memory =
+          std::string(e.what()).find("out of memory while writing") != std::string::npos;
+      ::_exit(memory ? 2 : 3);
     }
   }
   int status = 0;

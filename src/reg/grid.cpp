@@ -227,7 +227,8 @@ void check_before_writing(const RegConfig& c) {
   const auto has = [](const auto& list, const auto& value) {
     return std::find(list.begin(), list.end(), value) != list.end();
   };
-  if (g.pretrain.size() > static_cast<size_t>(std::count(g.pretrain.begin(), g.pretrain.end(), "none")))
+  if (g.pretrain.size() >
+      static_cast<size_t>(std::count(g.pretrain.begin(), g.pretrain.end(), "none")))
     dist::world().share(c.pretrain.batch_size, "pretrain.batch_size");
   if (has(g.finetune, true)) dist::world().share(c.finetune.batch_size, "finetune.batch_size");
   if (!has(g.pretrain, std::string("drdm"))) return;

@@ -113,8 +113,8 @@ PairBank synthetic_bank(const std::string& kind, const torch::Tensor& images, co
     log::info(kind + " pairs: " + path + " was made for other images or settings; rebuilding");
   }
   const auto begin = std::chrono::steady_clock::now();
-  const auto what = "making " + std::to_string(images.size(0) * c.synthetic.pairs_per_image) + " " + kind +
-                    " pairs (lower synthetic.pairs_per_image)";
+  const auto what = "making " + std::to_string(images.size(0) * c.synthetic.pairs_per_image) + " " +
+                    kind + " pairs (lower synthetic.pairs_per_image)";
   auto bank = detail::naming_out_of_memory(what, [&] {
     return kind == "mrbs" ? generate_mrbs(images, c, progress) : generate_drdm(images, c, progress);
   });

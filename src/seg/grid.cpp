@@ -250,7 +250,8 @@ void write_predictions_png(const SegConfig& c, const LabelledCase& test_case, co
 /// What a run can refuse is refused before its folder or config.json is made: every case is
 /// read once, the batch must split over the ranks, the levels must be the model's.
 void check_before_writing(const SegConfig& c, const Split& split, const std::string& out) {
-  detail::require_output_outside(out, {{"data.images", c.data.images}, {"data.labels", c.data.labels}});
+  detail::require_output_outside(out,
+                                 {{"data.images", c.data.images}, {"data.labels", c.data.labels}});
   dist::world().share(c.train.batch_size, "train.batch_size");
   const auto& augs = c.grid.augmentations;
   if (std::find(augs.begin(), augs.end(), "drdm") != augs.end())
