@@ -247,15 +247,20 @@ void write_predictions_png(const SegConfig& c, const LabelledCase& test_case, co
   write_rgb_png(out + "/predictions.png", at::cat(rows, 1));
 }
 
-/// What a run can refuse is refused before its folder or config.json is made: every case is
-/// read once, the batch must split over the ranks, the levels must be the model's.
-void check_before_writing(const SegConfig& c, const Split& split, const std::string& out) {
+/// What a run can refuse is refused before its folder or config.json is made: the output must
+/// lie outside the data, the batch must split over the ranks, the levels must be the model's.
+void check_before_writing(const SegConfig& c, const std::string& out) {
   detail::require_output_outside(out,
                                  {{"data.images", c.data.images}, {"data.labels", c.data.labels}});
   dist::world().share(c.train.batch_size, "train.batch_size");
   const auto& augs = c.grid.augmentations;
   if (std::find(augs.begin(), augs.end(), "drdm") != augs.end())
     detail::require_levels_in_model(c.drdm.model, c.drdm.levels, "drdm.levels");
+}
+
+/// Every case is read once before config.json, inside the lock (a folder in use is refused at
+/// once; on an error the lock removes the folder it made).
+void read_every_case(const SegConfig& c, const Split& split) {
   for (const auto* subjects : {&split.pool, &split.test})
     for (const auto& s : *subjects)
       for (const auto& cs : s.cases) {
@@ -317,11 +322,12 @@ void run_grid(const SegConfig& c, const std::string& out, bool progress) {
   const auto begin = std::chrono::steady_clock::now();
   const auto split = split_subjects(c.data);  // the data is found before the output folder is made
   dist::join_for(c.train.device, c.train.dist_timeout, c.train.dist_master);  // a data-parallel job, when launched as one
-  check_before_writing(c, split, out);
+  check_before_writing(c, out);
   check_label_values(c, split);
   check_earlier_runs(c, out);
   std::optional<detail::RunLock> lock;  // one run per output folder; rank 0 writes
   if (dist::world().writer()) lock.emplace(out, kProgram);
+  read_every_case(c, split);
   detail::record_run_kind(out, kProgram);
   write_text_atomically(out + "/config.json", to_json(c) + "\n");
   const auto test = cases_of(split.test);
