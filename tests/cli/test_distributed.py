@@ -285,17 +285,20 @@ def stopped_in_time(proc, sig, want, what, limit=10):
 def signals_while_waiting(train, cfg, w):
     """SIGINT / SIGTERM act at once while a rank waits for its peers, not when DRDM_DIST_TIMEOUT
     (60 s) ends (issue 26, item 11)."""
-    rank0 = launch([train, "-c", cfg, "-o", w("sig0"), "--no-progress"], env_for(0, 2, free_port(), DRDM_DIST_TIMEOUT=60))
+    rank0 = launch([train, "-c", cfg, "-o", w("sig0"), "--no-progress"],
+                   env_for(0, 2, free_port(), DRDM_DIST_TIMEOUT=60))
     time.sleep(3)
     stopped_in_time(rank0, signal.SIGINT, 130, "rank 0 waiting for rank 1 to join, SIGINT")
-    rank1 = launch([train, "-c", cfg, "-o", w("sig1"), "--no-progress"], env_for(1, 2, free_port(), DRDM_DIST_TIMEOUT=60))
+    rank1 = launch([train, "-c", cfg, "-o", w("sig1"), "--no-progress"],
+                   env_for(1, 2, free_port(), DRDM_DIST_TIMEOUT=60))
     time.sleep(3)
     stopped_in_time(rank1, signal.SIGTERM, 143, "rank 1 trying to reach an absent master, SIGTERM")
     out, port = w("sig2"), free_port()
     long = [train, "-c", cfg, "-o", out, "--no-progress", "-q", "--set", "train.steps=100000"]
     procs = [launch(long, env_for(r, 2, port, DRDM_DIST_TIMEOUT=60)) for r in range(2)]
     end = time.time() + 120
-    while time.time() < end and not (os.path.exists(f"{out}/metrics.jsonl") and len(lines(f"{out}/metrics.jsonl")) >= 2):
+    metrics = f"{out}/metrics.jsonl"
+    while time.time() < end and not (os.path.exists(metrics) and len(lines(metrics)) >= 2):
         time.sleep(0.1)
     procs[1].send_signal(signal.SIGSTOP)
     time.sleep(1)
