@@ -99,13 +99,32 @@ def spread(items: list, count: int) -> list:
     return [items[i] for i in idx]
 
 
-def write_slices(chosen: list[dict], folder: Path) -> None:
+def stretch_slice(sl: sitk.Image, n: int) -> sitk.Image:
+    """The slice resampled (linear) to n x n voxels of 1 mm, its aspect ratio not kept: what the
+    authors' ACDC loader does (skimage `resize` to 256 x 256), so the anatomy fills the grid."""
+    out = sitk.Image([n, n], sl.GetPixelID())
+    size, spacing = sl.GetSize(), sl.GetSpacing()
+    out.SetSpacing([1.0, 1.0])
+    scale = [size[i] * spacing[i] / n for i in range(2)]  # mm of the slice per output voxel
+    affine = sitk.AffineTransform(2)
+    affine.SetMatrix([scale[0], 0.0, 0.0, scale[1]])
+    # output voxel centre j (mm = j) -> slice point: origin + (j + 0.5) * scale - 0.5 * spacing
+    affine.SetTranslation([-0.5 * spacing[i] + 0.5 * scale[i] for i in range(2)])
+    flat = sitk.Image(sl)
+    flat.SetOrigin([0.0, 0.0])
+    flat.SetDirection([1.0, 0.0, 0.0, 1.0])
+    return sitk.Resample(flat, out, affine, sitk.sitkLinear, 0.0, sl.GetPixelID())
+
+
+def write_slices(chosen: list[dict], folder: Path, stretch: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for c in chosen:
         vol = sitk.ReadImage(c["image"])
         size = list(vol.GetSize())
         sl = sitk.Extract(vol, [size[0], size[1], 0], [0, 0, c["z"]],
                           sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+        if stretch > 0:
+            sl = stretch_slice(sitk.Cast(sl, sitk.sitkFloat32), stretch)
         path = folder / f"{c['name']}.nii.gz"
         sitk.WriteImage(sl, str(path))
         c["slice_file"] = str(path)
@@ -449,6 +468,13 @@ def pm(v, digits=1) -> str:
     return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
 
 
+def grid_sentence(stretch: int) -> str:
+    if stretch:
+        return (f"Each slice is resampled to {stretch} × {stretch} voxels of 1 mm without keeping its aspect "
+                "ratio (`--stretch`), as the authors' ACDC loader resizes to 256 × 256.")
+    return "Slices keep their in-plane grid (mostly 216 × 256 or 256 × 216, spacing written as 1 mm)."
+
+
 def write_markdown(path: Path, res: dict, command: str) -> None:
     levels = res["levels"]
     ours = res["table"]["numpy"]
@@ -474,8 +500,8 @@ def write_markdown(path: Path, res: dict, command: str) -> None:
              f"{res['images']['count']} evenly spaced by number (so every pathology group of 20 is represented), "
              "end-diastole "
              "frame (`frame01`), mid-ventricular slice = the middle one of the slices whose label map holds LV "
-             "cavity (label 3). Slices keep their in-plane grid (mostly 216 × 256 or 256 × 216, spacing written "
-             "as 1 mm) and are written as 2D NIfTI to the work folder, never to the repository.")
+             "cavity (label 3). " + grid_sentence(res['config'].get('stretch', 0)) +
+             " They are written as 2D NIfTI to the work folder, never to the repository.")
     L.append(f"- **Generation**: `drdm_deform --mode deform --levels {','.join(map(str, levels))} "
              f"--samples {cfg['samples']} --seed {cfg['seed']}` on the CPU ({cfg['jobs']} processes (`--shard i/{cfg['jobs']}`) "
              f"× {cfg['threads']} thread(s)), schedule "
@@ -722,6 +748,9 @@ def main() -> None:
                     help="slices (evenly spaced) for the random-start-field run; 0: as many as --max-images")
     ap.add_argument("--no-start-fields", action="store_true", help="skip the zeroed-model run (random start fields)")
     ap.add_argument("--reuse", action="store_true", help="reuse drdm_deform outputs already in --work-dir")
+    ap.add_argument("--stretch", type=int, default=0,
+                    help="resample each slice to N x N without keeping its aspect ratio, as the authors' "
+                         "loader does (the imported cardiac2d-paper model expects it); 0: keep the slice")
     ap.add_argument("--figure-case", default="", help="slice name for the level figure (default: the first)")
     args = ap.parse_args()
     global MODEL_NAME
@@ -745,7 +774,7 @@ def main() -> None:
     inputs = work / "inputs"
     if inputs.exists():
         shutil.rmtree(inputs)
-    write_slices(chosen, inputs)
+    write_slices(chosen, inputs, args.stretch)
     log(f"{len(chosen)} slices from {len({c['subject'] for c in chosen})} subjects -> {inputs}")
 
     timing = {}
@@ -801,7 +830,8 @@ def main() -> None:
         "levels": levels,
         "config": {"samples": args.samples, "seed": args.seed, "threads": args.threads, "jobs": args.jobs,
                    "model": args.model,
-                   "schedule": args.schedule, "slices_per_subject": args.slices_per_subject},
+                   "schedule": args.schedule, "slices_per_subject": args.slices_per_subject,
+                   "stretch": args.stretch},
         "images": {"count": len(chosen), "rule": "ACDC subjects with number % 20 in 10..18, frame01 (ED), middle "
                    "slice among those with LV cavity (label 3); --max-images of them evenly spaced by subject number",
                    "list": [{k: c[k] for k in ("name", "subject", "z", "size_xy", "spacing_xy")} for c in chosen]},
@@ -855,6 +885,8 @@ def main() -> None:
                f"--start-images {args.start_images}")
     if args.slices_per_subject != 1:
         command += f" --slices-per-subject {args.slices_per_subject}"
+    if args.stretch:
+        command += f" --stretch {args.stretch}"
     if args.no_start_fields:
         command += " --no-start-fields"
     res["command"] = command

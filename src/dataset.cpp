@@ -211,9 +211,10 @@ at::Tensor fit_with(const at::Tensor& image, const GridFit& fit) {
 
 /// Resamples an image [1, ...S] (values in [0, 1]) so that its physical
 /// extent fits `size` with its aspect ratio kept, centred in zero padding.
-at::Tensor fit_to_size(const at::Tensor& image, const std::vector<double>& spacing, const std::vector<int64_t>& size) {
+at::Tensor fit_to_size(const at::Tensor& image, const std::vector<double>& spacing,
+                       const std::vector<int64_t>& size, bool stretch) {
   std::vector<int64_t> shape(image.sizes().begin() + 1, image.sizes().end());
-  return fit_with(image, fit_grid(shape, spacing, size));
+  return fit_with(image, fit_grid(shape, spacing, size, stretch));
 }
 
 void check_preprocess_args(const at::Tensor& image, const std::vector<double>& spacing, const std::vector<int64_t>& size,
@@ -274,7 +275,7 @@ FileSamples load_file(const std::string& path, const DatasetOptions& o) {
       out.skipped = 1;
       return out;
     }
-    out.samples.push_back(fit_to_size(n, spacing, o.size));
+    out.samples.push_back(fit_to_size(n, spacing, o.size, o.fit == "stretch"));
     out.sources.push_back(path);
     return out;
   }
@@ -289,7 +290,7 @@ FileSamples load_file(const std::string& path, const DatasetOptions& o) {
       ++out.skipped;
       continue;
     }
-    out.samples.push_back(fit_to_size(s, plane, o.size));
+    out.samples.push_back(fit_to_size(s, plane, o.size, o.fit == "stretch"));
     out.sources.push_back(path + "#" + std::to_string(k));
   }
   return out;
@@ -366,7 +367,7 @@ double GridFit::to_model(int64_t axis, double x) const {
 }
 
 GridFit fit_grid(const std::vector<int64_t>& input_size, const std::vector<double>& spacing,
-                 const std::vector<int64_t>& model_size) {
+                 const std::vector<int64_t>& model_size, bool stretch) {
   const auto d = model_size.size();
   TORCH_CHECK(d == 2 || d == 3, "fit_grid: expected 2 or 3 model sizes, got ", d);
   TORCH_CHECK(input_size.size() == d && spacing.size() == d, "fit_grid: expected ", d,
@@ -382,7 +383,9 @@ GridFit fit_grid(const std::vector<int64_t>& input_size, const std::vector<doubl
   }
   for (size_t i = 0; i < d; ++i) {
     const double extent = static_cast<double>(input_size[i]) * spacing[i];
-    fit.fitted.push_back(std::clamp<int64_t>(std::llround(extent / scale), 1, model_size[i]));
+    fit.fitted.push_back(stretch
+                             ? model_size[i]
+                             : std::clamp<int64_t>(std::llround(extent / scale), 1, model_size[i]));
     fit.pad_before.push_back((model_size[i] - fit.fitted.back()) / 2);
   }
   return fit;
@@ -440,10 +443,12 @@ torch::Tensor field_to_input(const torch::Tensor& field, const GridFit& fit) {
 }
 
 torch::Tensor preprocess_image(const torch::Tensor& image, const std::vector<double>& spacing,
-                               const std::vector<int64_t>& size, double clip_low_pct, double clip_high_pct) {
+                               const std::vector<int64_t>& size, double clip_low_pct,
+                               double clip_high_pct, bool stretch) {
   detail::check_preprocess_args(image, spacing, size, clip_low_pct, clip_high_pct);
   TORCH_CHECK(at::isfinite(image).all().item<bool>(), "preprocess_image: the image holds NaN or Inf");
-  return detail::fit_to_size(detail::clip_normalise(image, clip_low_pct, clip_high_pct), spacing, size);
+  return detail::fit_to_size(detail::clip_normalise(image, clip_low_pct, clip_high_pct), spacing,
+                             size, stretch);
 }
 
 namespace {

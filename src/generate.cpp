@@ -12,6 +12,7 @@
 #include "drdm/dataset.h"
 #include "drdm/log.h"
 #include "drdm/trainer.h"
+#include "recovery_compose.h"
 #include "seeds.h"
 
 namespace drdm {
@@ -168,10 +169,13 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
   std::vector<int64_t> size(images.sizes().begin() + 2, images.sizes().end());
   const VelocitySampler sampler(sampler_options, size, device);
   const at::Tensor all = images.to(device, at::kFloat);
-  const detail::RecoveryStep step_fn =
-      [&net, &options](const at::Tensor& img, const at::Tensor& phi, const at::Tensor& t) {
-        return compose(forward_mixed(net, warp(img, phi), t, options.bf16), phi);
-      };
+  const bool zero_padding = sampler_options.process == DiffusionProcess::kAuthors;
+  const detail::RecoveryStep step_fn = [&net, &options, zero_padding](const at::Tensor& img,
+                                                                      const at::Tensor& phi,
+                                                                      const at::Tensor& t) {
+    return detail::recovery_compose(forward_mixed(net, warp(img, phi), t, options.bf16), phi,
+                                    zero_padding);
+  };
   StepGraphs graphs(options.cuda_graphs, device, step_fn);
 
   std::vector<at::Tensor> fields, starts;
@@ -372,7 +376,7 @@ struct Deformer::Impl {
       plane.erase(plane.begin() + p.axis);
       plane_spacing.erase(plane_spacing.begin() + p.axis);
     }
-    p.fit = fit_grid(plane, plane_spacing, data.size);
+    p.fit = fit_grid(plane, plane_spacing, data.size, data.fit == "stretch");
     std::vector<at::Tensor> items;
     p.empty.assign(static_cast<size_t>(p.n * p.slices), false);
     const at::Tensor cpu = images.select(1, 0).to(at::kCPU, at::kFloat);  // channel 0: [N, ...S]

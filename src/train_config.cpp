@@ -51,6 +51,7 @@ json defaults_json(const TrainConfig& c) {
                {"size", d.size},
                {"clip_low_pct", d.clip_low_pct},
                {"clip_high_pct", d.clip_high_pct},
+               {"fit", d.fit},
                {"min_foreground", d.min_foreground}};
   const auto& a = c.augment;
   j["augment"] = {{"enabled", a.enabled},         {"rotation_deg", a.rotation_deg},
@@ -101,6 +102,10 @@ TrainConfig from_json(const json& j, const std::string& src) {
   d.clip_low_pct = get<double>(j, "data", "clip_low_pct", src);
   d.clip_high_pct = get<double>(j, "data", "clip_high_pct", src);
   d.min_foreground = get<double>(j, "data", "min_foreground", src);
+  d.fit = get<std::string>(j, "data", "fit", src);
+  require(
+      d.fit == "aspect" || d.fit == "stretch", src, "data.fit",
+      "must be \"aspect\" (keep the aspect ratio, zero padding) or \"stretch\" (fill the grid)");
   require(d.dims == 2 || d.dims == 3, src, "data.dims", "must be 2 or 3");
   require(static_cast<int64_t>(d.size.size()) == d.dims, src, "data.size",
           "must have data.dims = " + std::to_string(d.dims) + " entries");

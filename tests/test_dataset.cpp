@@ -182,6 +182,28 @@ TEST(Preprocess, RectangleLandsAsCentredBand) {
   EXPECT_GT(square.slice(1, 1, 31).slice(2, 1, 31).min().item<float>(), 0.99f);
 }
 
+TEST(Preprocess, StretchFillsTheGridWhateverTheAspect) {
+  // data.fit = "stretch" (the authors' loaders): the 2:1 rectangle of
+  // RectangleLandsAsCentredBand fills all 32 x 32, no zero band.
+  at::Tensor img = at::ones({1, 32, 64});
+  img[0][31][63] = 0;
+  at::Tensor out = drdm::preprocess_image(img, {1.0, 1.0}, {32, 32}, 0, 100, /*stretch=*/true);
+  ASSERT_EQ(out.sizes(), (std::vector<int64_t>{1, 32, 32}));
+  EXPECT_GT(out.slice(1, 0, 30).min().item<float>(), 0.99f);
+
+  // The dataset honours DatasetOptions::fit: an 8 x 32 image into 16 x 16.
+  TempDir tmp;
+  write(tmp.path("wide.nii.gz"), busy_image({8, 32}));
+  DatasetOptions o = options_for(tmp.dir());
+  ImageDataset kept(o);
+  EXPECT_EQ(kept.sample(0).slice(1, 0, 3).abs().max().item<float>(), 0.f);  // padding rows
+  o.fit = "stretch";
+  ImageDataset stretched(o);
+  // Every row and column holds image (normalised, so some values are 1), none is padding.
+  EXPECT_GT(stretched.sample(0)[0].amax(1).min().item<float>(), 0.5f);
+  EXPECT_GT(stretched.sample(0)[0].amax(0).min().item<float>(), 0.5f);
+}
+
 TEST(Preprocess, BrightSquareStaysSquareWithAnisotropicSpacing) {
   // 20 x 40 voxels, spacing H 2 mm, W 1 mm: a 40 x 40 mm field with a 20 x 20 mm square.
   at::Tensor img = at::zeros({1, 20, 40});

@@ -31,6 +31,7 @@
 #include "drdm/train_config.h"
 #include "drdm/trainer.h"
 #include "drdm/velocity_sampler.h"
+#include "recovery_compose.h"
 #include "test_util.h"
 
 namespace {
@@ -457,6 +458,39 @@ TEST(FieldToInput, ConstantFieldIsRescaledPerAxis) {
   EXPECT_LT(max_diff(v[0][1], at::full({40, 20}, -2.0 * 20.0 / 32.0)), 1e-5);
   EXPECT_LT(max_diff(v[1][0], at::full({40, 20}, -0.75 * 40.0 / 21.0)), 1e-5);
   EXPECT_LT(max_diff(v[1][1], at::full({40, 20}, 1.0 * 20.0 / 32.0)), 1e-5);
+}
+
+TEST(RecoveryCompose, AuthorsProcessReadsTheFieldAsZeroOutsideTheGrid) {
+  // psi_hat: a shift of +3 voxels along W on an 8 x 8 grid; phi: 1 voxel along H.
+  auto psi = at::zeros({1, 2, 8, 8});
+  psi.select(1, 1).fill_(3.0);
+  auto phi = at::zeros({1, 2, 8, 8});
+  phi.select(1, 0).fill_(1.0);
+  const auto border = drdm::detail::recovery_compose(psi, phi, /*zero_padding=*/false);
+  EXPECT_TRUE(at::equal(border, drdm::compose(psi, phi)));
+  EXPECT_LT(max_diff(border.select(1, 0), at::ones({1, 8, 8})), 1e-6);  // border: phi kept
+  const auto zeros = drdm::detail::recovery_compose(psi, phi, /*zero_padding=*/true);
+  // x + 3 lies inside for columns 0..4, outside (phi read as 0) for 5..7.
+  EXPECT_LT(max_diff(zeros.select(1, 0).narrow(2, 0, 5), at::ones({1, 8, 5})), 1e-6);
+  EXPECT_LT(max_abs(zeros.select(1, 0).narrow(2, 5, 3)), 1e-6);
+  EXPECT_LT(max_diff(zeros.select(1, 1), at::full({1, 8, 8}, 3.0)), 1e-6);  // psi_hat itself
+}
+
+TEST(FieldToInput, StretchedFitRescalesEachAxisByItsSize) {
+  // data.fit = "stretch": both axes fill the grid whatever the spacing, so one
+  // model voxel is input_size / model_size input voxels along each axis.
+  const auto f = drdm::fit_grid({40, 20}, {1.0, 3.0}, {32, 32}, /*stretch=*/true);
+  EXPECT_EQ(f.fitted, (std::vector<int64_t>{32, 32}));
+  EXPECT_EQ(f.pad_before, (std::vector<int64_t>{0, 0}));
+  EXPECT_NEAR(f.to_model(0, -0.5), -0.5, 1e-12);  // the input's edges are the grid's edges
+  EXPECT_NEAR(f.to_model(1, 19.5), 31.5, 1e-12);
+  auto u = at::zeros({1, 2, 32, 32});
+  u.select(1, 0).fill_(1.5);
+  u.select(1, 1).fill_(-2.0);
+  const auto v = drdm::field_to_input(u, f);
+  ASSERT_EQ(v.sizes(), (std::vector<int64_t>{1, 2, 40, 20}));
+  EXPECT_LT(max_diff(v[0][0], at::full({40, 20}, 1.5 * 40.0 / 32.0)), 1e-5);
+  EXPECT_LT(max_diff(v[0][1], at::full({40, 20}, -2.0 * 20.0 / 32.0)), 1e-5);
 }
 
 TEST(FieldToInput, LinearFieldMapsToTheTransformedLinearField) {

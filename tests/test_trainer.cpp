@@ -81,6 +81,8 @@ TEST(TrainConfig, WrongTypesAndRangesNameTheKey) {
   EXPECT_NE(e.find("data.size"), std::string::npos) << e;
   e = error_of(R"({"data": {"dims": 3}})");  // size still has 2 entries
   EXPECT_NE(e.find("data.size"), std::string::npos) << e;
+  e = error_of(R"({"data": {"fit": "crop"}})");
+  EXPECT_NE(e.find("data.fit"), std::string::npos) << e;
   e = error_of(R"({"sampler": {"process": "markow"}})");
   EXPECT_NE(e.find("sampler.process"), std::string::npos) << e;
   e = error_of(R"({"sampler": {"levels": 9}})");

@@ -35,6 +35,12 @@ struct DatasetOptions {
   /// of their whole volume, so one volume keeps one intensity scale), then
   /// map linearly to [0, 1].
   double clip_low_pct = 0.5, clip_high_pct = 99.5;
+  /// How an image is placed in the model grid: "aspect" keeps its physical
+  /// aspect ratio (its longest extent fills the grid, centred in zero
+  /// padding); "stretch" resamples every axis to fill the grid, as the
+  /// authors' loaders do (skimage resize to 256 x 256). A network trained on
+  /// stretched images recovers less on padded ones (`cardiac2d-paper`).
+  std::string fit = "aspect";
   /// Skip slices/volumes whose fraction of voxels > 0.05 (after normalisation,
   /// counted over the image itself, not the padding) is below this.
   double min_foreground = 0.05;
@@ -105,9 +111,12 @@ torch::Tensor augment_batch(const torch::Tensor& batch, const AugmentOptions& op
 /// ratio: intensities are clipped to the given percentiles of the image and
 /// mapped to [0, 1], then the image is resampled (antialiased when shrinking)
 /// so that its physically longest extent (relative to `size`) fills the
-/// target and centred in zero padding. Returns float32 [1, ...size] in [0, 1].
+/// target and centred in zero padding. With `stretch`, every axis fills the
+/// target instead (no padding, aspect not kept). Returns float32 [1, ...size]
+/// in [0, 1].
 torch::Tensor preprocess_image(const torch::Tensor& image, const std::vector<double>& spacing,
-                               const std::vector<int64_t>& size, double clip_low_pct, double clip_high_pct);
+                               const std::vector<int64_t>& size, double clip_low_pct,
+                               double clip_high_pct, bool stretch = false);
 
 /// Where an image lies in the model grid after the aspect-keeping fit of
 /// preprocess_image: along tensor axis i the image (input_size[i] voxels)
@@ -121,9 +130,10 @@ struct GridFit {
 };
 
 /// The fit preprocess_image uses for an image of tensor size `input_size`
-/// with `spacing` (mm per tensor axis) and a model grid of `model_size`.
+/// with `spacing` (mm per tensor axis) and a model grid of `model_size`;
+/// with `stretch`, fitted = model_size and no padding (data.fit = "stretch").
 GridFit fit_grid(const std::vector<int64_t>& input_size, const std::vector<double>& spacing,
-                 const std::vector<int64_t>& model_size);
+                 const std::vector<int64_t>& model_size, bool stretch = false);
 
 /// Intensity step of preprocess_image alone: clip to the percentiles of the
 /// image and map to [0, 1] (float32, same shape).
