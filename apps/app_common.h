@@ -1,9 +1,9 @@
 /// @file Shared start-up for the command-line programs.
 #pragma once
 
-#include "drdm/interrupt.h"
-#include "drdm/log.h"
-#include "drdm/runtime.h"
+#include "drdm/core/interrupt.h"
+#include "drdm/core/log.h"
+#include "drdm/core/runtime.h"
 
 #include <c10/util/Exception.h>
 

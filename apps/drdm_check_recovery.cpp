@@ -9,10 +9,11 @@
 
 #include "app_common.h"
 #include "cli_checks.h"
-#include "drdm/commands.h"
-#include "drdm/dataset.h"
-#include "drdm/models.h"
-#include "drdm/trainer.h"
+#include "drdm/engine/distributed.h"
+#include "drdm/io/commands.h"
+#include "drdm/io/dataset.h"
+#include "drdm/io/models.h"
+#include "drdm/diffusion/inference.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{

@@ -8,8 +8,8 @@
 
 #include "app_common.h"
 #include "cli_checks.h"
-#include "drdm/deform_job.h"
-#include "drdm/log.h"
+#include "drdm/diffusion/deform_job.h"
+#include "drdm/core/log.h"
 
 namespace {
 
@@ -101,9 +101,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"level", "all"}));
   cli.add_option("--label-interpolation", labels_mode,
                  "nearest (default) or soft (one-hot linear, argmax; labels 0..255)")
-      ->check(CLI::IsMember({"nearest", "soft"}));
+      ->check(CLI::IsMember(drdm::label_interpolation_names()));
   cli.add_option("--padding", padding, "Image padding outside the field of view: zeros (default) or border")
-      ->check(CLI::IsMember({"zeros", "border"}));
+      ->check(CLI::IsMember(drdm::padding_names()));
   auto* slice_axis_opt =
       cli.add_option("--slice-axis", slice_axis, "3D input, 2D model: tensor axis to slice (0 = D, 1 = H, 2 = W)")
           ->check(CLI::Range(0, 2));
@@ -140,8 +140,8 @@ int main(int argc, char** argv) {
     if (!schedule.empty()) o.schedule = drdm::parse_recovery_schedule(schedule);
     if (!labels_mode.empty())
       o.label_interpolation =
-          labels_mode == "soft" ? drdm::LabelInterpolation::kSoft : drdm::LabelInterpolation::kNearest;
-    if (!padding.empty()) o.padding = padding == "border" ? drdm::Padding::kBorder : drdm::Padding::kZeros;
+          drdm::parse_label_interpolation(labels_mode);
+    if (!padding.empty()) o.padding = drdm::parse_padding(padding);
     if (given(slice_axis_opt)) o.slice_axis = slice_axis;
     if (!slice_mode.empty()) o.slice_mode = drdm::parse_slice_mode(slice_mode);
     if (given(slice_sigma_opt)) o.slice_sigma = slice_sigma;

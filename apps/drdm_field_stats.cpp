@@ -1,7 +1,7 @@
 // drdm_field_stats: magnitude, folding and Jacobian statistics of a displacement field.
 #include "app_common.h"
 #include "cli_checks.h"
-#include "drdm/commands.h"
+#include "drdm/io/commands.h"
 
 #include <CLI/CLI.hpp>
 

@@ -7,7 +7,7 @@
 
 #include "app_common.h"
 #include "cli_checks.h"
-#include "drdm/import.h"
+#include "drdm/diffusion/import.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{

@@ -1,7 +1,7 @@
 // drdm_random_field: a smooth random diffeomorphic displacement field on an image's grid.
 #include "app_common.h"
 #include "cli_checks.h"
-#include "drdm/commands.h"
+#include "drdm/io/commands.h"
 
 #include <CLI/CLI.hpp>
 

@@ -4,9 +4,10 @@
 
 #include "app_common.h"
 #include "cli_checks.h"
-#include "drdm/train_config.h"
-#include "drdm/models.h"
-#include "drdm/trainer.h"
+#include "drdm/diffusion/train_config.h"
+#include "drdm/io/models.h"
+#include "drdm/diffusion/inference.h"
+#include "drdm/diffusion/trainer.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{

@@ -1,7 +1,7 @@
 // drdm_warp: apply a displacement field file to an image or a label map.
 #include "app_common.h"
 #include "cli_checks.h"
-#include "drdm/commands.h"
+#include "drdm/io/commands.h"
 
 #include <CLI/CLI.hpp>
 
@@ -22,14 +22,14 @@ int main(int argc, char** argv) {
   cli.add_option("-o,--output", o.output, "Output file (written atomically)")->required()->check(drdm::app::non_empty());
   cli.add_flag("--labels", o.labels, "Input is a label map: never interpolates class indices");
   cli.add_option("--interpolation", interpolation, "Image interpolation")
-      ->check(CLI::IsMember({"linear", "nearest"}))
+      ->check(CLI::IsMember(drdm::interpolation_names()))
       ->capture_default_str();
   cli.add_option("--label-mode", label_mode,
                  "Label interpolation: nearest, or soft (one-hot linear, then argmax; labels 0..255)")
-      ->check(CLI::IsMember({"nearest", "soft"}))
+      ->check(CLI::IsMember(drdm::label_interpolation_names()))
       ->capture_default_str();
   cli.add_option("--padding", padding, "Value outside the image: zeros, or border (replicate)")
-      ->check(CLI::IsMember({"zeros", "border"}))
+      ->check(CLI::IsMember(drdm::padding_names()))
       ->capture_default_str();
   cli.add_option("--pixel-type", o.pixel_type,
                  "Output pixel type: auto (images float32, PNG keeps its type; labels smallest "
@@ -43,9 +43,9 @@ int main(int argc, char** argv) {
   if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
 
   drdm::app::init_program(verbose);
-  o.interpolation = interpolation == "linear" ? drdm::Interpolation::kLinear : drdm::Interpolation::kNearest;
+  o.interpolation = drdm::parse_interpolation(interpolation);
   o.label_interpolation =
-      label_mode == "soft" ? drdm::LabelInterpolation::kSoft : drdm::LabelInterpolation::kNearest;
-  o.padding = padding == "border" ? drdm::Padding::kBorder : drdm::Padding::kZeros;
+      drdm::parse_label_interpolation(label_mode);
+  o.padding = drdm::parse_padding(padding);
   return drdm::app::run_reporting_errors("drdm_warp", [&] { drdm::warp_file(o); });
 }

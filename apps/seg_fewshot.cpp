@@ -4,9 +4,10 @@
 
 #include "app_common.h"
 #include "cli_checks.h"
-#include "drdm/models.h"
+#include "drdm/engine/distributed.h"
+#include "drdm/io/models.h"
 #include "drdm/seg/fewshot.h"
-#include "drdm/training_engine.h"
+#include "drdm/engine/training_engine.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "drdm/runtime.h"
+#include "drdm/core/runtime.h"
 
 namespace drdm::bench {
 

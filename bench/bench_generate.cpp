@@ -55,11 +55,11 @@
 #include <vector>
 
 #include "bench_common.h"
-#include "drdm/generate.h"
-#include "drdm/network.h"
-#include "drdm/runtime.h"
-#include "drdm/spatial.h"
-#include "drdm/velocity_sampler.h"
+#include "drdm/diffusion/generate.h"
+#include "drdm/diffusion/network.h"
+#include "drdm/core/runtime.h"
+#include "drdm/core/spatial.h"
+#include "drdm/diffusion/velocity_sampler.h"
 
 namespace {
 

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "bench_common.h"
-#include "drdm/image_io.h"
+#include "drdm/io/image_io.h"
 
 namespace {
 

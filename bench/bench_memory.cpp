@@ -1,4 +1,4 @@
-// Where the memory of DRDM training goes: the steps of src/trainer.cpp for one
+// Where the memory of DRDM training goes: the steps of src/diffusion/trainer.cpp for one
 // config (CPU), phase by phase.
 //
 // A counting CPU allocator is installed before the first tensor (every ATen
@@ -41,14 +41,14 @@
 #include <string>
 #include <vector>
 
-#include "drdm/dataset.h"
-#include "drdm/losses.h"
-#include "drdm/network.h"
-#include "drdm/optim.h"
-#include "drdm/runtime.h"
-#include "drdm/spatial.h"
-#include "drdm/train_config.h"
-#include "drdm/velocity_sampler.h"
+#include "drdm/io/dataset.h"
+#include "drdm/diffusion/losses.h"
+#include "drdm/diffusion/network.h"
+#include "drdm/engine/optim.h"
+#include "drdm/core/runtime.h"
+#include "drdm/core/spatial.h"
+#include "drdm/diffusion/train_config.h"
+#include "drdm/diffusion/velocity_sampler.h"
 
 namespace {
 

@@ -30,9 +30,9 @@
 #include <vector>
 
 #include "bench_common.h"
-#include "drdm/optim.h"
+#include "drdm/engine/optim.h"
 #include "drdm/reg/voxelmorph.h"
-#include "drdm/spatial.h"
+#include "drdm/core/spatial.h"
 
 namespace {
 

@@ -34,8 +34,8 @@
 #include <vector>
 
 #include "bench_common.h"
-#include "drdm/optim.h"
-#include "drdm/runtime.h"
+#include "drdm/engine/optim.h"
+#include "drdm/core/runtime.h"
 #include "drdm/seg/bigaug.h"
 #include "drdm/seg/unet.h"
 

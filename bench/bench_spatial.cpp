@@ -26,9 +26,9 @@
 #include <vector>
 
 #include "bench_common.h"
-#include "drdm/runtime.h"
-#include "drdm/spatial.h"
-#include "spatial_kernels.h"  // private: switches between the direct kernels and ATen
+#include "drdm/core/runtime.h"
+#include "drdm/core/spatial.h"
+#include "core/spatial_kernels.h"  // private: switches between the direct kernels and ATen
 
 namespace {
 

@@ -3,7 +3,7 @@
 //
 //   train_step     RecoveryNet (K = 2) forward + recovery_loss + backward + Adam
 //                  update, on a FIXED pre-sampled (x_t, psi, t): only the
-//                  network step is timed (what src/trainer.cpp does per step,
+//                  network step is timed (what src/diffusion/trainer.cpp does per step,
 //                  without data loading and sampling).
 //   sample_t40     VelocitySampler::sample with t = 40 for every sample.
 //   sample_mixed   VelocitySampler::sample with t ~ U{1..80}: a fixed table of
@@ -43,12 +43,12 @@
 #include <vector>
 
 #include "bench_common.h"
-#include "drdm/losses.h"
-#include "drdm/network.h"
-#include "drdm/optim.h"
-#include "drdm/runtime.h"
-#include "drdm/spatial.h"
-#include "drdm/velocity_sampler.h"
+#include "drdm/diffusion/losses.h"
+#include "drdm/diffusion/network.h"
+#include "drdm/engine/optim.h"
+#include "drdm/core/runtime.h"
+#include "drdm/core/spatial.h"
+#include "drdm/diffusion/velocity_sampler.h"
 
 namespace {
 

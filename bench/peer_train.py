@@ -4,11 +4,11 @@
 The same work as libdrdm, written with PyTorch modules and ops in Python:
 
   train_step    the recovery network (recursive ACNN-II U-Net, K = 2, the
-                architecture of include/drdm/network.h / src/network.cpp, same
-                parameter names and counts), the losses of src/losses.cpp,
+                architecture of include/drdm/network.h / src/diffusion/network.cpp, same
+                parameter names and counts), the losses of src/diffusion/losses.cpp,
                 loss.backward() and torch.optim.Adam, on a fixed pre-sampled
                 (x_t, psi, t).
-  sample_t40    the forward-process sampler of src/velocity_sampler.cpp
+  sample_t40    the forward-process sampler of src/diffusion/velocity_sampler.cpp
   sample_mixed  (stationary process): multi-scale Gaussian velocity on the
                 control grid, per-sample self-composition n_t / m_t times with
                 grid_sample (border padding), resize to twice the image size
@@ -263,7 +263,7 @@ def count_params(model):
 
 # ---------------------------------------------------------------- sampler
 class Sampler:
-    """Stationary forward process of src/velocity_sampler.cpp."""
+    """Stationary forward process of src/diffusion/velocity_sampler.cpp."""
 
     def __init__(self, size, control=64, levels=4, device="cpu", sigma=0.005, alpha=0.6, beta=1.0,
                  ialpha=1.3, ibeta=1.5, imax=200, perturbation=0.05):

@@ -8,8 +8,8 @@
 // segmentation network. Images and labels stay on the device they came on;
 // labels never gain a class. Built and run by the package-consumer test
 // against an installed libdrdm.
-#include <drdm/deform_job.h>  // default_model_path
-#include <drdm/generate.h>
+#include <drdm/diffusion/deform_job.h>  // default_model_path
+#include <drdm/diffusion/generate.h>
 
 #include <ATen/ATen.h>
 

@@ -1,9 +1,9 @@
 #include "fuzz_targets.h"
 
-#include "drdm/image_io.h"
+#include "drdm/io/image_io.h"
 #include "drdm/reg/synth.h"
 #include "drdm/seg/fewshot.h"
-#include "drdm/train_config.h"
+#include "drdm/diffusion/train_config.h"
 
 #include <zlib.h>
 

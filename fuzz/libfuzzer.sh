@@ -30,7 +30,7 @@ build() {
 import json, os, shlex, sys
 build, root, out = sys.argv[1:]
 cmds = json.load(open(os.path.join(build, "compile_commands.json")))
-cmd = next(e["command"] for e in cmds if e["file"].endswith("src/image_io.cpp"))
+cmd = next(e["command"] for e in cmds if e["file"].endswith("src/io/image_io.cpp"))
 flags, skip = [], False
 toks = shlex.split(cmd)[1:]
 for i, t in enumerate(toks):
@@ -55,7 +55,7 @@ PY
   cxxflags="$(cat "$out/cxxflags")"; libs="$(cat "$out/libs")"
   local san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1"
   local objs=() src obj compiler cov
-  for src in src/image_io.cpp src/config_json.cpp src/train_config.cpp src/seg/config.cpp \
+  for src in src/io/image_io.cpp src/engine/config_json.cpp src/diffusion/train_config.cpp src/seg/config.cpp \
              src/reg/config.cpp fuzz/fuzz_targets.cpp fuzz/libfuzzer_main.cpp; do
     obj="$out/obj/$(echo "$src" | tr / _).o"
     objs+=("$obj")
@@ -63,7 +63,7 @@ PY
     # GCC (ASan + UBSan, comparison tracing for -use_value_profile=1), whose
     # sanitizer ABI clang's runtime serves; the rest gets full clang coverage.
     compiler="$CLANG" cov=-fsanitize=fuzzer-no-link
-    if [ "$src" = src/image_io.cpp ]; then compiler="${DRDM_FUZZ_GXX:-g++}" cov=-fsanitize-coverage=trace-cmp; fi
+    if [ "$src" = src/io/image_io.cpp ]; then compiler="${DRDM_FUZZ_GXX:-g++}" cov=-fsanitize-coverage=trace-cmp; fi
     if [ ! -f "$obj" ] || [ "$ROOT/$src" -nt "$obj" ]; then
       echo "[libfuzzer] compiling $src ($compiler)"
       # shellcheck disable=SC2086

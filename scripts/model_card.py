@@ -208,7 +208,7 @@ def training_summary(rows: list[dict], config: dict, train_log: Path | None) -> 
 
 
 def subset_of(files: list, lo: float, hi: float) -> list:
-    """The C++ rule (src/dataset.cpp subset_of): [floor(lo n), floor(hi n)) of the sorted files."""
+    """The C++ rule (src/io/dataset.cpp subset_of): [floor(lo n), floor(hi n)) of the sorted files."""
     n = len(files)
     return files[min(int(np.floor(lo * n + 1e-9)), n):min(int(np.floor(hi * n + 1e-9)), n)]
 

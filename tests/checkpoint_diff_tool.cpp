@@ -12,7 +12,7 @@
 
 #include <ATen/ATen.h>
 
-#include "drdm/training_engine.h"
+#include "drdm/engine/training_engine.h"
 
 namespace {
 

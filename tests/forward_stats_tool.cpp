@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "drdm/spatial.h"
-#include "drdm/velocity_sampler.h"
+#include "drdm/core/spatial.h"
+#include "drdm/diffusion/velocity_sampler.h"
 
 namespace {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "drdm/image_io.h"
+#include "drdm/io/image_io.h"
 #include "drdm/seg/metrics.h"
 
 namespace {

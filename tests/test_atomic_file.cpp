@@ -1,9 +1,9 @@
-// Private writing helpers (src/atomic_file.h, src/write_check.h) and drdm/interrupt.h:
+// Private writing helpers (src/io/atomic_file.h, src/io/write_check.h) and drdm/interrupt.h:
 // complete-file checks against zlib's own gzip writer, output = input refusal, output
 // locations, the sweep of dead processes' temporaries, and a write abandoned on SIGINT.
-#include "atomic_file.h"
-#include "drdm/interrupt.h"
-#include "write_check.h"
+#include "io/atomic_file.h"
+#include "drdm/core/interrupt.h"
+#include "io/write_check.h"
 
 #include "test_util.h"
 

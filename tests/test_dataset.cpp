@@ -1,4 +1,4 @@
-#include "drdm/dataset.h"
+#include "drdm/io/dataset.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "drdm/image_io.h"
+#include "drdm/io/image_io.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;

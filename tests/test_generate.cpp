@@ -22,16 +22,17 @@
 #include <string>
 #include <vector>
 
-#include "drdm/dataset.h"
-#include "drdm/generate.h"
-#include "drdm/image_io.h"
-#include "drdm/models.h"
-#include "drdm/network.h"
-#include "drdm/spatial.h"
-#include "drdm/train_config.h"
-#include "drdm/trainer.h"
-#include "drdm/velocity_sampler.h"
-#include "recovery_compose.h"
+#include "drdm/io/dataset.h"
+#include "drdm/diffusion/generate.h"
+#include "drdm/io/image_io.h"
+#include "drdm/io/models.h"
+#include "drdm/diffusion/network.h"
+#include "drdm/core/spatial.h"
+#include "drdm/diffusion/train_config.h"
+#include "drdm/diffusion/inference.h"
+#include "drdm/diffusion/trainer.h"
+#include "drdm/diffusion/velocity_sampler.h"
+#include "diffusion/recovery_compose.h"
 #include "test_util.h"
 
 namespace {

@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "drdm/image_io.h"
+#include "drdm/io/image_io.h"
 
 #include <zlib.h>
 

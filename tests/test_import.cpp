@@ -12,10 +12,11 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "drdm/import.h"
-#include "drdm/train_config.h"
-#include "drdm/trainer.h"
-#include "drdm/training_engine.h"
+#include "drdm/diffusion/import.h"
+#include "drdm/diffusion/train_config.h"
+#include "drdm/diffusion/inference.h"
+#include "drdm/diffusion/trainer.h"
+#include "drdm/engine/training_engine.h"
 #include "test_util.h"
 
 namespace {

@@ -1,4 +1,4 @@
-#include "drdm/losses.h"
+#include "drdm/diffusion/losses.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "drdm/spatial.h"
+#include "drdm/core/spatial.h"
 
 namespace {
 

@@ -1,8 +1,8 @@
 // Tests for drdm/network.h: the recursive ACNN U-Net of the paper's Tables
 // B.4 / B.5 (parameter count from the tables, shapes, input checks, state
 // round trip, gradients, time conditioning, recursion = composition).
-#include "drdm/network.h"
-#include "drdm/spatial.h"
+#include "drdm/diffusion/network.h"
+#include "drdm/core/spatial.h"
 #include "test_util.h"
 
 #include <ATen/ATen.h>

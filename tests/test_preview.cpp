@@ -1,7 +1,7 @@
 // Tests for drdm/preview.h.
-#include "drdm/preview.h"
+#include "drdm/io/preview.h"
 
-#include "drdm/spatial.h"
+#include "drdm/core/spatial.h"
 #include "test_util.h"
 
 #include <ATen/ATen.h>

@@ -1,7 +1,7 @@
 // Tests for drdm/random_field.h.
-#include "drdm/random_field.h"
+#include "drdm/core/random_field.h"
 
-#include "drdm/spatial.h"
+#include "drdm/core/spatial.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

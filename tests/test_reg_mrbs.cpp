@@ -6,8 +6,8 @@
 #include <string>
 
 #include "drdm/reg/mrbs.h"
-#include "drdm/spatial.h"
-#include "drdm/velocity_sampler.h"
+#include "drdm/core/spatial.h"
+#include "drdm/diffusion/velocity_sampler.h"
 
 namespace {
 

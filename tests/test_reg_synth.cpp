@@ -8,15 +8,15 @@
 #include <set>
 #include <string>
 
-#include "drdm/generate.h"
-#include "drdm/image_io.h"
-#include "drdm/models.h"
+#include "drdm/diffusion/generate.h"
+#include "drdm/io/image_io.h"
+#include "drdm/io/models.h"
 #include "drdm/reg/losses.h"
 #include "drdm/reg/pairs.h"
 #include "drdm/reg/synth.h"
-#include "drdm/spatial.h"
-#include "drdm/training_engine.h"
-#include "drdm/velocity_sampler.h"
+#include "drdm/core/spatial.h"
+#include "drdm/engine/training_engine.h"
+#include "drdm/diffusion/velocity_sampler.h"
 #include "test_util.h"
 
 namespace {

@@ -7,10 +7,10 @@
 #include <functional>
 #include <string>
 
-#include "drdm/optim.h"
-#include "drdm/random_field.h"
+#include "drdm/engine/optim.h"
+#include "drdm/core/random_field.h"
 #include "drdm/reg/voxelmorph.h"
-#include "drdm/spatial.h"
+#include "drdm/core/spatial.h"
 
 namespace {
 

@@ -1,6 +1,6 @@
 // Tests for drdm/runtime.h. Each test runs in its own process (CTest), so the
 // allocator starts from glibc's defaults in every one.
-#include "drdm/runtime.h"
+#include "drdm/core/runtime.h"
 
 #include <gtest/gtest.h>
 

@@ -2,7 +2,7 @@
 // (Gaussian, pow, rotation matrices) computed here, not from the library.
 #include "drdm/seg/bigaug.h"
 
-#include "drdm/spatial.h"
+#include "drdm/core/spatial.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>

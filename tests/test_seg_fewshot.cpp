@@ -7,9 +7,9 @@
 #include <functional>
 #include <sstream>
 
-#include "drdm/image_io.h"
+#include "drdm/io/image_io.h"
 #include "drdm/seg/fewshot.h"
-#include "drdm/stats.h"
+#include "drdm/core/stats.h"
 #include "test_util.h"
 
 namespace {

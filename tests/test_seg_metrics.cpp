@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "drdm/image_io.h"
+#include "drdm/io/image_io.h"
 
 // Suite name "seg_metrics" so that `ctest -R seg_metrics` selects these tests.
 

@@ -1,6 +1,6 @@
 // Tests for drdm/spatial.h: conventions pinned with analytic cases, invariants
 // and finite differences.
-#include "drdm/spatial.h"
+#include "drdm/core/spatial.h"
 #include "test_util.h"
 
 #include <ATen/ATen.h>
@@ -358,7 +358,7 @@ TEST(WarpLabels, IntegerShiftIsExact) {
 }
 
 TEST(WarpLabels, SoftRefusesLabelsItCannotOneHotEncode) {
-  // kSoft one-hot encodes labels 0..255 (src/soft_labels.h); nearest takes any integer.
+  // kSoft one-hot encodes labels 0..255 (src/core/soft_labels.h); nearest takes any integer.
   auto u = at::zeros({1, 2, 8, 8});
   auto labels = at::zeros({1, 1, 8, 8}, at::kLong);
   labels[0][0][2][3] = 255;  // the largest label allowed

@@ -1,4 +1,4 @@
-// Tests for the direct CPU sampling kernels (src/spatial_kernels.h) against
+// Tests for the direct CPU sampling kernels (src/core/spatial_kernels.h) against
 // the ATen path (at::grid_sampler on a normalised grid, align_corners=true):
 // values, gradients, finite differences, dispatch.
 #include <ATen/ATen.h>
@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "drdm/spatial.h"
-#include "spatial_kernels.h"
+#include "drdm/core/spatial.h"
+#include "core/spatial_kernels.h"
 
 namespace {
 

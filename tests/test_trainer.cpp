@@ -14,12 +14,14 @@
 #include <sstream>
 #include <string>
 
-#include "drdm/image_io.h"
-#include "drdm/optim.h"
-#include "drdm/spatial.h"
-#include "drdm/train_config.h"
-#include "drdm/trainer.h"
-#include "drdm/training_engine.h"
+#include "drdm/engine/distributed.h"
+#include "drdm/io/image_io.h"
+#include "drdm/engine/optim.h"
+#include "drdm/core/spatial.h"
+#include "drdm/diffusion/train_config.h"
+#include "drdm/diffusion/inference.h"
+#include "drdm/diffusion/trainer.h"
+#include "drdm/engine/training_engine.h"
 #include "test_util.h"
 
 namespace {

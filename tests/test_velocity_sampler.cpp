@@ -4,8 +4,8 @@
 
 #include <cmath>
 
-#include "drdm/spatial.h"
-#include "drdm/velocity_sampler.h"
+#include "drdm/core/spatial.h"
+#include "drdm/diffusion/velocity_sampler.h"
 
 namespace {
 

@@ -18,7 +18,7 @@ json mrbs_json(const std::vector<MrbsLevel>& levels) {
   return out;
 }
 
-json phase_json(const TrainConfig::Train& t,
+json phase_json(const TrainSection& t,
                 const std::vector<std::pair<std::string, json>>& extra) {
   auto j = detail::train_section_json(t);
   for (const auto& [k, v] : extra) j[k] = v;

@@ -11,12 +11,12 @@
 #include "../atomic_file.h"
 #include "../grid_check.h"
 #include "../input_checks.h"
-#include "drdm/log.h"
+#include "drdm/core/log.h"
 #include "drdm/reg/synth.h"
-#include "drdm/spatial.h"
-#include "drdm/stats.h"
-#include "drdm/training_engine.h"
-#include "report.h"
+#include "drdm/core/spatial.h"
+#include "drdm/core/stats.h"
+#include "drdm/engine/training_engine.h"
+#include "reg/report.h"
 
 namespace drdm::reg {
 

@@ -12,21 +12,21 @@
 #include <map>
 #include <stdexcept>
 
-#include "drdm/distributed.h"
+#include "drdm/engine/distributed.h"
 #include "../atomic_file.h"
 #include "../config_json.h"
 #include "../input_checks.h"
 #include "../run_checks.h"
 #include "../run_kind.h"
 #include "../run_lock.h"
-#include "drdm/interrupt.h"
-#include "drdm/log.h"
-#include "drdm/preview.h"
+#include "drdm/core/interrupt.h"
+#include "drdm/core/log.h"
+#include "drdm/io/preview.h"
 #include "drdm/reg/synth.h"
-#include "drdm/spatial.h"
-#include "drdm/stats.h"
-#include "drdm/training_engine.h"
-#include "report.h"
+#include "drdm/core/spatial.h"
+#include "drdm/core/stats.h"
+#include "drdm/engine/training_engine.h"
+#include "reg/report.h"
 
 namespace drdm::reg {
 namespace {

@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "drdm/spatial.h"
+#include "drdm/core/spatial.h"
 
 namespace drdm::reg {
 namespace {

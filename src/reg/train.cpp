@@ -10,20 +10,20 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "drdm/distributed.h"
-#include "drdm/interrupt.h"
+#include "drdm/engine/distributed.h"
+#include "drdm/core/interrupt.h"
 #include "../atomic_file.h"
 #include "../out_of_memory.h"
 #include "../bank_files.h"
 #include "../progress.h"
-#include "drdm/log.h"
-#include "drdm/models.h"
-#include "drdm/optim.h"
+#include "drdm/core/log.h"
+#include "drdm/io/models.h"
+#include "drdm/engine/optim.h"
 #include "drdm/reg/losses.h"
 #include "drdm/reg/pairs.h"
 #include "drdm/reg/synth.h"
-#include "drdm/spatial.h"
-#include "drdm/training_engine.h"
+#include "drdm/core/spatial.h"
+#include "drdm/engine/training_engine.h"
 
 namespace drdm::reg {
 namespace {
@@ -183,7 +183,7 @@ struct Pair {
   at::Tensor moving, fixed, target;
 };
 
-Pair synthetic_batch(const PairBank& bank, const TrainConfig::Train& t, int64_t step, const at::Device& dev) {
+Pair synthetic_batch(const PairBank& bank, const TrainSection& t, int64_t step, const at::Device& dev) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(t.seed, step, 1));
   const auto idx = at::randint(bank.target.size(0), {t.batch_size}, gen, at::kLong);
   const auto take = [&](const at::Tensor& x) { return x.index_select(0, idx).to(dev, at::kFloat); };
@@ -191,7 +191,7 @@ Pair synthetic_batch(const PairBank& bank, const TrainConfig::Train& t, int64_t 
 }
 
 /// Ordered pairs of distinct training images, drawn from (seed, step).
-Pair real_batch(const at::Tensor& images, const TrainConfig::Train& t, int64_t step, const at::Device& dev) {
+Pair real_batch(const at::Tensor& images, const TrainSection& t, int64_t step, const at::Device& dev) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(t.seed, step, 1));
   const int64_t M = images.size(0);
   const auto a = at::randint(M, {t.batch_size}, gen, at::kLong);

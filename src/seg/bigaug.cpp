@@ -1,6 +1,6 @@
 #include "drdm/seg/bigaug.h"
 
-#include "drdm/spatial.h"
+#include "drdm/core/spatial.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>

@@ -11,11 +11,11 @@
 #include "../atomic_file.h"
 #include "../grid_check.h"
 #include "../input_checks.h"
-#include "drdm/interrupt.h"
-#include "drdm/log.h"
+#include "drdm/core/interrupt.h"
+#include "drdm/core/log.h"
 #include "drdm/seg/fewshot.h"
-#include "drdm/stats.h"
-#include "drdm/training_engine.h"
+#include "drdm/core/stats.h"
+#include "drdm/engine/training_engine.h"
 
 namespace drdm::seg {
 namespace {

@@ -11,7 +11,7 @@
 #include <set>
 #include <sstream>
 
-#include "drdm/distributed.h"
+#include "drdm/engine/distributed.h"
 #include "../atomic_file.h"
 #include "../config_json.h"
 #include "../input_checks.h"
@@ -19,12 +19,12 @@
 #include "../run_checks.h"
 #include "../run_kind.h"
 #include "../run_lock.h"
-#include "drdm/image_io.h"
-#include "drdm/interrupt.h"
-#include "drdm/log.h"
+#include "drdm/io/image_io.h"
+#include "drdm/core/interrupt.h"
+#include "drdm/core/log.h"
 #include "drdm/seg/fewshot.h"
-#include "drdm/stats.h"
-#include "drdm/training_engine.h"
+#include "drdm/core/stats.h"
+#include "drdm/engine/training_engine.h"
 
 namespace drdm::seg {
 namespace {

@@ -1,5 +1,5 @@
 // Links against an installed libdrdm and checks one convention end to end.
-#include <drdm/spatial.h>
+#include <drdm/core/spatial.h>
 
 #include <ATen/ATen.h>
 

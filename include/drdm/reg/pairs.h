@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "drdm/generate.h"
+#include "drdm/diffusion/generate.h"
 #include "drdm/reg/mrbs.h"
 
 namespace drdm::reg {

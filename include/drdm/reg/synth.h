@@ -11,20 +11,20 @@
 #include <utility>
 #include <vector>
 
-#include "drdm/image_io.h"
-#include "drdm/dataset.h"
+#include "drdm/io/image_io.h"
+#include "drdm/io/dataset.h"
 #include "drdm/reg/mrbs.h"
 #include "drdm/reg/voxelmorph.h"
 #include "drdm/seg/data.h"
 #include "drdm/seg/metrics.h"
-#include "drdm/train_config.h"
+#include "drdm/engine/train_section.h"
 
 namespace drdm::reg {
 
 /// The defaults of the pretrain and finetune sections: VoxelMorph's Adam at
 /// lr 1e-4, constant, batch 8.
-inline TrainConfig::Train default_reg_train() {
-  TrainConfig::Train t;
+inline TrainSection default_reg_train() {
+  TrainSection t;
   t.batch_size = 8, t.steps = 1000, t.lr = 1e-4, t.lr_schedule = "constant";
   t.checkpoint_every = 100, t.preview_every = 0, t.log_every = 10;
   return t;
@@ -55,9 +55,9 @@ struct RegConfig {
     int64_t drdm_batch = 8;
     uint64_t seed = 0;
   } synthetic;
-  TrainConfig::Train pretrain = default_reg_train();  ///< "pretrain": a train section
+  TrainSection pretrain = default_reg_train();  ///< "pretrain": a train section
   double pretrain_lambda = 1.0;  ///< "pretrain.lambda": Eq. 20's weight of ||grad phi||_1
-  TrainConfig::Train finetune = default_reg_train();  ///< "finetune": a train section
+  TrainSection finetune = default_reg_train();  ///< "finetune": a train section
   std::string similarity = "ncc";  ///< "finetune.similarity": "mse" or "ncc"
   int64_t ncc_window = 9;          ///< "finetune.ncc_window"
   double finetune_lambda = 1.0;    ///< "finetune.lambda": weight of ||grad phi||^2

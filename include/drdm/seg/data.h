@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "drdm/dataset.h"
-#include "drdm/image_io.h"
+#include "drdm/io/dataset.h"
+#include "drdm/io/image_io.h"
 
 namespace drdm::seg {
 

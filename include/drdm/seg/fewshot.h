@@ -14,7 +14,7 @@
 #include "drdm/seg/data.h"
 #include "drdm/seg/metrics.h"
 #include "drdm/seg/unet.h"
-#include "drdm/train_config.h"
+#include "drdm/engine/train_section.h"
 
 namespace drdm::seg {
 
@@ -39,7 +39,7 @@ struct SegConfig {
   } grid;
   UNetOptions unet;           ///< "unet": widths (dims 2, classes from data.classes)
   std::string loss = "bce";   ///< "unet.loss": "bce" (Eq. 17) or "dice_ce"
-  TrainConfig::Train train;   ///< "train": as drdm_train's train section
+  TrainSection train;   ///< "train": as drdm_train's train section
   BigAugOptions bigaug;       ///< "bigaug": docs/bigaug.md
   struct Drdm {
     std::string model = "cardiac2d";            ///< shipped name or model.pt

@@ -1,0 +1,79 @@
+// Private: atomic output files and file-name helpers, shared by every writer in the library.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace drdm::detail {
+
+/// Calls write(tmp) where tmp carries the target's file name inside a fresh
+/// temporary folder beside the target (.drdm-tmp-<host>-<pid>-<n>), then
+/// fsyncs every file the writer made there, moves them next to the target
+/// (the target itself last: a .mhd header after its data file), fsyncs the
+/// folder and removes the temporary one. On any exception, and when a
+/// SIGINT/SIGTERM arrived before the move (see drdm/interrupt.h), the
+/// temporary folder is removed and the exception propagates; nothing
+/// half-written is ever visible. The first write into a folder also removes
+/// the temporary folders there that dead processes of this host left behind.
+/// Throws std::runtime_error naming `path` when the folder is missing, a
+/// file cannot be synced or a move fails.
+///
+/// In a data-parallel job (drdm/distributed.h) only rank 0 writes: on the
+/// other ranks this and append_file_checked return without writing.
+///
+/// Uses POSIX calls, not std::filesystem: the PyPI LibTorch exports its own
+/// (GCC 13) std::filesystem symbols, which interpose on the system's and
+/// crash in remove_all on GCC 12's libstdc++.
+void write_via_temporary(const std::string& path, const std::function<void(const std::string&)>& write);
+
+/// Writes `size` bytes to a new file `path` (created or truncated) with
+/// checked POSIX writes and close. Throws std::runtime_error naming `what`
+/// (the file the user asked for) and the system's reason, e.g. a full disk.
+void write_file_checked(const std::string& path, const void* data, size_t size, const std::string& what);
+/// Appends `text` to `path` (created if missing), checked and fsynced.
+void append_file_checked(const std::string& path, const std::string& text);
+
+/// Refuses an output that is one of the inputs: throws std::invalid_argument
+/// naming both when `output` exists and is the same file (device and inode,
+/// after following links) as an existing input. Empty names are skipped.
+void require_distinct(const std::string& output, const std::vector<std::string>& inputs);
+
+/// Checks, before any work, that `path` can be written: its folder exists
+/// and is writable, and `path` is not a folder. Throws
+/// std::invalid_argument naming `path` (and `option`, when given).
+void require_writable_output(const std::string& path, const std::string& option = "");
+
+/// Removes the temporary folders of this process that are still registered
+/// (a write in progress). Async-signal-safe: called on a second signal.
+void remove_registered_temporaries() noexcept;
+
+/// In a data-parallel job rank 0 alone writes files (docs/distributed.md):
+/// the engine's distributed layer turns writing off on the other ranks, and
+/// write_via_temporary and append_file_checked then do nothing.
+void set_this_process_writes(bool writes);
+bool this_process_writes();
+
+/// True if `path` is a regular file / a folder (following links).
+bool file_exists(const std::string& path);
+bool dir_exists(const std::string& path);
+
+/// mkdir -p; throws std::runtime_error naming the folder that cannot be made.
+void make_dirs(const std::string& path);
+
+/// True if `path` ends with `ext` (e.g. ".nii.gz"), ignoring case.
+bool has_extension(const std::string& path, const std::string& ext);
+
+/// (stem, extension) for a supported image file name (.nii.gz, .nii, .mha,
+/// .mhd, .nrrd, .nhdr, .png), or ("", "").
+std::pair<std::string, std::string> split_name(const std::string& name);
+/// The last component of a path.
+std::string base_name(const std::string& path);
+/// a/b, without doubling the slash.
+std::string join(const std::string& a, const std::string& b);
+/// Supported image files directly in `folder` (not hidden), sorted by name;
+/// throws std::runtime_error naming the folder when it cannot be read.
+std::vector<std::string> list_images(const std::string& folder);
+
+}  // namespace drdm::detail
