@@ -22,7 +22,8 @@ INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 def library_files(root):
     out = subprocess.check_output(["git", "ls-files", "src", "include"], cwd=root, text=True)
-    return [f for f in out.split() if f.endswith((".h", ".cpp")) and "/gloo_decl/" not in f]
+    return [f for f in out.split() if f.endswith((".h", ".cpp")) and "/gloo_decl/" not in f
+            and os.path.exists(os.path.join(root, f))]
 
 
 def layer_of(path):

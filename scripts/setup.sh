@@ -13,7 +13,7 @@ TORCH_VERSION=2.11.0
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # ---- Debian packages ------------------------------------------------------
-APT_PACKAGES=(build-essential cmake ccache git pkg-config
+APT_PACKAGES=(build-essential cmake ccache git pkg-config clang-format
   libinsighttoolkit5-dev libcli11-dev libspdlog-dev nlohmann-json3-dev
   libgtest-dev googletest insighttoolkit5-examples mricron-data)
 # A python3 that can make venvs is enough (Debian's, or pyenv's on our machines).
