@@ -1,29 +1,10 @@
-#include "drdm/engine/distributed.h"
 #include "drdm/diffusion/deform_job.h"
-
-#include "io/atomic_file.h"
-#include "engine/config_json.h"
-#include "io/input_checks.h"
-#include "io/grid_check.h"
-#include "core/parse_integer.h"
-#include "core/soft_labels.h"
-#include "engine/progress.h"
-#include "engine/run_kind.h"
-#include "io/run_lock.h"
-
-#include "drdm/io/commands.h"
-#include "drdm/io/image_io.h"
-#include "drdm/core/interrupt.h"
-#include "drdm/core/log.h"
-#include "drdm/io/preview.h"
-#include "drdm/diffusion/inference.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -33,6 +14,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -41,267 +23,32 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "core/parse_integer.h"
+#include "core/soft_labels.h"
+#include "diffusion/deform_internal.h"
+#include "drdm/core/interrupt.h"
+#include "drdm/core/log.h"
+#include "drdm/diffusion/inference.h"
+#include "drdm/engine/distributed.h"
+#include "drdm/io/commands.h"
+#include "drdm/io/image_io.h"
+#include "drdm/io/preview.h"
+#include "engine/config_json.h"
+#include "engine/progress.h"
+#include "engine/run_kind.h"
+#include "io/atomic_file.h"
+#include "io/grid_check.h"
+#include "io/input_checks.h"
+#include "io/run_lock.h"
 
 namespace drdm {
 
 using nlohmann::json;
 
-std::string to_string(DeformMode mode) {
-  switch (mode) {
-    case DeformMode::kAugment:
-      return "augment";
-    case DeformMode::kPairs:
-      return "pairs";
-    default:
-      return "deform";
-  }
-}
-
-DeformMode parse_deform_mode(const std::string& name) {
-  if (name == "deform") return DeformMode::kDeform;
-  if (name == "augment") return DeformMode::kAugment;
-  if (name == "pairs") return DeformMode::kPairs;
-  throw std::invalid_argument("unknown mode '" + name + "' (expected deform, augment or pairs)");
-}
-
-namespace {
-
-/// An environment variable's integer value for --shard auto; throws naming it when it is not one.
-int64_t shard_env_integer(const char* name, const std::string& value) {
-  const auto v = detail::parse_integer(value);
-  if (!v) throw std::invalid_argument("--shard auto: " + std::string(name) + "='" + value + "' is not an integer");
-  return *v;
-}
-
-std::optional<std::string> env_value(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr ? std::optional<std::string>(v) : std::nullopt;
-}
-
-/// --shard auto: the shard of a Slurm job array task (SLURM_ARRAY_TASK_ID -
-/// SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) or of a torchrun worker
-/// (RANK of WORLD_SIZE), and which variables gave it.
-std::pair<std::pair<int64_t, int64_t>, std::string> shard_from_environment() {
-  const auto need = [&](const char* name, const char* partner) {
-    const auto v = env_value(name);
-    if (!v)
-      throw std::invalid_argument("--shard auto: " + std::string(partner) + " is set but " + name +
-                                  " is not; both are needed");
-    return shard_env_integer(name, *v);
-  };
-  if (env_value("SLURM_ARRAY_TASK_ID") || env_value("SLURM_ARRAY_TASK_COUNT")) {
-    const int64_t id = need("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT");
-    const int64_t n = need("SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_ID");
-    std::string used = "SLURM_ARRAY_TASK_ID=" + std::to_string(id) + ", SLURM_ARRAY_TASK_COUNT=" + std::to_string(n);
-    int64_t min = 0;
-    if (const auto m = env_value("SLURM_ARRAY_TASK_MIN")) {
-      min = shard_env_integer("SLURM_ARRAY_TASK_MIN", *m);
-      used += ", SLURM_ARRAY_TASK_MIN=" + std::to_string(min);
-    }
-    if (const auto step = env_value("SLURM_ARRAY_TASK_STEP");
-        step && shard_env_integer("SLURM_ARRAY_TASK_STEP", *step) != 1)
-      throw std::invalid_argument("--shard auto: SLURM_ARRAY_TASK_STEP=" + *step +
-                                  ": the job array must be a contiguous range (e.g. --array=0-7)");
-    return {{id - min, n}, used};
-  }
-  if (env_value("RANK") || env_value("WORLD_SIZE")) {
-    const int64_t i = need("RANK", "WORLD_SIZE");
-    const int64_t n = need("WORLD_SIZE", "RANK");
-    return {{i, n}, "RANK=" + std::to_string(i) + ", WORLD_SIZE=" + std::to_string(n)};
-  }
-  throw std::invalid_argument(
-      "--shard auto: neither SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT (a Slurm job array) nor RANK and "
-      "WORLD_SIZE (torchrun) are set; give --shard i/n");
-}
-
-}  // namespace
-
-std::pair<int64_t, int64_t> parse_shard(const std::string& text) {
-  if (text == "auto") {
-    const auto [shard, used] = shard_from_environment();
-    const auto [i, n] = shard;
-    if (n < 1 || i < 0 || i >= n)
-      throw std::invalid_argument("--shard auto: " + used + " gives shard " + std::to_string(i) + "/" +
-                                  std::to_string(n) + ", not i/n with 0 <= i < n");
-    log::info("drdm_deform: --shard auto: shard " + std::to_string(i) + "/" + std::to_string(n) + " from " + used);
-    return shard;
-  }
-  const auto slash = text.find('/');
-  const auto i = slash == std::string::npos ? std::nullopt : detail::parse_integer(std::string_view(text).substr(0, slash));
-  const auto n = slash == std::string::npos ? std::nullopt : detail::parse_integer(std::string_view(text).substr(slash + 1));
-  if (!i || !n) throw std::invalid_argument("--shard: expected i/n (e.g. 0/4) or auto, got '" + text + "'");
-  return {*i, *n};
-}
-
-std::vector<DeformLevel> parse_levels(const std::string& text) {
-  std::vector<DeformLevel> out;
-  std::stringstream in(text);
-  std::string item;
-  auto number = [&](const std::string& s) {
-    const auto v = detail::parse_integer(s);
-    if (!v || *v < 1) throw std::invalid_argument("levels: '" + item + "' is not a level (a positive integer, or aug:syn)");
-    return *v;
-  };
-  while (std::getline(in, item, ',')) {
-    item.erase(0, item.find_first_not_of(" \t"));
-    item.erase(item.find_last_not_of(" \t") + 1);
-    if (item.empty()) continue;
-    const auto colon = item.find(':');
-    DeformLevel l;
-    if (colon == std::string::npos) {
-      l.aug = l.syn = number(item);
-    } else {
-      l.aug = number(item.substr(0, colon));
-      l.syn = number(item.substr(colon + 1));
-    }
-    out.push_back(l);
-  }
-  if (out.empty()) throw std::invalid_argument("levels: none given in '" + text + "'");
-  return out;
-}
-
-namespace {
-
-std::string levels_text(const std::vector<DeformLevel>& levels) {
-  std::string s;
-  for (const auto& l : levels) {
-    if (!s.empty()) s += ",";
-    s += std::to_string(l.aug);
-    if (l.syn != l.aug) s += ":" + std::to_string(l.syn);
-  }
-  return s;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot read '" + path + "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-json parse_json_file(const std::string& path) {
-  try {
-    return detail::parse_json_strict(read_text(path), "'" + path + "'");
-  } catch (const json::exception& e) {
-    throw std::runtime_error("'" + path + "' is not valid JSON: " + e.what());
-  }
-}
-
-/// An integer config value (1.7 is not 1), within [lo, hi].
-int64_t integer_in(const json& v, int64_t lo, int64_t hi) {
-  if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi)) ||
-      v.get<int64_t>() < lo || v.get<int64_t>() > hi)
-    throw std::invalid_argument("must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                                "], got " + v.dump());
-  return v.get<int64_t>();
-}
-
-/// Checks the numbers of `o` that the command line and a config can set.
-/// Messages start with the option's name (config key = option name).
-void check_ranges(const DeformJobOptions& o) {
-  const auto in = [](const char* key, int64_t v, int64_t lo, int64_t hi) {
-    if (v < lo || v > hi)
-      throw std::invalid_argument(std::string(key) + ": must be in [" + std::to_string(lo) + ", " +
-                                  std::to_string(hi) + "], got " + std::to_string(v));
-  };
-  in("samples", o.samples, 1, kMaxDeformSamples);
-  in("batch", o.batch, 1, kMaxDeformBatch);
-  in("threads", o.threads, 0, 1024);
-  in("slice_axis", o.slice_axis, -1, 2);
-  if (!(o.slice_sigma >= 0) || !std::isfinite(o.slice_sigma))
-    throw std::invalid_argument("slice_sigma: must be a finite number >= 0, got " + std::to_string(o.slice_sigma));
-  if (o.levels.empty()) throw std::invalid_argument("levels: none given");
-  if (o.mixed_precision != "none" && o.mixed_precision != "bf16")
-    throw std::invalid_argument("mixed_precision: must be \"none\" or \"bf16\", got \"" + o.mixed_precision + "\"");
-}
-
-}  // namespace
-
-void load_deform_config(const std::string& path, DeformJobOptions& o) {
-  const json j = parse_json_file(path);
-  if (!j.is_object()) throw std::invalid_argument("'" + path + "': expected a JSON object");
-  for (const auto& [key, value] : j.items()) {
-    const std::string where = "'" + path + "': key '" + key + "'";
-    try {
-      if (key == "model") {
-        o.model = value.get<std::string>();
-      } else if (key == "mode") {
-        o.mode = parse_deform_mode(value.get<std::string>());
-      } else if (key == "levels") {
-        o.levels = parse_levels(value.is_string() ? value.get<std::string>() : [&] {
-          std::string s;
-          if (!value.is_array()) throw std::invalid_argument("expected a string such as \"30,45\" or a list");
-          for (const auto& v : value)
-            s += (s.empty() ? "" : ",") + (v.is_string() ? v.get<std::string>() : std::to_string(integer_in(v, 1, INT64_MAX)));
-          return s;
-        }());
-      } else if (key == "samples") {
-        o.samples = integer_in(value, 1, kMaxDeformSamples);
-      } else if (key == "seed") {
-        if (!value.is_number_unsigned()) throw std::invalid_argument("must be an integer >= 0, got " + value.dump());
-        o.seed = value.get<uint64_t>();
-      } else if (key == "device") {
-        o.device = value.get<std::string>();
-      } else if (key == "batch") {
-        o.batch = integer_in(value, 1, kMaxDeformBatch);
-      } else if (key == "schedule") {
-        o.schedule = parse_recovery_schedule(value.get<std::string>());
-      } else if (key == "label_interpolation") {
-        o.label_interpolation = parse_label_interpolation(value.get<std::string>());
-      } else if (key == "padding") {
-        o.padding = parse_padding(value.get<std::string>());
-      } else if (key == "slice_axis") {
-        o.slice_axis = integer_in(value, -1, 2);
-      } else if (key == "slice_mode") {
-        o.slice_mode = parse_slice_mode(value.get<std::string>());
-      } else if (key == "slice_sigma") {
-        if (!value.is_number()) throw std::invalid_argument("must be a number, got " + value.dump());
-        o.slice_sigma = value.get<double>();
-      } else if (key == "previews") {
-        o.previews = value.get<bool>();
-      } else if (key == "threads") {
-        o.threads = integer_in(value, 0, 1024);
-      } else if (key == "mixed_precision") {
-        o.mixed_precision = value.get<std::string>();
-      } else {
-        throw std::invalid_argument(
-            "unknown key (expected model, mode, levels, samples, seed, device, batch, schedule, "
-            "label_interpolation, padding, slice_axis, slice_mode, slice_sigma, previews, threads, "
-            "mixed_precision)");
-      }
-    } catch (const json::exception& e) {
-      throw std::invalid_argument(where + ": wrong type (" + std::string(e.what()) + ")");
-    } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument(where + ": " + e.what());
-    }
-  }
-}
-
-std::string to_json(const DeformJobOptions& o) {
-  json j;
-  j["model"] = o.model;
-  j["input"] = o.input;
-  j["labels"] = o.labels;
-  j["output"] = o.output;
-  j["mode"] = to_string(o.mode);
-  j["levels"] = levels_text(o.levels);
-  j["samples"] = o.samples;
-  j["seed"] = o.seed;
-  j["device"] = o.device;
-  j["shard"] = std::to_string(o.shard_index) + "/" + std::to_string(o.shard_count);
-  j["batch"] = o.batch;
-  j["schedule"] = to_string(o.schedule);
-  j["label_interpolation"] = to_string(o.label_interpolation);
-  j["padding"] = to_string(o.padding);
-  j["slice_axis"] = o.slice_axis;
-  j["slice_mode"] = to_string(o.slice_mode);
-  j["slice_sigma"] = o.slice_sigma;
-  j["previews"] = o.previews;
-  j["threads"] = o.threads;
-  j["mixed_precision"] = o.mixed_precision;
-  return j.dump(2);
-}
+using detail::deform::check_job_options;
+using detail::deform::levels_text;
+using detail::deform::parse_json_file;
+using detail::deform::read_text;
 
 // ---------------------------------------------------------------------------
 namespace {
@@ -328,11 +75,12 @@ struct Case {
 
 struct Inputs {
   std::vector<Case> cases;
-  bool dataset = false;  ///< an MSD / nnU-Net dataset folder
-  bool nnunet = false;   ///< channel files named CASE_XXXX
-  std::string root;      ///< the dataset folder
+  bool dataset = false;                 ///< an MSD / nnU-Net dataset folder
+  bool nnunet = false;                  ///< channel files named CASE_XXXX
+  std::string root;                     ///< the dataset folder
   nlohmann::ordered_json dataset_json;  ///< keeps the file's key order
-  std::vector<std::string> test_dirs;   ///< imagesTs, labelsTs: those present, carried over unchanged
+  std::vector<std::string>
+      test_dirs;  ///< imagesTs, labelsTs: those present, carried over unchanged
   std::vector<std::string> test_files;  ///< their files, relative to root ("imagesTs/x.nii.gz")
   nlohmann::json splits;                ///< the input's splits_final.json, or null
 };
@@ -366,7 +114,8 @@ void find_test_set(Inputs& in) {
     for (const auto& f : list_files(join(in.root, sub))) {
       const std::string rel = std::string(sub) + "/" + f;
       if (::access(join(in.root, rel).c_str(), R_OK) != 0)
-        throw std::runtime_error("cannot read '" + join(in.root, rel) + "' (the test set is copied to the output)");
+        throw std::runtime_error("cannot read '" + join(in.root, rel) +
+                                 "' (the test set is copied to the output)");
       in.test_files.push_back(rel);
     }
   }
@@ -384,13 +133,16 @@ void find_splits(Inputs& in) {
     throw std::runtime_error("'" + path + "' is not valid JSON: " + e.what());
   }
   const auto names = [](const json& v) {
-    return v.is_array() && std::all_of(v.begin(), v.end(), [](const json& x) { return x.is_string(); });
+    return v.is_array() &&
+           std::all_of(v.begin(), v.end(), [](const json& x) { return x.is_string(); });
   };
   bool ok = j.is_array() && !j.empty();
   for (const auto& fold : j)
-    ok = ok && fold.is_object() && names(fold.value("train", json())) && names(fold.value("val", json()));
+    ok = ok && fold.is_object() && names(fold.value("train", json())) &&
+         names(fold.value("val", json()));
   if (!ok)
-    throw std::runtime_error("'" + path + "': expected nnU-Net's splits, a list of {\"train\": [...], \"val\": [...]}");
+    throw std::runtime_error(
+        "'" + path + "': expected nnU-Net's splits, a list of {\"train\": [...], \"val\": [...]}");
   in.splits = std::move(j);
 }
 
@@ -399,7 +151,8 @@ Inputs discover_file(const DeformJobOptions& o) {
   Inputs in;
   const auto [stem, ext] = split_name(base_name(o.input));
   if (stem.empty())
-    throw std::runtime_error("'" + o.input + "' is not a supported image (.nii.gz, .nii, .mha, .mhd, .nrrd, .png)");
+    throw std::runtime_error("'" + o.input +
+                             "' is not a supported image (.nii.gz, .nii, .mha, .mhd, .nrrd, .png)");
   if (!o.labels.empty() && !detail::file_exists(o.labels))
     throw std::runtime_error("labels '" + o.labels + "' is not a file (the input is one file)");
   in.cases.push_back({stem, {o.input}, o.labels, ext});
@@ -413,7 +166,8 @@ void dataset_cases(Inputs& in) {
   const auto files = list_images(images);
   if (files.empty()) throw std::runtime_error("'" + images + "' holds no images");
   bool all_channels = true;
-  for (const auto& f : files) all_channels = all_channels && nnunet_channel(split_name(f).first).second >= 0;
+  for (const auto& f : files)
+    all_channels = all_channels && nnunet_channel(split_name(f).first).second >= 0;
   in.nnunet = all_channels;
   std::map<std::string, std::map<int, std::string>> grouped;
   std::map<std::string, std::string> ext_of;
@@ -429,8 +183,8 @@ void dataset_cases(Inputs& in) {
     int expect = 0;
     for (const auto& [ch, path] : channels) {
       if (ch != expect++)
-        throw std::runtime_error("dataset case '" + name + "' misses channel " + std::to_string(expect - 1) +
-                                 " in imagesTr/");
+        throw std::runtime_error("dataset case '" + name + "' misses channel " +
+                                 std::to_string(expect - 1) + " in imagesTr/");
       c.images.push_back(path);
     }
     const std::string label = join(join(in.root, "labelsTr"), name + c.ext);
@@ -450,9 +204,11 @@ Inputs discover_dataset(const DeformJobOptions& o, const std::string& dataset_js
   } catch (const json::exception& e) {
     throw std::runtime_error("'" + dataset_json + "' is not valid JSON: " + e.what());
   }
-  if (!in.dataset_json.is_object()) throw std::runtime_error("'" + dataset_json + "': expected a JSON object");
+  if (!in.dataset_json.is_object())
+    throw std::runtime_error("'" + dataset_json + "': expected a JSON object");
   if (!o.labels.empty())
-    throw std::invalid_argument("--labels is not used with a dataset folder (labels come from its labelsTr/)");
+    throw std::invalid_argument(
+        "--labels is not used with a dataset folder (labels come from its labelsTr/)");
   find_test_set(in);
   find_splits(in);
   dataset_cases(in);
@@ -480,7 +236,8 @@ Inputs discover_folder(const DeformJobOptions& o) {
         const auto [name, ch] = nnunet_channel(stem);
         if (ch >= 0) it = labels.find(name);
       }
-      if (it == labels.end()) throw std::runtime_error("no label map for '" + c.images[0] + "' in '" + o.labels + "'");
+      if (it == labels.end())
+        throw std::runtime_error("no label map for '" + c.images[0] + "' in '" + o.labels + "'");
       c.labels = it->second;
     }
     in.cases.push_back(std::move(c));
@@ -491,7 +248,8 @@ Inputs discover_folder(const DeformJobOptions& o) {
 /// The cases of the input: a file, a dataset folder or a folder of images.
 Inputs discover(const DeformJobOptions& o) {
   if (detail::file_exists(o.input)) return discover_file(o);
-  if (!detail::dir_exists(o.input)) throw std::runtime_error("input '" + o.input + "' does not exist");
+  if (!detail::dir_exists(o.input))
+    throw std::runtime_error("input '" + o.input + "' does not exist");
   const std::string dataset_json = join(o.input, "dataset.json");
   if (detail::file_exists(dataset_json) && detail::dir_exists(join(o.input, "imagesTr")))
     return discover_dataset(o, dataset_json);
@@ -512,16 +270,19 @@ void require_utf8_names(const DeformJobOptions& o, const Inputs& in,
 }
 
 /// Checks one case: dimension, channels and labels on one grid, data readable.
-void check_case(const Case& c, int64_t model_dims, DeformMode mode, LabelInterpolation label_interpolation) {
+void check_case(const Case& c, int64_t model_dims, DeformMode mode,
+                LabelInterpolation label_interpolation) {
   const ImageInfo first = read_image_info(c.images[0]);
   if (first.components != 1)
     throw std::runtime_error("'" + c.images[0] + "' has " + std::to_string(first.components) +
                              " components per voxel; expected a scalar image");
   if (first.geometry.dimension() < model_dims)
-    throw std::runtime_error("'" + c.images[0] + "' is " + std::to_string(first.geometry.dimension()) +
-                             "D but the model is " + std::to_string(model_dims) + "D");
+    throw std::runtime_error("'" + c.images[0] + "' is " +
+                             std::to_string(first.geometry.dimension()) + "D but the model is " +
+                             std::to_string(model_dims) + "D");
   for (size_t i = 1; i < c.images.size(); ++i)
-    detail::check_same_grid(first.geometry, read_image_info(c.images[i]).geometry, c.images[0], c.images[i]);
+    detail::check_same_grid(first.geometry, read_image_info(c.images[i]).geometry, c.images[0],
+                            c.images[i]);
   if (!c.labels.empty()) {
     const ImageInfo lab = read_image_info(c.labels);
     if (lab.components != 1) throw std::runtime_error("label map '" + c.labels + "' is not scalar");
@@ -532,7 +293,8 @@ void check_case(const Case& c, int64_t model_dims, DeformMode mode, LabelInterpo
   for (const auto& f : c.images) read_image(f);
   if (!c.labels.empty()) {
     const auto labels = read_labels(c.labels);
-    if (label_interpolation == LabelInterpolation::kSoft) detail::check_soft_labels(labels.data, "label map '" + c.labels + "'");
+    if (label_interpolation == LabelInterpolation::kSoft)
+      detail::check_soft_labels(labels.data, "label map '" + c.labels + "'");
   }
   if (c.labels.empty() && mode == DeformMode::kAugment) {
     throw std::runtime_error("augment mode needs labels, and '" + c.images[0] +
@@ -573,7 +335,8 @@ json metrics_json(const at::Tensor& field, int64_t slice_axis) {
   json j = {{"max_magnitude_pct", s.max_magnitude_pct[0]},
             {"mean_magnitude_pct", s.mean_magnitude_pct[0]},
             {"folding_ratio", s.folding_ratio[0]}};
-  if (slice_axis >= 0 && field.size(2 + slice_axis) > 1) j["slice_incoherence"] = slice_incoherence(field, slice_axis);
+  if (slice_axis >= 0 && field.size(2 + slice_axis) > 1)
+    j["slice_incoherence"] = slice_incoherence(field, slice_axis);
   return j;
 }
 
@@ -585,7 +348,8 @@ json level_summary(const json& samples) {
     json row;
     row["level"] = json::parse(level);
     row["samples"] = list.size();
-    for (const char* key : {"max_magnitude_pct", "mean_magnitude_pct", "folding_ratio", "slice_incoherence"}) {
+    for (const char* key :
+         {"max_magnitude_pct", "mean_magnitude_pct", "folding_ratio", "slice_incoherence"}) {
       std::vector<double> v;
       for (const auto& m : list)
         if (m.contains(key)) v.push_back(m[key].get<double>());
@@ -594,7 +358,8 @@ json level_summary(const json& samples) {
       for (double x : v) sum += x;
       const double mean = sum / static_cast<double>(v.size());
       for (double x : v) sq += std::pow(x - mean, 2);
-      row[key] = {{"mean", mean}, {"std", v.size() > 1 ? std::sqrt(sq / static_cast<double>(v.size() - 1)) : 0.0}};
+      row[key] = {{"mean", mean},
+                  {"std", v.size() > 1 ? std::sqrt(sq / static_cast<double>(v.size() - 1)) : 0.0}};
     }
     out.push_back(row);
   }
@@ -621,7 +386,8 @@ void update_dataset_json(const Inputs& in, const std::string& out_dir,
     nlohmann::ordered_json list = nlohmann::ordered_json::array();
     for (const auto& [name, ext] : cases) {
       nlohmann::ordered_json e{{"image", "./imagesTr/" + name + ext}};
-      if (detail::file_exists(join(join(out_dir, "labelsTr"), name + ext))) e["label"] = "./labelsTr/" + name + ext;
+      if (detail::file_exists(join(join(out_dir, "labelsTr"), name + ext)))
+        e["label"] = "./labelsTr/" + name + ext;
       list.push_back(e);
     }
     j["training"] = list;
@@ -681,18 +447,22 @@ std::vector<std::vector<size_t>> kfold_validation(size_t n, size_t n_splits, uin
 /// the input's own splits_final.json extended by the copies when it has one,
 /// else nnU-Net's default 5-fold split of the input's cases (the same
 /// validation cases as nnU-Net would pick for the input dataset).
-void write_splits(const Inputs& in, const std::string& out_dir, const std::map<std::string, std::string>& cases) {
+void write_splits(const Inputs& in, const std::string& out_dir,
+                  const std::map<std::string, std::string>& cases) {
   // Folds as (train, val) sets of source cases.
   std::vector<std::pair<std::set<std::string>, std::set<std::string>>> folds;
   if (!in.splits.is_null()) {
     for (const auto& f : in.splits)
-      folds.push_back({f["train"].get<std::set<std::string>>(), f["val"].get<std::set<std::string>>()});
+      folds.push_back(
+          {f["train"].get<std::set<std::string>>(), f["val"].get<std::set<std::string>>()});
   } else {
     std::set<std::string> unique;
     for (const auto& c : in.cases) unique.insert(source_case(c.name));
     const std::vector<std::string> sources(unique.begin(), unique.end());
     if (sources.size() < 2) {
-      log::warn("drdm_deform: no splits_final.json written: cross-validation needs at least 2 source cases");
+      log::warn(
+          "drdm_deform: no splits_final.json written: cross-validation needs at least 2 source "
+          "cases");
       return;
     }
     const auto val = kfold_validation(sources.size(), std::min<size_t>(5, sources.size()), 12345);
@@ -715,12 +485,15 @@ void write_splits(const Inputs& in, const std::string& out_dir, const std::map<s
   }
   for (const auto& [name, ext] : cases)
     if (!placed.count(name))
-      log::warn("drdm_deform: case '" + name + "' is in no fold of splits_final.json (its source case '" +
-                source_case(name) + "' is in none)");
+      log::warn("drdm_deform: case '" + name +
+                "' is in no fold of splits_final.json (its source case '" + source_case(name) +
+                "' is in none)");
   write_text_file(join(out_dir, "splits_final.json"), out.dump(4) + "\n");
 }
 
-std::vector<double> tensor_spacing(const Geometry& g) { return {g.spacing.rbegin(), g.spacing.rend()}; }
+std::vector<double> tensor_spacing(const Geometry& g) {
+  return {g.spacing.rbegin(), g.spacing.rend()};
+}
 
 /// Network items per sample of a case: 1, or its slices for a volume through a 2D model.
 int64_t items_per_sample(const Geometry& g, int64_t model_dims, int64_t slice_axis) {
@@ -730,15 +503,17 @@ int64_t items_per_sample(const Geometry& g, int64_t model_dims, int64_t slice_ax
 }
 
 /// Total recovery steps x items of a run (the progress bar's units).
-int64_t deformer_steps_total(const std::vector<Case>& cases, const DeformJobOptions& o, int64_t model_dims,
-                             int64_t big_t, int64_t slice_axis) {
+int64_t deformer_steps_total(const std::vector<Case>& cases, const DeformJobOptions& o,
+                             int64_t model_dims, int64_t big_t, int64_t slice_axis) {
   const bool all = o.schedule == RecoverySchedule::kAllSteps;
   int64_t per_sample = 0;
   for (const auto& l : o.levels)
-    per_sample += (all ? big_t : l.aug) + (o.mode == DeformMode::kPairs ? (all ? big_t : l.syn) : 0);
+    per_sample +=
+        (all ? big_t : l.aug) + (o.mode == DeformMode::kPairs ? (all ? big_t : l.syn) : 0);
   int64_t total = 0;
   for (const auto& c : cases)
-    total += items_per_sample(read_image_info(c.images[0]).geometry, model_dims, slice_axis) * per_sample * o.samples;
+    total += items_per_sample(read_image_info(c.images[0]).geometry, model_dims, slice_axis) *
+             per_sample * o.samples;
   return std::max<int64_t>(total, 1);
 }
 
@@ -770,7 +545,8 @@ OutputLayout output_layout(const Inputs& in, DeformMode mode) {
 /// that fails to read (corrupt data, NaN) before it leaves nothing behind.
 class OutputFolders {
  public:
-  OutputFolders(const DeformJobOptions& o, const OutputLayout& l, const std::vector<Case>& cases) : root_(o.output) {
+  OutputFolders(const DeformJobOptions& o, const OutputLayout& l, const std::vector<Case>& cases)
+      : root_(o.output) {
     dirs_ = {l.images, l.fields};
     if (o.previews) dirs_.push_back(l.previews);
     if (l.pairs) dirs_.insert(dirs_.end(), {"fixed", "moving_fields"});
@@ -828,8 +604,10 @@ std::vector<Work> case_work(const Case& c, const DeformJobOptions& o) {
   std::vector<Work> work;
   for (const auto& l : o.levels)
     for (int64_t k = 0; k < o.samples; ++k)
-      work.push_back({l, k, derive_seed(o.seed, fnv1a(c.name), static_cast<uint64_t>(l.aug * 1000 + l.syn),
-                                        static_cast<uint64_t>(k))});
+      work.push_back(
+          {l, k,
+           derive_seed(o.seed, fnv1a(c.name), static_cast<uint64_t>(l.aug * 1000 + l.syn),
+                       static_cast<uint64_t>(k))});
   return work;
 }
 
@@ -843,7 +621,8 @@ struct Generated {
 
 at::Tensor cpu_or_undefined(const at::Tensor& x) { return x.defined() ? x.cpu() : x; }
 
-Generated generate_chunk(const Deformer& deformer, const CaseData& d, const std::vector<Work>& work, bool pairs) {
+Generated generate_chunk(const Deformer& deformer, const CaseData& d, const std::vector<Work>& work,
+                         bool pairs) {
   const auto n = static_cast<int64_t>(work.size());
   std::vector<int64_t> aug, syn;
   std::vector<uint64_t> seeds;
@@ -868,7 +647,8 @@ Generated generate_chunk(const Deformer& deformer, const CaseData& d, const std:
     auto r = deformer.deform_with_seeds(repeat(d.image), repeat(d.labels), aug, seeds, spacing);
     g.images = r.images, g.labels = r.labels, g.fields = r.fields;
   }
-  for (at::Tensor* x : {&g.images, &g.labels, &g.fields, &g.fixed, &g.fixed_labels, &g.moving_fields})
+  for (at::Tensor* x :
+       {&g.images, &g.labels, &g.fields, &g.fixed, &g.fixed_labels, &g.moving_fields})
     *x = cpu_or_undefined(*x);
   return g;
 }
@@ -883,7 +663,8 @@ std::string sample_name(const std::string& case_name, const Work& w, bool pairs)
 class CaseWriter {
  public:
   /// `slice_axis`: the axis a volume went through a 2D model along, or -1.
-  CaseWriter(const DeformJobOptions& o, const OutputLayout& l, const Case& c, const CaseData& d, int64_t slice_axis)
+  CaseWriter(const DeformJobOptions& o, const OutputLayout& l, const Case& c, const CaseData& d,
+             int64_t slice_axis)
       : o_(o), l_(l), c_(c), d_(d), axis_(slice_axis) {}
 
   /// Row `i` of `g`, made from `w`.
@@ -892,11 +673,13 @@ class CaseWriter {
     const at::Tensor field = g.fields[i].unsqueeze(0);
     json out;
     out[l_.pairs ? "moving" : "image"] = channels(l_.images, sample, g.images[i]);
-    if (g.labels.defined()) out[l_.pairs ? "moving_labels" : "labels"] = labels(l_.labels, sample, g.labels[i]);
+    if (g.labels.defined())
+      out[l_.pairs ? "moving_labels" : "labels"] = labels(l_.labels, sample, g.labels[i]);
     out["field"] = field_file(l_.fields, sample, field);
     if (l_.pairs) {
       out["fixed"] = channels("fixed", sample, g.fixed[i]);
-      if (g.fixed_labels.defined()) out["fixed_labels"] = labels("fixed_labels", sample, g.fixed_labels[i]);
+      if (g.fixed_labels.defined())
+        out["fixed_labels"] = labels("fixed_labels", sample, g.fixed_labels[i]);
       out["moving_field"] = field_file("moving_fields", sample, g.moving_fields[i].unsqueeze(0));
     }
     if (o_.previews) {
@@ -909,7 +692,9 @@ class CaseWriter {
   }
 
  private:
-  static at::Tensor first_channel(const at::Tensor& row) { return row.narrow(0, 0, 1).unsqueeze(0); }
+  static at::Tensor first_channel(const at::Tensor& row) {
+    return row.narrow(0, 0, 1).unsqueeze(0);
+  }
 
   /// `row` [C, ...S]: one file per channel, named as nnU-Net or as the input.
   json channels(const std::string& dir, const std::string& sample, const at::Tensor& row) const {
@@ -929,14 +714,16 @@ class CaseWriter {
     return files.size() == 1 ? files[0] : files;
   }
 
-  std::string labels(const std::string& dir, const std::string& sample, const at::Tensor& row) const {
+  std::string labels(const std::string& dir, const std::string& sample,
+                     const at::Tensor& row) const {
     const std::string rel = dir + "/" + sample + d_.label_ext;
     write_labels(join(o_.output, rel), row.unsqueeze(0), d_.geometry);
     return rel;
   }
 
   /// A single-slice volume (e.g. 256x256x1) gets 2D fields on its in-plane grid.
-  std::string field_file(const std::string& dir, const std::string& sample, const at::Tensor& field) const {
+  std::string field_file(const std::string& dir, const std::string& sample,
+                         const at::Tensor& field) const {
     const std::string rel = dir + "/" + sample + d_.field_ext;
     const Image written = squeeze_single_slice_field(field, d_.geometry);
     write_field(join(o_.output, rel), written.data, written.geometry);
@@ -958,7 +745,8 @@ class CaseWriter {
       if (a != axis_) keep.push_back(a);
     const at::Tensor plane_field =
         at::stack({field.select(1, keep[0]), field.select(1, keep[1])}, 1).select(2 + axis_, mid);
-    write_warp_preview(path, before.select(2 + axis_, mid), after.select(2 + axis_, mid), plane_field);
+    write_warp_preview(path, before.select(2 + axis_, mid), after.select(2 + axis_, mid),
+                       plane_field);
     return rel;
   }
 
@@ -984,54 +772,44 @@ class CaseWriter {
 
 /// Deforms one case (every level x sample, in chunks that fill the batch)
 /// and appends its samples' records to `samples`.
-void deform_case(const Deformer& deformer, const DeformJobOptions& o, const OutputLayout& l, const Case& c,
-                 int64_t model_dims, OutputFolders& folders, json& samples) {
+void deform_case(const Deformer& deformer, const DeformJobOptions& o, const OutputLayout& l,
+                 const Case& c, int64_t model_dims, OutputFolders& folders, json& samples) {
   const CaseData d = read_case(c);
   const int64_t axis = slicing_axis(d.geometry.tensor_size(), model_dims, deformer.slice_axis());
   // A 3D volume through a 2D model is many network items per sample.
-  const auto chunk =
-      static_cast<size_t>(std::max<int64_t>(1, o.batch / items_per_sample(d.geometry, model_dims, deformer.slice_axis())));
+  const auto chunk = static_cast<size_t>(std::max<int64_t>(
+      1, o.batch / items_per_sample(d.geometry, model_dims, deformer.slice_axis())));
   const CaseWriter writer(o, l, c, d, axis);
   const std::vector<Work> work = case_work(c, o);
   for (size_t w0 = 0; w0 < work.size(); w0 += chunk) {
-    const std::vector<Work> part(work.begin() + static_cast<std::ptrdiff_t>(w0),
-                                 work.begin() + static_cast<std::ptrdiff_t>(std::min(work.size(), w0 + chunk)));
+    const std::vector<Work> part(
+        work.begin() + static_cast<std::ptrdiff_t>(w0),
+        work.begin() + static_cast<std::ptrdiff_t>(std::min(work.size(), w0 + chunk)));
     const Generated g = generate_chunk(deformer, d, part, l.pairs);
     folders.ensure();
-    for (size_t i = 0; i < part.size(); ++i) samples.push_back(writer.write(g, static_cast<int64_t>(i), part[i]));
+    for (size_t i = 0; i < part.size(); ++i)
+      samples.push_back(writer.write(g, static_cast<int64_t>(i), part[i]));
   }
   if (l.dataset_out) {  // the original case beside its augmented copies
     for (const auto& f : c.images) copy_file(f, join(join(o.output, "imagesTr"), base_name(f)));
-    if (!c.labels.empty()) copy_file(c.labels, join(join(o.output, "labelsTr"), base_name(c.labels)));
+    if (!c.labels.empty())
+      copy_file(c.labels, join(join(o.output, "labelsTr"), base_name(c.labels)));
   }
-}
-
-/// The checks on options that need neither the model nor the data.
-void check_job_options(const DeformJobOptions& o) {
-  if (o.input.empty()) throw std::invalid_argument("no input given");
-  if (o.output.empty()) throw std::invalid_argument("no output folder given");
-  check_ranges(o);
-  if (o.shard_count < 1 || o.shard_index < 0 || o.shard_index >= o.shard_count)
-    throw std::invalid_argument("shard must be i/n with 0 <= i < n, got " + std::to_string(o.shard_index) + "/" +
-                                std::to_string(o.shard_count));
-  for (const auto& l : o.levels)
-    if (o.mode != DeformMode::kPairs && l.syn != l.aug)
-      throw std::invalid_argument("levels: '" + levels_text({l}) + "' gives a synthesis level (:" +
-                                  std::to_string(l.syn) + "), which only pairs mode uses; in " + to_string(o.mode) +
-                                  " mode give single levels, e.g. " + std::to_string(l.aug));
 }
 
 /// This shard's cases (every shard_count-th from shard_index), checked.
 std::vector<Case> shard_cases(const Inputs& in, const DeformJobOptions& o, int64_t model_dims) {
   std::vector<Case> mine;
   for (size_t i = 0; i < in.cases.size(); ++i)
-    if (static_cast<int64_t>(i % static_cast<size_t>(o.shard_count)) == o.shard_index) mine.push_back(in.cases[i]);
+    if (static_cast<int64_t>(i % static_cast<size_t>(o.shard_count)) == o.shard_index)
+      mine.push_back(in.cases[i]);
   for (const auto& c : mine) check_case(c, model_dims, o.mode, o.label_interpolation);
   if (in.dataset) {
     char a[4096], b[4096];
     if (::realpath(in.root.c_str(), a) != nullptr && ::realpath(o.output.c_str(), b) != nullptr &&
         std::string(a) == std::string(b))
-      throw std::invalid_argument("the output folder must not be the input dataset '" + in.root + "'");
+      throw std::invalid_argument("the output folder must not be the input dataset '" + in.root +
+                                  "'");
   }
   return mine;
 }
@@ -1050,8 +828,9 @@ DeformerOptions deformer_options(const DeformJobOptions& o) {
 }
 
 std::string shard_suffix(const DeformJobOptions& o) {
-  return o.shard_count > 1 ? "-shard-" + std::to_string(o.shard_index) + "-of-" + std::to_string(o.shard_count)
-                           : "";
+  return o.shard_count > 1
+             ? "-shard-" + std::to_string(o.shard_index) + "-of-" + std::to_string(o.shard_count)
+             : "";
 }
 
 /// What describes the run beside its samples: program, model, options, summary.
@@ -1066,7 +845,8 @@ json manifest_json(const DeformJobOptions& o, const std::string& model_path, int
   m["device"] = deformer.device().str();
   m["options"] = json::parse(to_json(o));
   m["metrics_note"] =
-      "metrics of the written field on the input grid: magnitude ||(u_i / size_i)_i|| in % of the image size (max "
+      "metrics of the written field on the input grid: magnitude ||(u_i / size_i)_i|| in % of the "
+      "image size (max "
       "and mean over voxels), folding_ratio = fraction of voxels with det(I + grad u) <= 0";
   m["cases"] = cases;
   m["summary"] = level_summary(samples);
@@ -1082,13 +862,15 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
   if (o.threads > 0) at::set_num_threads(static_cast<int>(o.threads));
 
   // Everything is checked before anything is written.
-  const std::string model_path = o.model.empty() ? default_model_path() : resolve_model_path(o.model);
+  const std::string model_path =
+      o.model.empty() ? default_model_path() : resolve_model_path(o.model);
   const torch::Device device = resolve_device(o.device);
   TrainedModel trained = load_model(model_path, device);
   const int64_t big_t = trained.config.sampler.timesteps;
   for (const auto& l : o.levels)
     if (l.aug > big_t || l.syn > big_t)
-      throw std::invalid_argument("levels: " + levels_text({l}) + " exceeds the model's T = " + std::to_string(big_t));
+      throw std::invalid_argument("levels: " + levels_text({l}) +
+                                  " exceeds the model's T = " + std::to_string(big_t));
   const Inputs in = discover(o);
   require_utf8_names(o, in, model_path);
   detail::require_run_kind(o.output, "drdm_deform", {});  // not a seg_fewshot / reg_synth folder
@@ -1099,16 +881,17 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
                              o.shard_count > 1 ? "shard-" + std::to_string(o.shard_index) + "-of-" +
                                                      std::to_string(o.shard_count)
                                                : "");
-  log::info(c10::str("drdm_deform: ", mine.size(), " of ", in.cases.size(), " cases (shard ", o.shard_index, "/",
-                     o.shard_count, "), mode ", to_string(o.mode), ", levels ", levels_text(o.levels), " x ",
-                     o.samples, " samples, model '", model_path, "' (", model_dims, "D, step ", trained.step,
-                     ") on ", device.str()));
+  log::info(c10::str("drdm_deform: ", mine.size(), " of ", in.cases.size(), " cases (shard ",
+                     o.shard_index, "/", o.shard_count, "), mode ", to_string(o.mode), ", levels ",
+                     levels_text(o.levels), " x ", o.samples, " samples, model '", model_path,
+                     "' (", model_dims, "D, step ", trained.step, ") on ", device.str()));
 
   // Progress in network steps (one model item, i.e. an image or a 2D slice,
   // advanced by one recovery step), so that long volumes show progress too.
   // SIGINT / SIGTERM stop the run at the next step.
-  const int64_t big_steps = deformer_steps_total(mine, o, model_dims, big_t,
-                                                 o.slice_axis >= 0 ? o.slice_axis : trained.config.data.slice_axis);
+  const int64_t big_steps =
+      deformer_steps_total(mine, o, model_dims, big_t,
+                           o.slice_axis >= 0 ? o.slice_axis : trained.config.data.slice_axis);
   detail::ProgressBar bar("drdm_deform recovery steps", big_steps, 0, o.progress);
   int64_t steps_done = 0;
   std::string current_case;
@@ -1142,7 +925,8 @@ DeformJobSummary run_deform_job(const DeformJobOptions& o) {
   summary.cases = static_cast<int64_t>(mine.size());
   summary.samples = static_cast<int64_t>(samples.size());
   summary.manifest = join(o.output, "manifest" + shard_suffix(o) + ".json");
-  const json manifest = manifest_json(o, model_path, model_step, deformer, mine.size(), std::move(samples));
+  const json manifest =
+      manifest_json(o, model_path, model_step, deformer, mine.size(), std::move(samples));
   write_text_file(summary.manifest, manifest.dump(2) + "\n");
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return summary;
@@ -1206,34 +990,39 @@ std::string first_difference(const json& a, const json& b) {
 }
 
 /// Throws naming both files and the key when `other` is not a run of the job of `ref`.
-void require_same_job(const json& ref, const std::string& ref_path, const json& other, const std::string& other_path,
-                      const std::string& hint) {
+void require_same_job(const json& ref, const std::string& ref_path, const json& other,
+                      const std::string& other_path, const std::string& hint) {
   const json a = job_identity(ref), b = job_identity(other);
   const std::string key = first_difference(a, b);
   if (key.empty()) return;
-  const auto shown = [&](const json& j) { return j.contains(key) ? j[key].dump() : std::string("absent"); };
-  throw std::runtime_error("'" + other_path + "' and '" + ref_path + "' are not runs of one job: " + key + " is " +
-                           shown(b) + " there, " + shown(a) + " here" + hint);
+  const auto shown = [&](const json& j) {
+    return j.contains(key) ? j[key].dump() : std::string("absent");
+  };
+  throw std::runtime_error("'" + other_path + "' and '" + ref_path + "' are not runs of one job: " +
+                           key + " is " + shown(b) + " there, " + shown(a) + " here" + hint);
 }
 
 /// A drdm_deform manifest (program, options, cases, samples), or an error naming `path`.
 json load_manifest(const std::string& path) {
   json m = parse_json_file(path);
   const auto bad = [&](const std::string& key) {
-    return std::runtime_error("'" + path + "' is not a drdm_deform manifest (key '" + key + "' missing or malformed)");
+    return std::runtime_error("'" + path + "' is not a drdm_deform manifest (key '" + key +
+                              "' missing or malformed)");
   };
   if (!m.is_object() || m.value("program", "") != "drdm_deform") throw bad("program");
-  if (!m.contains("options") || !m["options"].is_object() || !m["options"].contains("shard")) throw bad("options");
+  if (!m.contains("options") || !m["options"].is_object() || !m["options"].contains("shard"))
+    throw bad("options");
   if (!m.contains("cases") || !m["cases"].is_number_unsigned()) throw bad("cases");
   if (!m.contains("samples") || !m["samples"].is_array()) throw bad("samples");
   for (const auto& s : m["samples"])
-    if (!s.is_object() || !s.contains("input") || !s.contains("outputs") || !s["outputs"].is_object() ||
-        !s.contains("level") || !s.contains("metrics"))
+    if (!s.is_object() || !s.contains("input") || !s.contains("outputs") ||
+        !s["outputs"].is_object() || !s.contains("level") || !s.contains("metrics"))
       throw bad("samples");
   return m;
 }
 
-/// Non-hidden files and folders under `folder`, relative to it, sorted ("images", "images/a.nii.gz").
+/// Non-hidden files and folders under `folder`, relative to it, sorted ("images",
+/// "images/a.nii.gz").
 void walk(const std::string& folder, const std::string& rel, std::vector<std::string>& files,
           std::vector<std::string>& dirs) {
   const std::string here = rel.empty() ? folder : join(folder, rel);
@@ -1264,13 +1053,15 @@ std::string real_path(const std::string& path) {
 std::string future_path(const std::string& path) {
   const std::string real = real_path(path);
   if (!real.empty()) return real;
-  const auto slash = path.find_last_of('/', path.size() > 1 && path.back() == '/' ? path.size() - 2 : path.npos);
+  const auto slash =
+      path.find_last_of('/', path.size() > 1 && path.back() == '/' ? path.size() - 2 : path.npos);
   if (slash == std::string::npos) return join(real_path("."), path);
   return join(future_path(slash == 0 ? "/" : path.substr(0, slash)), path.substr(slash + 1));
 }
 
 bool same_bytes(const std::string& a, const std::string& b) {
-  struct stat sa {}, sb {};
+  struct stat sa {
+  }, sb{};
   if (::stat(a.c_str(), &sa) != 0 || ::stat(b.c_str(), &sb) != 0) return false;
   if (sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino) return true;
   return sa.st_size == sb.st_size && read_text(a) == read_text(b);
@@ -1292,11 +1083,12 @@ std::vector<Shard> find_shards(const std::vector<std::string>& folders) {
                                     ? found.back().m["options"]["shard"].get<std::string>()
                                     : "";
       if (shard != std::to_string(i) + "/" + std::to_string(n))
-        throw std::runtime_error("'" + path + "': options.shard is '" + shard + "', not " + std::to_string(i) + "/" +
-                                 std::to_string(n) + " as its name says");
+        throw std::runtime_error("'" + path + "': options.shard is '" + shard + "', not " +
+                                 std::to_string(i) + "/" + std::to_string(n) + " as its name says");
     }
     if (found.size() == before)
-      throw std::runtime_error("'" + f + "' holds no shard manifest (manifest-shard-I-of-N.json, written by "
+      throw std::runtime_error("'" + f +
+                               "' holds no shard manifest (manifest-shard-I-of-N.json, written by "
                                "drdm_deform --shard)");
   }
   const int64_t n = found[0].count;
@@ -1305,12 +1097,14 @@ std::vector<Shard> find_shards(const std::vector<std::string>& folders) {
   std::vector<bool> seen(static_cast<size_t>(n), false);
   for (auto& s : found) {
     if (s.count != n)
-      throw std::runtime_error("'" + s.manifest + "' is one of " + std::to_string(s.count) + " shards, but '" +
-                               first + "' one of " + std::to_string(n) + ": not shards of one job");
+      throw std::runtime_error("'" + s.manifest + "' is one of " + std::to_string(s.count) +
+                               " shards, but '" + first + "' one of " + std::to_string(n) +
+                               ": not shards of one job");
     const auto k = static_cast<size_t>(s.index);
     if (seen[k])
-      throw std::runtime_error("shard " + std::to_string(s.index) + "/" + std::to_string(n) + " is there twice: '" +
-                               by_index[k].manifest + "' and '" + s.manifest + "'");
+      throw std::runtime_error("shard " + std::to_string(s.index) + "/" + std::to_string(n) +
+                               " is there twice: '" + by_index[k].manifest + "' and '" +
+                               s.manifest + "'");
     seen[k] = true;
     by_index[k] = std::move(s);
   }
@@ -1318,18 +1112,20 @@ std::vector<Shard> find_shards(const std::vector<std::string>& folders) {
   for (const auto& f : folders) where += (where.empty() ? "'" : ", '") + f + "'";
   for (int64_t i = 0; i < n; ++i)
     if (!seen[static_cast<size_t>(i)])
-      throw std::runtime_error("shard " + std::to_string(i) + "/" + std::to_string(n) + " is missing: no '" +
-                               shard_file("manifest", i, n) + "' in " + where +
-                               " (run that shard, or wait until it has finished)");
+      throw std::runtime_error("shard " + std::to_string(i) + "/" + std::to_string(n) +
+                               " is missing: no '" + shard_file("manifest", i, n) + "' in " +
+                               where + " (run that shard, or wait until it has finished)");
   for (const auto& s : by_index) {
     require_same_job(by_index[0].m, by_index[0].manifest, s.m, s.manifest, "");
     const std::string config = join(s.folder, shard_file("config", s.index, n));
     if (!detail::file_exists(config))
       throw std::runtime_error("'" + config + "' is missing beside '" + s.manifest + "'");
     const json c = parse_json_file(config);
-    const std::string key = c.is_object() ? first_difference(s.m["options"], c) : std::string("(not an object)");
+    const std::string key =
+        c.is_object() ? first_difference(s.m["options"], c) : std::string("(not an object)");
     if (!key.empty())
-      throw std::runtime_error("'" + config + "' does not hold the options of '" + s.manifest + "' (key '" + key + "')");
+      throw std::runtime_error("'" + config + "' does not hold the options of '" + s.manifest +
+                               "' (key '" + key + "')");
   }
   return by_index;
 }
@@ -1342,8 +1138,8 @@ std::vector<json> case_groups(const Shard& s) {
     groups.back().push_back(x);
   }
   if (groups.size() != s.m["cases"].get<size_t>())
-    throw std::runtime_error("'" + s.manifest + "' counts " + s.m["cases"].dump() + " cases but has samples of " +
-                             std::to_string(groups.size()));
+    throw std::runtime_error("'" + s.manifest + "' counts " + s.m["cases"].dump() +
+                             " cases but has samples of " + std::to_string(groups.size()));
   return groups;
 }
 
@@ -1366,8 +1162,9 @@ json merged_samples(const std::vector<Shard>& shards) {
   for (size_t i = 0; i < n; ++i) {
     const size_t expect = cases / n + (i < cases % n ? 1 : 0);
     if (groups[i].size() != expect)
-      throw std::runtime_error("'" + shards[i].manifest + "' has " + std::to_string(groups[i].size()) +
-                               " cases, but shard " + std::to_string(i) + " of " + std::to_string(n) + " of " +
+      throw std::runtime_error("'" + shards[i].manifest + "' has " +
+                               std::to_string(groups[i].size()) + " cases, but shard " +
+                               std::to_string(i) + " of " + std::to_string(n) + " of " +
                                std::to_string(cases) + " cases has " + std::to_string(expect) +
                                ": the shards did not read the same input");
     for (const auto& g : groups[i]) {
@@ -1376,14 +1173,14 @@ json merged_samples(const std::vector<Shard>& shards) {
         for (const auto& p : output_paths(x)) {
           keys.push_back("file '" + p + "'");
           if (!detail::file_exists(join(shards[i].folder, p)))
-            throw std::runtime_error("'" + join(shards[i].folder, p) + "', listed in '" + shards[i].manifest +
-                                     "', is missing");
+            throw std::runtime_error("'" + join(shards[i].folder, p) + "', listed in '" +
+                                     shards[i].manifest + "', is missing");
         }
       for (const auto& k : keys) {
         const auto [it, fresh] = owner.emplace(k, shards[i].manifest);
         if (!fresh)
-          throw std::runtime_error("the " + k + " is in both '" + it->second + "' and '" + shards[i].manifest +
-                                   "': duplicate samples");
+          throw std::runtime_error("the " + k + " is in both '" + it->second + "' and '" +
+                                   shards[i].manifest + "': duplicate samples");
       }
     }
   }
@@ -1414,7 +1211,8 @@ void require_no_other_run(const std::string& merged, const json& job, const std:
     const bool manifest = name == "manifest.json" || shard_of_name(name, "manifest").first >= 0;
     const bool config = name == "config.json" || shard_of_name(name, "config").first >= 0;
     if (!manifest && !config) continue;
-    const std::string hint = " (the merged folder '" + merged + "' holds another run: choose a new folder)";
+    const std::string hint =
+        " (the merged folder '" + merged + "' holds another run: choose a new folder)";
     if (manifest) {
       json m;
       try {
@@ -1425,7 +1223,8 @@ void require_no_other_run(const std::string& merged, const json& job, const std:
       require_same_job(job, job_path, m, path, hint);
     } else {
       const json c = parse_json_file(path);
-      if (!c.is_object()) throw std::runtime_error("'" + path + "' is not a config of this job" + hint);
+      if (!c.is_object())
+        throw std::runtime_error("'" + path + "' is not a config of this job" + hint);
       json as_manifest = job;
       as_manifest["options"] = c;
       require_same_job(job, job_path, as_manifest, path, hint);
@@ -1435,8 +1234,9 @@ void require_no_other_run(const std::string& merged, const json& job, const std:
 
 /// Files the shard folders bring into `merged`: relative path -> source.
 /// Records, JSON files the merge rewrites and hidden files are left out.
-std::map<std::string, std::string> plan_copies(const std::vector<std::string>& folders, const std::string& merged,
-                                               bool dataset, std::set<std::string>& dirs) {
+std::map<std::string, std::string> plan_copies(const std::vector<std::string>& folders,
+                                               const std::string& merged, bool dataset,
+                                               std::set<std::string>& dirs) {
   const std::string merged_real = real_path(merged);
   std::map<std::string, std::string> plan;
   for (const auto& f : folders) {
@@ -1445,21 +1245,23 @@ std::map<std::string, std::string> plan_copies(const std::vector<std::string>& f
     walk(f, "", files, sub);
     dirs.insert(sub.begin(), sub.end());
     for (const auto& rel : files) {
-      if (rel == "manifest.json" || rel == "config.json" || shard_of_name(rel, "manifest").first >= 0 ||
-          shard_of_name(rel, "config").first >= 0 ||
+      if (rel == "manifest.json" || rel == "config.json" ||
+          shard_of_name(rel, "manifest").first >= 0 || shard_of_name(rel, "config").first >= 0 ||
           (dataset && (rel == "dataset.json" || rel == "splits_final.json")))
         continue;
       const std::string from = join(f, rel);
       const auto [it, fresh] = plan.emplace(rel, from);
       if (!fresh && !same_bytes(it->second, from))
-        throw std::runtime_error("'" + it->second + "' and '" + from + "' differ: not shards of one job");
+        throw std::runtime_error("'" + it->second + "' and '" + from +
+                                 "' differ: not shards of one job");
     }
   }
   for (const auto& [rel, from] : plan) {
     const std::string to = join(merged, rel);
     if (detail::dir_exists(to) || (detail::file_exists(to) && !same_bytes(from, to)))
-      throw std::runtime_error("'" + to + "' already exists and differs from '" + from + "' (the merged folder '" +
-                               merged + "' holds another run: choose a new folder)");
+      throw std::runtime_error("'" + to + "' already exists and differs from '" + from +
+                               "' (the merged folder '" + merged +
+                               "' holds another run: choose a new folder)");
   }
   return plan;
 }
@@ -1483,17 +1285,21 @@ Inputs dataset_inputs(const std::vector<std::string>& folders, const std::string
     j.erase("training");
     return j;
   };
-  const auto has = [](const std::string& f, const char* name) { return detail::file_exists(join(f, name)); };
-  const auto with = std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return has(f, "dataset.json"); });
-  const auto with_splits =
-      std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return has(f, "splits_final.json"); });
+  const auto has = [](const std::string& f, const char* name) {
+    return detail::file_exists(join(f, name));
+  };
+  const auto with = std::find_if(folders.begin(), folders.end(),
+                                 [&](const auto& f) { return has(f, "dataset.json"); });
+  const auto with_splits = std::find_if(folders.begin(), folders.end(),
+                                        [&](const auto& f) { return has(f, "splits_final.json"); });
   std::vector<std::set<std::string>> train, val;
   bool all_channels = true, any_image = false;
   for (const auto& f : folders) {
     for (const char* name : {"dataset.json", "splits_final.json"}) {
       const auto& other = std::string(name) == "dataset.json" ? with : with_splits;
       if (other != folders.end() && !has(f, name))
-        throw std::runtime_error("'" + join(f, name) + "' is missing, but '" + join(*other, name) + "' is there");
+        throw std::runtime_error("'" + join(f, name) + "' is missing, but '" + join(*other, name) +
+                                 "' is there");
     }
     const std::string path = join(f, "dataset.json");
     nlohmann::ordered_json j;
@@ -1516,12 +1322,14 @@ Inputs dataset_inputs(const std::vector<std::string>& folders, const std::string
     find_splits(shard);
     if (shard.splits.is_null()) continue;
     if (!train.empty() && shard.splits.size() != train.size())
-      throw std::runtime_error("'" + join(f, "splits_final.json") + "' has " + std::to_string(shard.splits.size()) +
-                               " folds, '" + join(*with_splits, "splits_final.json") + "' " +
+      throw std::runtime_error("'" + join(f, "splits_final.json") + "' has " +
+                               std::to_string(shard.splits.size()) + " folds, '" +
+                               join(*with_splits, "splits_final.json") + "' " +
                                std::to_string(train.size()) + ": not shards of one job");
     train.resize(shard.splits.size()), val.resize(shard.splits.size());
     for (size_t k = 0; k < shard.splits.size(); ++k) {
-      for (const auto& c : shard.splits[k]["train"]) train[k].insert(source_case(c.get<std::string>()));
+      for (const auto& c : shard.splits[k]["train"])
+        train[k].insert(source_case(c.get<std::string>()));
       for (const auto& c : shard.splits[k]["val"]) val[k].insert(source_case(c.get<std::string>()));
     }
   }
@@ -1529,14 +1337,16 @@ Inputs dataset_inputs(const std::vector<std::string>& folders, const std::string
   in.nnunet = any_image && all_channels;
   if (!train.empty()) {
     in.splits = json::array();
-    for (size_t k = 0; k < train.size(); ++k) in.splits.push_back({{"train", train[k]}, {"val", val[k]}});
+    for (size_t k = 0; k < train.size(); ++k)
+      in.splits.push_back({{"train", train[k]}, {"val", val[k]}});
   }
   return in;
 }
 
 }  // namespace
 
-DeformMergeSummary merge_deform_shards(const std::vector<std::string>& folders, const std::string& merged_arg) {
+DeformMergeSummary merge_deform_shards(const std::vector<std::string>& folders,
+                                       const std::string& merged_arg) {
   if (folders.empty()) throw std::invalid_argument("merge: no shard folders given");
   if (merged_arg.empty() && folders.size() > 1)
     throw std::invalid_argument("merge: " + std::to_string(folders.size()) +
@@ -1545,31 +1355,36 @@ DeformMergeSummary merge_deform_shards(const std::vector<std::string>& folders, 
   std::set<std::string> reals;
   for (const auto& f : folders) {
     if (!detail::dir_exists(f)) throw std::runtime_error("shard folder '" + f + "' does not exist");
-    if (!reals.insert(real_path(f)).second) throw std::invalid_argument("merge: folder '" + f + "' is given twice");
+    if (!reals.insert(real_path(f)).second)
+      throw std::invalid_argument("merge: folder '" + f + "' is given twice");
   }
   const std::string merged_abs = future_path(merged);
   for (const auto& r : reals)
     if (merged_abs.compare(0, r.size() + 1, r + "/") == 0)
-      throw std::invalid_argument("merge: the merged folder '" + merged + "' lies inside the shard folder '" + r + "'");
+      throw std::invalid_argument("merge: the merged folder '" + merged +
+                                  "' lies inside the shard folder '" + r + "'");
   // No shard may still be writing: every folder locked for the whole merge.
   std::vector<std::unique_ptr<detail::RunLock>> locks;
-  for (const auto& f : folders) locks.push_back(std::make_unique<detail::RunLock>(f, "drdm_deform merge"));
+  for (const auto& f : folders)
+    locks.push_back(std::make_unique<detail::RunLock>(f, "drdm_deform merge"));
 
   // Everything is checked before anything is written.
   const std::vector<Shard> shards = find_shards(folders);
   json samples = merged_samples(shards);
   const json& job = shards[0].m;
   require_no_other_run(merged, job, shards[0].manifest);
-  const bool dataset = job["mode"] != "pairs" && std::any_of(folders.begin(), folders.end(), [](const auto& f) {
-                         return detail::file_exists(join(f, "dataset.json"));
-                       });
+  const bool dataset =
+      job["mode"] != "pairs" && std::any_of(folders.begin(), folders.end(), [](const auto& f) {
+        return detail::file_exists(join(f, "dataset.json"));
+      });
   std::set<std::string> dirs;
   const auto plan = plan_copies(folders, merged, dataset, dirs);
   Inputs in;
   if (dataset) in = dataset_inputs(folders, merged);
   json manifest = merged_manifest(shards, merged, std::move(samples));
 
-  if (!reals.count(real_path(merged))) locks.push_back(std::make_unique<detail::RunLock>(merged, "drdm_deform merge"));
+  if (!reals.count(real_path(merged)))
+    locks.push_back(std::make_unique<detail::RunLock>(merged, "drdm_deform merge"));
   for (const auto& d : dirs) detail::make_dirs(join(merged, d));
   for (const auto& [rel, from] : plan) link_or_copy(from, join(merged, rel));
   if (dataset) {
@@ -1580,8 +1395,9 @@ DeformMergeSummary merge_deform_shards(const std::vector<std::string>& folders, 
   write_text_file(join(merged, "config.json"), manifest["options"].dump(2) + "\n");
   const std::string manifest_path = join(merged, "manifest.json");
   write_text_file(manifest_path, manifest.dump(2) + "\n");
-  log::info(c10::str("drdm_deform merge: ", shards.size(), " shards, ", manifest["cases"].get<size_t>(), " cases, ",
-                     manifest["samples"].size(), " samples, ", plan.size(), " files brought into '", merged, "'"));
+  log::info(c10::str("drdm_deform merge: ", shards.size(), " shards, ",
+                     manifest["cases"].get<size_t>(), " cases, ", manifest["samples"].size(),
+                     " samples, ", plan.size(), " files brought into '", merged, "'"));
   DeformMergeSummary s;
   s.shards = static_cast<int64_t>(shards.size());
   s.cases = manifest["cases"].get<int64_t>();
