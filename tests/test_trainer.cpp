@@ -63,6 +63,18 @@ TEST(TrainConfig, RoundTripsThroughJson) {
   EXPECT_EQ(drdm::network_options(again).timesteps, 80);
 }
 
+// docs/configs.md shows each section's keys as the parser's key table makes them.
+TEST(TrainConfig, DocsShowTheKeyTable) {
+  std::ifstream in(std::string(DRDM_SOURCE_DIR) + "/docs/configs.md");
+  ASSERT_TRUE(in) << "docs/configs.md";
+  const std::string docs((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const char* section : {"", "data", "augment", "sampler", "model", "loss", "train"}) {
+    const std::string table = drdm::train_config_reference(section);
+    EXPECT_NE(docs.find(table), std::string::npos)
+        << "docs/configs.md: the table of section '" << section << "' should read:\n" << table;
+  }
+}
+
 TEST(TrainConfig, UnknownKeysAreErrorsNamingTheKey) {
   auto e = error_of(R"({"train": {"batchsize": 4}})");
   EXPECT_NE(e.find("unknown config key 'train.batchsize'"), std::string::npos) << e;

@@ -238,4 +238,11 @@ void require(bool ok, const std::string& source, const std::string& key, const s
 }
 
 
+std::string reference_value(const json& v) {
+  if (!v.is_array()) return v.dump();
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) out += (i == 0 ? "" : ", ") + reference_value(v[i]);
+  return out + "]";
+}
+
 }  // namespace drdm::detail

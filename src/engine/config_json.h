@@ -12,8 +12,6 @@
 #include <string>
 #include <vector>
 
-#include "drdm/engine/train_section.h"
-
 namespace drdm::detail {
 
 /// Checks `given` against the structure of `expected` (the defaults).
@@ -75,20 +73,29 @@ struct ExactJson<std::vector<E>> {
   static std::string what() { return "a list whose entries are each " + ExactJson<E>::what(); }
 };
 
+/// A config value read as J, with errors naming `key` (the dotted key):
+/// integers exactly (ExactJson), everything else as nlohmann's get<J>.
+template <typename J>
+J read_value(const nlohmann::json& v, const std::string& source, const std::string& key) {
+  if (!ExactJson<J>::holds(v))
+    throw std::invalid_argument(source + ": config key '" + key + "' must be " + ExactJson<J>::what() +
+                                ", got " + v.dump());
+  try {
+    return v.get<J>();
+  } catch (const nlohmann::json::exception&) {
+    throw std::invalid_argument(source + ": config key '" + key + "' has the wrong type: " + v.dump());
+  }
+}
+
 template <typename T>
 T get(const nlohmann::json& j, const std::string& section, const std::string& key,
       const std::string& source) {
-  const auto& v = j.at(section).at(key);
-  if (!ExactJson<T>::holds(v))
-    throw std::invalid_argument(source + ": config key '" + section + "." + key + "' must be " +
-                                ExactJson<T>::what() + ", got " + v.dump());
-  try {
-    return v.get<T>();
-  } catch (const nlohmann::json::exception& e) {
-    throw std::invalid_argument(source + ": config key '" + section + "." + key +
-                                "' has the wrong type: " + v.dump());
-  }
+  return read_value<T>(j.at(section).at(key), source, section + "." + key);
 }
+
+/// A value as the key reference (docs/configs.md) shows it: JSON, with ", "
+/// between list entries.
+std::string reference_value(const nlohmann::json& v);
 
 /// When `error` (from checking a merged config read from `source`) is about a
 /// key that one of `overrides` set, rethrows it naming that --set instead of
@@ -107,12 +114,5 @@ auto blaming_overrides(const std::string& source, const std::vector<std::string>
   }
 }
 
-
-/// The "train" section (optimiser, schedule, steps, checkpoints, device) that
-/// every trainer's config shares: its defaults as JSON, and its checked parse.
-nlohmann::json train_section_json(const TrainSection& train);
-/// `section` names the JSON section that holds these keys (error messages name it too).
-TrainSection parse_train_section(const nlohmann::json& j, const std::string& source,
-                                       const std::string& section = "train");
 
 }  // namespace drdm::detail

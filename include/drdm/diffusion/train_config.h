@@ -45,7 +45,10 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
 /// The full resolved config as pretty JSON (every key), which parses back to the same config.
 std::string to_json(const TrainConfig& config);
 
-/// The learning rate of optimiser step `step` (0-based) under train's schedule.
+/// The key reference of one section of the config ("" = the top-level keys):
+/// the Markdown table that docs/configs.md shows, made from the key table
+/// that the parser and to_json use (key, default, unit, meaning).
+std::string train_config_reference(const std::string& section);
 
 /// The network options a config implies (dims from data, timesteps from sampler).
 NetworkOptions network_options(const TrainConfig& config);
