@@ -200,11 +200,14 @@ nlohmann::json keys_json(const Keys<C>& keys, const C& c) {
   return j;
 }
 
-/// Reads every key of the table from `j` (a merged config: all keys there), in table order.
+/// Reads the keys of the table from `j` (a merged config: all keys there), in
+/// table order: all of them, or those of one section (`section`; "" = top level).
 template <typename C>
-void read_keys(const Keys<C>& keys, const nlohmann::json& j, const std::string& src, C& c) {
+void read_keys(const Keys<C>& keys, const nlohmann::json& j, const std::string& src, C& c,
+               const char* section = nullptr) {
   for (const auto& k : keys)
-    k.read(k.section.empty() ? j.at(k.name) : j.at(k.section).at(k.name), src, k.dotted(), c);
+    if (section == nullptr || k.section == section)
+      k.read(k.section.empty() ? j.at(k.name) : j.at(k.section).at(k.name), src, k.dotted(), c);
 }
 
 /// The Markdown table of `section`'s keys ("" = the top-level ones): key,

@@ -9,11 +9,12 @@ namespace {
 
 using T = TrainSection;
 
+bool device_ok(const std::string& d) { return d == "auto" || d == "cpu" || d.rfind("cuda", 0) == 0; }
+bool seconds_ok(double v) { return std::isfinite(v) && v > 0 && v <= 86400; }
+
 Keys<T> make_keys() {
   const auto seed_in = [](int64_t v) { return static_cast<uint64_t>(v); };
   const auto seed_out = [](uint64_t v) { return v; };
-  const auto device_ok = [](const std::string& d) { return d == "auto" || d == "cpu" || d.rfind("cuda", 0) == 0; };
-  const auto seconds_ok = [](double v) { return std::isfinite(v) && v > 0 && v <= 86400; };
   return {
       key("batch_size", &T::batch_size, {in_range<int64_t>(1, 4096)}, "images", "images per step"),
       key("steps", &T::steps, {at_least<int64_t>(1)}, "steps",

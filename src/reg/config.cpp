@@ -1,100 +1,160 @@
-// reg_synth configs: JSON checked against the defaults (shared machinery in config_json.h).
+// reg_synth configs: one key table (engine/config_keys.h) gives the defaults, the checked parse and to_json.
+#include "drdm/reg/config.h"
+
+#include <algorithm>
 #include <cmath>
 
-#include "../config_json.h"
-#include "drdm/reg/synth.h"
+#include "engine/config_keys.h"
+#include "engine/train_section_keys.h"
 
 namespace drdm::reg {
 
-using detail::get;
 using detail::require;
 using nlohmann::json;
 
 namespace {
 
-json mrbs_json(const std::vector<MrbsLevel>& levels) {
-  json out = json::array();
-  for (const auto& l : levels) out.push_back({l.control_points, l.max_displacement});
-  return out;
+using detail::at_least;
+using detail::check;
+using detail::entries;
+using detail::in_range;
+using detail::key;
+using detail::key_as;
+using detail::key_with;
+using detail::Keys;
+using detail::non_empty;
+using Ints = std::vector<int64_t>;
+using Names = std::vector<std::string>;
+using Levels = std::vector<std::vector<double>>;
+
+// A seed: an integer >= 0, stored unsigned.
+template <typename S>
+detail::ConfigKey<S> seed_key(uint64_t S::*field, const char* doc) {
+  const auto in = [](int64_t v) { return static_cast<uint64_t>(v); };
+  const auto out = [](uint64_t v) { return v; };
+  return key_as<int64_t>("seed", field, in, out, {at_least<int64_t>(0)}, "-", doc);
 }
 
-json phase_json(const TrainSection& t,
-                const std::vector<std::pair<std::string, json>>& extra) {
-  auto j = detail::train_section_json(t);
-  for (const auto& [k, v] : extra) j[k] = v;
-  return j;
+Keys<RegConfig::Data> data_keys() {
+  using D = RegConfig::Data;
+  return {
+      key("images", &D::images, {}, "path", "folder of the images"),
+      key("labels", &D::labels, {}, "path", "folder of the label maps (the images' file names)"),
+      key("include", &D::include, {}, "patterns", "file-name patterns to keep (empty: all)"),
+      key("size", &D::size,
+          {check<Ints>("must be [H, W] or [D, H, W]", [](const Ints& s) { return s.size() == 2 || s.size() == 3; }),
+           entries(in_range<int64_t>(16, 1024))},
+          "voxels", "network grid, tensor order (2 or 3 entries)"),
+      key("clip_low_pct", &D::clip_low_pct, {}, "percent", "intensity clipping before scaling to [0, 1]"),
+      key("clip_high_pct", &D::clip_high_pct, {}, "percent", ""),
+      key("classes", &D::classes, {non_empty<Names>("must name at least one foreground class")}, "-",
+          "names of the labels 1..K"),
+      key("train_fraction", &D::train_fraction,
+          {check<double>("must be in (0, 1)", [](double f) { return f > 0 && f < 1; })}, "fraction",
+          "the first fraction of the sorted files trains, the rest tests"),
+      key("test_pairs", &D::test_pairs, {at_least<int64_t>(0, " (0 = all ordered pairs)")}, "pairs",
+          "seeded ordered test pairs (0 = all)"),
+      seed_key(&D::seed, "seed of the test-pair list"),
+  };
 }
 
-json defaults_json(const RegConfig& c) {
+// The ranges are validate()'s (drdm/reg/voxelmorph.h).
+Keys<VoxelMorphOptions> voxelmorph_keys() {
+  using V = VoxelMorphOptions;
+  return {
+      key_with<Ints, V>("encoder", [](const V& v) { return v.encoder(); }, [](V& v, Ints w) { v.encoder(std::move(w)); },
+                        {}, "channels", "encoder widths (VoxelMorph's default)"),
+      key_with<Ints, V>("decoder", [](const V& v) { return v.decoder(); }, [](V& v, Ints w) { v.decoder(std::move(w)); },
+                        {}, "channels", "decoder widths (VoxelMorph's default)"),
+      key_with<int64_t, V>("integration_steps", [](const V& v) { return v.integration_steps(); },
+                           [](V& v, int64_t n) { v.integration_steps(n); }, {}, "steps",
+                           "scaling and squaring steps (0: a plain displacement)"),
+      key_with<int64_t, V>("integration_downsize", [](const V& v) { return v.integration_downsize(); },
+                           [](V& v, int64_t n) { v.integration_downsize(n); }, {}, "-",
+                           "the integration's resolution divisor"),
+  };
+}
+
+Keys<RegConfig::Synthetic> synthetic_keys() {
+  using S = RegConfig::Synthetic;
+  // The upper bounds keep the conversion to int64 defined and the fields finite: a
+  // displacement beyond the largest grid (data.size <= 1024) means nothing.
+  const auto level_ok = [](const std::vector<double>& l) {
+    return l.size() == 2 && l[0] >= 2 && l[0] <= 4096 && l[0] == std::floor(l[0]) && l[1] >= 0 && l[1] <= 1024;
+  };
+  const auto mrbs_in = [](const Levels& levels) {
+    std::vector<MrbsLevel> out;
+    for (const auto& l : levels) out.push_back({static_cast<int64_t>(l[0]), l[1]});
+    return out;
+  };
+  const auto mrbs_out = [](const std::vector<MrbsLevel>& levels) {
+    json out = json::array();
+    for (const auto& l : levels) out.push_back({l.control_points, l.max_displacement});
+    return out;
+  };
+  const auto pair_ok = [](const Ints& l) { return l.size() == 2 && l[0] >= 0 && l[1] >= 1; };
+  return {
+      key("pairs_per_image", &S::pairs_per_image, {in_range<int64_t>(1, 100000)}, "pairs",
+          "synthetic pairs per training image (the paper: 32)"),
+      key_as<Levels>("mrbs", &S::mrbs, mrbs_in, mrbs_out,
+                     {check<Levels>("entries must be [control_points in [2, 4096] (integer), max_displacement in "
+                                    "[0, 1024] voxels]",
+                                    [level_ok](const Levels& v) { return std::all_of(v.begin(), v.end(), level_ok); }),
+                      non_empty<Levels>("must have at least one level")},
+                     "-", "MRBS levels [control points per axis, max displacement in voxels] (docs/mrbs.md)"),
+      key("mrbs_max_tries", &S::mrbs_max_tries, {at_least<int64_t>(1)}, "draws",
+          "redraws before giving up on a fold-free sample"),
+      key("drdm_model", &S::drdm_model, {}, "-", "DRDM model: a shipped name or a model.pt"),
+      key("drdm_levels", &S::drdm_levels,
+          {non_empty<std::vector<Ints>>(),
+           check<std::vector<Ints>>("entries must be [T'_aug >= 0, T'_syn >= 1]",
+                                    [pair_ok](const std::vector<Ints>& v) { return std::all_of(v.begin(), v.end(), pair_ok); })},
+          "steps", "(T'_aug, T'_syn) pairs, used in turn"),
+      key("drdm_batch", &S::drdm_batch, {at_least<int64_t>(1)}, "fields", "generation batch"),
+      seed_key(&S::seed, "seed of both kinds of synthetic pairs"),
+  };
+}
+
+/// Every key of a reg_synth config, each declared once.
+const Keys<RegConfig>& config_keys() {
+  static const Keys<RegConfig> keys = [] {
+    using R = RegConfig;
+    const auto lambda_check = at_least(0.0);
+    Keys<R> k;
+    detail::mount(k, "", Keys<R>{key("name", &R::name, {}, "", "run name")});
+    detail::mount(k, "data", &R::data, data_keys());
+    detail::mount(k, "voxelmorph", &R::voxelmorph, voxelmorph_keys());
+    detail::mount(k, "synthetic", &R::synthetic, synthetic_keys());
+    detail::mount(k, "pretrain", &R::pretrain, detail::train_section_keys());
+    detail::mount(k, "pretrain", Keys<R>{key("lambda", &R::pretrain_lambda, {lambda_check}, "weight",
+                                            "Eq. 20's weight of the smoothness term")});
+    detail::mount(k, "finetune", &R::finetune, detail::train_section_keys());
+    detail::mount(k, "finetune", Keys<R>{
+        key("lambda", &R::finetune_lambda, {lambda_check}, "weight", "weight of the smoothness term"),
+        key("similarity", &R::similarity,
+            {check<std::string>("must be \"mse\" or \"ncc\"", [](const std::string& m) { return m == "mse" || m == "ncc"; })},
+            "-", "\"mse\" or \"ncc\""),
+        key("ncc_window", &R::ncc_window,
+            {check<int64_t>("must be odd and >= 1", [](int64_t w) { return w >= 1 && w % 2 == 1; })}, "voxels",
+            "window of the local NCC")});
+    detail::mount(k, "grid", &R::grid, Keys<R::Grid>{
+        key("pretrain", &R::Grid::pretrain, {non_empty<Names>()}, "-", "the pretrainings compared: none, mrbs, drdm"),
+        key("finetune", &R::Grid::finetune, {non_empty<std::vector<bool>>()}, "-", "with and/or without fine-tuning")});
+    return k;
+  }();
+  return keys;
+}
+
+json defaults_json(const RegConfig& c) { return detail::keys_json(config_keys(), c); }
+
+void check_data_and_voxelmorph(RegConfig& c, const std::string& src) {
   const auto& d = c.data;
-  const auto& s = c.synthetic;
-  const auto& v = c.voxelmorph;
-  return {{"name", c.name},
-          {"data",
-           {{"images", d.images},
-            {"labels", d.labels},
-            {"include", d.include},
-            {"size", d.size},
-            {"clip_low_pct", d.clip_low_pct},
-            {"clip_high_pct", d.clip_high_pct},
-            {"classes", d.classes},
-            {"train_fraction", d.train_fraction},
-            {"test_pairs", d.test_pairs},
-            {"seed", d.seed}}},
-          {"voxelmorph",
-           {{"encoder", v.encoder},
-            {"decoder", v.decoder},
-            {"integration_steps", v.integration_steps},
-            {"integration_downsize", v.integration_downsize}}},
-          {"synthetic",
-           {{"pairs_per_image", s.pairs_per_image},
-            {"mrbs", mrbs_json(s.mrbs)},
-            {"mrbs_max_tries", s.mrbs_max_tries},
-            {"drdm_model", s.drdm_model},
-            {"drdm_levels", s.drdm_levels},
-            {"drdm_batch", s.drdm_batch},
-            {"seed", s.seed}}},
-          {"pretrain", phase_json(c.pretrain, {{"lambda", c.pretrain_lambda}})},
-          {"finetune", phase_json(c.finetune, {{"lambda", c.finetune_lambda},
-                                               {"similarity", c.similarity},
-                                               {"ncc_window", c.ncc_window}})},
-          {"grid", {{"pretrain", c.grid.pretrain}, {"finetune", c.grid.finetune}}}};
-}
-
-void parse_data(const json& j, const std::string& src, RegConfig::Data& d) {
-  d.images = get<std::string>(j, "data", "images", src);
-  d.labels = get<std::string>(j, "data", "labels", src);
-  d.include = get<std::vector<std::string>>(j, "data", "include", src);
-  d.size = get<std::vector<int64_t>>(j, "data", "size", src);
-  d.clip_low_pct = get<double>(j, "data", "clip_low_pct", src);
-  d.clip_high_pct = get<double>(j, "data", "clip_high_pct", src);
-  d.classes = get<std::vector<std::string>>(j, "data", "classes", src);
-  d.train_fraction = get<double>(j, "data", "train_fraction", src);
-  d.test_pairs = get<int64_t>(j, "data", "test_pairs", src);
-  const auto seed = get<int64_t>(j, "data", "seed", src);
   require(!d.images.empty() && !d.labels.empty(), src, "data.images",
           "and data.labels must name the folders of images and label maps");
-  require(d.size.size() == 2 || d.size.size() == 3, src, "data.size",
-          "must be [H, W] or [D, H, W]");
-  for (auto s : d.size)
-    require(s >= 16 && s <= 1024, src, "data.size", "entries must be in [16, 1024]");
   require(0 <= d.clip_low_pct && d.clip_low_pct < d.clip_high_pct && d.clip_high_pct <= 100, src,
           "data.clip_low_pct", "and data.clip_high_pct must satisfy 0 <= low < high <= 100");
-  require(!d.classes.empty(), src, "data.classes", "must name at least one foreground class");
-  require(d.train_fraction > 0 && d.train_fraction < 1, src, "data.train_fraction",
-          "must be in (0, 1)");
-  require(d.test_pairs >= 0, src, "data.test_pairs", "must be >= 0 (0 = all ordered pairs)");
-  require(seed >= 0, src, "data.seed", "must be >= 0");
-  d.seed = static_cast<uint64_t>(seed);
-}
-
-void parse_voxelmorph(const json& j, const std::string& src, RegConfig& c) {
   auto& v = c.voxelmorph;
-  v.dims = static_cast<int64_t>(c.data.size.size());
-  v.encoder = get<std::vector<int64_t>>(j, "voxelmorph", "encoder", src);
-  v.decoder = get<std::vector<int64_t>>(j, "voxelmorph", "decoder", src);
-  v.integration_steps = get<int64_t>(j, "voxelmorph", "integration_steps", src);
-  v.integration_downsize = get<int64_t>(j, "voxelmorph", "integration_downsize", src);
+  v.dims(static_cast<int64_t>(c.data.size.size()));
   try {
     validate(v);
   } catch (const std::invalid_argument& e) {
@@ -104,86 +164,30 @@ void parse_voxelmorph(const json& j, const std::string& src, RegConfig& c) {
     require(false, src, what.substr(0, space),
             space == std::string::npos ? "is invalid" : what.substr(space + 1));
   }
-  const int64_t divisor = std::max<int64_t>(int64_t{1} << v.encoder.size(), v.integration_downsize);
+  const int64_t divisor =
+      std::max<int64_t>(int64_t{1} << v.encoder().size(), v.integration_downsize());
   for (auto s : c.data.size)
     require(s % divisor == 0, src, "data.size",
             "entries must be divisible by " + std::to_string(divisor) +
                 " (2^levels of voxelmorph.encoder and voxelmorph.integration_downsize)");
 }
 
-void parse_synthetic(const json& j, const std::string& src, RegConfig::Synthetic& s) {
-  s.pairs_per_image = get<int64_t>(j, "synthetic", "pairs_per_image", src);
-  const auto mrbs = get<std::vector<std::vector<double>>>(j, "synthetic", "mrbs", src);
-  s.mrbs.clear();
-  for (const auto& l : mrbs) {
-    // The upper bounds keep the conversion to int64 defined and the fields finite: a
-    // displacement beyond the largest grid (data.size <= 1024) means nothing.
-    require(l.size() == 2 && l[0] >= 2 && l[0] <= 4096 && l[0] == std::floor(l[0]) && l[1] >= 0 &&
-                l[1] <= 1024,
-            src, "synthetic.mrbs",
-            "entries must be [control_points in [2, 4096] (integer), max_displacement in [0, 1024] "
-            "voxels]");
-    s.mrbs.push_back({static_cast<int64_t>(l[0]), l[1]});
-  }
-  require(!s.mrbs.empty(), src, "synthetic.mrbs", "must have at least one level");
-  s.mrbs_max_tries = get<int64_t>(j, "synthetic", "mrbs_max_tries", src);
-  s.drdm_model = get<std::string>(j, "synthetic", "drdm_model", src);
-  s.drdm_levels = get<std::vector<std::vector<int64_t>>>(j, "synthetic", "drdm_levels", src);
-  s.drdm_batch = get<int64_t>(j, "synthetic", "drdm_batch", src);
-  const auto seed = get<int64_t>(j, "synthetic", "seed", src);
-  require(s.pairs_per_image >= 1 && s.pairs_per_image <= 100000, src, "synthetic.pairs_per_image",
-          "must be in [1, 100000]");
-  require(s.mrbs_max_tries >= 1, src, "synthetic.mrbs_max_tries", "must be >= 1");
-  require(!s.drdm_levels.empty(), src, "synthetic.drdm_levels", "must not be empty");
-  for (const auto& l : s.drdm_levels)
-    require(l.size() == 2 && l[0] >= 0 && l[1] >= 1, src, "synthetic.drdm_levels",
-            "entries must be [T'_aug >= 0, T'_syn >= 1]");
-  require(s.drdm_batch >= 1, src, "synthetic.drdm_batch", "must be >= 1");
-  require(seed >= 0, src, "synthetic.seed", "must be >= 0");
-  s.seed = static_cast<uint64_t>(seed);
-}
-
-void parse_phases(const json& j, const std::string& src, RegConfig& c) {
-  // The shared train-section parser sees each phase's section without its own keys.
-  const auto section = [&](const char* name, std::vector<std::string> own) {
-    json copy = j;
-    for (const auto& k : own) copy[name].erase(k);
-    return detail::parse_train_section(copy, src, name);
-  };
-  c.pretrain = section("pretrain", {"lambda"});
-  c.finetune = section("finetune", {"lambda", "similarity", "ncc_window"});
-  c.pretrain_lambda = get<double>(j, "pretrain", "lambda", src);
-  c.finetune_lambda = get<double>(j, "finetune", "lambda", src);
-  c.similarity = get<std::string>(j, "finetune", "similarity", src);
-  c.ncc_window = get<int64_t>(j, "finetune", "ncc_window", src);
-  require(std::isfinite(c.pretrain_lambda) && c.pretrain_lambda >= 0, src, "pretrain.lambda",
-          "must be >= 0");
-  require(std::isfinite(c.finetune_lambda) && c.finetune_lambda >= 0, src, "finetune.lambda",
-          "must be >= 0");
-  require(c.similarity == "mse" || c.similarity == "ncc", src, "finetune.similarity",
-          "must be \"mse\" or \"ncc\"");
-  require(c.ncc_window >= 1 && c.ncc_window % 2 == 1, src, "finetune.ncc_window",
-          "must be odd and >= 1");
-}
-
-void parse_grid(const json& j, const std::string& src, RegConfig::Grid& g) {
-  g.pretrain = get<std::vector<std::string>>(j, "grid", "pretrain", src);
-  g.finetune = get<std::vector<bool>>(j, "grid", "finetune", src);
-  require(!g.pretrain.empty(), src, "grid.pretrain", "must not be empty");
-  for (const auto& p : g.pretrain)
+RegConfig from_json(const json& j, const std::string& src) {
+  const auto& keys = config_keys();
+  RegConfig c;
+  detail::read_keys(keys, j, src, c, "");
+  detail::read_keys(keys, j, src, c, "data");
+  detail::read_keys(keys, j, src, c, "voxelmorph");
+  check_data_and_voxelmorph(c, src);
+  detail::read_keys(keys, j, src, c, "synthetic");
+  detail::read_keys(keys, j, src, c, "pretrain");
+  detail::check_train_section(c.pretrain, src, "pretrain");
+  detail::read_keys(keys, j, src, c, "finetune");
+  detail::check_train_section(c.finetune, src, "finetune");
+  detail::read_keys(keys, j, src, c, "grid");
+  for (const auto& p : c.grid.pretrain)
     require(p == "none" || p == "mrbs" || p == "drdm", src, "grid.pretrain",
             "has an unknown pretraining '" + p + "' (expected none, mrbs or drdm)");
-  require(!g.finetune.empty(), src, "grid.finetune", "must not be empty");
-}
-
-RegConfig from_json(const json& j, const std::string& src) {
-  RegConfig c;
-  c.name = j.at("name").get<std::string>();
-  parse_data(j, src, c.data);
-  parse_voxelmorph(j, src, c);
-  parse_synthetic(j, src, c.synthetic);
-  parse_phases(j, src, c);
-  parse_grid(j, src, c.grid);
   return c;
 }
 
