@@ -9,45 +9,53 @@
 #include "drdm/seg/fewshot.h"
 #include "drdm/engine/training_engine.h"
 
-int main(int argc, char** argv) {
-  CLI::App cli{
-      "Few-shot segmentation with no / BigAug / DRDM augmentation (paper Sec. 4, Table 2). "
-      "See docs/seg_fewshot.md."};
-  cli.require_subcommand(1);
+namespace {
+
+struct Options {
   std::string config, output, model = "seg-cardiac2d", input, device = "auto";
   std::vector<std::string> sets;
   drdm::seg::EvaluateOptions eval;
   bool no_progress = false, quiet = false;
-  cli.add_flag("-q,--quiet", quiet, "Log warnings and errors only");
+};
+
+CLI::App* add_run(CLI::App& cli, Options& o) {
   auto* r =
       cli.add_subcommand("run",
                          "Run the grid: augmentation x labelled subjects x seeds (reruns skip "
                          "finished runs and resume a half-finished one)");
-  r->add_option("--config", config, "seg_fewshot config (e.g. configs/seg-acdc-cpu.json)")
+  r->add_option("--config", o.config, "seg_fewshot config (e.g. configs/seg-acdc-cpu.json)")
       ->required()
       ->check(CLI::ExistingFile);
-  r->add_option("--output", output,
+  r->add_option("--output", o.output,
                 "Output folder (default: runs/<config name>; one run at a time)")
       ->check(drdm::app::non_empty());
-  r->add_option("--set", sets, "Override a config key: section.key=value (repeatable)")->take_all();
-  r->add_flag("--no-progress", no_progress, "Do not draw progress bars");
+  r->add_option("--set", o.sets, "Override a config key: section.key=value (repeatable)")->take_all();
+  r->add_flag("--no-progress", o.no_progress, "Do not draw progress bars");
+  return r;
+}
+
+CLI::App* add_predict(CLI::App& cli, Options& o) {
   auto* p = cli.add_subcommand("predict",
                                "Segment images (2D, or volumes slice by slice); label maps keep "
                                "the input's geometry");
-  p->add_option("--model", model,
+  p->add_option("--model", o.model,
                 "model.pt of a grid run, or a shipped segmentation model:\n" +
                     drdm::shipped_models_help("segmentation"))
       ->capture_default_str()
       ->check(drdm::app::non_empty());
-  p->add_option("--input", input, "An image file or a folder of images")
+  p->add_option("--input", o.input, "An image file or a folder of images")
       ->required()
       ->check(drdm::app::non_empty());
-  p->add_option("--output", output, "Folder for the label maps (the inputs' file names)")
+  p->add_option("--output", o.output, "Folder for the label maps (the inputs' file names)")
       ->required()
       ->check(drdm::app::non_empty());
-  p->add_option("--device", device, "cpu, cuda, cuda:N or auto")
+  p->add_option("--device", o.device, "cpu, cuda, cuda:N or auto")
       ->capture_default_str()
       ->check(drdm::app::non_empty());
+  return p;
+}
+
+CLI::App* add_evaluate(CLI::App& cli, drdm::seg::EvaluateOptions& eval) {
   auto* e = cli.add_subcommand(
       "evaluate", "Metrics of predicted label maps against the truth, matched by name");
   e->add_option("--pred", eval.pred, "Folder of predicted label maps")
@@ -70,18 +78,33 @@ int main(int argc, char** argv) {
   e->add_option("--model", eval.model,
                 "Or take the names from this model (label k: its k-th class)")
       ->check(drdm::app::non_empty());
+  return e;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli{
+      "Few-shot segmentation with no / BigAug / DRDM augmentation (paper Sec. 4, Table 2). "
+      "See docs/seg_fewshot.md."};
+  cli.require_subcommand(1);
+  Options o;
+  cli.add_flag("-q,--quiet", o.quiet, "Log warnings and errors only");
+  auto* r = add_run(cli, o);
+  auto* p = add_predict(cli, o);
+  add_evaluate(cli, o.eval);
   if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
 
-  drdm::app::init_program(!quiet);
+  drdm::app::init_program(!o.quiet);
   return drdm::app::run_reporting_errors("seg_fewshot", [&] {
     if (*r) {
-      const auto c = drdm::seg::load_seg_config(config, sets);
-      drdm::seg::run_grid(c, output.empty() ? "runs/" + c.name : output, !no_progress);
+      const auto c = drdm::seg::load_seg_config(o.config, o.sets);
+      drdm::seg::run_grid(c, o.output.empty() ? "runs/" + c.name : o.output, !o.no_progress);
     } else if (*p) {
-      auto m = drdm::seg::load_seg_model(model, drdm::resolve_device(device));
-      drdm::seg::predict_files(m, input, output);
+      auto m = drdm::seg::load_seg_model(o.model, drdm::resolve_device(o.device));
+      drdm::seg::predict_files(m, o.input, o.output);
     } else {
-      std::cout << drdm::seg::evaluate_command(eval);
+      std::cout << drdm::seg::evaluate_command(o.eval);
     }
   });
 }

@@ -319,41 +319,61 @@ void TrainingRun::average_window(int64_t done) {
   for (size_t i = 0; i < values.size(); ++i) window_[i].value = values[i];
 }
 
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+RunSummary initial_summary(const RunSpec& spec, int64_t first_step) {
+  return RunSummary{first_step, spec.steps, 0, 0, spec.output_dir + "/checkpoint.pt",
+                    spec.output_dir + "/model.pt"};
+}
+
+// The checkpoint is at spec.steps already: model.pt is (re)written from it.
+RunSummary nothing_to_do(const RunSpec& spec, const std::function<TensorMap()>& weights,
+                         const RunSummary& summary) {
+  log::info("nothing to do: the checkpoint is at step " + std::to_string(summary.first_step));
+  if (dist::world().writer())
+    save_checkpoint(summary.model, spec.kind, spec.config, summary.first_step, weights(), nullptr);
+  dist::world().agree(true, "writing " + summary.model);  // every rank may read it from here on
+  return summary;
+}
+
+[[noreturn]] void throw_non_finite(double loss, int64_t step, const std::string& checkpoint,
+                                   const std::string& lr_key) {
+  const bool kept = detail::file_exists(checkpoint);
+  throw std::runtime_error(
+      "the loss became " + std::to_string(loss) + " at step " + std::to_string(step) +
+      "; training stopped. The last good checkpoint is kept" +
+      (kept ? " at '" + checkpoint + "'" : " (none was written yet)") + ". Try a smaller " + lr_key +
+      ".");
+}
+
+void log_time_limit(int64_t done, int64_t steps) {
+  log::info("time limit reached: stopped at step " + std::to_string(done) + " of " +
+            std::to_string(steps) + "; --resume continues from there");
+}
+
+}  // namespace
+
 RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
                             const std::function<void(int64_t)>& after) {
   if (!started_) start();
-  using clock = std::chrono::steady_clock;
-  const auto begin = clock::now();
-  const auto secs_since = [](clock::time_point t) {
-    return std::chrono::duration<double>(clock::now() - t).count();
-  };
-  RunSummary summary{first_step_,
-                     spec_.steps,
-                     0,
-                     0,
-                     spec_.output_dir + "/checkpoint.pt",
-                     spec_.output_dir + "/model.pt"};
-  if (first_step_ >= spec_.steps) {
-    log::info("nothing to do: the checkpoint is at step " + std::to_string(first_step_));
-    if (dist::world().writer())
-      save_checkpoint(summary.model, spec_.kind, spec_.config, first_step_, weights_(), nullptr);
-    dist::world().agree(true, "writing " + summary.model);  // every rank may read it from here on
-    return summary;
-  }
+  const auto begin = Clock::now();
+  RunSummary summary = initial_summary(spec_, first_step_);
+  if (first_step_ >= spec_.steps) return nothing_to_do(spec_, weights_, summary);
   const bool writer = dist::world().writer();
   detail::ProgressBar bar(spec_.label, spec_.steps, first_step_, spec_.progress && writer);
-  auto window_begin = clock::now();
+  auto window_begin = Clock::now();
   for (int64_t s = first_step_; s < spec_.steps; ++s) {
     throw_if_interrupted();
     const auto r = step(s);
     if (!std::isfinite(r.loss)) {
       bar.finish();
-      const bool kept = detail::file_exists(summary.checkpoint);
-      throw std::runtime_error(
-          "the loss became " + std::to_string(r.loss) + " at step " + std::to_string(s) +
-          "; training stopped. The last good checkpoint is kept" +
-          (kept ? " at '" + summary.checkpoint + "'" : " (none was written yet)") +
-          ". Try a smaller " + spec_.lr_key + ".");
+      throw_non_finite(r.loss, s, summary.checkpoint, spec_.lr_key);
     }
     accumulate(r.metrics);
     window_loss_ += r.loss;
@@ -363,23 +383,22 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
     std::snprintf(loss_text, sizeof loss_text, "loss %.4f", window_loss_ / window_n_);
     bar.update(done, loss_text);
     if (done % spec_.log_every == 0 || done == spec_.steps) {
-      elapsed_at_start_ = secs_since(begin);
-      log_window(done, secs_since(window_begin));
-      window_begin = clock::now();
+      elapsed_at_start_ = seconds_since(begin);
+      log_window(done, seconds_since(window_begin));
+      window_begin = Clock::now();
     }
     if (after && writer) after(done);
-    const bool timed_out = out_of_time(done, secs_since(begin));
+    const bool timed_out = out_of_time(done, seconds_since(begin));
     if (done % spec_.checkpoint_every == 0 || done == spec_.steps || timed_out) save(done);
     if (timed_out) {
       summary.steps = done;
-      log::info("time limit reached: stopped at step " + std::to_string(done) + " of " +
-                std::to_string(spec_.steps) + "; --resume continues from there");
+      log_time_limit(done, spec_.steps);
       break;
     }
   }
   bar.finish();
   dist::world().agree(true, "writing " + summary.model);  // every rank may read it from here on
-  summary.seconds = secs_since(begin);
+  summary.seconds = seconds_since(begin);
   summary.last_loss = last_loss_;
   log::info("trained to step " + std::to_string(summary.steps) + " in " +
             detail::format_duration(summary.seconds) + "; model: " + summary.model);

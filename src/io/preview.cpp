@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <vector>
 
 namespace drdm {
 namespace detail {
@@ -75,11 +76,8 @@ torch::Tensor render_row(const Plane& p, double lo, double hi) {
   return at::cat(panels, 2);
 }
 
-}  // namespace
-}  // namespace detail
-
-torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tensor& warped,
-                                  const torch::Tensor& field, const torch::Tensor& reference) {
+void check_preview_inputs(const torch::Tensor& image, const torch::Tensor& warped,
+                          const torch::Tensor& field, const torch::Tensor& reference) {
   TORCH_CHECK(image.dim() == 4 || image.dim() == 5,
               "render_warp_preview: expected an image [N, C, ...S], got ", image.sizes());
   TORCH_CHECK(warped.sizes().slice(2) == image.sizes().slice(2) &&
@@ -88,41 +86,45 @@ torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tenso
               image.sizes(), ", ", warped.sizes(), ", ", field.sizes());
   TORCH_CHECK(!reference.defined() || reference.sizes().slice(2) == image.sizes().slice(2),
               "render_warp_preview: expected the reference on the image's grid, got ", reference.sizes());
-  at::NoGradGuard no_grad;
-  const auto ref = reference.defined() ? reference[0][0].to(at::kFloat).cpu() : torch::Tensor();
-  auto img = image[0][0].to(at::kFloat).cpu();
-  auto wrp = warped[0][0].to(at::kFloat).cpu();
-  auto u = field[0].to(at::kFloat).cpu();
-  // Window from robust percentiles of the input image.
+}
+
+// Window from robust percentiles of the input image: {lo, hi}.
+std::array<double, 2> intensity_window(const torch::Tensor& img) {
   auto sample = img.flatten();
   if (sample.numel() > 200000) sample = sample.index_select(0, at::arange(0, sample.numel(), sample.numel() / 200000));
-  const double lo = at::quantile(sample, 0.005).item<double>();
-  const double hi = at::quantile(sample, 0.995).item<double>();
+  return {at::quantile(sample, 0.005).item<double>(), at::quantile(sample, 0.995).item<double>()};
+}
 
-  std::vector<detail::Plane> planes;
+// The planes to draw: the image itself (2D), or the three orthogonal planes
+// through the middle of a volume.
+std::vector<Plane> preview_planes(const torch::Tensor& img, const torch::Tensor& wrp, const torch::Tensor& u,
+                                  const torch::Tensor& ref) {
+  std::vector<Plane> planes;
   if (img.dim() == 2) {
     planes.push_back({img, wrp, u, {img.size(0), img.size(1)}, 1, {}, ref});
-  } else {
-    const int64_t D = img.size(0), H = img.size(1), W = img.size(2);
-    // axial (D fixed): in-plane H, W; coronal (H fixed): D, W; sagittal (W fixed): D, H.
-    const std::array<std::array<int64_t, 3>, 3> axes{{{0, 1, 2}, {1, 0, 2}, {2, 0, 1}}};
-    const std::array<int64_t, 3> sizes{D, H, W};
-    for (const auto& a : axes) {
-      const int64_t fixed = a[0], mid = sizes[fixed] / 2;
-      auto take = [&](const torch::Tensor& t) { return t.select(t.dim() - 3 + fixed, mid); };
-      auto uu = take(u);  // [3, p, q]
-      planes.push_back({take(img), take(wrp), at::stack({uu[a[1]], uu[a[2]]}), {sizes[a[1]], sizes[a[2]]},
-                        sizes[fixed], uu[fixed], ref.defined() ? take(ref) : torch::Tensor()});
-    }
+    return planes;
   }
-  // One enlargement for all rows, from the longest image axis, so that the
-  // planes keep a common scale and thin slabs stay thin strips.
-  const int64_t side = *std::max_element(img.sizes().begin(), img.sizes().end());
-  const int64_t factor = std::clamp<int64_t>((detail::kMinPanelSide + side - 1) / side, 1, 8);
+  const int64_t D = img.size(0), H = img.size(1), W = img.size(2);
+  // axial (D fixed): in-plane H, W; coronal (H fixed): D, W; sagittal (W fixed): D, H.
+  const std::array<std::array<int64_t, 3>, 3> axes{{{0, 1, 2}, {1, 0, 2}, {2, 0, 1}}};
+  const std::array<int64_t, 3> sizes{D, H, W};
+  for (const auto& a : axes) {
+    const int64_t fixed = a[0], mid = sizes[fixed] / 2;
+    auto take = [&](const torch::Tensor& t) { return t.select(t.dim() - 3 + fixed, mid); };
+    auto uu = take(u);  // [3, p, q]
+    planes.push_back({take(img), take(wrp), at::stack({uu[a[1]], uu[a[2]]}), {sizes[a[1]], sizes[a[2]]},
+                      sizes[fixed], uu[fixed], ref.defined() ? take(ref) : torch::Tensor()});
+  }
+  return planes;
+}
+
+// The rendered rows of the planes, enlarged by `factor`, stacked top to
+// bottom with gaps and padded white to the widest row: uint8 [3, H, W].
+torch::Tensor stack_rows(const std::vector<Plane>& planes, double lo, double hi, int64_t factor) {
   std::vector<torch::Tensor> rows;
   int64_t width = 0;
   for (size_t i = 0; i < planes.size(); ++i) {
-    auto row = detail::render_row(planes[i], lo, hi);
+    auto row = render_row(planes[i], lo, hi);
     // Coronal and sagittal planes have D vertical: draw increasing D upwards
     // (superior up for the usual NIfTI orientations).
     if (i > 0) row = row.flip({1});
@@ -134,10 +136,30 @@ torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tenso
   for (size_t i = 0; i < rows.size(); ++i) {
     auto r = rows[i];
     if (r.size(2) < width) r = at::cat({r, at::full({3, r.size(1), width - r.size(2)}, 255.0f)}, 2);
-    if (i) padded.push_back(at::full({3, detail::kGap, width}, 255.0f));
+    if (i) padded.push_back(at::full({3, kGap, width}, 255.0f));
     padded.push_back(r);
   }
   return at::cat(padded, 1).round().clamp(0, 255).to(at::kByte);
+}
+
+}  // namespace
+}  // namespace detail
+
+torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tensor& warped,
+                                  const torch::Tensor& field, const torch::Tensor& reference) {
+  detail::check_preview_inputs(image, warped, field, reference);
+  at::NoGradGuard no_grad;
+  const auto ref = reference.defined() ? reference[0][0].to(at::kFloat).cpu() : torch::Tensor();
+  auto img = image[0][0].to(at::kFloat).cpu();
+  auto wrp = warped[0][0].to(at::kFloat).cpu();
+  auto u = field[0].to(at::kFloat).cpu();
+  const auto [lo, hi] = detail::intensity_window(img);
+  const auto planes = detail::preview_planes(img, wrp, u, ref);
+  // One enlargement for all rows, from the longest image axis, so that the
+  // planes keep a common scale and thin slabs stay thin strips.
+  const int64_t side = *std::max_element(img.sizes().begin(), img.sizes().end());
+  const int64_t factor = std::clamp<int64_t>((detail::kMinPanelSide + side - 1) / side, 1, 8);
+  return detail::stack_rows(planes, lo, hi, factor);
 }
 
 void write_warp_preview(const std::string& path, const torch::Tensor& image,

@@ -1,4 +1,6 @@
 // Registration data: volumes on the network grid, the train/test split and the test pairs.
+#include "drdm/reg/data.h"
+
 #include <ATen/ATen.h>
 #include <fnmatch.h>
 
@@ -7,11 +9,10 @@
 #include <random>
 #include <stdexcept>
 
-#include "../atomic_file.h"
-#include "../config_json.h"
-#include "../grid_check.h"
-#include "../input_checks.h"
-#include "drdm/reg/synth.h"
+#include "engine/config_json.h"
+#include "io/atomic_file.h"
+#include "io/grid_check.h"
+#include "io/input_checks.h"
 
 namespace drdm::reg {
 namespace {

@@ -1,21 +1,22 @@
 // Registering volumes with a trained model, scoring pairs, and `reg_synth register`.
+#include "drdm/reg/evaluate.h"
+
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <utility>
 
-#include "../atomic_file.h"
-#include "../grid_check.h"
-#include "../input_checks.h"
 #include "drdm/core/log.h"
-#include "drdm/reg/synth.h"
 #include "drdm/core/spatial.h"
 #include "drdm/core/stats.h"
 #include "drdm/engine/training_engine.h"
+#include "io/atomic_file.h"
+#include "io/grid_check.h"
+#include "io/input_checks.h"
 #include "reg/report.h"
 
 namespace drdm::reg {

@@ -1,6 +1,7 @@
 // reg_synth run: Table 3's rows (synthetic pretraining x real fine-tuning),
 // results.json / results.md with Wilcoxon tests, and the pair figure.
-#include <optional>
+#include "drdm/reg/grid.h"
+
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
@@ -10,22 +11,25 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <stdexcept>
 
-#include "drdm/engine/distributed.h"
-#include "../atomic_file.h"
-#include "../config_json.h"
-#include "../input_checks.h"
-#include "../run_checks.h"
-#include "../run_kind.h"
-#include "../run_lock.h"
+#include "diffusion/run_checks.h"
 #include "drdm/core/interrupt.h"
 #include "drdm/core/log.h"
-#include "drdm/io/preview.h"
-#include "drdm/reg/synth.h"
 #include "drdm/core/spatial.h"
 #include "drdm/core/stats.h"
+#include "drdm/engine/distributed.h"
 #include "drdm/engine/training_engine.h"
+#include "drdm/io/preview.h"
+#include "drdm/reg/data.h"
+#include "drdm/reg/evaluate.h"
+#include "drdm/reg/train.h"
+#include "engine/config_json.h"
+#include "engine/run_kind.h"
+#include "io/atomic_file.h"
+#include "io/input_checks.h"
+#include "io/run_lock.h"
 #include "reg/report.h"
 
 namespace drdm::reg {

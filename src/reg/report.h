@@ -6,7 +6,11 @@
 #include <string>
 #include <vector>
 
-#include "drdm/reg/synth.h"
+namespace drdm::reg {
+// Declared in drdm/reg/evaluate.h, not included here: evaluate.cpp, which
+// implements pair_json, includes this header (no include cycle).
+struct PairResult;
+}  // namespace drdm::reg
 
 namespace drdm::reg::report {
 

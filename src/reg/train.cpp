@@ -1,6 +1,7 @@
 // Registration training: synthetic pair banks, pretraining (Eq. 20) and
 // unsupervised fine-tuning of VoxelMorph on the shared training engine.
-#include <optional>
+#include "drdm/reg/train.h"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -8,22 +9,22 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 
-#include "drdm/engine/distributed.h"
+#include "core/out_of_memory.h"
 #include "drdm/core/interrupt.h"
-#include "../atomic_file.h"
-#include "../out_of_memory.h"
-#include "../bank_files.h"
-#include "../progress.h"
 #include "drdm/core/log.h"
-#include "drdm/io/models.h"
+#include "drdm/core/spatial.h"
+#include "drdm/engine/distributed.h"
 #include "drdm/engine/optim.h"
+#include "drdm/engine/training_engine.h"
+#include "drdm/io/models.h"
 #include "drdm/reg/losses.h"
 #include "drdm/reg/pairs.h"
-#include "drdm/reg/synth.h"
-#include "drdm/core/spatial.h"
-#include "drdm/engine/training_engine.h"
+#include "engine/bank_files.h"
+#include "engine/progress.h"
+#include "io/atomic_file.h"
 
 namespace drdm::reg {
 namespace {

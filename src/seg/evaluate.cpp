@@ -1,21 +1,23 @@
 // `seg_fewshot predict` and `evaluate`: label maps of new images, and metrics of label maps against
 // the truth.
+#include "drdm/seg/evaluate.h"
+
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
 
-#include "../atomic_file.h"
-#include "../grid_check.h"
-#include "../input_checks.h"
 #include "drdm/core/interrupt.h"
 #include "drdm/core/log.h"
-#include "drdm/seg/fewshot.h"
 #include "drdm/core/stats.h"
 #include "drdm/engine/training_engine.h"
+#include "io/atomic_file.h"
+#include "io/grid_check.h"
+#include "io/input_checks.h"
 
 namespace drdm::seg {
 namespace {

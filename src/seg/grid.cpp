@@ -1,5 +1,6 @@
 // seg_fewshot run: the grid of augmentation x labelled subjects x seeds, and its report.
-#include <optional>
+#include "drdm/seg/grid.h"
+
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
@@ -8,23 +9,25 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
-#include "drdm/engine/distributed.h"
-#include "../atomic_file.h"
-#include "../config_json.h"
-#include "../input_checks.h"
-#include "../progress.h"
-#include "../run_checks.h"
-#include "../run_kind.h"
-#include "../run_lock.h"
-#include "drdm/io/image_io.h"
+#include "diffusion/run_checks.h"
 #include "drdm/core/interrupt.h"
 #include "drdm/core/log.h"
-#include "drdm/seg/fewshot.h"
 #include "drdm/core/stats.h"
+#include "drdm/engine/distributed.h"
 #include "drdm/engine/training_engine.h"
+#include "drdm/io/image_io.h"
+#include "drdm/seg/evaluate.h"
+#include "drdm/seg/train.h"
+#include "engine/config_json.h"
+#include "engine/progress.h"
+#include "engine/run_kind.h"
+#include "io/atomic_file.h"
+#include "io/input_checks.h"
+#include "io/run_lock.h"
 
 namespace drdm::seg {
 namespace {

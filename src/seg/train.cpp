@@ -1,35 +1,35 @@
-// Few-shot segmentation: subjects, the DRDM bank, training one U-Net, segmenting and scoring.
-#include "drdm/seg/fewshot.h"
+// Few-shot training: subjects, the DRDM bank, training one U-Net, segmenting and scoring.
+#include "drdm/seg/train.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <stdexcept>
 
-#include "../atomic_file.h"
-#include "../out_of_memory.h"
-#include "../bank_files.h"
-#include "../config_json.h"
-#include "../input_checks.h"
-#include "../progress.h"
-#include "drdm/engine/distributed.h"
-#include "drdm/diffusion/generate.h"
+#include "core/out_of_memory.h"
 #include "drdm/core/interrupt.h"
 #include "drdm/core/log.h"
-#include "drdm/io/models.h"
-#include "drdm/engine/optim.h"
 #include "drdm/core/spatial.h"
 #include "drdm/core/stats.h"
+#include "drdm/diffusion/generate.h"
+#include "drdm/engine/distributed.h"
+#include "drdm/engine/optim.h"
 #include "drdm/engine/training_engine.h"
+#include "drdm/io/models.h"
+#include "engine/bank_files.h"
+#include "engine/config_json.h"
+#include "engine/progress.h"
+#include "io/atomic_file.h"
+#include "io/input_checks.h"
 
 namespace drdm::seg {
 namespace {
