@@ -1,4 +1,7 @@
-// Shared by the benchmark programs: common flags, timing, helpers.
+// Shared by the benchmark programs: common flags, timing, result rows and the
+// harness (run_benchmark) that owns each program's main: the command line,
+// the devices, the output and the loop over cases. A program declares its
+// cases and what one case on one device times (a Benchmark).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,15 +11,18 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
 #include <numeric>
 #include <ostream>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "drdm/core/runtime.h"
@@ -86,36 +92,46 @@ inline bool common_options_valid(const CommonOptions& o) {
          o.max_reps >= o.min_reps && o.warmup >= 0;
 }
 
-/// Parses argv into o: -h/--help calls usage(0); common flags, then the
-/// program's `own` flags; an unknown flag, a missing value, a bad number or
-/// inconsistent common options (common_options_valid) call usage(2). usage
-/// must not return.
-inline void parse_flags(int argc, char** argv, CommonOptions& o, const OwnFlags& own, void (*usage)(int)) {
+/// Prints `usage` (on stdout for 0, else on stderr) and exits with rc.
+[[noreturn]] inline void usage_exit(const char* usage, int rc) {
+  std::fputs(usage, rc ? stderr : stdout);
+  std::exit(rc);
+}
+
+/// Parses argv into o: -h/--help prints `usage` and exits 0; common flags, then the
+/// program's `own` flags (a flag named in `many` takes every following
+/// argument up to the next "--" one, each passed on by itself); an unknown
+/// flag, a missing value, a bad number or inconsistent common options
+/// (common_options_valid) print `usage` and exit 2.
+inline void parse_flags(int argc, char** argv, CommonOptions& o, const OwnFlags& own,
+                        const char* usage, const std::set<std::string>& many = {}) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const std::function<std::string()> value = [&]() -> std::string {
       if (i + 1 >= argc) {
         std::fprintf(stderr, "missing value after %s\n", a.c_str());
-        usage(2);
+        usage_exit(usage, 2);
       }
       return argv[++i];
     };
     try {
-      if (a == "-h" || a == "--help") usage(0);
+      if (a == "-h" || a == "--help") usage_exit(usage, 0);
       if (parse_common_flag(a, value, o)) continue;
       const auto it = own.find(a);
-      if (it != own.end()) {
+      if (it != own.end() && many.count(a)) {
+        while (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) it->second(argv[++i]);
+      } else if (it != own.end()) {
         it->second(value());
-        continue;
+      } else {
+        std::fprintf(stderr, "unknown argument: %s\n", a.c_str());
+        usage_exit(usage, 2);
       }
-      std::fprintf(stderr, "unknown argument: %s\n", a.c_str());
-      usage(2);
     } catch (const std::logic_error&) {  // stoi/stod on a bad number
       std::fprintf(stderr, "bad value for %s\n", a.c_str());
-      usage(2);
+      usage_exit(usage, 2);
     }
   }
-  if (!common_options_valid(o)) usage(2);
+  if (!common_options_valid(o)) usage_exit(usage, 2);
 }
 
 inline bool wanted(const std::string& list, const std::string& op) {
@@ -132,6 +148,12 @@ inline std::string size_string(const std::vector<int64_t>& size) {
   for (size_t i = 0; i < size.size(); ++i) s += (i ? "x" : "") + std::to_string(size[i]);
   return s;
 }
+
+/// A benchmark case: the spatial size (2 or 3 entries) and the batch.
+struct Case {
+  std::vector<int64_t> size;
+  int64_t batch = 1;
+};
 
 /// The devices --device asks for: "cpu", "cuda" or both (CUDA only when present).
 /// Returns false (after a message) when CUDA alone is asked for but absent.
@@ -158,23 +180,6 @@ inline bool open_output(const CommonOptions& o, const char* program, std::ofstre
     return false;
   }
   return true;
-}
-
-/// What a program's main sets up from the common flags: the allocator as the
-/// programs ship (drdm::keep_freed_memory_for_reuse() unless --default-malloc),
-/// ATen's threads (--threads), the devices (--device) and the output (--out).
-struct Session {
-  std::vector<std::string> devices;
-  std::ofstream file;
-  std::ostream& out() { return file.is_open() ? static_cast<std::ostream&>(file) : std::cout; }
-};
-
-/// Sets up `s` for `program`; false after a message when CUDA alone is asked
-/// for but absent or --out cannot be opened.
-inline bool start_session(const CommonOptions& o, const char* program, Session& s) {
-  if (!o.default_malloc) drdm::keep_freed_memory_for_reuse();
-  if (o.threads > 0) at::set_num_threads(o.threads);
-  return requested_devices(o, program, s.devices) && open_output(o, program, s.file);
 }
 
 /// Forces completion of all queued work that produced `t` (CUDA launches are
@@ -218,26 +223,49 @@ inline Timing time_op(const std::function<at::Tensor(int)>& op, const CommonOpti
   return {median, mean, sorted.front(), static_cast<int>(n)};
 }
 
-/// One result row as a JSON object: impl "libdrdm", op, dims, size, batch,
-/// device, threads, ms (= the median) and the timing, then `extra` (", \"key\": value"...).
+/// One result row: impl, op, dims (= size.size()), size, batch, device,
+/// threads, then `before_timing`, the timing and `extra` (each ", \"key\": value"...).
+struct Row {
+  std::string impl = "libdrdm";
+  std::string op;
+  std::vector<int64_t> size;
+  int64_t batch = 1;
+  std::string device = "cpu";
+  std::string before_timing;  // e.g. drdm_bench_generate's ", \"level\": 45"
+  double ms = -1;             // the row's "ms"; < 0: the median
+  bool brief = false;         // only median_ms, min_ms and reps (drdm_bench_spatial's rows)
+  std::string extra;
+};
+
+/// `r` with the timing `t` as one JSON object (the schema the peers print too).
+inline std::string row_json(const Row& r, const Timing& t) {
+  char nums[256];
+  if (r.brief)
+    std::snprintf(nums, sizeof nums, ", \"median_ms\": %.4f, \"min_ms\": %.4f, \"reps\": %d",
+                  t.median_ms, t.min_ms, t.reps);
+  else
+    std::snprintf(nums, sizeof nums,
+                  ", \"ms\": %.4f, \"median_ms\": %.4f, \"mean_ms\": %.4f, \"min_ms\": %.4f, "
+                  "\"reps\": %d",
+                  r.ms < 0 ? t.median_ms : r.ms, t.median_ms, t.mean_ms, t.min_ms, t.reps);
+  return "{\"impl\": \"" + r.impl + "\", \"op\": \"" + r.op +
+         "\", \"dims\": " + std::to_string(r.size.size()) + ", \"size\": \"" + size_string(r.size) +
+         "\", \"batch\": " + std::to_string(r.batch) + ", \"device\": \"" + r.device +
+         "\", \"threads\": " + std::to_string(at::get_num_threads()) + r.before_timing + nums +
+         r.extra + "}";
+}
+
+/// A row of impl "libdrdm" with the full timing (ms = the median) and `extra`.
 inline std::string result_row(const std::string& op, const std::vector<int64_t>& size,
                               int64_t batch, const std::string& device, const Timing& t,
                               const std::string& extra) {
-  char nums[256];
-  std::snprintf(nums, sizeof nums,
-                ", \"threads\": %d, \"ms\": %.4f, \"median_ms\": %.4f, \"mean_ms\": %.4f, "
-                "\"min_ms\": %.4f, \"reps\": %d",
-                at::get_num_threads(), t.median_ms, t.median_ms, t.mean_ms, t.min_ms, t.reps);
-  return "{\"impl\": \"libdrdm\", \"op\": \"" + op +
-         "\", \"dims\": " + std::to_string(size.size()) + ", \"size\": \"" + size_string(size) +
-         "\", \"batch\": " + std::to_string(batch) + ", \"device\": \"" + device + "\"" + nums +
-         extra + "}";
-}
-
-/// Writes a row to `out` (stdout, or the --out file; then also echoed to stderr).
-inline void emit_row(std::ostream& out, const CommonOptions& o, const std::string& row) {
-  out << row << std::endl;
-  if (!o.out.empty()) std::fprintf(stderr, "%s\n", row.c_str());
+  Row r;
+  r.op = op;
+  r.size = size;
+  r.batch = batch;
+  r.device = device;
+  r.extra = extra;
+  return row_json(r, t);
 }
 
 /// Parameter shapes by name as a JSON object: {"name": [d0, d1, ...], ...}.
@@ -249,6 +277,99 @@ inline std::string shapes_json(const std::map<std::string, at::Tensor>& state) {
     s += "]";
   }
   return s + "}";
+}
+
+// ---------------------------------------------------------------- the harness
+
+/// One case on one device, as the harness hands it to a program: where its
+/// rows go (stdout, or the --out file and then also stderr).
+struct CaseRun {
+  std::string device;  // "cpu" | "cuda"
+  size_t index;        // the case, 0-based
+  std::ostream& out;
+  bool echo;  // --out given: rows are echoed to stderr
+
+  at::Device at_device() const { return at::Device(device == "cuda" ? at::kCUDA : at::kCPU); }
+  void emit(const std::string& row) const {
+    out << row << std::endl;
+    if (echo) std::fprintf(stderr, "%s\n", row.c_str());
+  }
+  /// `r` on this run's device with the timing `t`.
+  void emit(Row r, const Timing& t) const {
+    r.device = device;
+    emit(row_json(r, t));
+  }
+};
+
+/// What a benchmark program declares; run_benchmark owns the rest: the
+/// command line, the allocator and threads, the devices, the output and the
+/// loop over (device, case).
+struct Benchmark {
+  Benchmark(const char* program, const char* usage, std::function<size_t()> cases,
+            std::function<void(const CaseRun&)> run)
+      : program(program), usage(usage), cases(std::move(cases)), run(std::move(run)) {}
+
+  /// For messages: "drdm_bench_io".
+  const char* program;
+  /// What -h prints, and what a bad command line prints on stderr before exit 2.
+  const char* usage;
+  /// How many cases there are (called after parsing).
+  std::function<size_t()> cases;
+  /// Times one case on one device and emits its rows.
+  std::function<void(const CaseRun&)> run;
+  /// The program's own flags, and those of them that take several values (parse_flags).
+  OwnFlags flags;
+  std::set<std::string> many;
+  /// The program's checks after parsing (optional); false: usage, exit 2.
+  std::function<bool()> valid;
+  /// Optional, before the cases (--dump): true = done, exit 0 without timing.
+  std::function<bool()> before;
+  /// false: every case once, on the CPU (--device is only checked).
+  bool per_device = true;
+};
+
+/// Sets up the process as the libdrdm programs ship: drdm::keep_freed_memory_for_reuse()
+/// unless --default-malloc, and ATen's threads (--threads).
+inline void prepare_process(const CommonOptions& o) {
+  if (!o.default_malloc) drdm::keep_freed_memory_for_reuse();
+  if (o.threads > 0) at::set_num_threads(o.threads);
+}
+
+/// Runs b.run for every selected case (--case) on every device (--device),
+/// devices outer; 1 after a message when the devices or output are not there.
+inline int run_cases(const CommonOptions& o, const Benchmark& b) {
+  std::vector<std::string> devices;
+  std::ofstream file;
+  if (!requested_devices(o, b.program, devices) || !open_output(o, b.program, file)) return 1;
+  if (!b.per_device) devices = {"cpu"};
+  std::ostream& out = file.is_open() ? static_cast<std::ostream&>(file) : std::cout;
+  const size_t n = b.cases();
+  for (const auto& dev : devices)
+    for (size_t ci = 0; ci < n; ++ci)
+      if (o.case_index < 0 || static_cast<size_t>(o.case_index) == ci)
+        b.run(CaseRun{dev, ci, out, !o.out.empty()});
+  return 0;
+}
+
+/// A benchmark program's main: parses argv into o (common flags and b.flags),
+/// checks it, prepares the process, runs b.before, then the cases. Returns
+/// the exit status (1 after a message on an error).
+inline int run_benchmark(int argc, char** argv, CommonOptions& o, const Benchmark& b) {
+  parse_flags(argc, argv, o, b.flags, b.usage, b.many);
+  if (b.valid && !b.valid()) usage_exit(b.usage, 2);
+  if (o.case_index >= static_cast<int>(b.cases())) {
+    std::fprintf(stderr, "%s: --case %d, but the cases are 0 to %zu\n", b.program, o.case_index,
+                 b.cases() - 1);
+    usage_exit(b.usage, 2);
+  }
+  try {
+    prepare_process(o);
+    if (b.before && b.before()) return 0;
+    return run_cases(o, b);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", b.program, e.what());
+    return 1;
+  }
 }
 
 }  // namespace drdm::bench

@@ -36,7 +36,6 @@
 // bench/run.py generate joins them.
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/types.h>
 
 #ifdef DRDM_BENCH_CUDA_MEMORY
@@ -50,35 +49,31 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
-#include <iostream>
 #include <string>
 #include <vector>
 
 #include "bench_common.h"
+#include "drdm/core/module_state.h"
+#include "drdm/core/spatial.h"
 #include "drdm/diffusion/generate.h"
 #include "drdm/diffusion/network.h"
-#include "drdm/core/runtime.h"
-#include "drdm/core/spatial.h"
 #include "drdm/diffusion/velocity_sampler.h"
 
 namespace {
 
-using drdm::bench::size_string;
 using drdm::bench::sync;
 using drdm::bench::time_op;
 using drdm::bench::Timing;
 using drdm::bench::wanted;
 
-struct Case {
-  std::vector<int64_t> size;  // spatial size, 2 or 3 entries
-  int64_t batch;              // samples per timed call (of one image)
-  int64_t control;            // sampler control grid
-  int64_t levels;             // sampler levels
+struct Case : drdm::bench::Case {  // batch: samples per timed call (of one image)
+  int64_t control;                 // sampler control grid
+  int64_t levels;                  // sampler levels
 };
 
 const std::vector<Case>& cases() {
   static const std::vector<Case> c{
-      {{128, 128}, 8, 64, 4}, {{256, 256}, 4, 64, 4}, {{64, 64, 64}, 1, 32, 3}};
+      {{{128, 128}, 8}, 64, 4}, {{{256, 256}, 4}, 64, 4}, {{{64, 64, 64}, 1}, 32, 3}};
   return c;
 }
 
@@ -93,33 +88,19 @@ struct Options : drdm::bench::CommonOptions {
   }
 };
 
-[[noreturn]] void usage(int rc) {
-  std::fprintf(
-      rc ? stderr : stdout,
-      "usage: drdm_bench_generate [--device cpu|cuda|all] [--threads N] [--case I]\n"
-      "                           [--ops generate,sampler] [--level T']\n"
-      "                           [--rounds N | --min-reps N --max-reps N --min-time S]\n"
-      "                           [--warmup N] [--seed N] [--out FILE] [--default-malloc]\n"
-      "                           [--cuda-graphs 0|1]\n"
-      "  cases: 0 = 2D 128x128 batch 8, 1 = 2D 256x256 batch 4, 2 = 3D 64^3 batch 1\n"
-      "  (default: all; run one per process for memory figures of one case).\n"
-      "  --level: T' of every sample (default 45).\n"
-      "  --cuda-graphs 1: GenerationOptions::cuda_graphs (CUDA rows; impl libdrdm-graphs).\n"
-      "  --rounds N: exactly N timed calls per row. Default: 1 timed generation call after\n"
-      "  1 warm-up call at level 1; the sampler row takes at least 5 calls.\n");
-  std::exit(rc);
-}
-
-Options parse(int argc, char** argv) {
-  Options o;
-  drdm::bench::parse_flags(
-      argc, argv, o,
-      {{"--level", [&](const std::string& v) { o.level = std::stoll(v); }},
-       {"--cuda-graphs", [&](const std::string& v) { o.cuda_graphs = v == "1"; }}},
-      usage);
-  if (o.case_index >= static_cast<int>(cases().size()) || o.level < 1 || o.level > 80) usage(2);
-  return o;
-}
+constexpr char kUsage[] =
+    R"(usage: drdm_bench_generate [--device cpu|cuda|all] [--threads N] [--case I]
+                           [--ops generate,sampler] [--level T']
+                           [--rounds N | --min-reps N --max-reps N --min-time S]
+                           [--warmup N] [--seed N] [--out FILE] [--default-malloc]
+                           [--cuda-graphs 0|1]
+  cases: 0 = 2D 128x128 batch 8, 1 = 2D 256x256 batch 4, 2 = 3D 64^3 batch 1
+  (default: all; run one per process for memory figures of one case).
+  --level: T' of every sample (default 45).
+  --cuda-graphs 1: GenerationOptions::cuda_graphs (CUDA rows; impl libdrdm-graphs).
+  --rounds N: exactly N timed calls per row. Default: 1 timed generation call after
+  1 warm-up call at level 1; the sampler row takes at least 5 calls.
+)";
 
 /// The benchmark image [1, 1, ...S] in [0, 1]: a product of cosines along the
 /// axes (about 3 periods across the image), as bench/peer_generate.py.
@@ -201,118 +182,121 @@ std::string num(double x, const char* fmt = "%.4f") {
   return b;
 }
 
+/// The row of `op` for case r.index: impl libdrdm (libdrdm-graphs with
+/// --cuda-graphs 1), the level before the timing, the sampler after it, then `extra`.
+void emit(const Options& o, const drdm::bench::CaseRun& r, const std::string& op, const Timing& t,
+          const std::string& extra) {
+  const Case& c = cases()[r.index];
+  drdm::bench::Row row;
+  row.impl = o.cuda_graphs ? "libdrdm-graphs" : "libdrdm";
+  row.op = op;
+  row.size = c.size;
+  row.batch = c.batch;
+  row.before_timing = ", \"level\": " + std::to_string(o.level);
+  row.extra = ", \"control\": " + std::to_string(c.control) +
+              ", \"levels\": " + std::to_string(c.levels) + extra;
+  r.emit(row, t);
+}
+
+/// What both ops of a case work on: the network, the sampler's options, the
+/// batch of the image and the generation options.
+struct Setup {
+  drdm::RecoveryNet net;
+  drdm::SamplerOptions sampler;
+  at::Tensor images;
+  drdm::GenerationOptions options;
+};
+
+Setup make_setup(const Options& o, const Case& c, const at::Device& device) {
+  at::manual_seed(o.seed);
+  Setup s{drdm::RecoveryNet(drdm::NetworkOptions{static_cast<int64_t>(c.size.size())}), {}, {}, {}};
+  s.net->to(device);
+  s.net->train(false);
+  s.sampler.control = c.control;
+  s.sampler.levels = c.levels;
+  const at::Tensor image = make_image(c.size).to(device);
+  std::vector<int64_t> shape(image.sizes().begin(), image.sizes().end());
+  shape[0] = c.batch;
+  s.images = image.expand(shape).contiguous();
+  s.options.batch = c.batch;
+  s.options.cuda_graphs = o.cuda_graphs;
+  return s;
+}
+
+/// The generate row; returns its median ms. Warm-up calls run at level 1.
+double generate_row(const Options& o, const drdm::bench::CaseRun& r, Setup& s) {
+  const Case& c = cases()[r.index];
+  const at::Device device = r.at_device();
+  sync(s.images);
+  const double rss_before = status_mb("VmRSS");
+  const bool reset = device.is_cpu() && reset_peak_rss();
+  reset_cuda_peak(device);
+  drdm::GeneratedFields last;
+  at::Tensor last_images;  // alive until the next call, as a transform's result would be
+  int warm = 0;
+  Timing t = time_op(
+      [&](int call) {
+        const bool warmup = warm++ < o.warmup;
+        std::vector<int64_t> levels(static_cast<size_t>(c.batch), warmup ? 1 : o.level);
+        std::vector<uint64_t> seeds;
+        for (int64_t i = 0; i < c.batch; ++i)
+          seeds.push_back(
+              drdm::derive_seed(o.seed, static_cast<uint64_t>(call), static_cast<uint64_t>(i)));
+        last = drdm::generate_fields(s.net, s.sampler, s.images, levels, seeds, s.options);
+        last_images = drdm::warp(s.images, last.field);  // the augmented images
+        return last_images;
+      },
+      o);
+  const double hwm = status_mb("VmHWM");
+  const double cuda_mb = cuda_peak_mb(device);
+  const double sps = 1000.0 * static_cast<double>(c.batch) / t.median_ms;
+  emit(o, r, "generate", t,
+       ", \"samples_per_s\": " + num(sps, "%.5f") + ", \"params\": " +
+           std::to_string(drdm::parameter_count(*s.net)) + ", \"weights\": \"untrained\"" +
+           ", \"start_mean_disp\": " + num(central_mean_norm(last.initial)) +
+           ", \"final_mean_disp\": " + num(central_mean_norm(last.field)) +
+           ", \"peak_rss_mb\": " + num(device.is_cpu() && reset ? hwm : -1, "%.1f") +
+           ", \"rss_before_mb\": " + num(rss_before, "%.1f") + ", \"peak_growth_mb\": " +
+           num(device.is_cpu() && reset ? hwm - rss_before : -1, "%.1f") +
+           ", \"cuda_peak_mb\": " + num(cuda_mb, "%.1f"));
+  return t.median_ms;
+}
+
+/// The sampler row (at least 5 calls after at least 1 warm-up call);
+/// per_step_ms from `generate_ms` when the generate row ran (> 0).
+void sampler_row(const Options& o, const drdm::bench::CaseRun& r, const Setup& s,
+                 double generate_ms) {
+  const Case& c = cases()[r.index];
+  drdm::VelocitySampler vs(s.sampler, c.size, r.at_device());
+  const auto tt = at::full({c.batch}, o.level, at::kLong);
+  auto gen = drdm::make_generator(o.seed + 100 + r.index);
+  drdm::bench::CommonOptions so = o;
+  so.min_reps = std::max(o.min_reps, 5);
+  so.max_reps = std::max(so.max_reps, so.min_reps);
+  so.warmup = std::max(o.warmup, 1);
+  const Timing t = time_op([&](int) { return vs.sample_field(tt, gen); }, so);
+  std::string extra;
+  if (generate_ms > 0)
+    extra = ", \"per_step_ms\": " + num((generate_ms - t.median_ms) / static_cast<double>(o.level));
+  emit(o, r, "sampler", t, extra);
+}
+
+void run_case(const Options& o, const drdm::bench::CaseRun& r) {
+  Setup s = make_setup(o, cases()[r.index], r.at_device());
+  double generate_ms = -1;
+  if (wanted(o.ops, "generate")) generate_ms = generate_row(o, r, s);
+  if (wanted(o.ops, "sampler")) sampler_row(o, r, s, generate_ms);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Options o = parse(argc, argv);
-  if (!o.default_malloc) drdm::keep_freed_memory_for_reuse();  // as the programs ship
-  if (o.threads > 0) at::set_num_threads(o.threads);
-
-  std::vector<std::string> devices;
-  if (!drdm::bench::requested_devices(o, "drdm_bench_generate", devices)) return 1;
-
-  std::ofstream file;
-  if (!drdm::bench::open_output(o, "drdm_bench_generate", file)) return 1;
-  std::ostream& out = o.out.empty() ? std::cout : file;
-
-  const int threads = at::get_num_threads();
-  for (const auto& dev : devices) {
-    const at::Device device(dev == "cuda" ? at::kCUDA : at::kCPU);
-    for (size_t ci = 0; ci < cases().size(); ++ci) {
-      if (o.case_index >= 0 && static_cast<size_t>(o.case_index) != ci) continue;
-      const auto& c = cases()[ci];
-      const int64_t d = static_cast<int64_t>(c.size.size());
-      auto emit = [&](const std::string& op, const Timing& t, const std::string& extra) {
-        char line[1536];
-        std::snprintf(
-            line, sizeof line,
-            "{\"impl\": \"%s\", \"op\": \"%s\", \"dims\": %lld, \"size\": \"%s\", "
-            "\"batch\": %lld, \"device\": \"%s\", \"threads\": %d, \"level\": %lld, "
-            "\"ms\": %.4f, \"median_ms\": %.4f, \"mean_ms\": %.4f, \"min_ms\": %.4f, "
-            "\"reps\": %d, \"control\": %lld, \"levels\": %lld%s}",
-            o.cuda_graphs ? "libdrdm-graphs" : "libdrdm", op.c_str(), static_cast<long long>(d),
-            size_string(c.size).c_str(), static_cast<long long>(c.batch), dev.c_str(), threads,
-            static_cast<long long>(o.level), t.median_ms, t.median_ms, t.mean_ms, t.min_ms, t.reps,
-            static_cast<long long>(c.control), static_cast<long long>(c.levels), extra.c_str());
-        out << line << std::endl;
-        if (!o.out.empty()) std::fprintf(stderr, "%s\n", line);
-      };
-
-      at::manual_seed(o.seed);
-      drdm::RecoveryNet net(drdm::NetworkOptions{d});
-      net.to(device);
-      net.train(false);
-      drdm::SamplerOptions sampler;
-      sampler.control = c.control;
-      sampler.levels = c.levels;
-      const at::Tensor image = make_image(c.size).to(device);
-      const at::Tensor images =
-          image
-              .expand([&] {
-                std::vector<int64_t> s(image.sizes().begin(), image.sizes().end());
-                s[0] = c.batch;
-                return s;
-              }())
-              .contiguous();
-      drdm::GenerationOptions gen_options;
-      gen_options.batch = c.batch;
-      gen_options.cuda_graphs = o.cuda_graphs;
-
-      double generate_ms = -1;
-      if (wanted(o.ops, "generate")) {
-        sync(images);
-        const double rss_before = status_mb("VmRSS");
-        const bool reset = device.is_cpu() && reset_peak_rss();
-        reset_cuda_peak(device);
-        drdm::GeneratedFields last;
-        at::Tensor last_images;
-        int warm = 0;
-        Timing t = time_op(
-            [&](int call) {
-              const bool warmup = warm++ < o.warmup;
-              std::vector<int64_t> levels(static_cast<size_t>(c.batch), warmup ? 1 : o.level);
-              std::vector<uint64_t> seeds;
-              for (int64_t i = 0; i < c.batch; ++i)
-                seeds.push_back(drdm::derive_seed(o.seed, static_cast<uint64_t>(call),
-                                                  static_cast<uint64_t>(i)));
-              last = drdm::generate_fields(net, sampler, images, levels, seeds, gen_options);
-              last_images = drdm::warp(images, last.field);  // the augmented images
-              return last_images;
-            },
-            o);
-        const double hwm = status_mb("VmHWM");
-        const double cuda_mb = cuda_peak_mb(device);
-        generate_ms = t.median_ms;
-        const double sps = 1000.0 * static_cast<double>(c.batch) / t.median_ms;
-        std::string extra =
-            ", \"samples_per_s\": " + num(sps, "%.5f") +
-            ", \"params\": " + std::to_string(net.parameter_count()) +
-            ", \"weights\": \"untrained\"" +
-            ", \"start_mean_disp\": " + num(central_mean_norm(last.initial)) +
-            ", \"final_mean_disp\": " + num(central_mean_norm(last.field)) +
-            ", \"peak_rss_mb\": " + num(device.is_cpu() && reset ? hwm : -1, "%.1f") +
-            ", \"rss_before_mb\": " + num(rss_before, "%.1f") + ", \"peak_growth_mb\": " +
-            num(device.is_cpu() && reset ? hwm - rss_before : -1, "%.1f") +
-            ", \"cuda_peak_mb\": " + num(cuda_mb, "%.1f");
-        emit("generate", t, extra);
-      }
-
-      if (wanted(o.ops, "sampler")) {
-        drdm::VelocitySampler vs(sampler, c.size, device);
-        const auto tt = at::full({c.batch}, o.level, at::kLong);
-        auto gen = drdm::make_generator(o.seed + 100 + ci);
-        drdm::bench::CommonOptions so = o;
-        so.min_reps = std::max(o.min_reps, 5);
-        so.max_reps = std::max(so.max_reps, so.min_reps);
-        so.warmup = std::max(o.warmup, 1);
-        const Timing t = time_op([&](int) { return vs.sample_field(tt, gen); }, so);
-        std::string extra;
-        if (generate_ms > 0)
-          extra = ", \"per_step_ms\": " +
-                  num((generate_ms - t.median_ms) / static_cast<double>(o.level));
-        emit("sampler", t, extra);
-      }
-    }
-  }
-  return 0;
+  Options o;
+  drdm::bench::Benchmark b(
+      "drdm_bench_generate", kUsage, [] { return cases().size(); },
+      [&](const drdm::bench::CaseRun& r) { run_case(o, r); });
+  b.flags = {{"--level", [&](const std::string& v) { o.level = std::stoll(v); }},
+             {"--cuda-graphs", [&](const std::string& v) { o.cuda_graphs = v == "1"; }}};
+  b.valid = [&] { return o.level >= 1 && o.level <= 80; };
+  return drdm::bench::run_benchmark(argc, argv, o, b);
 }

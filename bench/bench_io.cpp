@@ -34,24 +34,15 @@ struct Options : drdm::bench::CommonOptions {
   std::string dir;  // where the input files are; outputs are written there too
 };
 
-[[noreturn]] void usage(int rc) {
-  std::fprintf(rc ? stderr : stdout,
-               "usage: drdm_bench_io --dir DIR [--ops read,write] [--threads N] [--case I]\n"
-               "                     [--min-time S] [--min-reps N] [--max-reps N] [--warmup N]\n"
-               "                     [--rounds N] [--out FILE]\n"
-               "  DIR holds the files bench/peer_io.py --make writes:\n"
-               "  0 ct_int16.nii.gz, 1 mr_float32.nii.gz, 2 mr_float32.nii, 3 mr_float32.mha.\n"
-               "  read: read_image to a float32 tensor; write: write_image of that tensor in the\n"
-               "  file's own format and pixel type, to DIR/out_libdrdm_<file>.\n");
-  std::exit(rc);
-}
-
-Options parse(int argc, char** argv) {
-  Options o;
-  drdm::bench::parse_flags(argc, argv, o, {{"--dir", [&](const std::string& v) { o.dir = v; }}}, usage);
-  if (o.dir.empty()) usage(2);
-  return o;
-}
+constexpr char kUsage[] =
+    R"(usage: drdm_bench_io --dir DIR [--ops read,write] [--threads N] [--case I]
+                     [--min-time S] [--min-reps N] [--max-reps N] [--warmup N]
+                     [--rounds N] [--out FILE]
+  DIR holds the files bench/peer_io.py --make writes:
+  0 ct_int16.nii.gz, 1 mr_float32.nii.gz, 2 mr_float32.nii, 3 mr_float32.mha.
+  read: read_image to a float32 tensor; write: write_image of that tensor in the
+  file's own format and pixel type, to DIR/out_libdrdm_<file>.
+)";
 
 double megabytes(const std::string& path) {
   struct stat st {};
@@ -68,14 +59,15 @@ std::string row(const std::string& op, const std::string& name, const std::strin
                                      drdm::to_string(image.pixel_type) + "\"" + mb + extra);
 }
 
-void run_case(const Options& o, const std::string& name, std::ostream& out) {
+void run_case(const Options& o, const drdm::bench::CaseRun& r) {
+  const std::string& name = kFiles[r.index];
   const std::string path = o.dir + "/" + name;
   const drdm::Image image = drdm::read_image(path);
   if (wanted(o.ops, "read")) {
     const Timing t = time_op([&](int) { return drdm::read_image(path).data; }, o);
     char sum[64];
     std::snprintf(sum, sizeof sum, ", \"sum\": %.17g", image.data.to(at::kDouble).sum().item<double>());
-    drdm::bench::emit_row(out, o, row("read", name, path, image, t, sum));
+    r.emit(row("read", name, path, image, t, sum));
   }
   if (wanted(o.ops, "write")) {
     const std::string target = o.dir + "/out_libdrdm_" + name;
@@ -85,22 +77,19 @@ void run_case(const Options& o, const std::string& name, std::ostream& out) {
           return image.data;
         },
         o);
-    drdm::bench::emit_row(out, o, row("write", name, target, image, t, ""));
+    r.emit(row("write", name, target, image, t, ""));
   }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Options o = parse(argc, argv);
-  drdm::bench::Session session;
-  if (!drdm::bench::start_session(o, "drdm_bench_io", session)) return 1;
-  try {
-    for (size_t i = 0; i < kFiles.size(); ++i)
-      if (o.case_index < 0 || o.case_index == static_cast<int>(i)) run_case(o, kFiles[i], session.out());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "drdm_bench_io: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  Options o;
+  drdm::bench::Benchmark b(
+      "drdm_bench_io", kUsage, [] { return kFiles.size(); },
+      [&](const drdm::bench::CaseRun& r) { run_case(o, r); });
+  b.flags = {{"--dir", [&](const std::string& v) { o.dir = v; }}};
+  b.valid = [&] { return !o.dir.empty(); };
+  b.per_device = false;  // the files are read and written on the CPU
+  return drdm::bench::run_benchmark(argc, argv, o, b);
 }

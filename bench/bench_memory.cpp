@@ -41,14 +41,16 @@
 #include <string>
 #include <vector>
 
-#include "drdm/io/dataset.h"
-#include "drdm/diffusion/losses.h"
-#include "drdm/diffusion/network.h"
-#include "drdm/engine/optim.h"
+#include "bench_common.h"
+#include "drdm/core/module_state.h"
 #include "drdm/core/runtime.h"
 #include "drdm/core/spatial.h"
+#include "drdm/diffusion/losses.h"
+#include "drdm/diffusion/network.h"
 #include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/velocity_sampler.h"
+#include "drdm/engine/optim.h"
+#include "drdm/io/dataset.h"
 
 namespace {
 
@@ -106,8 +108,15 @@ int arena_count() {
 
 constexpr double kMB = 1024.0 * 1024.0;
 
+struct Options : drdm::bench::CommonOptions {
+  std::string config;             // --config FILE
+  std::vector<std::string> sets;  // --set key=value ...
+  int64_t steps = 2;
+  int64_t fixed_t = 0;  // --t T; 0: t ~ U{1..T}
+};
+
 struct Reporter {
-  std::ostream& out;
+  const drdm::bench::CaseRun& run;
   int64_t step = -1;
 
   /// Starts a phase: the allocator's peak restarts from what is alive now.
@@ -120,19 +129,125 @@ struct Reporter {
                   "\"rss_mb\": %.1f, \"hwm_mb\": %.1f%s}",
                   phase.c_str(), static_cast<long long>(step), g_live / kMB, g_peak / kMB,
                   status_mb("VmRSS"), status_mb("VmHWM"), extra.c_str());
-    out << buf << std::endl;
+    run.emit(buf);
   }
 };
 
-[[noreturn]] void usage(int rc) {
-  (rc ? std::cerr : std::cout)
-      << "usage: drdm_bench_memory --config FILE [--set key=value ...] [--steps N] [--t T]\n"
-         "                         [--threads N] [--default-malloc] [--out FILE]\n"
-         "  Per phase of training (CPU): tensor bytes alive and their peak (a counting\n"
-         "  allocator), resident set and its peak. --t T: every step at level T\n"
-         "  (default: t ~ U{1..T}). --default-malloc: glibc's defaults instead of\n"
-         "  drdm::keep_freed_memory_for_reuse(), which drdm_train calls.\n";
-  std::exit(rc);
+constexpr char kUsage[] =
+    R"(usage: drdm_bench_memory --config FILE [--set key=value ...] [--steps N] [--t T]
+                         [--threads N] [--default-malloc] [--out FILE]
+  Per phase of training (CPU): tensor bytes alive and their peak (a counting
+  allocator), resident set and its peak. --t T: every step at level T
+  (default: t ~ U{1..T}). --default-malloc: glibc's defaults instead of
+  drdm::keep_freed_memory_for_reuse(), which drdm_train calls.
+)";
+
+/// What the steps work with, built phase by phase in measure().
+struct Training {
+  const drdm::TrainConfig& config;
+  const drdm::ImageDataset& dataset;
+  drdm::RecoveryNet& net;
+  drdm::Adam& adam;
+  drdm::VelocitySampler& sampler;
+  at::Generator& t_gen;
+};
+
+/// One step of the trainer, phase by phase: batch, sampler, warp, forward,
+/// loss, backward, adam, end.
+void train_step(const Options& o, Reporter& r, const Training& tr, int64_t step) {
+  const auto& config = tr.config;
+  const int64_t batch = config.train.batch_size, T = config.sampler.timesteps;
+  r.step = step;
+  r.begin();
+  auto x0 = tr.dataset.training_batch(batch, config.train.seed, step, config.augment);
+  r.end("batch");
+
+  const auto t = o.fixed_t > 0 ? at::full({batch}, o.fixed_t, at::kLong)
+                               : at::randint(1, T + 1, {batch}, tr.t_gen, at::kLong);
+  std::ostringstream ts;
+  for (int64_t b = 0; b < batch; ++b) ts << (b ? ", " : "") << t[b].item<int64_t>();
+  auto field_gen = drdm::make_generator(torch::kCPU, config.train.seed + 100 + step);
+  r.begin();
+  drdm::ForwardSample fwd;
+  {
+    at::NoGradGuard no_grad;
+    fwd = tr.sampler.sample(t, field_gen);
+  }
+  r.end("sampler", ", \"t\": [" + ts.str() + "]");
+
+  r.begin();
+  at::Tensor xt;
+  {
+    at::NoGradGuard no_grad;
+    xt = drdm::warp(x0, fwd.phi);
+  }
+  r.end("warp");
+
+  r.begin();
+  auto psi_hat = tr.net->forward(xt, t);
+  r.end("forward");
+
+  r.begin();
+  auto terms = drdm::recovery_loss(fwd.psi, psi_hat, config.loss);
+  (void)terms.total.item<double>();
+  r.end("loss");
+
+  r.begin();
+  tr.adam.zero_grad();
+  terms.total.backward();
+  r.end("backward");
+
+  r.begin();
+  tr.adam.step(config.train.lr);
+  r.end("adam");
+
+  r.begin();
+  terms = {};
+  psi_hat = at::Tensor();
+  xt = at::Tensor();
+  fwd = {};
+  x0 = at::Tensor();
+  r.end("end");
+}
+
+/// glibc's view at the end, as the "summary" row.
+std::string summary() {
+  const auto mi = mallinfo2();
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "{\"phase\": \"summary\", \"malloc_arena_mb\": %.1f, \"malloc_mmap_mb\": %.1f, "
+                "\"malloc_in_use_mb\": %.1f, \"malloc_free_held_mb\": %.1f, \"arenas\": %d, "
+                "\"threads\": %d, \"hwm_mb\": %.1f}",
+                mi.arena / kMB, mi.hblkhd / kMB, mi.uordblks / kMB, mi.fordblks / kMB,
+                arena_count(), at::get_num_threads(), status_mb("VmHWM"));
+  return buf;
+}
+
+/// The phases of --config's training: start, dataset, network, --steps steps, summary.
+void measure(const Options& o, const drdm::bench::CaseRun& run) {
+  const auto config = drdm::load_train_config(o.config, o.sets);
+  if (o.threads <= 0 && config.train.threads > 0)
+    at::set_num_threads(static_cast<int>(config.train.threads));
+  Reporter r{run};
+  r.begin();
+  r.end("start");
+
+  r.begin();
+  drdm::ImageDataset dataset(config.data);
+  r.end("dataset", ", \"samples\": " + std::to_string(dataset.size()));
+
+  r.begin();
+  at::manual_seed(config.train.seed);
+  drdm::RecoveryNet net(drdm::network_options(config));
+  net->train(true);
+  drdm::Adam adam(net->parameters());
+  drdm::VelocitySampler sampler(config.sampler, config.data.size, torch::kCPU);
+  r.end("network", ", \"parameters\": " + std::to_string(drdm::parameter_count(*net)));
+
+  at::Generator t_gen = at::make_generator<at::CPUGeneratorImpl>(config.train.seed + 1);
+  const Training tr{config, dataset, net, adam, sampler, t_gen};
+  for (int64_t s = 0; s < o.steps; ++s) train_step(o, r, tr, s);
+  run.emit(summary());
 }
 
 }  // namespace
@@ -140,120 +255,16 @@ struct Reporter {
 int main(int argc, char** argv) {
   // Before the first tensor: every CPU buffer from here on is counted.
   c10::SetCPUAllocator(&g_allocator, /*priority=*/100);
-  std::string config_path, out_path;
-  std::vector<std::string> sets;
-  int64_t steps = 2, fixed_t = 0, threads = 0;
-  bool default_malloc = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) usage(2);
-      return argv[++i];
-    };
-    if (a == "-h" || a == "--help") usage(0);
-    else if (a == "--config") config_path = value();
-    else if (a == "--set") {
-      while (i + 1 < argc && std::strncmp(argv[i + 1], "--", 2) != 0) sets.push_back(argv[++i]);
-    } else if (a == "--steps") steps = std::stoll(value());
-    else if (a == "--t") fixed_t = std::stoll(value());
-    else if (a == "--threads") threads = std::stoll(value());
-    else if (a == "--default-malloc") default_malloc = true;
-    else if (a == "--out") out_path = value();
-    else usage(2);
-  }
-  if (config_path.empty()) usage(2);
-  if (!default_malloc) drdm::keep_freed_memory_for_reuse();
-  std::ofstream file;
-  if (!out_path.empty()) file.open(out_path);
-  std::ostream& out = out_path.empty() ? std::cout : file;
-
-  try {
-    auto config = drdm::load_train_config(config_path, sets);
-    if (threads > 0) at::set_num_threads(static_cast<int>(threads));
-    else if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
-    Reporter r{out};
-    r.begin();
-    r.end("start");
-
-    r.begin();
-    drdm::ImageDataset dataset(config.data);
-    r.end("dataset", ", \"samples\": " + std::to_string(dataset.size()));
-
-    r.begin();
-    at::manual_seed(config.train.seed);
-    drdm::RecoveryNet net(drdm::network_options(config));
-    net.train(true);
-    drdm::Adam adam(net.parameters());
-    drdm::VelocitySampler sampler(config.sampler, config.data.size, torch::kCPU);
-    r.end("network", ", \"parameters\": " + std::to_string(net.parameter_count()));
-
-    const int64_t batch = config.train.batch_size, T = config.sampler.timesteps;
-    auto t_gen = at::make_generator<at::CPUGeneratorImpl>(config.train.seed + 1);
-    for (int64_t step = 0; step < steps; ++step) {
-      r.step = step;
-      r.begin();
-      auto x0 = dataset.training_batch(batch, config.train.seed, step, config.augment);
-      r.end("batch");
-
-      const auto t = fixed_t > 0 ? at::full({batch}, fixed_t, at::kLong)
-                                 : at::randint(1, T + 1, {batch}, t_gen, at::kLong);
-      std::ostringstream ts;
-      for (int64_t b = 0; b < batch; ++b) ts << (b ? ", " : "") << t[b].item<int64_t>();
-      auto field_gen = drdm::make_generator(torch::kCPU, config.train.seed + 100 + step);
-      r.begin();
-      drdm::ForwardSample fwd;
-      {
-        at::NoGradGuard no_grad;
-        fwd = sampler.sample(t, field_gen);
-      }
-      r.end("sampler", ", \"t\": [" + ts.str() + "]");
-
-      r.begin();
-      at::Tensor xt;
-      {
-        at::NoGradGuard no_grad;
-        xt = drdm::warp(x0, fwd.phi);
-      }
-      r.end("warp");
-
-      r.begin();
-      auto psi_hat = net.forward(xt, t);
-      r.end("forward");
-
-      r.begin();
-      auto terms = drdm::recovery_loss(fwd.psi, psi_hat, config.loss);
-      (void)terms.total.item<double>();
-      r.end("loss");
-
-      r.begin();
-      adam.zero_grad();
-      terms.total.backward();
-      r.end("backward");
-
-      r.begin();
-      adam.step(config.train.lr);
-      r.end("adam");
-
-      r.begin();
-      terms = {};
-      psi_hat = at::Tensor();
-      xt = at::Tensor();
-      fwd = {};
-      x0 = at::Tensor();
-      r.end("end");
-    }
-    const auto mi = mallinfo2();
-    char buf[256];
-    std::snprintf(buf, sizeof buf,
-                  "{\"phase\": \"summary\", \"malloc_arena_mb\": %.1f, \"malloc_mmap_mb\": %.1f, "
-                  "\"malloc_in_use_mb\": %.1f, \"malloc_free_held_mb\": %.1f, \"arenas\": %d, "
-                  "\"threads\": %d, \"hwm_mb\": %.1f}",
-                  mi.arena / kMB, mi.hblkhd / kMB, mi.uordblks / kMB, mi.fordblks / kMB, arena_count(),
-                  at::get_num_threads(), status_mb("VmHWM"));
-    out << buf << std::endl;
-  } catch (const std::exception& e) {
-    std::cerr << "drdm_bench_memory: error: " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+  Options o;
+  drdm::bench::Benchmark b(
+      "drdm_bench_memory", kUsage, [] { return size_t{1}; },
+      [&](const drdm::bench::CaseRun& r) { measure(o, r); });
+  b.flags = {{"--config", [&](const std::string& v) { o.config = v; }},
+             {"--set", [&](const std::string& v) { o.sets.push_back(v); }},
+             {"--steps", [&](const std::string& v) { o.steps = std::stoll(v); }},
+             {"--t", [&](const std::string& v) { o.fixed_t = std::stoll(v); }}};
+  b.many = {"--set"};
+  b.valid = [&] { return !o.config.empty(); };
+  b.per_device = false;  // the counting allocator is the CPU's
+  return drdm::bench::run_benchmark(argc, argv, o, b);
 }

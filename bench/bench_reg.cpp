@@ -30,19 +30,17 @@
 #include <vector>
 
 #include "bench_common.h"
+#include "drdm/core/module_state.h"
+#include "drdm/core/spatial.h"
 #include "drdm/engine/optim.h"
 #include "drdm/reg/voxelmorph.h"
-#include "drdm/core/spatial.h"
 
 namespace {
 
 using drdm::bench::CommonOptions;
 using drdm::bench::Timing;
 
-struct Case {
-  std::vector<int64_t> size;  // spatial size, 2 or 3 entries
-  int64_t batch;
-};
+using drdm::bench::Case;
 
 const std::vector<Case>& cases() {
   static const std::vector<Case> c{{{128, 128}, 8}, {{64, 64, 64}, 1}};
@@ -52,24 +50,14 @@ const std::vector<Case>& cases() {
 constexpr double kSmoothWeight = 0.01;
 constexpr double kLearningRate = 1e-4;  // VoxelMorph's default
 
-[[noreturn]] void usage(int rc) {
-  std::fprintf(rc ? stderr : stdout,
-               "usage: drdm_bench_reg [--device cpu|cuda|all] [--threads N] [--case I]\n"
-               "                      [--rounds N | --min-reps N --max-reps N --min-time S]\n"
-               "                      [--warmup N] [--seed N] [--out FILE] [--default-malloc]\n"
-               "  op voxelmorph_step (Adam, lr 1e-4); cases: 0 = 2D 128x128 batch 8,\n"
-               "  1 = 3D 64^3 batch 1 (default: both).\n"
-               "  --rounds N: exactly N timed steps per row (sets --min-reps, --max-reps, and\n"
-               "  --min-time 0). Default: >= 5 steps and >= 0.5 s after 2 warm-up steps.\n");
-  std::exit(rc);
-}
-
-CommonOptions parse(int argc, char** argv) {
-  CommonOptions o;
-  drdm::bench::parse_flags(argc, argv, o, {}, usage);
-  if (o.case_index >= static_cast<int>(cases().size())) usage(2);
-  return o;
-}
+constexpr char kUsage[] = R"(usage: drdm_bench_reg [--device cpu|cuda|all] [--threads N] [--case I]
+                      [--rounds N | --min-reps N --max-reps N --min-time S]
+                      [--warmup N] [--seed N] [--out FILE] [--default-malloc]
+  op voxelmorph_step (Adam, lr 1e-4); cases: 0 = 2D 128x128 batch 8,
+  1 = 3D 64^3 batch 1 (default: both).
+  --rounds N: exactly N timed steps per row (sets --min-reps, --max-reps, and
+  --min-time 0). Default: >= 5 steps and >= 0.5 s after 2 warm-up steps.
+)";
 
 // moving, fixed: U(0, 1) [batch, 1, ...size], in this order from one CPU
 // generator seeded with `seed` (bench/peer_reg.py draws the same values).
@@ -99,11 +87,11 @@ struct StepResult {
 
 StepResult time_steps(drdm::reg::VoxelMorph& net, const at::Tensor& moving, const at::Tensor& fixed,
                       const CommonOptions& o) {
-  drdm::Adam adam(net.parameters());
+  drdm::Adam adam(net->parameters());
   double first_loss = 0;
   const Timing t = drdm::bench::time_op(
       [&](int call) {
-        const auto out = net.forward_full(moving, fixed);
+        const auto out = net->forward_full(moving, fixed);
         const auto loss = (drdm::warp(moving, out.displacement) - fixed).pow(2).mean() +
                           kSmoothWeight * grad_l2(out.preintegration);
         const double value = loss.item<double>();  // a trainer reads the loss each step
@@ -111,41 +99,39 @@ StepResult time_steps(drdm::reg::VoxelMorph& net, const at::Tensor& moving, cons
         adam.zero_grad();
         loss.backward();
         adam.step(kLearningRate);
-        return net.parameters().front();
+        return net->parameters().front();
       },
       o);
   return {t, first_loss};
 }
 
-std::string step_row(const Case& c, const std::string& dev, const CommonOptions& o, uint64_t seed) {
-  const at::Device device(dev == "cuda" ? at::kCUDA : at::kCPU);
-  const auto [moving_cpu, fixed_cpu] = make_pair(c, seed);
+void run_case(const CommonOptions& o, const drdm::bench::CaseRun& r) {
+  const Case& c = cases()[r.index];
+  const auto [moving_cpu, fixed_cpu] = make_pair(c, o.seed + r.index);
+  const at::Device device = r.at_device();
   at::manual_seed(o.seed);
   drdm::reg::VoxelMorphOptions vo;  // the public default configuration
-  vo.dims = static_cast<int64_t>(c.size.size());
+  vo.dims(static_cast<int64_t>(c.size.size()));
   drdm::reg::VoxelMorph net(vo);
-  net.to(device);
-  net.train(true);
-  const auto r = time_steps(net, moving_cpu.to(device), fixed_cpu.to(device), o);
+  net->to(device);
+  net->train(true);
+  const auto s = time_steps(net, moving_cpu.to(device), fixed_cpu.to(device), o);
   char nums[128];
   std::snprintf(nums, sizeof nums, ", \"samples_per_s\": %.5f, \"first_loss\": %.8g",
-                1000.0 * static_cast<double>(c.batch) / r.timing.median_ms, r.first_loss);
-  return drdm::bench::result_row(
-      "voxelmorph_step", c.size, c.batch, dev, r.timing,
-      nums + (", \"params\": " + std::to_string(net.parameter_count())) +
+                1000.0 * static_cast<double>(c.batch) / s.timing.median_ms, s.first_loss);
+  r.emit(drdm::bench::result_row(
+      "voxelmorph_step", c.size, c.batch, r.device, s.timing,
+      nums + (", \"params\": " + std::to_string(drdm::parameter_count(*net))) +
           ", \"params_closed_form\": " + std::to_string(drdm::reg::voxelmorph_parameter_count(vo)) +
-          ", \"param_shapes\": " + drdm::bench::shapes_json(net.state()));
+          ", \"param_shapes\": " + drdm::bench::shapes_json(drdm::module_state(*net))));
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const CommonOptions o = parse(argc, argv);
-  drdm::bench::Session session;
-  if (!drdm::bench::start_session(o, "drdm_bench_reg", session)) return 1;
-  for (const auto& dev : session.devices)
-    for (size_t ci = 0; ci < cases().size(); ++ci)
-      if (o.case_index < 0 || static_cast<size_t>(o.case_index) == ci)
-        drdm::bench::emit_row(session.out(), o, step_row(cases()[ci], dev, o, o.seed + ci));
-  return 0;
+  CommonOptions o;
+  drdm::bench::Benchmark b(
+      "drdm_bench_reg", kUsage, [] { return cases().size(); },
+      [&](const drdm::bench::CaseRun& r) { run_case(o, r); });
+  return drdm::bench::run_benchmark(argc, argv, o, b);
 }
