@@ -5,9 +5,9 @@
 #include "app_common.h"
 #include "cli_checks.h"
 #include "drdm/engine/distributed.h"
+#include "drdm/engine/training_engine.h"
 #include "drdm/io/models.h"
 #include "drdm/seg/fewshot.h"
-#include "drdm/engine/training_engine.h"
 
 namespace {
 
@@ -29,7 +29,8 @@ CLI::App* add_run(CLI::App& cli, Options& o) {
   r->add_option("--output", o.output,
                 "Output folder (default: runs/<config name>; one run at a time)")
       ->check(drdm::app::non_empty());
-  r->add_option("--set", o.sets, "Override a config key: section.key=value (repeatable)")->take_all();
+  r->add_option("--set", o.sets, "Override a config key: section.key=value (repeatable)")
+      ->take_all();
   r->add_flag("--no-progress", o.no_progress, "Do not draw progress bars");
   return r;
 }

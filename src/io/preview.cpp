@@ -1,19 +1,19 @@
 #include "drdm/io/preview.h"
 
-#include "drdm/io/image_io.h"
-#include "drdm/core/spatial.h"
-
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <array>
 #include <vector>
 
+#include "drdm/core/spatial.h"
+#include "drdm/io/image_io.h"
+
 namespace drdm {
 namespace detail {
 namespace {
 
-constexpr int64_t kGap = 4;           // pixels between panels
+constexpr int64_t kGap = 4;             // pixels between panels
 constexpr int64_t kMinPanelSide = 192;  // enlarge planes whose long side is shorter
 
 // Perceptually ordered colour map (dark violet -> blue -> teal -> green ->
@@ -24,11 +24,12 @@ torch::Tensor colour_map(const torch::Tensor& t01) {
   auto x = t01.clamp(0, 1) * 4;
   auto lo = x.floor().clamp(0, 3);
   auto frac = x - lo;
-  auto lut = at::tensor(std::vector<float>{anchors[0][0], anchors[0][1], anchors[0][2], anchors[1][0],
-                                           anchors[1][1], anchors[1][2], anchors[2][0], anchors[2][1],
-                                           anchors[2][2], anchors[3][0], anchors[3][1], anchors[3][2],
-                                           anchors[4][0], anchors[4][1], anchors[4][2]})
-                 .view({5, 3});
+  auto lut =
+      at::tensor(std::vector<float>{anchors[0][0], anchors[0][1], anchors[0][2], anchors[1][0],
+                                    anchors[1][1], anchors[1][2], anchors[2][0], anchors[2][1],
+                                    anchors[2][2], anchors[3][0], anchors[3][1], anchors[3][2],
+                                    anchors[4][0], anchors[4][1], anchors[4][2]})
+          .view({5, 3});
   auto i0 = lo.to(at::kLong);
   auto c0 = lut.index_select(0, i0.flatten()).t().reshape({3, t01.size(0), t01.size(1)});
   auto c1 = lut.index_select(0, (i0 + 1).flatten()).t().reshape({3, t01.size(0), t01.size(1)});
@@ -50,16 +51,17 @@ torch::Tensor grid_lines(int64_t h, int64_t w, int64_t step) {
 
 struct Plane {
   torch::Tensor image, warped, displacement;  // [h, w], [h, w], [2, h, w] (in-plane, voxels)
-  std::array<int64_t, 2> extent;             // full sizes of the in-plane axes
+  std::array<int64_t, 2> extent;              // full sizes of the in-plane axes
   int64_t out_of_plane_size = 1;
-  torch::Tensor out_of_plane;                // [h, w] displacement along the third axis (or empty)
-  torch::Tensor reference;                   // [h, w] drawn after the image (or empty)
+  torch::Tensor out_of_plane;  // [h, w] displacement along the third axis (or empty)
+  torch::Tensor reference;     // [h, w] drawn after the image (or empty)
 };
 
 torch::Tensor render_row(const Plane& p, double lo, double hi) {
   const int64_t h = p.image.size(0), w = p.image.size(1);
   const int64_t step = std::max<int64_t>(4, std::min(h, w) / 16);
-  auto lines = warp(grid_lines(h, w, step).view({1, 1, h, w}), p.displacement.unsqueeze(0)).view({h, w});
+  auto lines =
+      warp(grid_lines(h, w, step).view({1, 1, h, w}), p.displacement.unsqueeze(0)).view({h, w});
   const std::array<float, 3> yellow{255, 220, 0};
   auto overlay = grey(p.warped, lo, hi).clone();
   for (int c = 0; c < 3; ++c) overlay[c] = overlay[c] * (1 - lines) + yellow[c] * lines;
@@ -81,24 +83,27 @@ void check_preview_inputs(const torch::Tensor& image, const torch::Tensor& warpe
   TORCH_CHECK(image.dim() == 4 || image.dim() == 5,
               "render_warp_preview: expected an image [N, C, ...S], got ", image.sizes());
   TORCH_CHECK(warped.sizes().slice(2) == image.sizes().slice(2) &&
-                  field.sizes().slice(2) == image.sizes().slice(2) && field.size(1) == image.dim() - 2,
+                  field.sizes().slice(2) == image.sizes().slice(2) &&
+                  field.size(1) == image.dim() - 2,
               "render_warp_preview: expected image, warped image and field on one grid, got ",
               image.sizes(), ", ", warped.sizes(), ", ", field.sizes());
   TORCH_CHECK(!reference.defined() || reference.sizes().slice(2) == image.sizes().slice(2),
-              "render_warp_preview: expected the reference on the image's grid, got ", reference.sizes());
+              "render_warp_preview: expected the reference on the image's grid, got ",
+              reference.sizes());
 }
 
 // Window from robust percentiles of the input image: {lo, hi}.
 std::array<double, 2> intensity_window(const torch::Tensor& img) {
   auto sample = img.flatten();
-  if (sample.numel() > 200000) sample = sample.index_select(0, at::arange(0, sample.numel(), sample.numel() / 200000));
+  if (sample.numel() > 200000)
+    sample = sample.index_select(0, at::arange(0, sample.numel(), sample.numel() / 200000));
   return {at::quantile(sample, 0.005).item<double>(), at::quantile(sample, 0.995).item<double>()};
 }
 
 // The planes to draw: the image itself (2D), or the three orthogonal planes
 // through the middle of a volume.
-std::vector<Plane> preview_planes(const torch::Tensor& img, const torch::Tensor& wrp, const torch::Tensor& u,
-                                  const torch::Tensor& ref) {
+std::vector<Plane> preview_planes(const torch::Tensor& img, const torch::Tensor& wrp,
+                                  const torch::Tensor& u, const torch::Tensor& ref) {
   std::vector<Plane> planes;
   if (img.dim() == 2) {
     planes.push_back({img, wrp, u, {img.size(0), img.size(1)}, 1, {}, ref});
@@ -112,8 +117,13 @@ std::vector<Plane> preview_planes(const torch::Tensor& img, const torch::Tensor&
     const int64_t fixed = a[0], mid = sizes[fixed] / 2;
     auto take = [&](const torch::Tensor& t) { return t.select(t.dim() - 3 + fixed, mid); };
     auto uu = take(u);  // [3, p, q]
-    planes.push_back({take(img), take(wrp), at::stack({uu[a[1]], uu[a[2]]}), {sizes[a[1]], sizes[a[2]]},
-                      sizes[fixed], uu[fixed], ref.defined() ? take(ref) : torch::Tensor()});
+    planes.push_back({take(img),
+                      take(wrp),
+                      at::stack({uu[a[1]], uu[a[2]]}),
+                      {sizes[a[1]], sizes[a[2]]},
+                      sizes[fixed],
+                      uu[fixed],
+                      ref.defined() ? take(ref) : torch::Tensor()});
   }
   return planes;
 }
@@ -163,7 +173,8 @@ torch::Tensor render_warp_preview(const torch::Tensor& image, const torch::Tenso
 }
 
 void write_warp_preview(const std::string& path, const torch::Tensor& image,
-                        const torch::Tensor& warped, const torch::Tensor& field, const torch::Tensor& reference) {
+                        const torch::Tensor& warped, const torch::Tensor& field,
+                        const torch::Tensor& reference) {
   write_rgb_png(path, render_warp_preview(image, warped, field, reference));
 }
 

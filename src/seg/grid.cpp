@@ -151,15 +151,11 @@ std::vector<double> pooled(const std::vector<json>& runs, const std::string& met
   return sum;
 }
 
-std::string results_markdown(const SegConfig& c, const std::map<std::string, std::vector<json>>& runs,
-                             json& wilcoxon) {
-  std::ostringstream md;
-  md << "# " << c.name << ": few-shot segmentation (paper Table 2 layout)\n\n"
-     << "Mean ± std over test subjects (each subject: the mean of its cases). DSC, sensitivity and precision in %; "
-     << "ASD and HD95 in the files' units (mm as the headers give them). Seeds: " << c.grid.seeds.size()
-     << " (per-subject values averaged over seeds).\n\n";
-  std::vector<std::string> cls = c.data.classes;
-  cls.push_back("avg");
+using Runs = std::map<std::string, std::vector<json>>;
+
+// Table 2's layout: DSC per class and the averages of the other metrics, per run.
+void summary_table(std::ostringstream& md, const SegConfig& c, const Runs& runs,
+                   const std::vector<std::string>& cls) {
   md << "| subjects | augmentation |";
   for (const auto& k : cls) md << " DSC " << k << " |";
   md << " Sen avg | Pre avg | ASD avg | HD95 avg |\n|---|---|";
@@ -175,6 +171,9 @@ std::string results_markdown(const SegConfig& c, const std::map<std::string, std
          << pm(pooled(it->second, "precision", "avg"), 100, 1) << " | " << pm(pooled(it->second, "asd", "avg"), 1, 2)
          << " | " << pm(pooled(it->second, "hd95", "avg"), 1, 2) << " |\n";
     }
+}
+
+void per_class_table(std::ostringstream& md, const SegConfig& c, const Runs& runs) {
   md << "\nPer class (sensitivity / precision / ASD / HD95):\n\n| subjects | augmentation | class | Sen | Pre | ASD | HD95 |\n"
      << "|---|---|---|---:|---:|---:|---:|\n";
   for (auto n : c.grid.subjects)
@@ -186,6 +185,11 @@ std::string results_markdown(const SegConfig& c, const std::map<std::string, std
            << " | " << pm(pooled(it->second, "precision", k), 100, 1) << " | "
            << pm(pooled(it->second, "asd", k), 1, 2) << " | " << pm(pooled(it->second, "hd95", k), 1, 2) << " |\n";
     }
+}
+
+// DRDM against BigAug and no augmentation; each row also goes into `wilcoxon`.
+void wilcoxon_table(std::ostringstream& md, const SegConfig& c, const Runs& runs,
+                    const std::vector<std::string>& cls, json& wilcoxon) {
   md << "\nPaired Wilcoxon signed-rank p-values of DSC over test subjects (two-sided):\n\n"
      << "| subjects | comparison |";
   for (const auto& k : cls) md << " " << k << " |";
@@ -207,6 +211,19 @@ std::string results_markdown(const SegConfig& c, const std::map<std::string, std
       wilcoxon.push_back(row);
       md << "\n";
     }
+}
+
+std::string results_markdown(const SegConfig& c, const Runs& runs, json& wilcoxon) {
+  std::ostringstream md;
+  md << "# " << c.name << ": few-shot segmentation (paper Table 2 layout)\n\n"
+     << "Mean ± std over test subjects (each subject: the mean of its cases). DSC, sensitivity and precision in %; "
+     << "ASD and HD95 in the files' units (mm as the headers give them). Seeds: " << c.grid.seeds.size()
+     << " (per-subject values averaged over seeds).\n\n";
+  std::vector<std::string> cls = c.data.classes;
+  cls.push_back("avg");
+  summary_table(md, c, runs, cls);
+  per_class_table(md, c, runs);
+  wilcoxon_table(md, c, runs, cls, wilcoxon);
   md << "\n![test predictions](predictions.png)\n";
   return md.str();
 }

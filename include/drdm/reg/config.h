@@ -36,10 +36,12 @@ struct RegConfig {
     int64_t test_pairs = 0;       ///< seeded ordered test pairs (0 = all ordered pairs)
     uint64_t seed = 0;            ///< seed of the test-pair list
   } data;
-  VoxelMorphOptions voxelmorph;  ///< "voxelmorph": encoder, decoder, integration (dims from data.size)
+  VoxelMorphOptions
+      voxelmorph;  ///< "voxelmorph": encoder, decoder, integration (dims from data.size)
   struct Synthetic {
     int64_t pairs_per_image = 4;
-    std::vector<MrbsLevel> mrbs = mrbs_options_for({128, 128}).levels;  ///< "mrbs": [[points, max], ...]
+    std::vector<MrbsLevel> mrbs =
+        mrbs_options_for({128, 128}).levels;  ///< "mrbs": [[points, max], ...]
     int64_t mrbs_max_tries = 100;
     std::string drdm_model = "chest2d";
     /// {T'_aug, T'_syn} pairs; pair k of an image uses drdm_levels[k % size].
@@ -50,9 +52,9 @@ struct RegConfig {
   TrainSection pretrain = default_reg_train();  ///< "pretrain": a train section
   double pretrain_lambda = 1.0;  ///< "pretrain.lambda": Eq. 20's weight of ||grad phi||_1
   TrainSection finetune = default_reg_train();  ///< "finetune": a train section
-  std::string similarity = "ncc";  ///< "finetune.similarity": "mse" or "ncc"
-  int64_t ncc_window = 9;          ///< "finetune.ncc_window"
-  double finetune_lambda = 1.0;    ///< "finetune.lambda": weight of ||grad phi||^2
+  std::string similarity = "ncc";               ///< "finetune.similarity": "mse" or "ncc"
+  int64_t ncc_window = 9;                       ///< "finetune.ncc_window"
+  double finetune_lambda = 1.0;                 ///< "finetune.lambda": weight of ||grad phi||^2
   struct Grid {
     std::vector<std::string> pretrain = {"none", "mrbs", "drdm"};
     std::vector<bool> finetune = {false, true};

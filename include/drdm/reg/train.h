@@ -21,16 +21,17 @@ struct PairBank {
   torch::Tensor moving, fixed, target;
   double seconds = 0;  ///< time it took to generate (0 when read from the cache)
 };
-PairBank synthetic_bank(const std::string& kind, const torch::Tensor& images, const RegConfig& config,
-                        const std::string& dir, bool progress = true);
+PairBank synthetic_bank(const std::string& kind, const torch::Tensor& images,
+                        const RegConfig& config, const std::string& dir, bool progress = true);
 
 /// Trains VoxelMorph into output_dir with the shared training engine (resumes
 /// when a checkpoint is there). phase "pretrain": on `bank` with Eq. 20;
 /// phase "finetune": on random ordered pairs of `images` (no labels), starting
 /// from init_weights (a model.pt; empty = from scratch). Returns model.pt's path.
-std::string train_registration(const RegConfig& config, const std::string& phase, const PairBank& bank,
-                               const torch::Tensor& images, const std::string& init_weights,
-                               const std::string& output_dir, bool progress = true);
+std::string train_registration(const RegConfig& config, const std::string& phase,
+                               const PairBank& bank, const torch::Tensor& images,
+                               const std::string& init_weights, const std::string& output_dir,
+                               bool progress = true);
 
 /// A trained registration model; identity = true registers nothing (the zero field).
 struct RegModel {

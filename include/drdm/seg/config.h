@@ -33,18 +33,18 @@ struct SegConfig {
     std::vector<int64_t> subjects = {1, 5, 15};  ///< labelled subjects per run
     std::vector<int64_t> seeds = {0};
   } grid;
-  UNetOptions unet;           ///< "unet": widths (dims 2, classes from data.classes)
-  std::string loss = "bce";   ///< "unet.loss": "bce" (Eq. 17) or "dice_ce"
-  TrainSection train;   ///< "train": as drdm_train's train section
-  BigAugOptions bigaug;       ///< "bigaug": docs/bigaug.md
+  UNetOptions unet;          ///< "unet": widths (dims 2, classes from data.classes)
+  std::string loss = "bce";  ///< "unet.loss": "bce" (Eq. 17) or "dice_ce"
+  TrainSection train;        ///< "train": as drdm_train's train section
+  BigAugOptions bigaug;      ///< "bigaug": docs/bigaug.md
   struct Drdm {
-    std::string model = "cardiac2d";            ///< shipped name or model.pt
-    std::vector<int64_t> levels = {30, 45};      ///< T' of the bank's fields, in turn
-    int64_t fields_per_slice = 16;               ///< bank size per labelled slice
+    std::string model = "cardiac2d";         ///< shipped name or model.pt
+    std::vector<int64_t> levels = {30, 45};  ///< T' of the bank's fields, in turn
+    int64_t fields_per_slice = 16;           ///< bank size per labelled slice
     /// Cap on a bank's fields (0 = none): a subset of M slices gets
     /// min(fields_per_slice, max(1, max_fields / M)) fields per slice.
     int64_t max_fields = 0;
-    int64_t batch = 16;                          ///< fields generated per network call
+    int64_t batch = 16;  ///< fields generated per network call
   } drdm;
 };
 

@@ -35,7 +35,8 @@ Split split_subjects(const SegConfig::Data& data);
 /// an error.
 std::vector<Subject> choose_subjects(const std::vector<Subject>& pool, int64_t n, uint64_t seed);
 
-/// The number of bank fields per slice for M slices (drdm.fields_per_slice, capped by drdm.max_fields).
+/// The number of bank fields per slice for M slices (drdm.fields_per_slice, capped by
+/// drdm.max_fields).
 int64_t bank_fields_per_slice(const SegConfig& config, int64_t slices);
 
 /// The DRDM augmentation bank of a set of slices: K = bank_fields_per_slice
