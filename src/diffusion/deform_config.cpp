@@ -1,5 +1,6 @@
 // drdm_deform's options: the mode and level names, --shard, config files and
 // the options' JSON (config.json, the manifest's "options").
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -11,7 +12,7 @@
 #include "core/parse_integer.h"
 #include "diffusion/deform_internal.h"
 #include "drdm/core/log.h"
-#include "engine/config_json.h"
+#include "engine/config_keys.h"
 
 namespace drdm {
 
@@ -221,50 +222,55 @@ std::vector<DeformLevel> levels_from_json(const json& value) {
   return parse_levels(s);
 }
 
-/// Sets the option a config key names; throws std::invalid_argument for an unknown key or
-/// value, json::exception for a value of the wrong type.
-void set_config_key(const std::string& key, const json& value, DeformJobOptions& o) {
-  if (key == "model") {
-    o.model = value.get<std::string>();
-  } else if (key == "mode") {
-    o.mode = parse_deform_mode(value.get<std::string>());
-  } else if (key == "levels") {
-    o.levels = levels_from_json(value);
-  } else if (key == "samples") {
-    o.samples = integer_in(value, 1, kMaxDeformSamples);
-  } else if (key == "seed") {
-    if (!value.is_number_unsigned())
-      throw std::invalid_argument("must be an integer >= 0, got " + value.dump());
-    o.seed = value.get<uint64_t>();
-  } else if (key == "device") {
-    o.device = value.get<std::string>();
-  } else if (key == "batch") {
-    o.batch = integer_in(value, 1, kMaxDeformBatch);
-  } else if (key == "schedule") {
-    o.schedule = parse_recovery_schedule(value.get<std::string>());
-  } else if (key == "label_interpolation") {
-    o.label_interpolation = parse_label_interpolation(value.get<std::string>());
-  } else if (key == "padding") {
-    o.padding = parse_padding(value.get<std::string>());
-  } else if (key == "slice_axis") {
-    o.slice_axis = integer_in(value, -1, 2);
-  } else if (key == "slice_mode") {
-    o.slice_mode = parse_slice_mode(value.get<std::string>());
-  } else if (key == "slice_sigma") {
-    if (!value.is_number()) throw std::invalid_argument("must be a number, got " + value.dump());
-    o.slice_sigma = value.get<double>();
-  } else if (key == "previews") {
-    o.previews = value.get<bool>();
-  } else if (key == "threads") {
-    o.threads = integer_in(value, 0, 1024);
-  } else if (key == "mixed_precision") {
-    o.mixed_precision = value.get<std::string>();
-  } else {
-    throw std::invalid_argument(
-        "unknown key (expected model, mode, levels, samples, seed, device, batch, schedule, "
-        "label_interpolation, padding, slice_axis, slice_mode, slice_sigma, previews, threads, "
-        "mixed_precision)");
-  }
+using detail::in_range;
+using detail::key;
+using detail::key_as;
+using detail::key_with;
+using detail::Keys;
+using O = DeformJobOptions;
+
+/// A key holding one of the names that `parse` reads and to_string writes.
+template <typename E>
+detail::ConfigKey<O> named_key(const char* name, E O::*field, E (*parse)(const std::string&), const char* doc) {
+  return key_as<std::string>(name, field, parse, [](E e) { return std::string(to_string(e)); }, {}, "-", doc);
+}
+
+/// The keys of a drdm_deform config (each also an option of the command line), each declared once.
+const Keys<O>& config_keys() {
+  static const Keys<O> keys = [] {
+    const auto levels_get = [](const O& o) { return levels_text(o.levels); };
+    const auto levels_set = [](O& o, const json& v) {
+      try {
+        o.levels = levels_from_json(v);
+      } catch (const json::exception&) {
+        throw std::invalid_argument("must be a string such as \"30,45\" or a list of levels, got " + v.dump());
+      }
+    };
+    return Keys<O>{
+        key("model", &O::model, {}, "-", "model.pt / checkpoint.pt, or a shipped model's name"),
+        named_key("mode", &O::mode, parse_deform_mode, "deform, augment or pairs"),
+        key_with<json, O>("levels", levels_get, levels_set, {}, "steps",
+                          "T' per sample: \"30,45\" or a list; pairs mode takes aug:syn"),
+        key("samples", &O::samples, {in_range<int64_t>(1, kMaxDeformSamples)}, "-", "samples per input and level"),
+        key("seed", &O::seed, {}, "-", "seed of every sample"),
+        key("device", &O::device, {}, "-", "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\""),
+        key("batch", &O::batch, {in_range<int64_t>(1, kMaxDeformBatch)}, "-", "samples per network pass"),
+        named_key("schedule", &O::schedule, parse_recovery_schedule, "the recovery schedule"),
+        named_key("label_interpolation", &O::label_interpolation, parse_label_interpolation,
+                  "how label maps are warped"),
+        named_key("padding", &O::padding, parse_padding, "the image's value outside its grid"),
+        key("slice_axis", &O::slice_axis, {in_range<int64_t>(-1, 2)}, "tensor axis",
+            "3D inputs to a 2D model: the slicing axis (-1: the model's)"),
+        named_key("slice_mode", &O::slice_mode, parse_slice_mode, "3D inputs to a 2D model: coherent or independent slices"),
+        key("slice_sigma", &O::slice_sigma, {detail::at_least(0.0)}, "slices",
+            "coherent slices: smoothing of the recovery steps across slices"),
+        key("previews", &O::previews, {}, "-", "write a preview PNG per sample"),
+        key("threads", &O::threads, {in_range<int64_t>(0, 1024)}, "threads", "CPU threads (0: LibTorch's default)"),
+        key("mixed_precision", &O::mixed_precision, {detail::one_of({"none", "bf16"})}, "-",
+            "\"none\" or \"bf16\" (network passes under bf16 autocast)"),
+    };
+  }();
+  return keys;
 }
 
 }  // namespace
@@ -272,40 +278,25 @@ void set_config_key(const std::string& key, const json& value, DeformJobOptions&
 void load_deform_config(const std::string& path, DeformJobOptions& o) {
   const json j = parse_json_file(path);
   if (!j.is_object()) throw std::invalid_argument("'" + path + "': expected a JSON object");
-  for (const auto& [key, value] : j.items()) {
-    const std::string where = "'" + path + "': key '" + key + "'";
-    try {
-      set_config_key(key, value, o);
-    } catch (const json::exception& e) {
-      throw std::invalid_argument(where + ": wrong type (" + std::string(e.what()) + ")");
-    } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument(where + ": " + e.what());
+  const auto& keys = config_keys();
+  for (const auto& [name, value] : j.items()) {
+    const auto k = std::find_if(keys.begin(), keys.end(), [&](const auto& k) { return k.name == name; });
+    // An unknown key: check_against names it, with the nearest key.
+    if (k == keys.end()) {
+      detail::check_against(detail::keys_json(keys, o), json{{name, value}}, "", path);
+      continue;
     }
+    k->read(value, path, name, o);
   }
 }
 
 std::string to_json(const DeformJobOptions& o) {
-  json j;
-  j["model"] = o.model;
+  json j = detail::keys_json(config_keys(), o);
+  // The run's own options, which a config does not set.
   j["input"] = o.input;
   j["labels"] = o.labels;
   j["output"] = o.output;
-  j["mode"] = to_string(o.mode);
-  j["levels"] = levels_text(o.levels);
-  j["samples"] = o.samples;
-  j["seed"] = o.seed;
-  j["device"] = o.device;
   j["shard"] = std::to_string(o.shard_index) + "/" + std::to_string(o.shard_count);
-  j["batch"] = o.batch;
-  j["schedule"] = to_string(o.schedule);
-  j["label_interpolation"] = to_string(o.label_interpolation);
-  j["padding"] = to_string(o.padding);
-  j["slice_axis"] = o.slice_axis;
-  j["slice_mode"] = to_string(o.slice_mode);
-  j["slice_sigma"] = o.slice_sigma;
-  j["previews"] = o.previews;
-  j["threads"] = o.threads;
-  j["mixed_precision"] = o.mixed_precision;
   return j.dump(2);
 }
 
