@@ -27,6 +27,7 @@
 #include "drdm/io/image_io.h"
 #include "drdm/io/models.h"
 #include "drdm/diffusion/network.h"
+#include "drdm/core/module_state.h"
 #include "drdm/core/spatial.h"
 #include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/inference.h"
@@ -88,20 +89,20 @@ RecoveryNet make_net(const TrainConfig& c, uint64_t seed, double out_std = 0) {
   torch::manual_seed(seed);
   RecoveryNet net(drdm::network_options(c));
   if (out_std > 0) {
-    auto s = net.state();
+    auto s = drdm::module_state(*net);
     s["out.weight"] = at::randn(s.at("out.weight").sizes()) * out_std;
     s["out.bias"] = at::randn(s.at("out.bias").sizes()) * out_std;
-    net.load_state(s);
+    drdm::load_module_state(*net, s);
   }
   return net;
 }
 
 /// Output conv weight 0, bias c: every pass predicts the constant field c.
 void set_constant_output(RecoveryNet& net, const std::vector<double>& c) {
-  auto s = net.state();
+  auto s = drdm::module_state(*net);
   s["out.weight"] = at::zeros(s.at("out.weight").sizes());
   s["out.bias"] = at::tensor(c, at::kDouble).to(at::kFloat);
-  net.load_state(s);
+  drdm::load_module_state(*net, s);
 }
 
 TrainedModel make_model(const TrainConfig& c, uint64_t seed, double out_std = 0) {
@@ -175,12 +176,12 @@ TEST(GenerateFields, ReproducibleForTheSameSeedsAndDifferentOtherwise) {
 TEST(GenerateFields, RestoresTheTrainingFlag) {
   const auto c = tiny_config();
   auto net = make_net(c, 1);
-  net.train(true);
+  net->train(true);
   drdm::generate_fields(net, c.sampler, smooth_images({32, 32}), {2}, {1});
-  EXPECT_TRUE(net.is_training());
-  net.train(false);
+  EXPECT_TRUE(net->is_training());
+  net->train(false);
   drdm::generate_fields(net, c.sampler, smooth_images({32, 32}), {2}, {1});
-  EXPECT_FALSE(net.is_training());
+  EXPECT_FALSE(net->is_training());
 }
 
 TEST(GenerateFields, ReportsEveryRecoveryStepOfEverySample) {
@@ -318,7 +319,7 @@ TEST(GenerateFields, WarpsTheOriginalImageEveryStep) {
   auto phi = a.initial.clone();
   const auto img = images.narrow(0, 0, 1);
   for (int64_t t = 3; t >= 1; --t) {
-    const auto psi = net.forward(drdm::warp(img, phi), at::full({1}, t, at::kLong));
+    const auto psi = net->forward(drdm::warp(img, phi), at::full({1}, t, at::kLong));
     phi = drdm::compose(psi, phi);
   }
   EXPECT_LT(max_diff(phi, a.field), 1e-5 * (1 + max_abs(phi)));
@@ -1111,7 +1112,7 @@ TEST(GenerateFields, ReproducibleForTheSameSeeds_CUDA) {
   const auto c = tiny_config();
   const torch::Device gpu(torch::kCUDA);
   auto net = make_net(c, 16, 0.02);
-  net.to(gpu);
+  net->to(gpu);
   const auto images = smooth_images({32, 32}, 3).to(gpu);
   const std::vector<int64_t> levels{2, 10, 6};
   const std::vector<uint64_t> seeds{4, 5, 6};
@@ -1126,11 +1127,11 @@ TEST(GenerateFields, ReproducibleForTheSameSeeds_CUDA) {
   EXPECT_TRUE(
       at::equal(a.initial, sampler.sample_field(at::tensor(levels, at::kLong).to(gpu), gens)));
   // The same seeds on the CPU give the same fields, up to float rounding.
-  net.to(torch::kCPU);
+  net->to(torch::kCPU);
   const auto on_cpu = drdm::generate_fields(net, c.sampler, images.cpu(), levels, seeds);
   EXPECT_LT(max_diff(a.initial.cpu(), on_cpu.initial), 1e-4 * (1 + max_abs(on_cpu.initial)));
   EXPECT_LT(max_diff(a.field.cpu(), on_cpu.field), 1e-2 * (1 + max_abs(on_cpu.field)));
-  net.to(gpu);
+  net->to(gpu);
   // Batch independence on the GPU too: the start field exactly; the result
   // up to rounding (cuDNN may pick other algorithms, with TF32, for another
   // batch size; a wrong seed or step would differ by voxels).
@@ -1156,7 +1157,7 @@ TEST(GenerateFields, CudaGraphsGiveTheEagerFields_CUDA) {
   const auto c = tiny_config(10, 2);
   const torch::Device gpu(torch::kCUDA);
   auto net = make_net(c, 16, 0.02);
-  net.to(gpu);
+  net->to(gpu);
   const auto images = smooth_images({32, 32}, 5).to(gpu);
   const std::vector<int64_t> levels{7, 7, 3, 10, 10};
   const std::vector<uint64_t> seeds{1, 2, 3, 4, 5};

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "drdm/diffusion/import.h"
+#include "drdm/core/module_state.h"
 #include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/inference.h"
 #include "drdm/diffusion/trainer.h"
@@ -63,11 +64,11 @@ double max_difference(const StateDict& state, drdm::NetworkOptions options, bool
   for (const auto& c : g.at("cases")) {
     options.recursion = c.at("recursion").get<int64_t>();
     drdm::RecoveryNet net(options);
-    net.load_state(state);
-    net.train(false);
+    drdm::load_module_state(*net, state);
+    net->train(false);
     const auto t = at::tensor(c.at("t").get<std::vector<int64_t>>(), at::kLong);
     const auto theirs = read_f32(c);
-    const auto ours = net.forward(image, t);
+    const auto ours = net->forward(image, t);
     const double d = (ours - theirs).abs().max().item<double>();
     if (verbose)
       std::cout << "  " << c.at("name").get<std::string>() << ": max |u| "
@@ -82,7 +83,7 @@ StateDict shipped_state() { return drdm::read_checkpoint(kModel, "drdm").model; 
 
 TEST(ImportGolden, ShippedModelReproducesTheAuthorsNetwork) {
   const auto m = drdm::load_model(kModel);
-  const double d = max_difference(shipped_state(), m.net.options(), /*verbose=*/true);
+  const double d = max_difference(shipped_state(), m.net->options, /*verbose=*/true);
   std::cout << "max |ours - theirs| = " << d << " voxels (tolerance " << kTolerance << ")\n";
   EXPECT_LE(d, kTolerance);
 }
@@ -90,9 +91,9 @@ TEST(ImportGolden, ShippedModelReproducesTheAuthorsNetwork) {
 TEST(ImportGolden, ParameterCountMatchesTheAuthors) {
   const auto m = drdm::load_model(kModel);
   // Their 443,435 scalars = 435,435 trainable + their 80 x 100 time table.
-  EXPECT_EQ(m.net.parameter_count(), 435435);
+  EXPECT_EQ(drdm::parameter_count(*m.net), 435435);
   EXPECT_EQ(golden().at("state_dict_elements").get<int64_t>(), 443435);
-  EXPECT_EQ(m.net.state().at("time_table").sizes(), (at::IntArrayRef{81, 100}));
+  EXPECT_EQ(drdm::module_state(*m.net).at("time_table").sizes(), (at::IntArrayRef{81, 100}));
 }
 
 // A wrongly mapped network differs from theirs by far more than the tolerance.
@@ -149,22 +150,22 @@ TEST(Import, OutputUnitsAndClampPerAxis) {
   auto o = imported_options();
   o.recursion = 1;
   drdm::RecoveryNet net(o);
-  net.train(false);
-  auto bias = net.state().at("out.bias");
+  net->train(false);
+  auto bias = drdm::module_state(*net).at("out.bias");
   bias.copy_(at::tensor({0.1f, -0.1f}));
   const auto image = at::rand({1, 1, 16, 32});
-  auto u = net.forward(image, at::tensor({3}, at::kLong));
+  auto u = net->forward(image, at::tensor({3}, at::kLong));
   EXPECT_NEAR(u[0][0].mean().item<double>(), 1.6, 1e-3);   // 0.1 of 16
   EXPECT_NEAR(u[0][1].mean().item<double>(), -3.2, 1e-3);  // -0.1 of 32
   bias.copy_(at::tensor({5.0f, -5.0f}));
-  u = net.forward(image, at::tensor({3}, at::kLong));
+  u = net->forward(image, at::tensor({3}, at::kLong));
   EXPECT_TRUE(u[0][0].eq(15).all().item<bool>());
   EXPECT_TRUE(u[0][1].eq(-31).all().item<bool>());
 }
 
 TEST(Import, KeyMappingRoundTripsForEveryTensor) {
   const drdm::RecoveryNet net(imported_options());
-  for (const auto& [key, value] : net.state()) {
+  for (const auto& [key, value] : drdm::module_state(*net)) {
     const auto theirs = drdm::our_key_to_authors(key);
     EXPECT_EQ(drdm::authors_key_to_ours(theirs), key) << theirs;
   }
@@ -182,7 +183,7 @@ TEST(Import, KeyMappingRoundTripsForEveryTensor) {
 // Their state dict, made from a network of ours (their names, their T-row table).
 StateDict as_authors(const drdm::RecoveryNet& net) {
   StateDict theirs;
-  for (const auto& [key, value] : net.state())
+  for (const auto& [key, value] : drdm::module_state(*net))
     theirs[drdm::our_key_to_authors(key)] = value.clone();
   auto& table = theirs.at("time_embed.weight");
   table = table.narrow(0, 0, table.size(0) - 1).clone();
@@ -203,7 +204,7 @@ TEST(Import, ConversionIsStrictAndNamesTheKey) {
   const drdm::RecoveryNet net(options);
   auto theirs = as_authors(net);
   const auto converted = drdm::convert_authors_state(theirs, options);
-  EXPECT_EQ(converted.size(), net.state().size());
+  EXPECT_EQ(converted.size(), drdm::module_state(*net).size());
   EXPECT_TRUE(converted.at("time_table")
                   .narrow(0, 80, 1)
                   .equal(converted.at("time_table").narrow(0, 79, 1)));
@@ -255,8 +256,8 @@ TEST(Import, ConfigKeysDefaultToTheOriginalNetwork) {
   }
   // A model file from before these keys loads into the original network.
   const auto old = drdm::load_model(kSource + "/models/cardiac2d/model.pt");
-  EXPECT_TRUE(old.net.options().decoder_norm);
-  EXPECT_EQ(old.net.state().count("dec3.0.norm.weight"), 1u);
+  EXPECT_TRUE(old.net->options.decoder_norm);
+  EXPECT_EQ(drdm::module_state(*old.net).count("dec3.0.norm.weight"), 1u);
 }
 
 // With the authors' file at hand (DRDM_AUTHORS_PTH), converting it again

@@ -2,7 +2,13 @@
 // B.4 / B.5 (parameter count from the tables, shapes, input checks, state
 // round trip, gradients, time conditioning, recursion = composition).
 #include "drdm/diffusion/network.h"
+#include "drdm/core/module_state.h"
 #include "drdm/core/spatial.h"
+#include "drdm/diffusion/inference.h"
+#include "drdm/engine/training_engine.h"
+#include "drdm/io/models.h"
+#include "drdm/reg/train.h"
+#include "drdm/seg/train.h"
 #include "test_util.h"
 
 #include <ATen/ATen.h>
@@ -92,10 +98,10 @@ RecoveryNet make_net(int64_t dims, uint64_t seed, int64_t recursion = 2, int64_t
 // the network predicts displacements of order one voxel.
 void perturb_output(RecoveryNet& net, uint64_t seed, double std = 0.05) {
   torch::manual_seed(seed);
-  auto s = net.state();
+  auto s = drdm::module_state(*net);
   s["out.weight"] = at::randn(s.at("out.weight").sizes()) * std;
   s["out.bias"] = at::randn(s.at("out.bias").sizes()) * std;
-  net.load_state(s);
+  drdm::load_module_state(*net, s);
 }
 
 // A smooth, non-trivial image [n, c, ...size] in [0, 1].
@@ -134,29 +140,29 @@ TEST(Network, ParameterCountMatchesTables) {
       const int64_t expected = table_b4_count(d, c0);
       std::printf("parameters %lldD, %lld input channel(s): network %lld, Table B.4 %lld\n",
                   static_cast<long long>(d), static_cast<long long>(c0),
-                  static_cast<long long>(net.parameter_count()),
+                  static_cast<long long>(drdm::parameter_count(*net)),
                   static_cast<long long>(expected));
-      EXPECT_EQ(net.parameter_count(), expected) << d << "D, c0 = " << c0;
+      EXPECT_EQ(drdm::parameter_count(*net), expected) << d << "D, c0 = " << c0;
       // parameters() holds exactly the trainable scalars; state() adds the
       // fixed time table and nothing else.
       int64_t n = 0;
-      for (const auto& p : net.parameters()) {
+      for (const auto& p : net->parameters()) {
         EXPECT_TRUE(p.requires_grad());
         n += p.numel();
       }
       EXPECT_EQ(n, expected);
       int64_t in_state = 0;
-      for (const auto& [k, v] : net.state()) in_state += v.numel();
+      for (const auto& [k, v] : drdm::module_state(*net)) in_state += v.numel();
       EXPECT_EQ(in_state, expected + (80 + 1) * 80);
-      ASSERT_EQ(net.state().count("time_table"), 1u);
-      EXPECT_FALSE(net.state().at("time_table").requires_grad());
+      ASSERT_EQ(drdm::module_state(*net).count("time_table"), 1u);
+      EXPECT_FALSE(drdm::module_state(*net).at("time_table").requires_grad());
     }
   }
 }
 
 TEST(Network, TimeTableIsSinusoidal) {
   auto net = make_net(2, 0);
-  auto table = net.state().at("time_table");
+  auto table = drdm::module_state(*net).at("time_table");
   ASSERT_EQ(table.sizes(), (at::IntArrayRef{81, 80}));
   for (int64_t t : {0, 1, 37, 80}) {
     for (int64_t j : {0, 1, 17, 39}) {
@@ -170,17 +176,17 @@ TEST(Network, TimeTableIsSinusoidal) {
 TEST(Network, OutputShapeAndNearIdentityInit) {
   {
     auto net = make_net(2, 1);
-    auto out = net.forward(test_image({16, 24}, 2), steps({3, 70}));
+    auto out = net->forward(test_image({16, 24}, 2), steps({3, 70}));
     EXPECT_EQ(out.sizes(), (at::IntArrayRef{2, 2, 16, 24}));
     EXPECT_EQ(out.scalar_type(), at::kFloat);
     EXPECT_LT(max_abs(out), 1e-2);
     // A 0-dim t is broadcast to the batch.
-    auto out0 = net.forward(test_image({16, 24}, 2), at::scalar_tensor(5, at::kLong));
+    auto out0 = net->forward(test_image({16, 24}, 2), at::scalar_tensor(5, at::kLong));
     EXPECT_EQ(out0.sizes(), (at::IntArrayRef{2, 2, 16, 24}));
   }
   {
     auto net = make_net(3, 1);
-    auto out = net.forward(test_image({8, 16, 8}, 2), steps({0, 80}));
+    auto out = net->forward(test_image({8, 16, 8}, 2), steps({0, 80}));
     EXPECT_EQ(out.sizes(), (at::IntArrayRef{2, 3, 8, 16, 8}));
     EXPECT_LT(max_abs(out), 1e-2);
   }
@@ -190,21 +196,21 @@ TEST(Network, RejectsBadInput) {
   auto net = make_net(2, 1, 1);
   const auto img = test_image({16, 16});
   const auto t = steps({4});
-  EXPECT_NO_THROW(net.forward(img, t));
-  expect_error_containing([&] { net.forward(img.repeat({1, 2, 1, 1}), t); }, "channels");
-  expect_error_containing([&] { net.forward(test_image({8, 8, 8}), t); }, "2D image");
-  expect_error_containing([&] { net.forward(test_image({16, 12}), t); }, "multiple of 8");
-  expect_error_containing([&] { net.forward(img, steps({81})); }, "[0, 80]");
-  expect_error_containing([&] { net.forward(img, steps({-1})); }, "[0, 80]");
-  expect_error_containing([&] { net.forward(img, at::tensor({4.0f})); }, "integer");
-  expect_error_containing([&] { net.forward(test_image({16, 16}, 2), steps({1, 2, 3})); },
+  EXPECT_NO_THROW(net->forward(img, t));
+  expect_error_containing([&] { net->forward(img.repeat({1, 2, 1, 1}), t); }, "channels");
+  expect_error_containing([&] { net->forward(test_image({8, 8, 8}), t); }, "2D image");
+  expect_error_containing([&] { net->forward(test_image({16, 12}), t); }, "multiple of 8");
+  expect_error_containing([&] { net->forward(img, steps({81})); }, "[0, 80]");
+  expect_error_containing([&] { net->forward(img, steps({-1})); }, "[0, 80]");
+  expect_error_containing([&] { net->forward(img, at::tensor({4.0f})); }, "integer");
+  expect_error_containing([&] { net->forward(test_image({16, 16}, 2), steps({1, 2, 3})); },
                           "1 or N");
-  expect_error_containing([&] { net.forward(img.to(at::kDouble), t); }, "dtype");
+  expect_error_containing([&] { net->forward(img.to(at::kDouble), t); }, "dtype");
   EXPECT_THROW(RecoveryNet(NetworkOptions{4}), c10::Error);
 
   auto net3 = make_net(3, 1, 1);
-  expect_error_containing([&] { net3.forward(img, t); }, "3D image");
-  expect_error_containing([&] { net3.forward(test_image({8, 8, 4}), t); }, "multiple of 8");
+  expect_error_containing([&] { net3->forward(img, t); }, "3D image");
+  expect_error_containing([&] { net3->forward(test_image({8, 8, 4}), t); }, "multiple of 8");
 }
 
 TEST(Network, StateRoundTrip) {
@@ -214,39 +220,40 @@ TEST(Network, StateRoundTrip) {
   perturb_output(b, 200);
   const auto img = test_image({16, 16}, 2);
   const auto t = steps({10, 50});
-  const auto out_a = a.forward(img, t);
-  EXPECT_GT((out_a - b.forward(img, t)).abs().max().item<double>(), 1e-3);
+  const auto out_a = a->forward(img, t);
+  EXPECT_GT((out_a - b->forward(img, t)).abs().max().item<double>(), 1e-3);
 
   // Loading a state detached from a's storage (as if read from disk).
   std::map<std::string, torch::Tensor> saved;
-  for (const auto& [k, v] : a.state()) saved[k] = v.detach().clone();
-  b.load_state(saved);
-  EXPECT_TRUE(at::equal(out_a, b.forward(img, t)));
+  for (const auto& [k, v] : drdm::module_state(*a)) saved[k] = v.detach().clone();
+  drdm::load_module_state(*b, saved);
+  EXPECT_TRUE(at::equal(out_a, b->forward(img, t)));
 
   // Strictness: nothing is loaded from a bad state, and the key is named.
   auto missing = saved;
   missing.erase("dec2.1.norm.bias");
-  expect_error_containing([&] { b.load_state(missing); }, "dec2.1.norm.bias");
+  expect_error_containing([&] { drdm::load_module_state(*b, missing); }, "dec2.1.norm.bias");
   auto wrong = saved;
   wrong["enc1.0.conv_in.weight"] = at::zeros({1, 1, 3});
-  expect_error_containing([&] { b.load_state(wrong); }, "enc1.0.conv_in.weight");
+  expect_error_containing([&] { drdm::load_module_state(*b, wrong); }, "enc1.0.conv_in.weight");
   auto extra = saved;
   extra["enc1.0.norm.running_mean"] = at::zeros({10});
-  expect_error_containing([&] { b.load_state(extra); }, "enc1.0.norm.running_mean");
-  EXPECT_TRUE(at::equal(out_a, b.forward(img, t)));
+  expect_error_containing([&] { drdm::load_module_state(*b, extra); },
+                          "enc1.0.norm.running_mean");
+  EXPECT_TRUE(at::equal(out_a, b->forward(img, t)));
 }
 
 TEST(Network, GradientsReachEveryParameter) {
   auto net = make_net(2, 3);
   perturb_output(net, 300);
-  net.train(true);
+  net->train(true);
   auto img = test_image({16, 16}, 2).requires_grad_(true);
-  auto out = net.forward(img, steps({7, 40}));
+  auto out = net->forward(img, steps({7, 40}));
   EXPECT_GT(max_abs(out), 1e-2);
   out.sum().backward();
-  const auto state = net.state();
+  const auto state = drdm::module_state(*net);
   int64_t nonzero = 0;
-  const auto params = net.parameters();
+  const auto params = net->parameters();
   for (const auto& [name, p] : state) {
     if (!p.requires_grad()) continue;
     ASSERT_TRUE(p.grad().defined()) << name << " got no gradient";
@@ -263,13 +270,13 @@ TEST(Network, GradientsReachEveryParameter) {
 TEST(Network, TimeConditioningMatters) {
   auto net = make_net(2, 4);
   perturb_output(net, 400);
-  net.train(false);
+  net->train(false);
   const auto img = test_image({16, 16});
-  const auto a = net.forward(img, steps({5}));
-  const auto b = net.forward(img, steps({60}));
+  const auto a = net->forward(img, steps({5}));
+  const auto b = net->forward(img, steps({60}));
   EXPECT_GT((a - b).abs().max().item<double>(), 1e-3 * max_abs(a));
   // Per-sample t in one batch equals separate calls.
-  const auto both = net.forward(img.repeat({2, 1, 1, 1}), steps({5, 60}));
+  const auto both = net->forward(img.repeat({2, 1, 1, 1}), steps({5, 60}));
   EXPECT_LT((both[0] - a[0]).abs().max().item<double>(), 1e-5);
   EXPECT_LT((both[1] - b[0]).abs().max().item<double>(), 1e-5);
 }
@@ -279,15 +286,15 @@ TEST(Network, RecursionComposesPasses) {
     auto k2 = make_net(d, 5, 2);
     perturb_output(k2, 500, 0.1);
     auto k1 = make_net(d, 6, 1);
-    k1.load_state(k2.state());
+    drdm::load_module_state(*k1, drdm::module_state(*k2));
     const auto img = d == 2 ? test_image({16, 24}, 2) : test_image({8, 16, 8}, 2);
     const auto t = steps({20, 65});
 
-    const auto psi1 = k1.forward(img, t);
+    const auto psi1 = k1->forward(img, t);
     EXPECT_GT(max_abs(psi1), 0.1) << d << "D";
-    const auto psi2 = k1.forward(drdm::warp(img, psi1), t);
+    const auto psi2 = k1->forward(drdm::warp(img, psi1), t);
     const auto expected = drdm::compose(psi2, psi1);
-    const auto got = k2.forward(img, t);
+    const auto got = k2->forward(img, t);
     EXPECT_GT((got - psi1).abs().max().item<double>(), 1e-3) << d << "D";
     EXPECT_LT((got - expected).abs().max().item<double>(), 1e-5) << d << "D";
   }
@@ -296,13 +303,67 @@ TEST(Network, RecursionComposesPasses) {
 TEST(Network, MoveAndOptions) {
   auto net = make_net(3, 7, 3, 2);
   RecoveryNet moved(std::move(net));
-  EXPECT_EQ(moved.options().dims, 3);
-  EXPECT_EQ(moved.options().in_channels, 2);
-  EXPECT_EQ(moved.options().recursion, 3);
-  moved.train(false);
-  EXPECT_FALSE(moved.is_training());
-  moved.train();
-  EXPECT_TRUE(moved.is_training());
+  EXPECT_EQ(moved->options.dims, 3);
+  EXPECT_EQ(moved->options.in_channels, 2);
+  EXPECT_EQ(moved->options.recursion, 3);
+  moved->train(false);
+  EXPECT_FALSE(moved->is_training());
+  moved->train();
+  EXPECT_TRUE(moved->is_training());
+}
+
+TEST(Network, CloneIsADeepCopy) {
+  auto net = make_net(2, 9);
+  perturb_output(net, 900);
+  const auto copy = std::dynamic_pointer_cast<drdm::RecoveryNetImpl>(net->clone());
+  ASSERT_TRUE(copy);
+  const auto img = test_image({16, 16}, 2);
+  const auto t = steps({3, 40});
+  const auto out = net->forward(img, t);
+  EXPECT_TRUE(at::equal(out, copy->forward(img, t)));
+  const auto mine = drdm::module_state(*net), theirs = drdm::module_state(*copy);
+  ASSERT_EQ(mine.size(), theirs.size());
+  for (const auto& [k, v] : mine) {
+    EXPECT_TRUE(at::equal(v, theirs.at(k))) << k;
+    EXPECT_NE(v.data_ptr(), theirs.at(k).data_ptr()) << k << " shares storage";
+  }
+  {
+    torch::NoGradGuard no_grad;
+    theirs.at("out.bias").add_(1);
+  }
+  EXPECT_TRUE(at::equal(out, net->forward(img, t)));
+}
+
+// Every shipped model (RecoveryNet, seg::UNet, reg::VoxelMorph) loads
+// strictly into the network its own config builds: the names of the
+// parameters and buffers are those the files were written with, and the
+// trainable count is the file's size less the buffers.
+TEST(ModuleState, ShippedModelsLoadStrictly) {
+  const auto models = drdm::shipped_models();
+  EXPECT_GE(models.size(), 7u);
+  for (const auto& m : models) {
+    const auto file = drdm::read_checkpoint(m.path).model;
+    std::shared_ptr<torch::nn::Module> net;
+    if (m.task == "segmentation")
+      net = drdm::seg::load_seg_model(m.path).net.ptr();
+    else if (m.task == "registration")
+      net = drdm::reg::load_reg_model(m.path).net.ptr();
+    else
+      net = drdm::load_model(m.path).net.ptr();
+    const auto state = drdm::module_state(*net);
+    ASSERT_EQ(state.size(), file.size()) << m.name;
+    int64_t file_elements = 0, buffer_elements = 0;
+    for (const auto& [key, value] : file) {
+      file_elements += value.numel();
+      ASSERT_EQ(state.count(key), 1u) << m.name << ": " << key;
+      EXPECT_TRUE(at::equal(state.at(key), value.to(state.at(key).dtype())))
+          << m.name << ": " << key;
+    }
+    for (const auto& b : net->buffers()) buffer_elements += b.numel();
+    EXPECT_GT(drdm::parameter_count(*net), 0) << m.name;
+    EXPECT_EQ(drdm::parameter_count(*net), file_elements - buffer_elements) << m.name;
+    EXPECT_NO_THROW(drdm::load_module_state(*net, file)) << m.name;
+  }
 }
 
 TEST(Network, CudaMatchesCpu) {
@@ -311,16 +372,16 @@ TEST(Network, CudaMatchesCpu) {
   perturb_output(net, 800);
   const auto img = test_image({32, 32}, 2);
   const auto t = steps({3, 77});
-  const auto cpu = net.forward(img, t);
-  net.to(torch::Device(torch::kCUDA));
-  EXPECT_EQ(net.state().at("time_table").device().type(), torch::kCUDA);
-  expect_error_containing([&] { net.forward(img, t); }, "network is on");
+  const auto cpu = net->forward(img, t);
+  net->to(torch::Device(torch::kCUDA));
+  EXPECT_EQ(drdm::module_state(*net).at("time_table").device().type(), torch::kCUDA);
+  expect_error_containing([&] { net->forward(img, t); }, "network is on");
   // t may stay on the CPU.
-  const auto gpu = net.forward(img.cuda(), t);
+  const auto gpu = net->forward(img.cuda(), t);
   EXPECT_EQ(gpu.device().type(), torch::kCUDA);
   EXPECT_LT((gpu.cpu() - cpu).abs().max().item<double>(), 1e-3 * (1 + max_abs(cpu)));
   gpu.sum().backward();
-  for (const auto& p : net.parameters()) ASSERT_TRUE(p.grad().defined());
+  for (const auto& p : net->parameters()) ASSERT_TRUE(p.grad().defined());
 }
 
 // bf16 autocast of the network (train.mixed_precision, drdm_deform
@@ -355,11 +416,11 @@ TEST(Network, Bf16AutocastGradientsAreFiniteAndAligned) {
   const auto img = test_image({32, 32}, 2);
   const auto t = steps({20, 70});
   const auto grads = [&](bool bf16) {
-    for (auto& p : net.parameters())
+    for (auto& p : net->parameters())
       if (p.grad().defined()) p.mutable_grad().zero_();
     drdm::forward_mixed(net, img, t, bf16).square().sum().backward();
     std::vector<at::Tensor> g;
-    for (const auto& p : net.parameters()) g.push_back(p.grad().flatten().clone());
+    for (const auto& p : net->parameters()) g.push_back(p.grad().flatten().clone());
     return at::cat(g);
   };
   const auto ref = grads(false), low = grads(true);

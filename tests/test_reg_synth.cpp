@@ -160,7 +160,7 @@ void expect_config_error(const std::string& text, const std::vector<std::string>
 
 TEST(RegConfig, ParsesRoundTripsAndNamesBadKeys) {
   const auto c = reg::parse_reg_config(config_text(), "test.json");
-  EXPECT_EQ(c.voxelmorph.dims, 2);
+  EXPECT_EQ(c.voxelmorph.dims(), 2);
   EXPECT_EQ(c.pretrain.steps, 4);
   EXPECT_EQ(reg::to_json(reg::parse_reg_config(reg::to_json(c), "again")), reg::to_json(c));
   expect_config_error(config_text(), {"finetune.similarity=\"l1\""}, "finetune.similarity");
@@ -301,7 +301,7 @@ TEST(RegTrain, UnsupervisedFineTuningLearnsAShiftWithEitherSimilarity) {
     const auto path = reg::train_registration(c, "finetune", {}, images, "", dir.path(sim), false);
     auto model = reg::load_reg_model(path);
     at::NoGradGuard no_grad;
-    const auto u = model.net.forward(base, moved);  // warp(base, u) ~ moved: u_W ~ -2 inside
+    const auto u = model.net->forward(base, moved);  // warp(base, u) ~ moved: u_W ~ -2 inside
     const double before = (base - moved).square().mean().item<double>();
     const double after = (drdm::warp(base, u) - moved).narrow(2, 4, 24).narrow(3, 4, 24).square().mean().item<double>();
     EXPECT_LT(after, 0.5 * before) << sim;

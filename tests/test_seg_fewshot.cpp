@@ -1,12 +1,14 @@
 // Few-shot segmentation: U-Net, losses, config checks, subjects, slices, predict, evaluate, a grid smoke run.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/utils.h>
 
 #include <cmath>
 #include <fstream>
 #include <functional>
 #include <sstream>
 
+#include "drdm/core/module_state.h"
 #include "drdm/io/image_io.h"
 #include "drdm/seg/fewshot.h"
 #include "drdm/core/stats.h"
@@ -17,22 +19,45 @@ namespace {
 using drdm::test::TempDir;
 namespace seg = drdm::seg;
 
+seg::UNetOptions unet_options(int64_t dims, int64_t in, int64_t classes, std::vector<int64_t> widths) {
+  return seg::UNetOptions().dims(dims).in_channels(in).classes(classes).widths(std::move(widths));
+}
+
 TEST(UNet, ShapesIn2DAnd3D) {
-  seg::UNet net2({2, 1, 4, {8, 16, 32}});
-  EXPECT_EQ(net2.forward(at::rand({2, 1, 32, 24})).sizes(), (std::vector<int64_t>{2, 4, 32, 24}));
-  seg::UNet net3({3, 2, 3, {4, 8}});
-  EXPECT_EQ(net3.forward(at::rand({1, 2, 8, 12, 16})).sizes(), (std::vector<int64_t>{1, 3, 8, 12, 16}));
-  EXPECT_THROW(net2.forward(at::rand({1, 1, 30, 32})), std::invalid_argument);  // not divisible by 4
-  EXPECT_THROW(net2.forward(at::rand({1, 2, 32, 32})), std::invalid_argument);  // channels
+  seg::UNet net2(unet_options(2, 1, 4, {8, 16, 32}));
+  EXPECT_EQ(net2->forward(at::rand({2, 1, 32, 24})).sizes(), (std::vector<int64_t>{2, 4, 32, 24}));
+  seg::UNet net3(unet_options(3, 2, 3, {4, 8}));
+  EXPECT_EQ(net3->forward(at::rand({1, 2, 8, 12, 16})).sizes(), (std::vector<int64_t>{1, 3, 8, 12, 16}));
+  EXPECT_THROW(net2->forward(at::rand({1, 1, 30, 32})), std::invalid_argument);  // not divisible by 4
+  EXPECT_THROW(net2->forward(at::rand({1, 2, 32, 32})), std::invalid_argument);  // channels
+}
+
+TEST(UNet, CloneIsADeepCopyAndNamesAreStable) {
+  torch::manual_seed(4);
+  torch::NoGradGuard no_grad;
+  seg::UNet net(unet_options(2, 1, 3, {4, 8}));
+  const auto state = drdm::module_state(*net);
+  for (const char* key : {"enc0.conv1.weight", "enc0.conv2.bias", "enc1.conv1.weight", "up0.weight",
+                          "dec0.conv1.weight", "dec0.conv2.bias", "head.weight", "head.bias"})
+    EXPECT_EQ(state.count(key), 1u) << key;
+  EXPECT_EQ(state.size(), 16u);
+  const auto copy = std::dynamic_pointer_cast<seg::UNetImpl>(net->clone());
+  ASSERT_TRUE(copy);
+  const auto x = at::rand({1, 1, 16, 16});
+  const auto y = net->forward(x);
+  EXPECT_TRUE(at::equal(y, copy->forward(x)));
+  drdm::module_state(*copy).at("head.bias").add_(1);
+  EXPECT_TRUE(at::equal(y, net->forward(x)));
+  EXPECT_FALSE(at::equal(y, copy->forward(x)));
 }
 
 TEST(UNet, ParameterCountMatchesTheLayerShapes) {
   // widths {2, 4}, 1 -> 2 channels, 2D, counted by hand: enc0 (1->2, 2->2 3x3) 20 + 38;
   // enc1 (2->4, 4->4) 76 + 148; up (4->2, 2x2) 34; dec0 (4->2, 2->2) 74 + 38; head (2->2, 1x1) 6.
-  EXPECT_EQ(seg::UNet({2, 1, 2, {2, 4}}).parameter_count(), 434);
-  EXPECT_EQ(seg::unet_parameter_count({2, 1, 2, {2, 4}}), 434);
-  for (const seg::UNetOptions& o : {seg::UNetOptions{2, 1, 4, {16, 32, 64, 128}}, seg::UNetOptions{3, 1, 3, {8, 16, 32}}})
-    EXPECT_EQ(seg::UNet(o).parameter_count(), seg::unet_parameter_count(o));
+  EXPECT_EQ(drdm::parameter_count(*seg::UNet(unet_options(2, 1, 2, {2, 4}))), 434);
+  EXPECT_EQ(seg::unet_parameter_count(unet_options(2, 1, 2, {2, 4})), 434);
+  for (const seg::UNetOptions& o : {unet_options(2, 1, 4, {16, 32, 64, 128}), unet_options(3, 1, 3, {8, 16, 32})})
+    EXPECT_EQ(drdm::parameter_count(*seg::UNet(o)), seg::unet_parameter_count(o));
 }
 
 TEST(UNet, LossesReachZeroOnPerfectLogitsAndNameUnknownOnes) {
@@ -78,7 +103,7 @@ TEST(SegConfig, BadKeysAndValuesNameThemselves) {
             std::string::npos);
   const auto c = seg::parse_seg_config("{" + data + "}", "seg.json");
   EXPECT_EQ(seg::to_json(seg::parse_seg_config(seg::to_json(c), "again")), seg::to_json(c));
-  EXPECT_EQ(c.unet.classes, 4);
+  EXPECT_EQ(c.unet.classes(), 4);
   // The bank cap: fields per slice shrink for big subsets, never below 1.
   auto capped = seg::parse_seg_config("{" + data + R"(, "drdm": {"fields_per_slice": 16, "max_fields": 1600}})", "s");
   EXPECT_EQ(seg::bank_fields_per_slice(capped, 100), 16);

@@ -17,6 +17,7 @@
 #include "drdm/engine/distributed.h"
 #include "drdm/io/image_io.h"
 #include "drdm/engine/optim.h"
+#include "drdm/core/module_state.h"
 #include "drdm/core/spatial.h"
 #include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/inference.h"
@@ -215,13 +216,13 @@ TEST_F(TinyTraining, TrainsWritesAllOutputsAndLoads) {
   auto m = drdm::load_model(dir + "/model.pt");
   EXPECT_EQ(m.step, 4);
   EXPECT_EQ(m.config.data.size, (std::vector<int64_t>{16, 16}));
-  EXPECT_FALSE(m.net.is_training());
+  EXPECT_FALSE(m.net->is_training());
   auto ck = drdm::load_model(dir + "/checkpoint.pt");
   const auto x = at::rand({1, 1, 16, 16});
   const auto t = at::full({1}, 10, at::kLong);
-  EXPECT_TRUE(at::equal(m.net.forward(x, t), ck.net.forward(x, t)));
+  EXPECT_TRUE(at::equal(m.net->forward(x, t), ck.net->forward(x, t)));
   // Training moved the weights away from the near-identity initialisation.
-  EXPECT_GT(m.net.forward(x, t).abs().max().item<double>(), 1e-3);
+  EXPECT_GT(m.net->forward(x, t).abs().max().item<double>(), 1e-3);
   // The preview is a real picture (RGB, two 4-panel halves per row).
   const auto png = drdm::read_image(dir + "/previews/step_000004.png");
   EXPECT_GT(png.geometry.size[0], png.geometry.size[1]);
@@ -236,7 +237,7 @@ TEST_F(TinyTraining, ResumeIsBitExactOnCpu) {
   EXPECT_EQ(s.first_step, 2);
   auto a = drdm::load_model(straight + "/checkpoint.pt");
   auto b = drdm::load_model(split + "/checkpoint.pt");
-  const auto sa = a.net.state(), sb = b.net.state();
+  const auto sa = drdm::module_state(*a.net), sb = drdm::module_state(*b.net);
   ASSERT_EQ(sa.size(), sb.size());
   for (const auto& [k, v] : sa) EXPECT_TRUE(at::equal(v, sb.at(k))) << k;
   EXPECT_EQ(lines(split + "/metrics.jsonl"), 4);
@@ -245,7 +246,7 @@ TEST_F(TinyTraining, ResumeIsBitExactOnCpu) {
   drdm::train(config(4, {"train.seed=4"}), other, false, false);
   auto c = drdm::load_model(other + "/checkpoint.pt");
   bool all_equal = true;
-  for (const auto& [k, v] : c.net.state()) all_equal = all_equal && at::equal(v, sa.at(k));
+  for (const auto& [k, v] : drdm::module_state(*c.net)) all_equal = all_equal && at::equal(v, sa.at(k));
   EXPECT_FALSE(all_equal);
 }
 
@@ -263,8 +264,8 @@ TEST_F(TinyTraining, TimeLimitStopsWithACheckpointThatResumesExactly) {
   const auto r = drdm::train(config(4, every), limited, /*resume=*/true, false);
   EXPECT_EQ(r.first_step, 1);
   EXPECT_EQ(r.steps, 4);
-  const auto sa = drdm::load_model(straight + "/checkpoint.pt").net.state();
-  const auto sb = drdm::load_model(limited + "/checkpoint.pt").net.state();
+  const auto sa = drdm::module_state(*drdm::load_model(straight + "/checkpoint.pt").net);
+  const auto sb = drdm::module_state(*drdm::load_model(limited + "/checkpoint.pt").net);
   for (const auto& [k, v] : sa) EXPECT_TRUE(at::equal(v, sb.at(k))) << k;
 }
 
@@ -350,7 +351,7 @@ TEST_F(TinyTraining, BadInputsAreClearErrors) {
                   false, false);
   EXPECT_TRUE(std::isfinite(bf16.last_loss));
   const auto m = drdm::load_model(out_.path("c") + "/model.pt", torch::Device(torch::kCPU));
-  for (const auto& p : m.net.parameters()) EXPECT_EQ(p.scalar_type(), at::kFloat);
+  for (const auto& p : m.net->parameters()) EXPECT_EQ(p.scalar_type(), at::kFloat);
   if (!at::hasCUDA()) EXPECT_THROW(drdm::resolve_device("cuda"), std::invalid_argument);
   EXPECT_THROW(drdm::resolve_device("tpu"), std::invalid_argument);
   // Missing and corrupt model files name the file.
@@ -408,12 +409,12 @@ TEST_F(TinyTraining, InitFromStartsFromTheWeightsWithAFreshOptimiser) {
   EXPECT_EQ(b.step, 1);  // a fresh schedule: steps count from 0
   const auto x = at::rand({2, 1, 16, 16});
   const auto t = at::full({2}, 30, at::kLong);
-  EXPECT_TRUE(at::allclose(a.net.forward(x, t), b.net.forward(x, t), 1e-5, 1e-6));
+  EXPECT_TRUE(at::allclose(a.net->forward(x, t), b.net->forward(x, t), 1e-5, 1e-6));
   // Without init_from the same run starts elsewhere (the test can fail).
   const auto fresh = out_.path("fresh");
   drdm::train(config(1, {"train.lr=1e-30"}), fresh, false, false);
   auto c = drdm::load_model(fresh + "/model.pt");
-  EXPECT_FALSE(at::allclose(a.net.forward(x, t), c.net.forward(x, t), 1e-5, 1e-6));
+  EXPECT_FALSE(at::allclose(a.net->forward(x, t), c.net->forward(x, t), 1e-5, 1e-6));
   // A network of another shape is refused with both shapes named.
   try {
     drdm::train(config(1, {"train.init_from=\"" + first + "/model.pt\"", "model.recursion=1"}), out_.path("bad"),
@@ -435,7 +436,7 @@ TEST_F(TinyTraining, TrainsOnCudaWithAndWithoutBf16_CUDA) {
     const auto s = drdm::train(config(3, {"train.device=cuda", "train.mixed_precision=" + precision}), dir, false, false);
     EXPECT_TRUE(std::isfinite(s.last_loss)) << precision;
     auto m = drdm::load_model(dir + "/model.pt", torch::Device(torch::kCUDA));
-    const auto y = m.net.forward(at::rand({1, 1, 16, 16}, at::kCUDA), at::full({1}, 5, at::kLong));
+    const auto y = m.net->forward(at::rand({1, 1, 16, 16}, at::kCUDA), at::full({1}, 5, at::kLong));
     EXPECT_TRUE(y.is_cuda());
     EXPECT_TRUE(at::isfinite(y).all().item<bool>());
   }

@@ -148,9 +148,9 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
                                 const torch::Tensor& images, const std::vector<int64_t>& levels,
                                 const std::vector<uint64_t>& seeds,
                                 const GenerationOptions& options) {
-  const int64_t d = net.options().dims;
-  TORCH_CHECK(images.dim() == d + 2 && images.size(1) == net.options().in_channels,
-              "generate_fields: expected images [N, ", net.options().in_channels, ", ...S] with ",
+  const int64_t d = net->options.dims;
+  TORCH_CHECK(images.dim() == d + 2 && images.size(1) == net->options.in_channels,
+              "generate_fields: expected images [N, ", net->options.in_channels, ", ...S] with ",
               d, " spatial dims, got ", images.sizes());
   const int64_t n = images.size(0);
   TORCH_CHECK(static_cast<int64_t>(levels.size()) == n && static_cast<int64_t>(seeds.size()) == n,
@@ -163,9 +163,9 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
                 "], got ", level);
   at::NoGradGuard no_grad;
   const DeterministicCudnn deterministic;
-  const bool was_training = net.is_training();
-  net.train(false);
-  const auto device = net.parameters().front().device();
+  const bool was_training = net->is_training();
+  net->train(false);
+  const auto device = net->parameters().front().device();
   std::vector<int64_t> size(images.sizes().begin() + 2, images.sizes().end());
   const VelocitySampler sampler(sampler_options, size, device);
   const at::Tensor all = images.to(device, at::kFloat);
@@ -194,7 +194,7 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
     fields.push_back(
         recover_batch(step_fn, graphs, all.narrow(0, first, count), phi, t, top, options));
   }
-  net.train(was_training);
+  net->train(was_training);
   return {at::cat(fields, 0), at::cat(starts, 0)};
 }
 
@@ -255,8 +255,8 @@ at::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sample
                                   const std::vector<bool>& valid, double sigma,
                                   const GenerationOptions& options) {
   TORCH_CHECK(
-      net.options().dims == 2 && slices.dim() == 4 && slices.size(1) == net.options().in_channels,
-      "generate_volume_fields: expected a 2D model and slices [Z, ", net.options().in_channels,
+      net->options.dims == 2 && slices.dim() == 4 && slices.size(1) == net->options.in_channels,
+      "generate_volume_fields: expected a 2D model and slices [Z, ", net->options.in_channels,
       ", H, W], got ", slices.sizes());
   const int64_t z = slices.size(0);
   TORCH_CHECK(static_cast<int64_t>(valid.size()) == z, "generate_volume_fields: expected ", z,
@@ -269,9 +269,9 @@ at::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sample
   TORCH_CHECK(options.batch >= 1, "generate_volume_fields: batch must be >= 1");
   at::NoGradGuard no_grad;
   const DeterministicCudnn deterministic;
-  const bool was_training = net.is_training();
-  net.train(false);
-  const auto device = net.parameters().front().device();
+  const bool was_training = net->is_training();
+  net->train(false);
+  const auto device = net->parameters().front().device();
   const at::Tensor image = slices.to(device, at::kFloat);
   const std::vector<int64_t> size(slices.sizes().begin() + 2, slices.sizes().end());
   const VelocitySampler sampler(sampler_options, size, device);
@@ -281,7 +281,7 @@ at::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sample
   for (int64_t i = 0; i < z; ++i)
     if (valid[static_cast<size_t>(i)]) valid_rows.push_back(i);
   if (valid_rows.empty()) {
-    net.train(was_training);
+    net->train(was_training);
     return at::zeros({z, 2, size[0], size[1]}, image.options());
   }
   const at::Tensor valid_index =
@@ -298,7 +298,7 @@ at::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sample
     phi = compose(smoothed, phi);
     if (options.on_step) options.on_step(z);
   }
-  net.train(was_training);
+  net->train(was_training);
   return phi;
 }
 
@@ -345,8 +345,8 @@ struct Deformer::Impl {
                 "Deformer: slice_sigma must be >= 0, got ", options.slice_sigma);
     TORCH_CHECK(slice_axis >= 0 && slice_axis <= 2, "Deformer: slice_axis must be 0, 1 or 2, got ",
                 slice_axis);
-    model.net.to(device);
-    model.net.train(false);
+    model.net->to(device);
+    model.net->train(false);
   }
 
   int64_t dims() const { return model.config.data.dims; }

@@ -6,6 +6,7 @@
 
 #include "io/atomic_file.h"
 #include "drdm/core/log.h"
+#include "drdm/core/module_state.h"
 #include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/inference.h"
 #include "drdm/engine/training_engine.h"
@@ -111,7 +112,8 @@ double table_formula_diff(const StateDict& theirs, const NetworkOptions& options
   const auto it = theirs.find(kTable.theirs);
   if (it == theirs.end()) return 0;
   const auto table = it->second.to(torch::kFloat);
-  const auto formula = RecoveryNet(options).state().at(kTable.ours).narrow(0, 0, table.size(0));
+  const auto formula =
+      module_state(*RecoveryNet(options)).at(kTable.ours).narrow(0, 0, table.size(0));
   return (table - formula).abs().max().item<double>();
 }
 
@@ -137,7 +139,7 @@ void require_authors_architecture(const NetworkOptions& o) {
 
 StateDict convert_authors_state(const StateDict& theirs, const NetworkOptions& options) {
   require_authors_architecture(options);
-  const auto expected = RecoveryNet(options).state();
+  const auto expected = module_state(*RecoveryNet(options));
   StateDict out;
   for (const auto& [key, value] : theirs) {
     std::string ours;
@@ -194,7 +196,7 @@ ImportSummary import_authors_model(const std::string& pth, const std::string& co
   const auto state = convert_authors_state(theirs, options);
   s.tensors = static_cast<int64_t>(theirs.size());
   s.elements = element_count(theirs);
-  s.parameters = RecoveryNet(options).parameter_count();
+  s.parameters = parameter_count(*RecoveryNet(options));
   s.table_rows = theirs.at(kTable.theirs).size(0);
   s.table_formula_max_diff = table_formula_diff(theirs, options);
   if (s.table_formula_max_diff > 1e-3)

@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "diffusion/drdm_checkpoint.h"
+#include "drdm/core/module_state.h"
 #include "drdm/core/spatial.h"
 #include "drdm/io/models.h"
 #include "core/seeds.h"
@@ -28,13 +29,13 @@ TrainedModel load_model(const std::string& name_or_path, const torch::Device& de
   auto ck = detail::read_drdm_checkpoint(path);
   TrainedModel m{RecoveryNet(network_options(ck.config)), ck.config, ck.file.step};
   try {
-    m.net.load_state(ck.file.model);
+    load_module_state(*m.net, ck.file.model);
   } catch (const c10::Error& e) {
     throw std::runtime_error("'" + path + "' does not match its own network config: " +
                              std::string(e.what_without_backtrace()));
   }
-  m.net.to(device);
-  m.net.train(false);
+  m.net->to(device);
+  m.net->train(false);
   return m;
 }
 
@@ -47,9 +48,9 @@ std::vector<RecoveryCheck> check_recovery(RecoveryNet& net, const VelocitySample
       "check_recovery: images must be [N, 1, ...S] matching the sampler");
   TORCH_CHECK(repeats >= 1 && batch >= 1, "check_recovery: repeats and batch must be >= 1");
   at::NoGradGuard no_grad;
-  const bool was_training = net.is_training();
-  net.train(false);
-  const auto device = net.parameters().front().device();
+  const bool was_training = net->is_training();
+  net->train(false);
+  const auto device = net->parameters().front().device();
   std::vector<RecoveryCheck> out;
   for (const auto level : levels) {
     RecoveryCheck c;
@@ -64,7 +65,7 @@ std::vector<RecoveryCheck> check_recovery(RecoveryNet& net, const VelocitySample
         const auto t = at::full({n}, level, at::kLong);
         const auto fwd = sampler.sample(t, gen);
         const auto xt = warp(x0, fwd.phi);
-        const auto psi_hat = net.forward(xt, t);
+        const auto psi_hat = net->forward(xt, t);
         const auto residual = compose(fwd.psi, psi_hat);  // psi + psi_hat(x + psi(x))
         const auto back = residual - fwd.psi;             // psi_hat(x + psi(x))
         const auto psi_norm = fwd.psi.norm(2, 1);
@@ -82,7 +83,7 @@ std::vector<RecoveryCheck> check_recovery(RecoveryNet& net, const VelocitySample
     c.cosine = cosine / c.samples;
     out.push_back(c);
   }
-  net.train(was_training);
+  net->train(was_training);
   return out;
 }
 

@@ -4,7 +4,6 @@
 #include <torch/nn.h>
 
 #include "drdm/core/spatial.h"
-#include "core/named_tensors.h"
 
 #include <cmath>
 #include <set>
@@ -80,10 +79,14 @@ torch::Tensor block_act_(torch::Tensor x) {
 // Training memory: autograd keeps the norm's input, act(x), act(r) and the
 // output (4 activations; 7 with out-of-place activations and sum). x itself
 // is needed only until the residual sum: act(x) is taken on a copy.
-struct AcnnBlockImpl : nn::Module {
-  AcnnBlockImpl(int64_t dims, int64_t cin, int64_t cout, bool normalise) {
+struct AcnnBlockImpl : nn::Cloneable<AcnnBlockImpl> {
+  AcnnBlockImpl(int64_t dims, int64_t cin, int64_t cout, bool normalise)
+      : dims(dims), cin(cin), cout(cout), normalise(normalise) {
+    reset();
+  }
+  void reset() override {
     conv_in = make_conv(*this, "conv_in", dims, cin, cout, 3, 1, 1, 1);
-    if (normalise) norm = make_norm(*this, "norm", dims, cout);
+    norm = normalise ? make_norm(*this, "norm", dims, cout) : nn::AnyModule();
     conv_d1 = make_conv(*this, "conv_d1", dims, cout, cout, 3, 1, 1, 1);
     conv_d3 = make_conv(*this, "conv_d3", dims, cout, cout, 3, 1, 3, 3);
   }
@@ -105,28 +108,20 @@ struct AcnnBlockImpl : nn::Module {
     } restore;
     return conv_d3.forward(r.to(at::kFloat));
   }
+  int64_t dims, cin, cout;
+  bool normalise;
   nn::AnyModule conv_in, norm, conv_d1, conv_d3;
 };
 
-// A stack of ACNN-II blocks registered as a ModuleList ("enc1.0", "enc1.1", ...).
-struct Stage {
-  nn::ModuleList list;
-  std::vector<std::shared_ptr<AcnnBlockImpl>> blocks;
-
-  void build(nn::Module& owner, const std::string& name, int64_t dims,
-             const std::vector<int64_t>& widths, bool normalise = true) {
-    list = owner.register_module(name, nn::ModuleList());
-    for (size_t i = 0; i + 1 < widths.size(); ++i) {
-      auto b = std::make_shared<AcnnBlockImpl>(dims, widths[i], widths[i + 1], normalise);
-      list->push_back(b);
-      blocks.push_back(b);
-    }
-  }
-  torch::Tensor forward(torch::Tensor x) const {
-    for (const auto& b : blocks) x = b->forward(x);
-    return x;
-  }
-};
+// A stack of ACNN-II blocks, widths[i] -> widths[i + 1], registered as `name`
+// ("enc1.0", "enc1.1", ...: the names a ModuleList had before).
+nn::Sequential make_stage(nn::Module& owner, const std::string& name, int64_t dims,
+                          const std::vector<int64_t>& widths, bool normalise = true) {
+  nn::Sequential stage;
+  for (size_t i = 0; i + 1 < widths.size(); ++i)
+    stage->push_back(std::make_shared<AcnnBlockImpl>(dims, widths[i], widths[i + 1], normalise));
+  return owner.register_module(name, stage);
+}
 
 // Sinusoidal table [T+1, E]: row t, pair j: column 2j = sin(t w_j), column
 // 2j+1 = cos(t w_j), w_j = 1 / 10000^(2j/E) (standard) or 1 / 10000^(4j/E)
@@ -141,96 +136,6 @@ torch::Tensor sinusoidal_table(int64_t timesteps, int64_t width, TimeFrequencies
       .reshape({timesteps + 1, width})
       .to(torch::kFloat);
 }
-
-// The U-Net of Table B.4 (one pass, no recursion).
-struct UNetImpl : nn::Module {
-  explicit UNetImpl(const NetworkOptions& o) : dims(o.dims), options(o) {
-    const int64_t E = o.time_embedding;
-    const int64_t c0 = o.in_channels;
-    time_table =
-        register_buffer("time_table", sinusoidal_table(o.timesteps, E, o.time_frequencies));
-
-    // Per-level time MLPs te1..te7: Linear(E, c) -> LeakyReLU(slope) -> Linear(c, c).
-    const std::vector<int64_t> te_widths{c0, 10, 20, 40, 80, 40, 20};
-    for (size_t i = 0; i < te_widths.size(); ++i) {
-      const int64_t c = te_widths[i];
-      te.push_back(register_module(
-          "te" + std::to_string(i + 1),
-          nn::Sequential(nn::Linear(E, c),
-                         nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(o.time_mlp_slope)),
-                         nn::Linear(c, c))));
-    }
-
-    enc1.build(*this, "enc1", dims, {c0, 10, 10, 10});
-    down1 = make_conv(*this, "down1", dims, 10, 10, 4, 2, 1, 1);
-    enc2.build(*this, "enc2", dims, {10, 20, 20, 20});
-    down2 = make_conv(*this, "down2", dims, 20, 20, 4, 2, 1, 1);
-    enc3.build(*this, "enc3", dims, {20, 40, 40, 40});
-    down3 = make_conv(*this, "down3", dims, 40, 40, 4, 2, 1, 1);
-    bottleneck.build(*this, "bottleneck", dims, {40, 20, 20, 40});
-
-    up1 = make_up(*this, "up1", dims, 40);
-    dec1.build(*this, "dec1", dims, {80, 40, 20, 20}, o.decoder_norm);
-    up2 = make_up(*this, "up2", dims, 20);
-    dec2.build(*this, "dec2", dims, {40, 20, 10, 10}, o.decoder_norm);
-    up3 = make_up(*this, "up3", dims, 10);
-    dec3.build(*this, "dec3", dims, {20, 10, 10, 10}, o.decoder_norm);
-    out = make_conv(*this, "out", dims, 10, dims, 3, 1, 1, 1);
-
-    // The output conv starts near zero (weights N(0, 1e-5), bias 0) so that an
-    // untrained network predicts ~0 voxels, i.e. the identity transform: the
-    // recursion then starts from an unwarped image and early training is not
-    // swamped by random large displacements. All other layers keep PyTorch's
-    // default initialisation.
-    torch::NoGradGuard no_grad;
-    auto out_params = out.ptr()->named_parameters(/*recurse=*/false);
-    out_params["weight"].normal_(0.0, 1e-5);
-    out_params["bias"].zero_();
-  }
-
-  // [N, c] -> [N, c, 1, ...] for broadcasting over the spatial axes.
-  torch::Tensor embed(size_t level, const torch::Tensor& t0) {
-    auto e = te[level]->forward(t0);
-    std::vector<int64_t> shape{e.size(0), e.size(1)};
-    shape.resize(2 + dims, 1);
-    return e.view(shape);
-  }
-
-  // The embeddings are added in place to fresh conv / cat outputs (no temporary copy).
-  torch::Tensor forward(const torch::Tensor& image, const torch::Tensor& t) {
-    auto t0 = time_table.index_select(0, t);  // [N, E]
-    auto f1 = enc1.forward(image + embed(0, t0));
-    auto f2 = enc2.forward(down1.forward(f1).add_(embed(1, t0)));
-    auto f3 = enc3.forward(down2.forward(f2).add_(embed(2, t0)));
-    auto f4 = bottleneck.forward(down3.forward(f3) * embed(3, t0));
-    auto f5 = dec1.forward(torch::cat({f3, up1.forward(f4)}, 1).add_(embed(4, t0)));
-    auto f6 = dec2.forward(torch::cat({f2, up2.forward(f5)}, 1).add_(embed(5, t0)));
-    auto f7 = dec3.forward(torch::cat({f1, up3.forward(f6)}, 1).add_(embed(6, t0)));
-    return to_voxels(out.forward(f7));
-  }
-
-  // The output conv's prediction as a field in voxels (output_units), clamped
-  // to +-(S_i - 1) voxels per channel when output_clamp.
-  torch::Tensor to_voxels(torch::Tensor u) const {
-    const bool scale = options.output_units == OutputUnits::kImageSize;
-    if (!scale && !options.output_clamp) return u;
-    std::vector<double> sizes;
-    for (int64_t i = 0; i < dims; ++i) sizes.push_back(static_cast<double>(u.size(2 + i)));
-    std::vector<int64_t> shape(2 + dims, 1);
-    shape[1] = dims;
-    const auto s = torch::tensor(sizes, u.options().dtype(torch::kFloat)).view(shape);
-    if (scale) u = u * s;
-    if (options.output_clamp) u = torch::clamp(u, 1 - s, s - 1);
-    return u;
-  }
-
-  int64_t dims;
-  NetworkOptions options;
-  torch::Tensor time_table;
-  std::vector<nn::Sequential> te;
-  Stage enc1, enc2, enc3, bottleneck, dec1, dec2, dec3;
-  nn::AnyModule down1, down2, down3, up1, up2, up3, out;
-};
 
 }  // namespace
 
@@ -254,67 +159,111 @@ OutputUnits parse_output_units(const std::string& name) {
   throw std::invalid_argument("must be \"voxels\" or \"image_size\", got \"" + name + "\"");
 }
 
-struct RecoveryNet::Impl {
-  NetworkOptions options;
-  std::shared_ptr<UNetImpl> net;
-
-  std::map<std::string, torch::Tensor> named() const {
-    std::map<std::string, torch::Tensor> m;
-    for (const auto& p : net->named_parameters(/*recurse=*/true)) {
-      if (p.value().defined()) m.emplace(p.key(), p.value());
-    }
-    for (const auto& b : net->named_buffers(/*recurse=*/true)) {
-      if (b.value().defined()) m.emplace(b.key(), b.value());
-    }
-    return m;
-  }
-
-  // On the CPU, convolution weights are kept channels-last: oneDNN's
-  // convolutions then run channels-last end to end, about 3x faster for these
-  // narrow (10-80 channel) layers than the default layout (measured: one 10->10
-  // 3x3 conv, batch 8 at 64^2, forward + backward 11.8 ms vs 4.1 ms).
-  // On CUDA the default layout is kept.
-  void choose_memory_format() {
-    const bool cpu = time_table_device().is_cpu();
-    for (auto& p : net->parameters(/*recurse=*/true)) {
-      if (p.dim() < 4) continue;
-      const auto format = !cpu ? at::MemoryFormat::Contiguous
-                               : p.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d;
-      torch::NoGradGuard no_grad;
-      p.set_data(p.contiguous(format));
-    }
-  }
-  torch::Device time_table_device() const { return net->time_table.device(); }
-};
-
-RecoveryNet::RecoveryNet(const NetworkOptions& options) : impl_(std::make_unique<Impl>()) {
-  TORCH_CHECK(options.dims == 2 || options.dims == 3,
-              "RecoveryNet: dims must be 2 or 3, got ", options.dims);
-  TORCH_CHECK(options.in_channels >= 1,
-              "RecoveryNet: in_channels must be >= 1, got ", options.in_channels);
-  TORCH_CHECK(options.timesteps >= 1,
-              "RecoveryNet: timesteps must be >= 1, got ", options.timesteps);
-  TORCH_CHECK(options.time_embedding >= 2 && options.time_embedding % 2 == 0,
-              "RecoveryNet: time_embedding must be even and >= 2, got ", options.time_embedding);
-  TORCH_CHECK(options.recursion >= 1,
-              "RecoveryNet: recursion must be >= 1, got ", options.recursion);
-  TORCH_CHECK(std::isfinite(options.time_mlp_slope) && options.time_mlp_slope >= 0 &&
-                  options.time_mlp_slope < 1,
-              "RecoveryNet: time_mlp_slope must be in [0, 1), got ", options.time_mlp_slope);
-  impl_->options = options;
-  impl_->net = std::make_shared<UNetImpl>(options);
-  impl_->choose_memory_format();
+RecoveryNetImpl::RecoveryNetImpl(const NetworkOptions& options) : options(options) {
+  const auto& o = options;
+  TORCH_CHECK(o.dims == 2 || o.dims == 3, "RecoveryNet: dims must be 2 or 3, got ", o.dims);
+  TORCH_CHECK(o.in_channels >= 1, "RecoveryNet: in_channels must be >= 1, got ", o.in_channels);
+  TORCH_CHECK(o.timesteps >= 1, "RecoveryNet: timesteps must be >= 1, got ", o.timesteps);
+  TORCH_CHECK(o.time_embedding >= 2 && o.time_embedding % 2 == 0,
+              "RecoveryNet: time_embedding must be even and >= 2, got ", o.time_embedding);
+  TORCH_CHECK(o.recursion >= 1, "RecoveryNet: recursion must be >= 1, got ", o.recursion);
+  TORCH_CHECK(std::isfinite(o.time_mlp_slope) && o.time_mlp_slope >= 0 && o.time_mlp_slope < 1,
+              "RecoveryNet: time_mlp_slope must be in [0, 1), got ", o.time_mlp_slope);
+  reset();
 }
 
-RecoveryNet::~RecoveryNet() = default;
-RecoveryNet::RecoveryNet(RecoveryNet&&) noexcept = default;
-RecoveryNet& RecoveryNet::operator=(RecoveryNet&&) noexcept = default;
+// The registration order (and so the order of parameters(), which Adam's
+// saved moments follow) and the names are those of every saved checkpoint.
+void RecoveryNetImpl::reset() {
+  const auto& o = options;
+  const int64_t dims = o.dims;
+  const int64_t E = o.time_embedding;
+  const int64_t c0 = o.in_channels;
+  time_table = register_buffer("time_table", sinusoidal_table(o.timesteps, E, o.time_frequencies));
 
-torch::Tensor RecoveryNet::forward(const torch::Tensor& image, const torch::Tensor& t) {
-  const auto& o = impl_->options;
-  auto& net = *impl_->net;
-  const auto& table = net.time_table;
+  // Per-level time MLPs te1..te7: Linear(E, c) -> LeakyReLU(slope) -> Linear(c, c).
+  te.clear();
+  const std::vector<int64_t> te_widths{c0, 10, 20, 40, 80, 40, 20};
+  for (size_t i = 0; i < te_widths.size(); ++i) {
+    const int64_t c = te_widths[i];
+    te.push_back(register_module(
+        "te" + std::to_string(i + 1),
+        nn::Sequential(nn::Linear(E, c),
+                       nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(o.time_mlp_slope)),
+                       nn::Linear(c, c))));
+  }
 
+  enc1 = make_stage(*this, "enc1", dims, {c0, 10, 10, 10});
+  down1 = make_conv(*this, "down1", dims, 10, 10, 4, 2, 1, 1);
+  enc2 = make_stage(*this, "enc2", dims, {10, 20, 20, 20});
+  down2 = make_conv(*this, "down2", dims, 20, 20, 4, 2, 1, 1);
+  enc3 = make_stage(*this, "enc3", dims, {20, 40, 40, 40});
+  down3 = make_conv(*this, "down3", dims, 40, 40, 4, 2, 1, 1);
+  bottleneck = make_stage(*this, "bottleneck", dims, {40, 20, 20, 40});
+
+  up1 = make_up(*this, "up1", dims, 40);
+  dec1 = make_stage(*this, "dec1", dims, {80, 40, 20, 20}, o.decoder_norm);
+  up2 = make_up(*this, "up2", dims, 20);
+  dec2 = make_stage(*this, "dec2", dims, {40, 20, 10, 10}, o.decoder_norm);
+  up3 = make_up(*this, "up3", dims, 10);
+  dec3 = make_stage(*this, "dec3", dims, {20, 10, 10, 10}, o.decoder_norm);
+  out = make_conv(*this, "out", dims, 10, dims, 3, 1, 1, 1);
+
+  // The output conv starts near zero (weights N(0, 1e-5), bias 0) so that an
+  // untrained network predicts ~0 voxels, i.e. the identity transform: the
+  // recursion then starts from an unwarped image and early training is not
+  // swamped by random large displacements. All other layers keep PyTorch's
+  // default initialisation.
+  {
+    torch::NoGradGuard no_grad;
+    auto out_params = out.ptr()->named_parameters(/*recurse=*/false);
+    out_params["weight"].normal_(0.0, 1e-5);
+    out_params["bias"].zero_();
+  }
+  choose_memory_format();
+}
+
+// [N, c] -> [N, c, 1, ...] for broadcasting over the spatial axes.
+torch::Tensor RecoveryNetImpl::embed(size_t level, const torch::Tensor& t0) {
+  auto e = te[level]->forward(t0);
+  std::vector<int64_t> shape{e.size(0), e.size(1)};
+  shape.resize(2 + options.dims, 1);
+  return e.view(shape);
+}
+
+// One pass of the U-Net of Table B.4 (no recursion). The embeddings are added
+// in place to fresh conv / cat outputs (no temporary copy).
+torch::Tensor RecoveryNetImpl::pass(const torch::Tensor& image, const torch::Tensor& t) {
+  auto t0 = time_table.index_select(0, t);  // [N, E]
+  auto f1 = enc1->forward(image + embed(0, t0));
+  auto f2 = enc2->forward(down1.forward(f1).add_(embed(1, t0)));
+  auto f3 = enc3->forward(down2.forward(f2).add_(embed(2, t0)));
+  auto f4 = bottleneck->forward(down3.forward(f3) * embed(3, t0));
+  auto f5 = dec1->forward(torch::cat({f3, up1.forward(f4)}, 1).add_(embed(4, t0)));
+  auto f6 = dec2->forward(torch::cat({f2, up2.forward(f5)}, 1).add_(embed(5, t0)));
+  auto f7 = dec3->forward(torch::cat({f1, up3.forward(f6)}, 1).add_(embed(6, t0)));
+  return to_voxels(out.forward(f7));
+}
+
+// The output conv's prediction as a field in voxels (output_units), clamped
+// to +-(S_i - 1) voxels per channel when output_clamp.
+torch::Tensor RecoveryNetImpl::to_voxels(torch::Tensor u) const {
+  const int64_t dims = options.dims;
+  const bool scale = options.output_units == OutputUnits::kImageSize;
+  if (!scale && !options.output_clamp) return u;
+  std::vector<double> sizes;
+  for (int64_t i = 0; i < dims; ++i) sizes.push_back(static_cast<double>(u.size(2 + i)));
+  std::vector<int64_t> shape(2 + dims, 1);
+  shape[1] = dims;
+  const auto s = torch::tensor(sizes, u.options().dtype(torch::kFloat)).view(shape);
+  if (scale) u = u * s;
+  if (options.output_clamp) u = torch::clamp(u, 1 - s, s - 1);
+  return u;
+}
+
+void RecoveryNetImpl::check_image(const torch::Tensor& image) const {
+  const auto& o = options;
+  const auto& table = time_table;
   TORCH_CHECK(image.defined(), "RecoveryNet::forward: image is undefined");
   TORCH_CHECK(image.dim() == 2 + o.dims, "RecoveryNet::forward: expected a ", o.dims,
               "D image [N, C, ...S] with ", 2 + o.dims, " dims, got sizes ", image.sizes());
@@ -331,8 +280,11 @@ torch::Tensor RecoveryNet::forward(const torch::Tensor& image, const torch::Tens
               " (call RecoveryNet::to first)");
   TORCH_CHECK(image.scalar_type() == table.scalar_type(), "RecoveryNet::forward: image dtype ",
               image.scalar_type(), " differs from the network's ", table.scalar_type());
+}
 
-  const int64_t n = image.size(0);
+// t checked and expanded to int64 [n] on the network's device.
+torch::Tensor RecoveryNetImpl::check_steps(const torch::Tensor& t, int64_t n) const {
+  const auto& o = options;
   TORCH_CHECK(t.defined(), "RecoveryNet::forward: t is undefined");
   TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false),
               "RecoveryNet::forward: t must be an integer tensor, got ", t.scalar_type());
@@ -349,54 +301,68 @@ torch::Tensor RecoveryNet::forward(const torch::Tensor& image, const torch::Tens
     at::_assert_async(at::logical_and(t.min().ge(0), t.max().le(o.timesteps)),
                       "RecoveryNet::forward: t must lie in [0, timesteps]");
   }
-  auto steps = t.reshape({-1}).to(table.device(), torch::kLong);
+  auto steps = t.reshape({-1}).to(time_table.device(), torch::kLong);
   if (steps.numel() != n) steps = steps.expand({n}).contiguous();
+  return steps;
+}
 
+torch::Tensor RecoveryNetImpl::forward(const torch::Tensor& image, const torch::Tensor& t) {
+  check_image(image);
+  const auto steps = check_steps(t, image.size(0));
   // Under autocast the passes return bf16: fields are composed in the image's
   // dtype (a no-op without autocast).
   const auto dtype = image.scalar_type();
-  auto acc = net.forward(image, steps).to(dtype);
-  for (int64_t k = 1; k < o.recursion; ++k) {
+  auto acc = pass(image, steps).to(dtype);
+  for (int64_t k = 1; k < options.recursion; ++k) {
     // Re-warp the ORIGINAL image by the accumulated field (never a warped
     // image), predict the next step, and let it act after the previous ones.
     auto warped = warp(image, acc, Interpolation::kLinear, Padding::kZeros);
-    auto psi = net.forward(warped, steps).to(dtype);
+    auto psi = pass(warped, steps).to(dtype);
     acc = compose(psi, acc);
   }
   return acc;
 }
 
-std::vector<torch::Tensor> RecoveryNet::parameters() const {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : impl_->net->parameters(/*recurse=*/true)) {
-    if (p.defined() && p.requires_grad()) out.push_back(p);
+// On the CPU, convolution weights are kept channels-last: oneDNN's
+// convolutions then run channels-last end to end, about 3x faster for these
+// narrow (10-80 channel) layers than the default layout (measured: one 10->10
+// 3x3 conv, batch 8 at 64^2, forward + backward 11.8 ms vs 4.1 ms).
+// On CUDA the default layout is kept.
+void RecoveryNetImpl::choose_memory_format() {
+  const bool cpu = time_table.device().is_cpu();
+  for (auto& p : parameters(/*recurse=*/true)) {
+    if (p.dim() < 4) continue;
+    const auto format = !cpu             ? at::MemoryFormat::Contiguous
+                        : p.dim() == 4 ? at::MemoryFormat::ChannelsLast
+                                       : at::MemoryFormat::ChannelsLast3d;
+    torch::NoGradGuard no_grad;
+    p.set_data(p.contiguous(format));
   }
-  return out;
 }
 
-std::map<std::string, torch::Tensor> RecoveryNet::state() const { return impl_->named(); }
-
-void RecoveryNet::load_state(const std::map<std::string, torch::Tensor>& state) {
-  auto own = impl_->named();
-  detail::load_named_strict(own, state, "RecoveryNet::load_state");
+void RecoveryNetImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  nn::Module::to(device, dtype, non_blocking);
+  choose_memory_format();
 }
 
-int64_t RecoveryNet::parameter_count() const { return detail::element_count(parameters()); }
-
-void RecoveryNet::to(const torch::Device& device) {
-  impl_->net->to(device);
-  impl_->choose_memory_format();
+void RecoveryNetImpl::to(torch::Dtype dtype, bool non_blocking) {
+  nn::Module::to(dtype, non_blocking);
+  choose_memory_format();
 }
 
-void RecoveryNet::train(bool on) { impl_->net->train(on); }
+void RecoveryNetImpl::to(torch::Device device, bool non_blocking) {
+  nn::Module::to(device, non_blocking);
+  choose_memory_format();
+}
 
-bool RecoveryNet::is_training() const { return impl_->net->is_training(); }
-
-const NetworkOptions& RecoveryNet::options() const { return impl_->options; }
+void RecoveryNetImpl::pretty_print(std::ostream& stream) const {
+  stream << "drdm::RecoveryNet(dims=" << options.dims << ", in_channels=" << options.in_channels
+         << ", timesteps=" << options.timesteps << ", recursion=" << options.recursion << ")";
+}
 
 torch::Tensor forward_mixed(RecoveryNet& net, const torch::Tensor& image, const torch::Tensor& t,
                             bool bf16) {
-  if (!bf16) return net.forward(image, t);
+  if (!bf16) return net->forward(image, t);
   const auto type = image.device().type();
   TORCH_CHECK(type == at::kCPU || type == at::kCUDA,
               "forward_mixed: bf16 autocast needs a CPU or CUDA image, got ", image.device());
@@ -414,7 +380,7 @@ torch::Tensor forward_mixed(RecoveryNet& net, const torch::Tensor& image, const 
       if (!was) at::autocast::clear_cache();
     }
   } restore{type, was, was_dtype};
-  return net.forward(image, t).to(image.scalar_type());
+  return net->forward(image, t).to(image.scalar_type());
 }
 
 bool cpu_has_native_bf16() {

@@ -22,6 +22,7 @@
 #include "drdm/engine/distributed.h"
 #include "drdm/io/image_io.h"
 #include "drdm/core/log.h"
+#include "drdm/core/module_state.h"
 #include "drdm/diffusion/losses.h"
 #include "drdm/io/models.h"
 #include "drdm/engine/optim.h"
@@ -80,7 +81,7 @@ void init_weights_from(const std::string& name_or_path, const TrainConfig& confi
     throw std::runtime_error("train.init_from: '" + path + "' holds a network of " +
                              describe(have) + ", but this config builds " + describe(want));
   try {
-    net.load_state(ck.file.model);
+    load_module_state(*net, ck.file.model);
   } catch (const c10::Error& e) {
     throw std::runtime_error("train.init_from: '" + path + "' does not fit this network: " +
                              std::string(e.what_without_backtrace()));
@@ -213,18 +214,18 @@ TrainSummary train(const TrainConfig& config, const std::string& output_dir, boo
   if (dataset.size() == 0) throw std::runtime_error("no training samples found in data.folders");
   at::manual_seed(config.train.seed);  // parameter initialisation
   RecoveryNet net(network_options(config));
-  net.to(device);
-  net.train(true);
-  Adam adam(net.parameters());
+  net->to(device);
+  net->train(true);
+  Adam adam(net->parameters());
   if (!resume && !config.train.init_from.empty())
     init_weights_from(config.train.init_from, config, net);
   auto spec = drdm_run_spec(config, output_dir, resume, progress);
   spec.max_seconds = max_seconds;
   TrainingRun run(
-      std::move(spec), [&] { return net.state(); }, [&](const TensorMap& m) { net.load_state(m); },
-      adam);
+      std::move(spec), [&] { return module_state(*net); },
+      [&](const TensorMap& m) { load_module_state(*net, m); }, adam);
   const int64_t first_step = run.start();
-  log::info("recovery network: " + std::to_string(net.parameter_count()) +
+  log::info("recovery network: " + std::to_string(parameter_count(*net)) +
             " trainable parameters (" + std::to_string(config.data.dims) +
             "D, K = " + std::to_string(config.model.recursion) + ")");
   std::unique_ptr<RecoveryStep> step;

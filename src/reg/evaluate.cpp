@@ -34,8 +34,8 @@ torch::Tensor register_volumes(RegModel& model, const RegVolume& moving, const R
     return at::zeros(shape);
   }
   at::NoGradGuard no_grad;
-  const auto device = model.net.parameters().front().device();
-  const auto disp = model.net.forward(moving.image.to(device), fixed.image.to(device)).cpu();
+  const auto device = model.net->parameters().front().device();
+  const auto disp = model.net->forward(moving.image.to(device), fixed.image.to(device)).cpu();
   return field_to_input(disp, moving.fit);
 }
 

@@ -211,7 +211,7 @@ void write_pair_figure(const std::vector<Row>& rows, const std::map<std::string,
     if (!w.empty()) {
       auto model = load_reg_model(w);
       at::NoGradGuard no_grad;
-      field = model.net.forward(moving, fixed);
+      field = model.net->forward(moving, fixed);
     } else {
       std::vector<int64_t> shape{1, moving.dim() - 2};
       for (int64_t i = 2; i < moving.dim(); ++i) shape.push_back(moving.size(i));

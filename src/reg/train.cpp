@@ -15,6 +15,7 @@
 #include "core/out_of_memory.h"
 #include "drdm/core/interrupt.h"
 #include "drdm/core/log.h"
+#include "drdm/core/module_state.h"
 #include "drdm/core/spatial.h"
 #include "drdm/engine/distributed.h"
 #include "drdm/engine/optim.h"
@@ -221,15 +222,17 @@ std::string train_registration(const RegConfig& c, const std::string& phase, con
   at::manual_seed(t.seed);
   VoxelMorph net(c.voxelmorph);
   const auto init = init_weights.empty() ? t.init_from : init_weights;
-  if (!init.empty()) net.load_state(read_checkpoint(resolve_model_path(init), kKind).model);
-  net.to(device);
-  net.train(true);
-  Adam adam(net.parameters());
+  if (!init.empty())
+    load_module_state(*net, read_checkpoint(resolve_model_path(init), kKind).model);
+  net->to(device);
+  net->train(true);
+  Adam adam(net->parameters());
   dist::world().agree(true, "starting the " + phase + " run");  // every rank sees the same files
   auto spec = run_spec(t, output_dir, kKind, run_config(c, phase, init), resume_identity,
                        detail::file_exists(output_dir + "/checkpoint.pt"), progress);
   spec.label = phase, spec.lr_key = phase + ".lr", spec.steps_key = phase + ".steps";
-  TrainingRun run(spec, [&] { return net.state(); }, [&](const TensorMap& m) { net.load_state(m); }, adam);
+  TrainingRun run(spec, [&] { return module_state(*net); },
+                  [&](const TensorMap& m) { load_module_state(*net, m); }, adam);
   run.start();
   const auto step = [&](int64_t s) -> StepResult {
     const bool pre = phase == "pretrain";
@@ -238,7 +241,7 @@ std::string train_registration(const RegConfig& c, const std::string& phase, con
       return x.defined() ? dist::my_rows(x, phase + ".batch_size") : x;
     };
     const Pair batch{rows(global.moving), rows(global.fixed), rows(global.target)};
-    const auto out = net.forward_full(batch.moving, batch.fixed);
+    const auto out = net->forward_full(batch.moving, batch.fixed);
     const auto loss = pre ? supervised_loss(batch.target, out.displacement, c.pretrain_lambda)
                           : unsupervised_loss(c.similarity, warp(batch.moving, out.displacement), batch.fixed,
                                               out.preintegration, c.finetune_lambda, c.ncc_window);
@@ -252,9 +255,9 @@ RegModel load_reg_model(const std::string& name_or_path, const torch::Device& de
   auto ck = read_checkpoint(path, kKind);
   auto config = embedded_config(ck.config, path + " (embedded config)");
   RegModel m{VoxelMorph(config.voxelmorph), std::move(config), ck.step, false};
-  m.net.load_state(ck.model);
-  m.net.to(device);
-  m.net.train(false);
+  load_module_state(*m.net, ck.model);
+  m.net->to(device);
+  m.net->train(false);
   return m;
 }
 

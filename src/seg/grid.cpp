@@ -254,7 +254,7 @@ void write_predictions_png(const SegConfig& c, const LabelledCase& test_case, co
       if (!detail::file_exists(path)) continue;
       auto model = load_seg_model(path);
       at::NoGradGuard no_grad;
-      row.push_back(overlay(image, model.net.forward(v.slices.narrow(0, z, 1)).argmax(1)[0]));
+      row.push_back(overlay(image, model.net->forward(v.slices.narrow(0, z, 1)).argmax(1)[0]));
     }
     std::vector<at::Tensor> spaced;
     for (const auto& p : row) spaced.push_back(p), spaced.push_back(at::full({3, p.size(1), 4}, 255, p.options()));

@@ -18,6 +18,7 @@
 #include "core/out_of_memory.h"
 #include "drdm/core/interrupt.h"
 #include "drdm/core/log.h"
+#include "drdm/core/module_state.h"
 #include "drdm/core/spatial.h"
 #include "drdm/core/stats.h"
 #include "drdm/diffusion/generate.h"
@@ -225,9 +226,9 @@ std::string train_segmentation(const SegConfig& c, const std::string& augmentati
   if (c.train.threads > 0) at::set_num_threads(static_cast<int>(c.train.threads));
   at::manual_seed(c.train.seed);
   UNet net(c.unet);
-  net.to(device);
-  net.train(true);
-  Adam adam(net.parameters());
+  net->to(device);
+  net->train(true);
+  Adam adam(net->parameters());
   const auto identity = [](const std::string& text) {
     auto cfg = parse_seg_config(text, "checkpoint config");
     cfg.train.steps = 0;
@@ -238,11 +239,12 @@ std::string train_segmentation(const SegConfig& c, const std::string& augmentati
   auto spec = run_spec(c.train, output_dir, kKind, to_json(c), identity,
                        detail::file_exists(output_dir + "/checkpoint.pt"), progress);
   spec.label = augmentation;
-  TrainingRun run(spec, [&] { return net.state(); }, [&](const TensorMap& m) { net.load_state(m); }, adam);
+  TrainingRun run(spec, [&] { return module_state(*net); },
+                  [&](const TensorMap& m) { load_module_state(*net, m); }, adam);
   run.start();
   const auto step = [&](int64_t s) -> StepResult {
     const auto batch = training_batch(slices, bank, c, augmentation, s);  // the global batch
-    const auto logits = net.forward(dist::my_rows(batch.images, "train.batch_size").to(device));
+    const auto logits = net->forward(dist::my_rows(batch.images, "train.batch_size").to(device));
     const auto labels = dist::my_rows(batch.labels, "train.batch_size").to(device);
     return descend(adam, segmentation_loss(c.loss, logits, labels), c.train, s);
   };
@@ -254,19 +256,19 @@ SegModel load_seg_model(const std::string& name_or_path, const torch::Device& de
   auto ck = read_checkpoint(path, kKind);
   auto config = parse_seg_config(ck.config, path + " (embedded config)");
   SegModel m{UNet(config.unet), std::move(config), ck.step};
-  m.net.load_state(ck.model);
-  m.net.to(device);
-  m.net.train(false);
+  load_module_state(*m.net, ck.model);
+  m.net->to(device);
+  m.net->train(false);
   return m;
 }
 
 namespace {
 at::Tensor slice_scores(SegModel& model, const at::Tensor& slices) {
   at::NoGradGuard no_grad;
-  const auto device = model.net.parameters().front().device();
+  const auto device = model.net->parameters().front().device();
   std::vector<at::Tensor> out;
   for (int64_t s = 0; s < slices.size(0); s += 16)
-    out.push_back(model.net.forward(slices.narrow(0, s, std::min<int64_t>(16, slices.size(0) - s)).to(device))
+    out.push_back(model.net->forward(slices.narrow(0, s, std::min<int64_t>(16, slices.size(0) - s)).to(device))
                       .sigmoid()
                       .cpu());
   return at::cat(out);

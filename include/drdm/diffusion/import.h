@@ -43,7 +43,7 @@ std::string our_key_to_authors(const std::string& key);
 /// unless `options` build the authors' architecture.
 void require_authors_architecture(const NetworkOptions& options);
 
-/// Converts the authors' state dict into RecoveryNet::load_state's names,
+/// Converts the authors' state dict into RecoveryNet's names (load_module_state),
 /// shapes and dtype (float32) for a network built with `options`. Strict:
 /// a missing, unexpected or mis-shaped key is an error naming their key and
 /// ours (std::runtime_error); so are options that are not the authors'.

@@ -3,11 +3,14 @@
 /// image and a diffusion step t.
 #pragma once
 
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/container/any.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
 #include <cstdint>
-#include <map>
-#include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -27,6 +30,8 @@ enum class OutputUnits {
               ///< spatial axis i to give voxels (the authors' code)
 };
 
+/// Plain fields, not TORCH_ARG: this struct is also the "model" section of
+/// TrainConfig, filled key by key from JSON and compared field by field.
 struct NetworkOptions {
   int64_t dims = 2;             ///< spatial dimensions: 2 or 3
   int64_t in_channels = 1;      ///< image channels
@@ -66,12 +71,16 @@ OutputUnits parse_output_units(const std::string& name);
 /// Fields follow DESIGN.md: [N, d, ...S], channel i along spatial axis i, in
 /// voxels. An untrained network predicts ~0 (the identity): its output conv is
 /// initialised with tiny weights and zero bias.
-class RecoveryNet {
+///
+/// Parameter and buffer names (drdm::module_state) are those of every
+/// checkpoint: "time_table", "te<1..7>.<0|2>.*", "enc1.0.conv_in.weight",
+/// "down1.*", ..., "out.bias". Use it through the RecoveryNet holder.
+class RecoveryNetImpl : public torch::nn::Cloneable<RecoveryNetImpl> {
  public:
-  explicit RecoveryNet(const NetworkOptions& options = {});
-  ~RecoveryNet();
-  RecoveryNet(RecoveryNet&&) noexcept;
-  RecoveryNet& operator=(RecoveryNet&&) noexcept;
+  explicit RecoveryNetImpl(const NetworkOptions& options = {});
+
+  /// (Re)creates every layer and the time table from `options`.
+  void reset() override;
 
   /// image [N, in_channels, ...S] of the parameters' dtype (float32) and
   /// device; t integral [N] (or a 0-dim / 1-element tensor broadcast to N)
@@ -80,32 +89,39 @@ class RecoveryNet {
   /// the K passes. Differentiable in the parameters and the image.
   torch::Tensor forward(const torch::Tensor& image, const torch::Tensor& t);
 
-  /// Trainable parameters.
-  std::vector<torch::Tensor> parameters() const;
-  /// All named parameters and buffers, keyed by stable dotted names (like
-  /// PyTorch's state_dict keys, e.g. "enc1.0.conv_in.weight", "time_table").
-  /// The tensors alias the network's own storage.
-  std::map<std::string, torch::Tensor> state() const;
-  /// Copies `state` into the network (values converted to the network's
-  /// device and dtype). Strict: a missing, unexpected or shape-mismatched key
-  /// is an error naming the key; nothing is changed then.
-  void load_state(const std::map<std::string, torch::Tensor>& state);
-  /// Number of trainable scalars.
-  int64_t parameter_count() const;
-  /// Moves parameters and buffers to `device`.
-  void to(const torch::Device& device);
-  /// Training / evaluation mode (instance norm keeps no running statistics,
-  /// so this only sets the flag).
-  void train(bool on = true);
-  bool is_training() const;
-  const NetworkOptions& options() const;
+  /// Module::to, then the weights' memory format for the new device (on the
+  /// CPU convolution weights are kept channels-last).
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
+
+  void pretty_print(std::ostream& stream) const override;
+
+  NetworkOptions options;
+  /// Sinusoidal table [T+1, E] (a buffer).
+  torch::Tensor time_table;
+  /// Per-level time MLPs te1..te7: Linear(E, c) -> LeakyReLU -> Linear(c, c).
+  std::vector<torch::nn::Sequential> te;
+  /// ACNN-II block stacks ("enc1.0", "enc1.1", ...).
+  torch::nn::Sequential enc1, enc2, enc3, bottleneck, dec1, dec2, dec3;
+  /// Stride-2 convolutions, transposed convolutions and the output conv
+  /// (Conv2d / Conv3d and their transposes, by dims).
+  torch::nn::AnyModule down1, down2, down3, up1, up2, up3, out;
 
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  torch::Tensor pass(const torch::Tensor& image, const torch::Tensor& steps);
+  torch::Tensor embed(size_t level, const torch::Tensor& t0);
+  torch::Tensor to_voxels(torch::Tensor u) const;
+  void check_image(const torch::Tensor& image) const;
+  torch::Tensor check_steps(const torch::Tensor& t, int64_t n) const;
+  void choose_memory_format();
 };
 
-/// net.forward, under bf16 autocast on the image's device (CPU or CUDA) when
+/// The recovery network: a shared handle to a RecoveryNetImpl
+/// (net->forward(image, t), or net(image, t)).
+TORCH_MODULE(RecoveryNet);
+
+/// net->forward, under bf16 autocast on the image's device (CPU or CUDA) when
 /// `bf16`; the field comes back in the image's dtype (float32) either way.
 /// Parameters stay float32. On the CPU the dilated convolutions run in
 /// float32 (oneDNN's bf16 weight gradient of that convolution returns NaN).

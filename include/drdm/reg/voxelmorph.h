@@ -4,35 +4,39 @@
 /// integrated by scaling and squaring.
 #pragma once
 
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/container/any.h>
+#include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
 #include <cstdint>
-#include <map>
-#include <memory>
-#include <string>
+#include <ostream>
 #include <vector>
 
 namespace drdm::reg {
 
+/// VoxelMorphOptions().dims(3).integration_steps(0) (LibTorch's TORCH_ARG
+/// setters; read with options.dims()).
 struct VoxelMorphOptions {
-  int64_t dims = 2;      ///< 2 or 3
-  int64_t channels = 1;  ///< channels of one image; the network sees 2 * channels
+  TORCH_ARG(int64_t, dims) = 2;      ///< 2 or 3
+  TORCH_ARG(int64_t, channels) = 1;  ///< channels of one image; the network sees 2 * channels
   /// Encoder convolutions, one per level (3x3 conv + LeakyReLU(0.2), then 2x
   /// max-pooling). Every spatial size must be divisible by 2^encoder.size().
-  std::vector<int64_t> encoder = {16, 32, 32, 32};
+  TORCH_ARG(std::vector<int64_t>, encoder) = {16, 32, 32, 32};
   /// Decoder convolutions (3x3 conv + LeakyReLU(0.2)). The first
   /// encoder.size() are each followed by nearest 2x upsampling and
   /// concatenation with the encoder features of that resolution; the rest run
   /// at full resolution. Needs decoder.size() >= encoder.size().
-  std::vector<int64_t> decoder = {32, 32, 32, 32, 32, 16, 16};
+  TORCH_ARG(std::vector<int64_t>, decoder) = {32, 32, 32, 32, 32, 16, 16};
   /// 0: the flow conv predicts the displacement itself. > 0: it predicts a
   /// stationary velocity, integrated with this many squarings
   /// (drdm::integrate_scaling_squaring).
-  int64_t integration_steps = 7;
+  TORCH_ARG(int64_t, integration_steps) = 7;
   /// With integration only: the velocity is resized (drdm::resize_field) to
   /// size / integration_downsize, integrated there and resized back. 1 = at
   /// full resolution. Every spatial size must be divisible by it.
-  int64_t integration_downsize = 2;
+  TORCH_ARG(int64_t, integration_downsize) = 2;
 };
 
 /// Throws std::invalid_argument naming the option when one is out of range.
@@ -48,18 +52,20 @@ struct VoxelMorphOutput {
   torch::Tensor preintegration;
 };
 
-/// Layer list (names are the keys of state()):
+/// Layer list (names are the keys of drdm::module_state):
 ///  * enc<l>   conv(in -> encoder[l]), in = 2 * channels for l = 0;
 ///  * dec<l>   conv(prev -> decoder[l]), l < encoder.size(), whose output is
 ///             upsampled and concatenated with enc<L-1-l>'s output;
 ///  * rem<k>   conv(prev -> decoder[encoder.size() + k]) at full resolution;
 ///  * flow     conv(prev -> dims), weights N(0, 1e-5), bias 0, no activation.
-class VoxelMorph {
+/// Use it through the VoxelMorph holder.
+class VoxelMorphImpl : public torch::nn::Cloneable<VoxelMorphImpl> {
  public:
-  explicit VoxelMorph(const VoxelMorphOptions& options = {});
-  ~VoxelMorph();
-  VoxelMorph(VoxelMorph&&) noexcept;
-  VoxelMorph& operator=(VoxelMorph&&) noexcept;
+  /// Throws std::invalid_argument (validate) for options out of range.
+  explicit VoxelMorphImpl(const VoxelMorphOptions& options = {});
+
+  /// (Re)creates every layer from `options`.
+  void reset() override;
 
   /// moving, fixed [N, channels, ...S] (same shape) -> displacement [N, d, ...S]
   /// in voxels, so that warp(moving, displacement) ~ fixed.
@@ -70,22 +76,22 @@ class VoxelMorph {
   /// identity without integration, else downsize, scaling and squaring, upsize.
   torch::Tensor integrate(const torch::Tensor& flow) const;
 
-  std::vector<torch::Tensor> parameters() const;
-  /// Parameters by stable dotted names ("enc0.weight", "flow.bias", ...); the tensors alias the
-  /// network.
-  std::map<std::string, torch::Tensor> state() const;
-  /// Strict copy of named tensors into the network (an error names a missing,
-  /// unexpected or mismatched key).
-  void load_state(const std::map<std::string, torch::Tensor>& state);
-  int64_t parameter_count() const;
-  void to(const torch::Device& device);
-  void train(bool on = true);
-  const VoxelMorphOptions& options() const;
+  void pretty_print(std::ostream& stream) const override;
+
+  VoxelMorphOptions options;
+  /// 3x3 convolutions (Conv2d or Conv3d by dims).
+  std::vector<torch::nn::AnyModule> enc, dec, rem;
+  torch::nn::AnyModule flow;
 
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  torch::Tensor flow_output(const torch::Tensor& input);
+  VoxelMorphOutput integrate_full(const torch::Tensor& flow_field) const;
+  torch::Tensor pool(const torch::Tensor& x) const;
 };
+
+/// The registration network: a shared handle to a VoxelMorphImpl
+/// (net->forward(moving, fixed)).
+TORCH_MODULE(VoxelMorph);
 
 /// The parameter count of a VoxelMorph with these options, from the layer
 /// shapes alone (a closed form, independent of the module code).
