@@ -1,6 +1,7 @@
 // drdm_train: train the DRDM recovery network on folders of unlabelled images (paper Alg. 1).
 #include <CLI/CLI.hpp>
 #include <iostream>
+#include <string>
 
 #include "app_common.h"
 #include "cli_checks.h"
@@ -10,6 +11,13 @@
 #include "drdm/diffusion/trainer.h"
 
 int main(int argc, char** argv) {
+  // Hidden: the key tables of docs/configs.md, from the parser's key table.
+  if (argc == 2 && std::string(argv[1]) == "--print-config-reference") {
+    for (const char* section : {"", "data", "augment", "sampler", "model", "loss", "train"})
+      std::cout << "<!-- section: " << (*section ? section : "name") << " -->\n"
+                << drdm::train_config_reference(section) << "\n";
+    return 0;
+  }
   CLI::App cli{
       "Train the DRDM recovery network (paper Alg. 1) on folders of unlabelled images. "
       "Writes OUTPUT/config.json, checkpoint.pt, model.pt (for drdm_deform), metrics.jsonl and "
