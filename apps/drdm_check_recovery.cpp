@@ -11,6 +11,7 @@
 #include "cli_checks.h"
 #include "drdm/engine/distributed.h"
 #include "drdm/io/commands.h"
+#include "drdm/io/text_file.h"
 #include "drdm/io/dataset.h"
 #include "drdm/io/models.h"
 #include "drdm/diffusion/inference.h"
@@ -106,7 +107,7 @@ void run_check(const Options& o) {
   drdm::VelocitySampler sampler(m.config.sampler, m.config.data.size, dev);
   const auto checks = drdm::check_recovery(m.net, sampler, images, o.levels, o.repeats, o.seed);
   const auto js = recovery_json(o, m.step, images.size(0), checks);
-  if (!o.output.empty()) drdm::write_text_file(o.output, js);  // atomic, checked
+  if (!o.output.empty()) drdm::write_text_atomically(o.output, js);  // atomic, checked
   std::cout << js;
 }
 

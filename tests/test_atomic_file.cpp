@@ -2,6 +2,7 @@
 // complete-file checks against zlib's own gzip writer, output = input refusal, output
 // locations, the sweep of dead processes' temporaries, and a write abandoned on SIGINT.
 #include "io/atomic_file.h"
+#include "io/files.h"
 #include "drdm/core/interrupt.h"
 #include "io/write_check.h"
 

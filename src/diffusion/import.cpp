@@ -5,11 +5,13 @@
 #include <stdexcept>
 
 #include "io/atomic_file.h"
+#include "io/files.h"
 #include "drdm/core/log.h"
 #include "drdm/core/module_state.h"
 #include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/inference.h"
 #include "drdm/engine/training_engine.h"
+#include "drdm/io/text_file.h"
 
 namespace drdm {
 namespace {

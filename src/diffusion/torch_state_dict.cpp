@@ -15,7 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "io/atomic_file.h"
+#include "io/files.h"
 #include "drdm/diffusion/import.h"
 
 namespace drdm {

@@ -17,7 +17,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "io/atomic_file.h"
+#include "io/files.h"
 #include "drdm/io/dataset.h"
 #include "drdm/engine/distributed.h"
 #include "drdm/io/image_io.h"

@@ -8,7 +8,7 @@
 #include <set>
 #include <sstream>
 
-#include "io/atomic_file.h"
+#include "io/files.h"
 
 namespace drdm::detail {
 

@@ -21,6 +21,8 @@
 #include <stdexcept>
 
 #include "io/atomic_file.h"
+#include "drdm/io/text_file.h"
+#include "io/files.h"
 #include "drdm/engine/distributed.h"
 #include "drdm/core/interrupt.h"
 #include "drdm/core/log.h"
@@ -133,10 +135,6 @@ uint64_t stream_seed(uint64_t seed, int64_t step, uint64_t purpose) {
   using detail::splitmix64;
   return splitmix64(splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step)) ^
                     (purpose * 0x632BE59BD9B4E019ULL));
-}
-
-void write_text_atomically(const std::string& path, const std::string& text) {
-  write_bytes_atomically(path, std::vector<char>(text.begin(), text.end()));
 }
 
 void save_checkpoint(const std::string& path, const std::string& kind, const std::string& config,

@@ -1,9 +1,5 @@
 #include "io/atomic_file.h"
 
-#include "io/input_checks.h"
-
-#include "drdm/core/interrupt.h"
-
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -11,18 +7,19 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <cctype>
 #include <atomic>
 #include <cerrno>
 #include <climits>
 #include <cstring>
 #include <mutex>
 #include <set>
-#include <sstream>
-#include <string>
 #include <stdexcept>
+#include <string>
 #include <vector>
+
+#include "drdm/core/interrupt.h"
+#include "drdm/io/text_file.h"
+#include "io/files.h"
 
 namespace drdm::detail {
 namespace {
@@ -40,7 +37,7 @@ std::string basename_of(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-std::vector<std::string> list_files(const std::string& dir) {
+std::vector<std::string> folder_entries(const std::string& dir) {
   std::vector<std::string> names;
   if (DIR* d = ::opendir(dir.c_str())) {
     while (const dirent* e = ::readdir(d)) {
@@ -53,7 +50,7 @@ std::vector<std::string> list_files(const std::string& dir) {
 }
 
 void remove_flat_folder(const std::string& dir) {
-  for (const auto& name : list_files(dir)) ::unlink((dir + "/" + name).c_str());
+  for (const auto& name : folder_entries(dir)) ::unlink((dir + "/" + name).c_str());
   ::rmdir(dir.c_str());
 }
 
@@ -117,7 +114,8 @@ void remove_folder_signal_safe(const char* dir) noexcept {
 const std::string& host_name() {
   static const std::string name = [] {
     char buffer[256] = {};
-    if (::gethostname(buffer, sizeof buffer - 1) != 0 || buffer[0] == '\0') return std::string("localhost");
+    if (::gethostname(buffer, sizeof buffer - 1) != 0 || buffer[0] == '\0')
+      return std::string("localhost");
     std::string h = buffer;
     std::replace(h.begin(), h.end(), '/', '_');
     return h;
@@ -135,7 +133,8 @@ bool is_stale_temporary(const std::string& name) {
   if (before == std::string::npos) return false;
   if (rest.substr(0, before) != host_name()) return false;
   const std::string pid_text = rest.substr(before + 1, last - before - 1);
-  if (pid_text.empty() || pid_text.size() > 9 || pid_text.find_first_not_of("0123456789") != std::string::npos)
+  if (pid_text.empty() || pid_text.size() > 9 ||
+      pid_text.find_first_not_of("0123456789") != std::string::npos)
     return false;
   const long pid = std::stol(pid_text);
   if (pid <= 0 || pid == ::getpid()) return false;
@@ -150,8 +149,9 @@ void sweep_stale_temporaries(const std::string& folder) {
     std::lock_guard<std::mutex> lock(mutex);
     if (!swept.insert(folder).second) return;
   }
-  for (const auto& name : list_files(folder))
-    if (is_stale_temporary(name) && dir_exists(folder + "/" + name)) remove_flat_folder(folder + "/" + name);
+  for (const auto& name : folder_entries(folder))
+    if (is_stale_temporary(name) && dir_exists(folder + "/" + name))
+      remove_flat_folder(folder + "/" + name);
 }
 
 void fsync_path(const std::string& path, const std::string& what) {
@@ -194,8 +194,9 @@ void write_to_file(const std::string& path, int mode_flag, const void* data, siz
 // Moves the finished files into `parent`, the target `name` last.
 void move_into_place(const std::string& tmp, const std::string& parent, const std::string& name,
                      const std::string& path) {
-  auto files = list_files(tmp);
-  std::stable_partition(files.begin(), files.end(), [&](const std::string& f) { return f != name; });
+  auto files = folder_entries(tmp);
+  std::stable_partition(files.begin(), files.end(),
+                        [&](const std::string& f) { return f != name; });
   for (const auto& f : files) fsync_path(tmp + "/" + f, path);
   throw_if_interrupted();  // last chance to abandon the write
   for (const auto& f : files)
@@ -223,7 +224,8 @@ bool this_process_writes() { return g_this_process_writes; }
 
 void write_via_temporary(const std::string& path,
                          const std::function<void(const std::string&)>& write) {
-  if (!this_process_writes()) return;  // a data-parallel job: rank 0 alone writes (docs/distributed.md)
+  if (!this_process_writes())
+    return;  // a data-parallel job: rank 0 alone writes (docs/distributed.md)
   const std::string parent = dirname_of(path), name = basename_of(path);
   struct stat st {};
   if (name.empty()) throw std::runtime_error("'" + path + "': expected a file name");
@@ -232,8 +234,8 @@ void write_via_temporary(const std::string& path,
   throw_if_interrupted();
   sweep_stale_temporaries(parent);
   static std::atomic<unsigned> counter{0};
-  const std::string tmp = parent + "/" + kTempPrefix + host_name() + "-" + std::to_string(::getpid()) +
-                          "-" + std::to_string(counter++);
+  const std::string tmp = parent + "/" + kTempPrefix + host_name() + "-" +
+                          std::to_string(::getpid()) + "-" + std::to_string(counter++);
   const int slot = register_temporary(tmp);
   if (::mkdir(tmp.c_str(), 0700) != 0) {
     unregister_temporary(slot);
@@ -251,7 +253,8 @@ void write_via_temporary(const std::string& path,
   unregister_temporary(slot);
 }
 
-void write_file_checked(const std::string& path, const void* data, size_t size, const std::string& what) {
+void write_file_checked(const std::string& path, const void* data, size_t size,
+                        const std::string& what) {
   write_to_file(path, O_TRUNC, data, size, what, "cannot write");
 }
 
@@ -284,78 +287,14 @@ void require_writable_output(const std::string& path, const std::string& option)
                                 "' is not writable: " + std::strerror(errno));
 }
 
-bool has_extension(const std::string& path, const std::string& ext) {
-  std::string lower = path;
-  std::transform(lower.begin(), lower.end(), lower.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return lower.size() >= ext.size() && lower.compare(lower.size() - ext.size(), ext.size(), ext) == 0;
-}
-
-bool file_exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-bool dir_exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-void make_dirs(const std::string& path) {
-  std::string partial;
-  std::stringstream parts(path);
-  std::string part;
-  if (!path.empty() && path[0] == '/') partial = "/";
-  while (std::getline(parts, part, '/')) {
-    if (part.empty()) continue;
-    partial += part + "/";
-    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
-      throw std::runtime_error("cannot create folder '" + partial + "'");
-  }
-  if (!dir_exists(path)) throw std::runtime_error("cannot create folder '" + path + "'");
-}
-
-const char* const kExtensions[] = {".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png"};
-
-/// (stem, extension) for a supported image file name, or ("", "").
-std::pair<std::string, std::string> split_name(const std::string& name) {
-  for (const char* ext : kExtensions)
-    if (detail::has_extension(name, ext) && name.size() > std::string(ext).size())
-      return {name.substr(0, name.size() - std::string(ext).size()), name.substr(name.size() - std::string(ext).size())};
-  return {"", ""};
-}
-
-std::string base_name(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-std::string join(const std::string& a, const std::string& b) {
-  if (a.empty()) return b;
-  return a.back() == '/' ? a + b : a + "/" + b;
-}
-
-/// Supported image files directly in `folder` (not hidden), sorted by name.
-std::vector<std::string> list_images(const std::string& folder) {
-  DIR* dir = ::opendir(folder.c_str());
-  if (dir == nullptr) throw std::runtime_error("cannot read folder '" + folder + "'");
-  std::vector<std::string> names;
-  while (const dirent* e = ::readdir(dir)) {
-    const std::string name = e->d_name;
-    if (name.empty() || name[0] == '.') continue;
-    if (split_name(name).first.empty()) continue;
-    try {
-      require_not_dangling(join(folder, name));  // a broken link would drop a case silently
-    } catch (...) {
-      ::closedir(dir);
-      throw;
-    }
-    if (detail::file_exists(join(folder, name))) names.push_back(name);
-  }
-  ::closedir(dir);
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-
 }  // namespace drdm::detail
+
+namespace drdm {
+
+void write_text_atomically(const std::string& path, const std::string& text) {
+  detail::write_via_temporary(path, [&](const std::string& tmp) {
+    detail::write_file_checked(tmp, text.data(), text.size(), path);
+  });
+}
+
+}  // namespace drdm

@@ -1,9 +1,9 @@
-// Private: atomic output files and file-name helpers, shared by every writer in the library.
+// Private: atomic output files, shared by every writer in the library (file and folder names:
+// io/files.h).
 #pragma once
 
 #include <functional>
 #include <string>
-#include <utility>
 #include <vector>
 
 namespace drdm::detail {
@@ -26,12 +26,14 @@ namespace drdm::detail {
 /// Uses POSIX calls, not std::filesystem: the PyPI LibTorch exports its own
 /// (GCC 13) std::filesystem symbols, which interpose on the system's and
 /// crash in remove_all on GCC 12's libstdc++.
-void write_via_temporary(const std::string& path, const std::function<void(const std::string&)>& write);
+void write_via_temporary(const std::string& path,
+                         const std::function<void(const std::string&)>& write);
 
 /// Writes `size` bytes to a new file `path` (created or truncated) with
 /// checked POSIX writes and close. Throws std::runtime_error naming `what`
 /// (the file the user asked for) and the system's reason, e.g. a full disk.
-void write_file_checked(const std::string& path, const void* data, size_t size, const std::string& what);
+void write_file_checked(const std::string& path, const void* data, size_t size,
+                        const std::string& what);
 /// Appends `text` to `path` (created if missing), checked and fsynced.
 void append_file_checked(const std::string& path, const std::string& text);
 
@@ -54,26 +56,5 @@ void remove_registered_temporaries() noexcept;
 /// write_via_temporary and append_file_checked then do nothing.
 void set_this_process_writes(bool writes);
 bool this_process_writes();
-
-/// True if `path` is a regular file / a folder (following links).
-bool file_exists(const std::string& path);
-bool dir_exists(const std::string& path);
-
-/// mkdir -p; throws std::runtime_error naming the folder that cannot be made.
-void make_dirs(const std::string& path);
-
-/// True if `path` ends with `ext` (e.g. ".nii.gz"), ignoring case.
-bool has_extension(const std::string& path, const std::string& ext);
-
-/// (stem, extension) for a supported image file name (.nii.gz, .nii, .mha,
-/// .mhd, .nrrd, .nhdr, .png), or ("", "").
-std::pair<std::string, std::string> split_name(const std::string& name);
-/// The last component of a path.
-std::string base_name(const std::string& path);
-/// a/b, without doubling the slash.
-std::string join(const std::string& a, const std::string& b);
-/// Supported image files directly in `folder` (not hidden), sorted by name;
-/// throws std::runtime_error naming the folder when it cannot be read.
-std::vector<std::string> list_images(const std::string& folder);
 
 }  // namespace drdm::detail

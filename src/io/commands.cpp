@@ -1,11 +1,13 @@
 #include "drdm/io/commands.h"
 
 #include "io/atomic_file.h"
+#include "io/files.h"
 #include "io/grid_check.h"
 #include "core/soft_labels.h"
 #include "drdm/io/image_io.h"
 #include "drdm/core/log.h"
 #include "drdm/io/preview.h"
+#include "drdm/io/text_file.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -29,12 +31,6 @@ PixelType parse_pixel_type(const std::string& name) {
 
 }  // namespace
 }  // namespace detail
-
-void write_text_file(const std::string& path, const std::string& text) {
-  detail::write_via_temporary(path, [&](const std::string& tmp) {
-    detail::write_file_checked(tmp, text.data(), text.size(), path);
-  });
-}
 
 void warp_file(const WarpFileOptions& o) {
   detail::require_writable_output(o.output, "-o");
@@ -109,7 +105,7 @@ std::string field_stats_file(const FieldStatsFileOptions& o) {
   const auto text = detail::stats_json(o.field, field);
   if (!o.jacobian_map.empty())
     write_image(o.jacobian_map, jacobian_determinant(field.data), field.geometry, PixelType::kFloat32);
-  if (!o.json_output.empty()) write_text_file(o.json_output, text);
+  if (!o.json_output.empty()) write_text_atomically(o.json_output, text);
   return text;
 }
 

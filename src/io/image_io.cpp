@@ -1,6 +1,7 @@
 #include "drdm/io/image_io.h"
 
 #include "io/atomic_file.h"
+#include "io/files.h"
 #include "drdm/core/log.h"
 #include "io/nifti_raw.h"
 #include "io/write_check.h"

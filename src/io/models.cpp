@@ -10,7 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "io/atomic_file.h"
+#include "io/files.h"
 
 #ifndef DRDM_SOURCE_DIR
 #define DRDM_SOURCE_DIR ""

@@ -12,7 +12,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "io/atomic_file.h"
+#include "io/files.h"
 #include "drdm/core/log.h"
 
 namespace drdm::detail {

@@ -1,6 +1,6 @@
 #include "io/write_check.h"
 
-#include "io/atomic_file.h"
+#include "io/files.h"
 
 #include <sys/stat.h>
 #include <zlib.h>

@@ -10,7 +10,7 @@
 #include <stdexcept>
 
 #include "engine/config_json.h"
-#include "io/atomic_file.h"
+#include "io/files.h"
 #include "io/grid_check.h"
 #include "io/input_checks.h"
 

@@ -25,7 +25,7 @@
 #include "drdm/reg/pairs.h"
 #include "engine/bank_files.h"
 #include "engine/progress.h"
-#include "io/atomic_file.h"
+#include "io/files.h"
 
 namespace drdm::reg {
 namespace {

@@ -5,7 +5,7 @@
 #include <cctype>
 #include <stdexcept>
 
-#include "../atomic_file.h"
+#include "io/files.h"
 #include "../grid_check.h"
 #include "../input_checks.h"
 

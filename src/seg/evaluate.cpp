@@ -15,7 +15,9 @@
 #include "drdm/core/log.h"
 #include "drdm/core/stats.h"
 #include "drdm/engine/training_engine.h"
+#include "drdm/io/text_file.h"
 #include "io/atomic_file.h"
+#include "io/files.h"
 #include "io/grid_check.h"
 #include "io/input_checks.h"
 

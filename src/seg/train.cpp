@@ -29,7 +29,7 @@
 #include "engine/bank_files.h"
 #include "engine/config_json.h"
 #include "engine/progress.h"
-#include "io/atomic_file.h"
+#include "io/files.h"
 #include "io/input_checks.h"
 
 namespace drdm::seg {

@@ -58,9 +58,6 @@ void save_checkpoint(const std::string& path, const std::string& kind, const std
 /// not a libdrdm checkpoint, of another kind, or damaged.
 Checkpoint read_checkpoint(const std::string& path, const std::string& expected_kind = {});
 
-/// Writes text to a file atomically.
-void write_text_atomically(const std::string& path, const std::string& text);
-
 /// One value a step reports. The engine logs the mean over each logging
 /// window, or the last value when `average` is false (e.g. the learning rate).
 struct StepMetric {

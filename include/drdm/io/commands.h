@@ -54,10 +54,6 @@ struct RandomFieldFileOptions {
 /// as JSON (see field_stats_file).
 std::string random_field_file(const RandomFieldFileOptions& options);
 
-/// Writes `text` to `path` atomically (temporary file in the same folder,
-/// then rename). Throws naming the file.
-void write_text_file(const std::string& path, const std::string& text);
-
 /// Checks, before any work, that the file `output` can be written (its folder
 /// exists and is writable, it is no folder) and is none of `inputs`: the
 /// same file by device and inode, so also through `./`, a symlink or a hard
