@@ -66,8 +66,7 @@ void find_splits(Inputs& in);
 Inputs discover(const DeformJobOptions& o);
 /// config.json and the manifest hold these paths: JSON needs them in UTF-8, checked before any
 /// work (not when the manifest is written, after all of it).
-void require_utf8_names(const DeformJobOptions& o, const Inputs& in,
-                        const std::string& model_path);
+void require_utf8_names(const DeformJobOptions& o, const Inputs& in, const std::string& model_path);
 /// Checks one case: dimension, channels and labels on one grid, data readable.
 void check_case(const Case& c, int64_t model_dims, DeformMode mode,
                 LabelInterpolation label_interpolation);
@@ -163,8 +162,8 @@ class CaseWriter {
                      const at::Tensor& row) const;
   std::string field_file(const std::string& dir, const std::string& sample,
                          const at::Tensor& field) const;
-  std::string preview(const std::string& sample, const at::Tensor& before,
-                      const at::Tensor& after, const at::Tensor& field) const;
+  std::string preview(const std::string& sample, const at::Tensor& before, const at::Tensor& after,
+                      const at::Tensor& field) const;
   json record(const Work& w, const json& outputs, const at::Tensor& field) const;
 
   const DeformJobOptions& o_;

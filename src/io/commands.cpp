@@ -1,19 +1,19 @@
 #include "drdm/io/commands.h"
 
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "core/soft_labels.h"
+#include "drdm/core/log.h"
+#include "drdm/io/image_io.h"
+#include "drdm/io/preview.h"
+#include "drdm/io/text_file.h"
 #include "io/atomic_file.h"
 #include "io/files.h"
 #include "io/grid_check.h"
-#include "core/soft_labels.h"
-#include "drdm/io/image_io.h"
-#include "drdm/core/log.h"
-#include "drdm/io/preview.h"
-#include "drdm/io/text_file.h"
-
-#include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
-
-#include <cmath>
-#include <stdexcept>
 
 namespace drdm {
 namespace detail {
@@ -40,19 +40,27 @@ void warp_file(const WarpFileOptions& o) {
   const auto field = read_field(o.field);
   const auto info = read_image_info(o.input);
   detail::check_field_grid(info.geometry, field.geometry, o.input, o.field);
-  log::info(c10::str("warping '", o.input, "' (", to_string(info.pixel_type), ") with '", o.field, "'"));
+  log::info(
+      c10::str("warping '", o.input, "' (", to_string(info.pixel_type), ") with '", o.field, "'"));
   // A 2D field on a single-slice volume warps the slice in 2D; the output
   // keeps the volume's grid.
-  const int64_t slice =
-      field.geometry.dimension() < info.geometry.dimension() ? info.geometry.single_slice_axis() : -1;
-  const auto to_field_grid = [slice](const at::Tensor& x) { return slice < 0 ? x : x.squeeze(2 + slice); };
-  const auto to_input_grid = [slice](const at::Tensor& x) { return slice < 0 ? x : x.unsqueeze(2 + slice); };
+  const int64_t slice = field.geometry.dimension() < info.geometry.dimension()
+                            ? info.geometry.single_slice_axis()
+                            : -1;
+  const auto to_field_grid = [slice](const at::Tensor& x) {
+    return slice < 0 ? x : x.squeeze(2 + slice);
+  };
+  const auto to_input_grid = [slice](const at::Tensor& x) {
+    return slice < 0 ? x : x.unsqueeze(2 + slice);
+  };
   if (o.labels) {
     if (!o.preview.empty())
       throw std::invalid_argument("--preview draws images; it is not available with --labels");
     const auto labels = read_labels(o.input);
-    if (o.label_interpolation == LabelInterpolation::kSoft) detail::check_soft_labels(labels.data, "'" + o.input + "'");
-    auto out = to_input_grid(warp_labels(to_field_grid(labels.data), field.data, o.label_interpolation));
+    if (o.label_interpolation == LabelInterpolation::kSoft)
+      detail::check_soft_labels(labels.data, "'" + o.input + "'");
+    auto out =
+        to_input_grid(warp_labels(to_field_grid(labels.data), field.data, o.label_interpolation));
     if (o.pixel_type == "auto")
       write_labels(o.output, out, labels.geometry);
     else
@@ -66,7 +74,8 @@ void warp_file(const WarpFileOptions& o) {
       type = detail::parse_pixel_type(o.pixel_type);
     } else if (detail::has_extension(o.output, ".png")) {
       if (image.pixel_type != PixelType::kUInt8 && image.pixel_type != PixelType::kUInt16)
-        throw std::runtime_error("'" + o.output + "': PNG holds only uint8/uint16 pixels and the input is " +
+        throw std::runtime_error("'" + o.output +
+                                 "': PNG holds only uint8/uint16 pixels and the input is " +
                                  to_string(image.pixel_type) +
                                  "; choose --pixel-type uint8 or uint16 to round and clamp");
       type = image.pixel_type;
@@ -84,7 +93,8 @@ std::string stats_json(const std::string& path, const Image& field) {
   nlohmann::json j;
   j["field"] = path;
   j["size"] = field.geometry.tensor_size();
-  j["spacing_mm"] = std::vector<double>(field.geometry.spacing.rbegin(), field.geometry.spacing.rend());
+  j["spacing_mm"] =
+      std::vector<double>(field.geometry.spacing.rbegin(), field.geometry.spacing.rend());
   j["axis_order"] = field.geometry.dimension() == 3 ? "D,H,W" : "H,W";
   j["max_magnitude_pct"] = s.max_magnitude_pct.at(0);
   j["mean_magnitude_pct"] = s.mean_magnitude_pct.at(0);
@@ -104,7 +114,8 @@ std::string field_stats_file(const FieldStatsFileOptions& o) {
   const auto field = read_field(o.field);
   const auto text = detail::stats_json(o.field, field);
   if (!o.jacobian_map.empty())
-    write_image(o.jacobian_map, jacobian_determinant(field.data), field.geometry, PixelType::kFloat32);
+    write_image(o.jacobian_map, jacobian_determinant(field.data), field.geometry,
+                PixelType::kFloat32);
   if (!o.json_output.empty()) write_text_atomically(o.json_output, text);
   return text;
 }
@@ -120,7 +131,8 @@ std::string random_field_file(const RandomFieldFileOptions& o) {
   detail::require_distinct(o.output, {o.reference});
   const auto info = read_image_info(o.reference);
   Image field;
-  field.geometry = info.geometry.squeeze_single_slice();  // a single-slice reference gets a 2D field
+  field.geometry =
+      info.geometry.squeeze_single_slice();  // a single-slice reference gets a 2D field
   field.data = random_smooth_field(field.geometry.tensor_size(), 1, o.seed, o.field);
   write_field(o.output, field.data, field.geometry);
   log::info(c10::str("wrote random field '", o.output, "' on the grid of '", o.reference, "'"));

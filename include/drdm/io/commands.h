@@ -11,9 +11,9 @@ namespace drdm {
 
 /// What `drdm_warp` does.
 struct WarpFileOptions {
-  std::string input;   ///< image or label map (NIfTI, MetaImage, NRRD, PNG)
-  std::string field;   ///< displacement field written by write_field (physical mm)
-  std::string output;  ///< written atomically
+  std::string input;    ///< image or label map (NIfTI, MetaImage, NRRD, PNG)
+  std::string field;    ///< displacement field written by write_field (physical mm)
+  std::string output;   ///< written atomically
   bool labels = false;  ///< treat the input as a class map (never invents classes)
   Interpolation interpolation = Interpolation::kLinear;
   LabelInterpolation label_interpolation = LabelInterpolation::kNearest;
