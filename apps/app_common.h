@@ -1,22 +1,22 @@
 /// @file Shared start-up for the command-line programs.
 #pragma once
 
+#include <c10/util/Exception.h>
+
+#include <exception>
+#include <iostream>
+#include <new>
+
 #include "drdm/core/interrupt.h"
 #include "drdm/core/log.h"
 #include "drdm/core/runtime.h"
 
-#include <c10/util/Exception.h>
-
-#include <exception>
-#include <new>
-#include <iostream>
-
 namespace drdm::app {
 
 // Logs go to stderr so that stdout carries only results (e.g. JSON); freed
-// tensor memory is kept for reuse (see drdm/runtime.h). SIGINT and SIGTERM
+// tensor memory is kept for reuse (see drdm/core/runtime.h). SIGINT and SIGTERM
 // stop the run at its next check, without leaving temporaries (see
-// drdm/interrupt.h).
+// drdm/core/interrupt.h).
 inline void init_program(bool verbose) {
   install_interrupt_handlers();
   keep_freed_memory_for_reuse();

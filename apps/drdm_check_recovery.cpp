@@ -9,12 +9,12 @@
 
 #include "app_common.h"
 #include "cli_checks.h"
+#include "drdm/diffusion/inference.h"
 #include "drdm/engine/distributed.h"
 #include "drdm/io/commands.h"
-#include "drdm/io/text_file.h"
 #include "drdm/io/dataset.h"
 #include "drdm/io/models.h"
-#include "drdm/diffusion/inference.h"
+#include "drdm/io/text_file.h"
 
 namespace {
 
@@ -82,7 +82,8 @@ std::string recovery_json(const Options& o, int64_t model_step, int64_t images,
                           const std::vector<drdm::RecoveryCheck>& checks) {
   std::ostringstream js;
   js << "{\n  \"model\": \"" << o.model << "\",\n  \"model_step\": " << model_step
-     << ",\n  \"images\": " << images << ",\n  \"repeats\": " << o.repeats << ",\n  \"levels\": [\n";
+     << ",\n  \"images\": " << images << ",\n  \"repeats\": " << o.repeats
+     << ",\n  \"levels\": [\n";
   for (size_t i = 0; i < checks.size(); ++i) {
     const auto& c = checks[i];
     js << "    {\"t\": " << c.t << ", \"no_step_error_voxels\": " << c.no_step_error

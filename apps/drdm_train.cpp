@@ -5,10 +5,10 @@
 
 #include "app_common.h"
 #include "cli_checks.h"
-#include "drdm/diffusion/train_config.h"
-#include "drdm/io/models.h"
 #include "drdm/diffusion/inference.h"
+#include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/trainer.h"
+#include "drdm/io/models.h"
 
 int main(int argc, char** argv) {
   // Hidden: the key tables of docs/configs.md, from the parser's key table.
@@ -21,21 +21,25 @@ int main(int argc, char** argv) {
   CLI::App cli{
       "Train the DRDM recovery network (paper Alg. 1) on folders of unlabelled images. "
       "Writes OUTPUT/config.json, checkpoint.pt, model.pt (for drdm_deform), metrics.jsonl and "
-      "previews/*.png. Every config key is documented in docs/configs.md. A folder that holds a run "
-      "is continued with --resume, never overwritten; one run at a time per folder (OUTPUT/.drdm.lock)."};
+      "previews/*.png. Every config key is documented in docs/configs.md. A folder that holds a "
+      "run "
+      "is continued with --resume, never overwritten; one run at a time per folder "
+      "(OUTPUT/.drdm.lock)."};
   std::string config_path, output, device, init_from;
   std::vector<std::string> overrides;
   bool resume = false, quiet = false, no_progress = false;
   cli.add_option("-c,--config", config_path, "JSON config (see configs/)")
       ->required()
       ->check(CLI::ExistingFile);
-  cli.add_option("-o,--output", output, "Output folder (default: runs/<config name>)")->check(drdm::app::non_empty());
+  cli.add_option("-o,--output", output, "Output folder (default: runs/<config name>)")
+      ->check(drdm::app::non_empty());
   cli.add_flag("--resume", resume, "Continue from OUTPUT/checkpoint.pt exactly where it stopped");
   cli.add_option("--init-from", init_from,
                  "Start from these weights (a model.pt, a checkpoint.pt or a shipped model's name) "
                  "with a fresh optimiser and schedule (sets train.init_from)")
       ->check(drdm::app::non_empty());
-  cli.add_option("--device", device, "cpu, cuda, cuda:N or auto (overrides train.device)")->check(drdm::app::non_empty());
+  cli.add_option("--device", device, "cpu, cuda, cuda:N or auto (overrides train.device)")
+      ->check(drdm::app::non_empty());
   cli.add_option(
          "--set", overrides,
          "Override a config key: section.key=value (repeatable), e.g. --set train.steps=500")

@@ -6,9 +6,9 @@
 #include "app_common.h"
 #include "cli_checks.h"
 #include "drdm/engine/distributed.h"
+#include "drdm/engine/training_engine.h"
 #include "drdm/io/models.h"
 #include "drdm/reg/synth.h"
-#include "drdm/engine/training_engine.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{

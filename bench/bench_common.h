@@ -157,7 +157,8 @@ struct Case {
 
 /// The devices --device asks for: "cpu", "cuda" or both (CUDA only when present).
 /// Returns false (after a message) when CUDA alone is asked for but absent.
-inline bool requested_devices(const CommonOptions& o, const char* program, std::vector<std::string>& devices) {
+inline bool requested_devices(const CommonOptions& o, const char* program,
+                              std::vector<std::string>& devices) {
   devices.clear();
   if (o.device == "cpu" || o.device == "all") devices.push_back("cpu");
   if (o.device == "cuda" || o.device == "all") {

@@ -9,12 +9,12 @@
 // run.py can check that both sides read the same numbers.
 
 #include <ATen/ATen.h>
+#include <sys/stat.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <string>
-#include <sys/stat.h>
 #include <vector>
 
 #include "bench_common.h"
@@ -50,8 +50,8 @@ double megabytes(const std::string& path) {
 }
 
 /// `name`: the case's file; `file`: the one read or written (its size is reported).
-std::string row(const std::string& op, const std::string& name, const std::string& file, const drdm::Image& image,
-                const Timing& t, const std::string& extra) {
+std::string row(const std::string& op, const std::string& name, const std::string& file,
+                const drdm::Image& image, const Timing& t, const std::string& extra) {
   char mb[64];
   std::snprintf(mb, sizeof mb, ", \"file_mb\": %.3f", megabytes(file));
   return drdm::bench::result_row(op, image.geometry.size, 1, "cpu", t,
@@ -66,7 +66,8 @@ void run_case(const Options& o, const drdm::bench::CaseRun& r) {
   if (wanted(o.ops, "read")) {
     const Timing t = time_op([&](int) { return drdm::read_image(path).data; }, o);
     char sum[64];
-    std::snprintf(sum, sizeof sum, ", \"sum\": %.17g", image.data.to(at::kDouble).sum().item<double>());
+    std::snprintf(sum, sizeof sum, ", \"sum\": %.17g",
+                  image.data.to(at::kDouble).sum().item<double>());
     r.emit(row("read", name, path, image, t, sum));
   }
   if (wanted(o.ops, "write")) {

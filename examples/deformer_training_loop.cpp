@@ -8,10 +8,9 @@
 // segmentation network. Images and labels stay on the device they came on;
 // labels never gain a class. Built and run by the package-consumer test
 // against an installed libdrdm.
+#include <ATen/ATen.h>
 #include <drdm/diffusion/deform_job.h>  // default_model_path
 #include <drdm/diffusion/generate.h>
-
-#include <ATen/ATen.h>
 
 #include <iostream>
 #include <string>
@@ -42,23 +41,28 @@ int main(int argc, char** argv) {
     drdm::DeformerOptions options;
     options.generation.batch = 8;  // samples per network pass
     const drdm::Deformer deformer(model, device, options);
-    std::cout << "model " << model << ": " << deformer.dims() << "D, grid " << deformer.model_size()[0] << "x"
-              << deformer.model_size()[1] << ", T = " << deformer.timesteps() << "\n";
+    std::cout << "model " << model << ": " << deformer.dims() << "D, grid "
+              << deformer.model_size()[0] << "x" << deformer.model_size()[1]
+              << ", T = " << deformer.timesteps() << "\n";
 
     at::Tensor images, labels;
-    phantom_batch(4, 72, 88, images, labels);  // any size: fields are made on the model grid and resampled back
+    phantom_batch(4, 72, 88, images,
+                  labels);  // any size: fields are made on the model grid and resampled back
     images = images.to(device), labels = labels.to(device);
     for (int64_t step = 0; step < 2; ++step) {
       // One level per sample (or one for all); a seed per step keeps runs reproducible.
-      const auto out = deformer.deform(images, labels, {30, 45, 30, 45}, /*seed=*/static_cast<uint64_t>(step));
+      const auto out =
+          deformer.deform(images, labels, {30, 45, 30, 45}, /*seed=*/static_cast<uint64_t>(step));
       const auto stats = drdm::field_stats(out.fields);
       // ... train your network on out.images / out.labels here ...
       const bool same_classes =
-          at::isin(std::get<0>(at::_unique(out.labels)), std::get<0>(at::_unique(labels))).all().item<bool>();
-      std::cout << "step " << step << ": images " << out.images.sizes() << " labels " << out.labels.sizes()
-                << " on " << out.images.device() << ", max |u| = " << stats.max_magnitude_pct[0]
-                << "% of the image, folding " << stats.folding_ratio[0] << ", no new classes: " << same_classes
-                << "\n";
+          at::isin(std::get<0>(at::_unique(out.labels)), std::get<0>(at::_unique(labels)))
+              .all()
+              .item<bool>();
+      std::cout << "step " << step << ": images " << out.images.sizes() << " labels "
+                << out.labels.sizes() << " on " << out.images.device()
+                << ", max |u| = " << stats.max_magnitude_pct[0] << "% of the image, folding "
+                << stats.folding_ratio[0] << ", no new classes: " << same_classes << "\n";
       if (!same_classes || out.images.sizes() != images.sizes()) return 1;
     }
     return 0;

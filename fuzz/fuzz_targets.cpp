@@ -1,10 +1,6 @@
 #include "fuzz_targets.h"
 
-#include "drdm/io/image_io.h"
-#include "drdm/reg/synth.h"
-#include "drdm/seg/fewshot.h"
-#include "drdm/diffusion/train_config.h"
-
+#include <unistd.h>
 #include <zlib.h>
 
 #include <cstdio>
@@ -15,7 +11,11 @@
 #include <stdexcept>
 #include <string>
 #include <typeinfo>
-#include <unistd.h>
+
+#include "drdm/diffusion/train_config.h"
+#include "drdm/io/image_io.h"
+#include "drdm/reg/synth.h"
+#include "drdm/seg/fewshot.h"
 
 namespace drdm::fuzz {
 namespace {
@@ -29,7 +29,8 @@ namespace {
 // Calls fn; an exception other than invalid_argument / runtime_error, or one
 // whose message names none of `names` (the file, the config or the option),
 // is a finding.
-void expect_clean(const char* call, const std::vector<std::string>& names, const std::function<void()>& fn) {
+void expect_clean(const char* call, const std::vector<std::string>& names,
+                  const std::function<void()>& fn) {
   auto check_message = [&](const char* what) {
     for (const auto& n : names)
       if (std::string(what).find(n) != std::string::npos) return;
@@ -56,7 +57,8 @@ void fuzz_config(const uint8_t* data, size_t size) {
   std::vector<std::string> overrides;
   for (size_t at = nul; at != std::string::npos && at < all.size();) {
     const auto next = all.find('\0', at + 1);
-    overrides.push_back(all.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1));
+    overrides.push_back(
+        all.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1));
     at = next;
   }
   const std::string source = "fuzz-config.json";
@@ -69,7 +71,8 @@ void fuzz_config(const uint8_t* data, size_t size) {
     } catch (const std::exception& e) {
       finding(std::string("printed config does not parse back: ") + e.what() + "\n" + first);
     }
-    if (first != second) finding("printed config parses to another config:\n" + first + "\n" + second);
+    if (first != second)
+      finding("printed config parses to another config:\n" + first + "\n" + second);
   };
   const std::vector<std::string> names{source, "--set"};  // errors in overrides name the option
   expect_clean("parse_train_config", names, [&] { round_trip(parse_train_config); });
@@ -79,7 +82,8 @@ void fuzz_config(const uint8_t* data, size_t size) {
 
 std::string gzip(const uint8_t* data, size_t size) {
   z_stream z{};
-  if (deflateInit2(&z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) finding("deflateInit2");
+  if (deflateInit2(&z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    finding("deflateInit2");
   std::string out(deflateBound(&z, size) + 32, '\0');
   z.next_in = const_cast<uint8_t*>(data);
   z.avail_in = static_cast<uInt>(size);

@@ -1,10 +1,10 @@
 // libFuzzer entry point; the target comes from DRDM_FUZZ_TARGET (see
 // fuzz/libfuzzer.sh, which builds this with clang -fsanitize=fuzzer,address).
-#include "fuzz_targets.h"
-
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+
+#include "fuzz_targets.h"
 
 namespace {
 std::string target;

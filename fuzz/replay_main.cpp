@@ -4,8 +4,6 @@
 // bytes and integers, truncation, cut and repeated chunks).
 //   drdm_fuzz_replay TARGET [--mutations N] [--seed S] FILE_OR_DIR...
 // A finding aborts with the input that caused it saved as ./fuzz-crash-TARGET.
-#include "fuzz_targets.h"
-
 #include <dirent.h>
 #include <sys/stat.h>
 
@@ -19,6 +17,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include "fuzz_targets.h"
 
 namespace {
 
@@ -54,8 +54,8 @@ std::vector<std::string> list_inputs(const std::vector<std::string>& args) {
 
 Bytes mutate(Bytes b, std::mt19937_64& rng) {
   auto pick = [&](uint64_t n) { return n == 0 ? 0 : static_cast<size_t>(rng() % n); };
-  static const int64_t kInts[] = {0, 1, -1, 2, 255, 256, 65535, 0x7fffffff, -0x80000000LL,
-                                  0x40000000, 1 << 20};
+  static const int64_t kInts[] = {
+      0, 1, -1, 2, 255, 256, 65535, 0x7fffffff, -0x80000000LL, 0x40000000, 1 << 20};
   static const uint8_t kBytes[] = {0, 1, 0x7f, 0x80, 0xff, '0', '9', '-', ' ', '\n', '=', '.'};
   const int ops = 1 + static_cast<int>(pick(4));
   for (int i = 0; i < ops; ++i) {
@@ -64,8 +64,12 @@ Bytes mutate(Bytes b, std::mt19937_64& rng) {
         b.insert(b.begin() + static_cast<long>(pick(b.size() + 1)),
                  static_cast<char>(kBytes[pick(std::size(kBytes))]));
         break;
-      case 1: b[pick(b.size())] ^= static_cast<char>(1u << pick(8)); break;
-      case 2: b[pick(b.size())] = static_cast<char>(kBytes[pick(std::size(kBytes))]); break;
+      case 1:
+        b[pick(b.size())] ^= static_cast<char>(1u << pick(8));
+        break;
+      case 2:
+        b[pick(b.size())] = static_cast<char>(kBytes[pick(std::size(kBytes))]);
+        break;
       case 3: {  // an interesting 2/4/8-byte integer
         const size_t width = size_t{2} << pick(3);
         if (b.size() < width) break;
@@ -73,8 +77,10 @@ Bytes mutate(Bytes b, std::mt19937_64& rng) {
         std::memcpy(&b[pick(b.size() - width + 1)], &v, width);
         break;
       }
-      case 4: b.resize(pick(b.size())); break;  // truncate
-      case 5: {                                  // cut a chunk
+      case 4:
+        b.resize(pick(b.size()));
+        break;   // truncate
+      case 5: {  // cut a chunk
         const size_t at = pick(b.size()), n = 1 + pick(std::min<size_t>(64, b.size() - at));
         b.erase(at, n);
         break;
@@ -100,7 +106,9 @@ void run(const std::string& target, const Bytes& input) {
 
 int main(int argc, char** argv) {
   try {
-    if (argc < 3) throw std::runtime_error("usage: drdm_fuzz_replay TARGET [--mutations N] [--seed S] FILE_OR_DIR...");
+    if (argc < 3)
+      throw std::runtime_error(
+          "usage: drdm_fuzz_replay TARGET [--mutations N] [--seed S] FILE_OR_DIR...");
     const std::string target = argv[1];
     long mutations = 0;
     uint64_t seed = 1;

@@ -6,11 +6,11 @@
 // the fraction of weights that differ by more than 1e-6. Exit 1 when the
 // files hold different tensor names or shapes, 2 on bad usage or an unreadable
 // file.
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <exception>
-
-#include <ATen/ATen.h>
 
 #include "drdm/engine/training_engine.h"
 
@@ -53,10 +53,13 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "the files hold different tensors\n");
       return 1;
     }
-    std::printf("{\"step\": [%lld, %lld], \"adam_step\": [%lld, %lld], \"tensors\": %zu, \"max_abs_diff\": %.9g, "
-                "\"max_abs\": %.9g, \"adam_max_abs_diff\": %.9g, \"changed\": %.9g}\n",
-                static_cast<long long>(a.step), static_cast<long long>(b.step), static_cast<long long>(a.adam_step),
-                static_cast<long long>(b.adam_step), a.model.size(), diff, largest, moments_diff(a, b), total > 0 ? changed / total : 0.0);
+    std::printf(
+        "{\"step\": [%lld, %lld], \"adam_step\": [%lld, %lld], \"tensors\": %zu, \"max_abs_diff\": "
+        "%.9g, "
+        "\"max_abs\": %.9g, \"adam_max_abs_diff\": %.9g, \"changed\": %.9g}\n",
+        static_cast<long long>(a.step), static_cast<long long>(b.step),
+        static_cast<long long>(a.adam_step), static_cast<long long>(b.adam_step), a.model.size(),
+        diff, largest, moments_diff(a, b), total > 0 ? changed / total : 0.0);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());

@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
     const auto pred = drdm::read_labels(argv[1]);
     const auto truth = drdm::read_labels(argv[2]);
     // Geometry spacing is in ITK order (x, y, z); the metrics take tensor order.
-    const std::vector<double> spacing(truth.geometry.spacing.rbegin(), truth.geometry.spacing.rend());
+    const std::vector<double> spacing(truth.geometry.spacing.rbegin(),
+                                      truth.geometry.spacing.rend());
     std::vector<int64_t> classes;
     for (int i = 3; i < argc; ++i) classes.push_back(std::stoll(argv[i]));
     if (classes.empty()) classes = {1, 2, 3};
@@ -41,9 +42,9 @@ int main(int argc, char** argv) {
     std::printf("], \"classes\": [");
     for (size_t i = 0; i < metrics.size(); ++i) {
       const auto& m = metrics[i];
-      std::printf("%s{\"label\": %lld, \"truth_voxels\": %lld, \"pred_voxels\": %lld, ", i ? ", " : "",
-                  static_cast<long long>(classes[i]), static_cast<long long>(m.truth_voxels),
-                  static_cast<long long>(m.pred_voxels));
+      std::printf("%s{\"label\": %lld, \"truth_voxels\": %lld, \"pred_voxels\": %lld, ",
+                  i ? ", " : "", static_cast<long long>(classes[i]),
+                  static_cast<long long>(m.truth_voxels), static_cast<long long>(m.pred_voxels));
       print_number("dice", m.dice);
       print_number("sensitivity", m.sensitivity);
       print_number("precision", m.precision);

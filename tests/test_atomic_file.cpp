@@ -1,13 +1,6 @@
-// Private writing helpers (src/io/atomic_file.h, src/io/write_check.h) and drdm/interrupt.h:
+// Private writing helpers (src/io/atomic_file.h, src/io/write_check.h) and drdm/core/interrupt.h:
 // complete-file checks against zlib's own gzip writer, output = input refusal, output
 // locations, the sweep of dead processes' temporaries, and a write abandoned on SIGINT.
-#include "io/atomic_file.h"
-#include "io/files.h"
-#include "drdm/core/interrupt.h"
-#include "io/write_check.h"
-
-#include "test_util.h"
-
 #include <dirent.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -22,6 +15,12 @@
 #include <string>
 #include <vector>
 
+#include "drdm/core/interrupt.h"
+#include "io/atomic_file.h"
+#include "io/files.h"
+#include "io/write_check.h"
+#include "test_util.h"
+
 namespace {
 
 using drdm::test::TempDir;
@@ -32,7 +31,8 @@ std::vector<char> read_all(const std::string& path) {
 }
 
 void write_all(const std::string& path, const std::vector<char>& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 // A gzip file written by zlib itself (the independent truth).
@@ -56,7 +56,8 @@ std::vector<std::string> entries(const std::string& folder) {
   std::vector<std::string> names;
   if (DIR* d = ::opendir(folder.c_str())) {
     while (const dirent* e = ::readdir(d))
-      if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") names.push_back(e->d_name);
+      if (std::string(e->d_name) != "." && std::string(e->d_name) != "..")
+        names.push_back(e->d_name);
     ::closedir(d);
   }
   return names;
@@ -99,7 +100,8 @@ TEST(RequireDistinct, RefusesTheSameFileUnderAnyName) {
   write_all(in, {'x'});
   ASSERT_EQ(::symlink(in.c_str(), dir.path("link.nii.gz").c_str()), 0);
   ASSERT_EQ(::link(in.c_str(), dir.path("hard.nii.gz").c_str()), 0);
-  for (const auto& out : {in, dir.dir() + "/./in.nii.gz", dir.path("link.nii.gz"), dir.path("hard.nii.gz")})
+  for (const auto& out :
+       {in, dir.dir() + "/./in.nii.gz", dir.path("link.nii.gz"), dir.path("hard.nii.gz")})
     EXPECT_THROW(drdm::detail::require_distinct(out, {"", in}), std::invalid_argument) << out;
   write_all(dir.path("other.nii.gz"), {'x'});
   EXPECT_NO_THROW(drdm::detail::require_distinct(dir.path("other.nii.gz"), {in}));
@@ -108,15 +110,18 @@ TEST(RequireDistinct, RefusesTheSameFileUnderAnyName) {
 
 TEST(RequireWritableOutput, RefusesMissingFoldersAndFolders) {
   TempDir dir;
-  EXPECT_THROW(drdm::detail::require_writable_output(dir.dir() + "/missing/o.nii.gz"), std::invalid_argument);
+  EXPECT_THROW(drdm::detail::require_writable_output(dir.dir() + "/missing/o.nii.gz"),
+               std::invalid_argument);
   EXPECT_THROW(drdm::detail::require_writable_output(dir.dir()), std::invalid_argument);
   EXPECT_NO_THROW(drdm::detail::require_writable_output(dir.dir() + "/o.nii.gz"));
 }
 
 TEST(WriteViaTemporary, SweepsTemporariesOfDeadProcessesOfThisHostOnly) {
   TempDir dir;
-  const std::string dead = dir.path(".drdm-tmp-" + host_name() + "-" + std::to_string(dead_pid()) + "-0");
-  const std::string live = dir.path(".drdm-tmp-" + host_name() + "-" + std::to_string(::getppid()) + "-0");
+  const std::string dead =
+      dir.path(".drdm-tmp-" + host_name() + "-" + std::to_string(dead_pid()) + "-0");
+  const std::string live =
+      dir.path(".drdm-tmp-" + host_name() + "-" + std::to_string(::getppid()) + "-0");
   const std::string other = dir.path(".drdm-tmp-elsewhere-" + std::to_string(dead_pid()) + "-0");
   for (const auto& d : {dead, live, other}) {
     ASSERT_EQ(::mkdir(d.c_str(), 0700), 0);

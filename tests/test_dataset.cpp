@@ -1,5 +1,3 @@
-#include "drdm/io/dataset.h"
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ftw.h>
@@ -17,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "drdm/io/dataset.h"
 #include "drdm/io/image_io.h"
 #include "test_util.h"
 
@@ -77,8 +76,8 @@ TEST(Dataset, ScansRecursivelyWithIncludeAndExclude) {
   write(tmp.path("a.nii.gz"), busy_image({12, 10}, 1));
   write(tmp.path("sub/b.mha"), busy_image({12, 10}, 2));
   write(tmp.path("sub/deep/c.nrrd"), busy_image({12, 10}, 3));
-  drdm::write_image(tmp.path("sub/d.png"), busy_image({12, 10}, 4) * 255, Geometry::identity({12, 10}),
-                    drdm::PixelType::kUInt8);
+  drdm::write_image(tmp.path("sub/d.png"), busy_image({12, 10}, 4) * 255,
+                    Geometry::identity({12, 10}), drdm::PixelType::kUInt8);
   write(tmp.path("labels/a.nii.gz"), busy_image({12, 10}, 5));
   write(tmp.path("skip_me.nii.gz"), busy_image({12, 10}, 6));
   std::ofstream(tmp.path("notes.txt")) << "not an image";
@@ -96,7 +95,8 @@ TEST(Dataset, ScansRecursivelyWithIncludeAndExclude) {
     EXPECT_EQ(d.sample(i).sizes(), (std::vector<int64_t>{1, 16, 16}));
     EXPECT_EQ(d.sample(i).scalar_type(), at::kFloat);
   }
-  EXPECT_EQ(names, (std::set<std::string>{"a.nii.gz", "sub/b.mha", "sub/deep/c.nrrd", "sub/d.png"}));
+  EXPECT_EQ(names,
+            (std::set<std::string>{"a.nii.gz", "sub/b.mha", "sub/deep/c.nrrd", "sub/d.png"}));
 
   // Include narrows by file name, exclude by name too.
   o.include = {"*.nii.gz"};
@@ -108,7 +108,8 @@ TEST(Dataset, ScansRecursivelyWithIncludeAndExclude) {
 
 TEST(Dataset, SubsetSplitsEachFoldersSortedFiles) {
   TempDir tmp;
-  for (int i = 0; i < 10; ++i) write(tmp.path("case" + std::to_string(i) + ".mha"), busy_image({12, 10}, 10 + i));
+  for (int i = 0; i < 10; ++i)
+    write(tmp.path("case" + std::to_string(i) + ".mha"), busy_image({12, 10}, 10 + i));
   auto names = [&](std::vector<double> subset) {
     DatasetOptions o = options_for(tmp.dir());
     o.subset = subset;
@@ -118,8 +119,8 @@ TEST(Dataset, SubsetSplitsEachFoldersSortedFiles) {
     return out;
   };
   const auto train = names({0.0, 0.7}), test = names({0.7, 1.0});
-  EXPECT_EQ(train, (std::vector<std::string>{"case0.mha", "case1.mha", "case2.mha", "case3.mha", "case4.mha",
-                                             "case5.mha", "case6.mha"}));
+  EXPECT_EQ(train, (std::vector<std::string>{"case0.mha", "case1.mha", "case2.mha", "case3.mha",
+                                             "case4.mha", "case5.mha", "case6.mha"}));
   EXPECT_EQ(test, (std::vector<std::string>{"case7.mha", "case8.mha", "case9.mha"}));
   EXPECT_EQ(names({0.0, 1.0}).size(), 10u);
   // A subset that holds no file of a folder is an error naming it.
@@ -144,8 +145,10 @@ TEST(Dataset, VolumesAreSlicedAndEmptySlicesSkipped) {
   ImageDataset d(o);
   ASSERT_EQ(d.size(), 4 + 1);
   std::vector<std::string> sources;
-  for (int64_t i = 0; i < d.size(); ++i) sources.push_back(fs::path(d.source(i)).filename().string());
-  EXPECT_EQ(sources, (std::vector<std::string>{"flat.nii.gz", "v.nii.gz#0", "v.nii.gz#1", "v.nii.gz#3", "v.nii.gz#4"}));
+  for (int64_t i = 0; i < d.size(); ++i)
+    sources.push_back(fs::path(d.source(i)).filename().string());
+  EXPECT_EQ(sources, (std::vector<std::string>{"flat.nii.gz", "v.nii.gz#0", "v.nii.gz#1",
+                                               "v.nii.gz#3", "v.nii.gz#4"}));
 
   o.slice_axis = 2;  // along W: 6 slices of [D, H], none empty
   EXPECT_EQ(ImageDataset(o).size(), 6 + 1);
@@ -251,7 +254,10 @@ TEST(Preprocess, ClipsToPercentilesAndNormalises) {
   EXPECT_NEAR(n[0][50][0].item<float>(), 0.5f, 0.01f);
 
   // A constant image becomes zeros; wrong input is refused.
-  EXPECT_EQ(drdm::preprocess_image(at::full({1, 4, 4}, 7.f), {1.0, 1.0}, {4, 4}, 0.5, 99.5).abs().max().item<float>(),
+  EXPECT_EQ(drdm::preprocess_image(at::full({1, 4, 4}, 7.f), {1.0, 1.0}, {4, 4}, 0.5, 99.5)
+                .abs()
+                .max()
+                .item<float>(),
             0.f);
   EXPECT_THROW(drdm::preprocess_image(at::ones({4, 4}), {1.0, 1.0}, {4, 4}, 0.5, 99.5), c10::Error);
   EXPECT_THROW(drdm::preprocess_image(at::ones({1, 4, 4}), {1.0}, {4, 4}, 0.5, 99.5), c10::Error);
@@ -260,7 +266,8 @@ TEST(Preprocess, ClipsToPercentilesAndNormalises) {
 
 TEST(Dataset, TrainingBatchIsDeterministicPerStep) {
   TempDir tmp;
-  for (int i = 0; i < 3; ++i) write(tmp.path("img" + std::to_string(i) + ".nii.gz"), busy_image({4, 20, 24}, i + 1));
+  for (int i = 0; i < 3; ++i)
+    write(tmp.path("img" + std::to_string(i) + ".nii.gz"), busy_image({4, 20, 24}, i + 1));
   ImageDataset d(options_for(tmp.dir(), {16, 16}));
   ASSERT_EQ(d.size(), 12);
   AugmentOptions a;
@@ -283,7 +290,8 @@ TEST(Dataset, TrainingBatchIsDeterministicPerStep) {
 
 TEST(Dataset, PrefetcherMatchesTrainingBatch) {
   TempDir tmp;
-  for (int i = 0; i < 2; ++i) write(tmp.path("img" + std::to_string(i) + ".nii.gz"), busy_image({3, 20, 20}, i + 7));
+  for (int i = 0; i < 2; ++i)
+    write(tmp.path("img" + std::to_string(i) + ".nii.gz"), busy_image({3, 20, 20}, i + 7));
   ImageDataset d(options_for(tmp.dir(), {16, 16}));
   AugmentOptions a;
   {
@@ -368,7 +376,8 @@ TEST(Augment, TranslationIsAShiftWithinRange) {
 
 TEST(Augment, RotationAndCropAreSimilarities) {
   const double offset = 100;
-  for (std::vector<int64_t> size : {std::vector<int64_t>{31, 41}, std::vector<int64_t>{17, 19, 21}}) {
+  for (std::vector<int64_t> size :
+       {std::vector<int64_t>{31, 41}, std::vector<int64_t>{17, 19, 21}}) {
     const auto d = static_cast<int64_t>(size.size());
     at::Tensor batch = coordinate_batch(6, size, offset);
     auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
@@ -392,8 +401,10 @@ TEST(Augment, RotationAndCropAreSimilarities) {
       EXPECT_GE(crop, 0.6 - 1e-3);
       EXPECT_LE(crop, 1.0 + 1e-3);
       // Angle between y and x (largest over the disc): rotations do happen.
-      at::Tensor cosang = (x * y[i]).sum(0).masked_select(mask).masked_select(far) / (nx.masked_select(far) * ny.masked_select(far));
-      max_angle = std::max(max_angle, std::acos(std::clamp(cosang.min().item<double>(), -1.0, 1.0)));
+      at::Tensor cosang = (x * y[i]).sum(0).masked_select(mask).masked_select(far) /
+                          (nx.masked_select(far) * ny.masked_select(far));
+      max_angle =
+          std::max(max_angle, std::acos(std::clamp(cosang.min().item<double>(), -1.0, 1.0)));
     }
     EXPECT_GT(max_angle, 0.3) << d << "D";
   }
@@ -418,7 +429,8 @@ TEST(Dataset, ErrorsNameTheFolderOrFile) {
   // All slices empty: no usable samples.
   const std::string dark = tmp.path("dark/zero.nii.gz");
   write(dark, at::zeros({1, 1, 8, 8}));
-  EXPECT_NE(error_of(options_for(fs::path(dark).parent_path().string())).find("no usable"), std::string::npos);
+  EXPECT_NE(error_of(options_for(fs::path(dark).parent_path().string())).find("no usable"),
+            std::string::npos);
 
   DatasetOptions o = options_for(tmp.dir());
   o.size = {16, 16, 16};

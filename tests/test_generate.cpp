@@ -1,6 +1,6 @@
-// Tests for drdm/generate.h (Alg. 2 generate_fields, drdm::Deformer with
+// Tests for drdm/diffusion/generate.h (Alg. 2 generate_fields, drdm::Deformer with
 // deform() and pairs(), derive_seed) and the model-grid <-> input-grid
-// mapping of drdm/dataset.h (GridFit, fit_grid, fit_image, field_to_input).
+// mapping of drdm/io/dataset.h (GridFit, fit_grid, fit_image, field_to_input).
 //
 // Everything runs on tiny in-process models (32x32 grid, T = 10, control 16)
 // so the suite stays fast. The recovery loop is checked analytically with a
@@ -22,18 +22,18 @@
 #include <string>
 #include <vector>
 
-#include "drdm/io/dataset.h"
-#include "drdm/diffusion/generate.h"
-#include "drdm/io/image_io.h"
-#include "drdm/io/models.h"
-#include "drdm/diffusion/network.h"
+#include "diffusion/recovery_compose.h"
 #include "drdm/core/module_state.h"
 #include "drdm/core/spatial.h"
-#include "drdm/diffusion/train_config.h"
+#include "drdm/diffusion/generate.h"
 #include "drdm/diffusion/inference.h"
+#include "drdm/diffusion/network.h"
+#include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/trainer.h"
 #include "drdm/diffusion/velocity_sampler.h"
-#include "diffusion/recovery_compose.h"
+#include "drdm/io/dataset.h"
+#include "drdm/io/image_io.h"
+#include "drdm/io/models.h"
 #include "test_util.h"
 
 namespace {
@@ -650,9 +650,9 @@ TEST(Deformer, ReproducibleAndSeededPerSample) {
   const auto b = deformer.deform(images, {}, {5, 9}, 77);
   EXPECT_TRUE(at::equal(a.fields, b.fields));
   EXPECT_TRUE(at::equal(a.images, b.images));
-  const auto explicit_seeds =
-      deformer.deform_with_seeds(images, {}, {5, 9},
-                      std::vector<uint64_t>{drdm::derive_seed(77, 0), drdm::derive_seed(77, 1)});
+  const auto explicit_seeds = deformer.deform_with_seeds(
+      images, {}, {5, 9},
+      std::vector<uint64_t>{drdm::derive_seed(77, 0), drdm::derive_seed(77, 1)});
   EXPECT_TRUE(at::equal(a.fields, explicit_seeds.fields));
   const auto other = deformer.deform(images, {}, {5, 9}, 78);
   EXPECT_GT(max_diff(a.fields, other.fields), 0.1);
@@ -661,8 +661,8 @@ TEST(Deformer, ReproducibleAndSeededPerSample) {
   const auto each = deformer.deform(images, {}, {6, 6}, 5);
   EXPECT_TRUE(at::equal(one.fields, each.fields));
   expect_error_containing([&] { deformer.deform(images, {}, {5, 9, 3}, 5); }, "levels");
-  expect_error_containing([&] { deformer.deform_with_seeds(images, {}, {5}, std::vector<uint64_t>{1}); },
-                          "seeds");
+  expect_error_containing(
+      [&] { deformer.deform_with_seeds(images, {}, {5}, std::vector<uint64_t>{1}); }, "seeds");
 }
 
 TEST(Deformer, NearestLabelsComeFromTheRoundedSourceVoxel) {
@@ -814,7 +814,8 @@ TEST(Deformer, VolumeThroughA2DModelIsDeformedSliceBySlice) {
   const auto labels = (volume > 250.0).to(at::kLong);
   const std::vector<double> spacing{4.0, 1.0, 1.5};
   const uint64_t seed = 1234;
-  const auto out = deformer.deform_with_seeds(volume, labels, {7}, std::vector<uint64_t>{seed}, spacing);
+  const auto out =
+      deformer.deform_with_seeds(volume, labels, {7}, std::vector<uint64_t>{seed}, spacing);
   ASSERT_EQ(out.fields.sizes(), (std::vector<int64_t>{1, 3, 3, h, w}));
   ASSERT_EQ(out.images.sizes(), volume.sizes());
   ASSERT_EQ(out.labels.sizes(), labels.sizes());
@@ -823,10 +824,10 @@ TEST(Deformer, VolumeThroughA2DModelIsDeformedSliceBySlice) {
   for (int64_t k = 0; k < 3; ++k) {
     SCOPED_TRACE("slice " + std::to_string(k));
     const auto slice = volume.select(2, k);
-    const auto alone =
-        deformer.deform_with_seeds(slice, labels.select(2, k), {7},
-                        std::vector<uint64_t>{drdm::derive_seed(seed, static_cast<uint64_t>(k))},
-                        {spacing[1], spacing[2]});
+    const auto alone = deformer.deform_with_seeds(
+        slice, labels.select(2, k), {7},
+        std::vector<uint64_t>{drdm::derive_seed(seed, static_cast<uint64_t>(k))},
+        {spacing[1], spacing[2]});
     EXPECT_TRUE(at::equal(out.model_fields[k], alone.model_fields[0]))
         << max_diff(out.model_fields[k], alone.model_fields[0]);
     EXPECT_LT(max_diff(out.fields.select(2, k).narrow(1, 1, 2), alone.fields), 1e-5);
@@ -871,17 +872,20 @@ TEST(Deformer, EmptySlicesOfAVolumeAreLeftUndeformed) {
   EXPECT_EQ(max_abs(out.fields.select(2, 1)), 0.0);
   EXPECT_GT(max_abs(out.model_fields[0]), 0.1);
   EXPECT_GT(max_abs(out.model_fields[2]), 0.1);
-  EXPECT_LT(max_diff(out.images.select(2, 1), volume.select(2, 1)), 1e-3);  // identity up to grid rounding
+  EXPECT_LT(max_diff(out.images.select(2, 1), volume.select(2, 1)),
+            1e-3);  // identity up to grid rounding
 }
 
 TEST(Deformer, VolumeWithASizeOneAxisIsOne2DImage) {
   const auto c = tiny_config();
   Deformer deformer(make_model(c, 14, 0.05), torch::kCPU);
   const auto image = smooth_images({20, 24}) * 3.0;  // [1, 1, 20, 24]
-  const auto plane = deformer.deform_with_seeds(image, {}, {6}, std::vector<uint64_t>{42}, {1.0, 2.0});
+  const auto plane =
+      deformer.deform_with_seeds(image, {}, {6}, std::vector<uint64_t>{42}, {1.0, 2.0});
   // The single slice lies along H (axis 1), not the configured slice axis 0.
   const auto vol = image.unsqueeze(3);  // [1, 1, 20, 1, 24]
-  const auto out = deformer.deform_with_seeds(vol, {}, {6}, std::vector<uint64_t>{42}, {1.0, 5.0, 2.0});
+  const auto out =
+      deformer.deform_with_seeds(vol, {}, {6}, std::vector<uint64_t>{42}, {1.0, 5.0, 2.0});
   ASSERT_EQ(out.fields.sizes(), (std::vector<int64_t>{1, 3, 20, 1, 24}));
   ASSERT_EQ(out.model_fields.size(0), 1);
   EXPECT_EQ(max_abs(out.fields.select(1, 1)), 0.0);
@@ -891,8 +895,8 @@ TEST(Deformer, VolumeWithASizeOneAxisIsOne2DImage) {
             1e-5);
   EXPECT_LT(max_diff(out.images.select(3, 0), plane.images), 1e-4);
   // And along D.
-  const auto out_d =
-      deformer.deform_with_seeds(image.unsqueeze(2), {}, {6}, std::vector<uint64_t>{42}, {9.0, 1.0, 2.0});
+  const auto out_d = deformer.deform_with_seeds(image.unsqueeze(2), {}, {6},
+                                                std::vector<uint64_t>{42}, {9.0, 1.0, 2.0});
   EXPECT_EQ(max_abs(out_d.fields.select(1, 0)), 0.0);
   EXPECT_LT(max_diff(out_d.fields.select(2, 0).narrow(1, 1, 2), plane.fields), 1e-5);
 }
@@ -914,7 +918,8 @@ TEST(SliceIncoherence, AnalyticFields) {
   EXPECT_NEAR(drdm::slice_incoherence(alternating, 2), 0.0, 1e-12);
   // u(z) = z c for z = 0..4: steps of |c|, mean |u| = 2|c|: 0.5.
   auto linear = at::zeros({1, 2, 5, 3}, at::kDouble);
-  for (int64_t z = 0; z < 5; ++z) linear.select(2, z).copy_(c.view({1, 2, 1}).expand({1, 2, 3}) * double(z));
+  for (int64_t z = 0; z < 5; ++z)
+    linear.select(2, z).copy_(c.view({1, 2, 1}).expand({1, 2, 3}) * double(z));
   EXPECT_NEAR(drdm::slice_incoherence(linear, 0), 0.5, 1e-12);
   EXPECT_EQ(drdm::slice_incoherence(at::zeros({1, 2, 4, 4}), 0), 0.0);
   EXPECT_THROW(drdm::slice_incoherence(linear, 2), c10::Error);
@@ -932,10 +937,12 @@ TEST(GenerateVolumeFields, SharedStartAndUnsmoothedStepsEqualPerSliceGeneration)
   const auto slices = three_slices();
   GenerationOptions one;
   one.batch = 1;  // the same arithmetic per slice as generate_fields below
-  const auto f = drdm::generate_volume_fields(net, c.sampler, slices, 7, 99, {true, true, true}, 0.0, one);
+  const auto f =
+      drdm::generate_volume_fields(net, c.sampler, slices, 7, 99, {true, true, true}, 0.0, one);
   ASSERT_EQ(f.sizes(), (std::vector<int64_t>{3, 2, 32, 32}));
   for (int64_t k = 0; k < 3; ++k) {
-    const auto alone = drdm::generate_fields(net, c.sampler, slices.narrow(0, k, 1), {7}, {99}, one);
+    const auto alone =
+        drdm::generate_fields(net, c.sampler, slices.narrow(0, k, 1), {7}, {99}, one);
     EXPECT_LT(max_diff(f[k], alone.field[0]), 1e-5) << k;
   }
   // Different slices recover differently without smoothing.
@@ -964,23 +971,31 @@ TEST(GenerateVolumeFields, InvalidSlicesAreNotSeenAndBorrowTheirNeighboursSteps)
   auto net = make_net(c, 21, 0.05);
   auto slices = three_slices();
   slices[1].fill_(std::nan(""));  // fed to the network, this would make everything NaN
-  const auto f = drdm::generate_volume_fields(net, c.sampler, slices, 6, 3, {true, false, true}, 1.0);
+  const auto f =
+      drdm::generate_volume_fields(net, c.sampler, slices, 6, 3, {true, false, true}, 1.0);
   EXPECT_TRUE(at::isfinite(f).all().item<bool>());
   auto untouched = make_net(c, 21);
-  const auto start = drdm::generate_fields(untouched, c.sampler, slices.narrow(0, 0, 1), {6}, {3}).initial;
+  const auto start =
+      drdm::generate_fields(untouched, c.sampler, slices.narrow(0, 0, 1), {6}, {3}).initial;
   EXPECT_GT(max_diff(f[1], start[0]), 1e-2);  // recovered with its neighbours' steps
   // No valid slice at all: the zero field.
-  const auto none = drdm::generate_volume_fields(net, c.sampler, slices, 6, 3, {false, false, false}, 1.0);
+  const auto none =
+      drdm::generate_volume_fields(net, c.sampler, slices, 6, 3, {false, false, false}, 1.0);
   EXPECT_EQ(max_abs(none), 0.0);
-  expect_error_containing([&] { drdm::generate_volume_fields(net, c.sampler, slices, 6, 3, {true}, 1.0); },
-                          "valid flags");
-  expect_error_containing([&] { drdm::generate_volume_fields(net, c.sampler, slices, 0, 3, {true, true, true}, 1.0); },
-                          "level");
+  expect_error_containing(
+      [&] { drdm::generate_volume_fields(net, c.sampler, slices, 6, 3, {true}, 1.0); },
+      "valid flags");
+  expect_error_containing(
+      [&] {
+        drdm::generate_volume_fields(net, c.sampler, slices, 0, 3, {true, true, true}, 1.0);
+      },
+      "level");
 }
 
 TEST(Deformer, VolumesThroughA2DModelAreCoherentByDefault) {
   const auto c = tiny_config();
-  const auto volume = smooth_images({20, 24}, 6).transpose(0, 1).unsqueeze(1).contiguous() * 300.0;  // [1, 1, 6, 20, 24]
+  const auto volume = smooth_images({20, 24}, 6).transpose(0, 1).unsqueeze(1).contiguous() *
+                      300.0;  // [1, 1, 6, 20, 24]
   Deformer coherent(make_model(c, 13, 0.05), torch::kCPU);
   DeformerOptions io;
   io.slice_mode = drdm::SliceMode::kIndependent;
@@ -1000,13 +1015,15 @@ TEST(Deformer, VolumesThroughA2DModelAreCoherentByDefault) {
 }
 
 TEST(Deformer, ShippedModelIsCoherentOnARealAcdcVolume) {
-  const std::string image_path = std::string(DRDM_TEST_DATA_DIR) + "/acdc/images/patient001_frame01.nii.gz";
+  const std::string image_path =
+      std::string(DRDM_TEST_DATA_DIR) + "/acdc/images/patient001_frame01.nii.gz";
   if (!std::filesystem::exists(image_path)) GTEST_SKIP() << "no " << image_path;
   const auto image = drdm::read_image(image_path);
   std::vector<double> spacing(image.geometry.spacing.rbegin(), image.geometry.spacing.rend());
   Deformer coherent(std::string(drdm::kDefaultModelName), torch::kCPU);
   const auto f = coherent.deform(image.data, {}, {45}, 1, spacing).fields;
-  // The criterion: mean over slices of ||u(z+1) - u(z)|| <= 0.25 mean ||u|| (independent: ~1.4).
+  // The criterion: mean over slices of ||u(z+1) - u(z)|| <= 0.25 mean ||u|| (independent:
+  // ~1.4).
   EXPECT_LT(drdm::slice_incoherence(f, 0), 0.25);
   EXPECT_GT(f.norm(2, 1).mean().item<double>(), 0.5);  // and it did deform
 }

@@ -1,9 +1,10 @@
-// Tests for drdm/image_io.h: round trips with geometry, axis order, pixel
+// Tests for drdm/io/image_io.h: round trips with geometry, axis order, pixel
 // types, labels, displacement fields in physical units, errors and atomic writes.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/types.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <array>
@@ -21,8 +22,6 @@
 #include <vector>
 
 #include "drdm/io/image_io.h"
-
-#include <zlib.h>
 
 namespace fs = std::filesystem;
 using drdm::Geometry;
@@ -295,8 +294,9 @@ TEST(ImageIo, IntegerTypesRoundAndClamp) {
   TempDir tmp;
   const std::vector<int64_t> size{2, 5};  // two rows: a 1 x 5 grid is refused when read
   const auto path = tmp.path("clamp.nrrd");
-  drdm::write_image(path, at::tensor({-3.0f, 2.4f, 2.6f, 254.9f, 300.0f}).repeat({2}).view(shape_of(size)),
-                    Geometry::identity(size), PixelType::kUInt8);
+  drdm::write_image(
+      path, at::tensor({-3.0f, 2.4f, 2.6f, 254.9f, 300.0f}).repeat({2}).view(shape_of(size)),
+      Geometry::identity(size), PixelType::kUInt8);
   const auto back = drdm::read_image(path).data.flatten();
   EXPECT_TRUE(at::equal(back, at::tensor({0.0f, 2.0f, 3.0f, 255.0f, 255.0f}).repeat({2})));
 }
@@ -885,7 +885,8 @@ TEST(ImageIo, NanAndInfInNiftiAreRefused) {
     drdm::write_image(tmp.path("finite.nii"), values, geometry, type);
     const auto nii = read_bytes(tmp.path("finite.nii"));
     const auto offset = nii.size() - values.numel() * (type == PixelType::kFloat32 ? 4 : 8);
-    for (const double bad : {std::numeric_limits<double>::quiet_NaN(), -std::numeric_limits<double>::infinity()}) {
+    for (const double bad :
+         {std::numeric_limits<double>::quiet_NaN(), -std::numeric_limits<double>::infinity()}) {
       auto raw = nii;
       const size_t voxel = 17;
       if (type == PixelType::kFloat32) {
@@ -894,7 +895,8 @@ TEST(ImageIo, NanAndInfInNiftiAreRefused) {
       } else {
         std::memcpy(raw.data() + offset + 8 * voxel, &bad, 8);
       }
-      const auto path = tmp.path("bad_" + to_string(type) + (std::isnan(bad) ? "_nan" : "_inf") + ".nii");
+      const auto path =
+          tmp.path("bad_" + to_string(type) + (std::isnan(bad) ? "_nan" : "_inf") + ".nii");
       write_bytes(path, raw);
       EXPECT_THROW_NAMING(drdm::read_image(path), path);
       EXPECT_THROW_NAMING(drdm::read_labels(path), path);
@@ -919,9 +921,12 @@ TEST(ImageIo, NanAndInfInNiftiAreRefused) {
 // that cannot be warped with or written back (ITK drops the axis).
 TEST(ImageIo, DegenerateGridsAreRefused) {
   TempDir tmp;
-  const std::vector<std::vector<int64_t>> refused = {{1, 1, 1}, {2, 1, 1}, {1, 1, 9}, {1, 9, 1}, {1, 1}, {1, 2}, {7, 1}};
+  const std::vector<std::vector<int64_t>> refused = {{1, 1, 1}, {2, 1, 1}, {1, 1, 9}, {1, 9, 1},
+                                                     {1, 1},    {1, 2},    {7, 1}};
   for (const auto& size : refused) {
-    const auto path = tmp.path("degenerate_" + std::to_string(size.size()) + "d_" + std::to_string(size[0]) + "_" + std::to_string(size.back()) + ".nii.gz");
+    const auto path =
+        tmp.path("degenerate_" + std::to_string(size.size()) + "d_" + std::to_string(size[0]) +
+                 "_" + std::to_string(size.back()) + ".nii.gz");
     drdm::write_image(path, pattern(size, PixelType::kFloat32), Geometry::identity(size));
     EXPECT_THROW_NAMING(drdm::read_image(path), path);
     EXPECT_THROW_NAMING(drdm::read_image_info(path), path);
@@ -932,7 +937,8 @@ TEST(ImageIo, DegenerateGridsAreRefused) {
       EXPECT_NE(std::string(e.what()).find("at least 2 voxels"), std::string::npos) << e.what();
     }
   }
-  const std::vector<std::vector<int64_t>> accepted = {{2, 2, 2}, {1, 2, 2}, {2, 1, 2}, {5, 6, 1}, {2, 2}};
+  const std::vector<std::vector<int64_t>> accepted = {
+      {2, 2, 2}, {1, 2, 2}, {2, 1, 2}, {5, 6, 1}, {2, 2}};
   for (const auto& size : accepted) {
     const auto path = tmp.path("small.nii.gz");
     drdm::write_image(path, pattern(size, PixelType::kFloat32), Geometry::identity(size));
@@ -979,7 +985,8 @@ TEST(ImageIo, NiftiQformAndSformCodesAreKept) {
     int16_t qform, sform, want_qform, want_sform;
   };
   // Both 0: no orientation stored; ITK's explicit 1/1 keeps our geometry readable.
-  for (const Codes c : {Codes{0, 2, 0, 2}, Codes{2, 0, 2, 0}, Codes{1, 4, 1, 4}, Codes{0, 0, 1, 1}}) {
+  for (const Codes c :
+       {Codes{0, 2, 0, 2}, Codes{2, 0, 2, 0}, Codes{1, 4, 1, 4}, Codes{0, 0, 1, 1}}) {
     SCOPED_TRACE(std::to_string(c.qform) + "/" + std::to_string(c.sform));
     auto raw = itk_written;
     put_int16(raw, kQformCode, c.qform);
@@ -1080,27 +1087,50 @@ void put(std::string& b, size_t offset, T v, bool big) {
 std::string raw_value(const NiftiCase& c, double v, bool big) {
   std::string out(static_cast<size_t>(c.bitpix / 8), '\0');
   switch (c.datatype) {
-    case 2: put<uint8_t>(out, 0, static_cast<uint8_t>(v), big); break;
-    case 256: put<int8_t>(out, 0, static_cast<int8_t>(v), big); break;
-    case 4: put<int16_t>(out, 0, static_cast<int16_t>(v), big); break;
-    case 512: put<uint16_t>(out, 0, static_cast<uint16_t>(v), big); break;
-    case 8: put<int32_t>(out, 0, static_cast<int32_t>(v), big); break;
-    case 768: put<uint32_t>(out, 0, static_cast<uint32_t>(v), big); break;
-    case 1024: put<int64_t>(out, 0, static_cast<int64_t>(v), big); break;
-    case 1280: put<uint64_t>(out, 0, static_cast<uint64_t>(v), big); break;
-    case 16: put<float>(out, 0, static_cast<float>(v), big); break;
-    case 64: put<double>(out, 0, v, big); break;
-    default: throw std::logic_error("datatype");
+    case 2:
+      put<uint8_t>(out, 0, static_cast<uint8_t>(v), big);
+      break;
+    case 256:
+      put<int8_t>(out, 0, static_cast<int8_t>(v), big);
+      break;
+    case 4:
+      put<int16_t>(out, 0, static_cast<int16_t>(v), big);
+      break;
+    case 512:
+      put<uint16_t>(out, 0, static_cast<uint16_t>(v), big);
+      break;
+    case 8:
+      put<int32_t>(out, 0, static_cast<int32_t>(v), big);
+      break;
+    case 768:
+      put<uint32_t>(out, 0, static_cast<uint32_t>(v), big);
+      break;
+    case 1024:
+      put<int64_t>(out, 0, static_cast<int64_t>(v), big);
+      break;
+    case 1280:
+      put<uint64_t>(out, 0, static_cast<uint64_t>(v), big);
+      break;
+    case 16:
+      put<float>(out, 0, static_cast<float>(v), big);
+      break;
+    case 64:
+      put<double>(out, 0, v, big);
+      break;
+    default:
+      throw std::logic_error("datatype");
   }
   return out;
 }
 
 /// A single-file NIfTI-1 image of `size` (x, y[, z]) holding `c.values` cyclically.
-std::string nifti_bytes(const NiftiCase& c, const std::vector<int64_t>& size, bool big, float slope, float inter) {
+std::string nifti_bytes(const NiftiCase& c, const std::vector<int64_t>& size, bool big, float slope,
+                        float inter) {
   std::string b(352, '\0');
   put<int32_t>(b, 0, 348, big);
   put<int16_t>(b, 40, static_cast<int16_t>(size.size()), big);
-  for (size_t k = 0; k < size.size(); ++k) put<int16_t>(b, 42 + 2 * k, static_cast<int16_t>(size[k]), big);
+  for (size_t k = 0; k < size.size(); ++k)
+    put<int16_t>(b, 42 + 2 * k, static_cast<int16_t>(size[k]), big);
   put<int16_t>(b, 70, static_cast<int16_t>(c.datatype), big);
   put<int16_t>(b, 72, static_cast<int16_t>(c.bitpix), big);
   const float pixdim[3] = {0.75f, 1.25f, 2.5f}, origin[3] = {10.0f, -20.0f, 30.0f};
@@ -1117,14 +1147,16 @@ std::string nifti_bytes(const NiftiCase& c, const std::vector<int64_t>& size, bo
   std::memcpy(&b[344], "n+1\0", 4);
   int64_t n = 1;
   for (auto s : size) n *= s;
-  for (int64_t i = 0; i < n; ++i) b += raw_value(c, c.values[static_cast<size_t>(i) % c.values.size()], big);
+  for (int64_t i = 0; i < n; ++i)
+    b += raw_value(c, c.values[static_cast<size_t>(i) % c.values.size()], big);
   return b;
 }
 
 void write_gzip(const std::string& path, const std::string& bytes) {
   gzFile f = gzopen(path.c_str(), "wb");
   ASSERT_NE(f, nullptr);
-  ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())), static_cast<int>(bytes.size()));
+  ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())),
+            static_cast<int>(bytes.size()));
   ASSERT_EQ(gzclose(f), Z_OK);
 }
 
@@ -1151,8 +1183,9 @@ TEST(ImageIo, NiftiOfEveryDatatypeByteOrderAndScalingReadsAsTheStandardSays) {
       for (const bool big : {false, true})
         for (const auto& [slope, inter] : scalings)
           for (const bool gz : {false, true}) {
-            const std::string name = "dt" + std::to_string(c.datatype) + "_" + std::to_string(size.size()) + "d" +
-                                     (big ? "_be" : "_le") + "_s" + std::to_string(slope) + (gz ? ".nii.gz" : ".nii");
+            const std::string name = "dt" + std::to_string(c.datatype) + "_" +
+                                     std::to_string(size.size()) + "d" + (big ? "_be" : "_le") +
+                                     "_s" + std::to_string(slope) + (gz ? ".nii.gz" : ".nii");
             SCOPED_TRACE(name);
             const auto bytes = nifti_bytes(c, size, big, slope, inter);
             const auto path = tmp.path(name);
@@ -1178,14 +1211,17 @@ TEST(ImageIo, NiftiOfEveryDatatypeByteOrderAndScalingReadsAsTheStandardSays) {
             if (!scaled) EXPECT_EQ(image.pixel_type, c.pixel);
             const auto& g = image.geometry;
             ASSERT_EQ(g.size, size);
-            const double lps[3] = {-1, -1, 1}, pixdim[3] = {0.75, 1.25, 2.5}, origin[3] = {10, -20, 30};
+            const double lps[3] = {-1, -1, 1}, pixdim[3] = {0.75, 1.25, 2.5},
+                         origin[3] = {10, -20, 30};
             const size_t d = size.size();
             for (size_t k = 0; k < d; ++k) {
               EXPECT_DOUBLE_EQ(g.spacing[k], pixdim[k]);
               EXPECT_DOUBLE_EQ(g.origin[k], lps[k] * origin[k]);
-              for (size_t j = 0; j < d; ++j) EXPECT_DOUBLE_EQ(g.direction[k * d + j], k == j ? lps[k] : 0.0);
+              for (size_t j = 0; j < d; ++j)
+                EXPECT_DOUBLE_EQ(g.direction[k * d + j], k == j ? lps[k] : 0.0);
             }
             const bool integral = c.pixel != PixelType::kFloat32 && c.pixel != PixelType::kFloat64;
-            if (integral && !scaled) EXPECT_TRUE(at::equal(drdm::read_labels(path).data, expected.to(at::kLong)));
+            if (integral && !scaled)
+              EXPECT_TRUE(at::equal(drdm::read_labels(path).data, expected.to(at::kLong)));
           }
 }

@@ -1,5 +1,5 @@
 // The authors' published cardiac network imported into libdrdm
-// (drdm/import.h): the shipped model models/cardiac2d-paper/model.pt must
+// (drdm/diffusion/import.h): the shipped model models/cardiac2d-paper/model.pt must
 // reproduce the outputs of their own RecResACNet code with their weights,
 // recorded once by scripts/make_import_golden.py in tests/data/import_golden.
 #include <gtest/gtest.h>
@@ -12,10 +12,10 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "drdm/diffusion/import.h"
 #include "drdm/core/module_state.h"
-#include "drdm/diffusion/train_config.h"
+#include "drdm/diffusion/import.h"
 #include "drdm/diffusion/inference.h"
+#include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/trainer.h"
 #include "drdm/engine/training_engine.h"
 #include "test_util.h"

@@ -1,5 +1,3 @@
-#include "drdm/diffusion/losses.h"
-
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -10,6 +8,7 @@
 #include <vector>
 
 #include "drdm/core/spatial.h"
+#include "drdm/diffusion/losses.h"
 
 namespace {
 
@@ -371,17 +370,16 @@ TEST(Losses, RecoveryLossIsTheWeightedSumOfItsTerms) {
   EXPECT_NEAR(val(t.smoothness), val(smoothness_loss(psi_hat)), 1e-6);
   EXPECT_NEAR(val(t.folding), val(folding_loss(psi_hat)), 1e-6);
   EXPECT_GT(val(t.folding), 0.0);
-  EXPECT_NEAR(val(t.total),
-              2.0 * val(t.distance) + 3.0 * val(t.angle) +
-                  0.5 * (val(t.smoothness) + val(t.folding)),
-              1e-5);
+  EXPECT_NEAR(
+      val(t.total),
+      2.0 * val(t.distance) + 3.0 * val(t.angle) + 0.5 * (val(t.smoothness) + val(t.folding)),
+      1e-5);
 
   // Defaults: lambda = (1, 1, 10), eps = 1e-3.
   auto d = recovery_loss(psi, psi_hat);
   EXPECT_NEAR(val(d.distance), val(distance_loss(psi, psi_hat)), 1e-6);
   EXPECT_NEAR(val(d.total),
-              val(d.distance) + val(d.angle) + 10.0 * (val(d.smoothness) + val(d.folding)),
-              1e-5);
+              val(d.distance) + val(d.angle) + 10.0 * (val(d.smoothness) + val(d.folding)), 1e-5);
 
   // A zero weight removes its term.
   drdm::LossWeights only_distance;

@@ -1,16 +1,6 @@
-// Tests for drdm/network.h: the recursive ACNN U-Net of the paper's Tables
+// Tests for drdm/diffusion/network.h: the recursive ACNN U-Net of the paper's Tables
 // B.4 / B.5 (parameter count from the tables, shapes, input checks, state
 // round trip, gradients, time conditioning, recursion = composition).
-#include "drdm/diffusion/network.h"
-#include "drdm/core/module_state.h"
-#include "drdm/core/spatial.h"
-#include "drdm/diffusion/inference.h"
-#include "drdm/engine/training_engine.h"
-#include "drdm/io/models.h"
-#include "drdm/reg/train.h"
-#include "drdm/seg/train.h"
-#include "test_util.h"
-
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
@@ -22,6 +12,16 @@
 #include <cstdio>
 #include <string>
 #include <vector>
+
+#include "drdm/core/module_state.h"
+#include "drdm/core/spatial.h"
+#include "drdm/diffusion/inference.h"
+#include "drdm/diffusion/network.h"
+#include "drdm/engine/training_engine.h"
+#include "drdm/io/models.h"
+#include "drdm/reg/train.h"
+#include "drdm/seg/train.h"
+#include "test_util.h"
 
 namespace {
 
@@ -57,8 +57,8 @@ int64_t table_b4_count(int64_t d, int64_t c0, int64_t e = 80) {
   TableCount t{d, e};
   int64_t n = 0;
   // Time embeddings t1..t7 (the sinusoidal "embed" row has no weights).
-  for (int64_t c : {c0, int64_t{10}, int64_t{20}, int64_t{40}, int64_t{80}, int64_t{40},
-                    int64_t{20}}) {
+  for (int64_t c :
+       {c0, int64_t{10}, int64_t{20}, int64_t{40}, int64_t{80}, int64_t{40}, int64_t{20}}) {
     n += t.fc(c);
   }
   // Encoder.
@@ -203,8 +203,11 @@ TEST(Network, RejectsBadInput) {
   expect_error_containing([&] { net->forward(img, steps({81})); }, "[0, 80]");
   expect_error_containing([&] { net->forward(img, steps({-1})); }, "[0, 80]");
   expect_error_containing([&] { net->forward(img, at::tensor({4.0f})); }, "integer");
-  expect_error_containing([&] { net->forward(test_image({16, 16}, 2), steps({1, 2, 3})); },
-                          "1 or N");
+  expect_error_containing(
+      [&] {
+        net->forward(test_image({16, 16}, 2), steps({1, 2, 3}));
+      },
+      "1 or N");
   expect_error_containing([&] { net->forward(img.to(at::kDouble), t); }, "dtype");
   EXPECT_THROW(RecoveryNet(NetworkOptions{4}), c10::Error);
 
@@ -238,8 +241,7 @@ TEST(Network, StateRoundTrip) {
   expect_error_containing([&] { drdm::load_module_state(*b, wrong); }, "enc1.0.conv_in.weight");
   auto extra = saved;
   extra["enc1.0.norm.running_mean"] = at::zeros({10});
-  expect_error_containing([&] { drdm::load_module_state(*b, extra); },
-                          "enc1.0.norm.running_mean");
+  expect_error_containing([&] { drdm::load_module_state(*b, extra); }, "enc1.0.norm.running_mean");
   EXPECT_TRUE(at::equal(out_a, b->forward(img, t)));
 }
 

@@ -1,11 +1,10 @@
-// Tests for drdm/preview.h.
-#include "drdm/io/preview.h"
-
-#include "drdm/core/spatial.h"
-#include "test_util.h"
-
+// Tests for drdm/io/preview.h.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include "drdm/core/spatial.h"
+#include "drdm/io/preview.h"
+#include "test_util.h"
 
 namespace {
 
@@ -50,7 +49,8 @@ TEST(Preview, RejectsMismatchedInputs) {
   auto img = ramp_image({20, 20});
   EXPECT_THROW(drdm::render_warp_preview(img, img, at::zeros({1, 2, 20, 21})), std::exception);
   EXPECT_THROW(drdm::render_warp_preview(img, img, at::zeros({1, 3, 20, 20})), std::exception);
-  EXPECT_THROW(drdm::render_warp_preview(img.squeeze(0), img, at::zeros({1, 2, 20, 20})), std::exception);
+  EXPECT_THROW(drdm::render_warp_preview(img.squeeze(0), img, at::zeros({1, 2, 20, 20})),
+               std::exception);
 }
 
 }  // namespace

@@ -1,10 +1,9 @@
-// Tests for drdm/random_field.h.
-#include "drdm/core/random_field.h"
-
-#include "drdm/core/spatial.h"
-
+// Tests for drdm/core/random_field.h.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include "drdm/core/random_field.h"
+#include "drdm/core/spatial.h"
 
 namespace {
 
@@ -35,7 +34,7 @@ TEST(RandomField, IntegratedFieldIsSmoothAndInvertible) {
   auto u = drdm::random_smooth_field({96, 96}, 4, 21, o);
   EXPECT_EQ(drdm::folding_ratio(u).max().item<double>(), 0.0);
   const double peak = max_norm(u);
-  EXPECT_GT(peak, 4.0);   // integration keeps the scale of the velocity
+  EXPECT_GT(peak, 4.0);  // integration keeps the scale of the velocity
   EXPECT_LT(peak, 16.0);
 }
 
@@ -65,7 +64,8 @@ TEST(RandomField, RejectsBadOptions) {
 TEST(RandomField, SameFieldOnEveryDevice_CUDA) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   auto cpu = drdm::random_smooth_field({32, 32, 32}, 2, 9);
-  auto gpu = drdm::random_smooth_field({32, 32, 32}, 2, 9, {}, at::TensorOptions().device(at::kCUDA));
+  auto gpu =
+      drdm::random_smooth_field({32, 32, 32}, 2, 9, {}, at::TensorOptions().device(at::kCUDA));
   EXPECT_LT((gpu.cpu() - cpu).abs().max().item<double>(), 1e-3);
 }
 

@@ -5,9 +5,9 @@
 
 #include <string>
 
-#include "drdm/reg/mrbs.h"
 #include "drdm/core/spatial.h"
 #include "drdm/diffusion/velocity_sampler.h"
+#include "drdm/reg/mrbs.h"
 
 namespace {
 

@@ -8,15 +8,15 @@
 #include <set>
 #include <string>
 
+#include "drdm/core/spatial.h"
 #include "drdm/diffusion/generate.h"
+#include "drdm/diffusion/velocity_sampler.h"
+#include "drdm/engine/training_engine.h"
 #include "drdm/io/image_io.h"
 #include "drdm/io/models.h"
 #include "drdm/reg/losses.h"
 #include "drdm/reg/pairs.h"
 #include "drdm/reg/synth.h"
-#include "drdm/core/spatial.h"
-#include "drdm/engine/training_engine.h"
-#include "drdm/diffusion/velocity_sampler.h"
 #include "test_util.h"
 
 namespace {
@@ -34,9 +34,10 @@ TEST(RegLosses, GradientLossOfALinearFieldIsTheMeanOfItsMatrix) {
   const auto u = linear_field(A, {9, 7});
   EXPECT_NEAR(reg::gradient_loss(u, 1).item<double>(), A.abs().mean().item<double>(), 1e-6);
   EXPECT_NEAR(reg::gradient_loss(u, 2).item<double>(), A.square().mean().item<double>(), 1e-6);
-  const auto B = at::tensor({0.1, 0.2, -0.3, 0.0, 0.5, -0.1, 0.2, 0.2, 0.7}, at::kFloat).view({3, 3});
-  EXPECT_NEAR(reg::gradient_loss(linear_field(B, {5, 6, 7}), 1).item<double>(), B.abs().mean().item<double>(),
-              1e-6);
+  const auto B =
+      at::tensor({0.1, 0.2, -0.3, 0.0, 0.5, -0.1, 0.2, 0.2, 0.7}, at::kFloat).view({3, 3});
+  EXPECT_NEAR(reg::gradient_loss(linear_field(B, {5, 6, 7}), 1).item<double>(),
+              B.abs().mean().item<double>(), 1e-6);
   EXPECT_THROW(reg::gradient_loss(u, 3), std::invalid_argument);
 }
 
@@ -69,7 +70,8 @@ TEST(RegLosses, NccMatchesBruteForceAndIsMinusOneForScaledImages) {
   EXPECT_NEAR(reg::ncc_loss(a, b, 5).item<double>(), brute_ncc(a, b, 5), 1e-5);
   const auto big = at::rand({1, 1, 24, 24});
   EXPECT_NEAR(reg::ncc_loss(big, 2 * big, 9).item<double>(), -1.0, 1e-3);
-  EXPECT_GT(reg::ncc_loss(big, at::rand({1, 1, 24, 24}), 9).item<double>(), -0.2);  // unrelated images
+  EXPECT_GT(reg::ncc_loss(big, at::rand({1, 1, 24, 24}), 9).item<double>(),
+            -0.2);  // unrelated images
   const auto vol = at::rand({1, 1, 12, 12, 12});
   EXPECT_NEAR(reg::ncc_loss(vol, 0.5 * vol, 5).item<double>(), -1.0, 1e-3);
   EXPECT_THROW(reg::ncc_loss(a, b, 4), std::invalid_argument);
@@ -86,7 +88,8 @@ TEST(RegLosses, NccGradientMatchesFiniteDifferences) {
     at::NoGradGuard no_grad;
     auto p = a.detach().clone(), m = a.detach().clone();
     p.view(-1)[k] += h, m.view(-1)[k] -= h;
-    const double numeric = (reg::ncc_loss(p, b, 5).item<double>() - reg::ncc_loss(m, b, 5).item<double>()) / (2 * h);
+    const double numeric =
+        (reg::ncc_loss(p, b, 5).item<double>() - reg::ncc_loss(m, b, 5).item<double>()) / (2 * h);
     EXPECT_NEAR(grad.view(-1)[k].item<double>(), numeric, 1e-6 + 1e-4 * std::abs(numeric)) << k;
   }
 }
@@ -126,7 +129,7 @@ TEST(RegPairs, MrbsTargetMapsMovingOntoFixedAndItsNegationDoesNot) {
   EXPECT_LT(ok, 1e-6);
   EXPECT_GT(base, 0.01);
   EXPECT_GT(interior_error(drdm::warp(p.moving, -p.target), p.fixed, 4), 0.5 * base);  // wrong sign
-  EXPECT_GT(interior_error(drdm::warp(p.fixed, p.target), p.moving, 4), 0.5 * base);   // wrong roles
+  EXPECT_GT(interior_error(drdm::warp(p.fixed, p.target), p.moving, 4), 0.5 * base);  // wrong roles
 }
 
 TEST(RegPairs, DrdmTargetMapsMovingOntoFixedAndItsNegationDoesNot) {
@@ -143,10 +146,12 @@ TEST(RegPairs, DrdmTargetMapsMovingOntoFixedAndItsNegationDoesNot) {
 std::string config_text(const std::string& extra = "") {
   return R"({"data": {"images": "i", "labels": "l", "size": [32, 32]},
              "pretrain": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "log_every": 1},
-             "finetune": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "log_every": 1})" + extra + "}";
+             "finetune": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "log_every": 1})" +
+         extra + "}";
 }
 
-void expect_config_error(const std::string& text, const std::vector<std::string>& sets, const std::string& key) {
+void expect_config_error(const std::string& text, const std::vector<std::string>& sets,
+                         const std::string& key) {
   try {
     reg::parse_reg_config(text, "test.json", sets);
     ADD_FAILURE() << "no error for " << key;
@@ -173,9 +178,11 @@ TEST(RegConfig, ParsesRoundTripsAndNamesBadKeys) {
   expect_config_error(config_text(), {"finetune.ncc_window=8"}, "finetune.ncc_window");
   // Absurd sizes are refused by the config before any work (issue 26, items 9 and 12).
   expect_config_error(config_text(), {"voxelmorph.encoder=[100000, 16]"}, "voxelmorph.encoder");
-  expect_config_error(config_text(), {"synthetic.pairs_per_image=100000000"}, "synthetic.pairs_per_image");
+  expect_config_error(config_text(), {"synthetic.pairs_per_image=100000000"},
+                      "synthetic.pairs_per_image");
   // VoxelMorph's own checks are blamed on the --set too, naming the key once (item 17).
-  expect_config_error(config_text(), {"voxelmorph.integration_steps=-1"}, "'voxelmorph.integration_steps'");
+  expect_config_error(config_text(), {"voxelmorph.integration_steps=-1"},
+                      "'voxelmorph.integration_steps'");
   expect_config_error(config_text(", \"pretrian\": {}"), {}, "pretrian");
 }
 
@@ -237,18 +244,23 @@ TEST(RegScore, TheKnownShiftRegistersTheDiscExactly) {
   drdm::test::TempDir dir;
   write_cases(dir, 2, 32);  // case101's disc is case100's moved by (+1, +2)
   const auto c = small_config(dir);
-  const auto moving = reg::load_volume(dir.path("images/case100.nii.gz"), dir.path("labels/case100.nii.gz"), c.data);
-  const auto fixed = reg::load_volume(dir.path("images/case101.nii.gz"), dir.path("labels/case101.nii.gz"), c.data);
-  const auto shift = at::tensor({-1.0f, -2.0f}).view({1, 2, 1, 1}).expand({1, 2, 32, 32}).contiguous();
+  const auto moving = reg::load_volume(dir.path("images/case100.nii.gz"),
+                                       dir.path("labels/case100.nii.gz"), c.data);
+  const auto fixed = reg::load_volume(dir.path("images/case101.nii.gz"),
+                                      dir.path("labels/case101.nii.gz"), c.data);
+  const auto shift =
+      at::tensor({-1.0f, -2.0f}).view({1, 2, 1, 1}).expand({1, 2, 32, 32}).contiguous();
   const auto right = reg::score_pair(moving, fixed, shift, 1);
   EXPECT_DOUBLE_EQ(right.classes[0].dice, 1.0);
   EXPECT_DOUBLE_EQ(right.folding, 0.0);
   const auto none = reg::score_pair(moving, fixed, at::zeros({1, 2, 32, 32}), 1);
   EXPECT_LT(none.classes[0].dice, 0.95);
-  EXPECT_LT(reg::score_pair(moving, fixed, -shift, 1).classes[0].dice, none.classes[0].dice);  // wrong sign
+  EXPECT_LT(reg::score_pair(moving, fixed, -shift, 1).classes[0].dice,
+            none.classes[0].dice);  // wrong sign
   const auto bad = reg::load_volume(dir.path("images/case100.nii.gz"), "", c.data);
   EXPECT_THROW(reg::score_pair(bad, fixed, shift, 1), std::invalid_argument);
-  EXPECT_THROW(reg::load_volume(dir.path("images/case100.nii.gz"), dir.path("labels/missing.nii.gz"), c.data),
+  EXPECT_THROW(reg::load_volume(dir.path("images/case100.nii.gz"),
+                                dir.path("labels/missing.nii.gz"), c.data),
                std::runtime_error);
 }
 
@@ -256,8 +268,9 @@ TEST(RegTrain, PretrainingResumesExactly) {
   drdm::test::TempDir dir;
   write_cases(dir, 4, 32);
   auto c = small_config(dir);
-  at::Tensor images = at::cat({reg::load_volume(dir.path("images/case100.nii.gz"), "", c.data).image,
-                               reg::load_volume(dir.path("images/case101.nii.gz"), "", c.data).image});
+  at::Tensor images =
+      at::cat({reg::load_volume(dir.path("images/case100.nii.gz"), "", c.data).image,
+               reg::load_volume(dir.path("images/case101.nii.gz"), "", c.data).image});
   const auto bank = reg::synthetic_bank("mrbs", images, c, dir.path("bank"), false);
   EXPECT_EQ(bank.target.size(0), 2);
   const auto straight = reg::train_registration(c, "pretrain", bank, {}, "", dir.path("a"), false);
@@ -273,23 +286,28 @@ TEST(RegTrain, PretrainingResumesExactly) {
   auto other = c;
   other.finetune.lr = 3e-4, other.similarity = "mse", other.data.test_pairs = 5;
   const auto again = reg::train_registration(other, "pretrain", bank, {}, "", dir.path("a"), false);
-  EXPECT_TRUE(at::equal(drdm::read_checkpoint(again).model.at("flow.weight"), a.model.at("flow.weight")));
+  EXPECT_TRUE(
+      at::equal(drdm::read_checkpoint(again).model.at("flow.weight"), a.model.at("flow.weight")));
   // ... but not when a setting of pretraining itself changes.
   auto changed = c;
   changed.pretrain_lambda = 2.0;
-  EXPECT_ANY_THROW(reg::train_registration(changed, "pretrain", bank, {}, "", dir.path("a"), false));
+  EXPECT_ANY_THROW(
+      reg::train_registration(changed, "pretrain", bank, {}, "", dir.path("a"), false));
   // Fine-tuning from the pretrained weights moves them.
-  const auto tuned = reg::train_registration(c, "finetune", {}, images, straight, dir.path("c"), false);
+  const auto tuned =
+      reg::train_registration(c, "finetune", {}, images, straight, dir.path("c"), false);
   const auto t = drdm::read_checkpoint(tuned);
   EXPECT_FALSE(at::equal(t.model.at("flow.weight"), a.model.at("flow.weight")));
-  EXPECT_THROW(reg::train_registration(c, "finetune", {}, images.narrow(0, 0, 1), "", dir.path("d"), false),
-               std::invalid_argument);
+  EXPECT_THROW(
+      reg::train_registration(c, "finetune", {}, images.narrow(0, 0, 1), "", dir.path("d"), false),
+      std::invalid_argument);
 }
 
 TEST(RegTrain, UnsupervisedFineTuningLearnsAShiftWithEitherSimilarity) {
   drdm::test::TempDir dir;
   auto c = small_config(dir);
-  c.finetune.steps = 80, c.finetune.batch_size = 2, c.finetune.lr = 2e-3, c.finetune.lr_schedule = "constant";
+  c.finetune.steps = 80, c.finetune.batch_size = 2, c.finetune.lr = 2e-3,
+  c.finetune.lr_schedule = "constant";
   c.finetune.checkpoint_every = 80, c.finetune.log_every = 10;
   // Two images: smooth blobs, the second the first moved by 2 voxels along W.
   const auto base = smooth_images(1, {32, 32});
@@ -303,7 +321,12 @@ TEST(RegTrain, UnsupervisedFineTuningLearnsAShiftWithEitherSimilarity) {
     at::NoGradGuard no_grad;
     const auto u = model.net->forward(base, moved);  // warp(base, u) ~ moved: u_W ~ -2 inside
     const double before = (base - moved).square().mean().item<double>();
-    const double after = (drdm::warp(base, u) - moved).narrow(2, 4, 24).narrow(3, 4, 24).square().mean().item<double>();
+    const double after = (drdm::warp(base, u) - moved)
+                             .narrow(2, 4, 24)
+                             .narrow(3, 4, 24)
+                             .square()
+                             .mean()
+                             .item<double>();
     EXPECT_LT(after, 0.5 * before) << sim;
     const double shift = u[0][1].narrow(0, 8, 16).narrow(1, 8, 16).mean().item<double>();
     EXPECT_LT(shift, -0.25) << sim;  // the right direction (a sign error gives > 0)

@@ -7,11 +7,11 @@
 #include <functional>
 #include <string>
 
-#include "drdm/engine/optim.h"
 #include "drdm/core/module_state.h"
 #include "drdm/core/random_field.h"
-#include "drdm/reg/voxelmorph.h"
 #include "drdm/core/spatial.h"
+#include "drdm/engine/optim.h"
+#include "drdm/reg/voxelmorph.h"
 
 namespace {
 

@@ -1,11 +1,11 @@
-// Tests for drdm/runtime.h. Each test runs in its own process (CTest), so the
+// Tests for drdm/core/runtime.h. Each test runs in its own process (CTest), so the
 // allocator starts from glibc's defaults in every one.
-#include "drdm/core/runtime.h"
-
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <cstring>
+
+#include "drdm/core/runtime.h"
 
 // glibc's allocator settings cannot be observed under AddressSanitizer, whose
 // allocator replaces glibc's malloc (scripts/test.sh --sanitize).

@@ -1,9 +1,5 @@
 // Tests for drdm/seg/bigaug.h. Expected values come from closed forms
 // (Gaussian, pow, rotation matrices) computed here, not from the library.
-#include "drdm/seg/bigaug.h"
-
-#include "drdm/core/spatial.h"
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
@@ -14,6 +10,9 @@
 #include <set>
 #include <string>
 #include <vector>
+
+#include "drdm/core/spatial.h"
+#include "drdm/seg/bigaug.h"
 
 namespace {
 
@@ -41,7 +40,8 @@ std::vector<int64_t> shape_of(at::IntArrayRef size, int64_t n = 1, int64_t c = 1
 at::Tensor blob(at::IntArrayRef size, const std::vector<double>& centre, double sigma) {
   auto grid = drdm::identity_grid(size, at::kDouble);
   auto r2 = at::zeros_like(grid.select(1, 0));
-  for (size_t i = 0; i < centre.size(); ++i) r2 += (grid.select(1, static_cast<int64_t>(i)) - centre[i]).pow(2);
+  for (size_t i = 0; i < centre.size(); ++i)
+    r2 += (grid.select(1, static_cast<int64_t>(i)) - centre[i]).pow(2);
   return at::exp(-0.5 * r2 / (sigma * sigma)).unsqueeze(1).to(at::kFloat);
 }
 
@@ -67,8 +67,10 @@ at::Tensor box_labels(at::IntArrayRef size, int64_t n, const std::vector<int64_t
   for (size_t k = 1; k < classes.size(); ++k) {
     auto view = l;
     for (int64_t i = 0; i < static_cast<int64_t>(size.size()); ++i) {
-      const int64_t margin = static_cast<int64_t>(k) * size[i] / (2 * static_cast<int64_t>(classes.size()) + 1);
-      view = view.narrow(2 + i, margin + static_cast<int64_t>(k), size[i] - 2 * margin - static_cast<int64_t>(k));
+      const int64_t margin =
+          static_cast<int64_t>(k) * size[i] / (2 * static_cast<int64_t>(classes.size()) + 1);
+      view = view.narrow(2 + i, margin + static_cast<int64_t>(k),
+                         size[i] - 2 * margin - static_cast<int64_t>(k));
     }
     view.fill_(classes[k]);
   }
@@ -94,8 +96,8 @@ TEST(BigAugBlur, DeltaImpulseMatchesAnalyticGaussian) {
   const double centre = y[0][0][10][10].item<double>();
   for (int a = -3; a <= 3; ++a)
     for (int b = -3; b <= 3; ++b)
-      EXPECT_NEAR(y[0][0][10 + a][10 + b].item<double>() / centre, std::exp(-(a * a + b * b) / (2 * sigma * sigma)),
-                  1e-5)
+      EXPECT_NEAR(y[0][0][10 + a][10 + b].item<double>() / centre,
+                  std::exp(-(a * a + b * b) / (2 * sigma * sigma)), 1e-5)
           << a << "," << b;
   // Centre value of a sampled Gaussian normalised on [-ceil(4 sigma), ceil(4 sigma)]^2.
   double z = 0;
@@ -132,12 +134,18 @@ TEST(BigAugSharpen, IncreasesEdgeContrastAndKeepsFlatRegions) {
   EXPECT_NEAR(row[29].item<double>(), 1.0, 1e-5);
   // A soft edge (tanh, width 2 voxels): even the smallest alpha steepens it.
   auto j = at::arange(32, at::kDouble);
-  auto soft = (0.5 * (1 + at::tanh((j - 15.5) / 2))).to(at::kFloat).view({1, 1, 1, 32}).expand({1, 1, 8, 32});
-  auto steepest = [](const at::Tensor& r) { return (r.narrow(0, 1, 31) - r.narrow(0, 0, 31)).max().item<double>(); };
+  auto soft = (0.5 * (1 + at::tanh((j - 15.5) / 2)))
+                  .to(at::kFloat)
+                  .view({1, 1, 1, 32})
+                  .expand({1, 1, 8, 32});
+  auto steepest = [](const at::Tensor& r) {
+    return (r.narrow(0, 1, 31) - r.narrow(0, 0, 31)).max().item<double>();
+  };
   const double before = steepest(soft[0][0][4]);
   // (slopes 0.245 -> 0.263 and 0.381, by an independent NumPy evaluation of the formula)
   for (auto [alpha, gain] : {std::pair{10.0, 1.05}, std::pair{30.0, 1.4}})
-    EXPECT_GT(steepest(drdm::seg::gaussian_sharpen(soft.contiguous(), {alpha}, 1.0, 0.5)[0][0][4]), gain * before)
+    EXPECT_GT(steepest(drdm::seg::gaussian_sharpen(soft.contiguous(), {alpha}, 1.0, 0.5)[0][0][4]),
+              gain * before)
         << alpha;
   // The documented formula, spelled out with the blur alone.
   auto gen = generator(4);
@@ -145,7 +153,8 @@ TEST(BigAugSharpen, IncreasesEdgeContrastAndKeepsFlatRegions) {
   auto b = drdm::seg::gaussian_blur(img, {1.0, 1.0});
   auto bb = drdm::seg::gaussian_blur(b, {0.5, 0.5});
   auto expect = b + (b - bb) * at::tensor({12.0f, 25.0f}).view({2, 1, 1, 1});
-  EXPECT_TRUE(at::allclose(drdm::seg::gaussian_sharpen(img, {12.0, 25.0}, 1.0, 0.5), expect, 1e-5, 1e-5));
+  EXPECT_TRUE(
+      at::allclose(drdm::seg::gaussian_sharpen(img, {12.0, 25.0}, 1.0, 0.5), expect, 1e-5, 1e-5));
 }
 
 // ---------------------------------------------------------------- intensity
@@ -181,8 +190,8 @@ TEST(BigAugIntensity, GammaOnARampMatchesPow) {
   const double gamma = 2.3;
   auto y = drdm::seg::gamma_contrast(x, {gamma});
   auto r = at::linspace(0.0, 1.0, 64, at::kDouble);
-  auto c0 = r.pow(gamma) * 0.7 + 0.2;   // range [0.2, 0.9]
-  auto c1 = r.pow(gamma) * 1.4 + 0.3;   // range [0.3, 1.7]
+  auto c0 = r.pow(gamma) * 0.7 + 0.2;  // range [0.2, 0.9]
+  auto c1 = r.pow(gamma) * 1.4 + 0.3;  // range [0.3, 1.7]
   EXPECT_TRUE(at::allclose(y[0][0].flatten().to(at::kDouble), c0, 1e-5, 1e-5));
   EXPECT_TRUE(at::allclose(y[0][1].flatten().to(at::kDouble), c1, 1e-5, 1e-5));
   EXPECT_TRUE(at::equal(y[0][2], x[0][2]));  // a constant channel stays
@@ -219,8 +228,10 @@ TEST(BigAugSpatial, Rotation2DMovesAPointAsTheMatrixSays) {
     const double a = deg * kPi / 180;
     auto y = warp_one(blob(size, {c[0] + 12, c[1] + 3}, 2.0), s);
     // content at c + (12, 3) goes to c + R (12, 3), R = [[cos, -sin], [sin, cos]].
-    expect_point(centroid(y), {c[0] + 12 * std::cos(a) - 3 * std::sin(a), c[1] + 12 * std::sin(a) + 3 * std::cos(a)},
-                 0.05);
+    expect_point(
+        centroid(y),
+        {c[0] + 12 * std::cos(a) - 3 * std::sin(a), c[1] + 12 * std::sin(a) + 3 * std::cos(a)},
+        0.05);
   }
 }
 
@@ -228,10 +239,14 @@ TEST(BigAugSpatial, Rotation3DAboutEachAxis) {
   const std::vector<int64_t> size{33, 35, 37};
   const auto c = centre_of(size);
   const double deg = 40, a = deg * kPi / 180, co = 10 * std::cos(a), si = 10 * std::sin(a);
-  struct Case { int axis; std::vector<double> from, to; };
-  const std::vector<Case> cases{{0, {0, 10, 0}, {0, co, si}},   // about axis 0: axis 1 towards axis 2
-                                {1, {10, 0, 0}, {co, 0, si}},   // about axis 1: axis 0 towards axis 2
-                                {2, {10, 0, 0}, {co, si, 0}}};  // about axis 2: axis 0 towards axis 1
+  struct Case {
+    int axis;
+    std::vector<double> from, to;
+  };
+  const std::vector<Case> cases{
+      {0, {0, 10, 0}, {0, co, si}},   // about axis 0: axis 1 towards axis 2
+      {1, {10, 0, 0}, {co, 0, si}},   // about axis 1: axis 0 towards axis 2
+      {2, {10, 0, 0}, {co, si, 0}}};  // about axis 2: axis 0 towards axis 1
   for (const auto& k : cases) {
     auto s = only({T::kRotation});
     s.angles_deg[static_cast<size_t>(k.axis)] = deg;
@@ -349,7 +364,8 @@ TEST(BigAugLabels, IntensityOnlyLeavesLabelsBitForBit) {
   auto gen = generator(12);
   auto images = at::rand({3, 2, 40, 44}, gen);
   auto s = drdm::seg::draw_samples(3, 2, o, gen);
-  for (auto& x : s) x.applied[T::kRotation] = x.applied[T::kScaling] = x.applied[T::kElastic] = false;
+  for (auto& x : s)
+    x.applied[T::kRotation] = x.applied[T::kScaling] = x.applied[T::kElastic] = false;
   auto [img, lab] = drdm::seg::bigaug_apply(images, labels, s, o, gen);
   EXPECT_TRUE(at::equal(lab, labels));
   EXPECT_GT((img - images).abs().max().item<double>(), 0.05);
@@ -390,7 +406,8 @@ TEST(BigAug, POneAppliesAll) {
   base[0].gamma = 2;
   base[0].scale = 1.05;
   base[0].angles_deg[0] = 15;
-  base[0].zoom = 1.3;  auto g1 = generator(15);
+  base[0].zoom = 1.3;
+  auto g1 = generator(15);
   auto all = drdm::seg::bigaug_apply(images, {}, base, o, g1).first;
   for (int t = 0; t < T::kCount; ++t) {
     auto fewer = base;
@@ -413,7 +430,8 @@ TEST(BigAug, DrawnParametersStayInTheirRanges) {
     EXPECT_TRUE(s.scale >= 0.9 && s.scale <= 1.1 && std::abs(s.shift) <= 0.1);
     EXPECT_TRUE(std::abs(s.angles_deg[0]) <= 20 && s.angles_deg[1] == 0 && s.angles_deg[2] == 0);
     EXPECT_TRUE(s.zoom >= 0.4 && s.zoom <= 1.6);
-    EXPECT_TRUE(s.elastic_magnitude >= o.elastic_magnitude_min && s.elastic_magnitude <= o.elastic_magnitude_max);
+    EXPECT_TRUE(s.elastic_magnitude >= o.elastic_magnitude_min &&
+                s.elastic_magnitude <= o.elastic_magnitude_max);
   }
 }
 
@@ -436,7 +454,8 @@ TEST(BigAug, ShapesAndTypes2DAnd3D) {
   BigAugOptions o;
   o.p = 1;
   auto gen = generator(19);
-  for (auto size : {std::vector<int64_t>{32, 40}, std::vector<int64_t>{12, 20, 24}, std::vector<int64_t>{1, 24, 24}}) {
+  for (auto size : {std::vector<int64_t>{32, 40}, std::vector<int64_t>{12, 20, 24},
+                    std::vector<int64_t>{1, 24, 24}}) {
     auto images = at::rand(shape_of(size, 2, 3), gen);
     auto labels = box_labels(size, 2, {0, 1});
     auto [img, lab] = drdm::seg::bigaug(images, labels, o, gen);
@@ -450,8 +469,9 @@ TEST(BigAug, ShapesAndTypes2DAnd3D) {
   EXPECT_EQ(img.scalar_type(), at::kDouble);
   EXPECT_FALSE(lab.defined());
   EXPECT_THROW(drdm::seg::bigaug(at::rand({2, 16, 16}), {}, o, gen), std::exception);
-  EXPECT_THROW(drdm::seg::bigaug(at::rand({2, 1, 16, 16}), at::zeros({2, 1, 16, 15}, at::kLong), o, gen),
-               std::exception);
+  EXPECT_THROW(
+      drdm::seg::bigaug(at::rand({2, 1, 16, 16}), at::zeros({2, 1, 16, 15}, at::kLong), o, gen),
+      std::exception);
 }
 
 TEST(BigAug, ValidateNamesTheKey) {
@@ -494,7 +514,8 @@ TEST(BigAug, ValidateNamesTheKey) {
       EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << key << " vs " << e.what();
     }
     auto gen = generator(0);
-    EXPECT_THROW(drdm::seg::bigaug(at::rand({1, 1, 8, 8}), {}, o, gen), std::invalid_argument) << key;
+    EXPECT_THROW(drdm::seg::bigaug(at::rand({1, 1, 8, 8}), {}, o, gen), std::invalid_argument)
+        << key;
   }
 }
 

@@ -1,4 +1,5 @@
-// Few-shot segmentation: U-Net, losses, config checks, subjects, slices, predict, evaluate, a grid smoke run.
+// Few-shot segmentation: U-Net, losses, config checks, subjects, slices, predict, evaluate, a grid
+// smoke run.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/utils.h>
@@ -9,9 +10,9 @@
 #include <sstream>
 
 #include "drdm/core/module_state.h"
+#include "drdm/core/stats.h"
 #include "drdm/io/image_io.h"
 #include "drdm/seg/fewshot.h"
-#include "drdm/core/stats.h"
 #include "test_util.h"
 
 namespace {
@@ -19,7 +20,8 @@ namespace {
 using drdm::test::TempDir;
 namespace seg = drdm::seg;
 
-seg::UNetOptions unet_options(int64_t dims, int64_t in, int64_t classes, std::vector<int64_t> widths) {
+seg::UNetOptions unet_options(int64_t dims, int64_t in, int64_t classes,
+                              std::vector<int64_t> widths) {
   return seg::UNetOptions().dims(dims).in_channels(in).classes(classes).widths(std::move(widths));
 }
 
@@ -27,8 +29,10 @@ TEST(UNet, ShapesIn2DAnd3D) {
   seg::UNet net2(unet_options(2, 1, 4, {8, 16, 32}));
   EXPECT_EQ(net2->forward(at::rand({2, 1, 32, 24})).sizes(), (std::vector<int64_t>{2, 4, 32, 24}));
   seg::UNet net3(unet_options(3, 2, 3, {4, 8}));
-  EXPECT_EQ(net3->forward(at::rand({1, 2, 8, 12, 16})).sizes(), (std::vector<int64_t>{1, 3, 8, 12, 16}));
-  EXPECT_THROW(net2->forward(at::rand({1, 1, 30, 32})), std::invalid_argument);  // not divisible by 4
+  EXPECT_EQ(net3->forward(at::rand({1, 2, 8, 12, 16})).sizes(),
+            (std::vector<int64_t>{1, 3, 8, 12, 16}));
+  EXPECT_THROW(net2->forward(at::rand({1, 1, 30, 32})),
+               std::invalid_argument);  // not divisible by 4
   EXPECT_THROW(net2->forward(at::rand({1, 2, 32, 32})), std::invalid_argument);  // channels
 }
 
@@ -56,13 +60,15 @@ TEST(UNet, ParameterCountMatchesTheLayerShapes) {
   // enc1 (2->4, 4->4) 76 + 148; up (4->2, 2x2) 34; dec0 (4->2, 2->2) 74 + 38; head (2->2, 1x1) 6.
   EXPECT_EQ(drdm::parameter_count(*seg::UNet(unet_options(2, 1, 2, {2, 4}))), 434);
   EXPECT_EQ(seg::unet_parameter_count(unet_options(2, 1, 2, {2, 4})), 434);
-  for (const seg::UNetOptions& o : {unet_options(2, 1, 4, {16, 32, 64, 128}), unet_options(3, 1, 3, {8, 16, 32})})
+  for (const seg::UNetOptions& o :
+       {unet_options(2, 1, 4, {16, 32, 64, 128}), unet_options(3, 1, 3, {8, 16, 32})})
     EXPECT_EQ(drdm::parameter_count(*seg::UNet(o)), seg::unet_parameter_count(o));
 }
 
 TEST(UNet, LossesReachZeroOnPerfectLogitsAndNameUnknownOnes) {
   const auto labels = at::randint(0, 3, {2, 1, 8, 8}, at::kLong);
-  const auto perfect = (at::one_hot(labels.squeeze(1), 3).permute({0, 3, 1, 2}).to(at::kFloat) * 2 - 1) * 30;
+  const auto perfect =
+      (at::one_hot(labels.squeeze(1), 3).permute({0, 3, 1, 2}).to(at::kFloat) * 2 - 1) * 30;
   EXPECT_LT(seg::bce_loss(perfect, labels).item<double>(), 1e-6);
   EXPECT_LT(seg::dice_ce_loss(perfect, labels).item<double>(), 1e-4);
   EXPECT_GT(seg::bce_loss(-perfect, labels).item<double>(), 10);
@@ -82,47 +88,62 @@ std::string config_error(const std::string& json) {
 TEST(SegConfig, BadKeysAndValuesNameThemselves) {
   const std::string data = R"("data": {"images": "i", "labels": "l"})";
   EXPECT_EQ(config_error("{" + data + "}"), "");
-  EXPECT_NE(config_error("{" + data + R"(, "grid": {"augmentations": ["mixup"]}})").find("unknown augmentation 'mixup'"),
+  EXPECT_NE(config_error("{" + data + R"(, "grid": {"augmentations": ["mixup"]}})")
+                .find("unknown augmentation 'mixup'"),
             std::string::npos);
-  EXPECT_NE(config_error("{" + data + R"(, "grid": {"subjects": [0]}})").find("grid.subjects"), std::string::npos);
-  EXPECT_NE(config_error("{" + data + R"(, "grid": {"subjects": []}})").find("grid.subjects"), std::string::npos);
-  EXPECT_NE(config_error("{" + data + R"(, "bigaug": {"gamma_min": 5}})").find("bigaug.gamma"), std::string::npos);
-  EXPECT_NE(config_error("{" + data + R"(, "unet": {"widht": [4]}})").find("did you mean 'unet.widths'"),
+  EXPECT_NE(config_error("{" + data + R"(, "grid": {"subjects": [0]}})").find("grid.subjects"),
             std::string::npos);
+  EXPECT_NE(config_error("{" + data + R"(, "grid": {"subjects": []}})").find("grid.subjects"),
+            std::string::npos);
+  EXPECT_NE(config_error("{" + data + R"(, "bigaug": {"gamma_min": 5}})").find("bigaug.gamma"),
+            std::string::npos);
+  EXPECT_NE(
+      config_error("{" + data + R"(, "unet": {"widht": [4]}})").find("did you mean 'unet.widths'"),
+      std::string::npos);
   // 70 levels: 2^(levels - 1) would shift past 63 bits (undefined before the bound).
   std::string widths = "1";
   for (int i = 1; i < 70; ++i) widths += ", 1";
-  EXPECT_NE(config_error("{" + data + R"(, "unet": {"widths": [)" + widths + "]}}").find("unet.widths"),
-            std::string::npos);
+  EXPECT_NE(
+      config_error("{" + data + R"(, "unet": {"widths": [)" + widths + "]}}").find("unet.widths"),
+      std::string::npos);
   // Absurd widths are refused by the config, not by the allocator (issue 26, item 12).
-  EXPECT_NE(config_error("{" + data + R"(, "unet": {"widths": [100000, 200000]}})").find("[1, 4096]"),
+  EXPECT_NE(
+      config_error("{" + data + R"(, "unet": {"widths": [100000, 200000]}})").find("[1, 4096]"),
+      std::string::npos);
+  EXPECT_NE(config_error(R"({"data": {"images": "i", "labels": "l", "test_mod": [5, 12]}})")
+                .find("data.test_mod"),
             std::string::npos);
-  EXPECT_NE(config_error(R"({"data": {"images": "i", "labels": "l", "test_mod": [5, 12]}})").find("data.test_mod"),
-            std::string::npos);
-  EXPECT_NE(config_error(R"({"data": {"images": "i", "labels": "l", "size": [100, 100]}})").find("divisible by 8"),
+  EXPECT_NE(config_error(R"({"data": {"images": "i", "labels": "l", "size": [100, 100]}})")
+                .find("divisible by 8"),
             std::string::npos);
   const auto c = seg::parse_seg_config("{" + data + "}", "seg.json");
   EXPECT_EQ(seg::to_json(seg::parse_seg_config(seg::to_json(c), "again")), seg::to_json(c));
   EXPECT_EQ(c.unet.classes(), 4);
   // The bank cap: fields per slice shrink for big subsets, never below 1.
-  auto capped = seg::parse_seg_config("{" + data + R"(, "drdm": {"fields_per_slice": 16, "max_fields": 1600}})", "s");
+  auto capped = seg::parse_seg_config(
+      "{" + data + R"(, "drdm": {"fields_per_slice": 16, "max_fields": 1600}})", "s");
   EXPECT_EQ(seg::bank_fields_per_slice(capped, 100), 16);
   EXPECT_EQ(seg::bank_fields_per_slice(capped, 300), 5);
   EXPECT_EQ(seg::bank_fields_per_slice(capped, 5000), 1);
   EXPECT_EQ(seg::bank_fields_per_slice(c, 5000), 16);
 }
 
-/// A labelled volume (slices x 40 x 48): a bright disc (3) in a ring (2), a blob (1), at a subject-dependent place.
+/// A labelled volume (slices x 40 x 48): a bright disc (3) in a ring (2), a blob (1), at a
+/// subject-dependent place.
 void write_case(const TempDir& dir, const std::string& name, int64_t shift, int64_t slices = 2) {
-  const auto yy = at::arange(40, at::kFloat).view({1, 40, 1}), xx = at::arange(48, at::kFloat).view({1, 1, 48});
-  const auto r = at::sqrt((yy - 20 - shift).pow(2) + (xx - 24 - shift).pow(2)).expand({slices, 40, 48});
+  const auto yy = at::arange(40, at::kFloat).view({1, 40, 1}),
+             xx = at::arange(48, at::kFloat).view({1, 1, 48});
+  const auto r =
+      at::sqrt((yy - 20 - shift).pow(2) + (xx - 24 - shift).pow(2)).expand({slices, 40, 48});
   auto labels = at::zeros({slices, 40, 48}, at::kLong);
   labels.masked_fill_(r < 11, 2);
   labels.masked_fill_(r < 7, 3);
-  labels.masked_fill_((at::abs(yy - 20).expand_as(r) < 4) & (at::abs(xx - 38 - shift / 2).expand_as(r) < 3), 1);
+  labels.masked_fill_(
+      (at::abs(yy - 20).expand_as(r) < 4) & (at::abs(xx - 38 - shift / 2).expand_as(r) < 3), 1);
   auto image = labels.to(at::kFloat) * 60 + 20 + at::rand({slices, 40, 48}) * 10;
   drdm::Geometry g{{48, 40, slices}, {1.5, 1.25, 8.0}, {10, -5, 3}, {1, 0, 0, 0, 1, 0, 0, 0, 1}};
-  drdm::write_image(dir.path("images/" + name + ".nii.gz"), image.unsqueeze(0).unsqueeze(0), g, drdm::PixelType::kUInt16);
+  drdm::write_image(dir.path("images/" + name + ".nii.gz"), image.unsqueeze(0).unsqueeze(0), g,
+                    drdm::PixelType::kUInt16);
   drdm::write_labels(dir.path("labels/" + name + ".nii.gz"), labels.unsqueeze(0).unsqueeze(0), g);
 }
 
@@ -131,13 +152,24 @@ class TinyData : public ::testing::Test {
   void SetUp() override {
     // Pool (mod 20 in 1..9): subjects 1, 2 (group 0), 21 (group 1); test (10..18): 10, 30.
     for (int s : {1, 2, 21, 10, 30})
-      for (int f : {1, 2}) write_case(data_, "patient" + std::to_string(1000 + s).substr(1) + "_frame0" + std::to_string(f), s % 5 - 2);
+      for (int f : {1, 2})
+        write_case(data_,
+                   "patient" + std::to_string(1000 + s).substr(1) + "_frame0" + std::to_string(f),
+                   s % 5 - 2);
   }
   seg::SegConfig config(const std::vector<std::string>& sets = {}) const {
-    std::vector<std::string> all = {
-        "data.images=" + data_.dir() + "/images", "data.labels=" + data_.dir() + "/labels", "data.size=[32,32]",
-        "unet.widths=[4,8]", "train.steps=3", "train.batch_size=4", "train.log_every=1", "train.device=cpu",
-        "train.checkpoint_every=2", "grid.subjects=[1]", "drdm.levels=[3]", "drdm.fields_per_slice=2"};
+    std::vector<std::string> all = {"data.images=" + data_.dir() + "/images",
+                                    "data.labels=" + data_.dir() + "/labels",
+                                    "data.size=[32,32]",
+                                    "unet.widths=[4,8]",
+                                    "train.steps=3",
+                                    "train.batch_size=4",
+                                    "train.log_every=1",
+                                    "train.device=cpu",
+                                    "train.checkpoint_every=2",
+                                    "grid.subjects=[1]",
+                                    "drdm.levels=[3]",
+                                    "drdm.fields_per_slice=2"};
     all.insert(all.end(), sets.begin(), sets.end());
     return seg::parse_seg_config("{}", "tiny", all);
   }
@@ -160,12 +192,14 @@ TEST_F(TinyData, SplitAndBalancedSubjects) {
 
 TEST_F(TinyData, SlicesGoToTheNetworkGridAndBack) {
   const auto c = config();
-  const auto v = seg::prepare_volume(data_.dir() + "/images/patient001_frame01.nii.gz",
-                                     data_.dir() + "/labels/patient001_frame01.nii.gz", c.data.slices);
+  const auto v =
+      seg::prepare_volume(data_.dir() + "/images/patient001_frame01.nii.gz",
+                          data_.dir() + "/labels/patient001_frame01.nii.gz", c.data.slices);
   ASSERT_EQ(v.slices.sizes(), (std::vector<int64_t>{2, 1, 32, 32}));
   EXPECT_LE(v.slices.max().item<double>(), 1.0);
   EXPECT_EQ(std::get<0>(at::_unique(v.labels)).numel(), 4);  // no new class from the fit
-  // Perfect scores on the network grid come back as the original labels (up to the resampling at edges).
+  // Perfect scores on the network grid come back as the original labels (up to the resampling at
+  // edges).
   const auto truth = drdm::read_labels(data_.dir() + "/labels/patient001_frame01.nii.gz").data;
   const auto scores = at::one_hot(v.labels.squeeze(1), 4).permute({0, 3, 1, 2}).to(at::kFloat);
   const auto back = seg::labels_on_image_grid(scores, v);
@@ -174,8 +208,8 @@ TEST_F(TinyData, SlicesGoToTheNetworkGridAndBack) {
   // Labels on another grid are an error naming both files.
   write_case(data_, "other", 0, 3);
   try {
-    seg::prepare_volume(data_.dir() + "/images/patient001_frame01.nii.gz", data_.dir() + "/labels/other.nii.gz",
-                        c.data.slices);
+    seg::prepare_volume(data_.dir() + "/images/patient001_frame01.nii.gz",
+                        data_.dir() + "/labels/other.nii.gz", c.data.slices);
     FAIL();
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("other.nii.gz"), std::string::npos) << e.what();
@@ -187,8 +221,10 @@ TEST_F(TinyData, TrainPredictKeepsGeometryEvaluateScores) {
   const auto c = config({"train.steps=2"});
   const auto split = seg::split_subjects(c.data);
   const auto slices = seg::load_slices(split.pool[0].cases, c.data.slices);
-  EXPECT_THROW(seg::train_segmentation(c, "cutout", slices, {}, out_.path("x"), false), std::invalid_argument);
-  EXPECT_THROW(seg::train_segmentation(c, "drdm", slices, {}, out_.path("x"), false), std::invalid_argument);
+  EXPECT_THROW(seg::train_segmentation(c, "cutout", slices, {}, out_.path("x"), false),
+               std::invalid_argument);
+  EXPECT_THROW(seg::train_segmentation(c, "drdm", slices, {}, out_.path("x"), false),
+               std::invalid_argument);
   const auto model_path = seg::train_segmentation(c, "bigaug", slices, {}, out_.path("run"), false);
   auto model = seg::load_seg_model(model_path);
   const auto written = seg::predict_files(model, data_.dir() + "/images", out_.path("pred/x"));
@@ -201,10 +237,12 @@ TEST_F(TinyData, TrainPredictKeepsGeometryEvaluateScores) {
     EXPECT_NEAR(out.origin[i], in.origin[i], 1e-6);
   }
   // Truth against itself is perfect; a missing truth file is named.
-  const auto self = seg::evaluate_folders(data_.dir() + "/labels", data_.dir() + "/labels", {1, 2, 3});
+  const auto self =
+      seg::evaluate_folders(data_.dir() + "/labels", data_.dir() + "/labels", {1, 2, 3});
   ASSERT_EQ(self.size(), 10u);
   EXPECT_DOUBLE_EQ(self[0].classes[2].dice, 1.0);
-  EXPECT_THROW(seg::evaluate_folders(out_.dir() + "/pred", data_.dir() + "/images_missing", {1}), std::runtime_error);
+  EXPECT_THROW(seg::evaluate_folders(out_.dir() + "/pred", data_.dir() + "/images_missing", {1}),
+               std::runtime_error);
   EXPECT_THROW(seg::load_seg_model(out_.dir() + "/nothing.pt"), std::runtime_error);
 }
 
@@ -226,9 +264,12 @@ TEST_F(TinyData, LabelsOutsideTheClassesOrOffTheImageGridAreNamed) {
   const auto evaluate = message([&] {
     seg::evaluate_folders(data_.dir() + "/labels", data_.dir() + "/labels", {1, 2, 3});
   });
-  EXPECT_NE(evaluate.find("patient010_frame01.nii.gz' holds the label 7"), std::string::npos) << evaluate;
-  EXPECT_EQ(seg::evaluate_folders(data_.dir() + "/labels", data_.dir() + "/labels", {1, 7}).size(), 10u);
-  EXPECT_NE(message([&] { seg::run_grid(c, out_.path("grid"), false); }).find("label 7"), std::string::npos);
+  EXPECT_NE(evaluate.find("patient010_frame01.nii.gz' holds the label 7"), std::string::npos)
+      << evaluate;
+  EXPECT_EQ(seg::evaluate_folders(data_.dir() + "/labels", data_.dir() + "/labels", {1, 7}).size(),
+            10u);
+  EXPECT_NE(message([&] { seg::run_grid(c, out_.path("grid"), false); }).find("label 7"),
+            std::string::npos);
   EXPECT_FALSE(std::ifstream(out_.dir() + "/grid/config.json").good());  // refused before any write
   bad.geometry.spacing = {2.0, 2.0, 8.0};
   bad.data[0][0][0][0][0] = 0;
@@ -269,13 +310,15 @@ TEST(Stats, WilcoxonExactAndNormalCases) {
   // n = 6, the smallest |d| negative: W+ = 20; sums >= 20 of subsets of {1..6}: 2 of 64 -> 4/64.
   EXPECT_DOUBLE_EQ(drdm::wilcoxon_signed_rank({0, 3, 4, 5, 6, 7}, {1, 1, 1, 1, 1, 1}), 0.0625);
   EXPECT_DOUBLE_EQ(drdm::wilcoxon_signed_rank({1, 2}, {1, 2}), 1.0);  // no differences
-  const std::vector<double> x = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3, 3, 8, 3},
-                            y = {2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0, 4, 5, 2, 3, 5, 3, 6, 0, 2, 8, 7, 4, 7, 1};
+  const std::vector<double> x = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7,
+                                 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3, 3, 8, 3},
+                            y = {2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0,
+                                 4, 5, 2, 3, 5, 3, 6, 0, 2, 8, 7, 4, 7, 1};
   const double p = drdm::wilcoxon_signed_rank(x, y);
   EXPECT_DOUBLE_EQ(drdm::wilcoxon_signed_rank(y, x), p);  // symmetric
   EXPECT_GT(p, 0.05);
-  EXPECT_LT(drdm::wilcoxon_signed_rank({10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
-                                        31, 32, 33, 34, 35},
+  EXPECT_LT(drdm::wilcoxon_signed_rank({10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+                                        23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35},
                                        std::vector<double>(26, 0.0)),
             1e-4);
   EXPECT_NEAR(drdm::mean_of({1, 2, std::nan("")}), 1.5, 1e-12);

@@ -1,5 +1,3 @@
-#include "drdm/seg/metrics.h"
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
@@ -12,6 +10,7 @@
 #include <vector>
 
 #include "drdm/io/image_io.h"
+#include "drdm/seg/metrics.h"
 
 // Suite name "seg_metrics" so that `ctest -R seg_metrics` selects these tests.
 
@@ -41,12 +40,15 @@ ClassMetrics one(const at::Tensor& pred, const at::Tensor& truth, std::vector<do
 at::Tensor brute_force_edt(const at::Tensor& features, const std::vector<double>& spacing) {
   const auto idx = features.nonzero();  // [K, d]
   const auto coords = at::stack(at::meshgrid(
-      [&] {
-        std::vector<at::Tensor> axes;
-        for (int64_t a = 0; a < features.dim(); ++a) axes.push_back(at::arange(features.size(a), at::kDouble));
-        return axes;
-      }(),
-      "ij"), -1).reshape({-1, features.dim()});  // [N, d]
+                                    [&] {
+                                      std::vector<at::Tensor> axes;
+                                      for (int64_t a = 0; a < features.dim(); ++a)
+                                        axes.push_back(at::arange(features.size(a), at::kDouble));
+                                      return axes;
+                                    }(),
+                                    "ij"),
+                                -1)
+                          .reshape({-1, features.dim()});  // [N, d]
   const auto scale = at::tensor(spacing, at::kDouble);
   const auto diff = (coords.unsqueeze(1) - idx.to(at::kDouble).unsqueeze(0)) * scale;  // [N, K, d]
   return std::get<0>(diff.pow(2).sum(-1).sqrt().min(1)).reshape(features.sizes());
@@ -60,17 +62,26 @@ at::Tensor brute_force_surface(const at::Tensor& mask) {
   const auto sizes = m.sizes();
   for (int64_t i = 0; i < n; ++i) {
     std::vector<int64_t> x(m.dim());
-    for (int64_t a = m.dim() - 1, r = i; a >= 0; --a) { x[a] = r % sizes[a]; r /= sizes[a]; }
+    for (int64_t a = m.dim() - 1, r = i; a >= 0; --a) {
+      x[a] = r % sizes[a];
+      r /= sizes[a];
+    }
     if (!m.view(-1)[i].item<bool>()) continue;
     bool edge = false;
     for (int64_t a = 0; a < m.dim() && !edge; ++a)
       for (int64_t step : {-1, 1}) {
         auto y = x;
         y[a] += step;
-        if (y[a] < 0 || y[a] >= sizes[a]) { edge = true; break; }
+        if (y[a] < 0 || y[a] >= sizes[a]) {
+          edge = true;
+          break;
+        }
         at::Tensor v = m;
         for (auto c : y) v = v[c];
-        if (!v.item<bool>()) { edge = true; break; }
+        if (!v.item<bool>()) {
+          edge = true;
+          break;
+        }
       }
     out.view(-1)[i] = edge;
   }
@@ -150,7 +161,7 @@ TEST(seg_metrics, Hd95InterpolatesLinearly) {
 
 TEST(seg_metrics, PercentileMatchesNumpy) {
   using drdm::seg::percentile;
-  EXPECT_DOUBLE_EQ(percentile({4, 1, 3, 2}, 50), 2.5);   // np.percentile([4,1,3,2], 50)
+  EXPECT_DOUBLE_EQ(percentile({4, 1, 3, 2}, 50), 2.5);     // np.percentile([4,1,3,2], 50)
   EXPECT_NEAR(percentile({4, 1, 3, 2}, 95), 3.85, 1e-12);  // rank 2.85
   EXPECT_DOUBLE_EQ(percentile({4, 1, 3, 2}, 0), 1.0);
   EXPECT_DOUBLE_EQ(percentile({4, 1, 3, 2}, 100), 4.0);
@@ -218,7 +229,10 @@ TEST(seg_metrics, EmptyMaskRules) {
 
 TEST(seg_metrics, DistanceTransformMatchesBruteForce) {
   const std::vector<std::pair<std::vector<int64_t>, std::vector<double>>> cases = {
-      {{7, 9, 6}, {2.5, 1.0, 0.7}}, {{6, 5, 8}, {1.0, 1.0, 1.0}}, {{11, 13}, {0.3, 1.7}}, {{17}, {2.0}}};
+      {{7, 9, 6}, {2.5, 1.0, 0.7}},
+      {{6, 5, 8}, {1.0, 1.0, 1.0}},
+      {{11, 13}, {0.3, 1.7}},
+      {{17}, {2.0}}};
   uint64_t seed = 1;
   for (const auto& [size, spacing] : cases)
     for (double p : {0.02, 0.1, 0.5}) {
@@ -268,7 +282,8 @@ TEST(seg_metrics, SurfaceDistancesMatchBruteForce) {
   const auto pooled = at::cat({expected, back});
   const auto m = drdm::seg::mask_metrics(a, b, spacing);
   EXPECT_NEAR(m.asd, pooled.mean().item<double>(), 1e-9);
-  const double q1 = at::quantile(expected, 0.95).item<double>(), q2 = at::quantile(back, 0.95).item<double>();
+  const double q1 = at::quantile(expected, 0.95).item<double>(),
+               q2 = at::quantile(back, 0.95).item<double>();
   EXPECT_NEAR(m.hd95, std::max(q1, q2), 1e-9);
 }
 
@@ -278,7 +293,8 @@ TEST(seg_metrics, AcceptsOtherIntegerTypesAndLayouts) {
   const auto truth = box({20, 20}, {5, 5}, {5, 5});
   const auto pred = box({20, 20}, {5, 7}, {5, 5});
   // int32, and a transposed (non-contiguous) view of the transposed maps.
-  const auto m = one(pred.t().contiguous().t().to(at::kInt), truth.t().contiguous().t().to(at::kByte), {1.0, 3.0});
+  const auto m = one(pred.t().contiguous().t().to(at::kInt),
+                     truth.t().contiguous().t().to(at::kByte), {1.0, 3.0});
   EXPECT_NEAR(m.asd, 2.5, kTol);
   EXPECT_NEAR(m.dice, 0.6, kTol);
 }
@@ -303,11 +319,12 @@ TEST(seg_metrics, BadInputThrows) {
   // wrong number of dims: 1D maps, a non-1 leading axis, fewer axes than spacing entries
   EXPECT_THROW(label_metrics(at::zeros({6}, at::kLong), at::zeros({6}, at::kLong), {1.0}, {1}),
                std::invalid_argument);
-  EXPECT_THROW(label_metrics(at::zeros({2, 5, 6}, at::kLong), at::zeros({2, 5, 6}, at::kLong), {1.0, 1.0}, {1}),
+  EXPECT_THROW(label_metrics(at::zeros({2, 5, 6}, at::kLong), at::zeros({2, 5, 6}, at::kLong),
+                             {1.0, 1.0}, {1}),
                std::invalid_argument);
   EXPECT_THROW(label_metrics(a, a, {1.0, 1.0, 1.0}, {1}), std::invalid_argument);
-  EXPECT_THROW(label_metrics(at::zeros({1, 1, 1, 5, 6}, at::kLong), at::zeros({1, 1, 1, 5, 6}, at::kLong),
-                             {1.0, 1.0}, {1}),
+  EXPECT_THROW(label_metrics(at::zeros({1, 1, 1, 5, 6}, at::kLong),
+                             at::zeros({1, 1, 1, 5, 6}, at::kLong), {1.0, 1.0}, {1}),
                std::invalid_argument);
   // spacing
   EXPECT_THROW(label_metrics(a, a, {1.0}, {1}), std::invalid_argument);
@@ -361,7 +378,8 @@ TEST(seg_metrics, AcdcSanity) {
   // precision 1 and sensitivity < 1; every truth surface voxel is off the
   // eroded surface, so each distance, hence ASD and HD95, is >= the smallest spacing.
   auto eroded = truth.clone();
-  for (int64_t c : classes) eroded.masked_fill_(drdm::seg::surface(truth[0][0].eq(c)), 0);  // [D, H, W]
+  for (int64_t c : classes)
+    eroded.masked_fill_(drdm::seg::surface(truth[0][0].eq(c)), 0);  // [D, H, W]
   const auto er = label_metrics(eroded, truth, spacing, classes);
   const auto re = label_metrics(truth, eroded, spacing, classes);
   for (size_t c = 0; c < classes.size(); ++c) {
@@ -369,7 +387,8 @@ TEST(seg_metrics, AcdcSanity) {
     EXPECT_LT(er[c].pred_voxels, er[c].truth_voxels);
     EXPECT_EQ(er[c].precision, 1.0);
     EXPECT_LT(er[c].sensitivity, 1.0);
-    EXPECT_NEAR(er[c].dice, 2.0 * er[c].pred_voxels / double(er[c].pred_voxels + er[c].truth_voxels), 1e-15);
+    EXPECT_NEAR(er[c].dice,
+                2.0 * er[c].pred_voxels / double(er[c].pred_voxels + er[c].truth_voxels), 1e-15);
     EXPECT_GE(er[c].asd, 1.25 - 1e-12);
     EXPECT_GE(er[c].hd95, 1.25 - 1e-12);
     EXPECT_EQ(er[c].dice, re[c].dice);

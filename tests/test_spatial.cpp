@@ -1,8 +1,5 @@
-// Tests for drdm/spatial.h: conventions pinned with analytic cases, invariants
+// Tests for drdm/core/spatial.h: conventions pinned with analytic cases, invariants
 // and finite differences.
-#include "drdm/core/spatial.h"
-#include "test_util.h"
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
@@ -11,11 +8,14 @@
 #include <functional>
 #include <set>
 
+#include "drdm/core/spatial.h"
+#include "test_util.h"
+
 namespace {
 
 using drdm::compose;
-using drdm::test::ramp_image;
 using drdm::warp;
+using drdm::test::ramp_image;
 
 // Smooth random field [n, d, ...size] with max |u| about `amp` voxels:
 // coarse Gaussian noise upsampled linearly.
@@ -26,7 +26,8 @@ at::Tensor smooth_field(at::IntArrayRef size, int64_t n, double amp, uint64_t se
   std::vector<int64_t> coarse{n, d};
   for (int64_t i = 0; i < d; ++i) coarse.push_back(control);
   auto c = at::randn(coarse, gen, at::TensorOptions().dtype(at::kDouble));
-  auto f = d == 2 ? at::upsample_bilinear2d(c, size, true) : at::upsample_trilinear3d(c, size, true);
+  auto f =
+      d == 2 ? at::upsample_bilinear2d(c, size, true) : at::upsample_trilinear3d(c, size, true);
   f = f * (amp / f.abs().max().item<double>());
   return f.to(dtype);
 }
@@ -43,7 +44,8 @@ at::Tensor smooth_image(at::IntArrayRef size, at::ScalarType dtype = at::kFloat)
 
 at::Tensor interior(const at::Tensor& t, int64_t margin) {
   auto out = t;
-  for (int64_t dim = 2; dim < t.dim(); ++dim) out = out.narrow(dim, margin, t.size(dim) - 2 * margin);
+  for (int64_t dim = 2; dim < t.dim(); ++dim)
+    out = out.narrow(dim, margin, t.size(dim) - 2 * margin);
   return out;
 }
 
@@ -61,7 +63,8 @@ TEST(IdentityGrid, HoldsVoxelIndicesPerAxis) {
 }
 
 TEST(Warp, ZeroFieldIsIdentity2DAnd3D) {
-  for (std::vector<int64_t> size : {std::vector<int64_t>{17, 23}, std::vector<int64_t>{9, 11, 13}}) {
+  for (std::vector<int64_t> size :
+       {std::vector<int64_t>{17, 23}, std::vector<int64_t>{9, 11, 13}}) {
     auto img = smooth_image(size);
     auto zero = at::zeros_like(drdm::identity_grid(size));
     EXPECT_LT(max_abs(warp(img, zero) - img), 1e-5);
@@ -82,7 +85,8 @@ TEST(Warp, ConstantFieldShiftsAlongTheRightAxis2D) {
       for (int64_t w = 0; w < 9; ++w) {
         const int64_t sh = h + (axis == 0 ? 2 : 0), sw = w + (axis == 1 ? 2 : 0);
         const float want = (sh < 6 && sw < 9) ? img[0][0][sh][sw].item<float>() : 0.0f;
-        ASSERT_NEAR(out[0][0][h][w].item<float>(), want, 1e-3) << "axis " << axis << " at " << h << "," << w;
+        ASSERT_NEAR(out[0][0][h][w].item<float>(), want, 1e-3)
+            << "axis " << axis << " at " << h << "," << w;
       }
   }
 }
@@ -250,7 +254,7 @@ TEST(Jacobian, UniformScaling) {
 TEST(Jacobian, ShearHasUnitDeterminant) {
   auto g = drdm::identity_grid({8, 9, 10}, at::TensorOptions().dtype(at::kDouble));
   auto u = at::zeros_like(g);
-  u.select(1, 0).copy_(0.7 * g.select(1, 2));  // x0 += 0.7 x2
+  u.select(1, 0).copy_(0.7 * g.select(1, 2));   // x0 += 0.7 x2
   u.select(1, 1).copy_(-0.4 * g.select(1, 0));  // x1 -= 0.4 x0
   EXPECT_LT(max_abs(drdm::jacobian_determinant(u) - 1), 1e-9);
 }
@@ -286,7 +290,7 @@ TEST(Jacobian, FoldingFieldIsDetected) {
 
 TEST(Magnitude, PercentOfImageSizePerAxis) {
   auto u = at::zeros({1, 2, 20, 50});
-  u.select(1, 0).fill_(3.0);  // 15% of 20
+  u.select(1, 0).fill_(3.0);   // 15% of 20
   u.select(1, 1).fill_(10.0);  // 20% of 50
   auto m = drdm::magnitude_pct(u);
   EXPECT_NEAR(m.max().item<float>(), 25.0, 1e-4);
@@ -309,7 +313,9 @@ TEST(ResizeField, AffineFieldIsPreserved) {
   EXPECT_LT(max_abs(r - g_new * c), 1e-9);
   auto g3 = drdm::identity_grid({9, 9, 9}, at::TensorOptions().dtype(at::kDouble));
   auto r3 = drdm::resize_field(g3 * c, {5, 17, 9});
-  EXPECT_LT(max_abs(r3 - drdm::identity_grid({5, 17, 9}, at::TensorOptions().dtype(at::kDouble)) * c), 1e-9);
+  EXPECT_LT(
+      max_abs(r3 - drdm::identity_grid({5, 17, 9}, at::TensorOptions().dtype(at::kDouble)) * c),
+      1e-9);
   EXPECT_THROW(drdm::resize_field(g3, {5, 5}), std::exception);
 }
 
@@ -374,7 +380,9 @@ TEST(WarpLabels, SoftRefusesLabelsItCannotOneHotEncode) {
       EXPECT_NE(m.find(std::to_string(bad)), std::string::npos) << m;
       EXPECT_NE(m.find("nearest"), std::string::npos) << m;
     }
-    EXPECT_EQ(drdm::warp_labels(labels, u, drdm::LabelInterpolation::kNearest)[0][0][2][3].item<int64_t>(), bad);
+    EXPECT_EQ(drdm::warp_labels(labels, u, drdm::LabelInterpolation::kNearest)[0][0][2][3]
+                  .item<int64_t>(),
+              bad);
   }
 }
 
@@ -407,7 +415,8 @@ void expect_gradient_matches(const std::function<at::Tensor(const at::Tensor&)>&
   auto flat = x.detach().flatten();
   const double eps = 1e-6;
   for (int k = 0; k < 12; ++k) {
-    const int64_t i = at::randint(flat.numel(), {1}, gen, at::TensorOptions().dtype(at::kLong)).item<int64_t>();
+    const int64_t i =
+        at::randint(flat.numel(), {1}, gen, at::TensorOptions().dtype(at::kLong)).item<int64_t>();
     auto xp = flat.clone(), xm = flat.clone();
     xp[i] += eps;
     xm[i] -= eps;
@@ -438,7 +447,8 @@ TEST(Gradients, ComposeWrtBothFields) {
 
 TEST(Gradients, JacobianDeterminant) {
   auto u = smooth_field({5, 6, 7}, 1, 1.0, 71, at::kDouble);
-  expect_gradient_matches([](const at::Tensor& x) { return drdm::jacobian_determinant(x); }, u, 6, 1e-6);
+  expect_gradient_matches([](const at::Tensor& x) { return drdm::jacobian_determinant(x); }, u, 6,
+                          1e-6);
 }
 
 // ------------------------------------------------- CPU vs CUDA agreement
@@ -452,8 +462,10 @@ TEST(Spatial, CpuAndCudaAgree_CUDA) {
   EXPECT_LT(max_abs(warp(cuda(img), cuda(a)).cpu() - warp(img, a)), 1e-4);
   EXPECT_LT(max_abs(compose(cuda(a), cuda(b)).cpu() - compose(a, b)), 1e-4);
   EXPECT_LT(max_abs(drdm::integrate_scaling_squaring(cuda(a), 6).cpu() -
-                    drdm::integrate_scaling_squaring(a, 6)), 1e-3);
-  EXPECT_LT(max_abs(drdm::jacobian_determinant(cuda(a)).cpu() - drdm::jacobian_determinant(a)), 1e-4);
+                    drdm::integrate_scaling_squaring(a, 6)),
+            1e-3);
+  EXPECT_LT(max_abs(drdm::jacobian_determinant(cuda(a)).cpu() - drdm::jacobian_determinant(a)),
+            1e-4);
   auto labels = at::randint(0, 4, {2, 1, 24, 26, 28}, at::TensorOptions().dtype(at::kLong));
   auto l_cpu = drdm::warp_labels(labels, a, drdm::LabelInterpolation::kSoft);
   auto l_gpu = drdm::warp_labels(cuda(labels), cuda(a), drdm::LabelInterpolation::kSoft).cpu();

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "drdm/core/spatial.h"
 #include "core/spatial_kernels.h"
+#include "drdm/core/spatial.h"
 
 namespace {
 

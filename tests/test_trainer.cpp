@@ -2,7 +2,6 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
-
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -14,15 +13,15 @@
 #include <sstream>
 #include <string>
 
-#include "drdm/engine/distributed.h"
-#include "drdm/io/image_io.h"
-#include "drdm/engine/optim.h"
 #include "drdm/core/module_state.h"
 #include "drdm/core/spatial.h"
-#include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/inference.h"
+#include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/trainer.h"
+#include "drdm/engine/distributed.h"
+#include "drdm/engine/optim.h"
 #include "drdm/engine/training_engine.h"
+#include "drdm/io/image_io.h"
 #include "test_util.h"
 
 namespace {
@@ -72,7 +71,8 @@ TEST(TrainConfig, DocsShowTheKeyTable) {
   for (const char* section : {"", "data", "augment", "sampler", "model", "loss", "train"}) {
     const std::string table = drdm::train_config_reference(section);
     EXPECT_NE(docs.find(table), std::string::npos)
-        << "docs/configs.md: the table of section '" << section << "' should read:\n" << table;
+        << "docs/configs.md: the table of section '" << section << "' should read:\n"
+        << table;
   }
 }
 
@@ -138,8 +138,10 @@ TEST(TrainConfig, DuplicateKeysAreErrorsNamingTheKey) {
 TEST(TrainConfig, IntegerKeysTakeExactIntegers) {
   // 16.5 in a list of integers used to become 16, 2^64 - 1 used to become -1.
   auto e = error_of(R"({"data": {"size": [16.5, 16]}})");
-  EXPECT_NE(e.find("config key 'data.size' must be a list whose entries are each an integer, got [16.5,16]"),
-            std::string::npos)
+  EXPECT_NE(
+      e.find(
+          "config key 'data.size' must be a list whose entries are each an integer, got [16.5,16]"),
+      std::string::npos)
       << e;
   e = error_of(R"({"train": {"seed": 18446744073709551615}})");
   EXPECT_NE(e.find("'train.seed'"), std::string::npos) << e;
@@ -246,7 +248,8 @@ TEST_F(TinyTraining, ResumeIsBitExactOnCpu) {
   drdm::train(config(4, {"train.seed=4"}), other, false, false);
   auto c = drdm::load_model(other + "/checkpoint.pt");
   bool all_equal = true;
-  for (const auto& [k, v] : drdm::module_state(*c.net)) all_equal = all_equal && at::equal(v, sa.at(k));
+  for (const auto& [k, v] : drdm::module_state(*c.net))
+    all_equal = all_equal && at::equal(v, sa.at(k));
   EXPECT_FALSE(all_equal);
 }
 
@@ -301,7 +304,8 @@ TEST_F(TinyTraining, NeverOverwritesARunOrTrainsItBackwards) {
     drdm::train(config(1), dir, /*resume=*/true, false);
     FAIL() << "expected a refusal";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("train.steps = 1 is below the 2 steps"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("train.steps = 1 is below the 2 steps"), std::string::npos)
+        << e.what();
   }
   EXPECT_EQ(text(dir + "/config.json"), config_json);
   EXPECT_EQ(text(dir + "/checkpoint.pt"), checkpoint);
@@ -312,8 +316,8 @@ TEST_F(TinyTraining, NeverOverwritesARunOrTrainsItBackwards) {
 
 TEST_F(TinyTraining, ADataErrorLeavesNoFolderBehind) {
   const auto dir = out_.path("never");
-  EXPECT_ANY_THROW(
-      drdm::train(config(2, {"data.folders=[\"" + out_.path("no-such-folder") + "\"]"}), dir, false, false));
+  EXPECT_ANY_THROW(drdm::train(
+      config(2, {"data.folders=[\"" + out_.path("no-such-folder") + "\"]"}), dir, false, false));
   EXPECT_FALSE(std::ifstream(dir + "/config.json").good());
   struct stat st {};
   EXPECT_NE(::stat(dir.c_str(), &st), 0) << dir << " was left behind";
@@ -346,9 +350,8 @@ TEST_F(TinyTraining, BadInputsAreClearErrors) {
   c = config(2, {"data.folders=[\"" + out_.path("empty") + "\"]"});
   EXPECT_ANY_THROW(drdm::train(c, out_.path("b"), false, false));
   // bf16 autocast also runs on the CPU (issue 21): finite, and the model stays float32.
-  const auto bf16 =
-      drdm::train(config(2, {"train.mixed_precision=bf16", "train.device=cpu"}), out_.path("c"),
-                  false, false);
+  const auto bf16 = drdm::train(config(2, {"train.mixed_precision=bf16", "train.device=cpu"}),
+                                out_.path("c"), false, false);
   EXPECT_TRUE(std::isfinite(bf16.last_loss));
   const auto m = drdm::load_model(out_.path("c") + "/model.pt", torch::Device(torch::kCPU));
   for (const auto& p : m.net->parameters()) EXPECT_EQ(p.scalar_type(), at::kFloat);
@@ -372,7 +375,8 @@ TEST_F(TinyTraining, BadInputsAreClearErrors) {
 }
 
 TEST(LearningRate, SchedulesFollowTheirFormulas) {
-  auto c = drdm::parse_train_config(R"({"train": {"lr": 0.001, "lr_decay": 0.99, "steps": 1000}})", "t");
+  auto c =
+      drdm::parse_train_config(R"({"train": {"lr": 0.001, "lr_decay": 0.99, "steps": 1000}})", "t");
   EXPECT_DOUBLE_EQ(drdm::learning_rate(c.train, 0), 0.001);
   EXPECT_NEAR(drdm::learning_rate(c.train, 100), 0.001 * std::pow(0.99, 100), 1e-15);
   c = drdm::parse_train_config(
@@ -387,12 +391,15 @@ TEST(LearningRate, SchedulesFollowTheirFormulas) {
   EXPECT_NEAR(drdm::learning_rate(c.train, 1100), 0.0001, 1e-12);
   for (int64_t s = 100; s < 1100; ++s)
     EXPECT_LE(drdm::learning_rate(c.train, s + 1), drdm::learning_rate(c.train, s)) << s;
-  c = drdm::parse_train_config(R"({"train": {"lr": 0.002, "lr_schedule": "constant", "warmup_steps": 4}})", "t");
+  c = drdm::parse_train_config(
+      R"({"train": {"lr": 0.002, "lr_schedule": "constant", "warmup_steps": 4}})", "t");
   EXPECT_DOUBLE_EQ(drdm::learning_rate(c.train, 1), 0.001);
   EXPECT_DOUBLE_EQ(drdm::learning_rate(c.train, 500), 0.002);
   // Bad schedule keys name the key.
-  EXPECT_NE(error_of(R"({"train": {"lr_schedule": "linear"}})").find("train.lr_schedule"), std::string::npos);
-  EXPECT_NE(error_of(R"({"train": {"warmup_steps": 5}})").find("train.warmup_steps"), std::string::npos);
+  EXPECT_NE(error_of(R"({"train": {"lr_schedule": "linear"}})").find("train.lr_schedule"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"train": {"warmup_steps": 5}})").find("train.warmup_steps"),
+            std::string::npos);
   EXPECT_NE(error_of(R"({"train": {"lr_schedule": "cosine", "lr_min": 1}})").find("train.lr_min"),
             std::string::npos);
 }
@@ -403,7 +410,8 @@ TEST_F(TinyTraining, InitFromStartsFromTheWeightsWithAFreshOptimiser) {
   // Zero steps of training would be no test: compare step-0 predictions instead.
   // A run initialised from `first` and trained with lr -> ~0 keeps its weights.
   const auto tuned = out_.path("tuned");
-  drdm::train(config(1, {"train.init_from=\"" + first + "/model.pt\"", "train.lr=1e-30"}), tuned, false, false);
+  drdm::train(config(1, {"train.init_from=\"" + first + "/model.pt\"", "train.lr=1e-30"}), tuned,
+              false, false);
   auto a = drdm::load_model(first + "/model.pt");
   auto b = drdm::load_model(tuned + "/checkpoint.pt");
   EXPECT_EQ(b.step, 1);  // a fresh schedule: steps count from 0
@@ -417,15 +425,15 @@ TEST_F(TinyTraining, InitFromStartsFromTheWeightsWithAFreshOptimiser) {
   EXPECT_FALSE(at::allclose(a.net->forward(x, t), c.net->forward(x, t), 1e-5, 1e-6));
   // A network of another shape is refused with both shapes named.
   try {
-    drdm::train(config(1, {"train.init_from=\"" + first + "/model.pt\"", "model.recursion=1"}), out_.path("bad"),
-                false, false);
+    drdm::train(config(1, {"train.init_from=\"" + first + "/model.pt\"", "model.recursion=1"}),
+                out_.path("bad"), false, false);
     FAIL() << "expected an error";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("train.init_from"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("K = 2"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(drdm::train(config(1, {"train.init_from=\"" + out_.path("none.pt") + "\""}), out_.path("bad2"),
-                           false, false),
+  EXPECT_THROW(drdm::train(config(1, {"train.init_from=\"" + out_.path("none.pt") + "\""}),
+                           out_.path("bad2"), false, false),
                std::runtime_error);
 }
 
@@ -433,7 +441,8 @@ TEST_F(TinyTraining, TrainsOnCudaWithAndWithoutBf16_CUDA) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   for (const std::string precision : {"none", "bf16"}) {
     const auto dir = out_.path("cuda_" + precision);
-    const auto s = drdm::train(config(3, {"train.device=cuda", "train.mixed_precision=" + precision}), dir, false, false);
+    const auto s = drdm::train(
+        config(3, {"train.device=cuda", "train.mixed_precision=" + precision}), dir, false, false);
     EXPECT_TRUE(std::isfinite(s.last_loss)) << precision;
     auto m = drdm::load_model(dir + "/model.pt", torch::Device(torch::kCUDA));
     const auto y = m.net->forward(at::rand({1, 1, 16, 16}, at::kCUDA), at::full({1}, 5, at::kLong));

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-
 #include <ftw.h>
 #include <stdlib.h>
 
@@ -10,7 +9,6 @@
 #include <filesystem>
 #include <stdexcept>
 #include <string>
-
 #include <vector>
 
 namespace drdm::test {
@@ -26,7 +24,9 @@ inline at::Tensor ramp_image(at::IntArrayRef size) {
 }
 
 namespace detail {
-inline int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
+inline int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
+  return ::remove(path);
+}
 }  // namespace detail
 
 /// A fresh folder per test, removed afterwards with POSIX calls (not

@@ -127,8 +127,9 @@ TEST(VelocityField, ToImageIsResizeFieldCentreCroppedBitForBit) {
     std::vector<int64_t> image;
     int64_t control, batch;
   };
-  for (const auto& c : {Case{{20, 30}, 16, 3}, Case{{64, 64}, 64, 2}, Case{{128, 128}, 64, 1},
-                        Case{{16, 24, 32}, 16, 2}, Case{{32, 32, 32}, 32, 3}, Case{{24, 24, 24}, 24, 1}}) {
+  for (const auto& c :
+       {Case{{20, 30}, 16, 3}, Case{{64, 64}, 64, 2}, Case{{128, 128}, 64, 1},
+        Case{{16, 24, 32}, 16, 2}, Case{{32, 32, 32}, 32, 3}, Case{{24, 24, 24}, 24, 1}}) {
     SamplerOptions o;
     o.control = c.control;
     VelocitySampler s(o, c.image);
@@ -281,7 +282,8 @@ TEST(Sampler, RowsOfTheBatchAreTheBatchsRows) {
     const auto t = levels({3, 12, 1, 7, 9, 5});
     auto g1 = drdm::make_generator(21);
     const auto all = s.sample(t, g1);
-    for (const auto& [first, count] : std::vector<std::pair<int64_t, int64_t>>{{0, 3}, {3, 3}, {2, 2}, {5, 1}}) {
+    for (const auto& [first, count] :
+         std::vector<std::pair<int64_t, int64_t>>{{0, 3}, {3, 3}, {2, 2}, {5, 1}}) {
       auto g2 = drdm::make_generator(21);
       const auto part = s.sample_rows(t, g2, first, count);
       EXPECT_LT((part.phi - all.phi.narrow(0, first, count)).abs().max().item<double>(), 1e-5);
@@ -481,14 +483,18 @@ TEST(Sampler, TheSeedsGeneratorGivesTheSameFieldOnTheGpu_CUDA) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   // make_generator(seed) draws on the CPU: the GPU sampler then differs from
   // the CPU one by float rounding in the upsampling and integration alone.
-  for (const std::vector<int64_t>& size : {std::vector<int64_t>{64, 48}, std::vector<int64_t>{24, 32, 20}}) {
-    VelocitySampler gpu(SamplerOptions{}, size, torch::Device(torch::kCUDA)), cpu(SamplerOptions{}, size);
+  for (const std::vector<int64_t>& size :
+       {std::vector<int64_t>{64, 48}, std::vector<int64_t>{24, 32, 20}}) {
+    VelocitySampler gpu(SamplerOptions{}, size, torch::Device(torch::kCUDA)),
+        cpu(SamplerOptions{}, size);
     auto g1 = drdm::make_generator(11), g2 = drdm::make_generator(11);
     const auto t = levels({3, 40, 80});
     const auto a = gpu.sample(t, g1), b = cpu.sample(t, g2);
     EXPECT_TRUE(a.phi.is_cuda());
-    EXPECT_LT((a.phi.cpu() - b.phi).abs().max().item<double>(), 1e-3 * (1 + b.phi.abs().max().item<double>()));
-    EXPECT_LT((a.psi.cpu() - b.psi).abs().max().item<double>(), 1e-3 * (1 + b.psi.abs().max().item<double>()));
+    EXPECT_LT((a.phi.cpu() - b.phi).abs().max().item<double>(),
+              1e-3 * (1 + b.phi.abs().max().item<double>()));
+    EXPECT_LT((a.psi.cpu() - b.psi).abs().max().item<double>(),
+              1e-3 * (1 + b.psi.abs().max().item<double>()));
   }
 }
 

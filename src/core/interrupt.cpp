@@ -1,10 +1,10 @@
 #include "drdm/core/interrupt.h"
 
+#include <unistd.h>
 
 #include <atomic>
 #include <csignal>
 #include <string>
-#include <unistd.h>
 
 namespace drdm {
 namespace {
@@ -54,9 +54,12 @@ void throw_if_interrupted() {
 
 const char* signal_name(int signal) noexcept {
   switch (signal) {
-    case SIGINT: return "SIGINT";
-    case SIGTERM: return "SIGTERM";
-    default: return "a signal";
+    case SIGINT:
+      return "SIGINT";
+    case SIGTERM:
+      return "SIGTERM";
+    default:
+      return "a signal";
   }
 }
 

@@ -21,8 +21,8 @@ std::shared_ptr<spdlog::logger>& logger() {
 
 void set_level(Level level) {
   static constexpr spdlog::level::level_enum map[] = {spdlog::level::debug, spdlog::level::info,
-                                                       spdlog::level::warn, spdlog::level::err,
-                                                       spdlog::level::off};
+                                                      spdlog::level::warn, spdlog::level::err,
+                                                      spdlog::level::off};
   logger()->set_level(map[static_cast<int>(level)]);
 }
 

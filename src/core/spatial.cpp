@@ -1,15 +1,15 @@
 #include "drdm/core/spatial.h"
 
-#include "core/soft_labels.h"
-#include "core/spatial_kernels.h"
-
 #include <ATen/ATen.h>
 
 #include <cmath>
 #include <map>
-#include <tuple>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+
+#include "core/soft_labels.h"
+#include "core/spatial_kernels.h"
 
 namespace drdm {
 namespace detail {
@@ -58,7 +58,8 @@ torch::Tensor normalised_axis(int64_t n, double scale, const torch::TensorOption
   thread_local auto* cache_ptr = new Cache();
   auto& cache = *cache_ptr;
   const auto key = std::make_tuple(n, static_cast<int>(c10::typeMetaToScalarType(options.dtype())),
-                                   static_cast<int>(options.device().type()), static_cast<int>(options.device().index()));
+                                   static_cast<int>(options.device().type()),
+                                   static_cast<int>(options.device().index()));
   const auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   if (cache.size() >= 64) cache.clear();
@@ -83,7 +84,8 @@ torch::Tensor sampling_grid(const torch::Tensor& field) {
     shape[1 + i] = n;
     // One fused base + scale * u per axis: few launches matter on a GPU
     // (about 5 us each); the axis's coordinates are made once per thread.
-    coords.push_back(at::add(normalised_axis(n, scale, field.options()).view(shape), field.select(1, i), scale));
+    coords.push_back(
+        at::add(normalised_axis(n, scale, field.options()).view(shape), field.select(1, i), scale));
   }
   return at::stack(coords, -1);
 }
@@ -119,8 +121,8 @@ bool use_direct(const torch::Tensor& input, const torch::Tensor& field) {
 
 // Samples input at x + field(x): the direct CPU kernel where it applies
 // (spatial_kernels.h), at::grid_sampler otherwise.
-torch::Tensor grid_sample(const torch::Tensor& input, const torch::Tensor& field,
-                          int64_t mode, int64_t padding) {
+torch::Tensor grid_sample(const torch::Tensor& input, const torch::Tensor& field, int64_t mode,
+                          int64_t padding) {
   if (use_direct(input, field))
     return sample_direct(input, field,
                          mode == kGridBilinear ? Interpolation::kLinear : Interpolation::kNearest,
@@ -173,10 +175,10 @@ torch::Tensor warp(const torch::Tensor& image, const torch::Tensor& field,
               "warp: expected a floating-point image, got ", image.scalar_type(),
               " (use warp_labels for class maps)");
   auto f = field.scalar_type() == image.scalar_type() ? field : field.to(image.scalar_type());
-  return detail::grid_sample(image, f,
-                             interpolation == Interpolation::kLinear ? detail::kGridBilinear
-                                                                     : detail::kGridNearest,
-                             padding == Padding::kZeros ? detail::kGridZeros : detail::kGridBorder);
+  return detail::grid_sample(
+      image, f,
+      interpolation == Interpolation::kLinear ? detail::kGridBilinear : detail::kGridNearest,
+      padding == Padding::kZeros ? detail::kGridZeros : detail::kGridBorder);
 }
 
 namespace detail {
@@ -184,16 +186,21 @@ namespace detail {
 void check_soft_labels(const at::Tensor& labels, const std::string& source) {
   if (labels.numel() == 0) return;
   const auto lo = labels.min().item<int64_t>(), hi = labels.max().item<int64_t>();
-  const std::string advice = "; use nearest label interpolation (drdm_warp --label-mode nearest, drdm_deform "
-                             "--label-interpolation nearest)";
+  const std::string advice =
+      "; use nearest label interpolation (drdm_warp --label-mode nearest, drdm_deform "
+      "--label-interpolation nearest)";
   if (lo < 0)
-    throw std::invalid_argument(source + ": soft label interpolation needs class labels >= 0, found " +
+    throw std::invalid_argument(source +
+                                ": soft label interpolation needs class labels >= 0, found " +
                                 std::to_string(lo) + advice);
   if (hi >= kMaxSoftLabelClasses)
-    throw std::invalid_argument(source + ": soft label interpolation one-hot encodes every class up to the largest "
-                                "label, " + std::to_string(hi) + ", more than its limit of " +
-                                std::to_string(kMaxSoftLabelClasses) + " classes (labels 0.." +
-                                std::to_string(kMaxSoftLabelClasses - 1) + ")" + advice + ", or renumber the labels");
+    throw std::invalid_argument(
+        source +
+        ": soft label interpolation one-hot encodes every class up to the largest "
+        "label, " +
+        std::to_string(hi) + ", more than its limit of " + std::to_string(kMaxSoftLabelClasses) +
+        " classes (labels 0.." + std::to_string(kMaxSoftLabelClasses - 1) + ")" + advice +
+        ", or renumber the labels");
 }
 
 }  // namespace detail
@@ -201,8 +208,8 @@ void check_soft_labels(const at::Tensor& labels, const std::string& source) {
 torch::Tensor warp_labels(const torch::Tensor& labels, const torch::Tensor& field,
                           LabelInterpolation interpolation, int64_t num_classes) {
   detail::check_pair(labels, field, "warp_labels");
-  const int64_t mode = interpolation == LabelInterpolation::kNearest ? detail::kGridNearest
-                                                                    : detail::kGridBilinear;
+  const int64_t mode =
+      interpolation == LabelInterpolation::kNearest ? detail::kGridNearest : detail::kGridBilinear;
   if (at::isFloatingType(labels.scalar_type())) {
     // One-hot or probability maps: warped as they are, channel by channel.
     return detail::grid_sample(labels, field.to(labels.scalar_type()), mode, detail::kGridZeros);
@@ -215,7 +222,8 @@ torch::Tensor warp_labels(const torch::Tensor& labels, const torch::Tensor& fiel
               labels.sizes(), " (pass one-hot maps as float)");
   const auto ftype = field.scalar_type();
   if (interpolation == LabelInterpolation::kNearest) {
-    auto out = detail::grid_sample(labels.to(ftype), field, detail::kGridNearest, detail::kGridZeros);
+    auto out =
+        detail::grid_sample(labels.to(ftype), field, detail::kGridNearest, detail::kGridZeros);
     return out.round().to(at::kLong);
   }
   detail::check_soft_labels(labels, "warp_labels");
@@ -268,7 +276,9 @@ torch::Tensor resize_factors(const torch::Tensor& field, at::IntArrayRef size) {
   }
   std::vector<int64_t> shape(field.dim(), 1);
   shape[1] = d;
-  return at::tensor(factors, at::TensorOptions().dtype(at::kDouble)).to(field.options()).view(shape);
+  return at::tensor(factors, at::TensorOptions().dtype(at::kDouble))
+      .to(field.options())
+      .view(shape);
 }
 
 torch::Tensor compose_power(const torch::Tensor& v, int64_t n) {
@@ -291,8 +301,9 @@ torch::Tensor compose_power(const torch::Tensor& v, int64_t n) {
 
 torch::Tensor compose_power(const torch::Tensor& v, const std::vector<int64_t>& counts) {
   detail::check_field(v, "compose_power");
-  TORCH_CHECK(static_cast<int64_t>(counts.size()) == v.size(0), "compose_power: expected one count per sample, got ",
-              counts.size(), " counts for a batch of ", v.size(0));
+  TORCH_CHECK(static_cast<int64_t>(counts.size()) == v.size(0),
+              "compose_power: expected one count per sample, got ", counts.size(),
+              " counts for a batch of ", v.size(0));
   int64_t most = 0;
   for (auto c : counts) {
     TORCH_CHECK(c >= 0, "compose_power: expected counts >= 0, got ", c);
@@ -309,8 +320,8 @@ torch::Tensor compose_power(const torch::Tensor& v, const std::vector<int64_t>& 
   const auto grid = most > 1 && !direct ? detail::sampling_grid(v) : torch::Tensor();
   for (int64_t k = 1; k < most; ++k) {
     auto next = direct ? detail::compose_step(v, phi)
-                       : v + at::grid_sampler(phi, grid, detail::kGridBilinear,
-                                              detail::kGridBorder, /*align_corners=*/true);
+                       : v + at::grid_sampler(phi, grid, detail::kGridBilinear, detail::kGridBorder,
+                                              /*align_corners=*/true);
     phi = at::where(count > k, next, phi);
   }
   return phi;

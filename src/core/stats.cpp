@@ -66,7 +66,8 @@ double exact_two_sided(int n, double w_plus) {
 }  // namespace
 
 double wilcoxon_signed_rank(const std::vector<double>& x, const std::vector<double>& y) {
-  if (x.size() != y.size()) throw std::invalid_argument("wilcoxon_signed_rank: x and y differ in length");
+  if (x.size() != y.size())
+    throw std::invalid_argument("wilcoxon_signed_rank: x and y differ in length");
   std::vector<double> d;
   for (size_t i = 0; i < x.size(); ++i)
     if (std::isfinite(x[i]) && std::isfinite(y[i]) && x[i] != y[i]) d.push_back(x[i] - y[i]);

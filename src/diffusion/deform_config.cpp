@@ -231,8 +231,10 @@ using O = DeformJobOptions;
 
 /// A key holding one of the names that `parse` reads and to_string writes.
 template <typename E>
-detail::ConfigKey<O> named_key(const char* name, E O::*field, E (*parse)(const std::string&), const char* doc) {
-  return key_as<std::string>(name, field, parse, [](E e) { return std::string(to_string(e)); }, {}, "-", doc);
+detail::ConfigKey<O> named_key(const char* name, E O::*field, E (*parse)(const std::string&),
+                               const char* doc) {
+  return key_as<std::string>(
+      name, field, parse, [](E e) { return std::string(to_string(e)); }, {}, "-", doc);
 }
 
 /// The keys of a drdm_deform config (each also an option of the command line), each declared once.
@@ -243,7 +245,8 @@ const Keys<O>& config_keys() {
       try {
         o.levels = levels_from_json(v);
       } catch (const json::exception&) {
-        throw std::invalid_argument("must be a string such as \"30,45\" or a list of levels, got " + v.dump());
+        throw std::invalid_argument("must be a string such as \"30,45\" or a list of levels, got " +
+                                    v.dump());
       }
     };
     return Keys<O>{
@@ -251,21 +254,25 @@ const Keys<O>& config_keys() {
         named_key("mode", &O::mode, parse_deform_mode, "deform, augment or pairs"),
         key_with<json, O>("levels", levels_get, levels_set, {}, "steps",
                           "T' per sample: \"30,45\" or a list; pairs mode takes aug:syn"),
-        key("samples", &O::samples, {in_range<int64_t>(1, kMaxDeformSamples)}, "-", "samples per input and level"),
+        key("samples", &O::samples, {in_range<int64_t>(1, kMaxDeformSamples)}, "-",
+            "samples per input and level"),
         key("seed", &O::seed, {}, "-", "seed of every sample"),
         key("device", &O::device, {}, "-", "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\""),
-        key("batch", &O::batch, {in_range<int64_t>(1, kMaxDeformBatch)}, "-", "samples per network pass"),
+        key("batch", &O::batch, {in_range<int64_t>(1, kMaxDeformBatch)}, "-",
+            "samples per network pass"),
         named_key("schedule", &O::schedule, parse_recovery_schedule, "the recovery schedule"),
         named_key("label_interpolation", &O::label_interpolation, parse_label_interpolation,
                   "how label maps are warped"),
         named_key("padding", &O::padding, parse_padding, "the image's value outside its grid"),
         key("slice_axis", &O::slice_axis, {in_range<int64_t>(-1, 2)}, "tensor axis",
             "3D inputs to a 2D model: the slicing axis (-1: the model's)"),
-        named_key("slice_mode", &O::slice_mode, parse_slice_mode, "3D inputs to a 2D model: coherent or independent slices"),
+        named_key("slice_mode", &O::slice_mode, parse_slice_mode,
+                  "3D inputs to a 2D model: coherent or independent slices"),
         key("slice_sigma", &O::slice_sigma, {detail::at_least(0.0)}, "slices",
             "coherent slices: smoothing of the recovery steps across slices"),
         key("previews", &O::previews, {}, "-", "write a preview PNG per sample"),
-        key("threads", &O::threads, {in_range<int64_t>(0, 1024)}, "threads", "CPU threads (0: LibTorch's default)"),
+        key("threads", &O::threads, {in_range<int64_t>(0, 1024)}, "threads",
+            "CPU threads (0: LibTorch's default)"),
         key("mixed_precision", &O::mixed_precision, {detail::one_of({"none", "bf16"})}, "-",
             "\"none\" or \"bf16\" (network passes under bf16 autocast)"),
     };
@@ -280,7 +287,8 @@ void load_deform_config(const std::string& path, DeformJobOptions& o) {
   if (!j.is_object()) throw std::invalid_argument("'" + path + "': expected a JSON object");
   const auto& keys = config_keys();
   for (const auto& [name, value] : j.items()) {
-    const auto k = std::find_if(keys.begin(), keys.end(), [&](const auto& k) { return k.name == name; });
+    const auto k =
+        std::find_if(keys.begin(), keys.end(), [&](const auto& k) { return k.name == name; });
     // An unknown key: check_against names it, with the nearest key.
     if (k == keys.end()) {
       detail::check_against(detail::keys_json(keys, o), json{{name, value}}, "", path);

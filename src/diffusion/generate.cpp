@@ -8,12 +8,12 @@
 #include <stdexcept>
 #include <utility>
 
+#include "core/seeds.h"
 #include "diffusion/cuda_graph.h"
-#include "drdm/io/dataset.h"
+#include "diffusion/recovery_compose.h"
 #include "drdm/core/log.h"
 #include "drdm/diffusion/inference.h"
-#include "diffusion/recovery_compose.h"
-#include "core/seeds.h"
+#include "drdm/io/dataset.h"
 
 namespace drdm {
 
@@ -150,8 +150,8 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
                                 const GenerationOptions& options) {
   const int64_t d = net->options.dims;
   TORCH_CHECK(images.dim() == d + 2 && images.size(1) == net->options.in_channels,
-              "generate_fields: expected images [N, ", net->options.in_channels, ", ...S] with ",
-              d, " spatial dims, got ", images.sizes());
+              "generate_fields: expected images [N, ", net->options.in_channels, ", ...S] with ", d,
+              " spatial dims, got ", images.sizes());
   const int64_t n = images.size(0);
   TORCH_CHECK(static_cast<int64_t>(levels.size()) == n && static_cast<int64_t>(seeds.size()) == n,
               "generate_fields: expected ", n, " levels and seeds, got ", levels.size(), " and ",

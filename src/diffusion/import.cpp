@@ -4,14 +4,14 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "io/atomic_file.h"
-#include "io/files.h"
 #include "drdm/core/log.h"
 #include "drdm/core/module_state.h"
-#include "drdm/diffusion/train_config.h"
 #include "drdm/diffusion/inference.h"
+#include "drdm/diffusion/train_config.h"
 #include "drdm/engine/training_engine.h"
 #include "drdm/io/text_file.h"
+#include "io/atomic_file.h"
+#include "io/files.h"
 
 namespace drdm {
 namespace {

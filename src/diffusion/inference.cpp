@@ -5,11 +5,11 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "core/seeds.h"
 #include "diffusion/drdm_checkpoint.h"
 #include "drdm/core/module_state.h"
 #include "drdm/core/spatial.h"
 #include "drdm/io/models.h"
-#include "core/seeds.h"
 
 namespace drdm {
 

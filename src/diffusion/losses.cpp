@@ -23,8 +23,8 @@ void check_pair(const torch::Tensor& psi, const torch::Tensor& psi_hat, const ch
   TORCH_CHECK(psi.sizes() == psi_hat.sizes(), what,
               ": expected psi and psi_hat of the same shape, got ", psi.sizes(), " and ",
               psi_hat.sizes());
-  TORCH_CHECK(psi.device() == psi_hat.device(), what, ": psi on ", psi.device(),
-              " but psi_hat on ", psi_hat.device());
+  TORCH_CHECK(psi.device() == psi_hat.device(), what, ": psi on ", psi.device(), " but psi_hat on ",
+              psi_hat.device());
   TORCH_CHECK(psi.scalar_type() == psi_hat.scalar_type(), what,
               ": expected psi and psi_hat of the same dtype, got ", psi.scalar_type(), " and ",
               psi_hat.scalar_type());
@@ -71,7 +71,8 @@ torch::Tensor smoothness_loss(const torch::Tensor& psi_hat) {
   // units of Table 1), so that the weight means the same at every resolution:
   // the authors' code measures this term on fields in those units too.
   std::vector<double> inv_size;
-  for (int64_t i = 0; i < d; ++i) inv_size.push_back(1.0 / static_cast<double>(psi_hat.size(2 + i)));
+  for (int64_t i = 0; i < d; ++i)
+    inv_size.push_back(1.0 / static_cast<double>(psi_hat.size(2 + i)));
   std::vector<int64_t> shape(psi_hat.dim(), 1);
   shape[1] = d;
   const auto scaled = psi_hat * at::tensor(inv_size, at::kDouble).to(psi_hat.options()).view(shape);
@@ -101,8 +102,8 @@ LossTerms recovery_loss(const torch::Tensor& psi, const torch::Tensor& psi_hat,
   t.angle = angle_term(psi, sampled, w.eps);
   t.smoothness = smoothness_loss(psi_hat);
   t.folding = folding_loss(psi_hat);
-  t.total = t.distance * w.distance + t.angle * w.angle +
-            (t.smoothness + t.folding) * w.regularisation;
+  t.total =
+      t.distance * w.distance + t.angle * w.angle + (t.smoothness + t.folding) * w.regularisation;
   return t;
 }
 

@@ -3,12 +3,12 @@
 #include <ATen/autocast_mode.h>
 #include <torch/nn.h>
 
-#include "drdm/core/spatial.h"
-
 #include <cmath>
 #include <set>
 #include <stdexcept>
 #include <utility>
+
+#include "drdm/core/spatial.h"
 
 namespace drdm {
 namespace {
@@ -27,19 +27,17 @@ nn::AnyModule make_conv(nn::Module& owner, const std::string& name, int64_t dims
                         int64_t cout, int64_t kernel, int64_t stride, int64_t padding,
                         int64_t dilation) {
   if (dims == 2) {
-    return nn::AnyModule(owner.register_module(
-        name, nn::Conv2d(nn::Conv2dOptions(cin, cout, kernel)
-                             .stride(stride)
-                             .padding(padding)
-                             .dilation(dilation)
-                             .bias(true))));
+    return nn::AnyModule(owner.register_module(name, nn::Conv2d(nn::Conv2dOptions(cin, cout, kernel)
+                                                                    .stride(stride)
+                                                                    .padding(padding)
+                                                                    .dilation(dilation)
+                                                                    .bias(true))));
   }
-  return nn::AnyModule(owner.register_module(
-      name, nn::Conv3d(nn::Conv3dOptions(cin, cout, kernel)
-                           .stride(stride)
-                           .padding(padding)
-                           .dilation(dilation)
-                           .bias(true))));
+  return nn::AnyModule(owner.register_module(name, nn::Conv3d(nn::Conv3dOptions(cin, cout, kernel)
+                                                                  .stride(stride)
+                                                                  .padding(padding)
+                                                                  .dilation(dilation)
+                                                                  .bias(true))));
 }
 
 nn::AnyModule make_up(nn::Module& owner, const std::string& name, int64_t dims, int64_t c) {
@@ -54,8 +52,8 @@ nn::AnyModule make_up(nn::Module& owner, const std::string& name, int64_t dims, 
 nn::AnyModule make_norm(nn::Module& owner, const std::string& name, int64_t dims, int64_t c) {
   if (dims == 2) {
     return nn::AnyModule(owner.register_module(
-        name, nn::InstanceNorm2d(
-                  nn::InstanceNorm2dOptions(c).affine(true).track_running_stats(false))));
+        name,
+        nn::InstanceNorm2d(nn::InstanceNorm2dOptions(c).affine(true).track_running_stats(false))));
   }
   return nn::AnyModule(owner.register_module(
       name,
@@ -67,9 +65,7 @@ nn::AnyModule make_norm(nn::Module& owner, const std::string& name, int64_t dims
 // two have the same sign, so the gradient is bit-identical, and the output is
 // the next convolution's input, which autograd keeps anyway (one activation
 // fewer to keep per call).
-torch::Tensor block_act_(torch::Tensor x) {
-  return torch::leaky_relu_(x, kBlockSlope);
-}
+torch::Tensor block_act_(torch::Tensor x) { return torch::leaky_relu_(x, kBlockSlope); }
 
 // ACNN-II block (Table B.5):
 //   x = norm(conv3x3(f));  r = conv3x3_dil1(act(x));  r = conv3x3_dil3(act(r));
@@ -128,10 +124,10 @@ nn::Sequential make_stage(nn::Module& owner, const std::string& name, int64_t di
 // (every other).
 torch::Tensor sinusoidal_table(int64_t timesteps, int64_t width, TimeFrequencies frequencies) {
   const double step = frequencies == TimeFrequencies::kStandard ? 2.0 : 4.0;
-  auto t = torch::arange(timesteps + 1, torch::kDouble).unsqueeze(1);                // [T+1, 1]
-  auto j = torch::arange(width / 2, torch::kDouble);                                 // [E/2]
+  auto t = torch::arange(timesteps + 1, torch::kDouble).unsqueeze(1);                 // [T+1, 1]
+  auto j = torch::arange(width / 2, torch::kDouble);                                  // [E/2]
   auto w = torch::pow(10000.0, -step * j / static_cast<double>(width)).unsqueeze(0);  // [1, E/2]
-  auto arg = t * w;                                                                // [T+1, E/2]
+  auto arg = t * w;                                                                   // [T+1, E/2]
   return torch::stack({torch::sin(arg), torch::cos(arg)}, 2)
       .reshape({timesteps + 1, width})
       .to(torch::kFloat);
@@ -143,9 +139,7 @@ std::string to_string(TimeFrequencies f) {
   return f == TimeFrequencies::kStandard ? "standard" : "every_other";
 }
 
-std::string to_string(OutputUnits u) {
-  return u == OutputUnits::kVoxels ? "voxels" : "image_size";
-}
+std::string to_string(OutputUnits u) { return u == OutputUnits::kVoxels ? "voxels" : "image_size"; }
 
 TimeFrequencies parse_time_frequencies(const std::string& name) {
   if (name == "standard") return TimeFrequencies::kStandard;
@@ -267,8 +261,8 @@ void RecoveryNetImpl::check_image(const torch::Tensor& image) const {
   TORCH_CHECK(image.defined(), "RecoveryNet::forward: image is undefined");
   TORCH_CHECK(image.dim() == 2 + o.dims, "RecoveryNet::forward: expected a ", o.dims,
               "D image [N, C, ...S] with ", 2 + o.dims, " dims, got sizes ", image.sizes());
-  TORCH_CHECK(image.size(1) == o.in_channels, "RecoveryNet::forward: expected ",
-              o.in_channels, " image channels, got sizes ", image.sizes());
+  TORCH_CHECK(image.size(1) == o.in_channels, "RecoveryNet::forward: expected ", o.in_channels,
+              " image channels, got sizes ", image.sizes());
   TORCH_CHECK(image.size(0) >= 1, "RecoveryNet::forward: empty batch, sizes ", image.sizes());
   for (int64_t i = 2; i < image.dim(); ++i) {
     TORCH_CHECK(image.size(i) > 0 && image.size(i) % kDivisor == 0,
@@ -332,7 +326,7 @@ void RecoveryNetImpl::choose_memory_format() {
   const bool cpu = time_table.device().is_cpu();
   for (auto& p : parameters(/*recurse=*/true)) {
     if (p.dim() < 4) continue;
-    const auto format = !cpu             ? at::MemoryFormat::Contiguous
+    const auto format = !cpu           ? at::MemoryFormat::Contiguous
                         : p.dim() == 4 ? at::MemoryFormat::ChannelsLast
                                        : at::MemoryFormat::ChannelsLast3d;
     torch::NoGradGuard no_grad;

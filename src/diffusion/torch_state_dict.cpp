@@ -1,4 +1,4 @@
-// read_torch_state_dict (drdm/import.h): a state dict written by Python's
+// read_torch_state_dict (drdm/diffusion/import.h): a state dict written by Python's
 // torch.save in the zip format, read without Python.
 //
 // LibTorch's own torch::pickle_load cannot read these files: it turns the
@@ -15,8 +15,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "io/files.h"
 #include "drdm/diffusion/import.h"
+#include "io/files.h"
 
 namespace drdm {
 namespace {

@@ -1,7 +1,5 @@
 #include "drdm/diffusion/trainer.h"
 
-#include "diffusion/drdm_checkpoint.h"
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -17,21 +15,22 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "io/files.h"
-#include "drdm/io/dataset.h"
-#include "drdm/engine/distributed.h"
-#include "drdm/io/image_io.h"
+#include "core/seeds.h"
+#include "diffusion/drdm_checkpoint.h"
 #include "drdm/core/log.h"
 #include "drdm/core/module_state.h"
-#include "drdm/diffusion/losses.h"
-#include "drdm/io/models.h"
-#include "drdm/engine/optim.h"
-#include "drdm/io/preview.h"
 #include "drdm/core/spatial.h"
+#include "drdm/diffusion/losses.h"
+#include "drdm/engine/distributed.h"
+#include "drdm/engine/optim.h"
+#include "drdm/io/dataset.h"
+#include "drdm/io/image_io.h"
+#include "drdm/io/models.h"
+#include "drdm/io/preview.h"
 #include "engine/progress.h"
 #include "engine/run_kind.h"
+#include "io/files.h"
 #include "io/run_lock.h"
-#include "core/seeds.h"
 
 namespace drdm {
 

@@ -66,7 +66,9 @@ int64_t integrated_count(int64_t t, const SamplerOptions& o) {
   return std::clamp<int64_t>(m, 1, o.integrated_max);
 }
 
-at::Generator make_generator(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+at::Generator make_generator(uint64_t seed) {
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
 
 at::Generator make_generator(const torch::Device& device, uint64_t seed) {
   if (device.is_cpu()) return make_generator(seed);
@@ -125,8 +127,9 @@ torch::Tensor VelocitySampler::velocity(int64_t batch, at::Generator& gen) const
 torch::Tensor VelocitySampler::velocity_rows(int64_t batch, at::Generator& gen, int64_t first,
                                              int64_t count) const {
   TORCH_CHECK(batch >= 1, "VelocitySampler::velocity: batch must be >= 1");
-  TORCH_CHECK(first >= 0 && count >= 1 && first + count <= batch, "VelocitySampler::velocity_rows: rows [", first,
-              ", ", first + count, ") are not in the batch of ", batch);
+  TORCH_CHECK(first >= 0 && count >= 1 && first + count <= batch,
+              "VelocitySampler::velocity_rows: rows [", first, ", ", first + count,
+              ") are not in the batch of ", batch);
   const auto d = static_cast<int64_t>(image_size_.size());
   const auto opts = at::TensorOptions().dtype(at::kFloat).device(device_);
   std::vector<int64_t> full{count, d};
@@ -165,7 +168,8 @@ torch::Tensor VelocitySampler::to_image(const torch::Tensor& control_field) cons
     return big;
   };
   TORCH_CHECK(control_field.dim() == 2 + d && control_field.size(1) == d,
-              "VelocitySampler::to_image: expected a field [N, ", d, ", ...], got ", control_field.sizes());
+              "VelocitySampler::to_image: expected a field [N, ", d, ", ...], got ",
+              control_field.sizes());
   const bool authors = options_.process == DiffusionProcess::kAuthors;
   const auto factors = authors ? authors_factors(control_field, image_size_)
                                : resize_factors(control_field, doubled);
@@ -190,23 +194,26 @@ ForwardSample VelocitySampler::sample(const torch::Tensor& t, at::Generator& gen
   return sample_impl(t, gen, /*need_psi=*/true);
 }
 
-ForwardSample VelocitySampler::sample_rows(const torch::Tensor& t, at::Generator& gen, int64_t first,
-                                           int64_t count) const {
+ForwardSample VelocitySampler::sample_rows(const torch::Tensor& t, at::Generator& gen,
+                                           int64_t first, int64_t count) const {
   TORCH_CHECK(t.dim() == 1 && first >= 0 && count >= 1 && first + count <= t.numel(),
-              "VelocitySampler::sample_rows: rows [", first, ", ", first + count, ") are not in t ", t.sizes());
+              "VelocitySampler::sample_rows: rows [", first, ", ", first + count, ") are not in t ",
+              t.sizes());
   const int64_t batch = t.numel();
-  return sample_impl(t.narrow(0, first, count), [&](int64_t) { return velocity_rows(batch, gen, first, count); },
-                     /*need_psi=*/true);
+  return sample_impl(
+      t.narrow(0, first, count), [&](int64_t) { return velocity_rows(batch, gen, first, count); },
+      /*need_psi=*/true);
 }
 
 torch::Tensor VelocitySampler::sample_field(const torch::Tensor& t, at::Generator& gen) const {
   return sample_impl(t, gen, /*need_psi=*/false).phi;
 }
 
-torch::Tensor VelocitySampler::sample_field(const torch::Tensor& t, std::vector<at::Generator>& gens) const {
+torch::Tensor VelocitySampler::sample_field(const torch::Tensor& t,
+                                            std::vector<at::Generator>& gens) const {
   TORCH_CHECK(t.dim() == 1 && static_cast<size_t>(t.numel()) == gens.size(),
-              "VelocitySampler::sample_field: expected one generator per sample, got ", gens.size(), " for t ",
-              t.sizes());
+              "VelocitySampler::sample_field: expected one generator per sample, got ", gens.size(),
+              " for t ", t.sizes());
   const auto draw = [&](int64_t batch) {
     std::vector<at::Tensor> parts;
     for (int64_t b = 0; b < batch; ++b) parts.push_back(velocity(1, gens[static_cast<size_t>(b)]));
@@ -217,7 +224,8 @@ torch::Tensor VelocitySampler::sample_field(const torch::Tensor& t, std::vector<
 
 ForwardSample VelocitySampler::sample_impl(const torch::Tensor& t, at::Generator& gen,
                                            bool need_psi) const {
-  return sample_impl(t, [&](int64_t batch) { return velocity(batch, gen); }, need_psi);
+  return sample_impl(
+      t, [&](int64_t batch) { return velocity(batch, gen); }, need_psi);
 }
 
 ForwardSample VelocitySampler::sample_impl(const torch::Tensor& t,

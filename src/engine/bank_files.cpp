@@ -7,11 +7,11 @@
 #include <fstream>
 #include <stdexcept>
 
-#include "io/files.h"
-#include "drdm/engine/distributed.h"
 #include "drdm/core/log.h"
+#include "drdm/engine/distributed.h"
 #include "drdm/engine/training_engine.h"
 #include "drdm/io/text_file.h"
+#include "io/files.h"
 
 namespace drdm::detail {
 

@@ -88,7 +88,6 @@ void check_against(const json& expected, const json& given, const std::string& p
   }
 }
 
-
 json parse_json_strict(const std::string& text, const std::string& source) {
   struct Frame {
     bool object;
@@ -96,13 +95,16 @@ json parse_json_strict(const std::string& text, const std::string& source) {
     std::set<std::string> keys;
   };
   std::vector<Frame> frames;
-  const auto dotted = [](const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; };
+  const auto dotted = [](const std::string& a, const std::string& b) {
+    return a.empty() ? b : a + "." + b;
+  };
   const json::parser_callback_t check = [&](int, json::parse_event_t event, json& parsed) {
     using E = json::parse_event_t;
     if (event == E::object_start || event == E::array_start) {
       std::string path;
-      if (!frames.empty()) path = frames.back().object ? dotted(frames.back().path, frames.back().last_key)
-                                                       : frames.back().path;
+      if (!frames.empty())
+        path = frames.back().object ? dotted(frames.back().path, frames.back().last_key)
+                                    : frames.back().path;
       frames.push_back({event == E::object_start, path, "", {}});
     } else if (event == E::object_end || event == E::array_end) {
       frames.pop_back();
@@ -203,7 +205,6 @@ void apply_override(json& user, const std::string& text) {
   }
 }
 
-
 json merge_config(const json& defaults, const std::string& json_text, const std::string& source,
                   const std::vector<std::string>& overrides) {
   json user;
@@ -236,7 +237,6 @@ std::string read_config_text(const std::string& path) {
 void require(bool ok, const std::string& source, const std::string& key, const std::string& why) {
   if (!ok) throw std::invalid_argument(source + ": config key '" + key + "' " + why);
 }
-
 
 std::string reference_value(const json& v) {
   if (!v.is_array()) return v.dump();

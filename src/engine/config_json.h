@@ -3,13 +3,12 @@
 // with section.key=value overrides. Every config of the library uses this.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <climits>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace drdm::detail {
@@ -78,12 +77,13 @@ struct ExactJson<std::vector<E>> {
 template <typename J>
 J read_value(const nlohmann::json& v, const std::string& source, const std::string& key) {
   if (!ExactJson<J>::holds(v))
-    throw std::invalid_argument(source + ": config key '" + key + "' must be " + ExactJson<J>::what() +
-                                ", got " + v.dump());
+    throw std::invalid_argument(source + ": config key '" + key + "' must be " +
+                                ExactJson<J>::what() + ", got " + v.dump());
   try {
     return v.get<J>();
   } catch (const nlohmann::json::exception&) {
-    throw std::invalid_argument(source + ": config key '" + key + "' has the wrong type: " + v.dump());
+    throw std::invalid_argument(source + ": config key '" + key +
+                                "' has the wrong type: " + v.dump());
   }
 }
 
@@ -100,19 +100,20 @@ std::string reference_value(const nlohmann::json& v);
 /// When `error` (from checking a merged config read from `source`) is about a
 /// key that one of `overrides` set, rethrows it naming that --set instead of
 /// the file; otherwise rethrows it unchanged.
-[[noreturn]] void rethrow_blaming_overrides(const std::invalid_argument& error, const std::string& source,
+[[noreturn]] void rethrow_blaming_overrides(const std::invalid_argument& error,
+                                            const std::string& source,
                                             const std::vector<std::string>& overrides);
 
 /// Runs parse() (a config's checks after merge_config) with errors about
 /// overridden keys blamed on the --set that gave them.
 template <typename F>
-auto blaming_overrides(const std::string& source, const std::vector<std::string>& overrides, F&& parse) {
+auto blaming_overrides(const std::string& source, const std::vector<std::string>& overrides,
+                       F&& parse) {
   try {
     return parse();
   } catch (const std::invalid_argument& e) {
     rethrow_blaming_overrides(e, source, overrides);
   }
 }
-
 
 }  // namespace drdm::detail

@@ -6,11 +6,10 @@
 // explicit after the table's parse.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -75,11 +74,14 @@ inline Check<std::string> one_of(const std::vector<std::string>& names) {
   std::string why = "must be ";
   for (size_t i = 0; i < names.size(); ++i)
     why += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + ("\"" + names[i] + "\"");
-  return check<std::string>(why, [names](const std::string& v) {
-    for (const auto& n : names)
-      if (v == n) return true;
-    return false;
-  }, true);
+  return check<std::string>(
+      why,
+      [names](const std::string& v) {
+        for (const auto& n : names)
+          if (v == n) return true;
+        return false;
+      },
+      true);
 }
 /// A list that is not empty.
 template <typename V>
@@ -110,12 +112,14 @@ template <typename S>
 struct ConfigKey {
   std::string section;  ///< "" for a top-level key
   std::string name;
-  std::string unit;     ///< the reference's unit column ("" = none)
-  std::string doc;      ///< one line; "" shares the reference row of the key before
-  std::string checks;   ///< the checks' words, "; "-joined
+  std::string unit;    ///< the reference's unit column ("" = none)
+  std::string doc;     ///< one line; "" shares the reference row of the key before
+  std::string checks;  ///< the checks' words, "; "-joined
   std::function<nlohmann::json(const S&)> write;
   /// Reads, checks and stores the value; errors name `src` and `key`.
-  std::function<void(const nlohmann::json& value, const std::string& src, const std::string& key, S&)> read;
+  std::function<void(const nlohmann::json& value, const std::string& src, const std::string& key,
+                     S&)>
+      read;
   std::string dotted() const { return section.empty() ? name : section + "." + name; }
 };
 
@@ -133,19 +137,20 @@ std::string checks_text(const std::vector<Check<J>>& checks) {
 /// the form for options with accessors (TORCH_ARG). An std::invalid_argument
 /// from `set` names the key: "...'k' must be ..." or "...'k': unknown ...".
 template <typename J, typename S, typename Get, typename Set>
-ConfigKey<S> key_with(const char* name, Get get, Set set, std::vector<Check<J>> checks, const char* unit,
-                      const char* doc) {
+ConfigKey<S> key_with(const char* name, Get get, Set set, std::vector<Check<J>> checks,
+                      const char* unit, const char* doc) {
   ConfigKey<S> k{"", name, unit, doc, checks_text(checks), {}, {}};
   k.write = [get](const S& s) { return nlohmann::json(get(s)); };
-  k.read = [set, checks](const nlohmann::json& v, const std::string& src, const std::string& key, S& s) {
+  k.read = [set, checks](const nlohmann::json& v, const std::string& src, const std::string& key,
+                         S& s) {
     J value = read_value<J>(v, src, key);
     apply_checks(checks, value, src, key);
     try {
       set(s, std::move(value));
     } catch (const std::invalid_argument& e) {
       const std::string why = e.what();
-      throw std::invalid_argument(src + ": config key '" + key + "'" + (why.rfind("must", 0) == 0 ? " " : ": ") +
-                                  why);
+      throw std::invalid_argument(src + ": config key '" + key + "'" +
+                                  (why.rfind("must", 0) == 0 ? " " : ": ") + why);
     }
   };
   return k;
@@ -176,9 +181,8 @@ void mount(Keys<C>& into, const std::string& section, S C::*member, const Keys<S
   for (const auto& k : keys) {
     ConfigKey<C> m{section, k.name, k.unit, k.doc, k.checks, {}, {}};
     m.write = [member, w = k.write](const C& c) { return w(c.*member); };
-    m.read = [member, r = k.read](const nlohmann::json& v, const std::string& src, const std::string& key, C& c) {
-      r(v, src, key, c.*member);
-    };
+    m.read = [member, r = k.read](const nlohmann::json& v, const std::string& src,
+                                  const std::string& key, C& c) { r(v, src, key, c.*member); };
     into.push_back(std::move(m));
   }
 }
@@ -220,7 +224,8 @@ std::string keys_reference(const Keys<C>& keys, const C& defaults, const std::st
   std::vector<std::vector<std::string>> rows;  // key, default, unit, doc
   for (const auto& k : keys) {
     if (k.section != section) continue;
-    const std::string name = "`" + k.name + "`", value = "`" + reference_value(k.write(defaults)) + "`";
+    const std::string name = "`" + k.name + "`",
+                      value = "`" + reference_value(k.write(defaults)) + "`";
     if (k.doc.empty() && !rows.empty()) {
       rows.back()[0] += ", " + name;
       rows.back()[1] += ", " + value;

@@ -1,12 +1,10 @@
 #include "drdm/engine/distributed.h"
 
-#include "io/atomic_file.h"
-
 #include <ATen/ATen.h>
-#include <torch/cuda.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <torch/cuda.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,10 +20,11 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
-#include "engine/dist/backends.h"
+#include "core/parse_integer.h"
 #include "drdm/core/interrupt.h"
 #include "drdm/core/log.h"
-#include "core/parse_integer.h"
+#include "engine/dist/backends.h"
+#include "io/atomic_file.h"
 
 namespace drdm::dist {
 namespace {
@@ -535,7 +534,6 @@ const World& world() {
   static const World single;
   return g_world ? *g_world : single;
 }
-
 
 }  // namespace drdm::dist
 

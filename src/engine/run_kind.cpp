@@ -3,10 +3,10 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
-#include "io/files.h"
-#include "engine/config_json.h"
 #include "drdm/engine/training_engine.h"
 #include "drdm/io/text_file.h"
+#include "engine/config_json.h"
+#include "io/files.h"
 
 namespace drdm::detail {
 namespace {

@@ -8,27 +8,27 @@
 #include <torch/csrc/jit/serialization/pickler.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <memory>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
 
-#include "io/atomic_file.h"
-#include "drdm/io/text_file.h"
-#include "io/files.h"
-#include "drdm/engine/distributed.h"
+#include "core/out_of_memory.h"
+#include "core/seeds.h"
 #include "drdm/core/interrupt.h"
 #include "drdm/core/log.h"
-#include "core/out_of_memory.h"
+#include "drdm/engine/distributed.h"
+#include "drdm/io/text_file.h"
 #include "engine/progress.h"
-#include "core/seeds.h"
+#include "io/atomic_file.h"
+#include "io/files.h"
 
 namespace drdm {
 namespace {
@@ -184,10 +184,9 @@ Checkpoint read_checkpoint(const std::string& path, const std::string& expected_
   return c;
 }
 
-RunSpec run_spec(const TrainSection& train, const std::string& output_dir,
-                 const std::string& kind, const std::string& config,
-                 std::function<std::string(const std::string&)> identity, bool resume,
-                 bool progress) {
+RunSpec run_spec(const TrainSection& train, const std::string& output_dir, const std::string& kind,
+                 const std::string& config, std::function<std::string(const std::string&)> identity,
+                 bool resume, bool progress) {
   RunSpec spec;
   spec.output_dir = output_dir;
   spec.kind = kind;
@@ -235,15 +234,16 @@ void TrainingRun::start_here() {
                                "': the config differs from the one it was trained with (only the " +
                                "step count may change); see " + spec_.output_dir + "/config.json");
     if (ck.adam_step < 0)
-      throw std::runtime_error("cannot resume from '" + checkpoint + "': it has no optimiser state");
+      throw std::runtime_error("cannot resume from '" + checkpoint +
+                               "': it has no optimiser state");
     check_steps(ck.step, checkpoint);
     load_(ck.model);
     try {
       adam_.load_state(ck.adam_step, ck.exp_avg, ck.exp_avg_sq);
     } catch (const c10::Error& e) {
-      throw std::runtime_error(
-          "cannot resume from '" + checkpoint + "': its optimiser state does not fit this network: " +
-          std::string(e.what_without_backtrace()));
+      throw std::runtime_error("cannot resume from '" + checkpoint +
+                               "': its optimiser state does not fit this network: " +
+                               std::string(e.what_without_backtrace()));
     }
     first_step_ = ck.step;
     log::info("resuming from " + checkpoint + " at step " + std::to_string(first_step_));
@@ -261,10 +261,11 @@ void TrainingRun::start_here() {
 void TrainingRun::check_steps(int64_t checkpoint_step, const std::string& checkpoint) const {
   if (spec_.steps >= checkpoint_step) return;
   // No "--resume": seg_fewshot and reg_synth resume by themselves.
-  throw std::runtime_error("cannot resume: " + spec_.steps_key + " = " + std::to_string(spec_.steps) +
-                           " is below the " + std::to_string(checkpoint_step) + " steps that '" +
-                           checkpoint + "' has already trained; give " + spec_.steps_key + " >= " +
-                           std::to_string(checkpoint_step) + ", or train into a new output folder");
+  throw std::runtime_error(
+      "cannot resume: " + spec_.steps_key + " = " + std::to_string(spec_.steps) + " is below the " +
+      std::to_string(checkpoint_step) + " steps that '" + checkpoint +
+      "' has already trained; give " + spec_.steps_key + " >= " + std::to_string(checkpoint_step) +
+      ", or train into a new output folder");
 }
 
 void TrainingRun::save(int64_t done) {
@@ -326,7 +327,11 @@ double seconds_since(Clock::time_point t) {
 }
 
 RunSummary initial_summary(const RunSpec& spec, int64_t first_step) {
-  return RunSummary{first_step, spec.steps, 0, 0, spec.output_dir + "/checkpoint.pt",
+  return RunSummary{first_step,
+                    spec.steps,
+                    0,
+                    0,
+                    spec.output_dir + "/checkpoint.pt",
                     spec.output_dir + "/model.pt"};
 }
 
@@ -343,11 +348,11 @@ RunSummary nothing_to_do(const RunSpec& spec, const std::function<TensorMap()>& 
 [[noreturn]] void throw_non_finite(double loss, int64_t step, const std::string& checkpoint,
                                    const std::string& lr_key) {
   const bool kept = detail::file_exists(checkpoint);
-  throw std::runtime_error(
-      "the loss became " + std::to_string(loss) + " at step " + std::to_string(step) +
-      "; training stopped. The last good checkpoint is kept" +
-      (kept ? " at '" + checkpoint + "'" : " (none was written yet)") + ". Try a smaller " + lr_key +
-      ".");
+  throw std::runtime_error("the loss became " + std::to_string(loss) + " at step " +
+                           std::to_string(step) +
+                           "; training stopped. The last good checkpoint is kept" +
+                           (kept ? " at '" + checkpoint + "'" : " (none was written yet)") +
+                           ". Try a smaller " + lr_key + ".");
 }
 
 void log_time_limit(int64_t done, int64_t steps) {
@@ -403,8 +408,7 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
   return summary;
 }
 
-StepResult descend(Adam& adam, const torch::Tensor& loss, const TrainSection& train,
-                   int64_t step) {
+StepResult descend(Adam& adam, const torch::Tensor& loss, const TrainSection& train, int64_t step) {
   const auto& w = dist::world();
   // Data-parallel: the loss of the global batch (every rank sees the same
   // value, so all take the step or all stop) and the mean of the gradients.

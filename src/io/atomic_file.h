@@ -13,14 +13,14 @@ namespace drdm::detail {
 /// fsyncs every file the writer made there, moves them next to the target
 /// (the target itself last: a .mhd header after its data file), fsyncs the
 /// folder and removes the temporary one. On any exception, and when a
-/// SIGINT/SIGTERM arrived before the move (see drdm/interrupt.h), the
+/// SIGINT/SIGTERM arrived before the move (see drdm/core/interrupt.h), the
 /// temporary folder is removed and the exception propagates; nothing
 /// half-written is ever visible. The first write into a folder also removes
 /// the temporary folders there that dead processes of this host left behind.
 /// Throws std::runtime_error naming `path` when the folder is missing, a
 /// file cannot be synced or a move fails.
 ///
-/// In a data-parallel job (drdm/distributed.h) only rank 0 writes: on the
+/// In a data-parallel job (drdm/engine/distributed.h) only rank 0 writes: on the
 /// other ranks this and append_file_checked return without writing.
 ///
 /// Uses POSIX calls, not std::filesystem: the PyPI LibTorch exports its own

@@ -1,15 +1,13 @@
 #include "drdm/io/dataset.h"
 
-#include "core/seeds.h"
-
-#include "drdm/io/image_io.h"
-#include "drdm/core/log.h"
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/util/ParallelGuard.h>
-
 #include <fnmatch.h>
+
+#include "core/seeds.h"
+#include "drdm/core/log.h"
+#include "drdm/io/image_io.h"
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -69,10 +67,12 @@ std::vector<std::string> scan_folder(const std::string& folder, const DatasetOpt
   if (!fs::is_directory(folder, ec))
     throw std::runtime_error("dataset: folder '" + folder + "' does not exist or is not a folder");
   std::vector<std::string> files;
-  fs::recursive_directory_iterator it(folder, fs::directory_options::skip_permission_denied, ec), end;
+  fs::recursive_directory_iterator it(folder, fs::directory_options::skip_permission_denied, ec),
+      end;
   if (ec) throw std::runtime_error("dataset: cannot list folder '" + folder + "': " + ec.message());
   for (; it != end; it.increment(ec)) {
-    if (ec) throw std::runtime_error("dataset: cannot list folder '" + folder + "': " + ec.message());
+    if (ec)
+      throw std::runtime_error("dataset: cannot list folder '" + folder + "': " + ec.message());
     std::error_code ec2;
     const fs::path& p = it->path();
     const std::string name = p.filename().string();
@@ -88,13 +88,14 @@ std::vector<std::string> scan_folder(const std::string& folder, const DatasetOpt
   }
   std::sort(files.begin(), files.end());
   if (files.empty())
-    throw std::runtime_error("dataset: no image files in folder '" + folder + "' (include: " +
-                             join(options.include) + (options.exclude.empty() ? "" : "; exclude: " + join(options.exclude)) +
-                             ")");
+    throw std::runtime_error(
+        "dataset: no image files in folder '" + folder + "' (include: " + join(options.include) +
+        (options.exclude.empty() ? "" : "; exclude: " + join(options.exclude)) + ")");
   return files;
 }
 
-std::vector<std::string> subset_of(const std::vector<std::string>& files, const std::vector<double>& subset) {
+std::vector<std::string> subset_of(const std::vector<std::string>& files,
+                                   const std::vector<double>& subset) {
   const auto n = static_cast<double>(files.size());
   const auto first = static_cast<size_t>(std::floor(subset.at(0) * n + 1e-9));
   const auto last = static_cast<size_t>(std::floor(subset.at(1) * n + 1e-9));
@@ -145,7 +146,8 @@ at::Tensor clip_normalise(const at::Tensor& image, double low_pct, double high_p
   // A plain loop: one pass, no intra-op threads (the loader already runs files in parallel).
   at::Tensor out = at::empty(cpu.sizes(), cpu.options());
   float* o = out.data_ptr<float>();
-  for (int64_t i = 0; i < n; ++i) o[i] = std::min((std::clamp(data[i], flo, fhi) - flo) / range, 1.0f);
+  for (int64_t i = 0; i < n; ++i)
+    o[i] = std::min((std::clamp(data[i], flo, fhi) - flo) / range, 1.0f);
   return out;
 }
 
@@ -167,7 +169,8 @@ std::vector<double> foreground_per_slice(const at::Tensor& normalised, int64_t a
       count[k] += c;
     }
   std::vector<double> out(len);
-  for (int64_t k = 0; k < len; ++k) out[k] = static_cast<double>(count[k]) / static_cast<double>(outer * inner);
+  for (int64_t k = 0; k < len; ++k)
+    out[k] = static_cast<double>(count[k]) / static_cast<double>(outer * inner);
   return out;
 }
 
@@ -195,7 +198,8 @@ at::Tensor fit_with(const at::Tensor& image, const GridFit& fit) {
         pool = pool || pooled[i] != s;
       }
       if (pool) x = at::adaptive_avg_pool3d(x, pooled);
-      x = at::upsample_trilinear3d(x, at::IntArrayRef(fitted), /*align_corners=*/false, std::nullopt);
+      x = at::upsample_trilinear3d(x, at::IntArrayRef(fitted), /*align_corners=*/false,
+                                   std::nullopt);
     }
     x = x.clamp(0.0, 1.0);
   }
@@ -217,20 +221,25 @@ at::Tensor fit_to_size(const at::Tensor& image, const std::vector<double>& spaci
   return fit_with(image, fit_grid(shape, spacing, size, stretch));
 }
 
-void check_preprocess_args(const at::Tensor& image, const std::vector<double>& spacing, const std::vector<int64_t>& size,
-                           double low, double high) {
+void check_preprocess_args(const at::Tensor& image, const std::vector<double>& spacing,
+                           const std::vector<int64_t>& size, double low, double high) {
   const auto d = static_cast<int64_t>(size.size());
-  TORCH_CHECK(d == 2 || d == 3, "preprocess_image: expected a target size of 2 or 3 entries, got ", d);
-  TORCH_CHECK(image.dim() == d + 1 && image.size(0) == 1, "preprocess_image: expected an image [1, ...S] with ", d,
-              " spatial dims, got ", image.sizes());
+  TORCH_CHECK(d == 2 || d == 3, "preprocess_image: expected a target size of 2 or 3 entries, got ",
+              d);
+  TORCH_CHECK(image.dim() == d + 1 && image.size(0) == 1,
+              "preprocess_image: expected an image [1, ...S] with ", d, " spatial dims, got ",
+              image.sizes());
   TORCH_CHECK(image.numel() > 0, "preprocess_image: empty image ", image.sizes());
-  TORCH_CHECK(static_cast<int64_t>(spacing.size()) == d, "preprocess_image: expected ", d, " spacings, got ",
-              spacing.size());
+  TORCH_CHECK(static_cast<int64_t>(spacing.size()) == d, "preprocess_image: expected ", d,
+              " spacings, got ", spacing.size());
   for (double s : spacing)
     TORCH_CHECK(std::isfinite(s) && s > 0, "preprocess_image: spacings must be positive, got ", s);
-  for (int64_t s : size) TORCH_CHECK(s > 0, "preprocess_image: target sizes must be positive, got ", at::IntArrayRef(size));
-  TORCH_CHECK(0 <= low && low < high && high <= 100, "preprocess_image: expected 0 <= clip_low_pct < clip_high_pct <= 100, got ",
-              low, ", ", high);
+  for (int64_t s : size)
+    TORCH_CHECK(s > 0, "preprocess_image: target sizes must be positive, got ",
+                at::IntArrayRef(size));
+  TORCH_CHECK(0 <= low && low < high && high <= 100,
+              "preprocess_image: expected 0 <= clip_low_pct < clip_high_pct <= 100, got ", low,
+              ", ", high);
 }
 
 double foreground_fraction(const at::Tensor& normalised) {
@@ -248,10 +257,12 @@ FileSamples load_file(const std::string& path, const DatasetOptions& o) {
   Image image = read_image(path);
   at::Tensor x = image.data;  // [1, 1, ...S]
   if (x.dim() < 4 || x.size(0) != 1 || x.size(1) != 1)
-    throw std::runtime_error("dataset: '" + path + "': expected a scalar image, got tensor " + shape_string(x.sizes()));
+    throw std::runtime_error("dataset: '" + path + "': expected a scalar image, got tensor " +
+                             shape_string(x.sizes()));
   x = x[0];  // [1, ...S]
   std::vector<int64_t> shape(x.sizes().begin() + 1, x.sizes().end());
-  std::vector<double> spacing(image.geometry.spacing.rbegin(), image.geometry.spacing.rend());  // tensor order
+  std::vector<double> spacing(image.geometry.spacing.rbegin(),
+                              image.geometry.spacing.rend());  // tensor order
   if (spacing.size() != shape.size())
     throw std::runtime_error("dataset: '" + path + "': geometry does not match the image");
   if (shape.size() == 3) {  // a volume of one slice is a 2D image
@@ -267,8 +278,8 @@ FileSamples load_file(const std::string& path, const DatasetOptions& o) {
   const auto d = static_cast<int64_t>(shape.size());
   FileSamples out;
   if (o.dims == 3 && d != 3)
-    throw std::runtime_error("dataset: '" + path + "' is a " + std::to_string(d) + "D image (" + shape_string(shape) +
-                             ") but the dataset is 3D");
+    throw std::runtime_error("dataset: '" + path + "' is a " + std::to_string(d) + "D image (" +
+                             shape_string(shape) + ") but the dataset is 3D");
   if (d == o.dims) {
     at::Tensor n = clip_normalise(x, o.clip_low_pct, o.clip_high_pct);
     if (foreground_fraction(n) < o.min_foreground) {
@@ -298,14 +309,18 @@ FileSamples load_file(const std::string& path, const DatasetOptions& o) {
 
 void check_options(const DatasetOptions& o) {
   if (o.folders.empty()) throw std::runtime_error("dataset: no folders given");
-  if (o.dims != 2 && o.dims != 3) throw std::runtime_error("dataset: dims must be 2 or 3, got " + std::to_string(o.dims));
+  if (o.dims != 2 && o.dims != 3)
+    throw std::runtime_error("dataset: dims must be 2 or 3, got " + std::to_string(o.dims));
   if (static_cast<int64_t>(o.size.size()) != o.dims)
-    throw std::runtime_error("dataset: size must have " + std::to_string(o.dims) + " entries, got " +
-                             std::to_string(o.size.size()));
+    throw std::runtime_error("dataset: size must have " + std::to_string(o.dims) +
+                             " entries, got " + std::to_string(o.size.size()));
   for (auto s : o.size)
-    if (s <= 0) throw std::runtime_error("dataset: size entries must be positive, got " + shape_string(o.size));
+    if (s <= 0)
+      throw std::runtime_error("dataset: size entries must be positive, got " +
+                               shape_string(o.size));
   if (o.slice_axis < 0 || o.slice_axis > 2)
-    throw std::runtime_error("dataset: slice_axis must be 0, 1 or 2, got " + std::to_string(o.slice_axis));
+    throw std::runtime_error("dataset: slice_axis must be 0, 1 or 2, got " +
+                             std::to_string(o.slice_axis));
   if (!(0 <= o.clip_low_pct && o.clip_low_pct < o.clip_high_pct && o.clip_high_pct <= 100))
     throw std::runtime_error("dataset: expected 0 <= clip_low_pct < clip_high_pct <= 100");
   if (!(o.min_foreground >= 0 && o.min_foreground <= 1))
@@ -314,11 +329,12 @@ void check_options(const DatasetOptions& o) {
 }
 
 void check_augment(const AugmentOptions& a) {
-  TORCH_CHECK(std::isfinite(a.rotation_deg) && a.rotation_deg >= 0, "augment: rotation_deg must be >= 0, got ",
-              a.rotation_deg);
-  TORCH_CHECK(std::isfinite(a.translation) && a.translation >= 0, "augment: translation must be >= 0, got ",
-              a.translation);
-  TORCH_CHECK(a.flip_prob >= 0 && a.flip_prob <= 1, "augment: flip_prob must lie in [0, 1], got ", a.flip_prob);
+  TORCH_CHECK(std::isfinite(a.rotation_deg) && a.rotation_deg >= 0,
+              "augment: rotation_deg must be >= 0, got ", a.rotation_deg);
+  TORCH_CHECK(std::isfinite(a.translation) && a.translation >= 0,
+              "augment: translation must be >= 0, got ", a.translation);
+  TORCH_CHECK(a.flip_prob >= 0 && a.flip_prob <= 1, "augment: flip_prob must lie in [0, 1], got ",
+              a.flip_prob);
   TORCH_CHECK(a.crop_min > 0 && a.crop_min <= a.crop_max && std::isfinite(a.crop_max),
               "augment: expected 0 < crop_min <= crop_max, got ", a.crop_min, ", ", a.crop_max);
 }
@@ -345,13 +361,13 @@ at::Tensor affine_grid(const at::Tensor& theta, at::IntArrayRef spatial) {
   std::vector<int64_t> tshape(d + 1, 1);
   tshape[0] = n;
   for (int64_t a = 0; a < d; ++a) {
-    at::Tensor acc = theta.select(1, a).select(1, d).reshape(tshape).expand(
-        [&] {
-          std::vector<int64_t> s{n};
-          s.insert(s.end(), spatial.begin(), spatial.end());
-          return s;
-        }());
-    for (int64_t k = 0; k < d; ++k) acc = acc + theta.select(1, a).select(1, k).reshape(tshape) * c[k];
+    at::Tensor acc = theta.select(1, a).select(1, d).reshape(tshape).expand([&] {
+      std::vector<int64_t> s{n};
+      s.insert(s.end(), spatial.begin(), spatial.end());
+      return s;
+    }());
+    for (int64_t k = 0; k < d; ++k)
+      acc = acc + theta.select(1, a).select(1, k).reshape(tshape) * c[k];
     out[a] = acc;
   }
   return at::stack(out, -1);
@@ -377,9 +393,11 @@ GridFit fit_grid(const std::vector<int64_t>& input_size, const std::vector<doubl
   fit.model_size = model_size;
   double scale = 0;  // mm per model voxel
   for (size_t i = 0; i < d; ++i) {
-    TORCH_CHECK(input_size[i] > 0 && model_size[i] > 0 && std::isfinite(spacing[i]) && spacing[i] > 0,
-                "fit_grid: sizes and spacings must be positive");
-    scale = std::max(scale, static_cast<double>(input_size[i]) * spacing[i] / static_cast<double>(model_size[i]));
+    TORCH_CHECK(
+        input_size[i] > 0 && model_size[i] > 0 && std::isfinite(spacing[i]) && spacing[i] > 0,
+        "fit_grid: sizes and spacings must be positive");
+    scale = std::max(scale, static_cast<double>(input_size[i]) * spacing[i] /
+                                static_cast<double>(model_size[i]));
   }
   for (size_t i = 0; i < d; ++i) {
     const double extent = static_cast<double>(input_size[i]) * spacing[i];
@@ -391,28 +409,33 @@ GridFit fit_grid(const std::vector<int64_t>& input_size, const std::vector<doubl
   return fit;
 }
 
-torch::Tensor normalise_intensity(const torch::Tensor& image, double clip_low_pct, double clip_high_pct) {
+torch::Tensor normalise_intensity(const torch::Tensor& image, double clip_low_pct,
+                                  double clip_high_pct) {
   TORCH_CHECK(image.numel() > 0, "normalise_intensity: empty image");
   TORCH_CHECK(0 <= clip_low_pct && clip_low_pct < clip_high_pct && clip_high_pct <= 100,
               "normalise_intensity: expected 0 <= clip_low_pct < clip_high_pct <= 100");
-  TORCH_CHECK(at::isfinite(image).all().item<bool>(), "normalise_intensity: the image holds NaN or Inf");
+  TORCH_CHECK(at::isfinite(image).all().item<bool>(),
+              "normalise_intensity: the image holds NaN or Inf");
   return detail::clip_normalise(image, clip_low_pct, clip_high_pct);
 }
 
 torch::Tensor fit_image(const torch::Tensor& image, const GridFit& fit) {
   const auto d = static_cast<int64_t>(fit.model_size.size());
-  TORCH_CHECK(image.dim() == d + 1 && image.size(0) == 1 &&
-                  std::equal(fit.input_size.begin(), fit.input_size.end(), image.sizes().begin() + 1),
-              "fit_image: expected an image [1, ", at::IntArrayRef(fit.input_size), "], got ", image.sizes());
+  TORCH_CHECK(
+      image.dim() == d + 1 && image.size(0) == 1 &&
+          std::equal(fit.input_size.begin(), fit.input_size.end(), image.sizes().begin() + 1),
+      "fit_image: expected an image [1, ", at::IntArrayRef(fit.input_size), "], got ",
+      image.sizes());
   return detail::fit_with(image.to(at::kFloat), fit);
 }
 
 torch::Tensor field_to_input(const torch::Tensor& field, const GridFit& fit) {
   const auto d = static_cast<int64_t>(fit.model_size.size());
-  TORCH_CHECK(field.dim() == d + 2 && field.size(1) == d &&
-                  std::equal(fit.model_size.begin(), fit.model_size.end(), field.sizes().begin() + 2),
-              "field_to_input: expected a field [N, ", d, ", ", at::IntArrayRef(fit.model_size), "], got ",
-              field.sizes());
+  TORCH_CHECK(
+      field.dim() == d + 2 && field.size(1) == d &&
+          std::equal(fit.model_size.begin(), fit.model_size.end(), field.sizes().begin() + 2),
+      "field_to_input: expected a field [N, ", d, ", ", at::IntArrayRef(fit.model_size), "], got ",
+      field.sizes());
   const auto opts = field.options();
   // Normalised sampling coordinates (align_corners) of the input voxels, one
   // 1-D table per axis, broadcast into the grid (x = W first in its last dim).
@@ -431,13 +454,14 @@ torch::Tensor field_to_input(const torch::Tensor& field, const GridFit& fit) {
   for (auto s : fit.input_size) gshape.push_back(s);
   gshape.push_back(d);
   at::Tensor grid = at::stack(reversed, -1).unsqueeze(0).expand(gshape);
-  at::Tensor sampled = at::grid_sampler(field, grid, /*interpolation=*/0, /*padding=*/1, /*align_corners=*/true);
+  at::Tensor sampled =
+      at::grid_sampler(field, grid, /*interpolation=*/0, /*padding=*/1, /*align_corners=*/true);
   // Model voxels -> input voxels along each axis.
   std::vector<at::Tensor> channels;
   for (int64_t i = 0; i < d; ++i) {
     const auto a = static_cast<size_t>(i);
-    channels.push_back(sampled.select(1, i) *
-                       (static_cast<double>(fit.input_size[a]) / static_cast<double>(fit.fitted[a])));
+    channels.push_back(sampled.select(1, i) * (static_cast<double>(fit.input_size[a]) /
+                                               static_cast<double>(fit.fitted[a])));
   }
   return at::stack(channels, 1).contiguous();
 }
@@ -446,7 +470,8 @@ torch::Tensor preprocess_image(const torch::Tensor& image, const std::vector<dou
                                const std::vector<int64_t>& size, double clip_low_pct,
                                double clip_high_pct, bool stretch) {
   detail::check_preprocess_args(image, spacing, size, clip_low_pct, clip_high_pct);
-  TORCH_CHECK(at::isfinite(image).all().item<bool>(), "preprocess_image: the image holds NaN or Inf");
+  TORCH_CHECK(at::isfinite(image).all().item<bool>(),
+              "preprocess_image: the image holds NaN or Inf");
   return detail::fit_to_size(detail::clip_normalise(image, clip_low_pct, clip_high_pct), spacing,
                              size, stretch);
 }
@@ -483,11 +508,12 @@ Rotation rotation_3d(double angle, const double* axis) {
 
 }  // namespace
 
-torch::Tensor augment_batch(const torch::Tensor& batch, const AugmentOptions& options, at::Generator& gen) {
-  TORCH_CHECK(batch.dim() == 4 || batch.dim() == 5, "augment_batch: expected [N, C, H, W] or [N, C, D, H, W], got ",
-              batch.sizes());
-  TORCH_CHECK(at::isFloatingType(batch.scalar_type()), "augment_batch: expected a floating batch, got ",
-              batch.scalar_type());
+torch::Tensor augment_batch(const torch::Tensor& batch, const AugmentOptions& options,
+                            at::Generator& gen) {
+  TORCH_CHECK(batch.dim() == 4 || batch.dim() == 5,
+              "augment_batch: expected [N, C, H, W] or [N, C, D, H, W], got ", batch.sizes());
+  TORCH_CHECK(at::isFloatingType(batch.scalar_type()),
+              "augment_batch: expected a floating batch, got ", batch.scalar_type());
   detail::check_augment(options);
   if (!options.enabled || batch.numel() == 0) return batch.clone();
   const int64_t n = batch.size(0);
@@ -501,8 +527,8 @@ torch::Tensor augment_batch(const torch::Tensor& batch, const AugmentOptions& op
   const double* pu = u.data_ptr<double>();
   const double* pa = d == 3 ? axis.data_ptr<double>() : nullptr;
 
-  const bool resample = options.rotation_deg != 0 || options.translation != 0 || options.crop_min != 1 ||
-                        options.crop_max != 1;
+  const bool resample = options.rotation_deg != 0 || options.translation != 0 ||
+                        options.crop_min != 1 || options.crop_max != 1;
   at::Tensor theta = at::zeros({n, d, d + 1}, dbl);  // grid order (x = W first)
   auto th = theta.accessor<double, 3>();
   std::vector<std::vector<int64_t>> flips(n);
@@ -521,7 +547,8 @@ torch::Tensor augment_batch(const torch::Tensor& batch, const AugmentOptions& op
         const double hb = std::max<double>(1.0, static_cast<double>(spatial[b] - 1)) / 2;
         th[i][d - 1 - a][d - 1 - b] = crop * rot[a][b] * hb / ha;
       }
-      const double shift = (2 * r[2 + a] - 1) * options.translation * 2;  // image size = 2 in normalised units
+      const double shift =
+          (2 * r[2 + a] - 1) * options.translation * 2;  // image size = 2 in normalised units
       th[i][d - 1 - a][d] = shift;
     }
   }
@@ -550,7 +577,8 @@ std::vector<std::string> dataset_files(const DatasetOptions& o) {
     const auto f = detail::subset_of(detail::scan_folder(folder, o), o.subset);
     if (f.empty())
       throw std::runtime_error("dataset: data.subset [" + std::to_string(o.subset[0]) + ", " +
-                               std::to_string(o.subset[1]) + ") leaves no file of folder '" + folder + "'");
+                               std::to_string(o.subset[1]) + ") leaves no file of folder '" +
+                               folder + "'");
     files.insert(files.end(), f.begin(), f.end());
   }
   return files;
@@ -560,8 +588,8 @@ std::vector<std::string> dataset_files(const DatasetOptions& o) {
 /// independent per file); the results are in file order, so the samples do
 /// not depend on the thread count. The first failing file's error is thrown,
 /// naming it.
-std::vector<detail::FileSamples> load_files(const std::vector<std::string>& files, const DatasetOptions& o,
-                                            size_t nthreads) {
+std::vector<detail::FileSamples> load_files(const std::vector<std::string>& files,
+                                            const DatasetOptions& o, size_t nthreads) {
   std::vector<detail::FileSamples> results(files.size());
   std::vector<std::exception_ptr> errors(files.size());
   std::atomic<size_t> next{0};
@@ -613,16 +641,18 @@ ImageDataset::ImageDataset(const DatasetOptions& options) : options_(options) {
       // The cache is the samples as loaded (no stacked copy: loading never
       // holds the dataset twice); each owns exactly its own voxels.
       at::Tensor t = std::move(r.samples[k]);
-      if (!t.is_contiguous() || t.storage().nbytes() != t.nbytes()) t = t.clone(at::MemoryFormat::Contiguous);
+      if (!t.is_contiguous() || t.storage().nbytes() != t.nbytes())
+        t = t.clone(at::MemoryFormat::Contiguous);
       samples_.push_back(std::move(t));
       sources_.push_back(std::move(r.sources[k]));
     }
   }
   results.clear();
   if (samples_.empty())
-    throw std::runtime_error("dataset: no usable samples in " + detail::join(options_.folders) + " (" +
-                             std::to_string(skipped) + " " + (options_.dims == 2 ? "slices" : "volumes") +
-                             " below min_foreground " + std::to_string(options_.min_foreground) + ")");
+    throw std::runtime_error(
+        "dataset: no usable samples in " + detail::join(options_.folders) + " (" +
+        std::to_string(skipped) + " " + (options_.dims == 2 ? "slices" : "volumes") +
+        " below min_foreground " + std::to_string(options_.min_foreground) + ")");
 #if defined(__GLIBC__)
   // What the loader threads read and resampled is free now, but glibc keeps it
   // in their arenas for good when drdm::keep_freed_memory_for_reuse() is in
@@ -630,24 +660,27 @@ ImageDataset::ImageDataset(const DatasetOptions& options) : options_(options) {
   malloc_trim(0);
 #endif
 
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::ostringstream msg;
-  msg << "dataset: " << num_files_ << " files -> " << samples_.size() << " " << options_.dims << "D samples of "
-      << detail::shape_string(options_.size) << " (" << skipped << " nearly empty skipped) from "
-      << detail::join(options_.folders) << " in " << std::fixed << std::setprecision(2) << seconds << " s ("
-      << nthreads << " threads)";
+  msg << "dataset: " << num_files_ << " files -> " << samples_.size() << " " << options_.dims
+      << "D samples of " << detail::shape_string(options_.size) << " (" << skipped
+      << " nearly empty skipped) from " << detail::join(options_.folders) << " in " << std::fixed
+      << std::setprecision(2) << seconds << " s (" << nthreads << " threads)";
   log::info(msg.str());
 }
 
 int64_t ImageDataset::size() const { return static_cast<int64_t>(samples_.size()); }
 
 const torch::Tensor& ImageDataset::sample(int64_t i) const {
-  TORCH_CHECK(i >= 0 && i < size(), "ImageDataset::sample: index ", i, " out of range [0, ", size(), ")");
+  TORCH_CHECK(i >= 0 && i < size(), "ImageDataset::sample: index ", i, " out of range [0, ", size(),
+              ")");
   return samples_[i];
 }
 
 std::string ImageDataset::source(int64_t i) const {
-  TORCH_CHECK(i >= 0 && i < size(), "ImageDataset::source: index ", i, " out of range [0, ", size(), ")");
+  TORCH_CHECK(i >= 0 && i < size(), "ImageDataset::source: index ", i, " out of range [0, ", size(),
+              ")");
   return sources_[i];
 }
 
@@ -685,7 +718,13 @@ struct BatchPrefetcher::Impl {
   std::vector<std::thread> threads;
 
   Impl(const ImageDataset& d, int64_t b, uint64_t s, int64_t first, AugmentOptions a, int64_t dp)
-      : dataset(d), batch(b), seed(s), augment(std::move(a)), depth(dp), next_produce(first), next_consume(first) {}
+      : dataset(d),
+        batch(b),
+        seed(s),
+        augment(std::move(a)),
+        depth(dp),
+        next_produce(first),
+        next_consume(first) {}
 
   void work() {
     // Workers run their tensor operations serially (thread-local; results are
@@ -714,8 +753,9 @@ struct BatchPrefetcher::Impl {
   }
 };
 
-BatchPrefetcher::BatchPrefetcher(const ImageDataset& dataset, int64_t batch, uint64_t seed, int64_t first_step,
-                                 AugmentOptions augment, int64_t depth, int64_t workers) {
+BatchPrefetcher::BatchPrefetcher(const ImageDataset& dataset, int64_t batch, uint64_t seed,
+                                 int64_t first_step, AugmentOptions augment, int64_t depth,
+                                 int64_t workers) {
   TORCH_CHECK(batch > 0, "BatchPrefetcher: batch must be positive, got ", batch);
   TORCH_CHECK(depth > 0, "BatchPrefetcher: depth must be positive, got ", depth);
   TORCH_CHECK(workers > 0, "BatchPrefetcher: workers must be positive, got ", workers);

@@ -1,11 +1,5 @@
 #include "drdm/io/image_io.h"
 
-#include "io/atomic_file.h"
-#include "io/files.h"
-#include "drdm/core/log.h"
-#include "io/nifti_raw.h"
-#include "io/write_check.h"
-
 #include <ATen/ATen.h>
 #include <itkImage.h>
 #include <itkImageFileReader.h>
@@ -21,6 +15,9 @@
 #include <itkVector.h>
 #include <itkVectorImage.h>
 #include <nifti1.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -34,9 +31,12 @@
 #include <optional>
 #include <stdexcept>
 #include <tuple>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
+
+#include "drdm/core/log.h"
+#include "io/atomic_file.h"
+#include "io/files.h"
+#include "io/nifti_raw.h"
+#include "io/write_check.h"
 
 namespace drdm {
 namespace detail {
@@ -60,19 +60,30 @@ void register_io_factories() {
 PixelType from_itk(itk::IOComponentEnum c, const std::string& path) {
   using C = itk::IOComponentEnum;
   switch (c) {
-    case C::UCHAR: return PixelType::kUInt8;
-    case C::CHAR: return PixelType::kInt8;
-    case C::USHORT: return PixelType::kUInt16;
-    case C::SHORT: return PixelType::kInt16;
-    case C::UINT: return PixelType::kUInt32;
-    case C::INT: return PixelType::kInt32;
+    case C::UCHAR:
+      return PixelType::kUInt8;
+    case C::CHAR:
+      return PixelType::kInt8;
+    case C::USHORT:
+      return PixelType::kUInt16;
+    case C::SHORT:
+      return PixelType::kInt16;
+    case C::UINT:
+      return PixelType::kUInt32;
+    case C::INT:
+      return PixelType::kInt32;
     case C::ULONG:
-    case C::ULONGLONG: return PixelType::kUInt64;
+    case C::ULONGLONG:
+      return PixelType::kUInt64;
     case C::LONG:
-    case C::LONGLONG: return PixelType::kInt64;
-    case C::FLOAT: return PixelType::kFloat32;
-    case C::DOUBLE: return PixelType::kFloat64;
-    default: fail(path, "unsupported pixel component type");
+    case C::LONGLONG:
+      return PixelType::kInt64;
+    case C::FLOAT:
+      return PixelType::kFloat32;
+    case C::DOUBLE:
+      return PixelType::kFloat64;
+    default:
+      fail(path, "unsupported pixel component type");
   }
 }
 
@@ -82,7 +93,8 @@ PixelType from_itk(itk::IOComponentEnum c, const std::string& path) {
 // fuzzing), so those fields are checked before ITK sees the file. 1e9 mm is
 // far beyond any real voxel size or position.
 void check_nifti_header_finite(const std::string& path) {
-  if (!has_extension(path, ".nii") && !has_extension(path, ".nii.gz") && !has_extension(path, ".hdr"))
+  if (!has_extension(path, ".nii") && !has_extension(path, ".nii.gz") &&
+      !has_extension(path, ".hdr"))
     return;
   unsigned char h[540] = {};
   gzFile f = gzopen(path.c_str(), "rb");
@@ -92,12 +104,14 @@ void check_nifti_header_finite(const std::string& path) {
   if (n < 348) return;  // ITK refuses a short header itself
   // The version from the magic (ITK ignores sizeof_hdr), the byte order from
   // dim[0] (1..7), as the NIfTI library decides them; no magic: Analyze 7.5.
-  const bool v2 = n >= 540 && (std::memcmp(h + 4, "n+2", 4) == 0 || std::memcmp(h + 4, "ni2", 4) == 0);
+  const bool v2 =
+      n >= 540 && (std::memcmp(h + 4, "n+2", 4) == 0 || std::memcmp(h + 4, "ni2", 4) == 0);
   const bool v1 = std::memcmp(h + 344, "n+1", 4) == 0 || std::memcmp(h + 344, "ni1", 4) == 0;
   const size_t dim0_at = v2 ? 16 : 40, dim0_bytes = v2 ? 8 : 2;
   unsigned char d0[8] = {};
   std::memcpy(d0, h + dim0_at, dim0_bytes);
-  const bool swap = d0[0] < 1 || d0[0] > 7;  // little-endian dim[0] in 1..7 has it in the first byte
+  const bool swap =
+      d0[0] < 1 || d0[0] > 7;    // little-endian dim[0] in 1..7 has it in the first byte
   auto value = [&](size_t at) {  // a float (NIfTI-1) or double (NIfTI-2) field
     unsigned char b[8];
     const size_t bytes = v2 ? 8 : 4;
@@ -120,8 +134,9 @@ void check_nifti_header_finite(const std::string& path) {
     for (size_t k = 0; k < 18; ++k) fields.push_back(quatern + k * step);
   for (auto at : fields)
     if (!(std::abs(value(at)) <= 1e9))
-      fail(path, "NIfTI header holds a NaN, Inf or implausibly large (> 1e9) voxel size, position or "
-                 "orientation (pixdim, quatern, qoffset or srow)");
+      fail(path,
+           "NIfTI header holds a NaN, Inf or implausibly large (> 1e9) voxel size, position or "
+           "orientation (pixdim, quatern, qoffset or srow)");
 }
 
 // ITK 5.2's MetaImage reader takes NDims = -3 as a huge count and never
@@ -135,8 +150,10 @@ void check_metaimage_ndims(const std::string& path) {
     if (eq == std::string::npos) continue;
     // The key as MetaIO compares it: C-string semantics stop at a NUL byte.
     const auto start = line.find_first_not_of(" \t");
-    const auto key = line.substr(start, line.find_first_not_of(
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_", start) - start);
+    const auto key = line.substr(
+        start, line.find_first_not_of(
+                   "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_", start) -
+                   start);
     const auto value = line.substr(eq + 1);
     if (key != "NDims") continue;  // every NDims line: MetaIO reads on past a stray ElementDataFile
     char* end = nullptr;
@@ -159,7 +176,9 @@ itk::ImageIOBase::Pointer open_io(const std::string& path) {
   if (!io && is_gzip(path))  // a small file's header reaches the damaged trailer: say so
     read_bytes(
         path, 0, true, [](const unsigned char*, size_t) {}, path);
-  if (!io) fail(path, "not a readable NIfTI, MetaImage, NRRD or PNG image (unknown format or corrupt header)");
+  if (!io)
+    fail(path,
+         "not a readable NIfTI, MetaImage, NRRD or PNG image (unknown format or corrupt header)");
   io->SetFileName(path);
   try {
     io->ReadImageInformation();
@@ -283,7 +302,8 @@ uint64_t available_bytes(const std::string& file, uint64_t offset, bool compress
                          const std::string& name) {
   if (!compressed) return file_size_of(file) > offset ? file_size_of(file) - offset : 0;
   uint64_t total = 0;
-  read_bytes(file, offset, true, [&](const unsigned char*, size_t n) { total += n; }, name);
+  read_bytes(
+      file, offset, true, [&](const unsigned char*, size_t n) { total += n; }, name);
   return total;
 }
 
@@ -332,15 +352,31 @@ std::optional<DataLocation> metaimage_data(const std::string& path) {
 // Bytes per stored component of a NIfTI-1 datatype (RGB: per channel); 0 if unknown.
 uint64_t nifti_component_bytes(int datatype) {
   switch (datatype) {
-    case DT_UINT8: case DT_INT8: case DT_RGB24: case DT_RGBA32: return 1;
-    case DT_INT16: case DT_UINT16: return 2;
-    case DT_INT32: case DT_UINT32: case DT_FLOAT32: case DT_COMPLEX64: return 4;
-    case DT_INT64: case DT_UINT64: case DT_FLOAT64: case DT_COMPLEX128: return 8;
-    default: return 0;
+    case DT_UINT8:
+    case DT_INT8:
+    case DT_RGB24:
+    case DT_RGBA32:
+      return 1;
+    case DT_INT16:
+    case DT_UINT16:
+      return 2;
+    case DT_INT32:
+    case DT_UINT32:
+    case DT_FLOAT32:
+    case DT_COMPLEX64:
+      return 4;
+    case DT_INT64:
+    case DT_UINT64:
+    case DT_FLOAT64:
+    case DT_COMPLEX128:
+      return 8;
+    default:
+      return 0;
   }
 }
 
-void check_data(const itk::ImageIOBase& io, const std::string& path, const std::string& nan_message) {
+void check_data(const itk::ImageIOBase& io, const std::string& path,
+                const std::string& nan_message) {
   uint64_t needed = io.GetImageSizeInBytes();
   const std::string kind = io.GetNameOfClass();
   if (kind == "NiftiImageIO") {
@@ -366,7 +402,8 @@ void check_data(const itk::ImageIOBase& io, const std::string& path, const std::
 // The NIfTI qform/sform codes of `path` (-1, -1 for other formats).
 void set_codes_from(const std::string& path, Geometry* g) {
   const auto header = has_extension(path, ".nii") || has_extension(path, ".nii.gz")
-                          ? read_nifti_header(path) : std::nullopt;
+                          ? read_nifti_header(path)
+                          : std::nullopt;
   g->qform_code = header ? header->qform_code : -1;
   g->sform_code = header ? header->sform_code : -1;
 }
@@ -376,16 +413,26 @@ void set_codes_from(const std::string& path, Geometry* g) {
 // reports for it; nullopt for the rest (colour, complex, uint64: ITK decodes those).
 std::optional<std::pair<at::ScalarType, PixelType>> nifti_scalar_type(int datatype) {
   switch (datatype) {
-    case DT_UINT8: return std::make_pair(at::kByte, PixelType::kUInt8);
-    case DT_INT8: return std::make_pair(at::kChar, PixelType::kInt8);
-    case DT_INT16: return std::make_pair(at::kShort, PixelType::kInt16);
-    case DT_UINT16: return std::make_pair(at::kShort, PixelType::kUInt16);
-    case DT_INT32: return std::make_pair(at::kInt, PixelType::kInt32);
-    case DT_UINT32: return std::make_pair(at::kInt, PixelType::kUInt32);
-    case DT_INT64: return std::make_pair(at::kLong, PixelType::kInt64);
-    case DT_FLOAT32: return std::make_pair(at::kFloat, PixelType::kFloat32);
-    case DT_FLOAT64: return std::make_pair(at::kDouble, PixelType::kFloat64);
-    default: return std::nullopt;
+    case DT_UINT8:
+      return std::make_pair(at::kByte, PixelType::kUInt8);
+    case DT_INT8:
+      return std::make_pair(at::kChar, PixelType::kInt8);
+    case DT_INT16:
+      return std::make_pair(at::kShort, PixelType::kInt16);
+    case DT_UINT16:
+      return std::make_pair(at::kShort, PixelType::kUInt16);
+    case DT_INT32:
+      return std::make_pair(at::kInt, PixelType::kInt32);
+    case DT_UINT32:
+      return std::make_pair(at::kInt, PixelType::kUInt32);
+    case DT_INT64:
+      return std::make_pair(at::kLong, PixelType::kInt64);
+    case DT_FLOAT32:
+      return std::make_pair(at::kFloat, PixelType::kFloat32);
+    case DT_FLOAT64:
+      return std::make_pair(at::kDouble, PixelType::kFloat64);
+    default:
+      return std::nullopt;
   }
 }
 
@@ -396,11 +443,13 @@ bool plain_grid(const Geometry& g) {
     return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
   };
   if (!finite(g.spacing) || !finite(g.origin) || !finite(g.direction)) return false;
-  if (std::any_of(g.spacing.begin(), g.spacing.end(), [](double s) { return !(s > 0); })) return false;
+  if (std::any_of(g.spacing.begin(), g.spacing.end(), [](double s) { return !(s > 0); }))
+    return false;
   const auto& m = g.direction;
-  const double det = g.dimension() == 2 ? m[0] * m[3] - m[1] * m[2]
-                                        : m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6]) +
-                                              m[2] * (m[3] * m[7] - m[4] * m[6]);
+  const double det = g.dimension() == 2
+                         ? m[0] * m[3] - m[1] * m[2]
+                         : m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6]) +
+                               m[2] * (m[3] * m[7] - m[4] * m[6]);
   return std::abs(det) > 1e-6;
 }
 
@@ -421,22 +470,25 @@ void swap_bytes(void* data, int64_t count, size_t width) {
 // grid ITK's reader would change.
 std::optional<at::Tensor> read_nifti_voxels(const itk::ImageIOBase& io, const std::string& path,
                                             const ImageInfo& info, const std::string& nan_message) {
-  if (std::string(io.GetNameOfClass()) != "NiftiImageIO" || info.components != 1) return std::nullopt;
+  if (std::string(io.GetNameOfClass()) != "NiftiImageIO" || info.components != 1)
+    return std::nullopt;
   if (!has_extension(path, ".nii") && !has_extension(path, ".nii.gz")) return std::nullopt;
   const auto header = read_nifti_header(path);
   if (!header || !header->single_file) return std::nullopt;
   const auto type = nifti_scalar_type(header->datatype);
   if (!type || type->second != info.pixel_type || !plain_grid(info.geometry)) return std::nullopt;
-  if (header->scl_inter != 0 || (header->scl_slope != 0 && header->scl_slope != 1)) return std::nullopt;
+  if (header->scl_inter != 0 || (header->scl_slope != 0 && header->scl_slope != 1))
+    return std::nullopt;
   std::vector<int64_t> shape{1, 1};
   for (auto s : info.geometry.tensor_size()) shape.push_back(s);
   at::Tensor raw = at::empty(shape, type->first);
   const auto needed = static_cast<uint64_t>(raw.nbytes());
-  if (needed != io.GetImageSizeInBytes() || header->bitpix != 8 * static_cast<int>(raw.element_size()) ||
-      header->data_bytes() != needed)
+  if (needed != io.GetImageSizeInBytes() ||
+      header->bitpix != 8 * static_cast<int>(raw.element_size()) || header->data_bytes() != needed)
     return std::nullopt;
   check_nifti_data(path, *header, needed, nan_message, static_cast<unsigned char*>(raw.data_ptr()));
-  if (header->swapped && raw.element_size() > 1) swap_bytes(raw.data_ptr(), raw.numel(), raw.element_size());
+  if (header->swapped && raw.element_size() > 1)
+    swap_bytes(raw.data_ptr(), raw.numel(), raw.element_size());
   if (header->datatype == DT_UINT16) raw = raw.to(at::kInt).bitwise_and(0xFFFF);
   if (header->datatype == DT_UINT32) raw = raw.to(at::kLong).bitwise_and(0xFFFFFFFFLL);
   // Floats as they are (double holds them exactly); integers as double, as
@@ -537,8 +589,10 @@ void verify_written(const std::string& tmp, const std::string& path) {
   } catch (const std::exception& e) {
     // The message names the files by their final names.
     std::string why = e.what();
-    const auto tmp_dir = tmp.substr(0, tmp.rfind('/') + 1), dir = path.substr(0, path.rfind('/') + 1);
-    for (auto at = why.find(tmp_dir); at != std::string::npos; at = why.find(tmp_dir, at + dir.size()))
+    const auto tmp_dir = tmp.substr(0, tmp.rfind('/') + 1),
+               dir = path.substr(0, path.rfind('/') + 1);
+    for (auto at = why.find(tmp_dir); at != std::string::npos;
+         at = why.find(tmp_dir, at + dir.size()))
       why.replace(at, tmp_dir.size(), dir);
     if (why.rfind("'" + path + "': ", 0) == 0) why = why.substr(path.size() + 4);
     fail(path, "cannot write: the written file is incomplete (is the disk full?): " + why);
@@ -624,7 +678,8 @@ void write_itk(const std::string& path, const ImageT* image, bool compress,
     writer->Update();
     if (gz || recode) {
       const std::optional<NiftiCodes> codes =
-          recode ? std::optional<NiftiCodes>(NiftiCodes{grid->qform_code, grid->sform_code}) : std::nullopt;
+          recode ? std::optional<NiftiCodes>(NiftiCodes{grid->qform_code, grid->sform_code})
+                 : std::nullopt;
       set_nifti_codes(written, tmp, codes, gzip_level(), path);
     }
     verify_written(tmp, path);
@@ -658,16 +713,26 @@ template <unsigned D>
 void write_scalar_typed(const std::string& path, const torch::Tensor& values, const Geometry& g,
                         PixelType type) {
   switch (type) {
-    case PixelType::kUInt8: return write_scalar<uint8_t, D>(path, values, g);
-    case PixelType::kInt8: return write_scalar<int8_t, D>(path, values, g);
-    case PixelType::kUInt16: return write_scalar<uint16_t, D>(path, values, g);
-    case PixelType::kInt16: return write_scalar<int16_t, D>(path, values, g);
-    case PixelType::kUInt32: return write_scalar<uint32_t, D>(path, values, g);
-    case PixelType::kInt32: return write_scalar<int32_t, D>(path, values, g);
-    case PixelType::kUInt64: return write_scalar<uint64_t, D>(path, values, g);
-    case PixelType::kInt64: return write_scalar<int64_t, D>(path, values, g);
-    case PixelType::kFloat32: return write_scalar<float, D>(path, values, g);
-    case PixelType::kFloat64: return write_scalar<double, D>(path, values, g);
+    case PixelType::kUInt8:
+      return write_scalar<uint8_t, D>(path, values, g);
+    case PixelType::kInt8:
+      return write_scalar<int8_t, D>(path, values, g);
+    case PixelType::kUInt16:
+      return write_scalar<uint16_t, D>(path, values, g);
+    case PixelType::kInt16:
+      return write_scalar<int16_t, D>(path, values, g);
+    case PixelType::kUInt32:
+      return write_scalar<uint32_t, D>(path, values, g);
+    case PixelType::kInt32:
+      return write_scalar<int32_t, D>(path, values, g);
+    case PixelType::kUInt64:
+      return write_scalar<uint64_t, D>(path, values, g);
+    case PixelType::kInt64:
+      return write_scalar<int64_t, D>(path, values, g);
+    case PixelType::kFloat32:
+      return write_scalar<float, D>(path, values, g);
+    case PixelType::kFloat64:
+      return write_scalar<double, D>(path, values, g);
   }
 }
 
@@ -742,16 +807,26 @@ void check_grid_size(const Geometry& geometry, const std::string& path) {
 
 std::string to_string(PixelType type) {
   switch (type) {
-    case PixelType::kUInt8: return "uint8";
-    case PixelType::kInt8: return "int8";
-    case PixelType::kUInt16: return "uint16";
-    case PixelType::kInt16: return "int16";
-    case PixelType::kUInt32: return "uint32";
-    case PixelType::kInt32: return "int32";
-    case PixelType::kUInt64: return "uint64";
-    case PixelType::kInt64: return "int64";
-    case PixelType::kFloat32: return "float32";
-    case PixelType::kFloat64: return "float64";
+    case PixelType::kUInt8:
+      return "uint8";
+    case PixelType::kInt8:
+      return "int8";
+    case PixelType::kUInt16:
+      return "uint16";
+    case PixelType::kInt16:
+      return "int16";
+    case PixelType::kUInt32:
+      return "uint32";
+    case PixelType::kInt32:
+      return "int32";
+    case PixelType::kUInt64:
+      return "uint64";
+    case PixelType::kInt64:
+      return "int64";
+    case PixelType::kFloat32:
+      return "float32";
+    case PixelType::kFloat64:
+      return "float64";
   }
   return "unknown";
 }
@@ -805,7 +880,8 @@ Image squeeze_single_slice_field(const torch::Tensor& field, const Geometry& geo
   std::vector<int64_t> in_plane;
   for (int64_t a = 0; a < 3; ++a)
     if (a != axis) in_plane.push_back(a);
-  const auto index = at::tensor(in_plane, at::TensorOptions().dtype(at::kLong).device(field.device()));
+  const auto index =
+      at::tensor(in_plane, at::TensorOptions().dtype(at::kLong).device(field.device()));
   out.data = field.index_select(1, index).select(2 + axis, 0).contiguous();
   return out;
 }
@@ -838,8 +914,8 @@ Image read_labels(const std::string& path) {
 void write_image(const std::string& path, const torch::Tensor& image, const Geometry& geometry,
                  PixelType type) {
   auto t = detail::strip_batch(image, path, "write_image");
-  TORCH_CHECK(t.size(0) == 1, "write_image '", path,
-              "': expected one channel, got sizes ", image.sizes());
+  TORCH_CHECK(t.size(0) == 1, "write_image '", path, "': expected one channel, got sizes ",
+              image.sizes());
   t = t.squeeze(0);
   detail::check_geometry(geometry, t.sizes(), path);
   if (detail::has_extension(path, ".png") && type != PixelType::kUInt8 &&
@@ -849,7 +925,8 @@ void write_image(const std::string& path, const torch::Tensor& image, const Geom
   if (detail::has_extension(path, ".png") && geometry.dimension() == 3 && geometry.size[2] != 1)
     detail::fail(path, "PNG holds 2D images only, got a volume of " +
                            std::to_string(geometry.size[2]) + " slices");
-  if (!at::isfinite(t).all().item<bool>()) detail::fail(path, "refusing to write NaN or Inf values");
+  if (!at::isfinite(t).all().item<bool>())
+    detail::fail(path, "refusing to write NaN or Inf values");
   if (geometry.dimension() == 2)
     detail::write_scalar_typed<2>(path, t, geometry, type);
   else
@@ -865,9 +942,12 @@ void write_labels(const std::string& path, const torch::Tensor& labels, const Ge
     hi = labels.max().item<int64_t>();
   }
   PixelType type = PixelType::kInt64;
-  if (lo >= 0 && hi <= 255) type = PixelType::kUInt8;
-  else if (lo >= 0 && hi <= 65535) type = PixelType::kUInt16;
-  else if (lo >= -32768 && hi <= 32767) type = PixelType::kInt16;
+  if (lo >= 0 && hi <= 255)
+    type = PixelType::kUInt8;
+  else if (lo >= 0 && hi <= 65535)
+    type = PixelType::kUInt16;
+  else if (lo >= -32768 && hi <= 32767)
+    type = PixelType::kInt16;
   else if (lo >= std::numeric_limits<int32_t>::min() && hi <= std::numeric_limits<int32_t>::max())
     type = PixelType::kInt32;
   write_image(path, labels, geometry, type);
@@ -882,7 +962,8 @@ void write_field(const std::string& path, const torch::Tensor& field, const Geom
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), "write_field '", path,
               "': expected a floating-point field, got ", t.scalar_type());
   detail::check_geometry(geometry, t.sizes().slice(1), path);
-  if (!at::isfinite(t).all().item<bool>()) detail::fail(path, "refusing to write NaN or Inf values");
+  if (!at::isfinite(t).all().item<bool>())
+    detail::fail(path, "refusing to write NaN or Inf values");
   // Channel i is tensor axis i = ITK axis d-1-i: reverse into ITK order, then
   // map continuous-index displacements to physical ones.
   std::vector<int64_t> perm;
@@ -912,7 +993,8 @@ Image read_field(const std::string& path) {
     g = info.geometry;
     phys = detail::read_5d_vector_field(path, g);
   } else {
-    std::tie(phys, g) = d == 2 ? detail::read_vector_field<2>(path) : detail::read_vector_field<3>(path);
+    std::tie(phys, g) =
+        d == 2 ? detail::read_vector_field<2>(path) : detail::read_vector_field<3>(path);
   }
   detail::set_codes_from(path, &g);
   if (!at::isfinite(phys).all().item<bool>()) detail::fail(path, nan_message);

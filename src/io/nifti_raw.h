@@ -71,7 +71,7 @@ using NiftiCodes = std::pair<int, int>;
 /// (zlib `level`, 1-9) to `dst` and `src` is removed. Without `codes`, `src`
 /// (any file) is only compressed to `dst`. Throws std::runtime_error naming
 /// `name` on any read or write error.
-void set_nifti_codes(const std::string& src, const std::string& dst, const std::optional<NiftiCodes>& codes,
-                     int level, const std::string& name);
+void set_nifti_codes(const std::string& src, const std::string& dst,
+                     const std::optional<NiftiCodes>& codes, int level, const std::string& name);
 
 }  // namespace drdm::detail

@@ -12,8 +12,8 @@
 #include <stdexcept>
 #include <vector>
 
-#include "io/files.h"
 #include "drdm/core/log.h"
+#include "io/files.h"
 
 namespace drdm::detail {
 namespace {
@@ -21,8 +21,8 @@ namespace {
 std::string holder_text(const std::string& program, bool shared) {
   char host[256] = {};
   if (::gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "?");
-  return program + (shared ? " (a share of the folder)" : "") + ", pid " + std::to_string(::getpid()) +
-         " on " + host + "\n";
+  return program + (shared ? " (a share of the folder)" : "") + ", pid " +
+         std::to_string(::getpid()) + " on " + host + "\n";
 }
 
 /// What a lock file says about its holder ("" when it says nothing).
@@ -40,8 +40,10 @@ void write_holder(int fd, const std::string& text) {
 }
 
 bool same_file(int fd, const std::string& path) {
-  struct stat a {}, b {};
-  return ::fstat(fd, &a) == 0 && ::stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+  struct stat a {
+  }, b{};
+  return ::fstat(fd, &a) == 0 && ::stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev &&
+         a.st_ino == b.st_ino;
 }
 
 /// The recorded holder, unless it is a process of this host that has exited: the shares of a
@@ -56,11 +58,14 @@ std::string live_holder(const std::string& holder) {
   return "another share of a sharded job; the share last recorded, " + holder + ", has exited";
 }
 
-[[noreturn]] void refuse(const std::string& folder, const std::string& path, const std::string& holder) {
-  throw std::runtime_error("output folder '" + folder + "' is in use by another run" +
-                           (holder.empty() ? std::string() : " (" + holder + ")") +
-                           ": two runs must not write into one folder. Wait for it to finish or choose "
-                           "another output folder (lock file '" + path + "')");
+[[noreturn]] void refuse(const std::string& folder, const std::string& path,
+                         const std::string& holder) {
+  throw std::runtime_error(
+      "output folder '" + folder + "' is in use by another run" +
+      (holder.empty() ? std::string() : " (" + holder + ")") +
+      ": two runs must not write into one folder. Wait for it to finish or choose "
+      "another output folder (lock file '" +
+      path + "')");
 }
 
 /// Opens `path` and takes flock(operation) without waiting. Returns the
@@ -70,14 +75,16 @@ int lock_file(const std::string& folder, const std::string& path, int operation)
   for (int attempt = 0; attempt < 16; ++attempt) {
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
-      throw std::runtime_error("cannot create the lock file '" + path + "': " + std::strerror(errno));
+      throw std::runtime_error("cannot create the lock file '" + path +
+                               "': " + std::strerror(errno));
     if (::flock(fd, operation | LOCK_NB) != 0) {
       const int err = errno;
       const std::string holder = err == EWOULDBLOCK ? read_holder(fd) : "";
       ::close(fd);
       if (err == EWOULDBLOCK) refuse(folder, path, live_holder(holder));
       if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS) {
-        log::warn("'" + folder + "': this file system does not support locks (" + std::strerror(err) +
+        log::warn("'" + folder + "': this file system does not support locks (" +
+                  std::strerror(err) +
                   "); nothing stops another run from writing into the same folder");
         return -1;
       }
@@ -133,7 +140,8 @@ void RunLock::release() {
   }
   if (fd_ >= 0) {
     // Shares remove the common lock file only when no other share holds it.
-    if (!shared_ || ::flock(fd_, LOCK_EX | LOCK_NB) == 0) ::unlink(join(folder_, kRunLockFile).c_str());
+    if (!shared_ || ::flock(fd_, LOCK_EX | LOCK_NB) == 0)
+      ::unlink(join(folder_, kRunLockFile).c_str());
     ::close(fd_);
     fd_ = -1;
   }

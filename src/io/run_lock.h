@@ -33,7 +33,7 @@ class RunLock {
 
   std::string folder_;
   std::vector<std::string> created_;  ///< folders the constructor made, outermost first
-  int fd_ = -1;  ///< FOLDER/.drdm.lock
+  int fd_ = -1;                       ///< FOLDER/.drdm.lock
   bool shared_ = false;
   int share_fd_ = -1;  ///< FOLDER/.drdm-<share>.lock
   std::string share_path_;

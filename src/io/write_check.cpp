@@ -1,13 +1,13 @@
 #include "io/write_check.h"
 
-#include "io/files.h"
-
 #include <sys/stat.h>
 #include <zlib.h>
 
 #include <fstream>
 #include <stdexcept>
 #include <vector>
+
+#include "io/files.h"
 
 namespace drdm::detail {
 namespace {
@@ -108,8 +108,10 @@ void check_compressed_data_complete(const std::string& path, bool inflate) {
   const auto m = meta_data(path);
   if (!m.compressed || m.compressed_size == 0) return;
   if (file_size(m.file) != m.offset + m.compressed_size)
-    incomplete(path, "holds " + std::to_string(file_size(m.file) - std::min(file_size(m.file), m.offset)) +
-                         " bytes of compressed data, its header says " + std::to_string(m.compressed_size));
+    incomplete(path, "holds " +
+                         std::to_string(file_size(m.file) - std::min(file_size(m.file), m.offset)) +
+                         " bytes of compressed data, its header says " +
+                         std::to_string(m.compressed_size));
   if (inflate && !inflates_to_end(m.file, m.offset, m.compressed_size, /*gzip=*/false))
     incomplete(path, "the compressed data is cut short or corrupt");
 }

@@ -1,4 +1,5 @@
-// reg_synth configs: one key table (engine/config_keys.h) gives the defaults, the checked parse and to_json.
+// reg_synth configs: one key table (engine/config_keys.h) gives the defaults, the checked parse and
+// to_json.
 #include "drdm/reg/config.h"
 
 #include <algorithm>
@@ -42,13 +43,15 @@ Keys<RegConfig::Data> data_keys() {
       key("labels", &D::labels, {}, "path", "folder of the label maps (the images' file names)"),
       key("include", &D::include, {}, "patterns", "file-name patterns to keep (empty: all)"),
       key("size", &D::size,
-          {check<Ints>("must be [H, W] or [D, H, W]", [](const Ints& s) { return s.size() == 2 || s.size() == 3; }),
+          {check<Ints>("must be [H, W] or [D, H, W]",
+                       [](const Ints& s) { return s.size() == 2 || s.size() == 3; }),
            entries(in_range<int64_t>(16, 1024))},
           "voxels", "network grid, tensor order (2 or 3 entries)"),
-      key("clip_low_pct", &D::clip_low_pct, {}, "percent", "intensity clipping before scaling to [0, 1]"),
+      key("clip_low_pct", &D::clip_low_pct, {}, "percent",
+          "intensity clipping before scaling to [0, 1]"),
       key("clip_high_pct", &D::clip_high_pct, {}, "percent", ""),
-      key("classes", &D::classes, {non_empty<Names>("must name at least one foreground class")}, "-",
-          "names of the labels 1..K"),
+      key("classes", &D::classes, {non_empty<Names>("must name at least one foreground class")},
+          "-", "names of the labels 1..K"),
       key("train_fraction", &D::train_fraction,
           {check<double>("must be in (0, 1)", [](double f) { return f > 0 && f < 1; })}, "fraction",
           "the first fraction of the sorted files trains, the rest tests"),
@@ -62,16 +65,22 @@ Keys<RegConfig::Data> data_keys() {
 Keys<VoxelMorphOptions> voxelmorph_keys() {
   using V = VoxelMorphOptions;
   return {
-      key_with<Ints, V>("encoder", [](const V& v) { return v.encoder(); }, [](V& v, Ints w) { v.encoder(std::move(w)); },
-                        {}, "channels", "encoder widths (VoxelMorph's default)"),
-      key_with<Ints, V>("decoder", [](const V& v) { return v.decoder(); }, [](V& v, Ints w) { v.decoder(std::move(w)); },
-                        {}, "channels", "decoder widths (VoxelMorph's default)"),
-      key_with<int64_t, V>("integration_steps", [](const V& v) { return v.integration_steps(); },
-                           [](V& v, int64_t n) { v.integration_steps(n); }, {}, "steps",
-                           "scaling and squaring steps (0: a plain displacement)"),
-      key_with<int64_t, V>("integration_downsize", [](const V& v) { return v.integration_downsize(); },
-                           [](V& v, int64_t n) { v.integration_downsize(n); }, {}, "-",
-                           "the integration's resolution divisor"),
+      key_with<Ints, V>(
+          "encoder", [](const V& v) { return v.encoder(); },
+          [](V& v, Ints w) { v.encoder(std::move(w)); }, {}, "channels",
+          "encoder widths (VoxelMorph's default)"),
+      key_with<Ints, V>(
+          "decoder", [](const V& v) { return v.decoder(); },
+          [](V& v, Ints w) { v.decoder(std::move(w)); }, {}, "channels",
+          "decoder widths (VoxelMorph's default)"),
+      key_with<int64_t, V>(
+          "integration_steps", [](const V& v) { return v.integration_steps(); },
+          [](V& v, int64_t n) { v.integration_steps(n); }, {}, "steps",
+          "scaling and squaring steps (0: a plain displacement)"),
+      key_with<int64_t, V>(
+          "integration_downsize", [](const V& v) { return v.integration_downsize(); },
+          [](V& v, int64_t n) { v.integration_downsize(n); }, {}, "-",
+          "the integration's resolution divisor"),
   };
 }
 
@@ -80,7 +89,8 @@ Keys<RegConfig::Synthetic> synthetic_keys() {
   // The upper bounds keep the conversion to int64 defined and the fields finite: a
   // displacement beyond the largest grid (data.size <= 1024) means nothing.
   const auto level_ok = [](const std::vector<double>& l) {
-    return l.size() == 2 && l[0] >= 2 && l[0] <= 4096 && l[0] == std::floor(l[0]) && l[1] >= 0 && l[1] <= 1024;
+    return l.size() == 2 && l[0] >= 2 && l[0] <= 4096 && l[0] == std::floor(l[0]) && l[1] >= 0 &&
+           l[1] <= 1024;
   };
   const auto mrbs_in = [](const Levels& levels) {
     std::vector<MrbsLevel> out;
@@ -96,19 +106,23 @@ Keys<RegConfig::Synthetic> synthetic_keys() {
   return {
       key("pairs_per_image", &S::pairs_per_image, {in_range<int64_t>(1, 100000)}, "pairs",
           "synthetic pairs per training image (the paper: 32)"),
-      key_as<Levels>("mrbs", &S::mrbs, mrbs_in, mrbs_out,
-                     {check<Levels>("entries must be [control_points in [2, 4096] (integer), max_displacement in "
-                                    "[0, 1024] voxels]",
-                                    [level_ok](const Levels& v) { return std::all_of(v.begin(), v.end(), level_ok); }),
-                      non_empty<Levels>("must have at least one level")},
-                     "-", "MRBS levels [control points per axis, max displacement in voxels] (docs/mrbs.md)"),
+      key_as<Levels>(
+          "mrbs", &S::mrbs, mrbs_in, mrbs_out,
+          {check<Levels>(
+               "entries must be [control_points in [2, 4096] (integer), max_displacement in "
+               "[0, 1024] voxels]",
+               [level_ok](const Levels& v) { return std::all_of(v.begin(), v.end(), level_ok); }),
+           non_empty<Levels>("must have at least one level")},
+          "-", "MRBS levels [control points per axis, max displacement in voxels] (docs/mrbs.md)"),
       key("mrbs_max_tries", &S::mrbs_max_tries, {at_least<int64_t>(1)}, "draws",
           "redraws before giving up on a fold-free sample"),
       key("drdm_model", &S::drdm_model, {}, "-", "DRDM model: a shipped name or a model.pt"),
       key("drdm_levels", &S::drdm_levels,
           {non_empty<std::vector<Ints>>(),
            check<std::vector<Ints>>("entries must be [T'_aug >= 0, T'_syn >= 1]",
-                                    [pair_ok](const std::vector<Ints>& v) { return std::all_of(v.begin(), v.end(), pair_ok); })},
+                                    [pair_ok](const std::vector<Ints>& v) {
+                                      return std::all_of(v.begin(), v.end(), pair_ok);
+                                    })},
           "steps", "(T'_aug, T'_syn) pairs, used in turn"),
       key("drdm_batch", &S::drdm_batch, {at_least<int64_t>(1)}, "fields", "generation batch"),
       seed_key(&S::seed, "seed of both kinds of synthetic pairs"),
@@ -126,20 +140,29 @@ const Keys<RegConfig>& config_keys() {
     detail::mount(k, "voxelmorph", &R::voxelmorph, voxelmorph_keys());
     detail::mount(k, "synthetic", &R::synthetic, synthetic_keys());
     detail::mount(k, "pretrain", &R::pretrain, detail::train_section_keys());
-    detail::mount(k, "pretrain", Keys<R>{key("lambda", &R::pretrain_lambda, {lambda_check}, "weight",
-                                            "Eq. 20's weight of the smoothness term")});
+    detail::mount(k, "pretrain",
+                  Keys<R>{key("lambda", &R::pretrain_lambda, {lambda_check}, "weight",
+                              "Eq. 20's weight of the smoothness term")});
     detail::mount(k, "finetune", &R::finetune, detail::train_section_keys());
-    detail::mount(k, "finetune", Keys<R>{
-        key("lambda", &R::finetune_lambda, {lambda_check}, "weight", "weight of the smoothness term"),
-        key("similarity", &R::similarity,
-            {check<std::string>("must be \"mse\" or \"ncc\"", [](const std::string& m) { return m == "mse" || m == "ncc"; })},
-            "-", "\"mse\" or \"ncc\""),
-        key("ncc_window", &R::ncc_window,
-            {check<int64_t>("must be odd and >= 1", [](int64_t w) { return w >= 1 && w % 2 == 1; })}, "voxels",
-            "window of the local NCC")});
-    detail::mount(k, "grid", &R::grid, Keys<R::Grid>{
-        key("pretrain", &R::Grid::pretrain, {non_empty<Names>()}, "-", "the pretrainings compared: none, mrbs, drdm"),
-        key("finetune", &R::Grid::finetune, {non_empty<std::vector<bool>>()}, "-", "with and/or without fine-tuning")});
+    detail::mount(
+        k, "finetune",
+        Keys<R>{
+            key("lambda", &R::finetune_lambda, {lambda_check}, "weight",
+                "weight of the smoothness term"),
+            key("similarity", &R::similarity,
+                {check<std::string>("must be \"mse\" or \"ncc\"",
+                                    [](const std::string& m) { return m == "mse" || m == "ncc"; })},
+                "-", "\"mse\" or \"ncc\""),
+            key("ncc_window", &R::ncc_window,
+                {check<int64_t>("must be odd and >= 1",
+                                [](int64_t w) { return w >= 1 && w % 2 == 1; })},
+                "voxels", "window of the local NCC")});
+    detail::mount(
+        k, "grid", &R::grid,
+        Keys<R::Grid>{key("pretrain", &R::Grid::pretrain, {non_empty<Names>()}, "-",
+                          "the pretrainings compared: none, mrbs, drdm"),
+                      key("finetune", &R::Grid::finetune, {non_empty<std::vector<bool>>()}, "-",
+                          "with and/or without fine-tuning")});
     return k;
   }();
   return keys;

@@ -24,7 +24,8 @@ void squeeze_for(int64_t dims, const std::string& path, at::Tensor& data, Geomet
   if (dims == 2 && geometry.dimension() == 3) {
     const auto axis = geometry.single_slice_axis();
     if (axis < 0)
-      throw std::runtime_error("'" + path + "' is a 3D volume, but the registration network is 2D (it takes " +
+      throw std::runtime_error("'" + path +
+                               "' is a 3D volume, but the registration network is 2D (it takes " +
                                "2D images and single-slice volumes)");
     data = data.squeeze(2 + axis);
     geometry = geometry.squeeze_single_slice();
@@ -40,7 +41,8 @@ void squeeze_for(int64_t dims, const std::string& path, at::Tensor& data, Geomet
 
 }  // namespace
 
-RegVolume load_volume(const std::string& image_path, const std::string& label_path, const RegConfig::Data& data) {
+RegVolume load_volume(const std::string& image_path, const std::string& label_path,
+                      const RegConfig::Data& data) {
   const int64_t dims = static_cast<int64_t>(data.size.size());
   auto image = read_image(image_path);
   RegVolume v;
@@ -54,10 +56,12 @@ RegVolume load_volume(const std::string& image_path, const std::string& label_pa
   const auto size = v.geometry.tensor_size();
   const std::vector<double> spacing(v.geometry.spacing.rbegin(), v.geometry.spacing.rend());
   v.fit = fit_grid(size, spacing, data.size);
-  v.image = fit_image(normalise_intensity(v.raw[0], data.clip_low_pct, data.clip_high_pct), v.fit).unsqueeze(0);
+  v.image = fit_image(normalise_intensity(v.raw[0], data.clip_low_pct, data.clip_high_pct), v.fit)
+                .unsqueeze(0);
   if (!label_path.empty()) {
     if (!detail::file_exists(label_path))
-      throw std::runtime_error("label file '" + label_path + "' (for '" + image_path + "') does not exist");
+      throw std::runtime_error("label file '" + label_path + "' (for '" + image_path +
+                               "') does not exist");
     auto labels = read_labels(label_path);
     const auto difference = detail::grid_difference(image.geometry, labels.geometry);
     if (!difference.empty())
@@ -77,7 +81,8 @@ RegSplit split_cases(const RegConfig::Data& data) {
   detail::require_data_folder(data.images, "data.images");
   detail::require_data_folder(data.labels, "data.labels");
   const auto cases = seg::find_cases(data.images, data.labels);
-  const auto n_train = static_cast<size_t>(std::floor(data.train_fraction * static_cast<double>(cases.size())));
+  const auto n_train =
+      static_cast<size_t>(std::floor(data.train_fraction * static_cast<double>(cases.size())));
   const auto included = [&](const seg::LabelledCase& c) {
     if (data.include.empty()) return true;
     const auto file = detail::base_name(c.image_path);
@@ -89,9 +94,10 @@ RegSplit split_cases(const RegConfig::Data& data) {
   for (size_t i = 0; i < cases.size(); ++i)
     if (included(cases[i])) (i < n_train ? split.train : split.test).push_back(cases[i]);
   if (split.train.size() < 2 || split.test.size() < 2)
-    throw std::runtime_error("'" + data.images + "': the split (data.train_fraction, data.include) leaves " +
-                             std::to_string(split.train.size()) + " training and " +
-                             std::to_string(split.test.size()) + " test images; each needs at least 2");
+    throw std::runtime_error(
+        "'" + data.images + "': the split (data.train_fraction, data.include) leaves " +
+        std::to_string(split.train.size()) + " training and " + std::to_string(split.test.size()) +
+        " test images; each needs at least 2");
   return split;
 }
 

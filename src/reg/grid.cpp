@@ -3,7 +3,6 @@
 #include "drdm/reg/grid.h"
 
 #include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -11,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 
@@ -58,10 +58,12 @@ Data load_data(const RegConfig& c) {
   std::vector<at::Tensor> images;
   for (const auto& cs : split.train) images.push_back(load_volume(cs.image_path, "", c.data).image);
   d.train_images = at::cat(images);
-  for (const auto& cs : split.test) d.test.push_back(load_volume(cs.image_path, cs.label_path, c.data));
+  for (const auto& cs : split.test)
+    d.test.push_back(load_volume(cs.image_path, cs.label_path, c.data));
   d.pairs = test_pairs(static_cast<int64_t>(d.test.size()), c.data.test_pairs, c.data.seed);
   log::info("registration data: " + std::to_string(split.train.size()) + " training images, " +
-            std::to_string(split.test.size()) + " test images, " + std::to_string(d.pairs.size()) + " test pairs");
+            std::to_string(split.test.size()) + " test images, " + std::to_string(d.pairs.size()) +
+            " test pairs");
   return d;
 }
 
@@ -87,15 +89,16 @@ json evaluate_row(RegModel& model, const Data& d, const RegConfig& c) {
   for (const auto& [m, f] : d.pairs) {
     throw_if_interrupted();  // SIGINT / SIGTERM: stop between cases
     const auto field = register_volumes(model, d.test[m], d.test[f]);
-    pairs.push_back(report::pair_json(score_pair(d.test[m], d.test[f], field,
-                                                 static_cast<int64_t>(c.data.classes.size())),
-                                      c.data.classes));
+    pairs.push_back(report::pair_json(
+        score_pair(d.test[m], d.test[f], field, static_cast<int64_t>(c.data.classes.size())),
+        c.data.classes));
   }
   return pairs;
 }
 
-json run_row(const RegConfig& c, const Row& row, const Data& d, const std::map<std::string, std::string>& pretrained,
-             const std::string& out, bool progress) {
+json run_row(const RegConfig& c, const Row& row, const Data& d,
+             const std::map<std::string, std::string>& pretrained, const std::string& out,
+             bool progress) {
   const auto dir = detail::join(out, row.name());
   const auto path = dir + "/results.json";
   const auto identity = row_identity(c, row);
@@ -108,24 +111,29 @@ json run_row(const RegConfig& c, const Row& row, const Data& d, const std::map<s
   }
   const auto device = resolve_device(c.finetune.device);
   std::string weights = row.pretrain == "none" ? "" : pretrained.at(row.pretrain);
-  double train_seconds = row.pretrain == "none" ? 0 : run_seconds(detail::join(out, "pretrain-" + row.pretrain));
+  double train_seconds =
+      row.pretrain == "none" ? 0 : run_seconds(detail::join(out, "pretrain-" + row.pretrain));
   if (row.finetune) {
     weights = train_registration(c, "finetune", {}, d.train_images, weights, dir, progress);
     train_seconds += run_seconds(dir);
   }
-  RegModel model = weights.empty() ? RegModel{VoxelMorph(c.voxelmorph), c, 0, true} : load_reg_model(weights, device);
+  RegModel model = weights.empty() ? RegModel{VoxelMorph(c.voxelmorph), c, 0, true}
+                                   : load_reg_model(weights, device);
   const auto begin = std::chrono::steady_clock::now();
-  json result = {{"identity", identity}, {"row", row.name()}, {"pretrain", row.pretrain},
-                 {"finetune", row.finetune}, {"model", weights}, {"pairs", evaluate_row(model, d, c)}};
+  json result = {{"identity", identity},     {"row", row.name()},
+                 {"pretrain", row.pretrain}, {"finetune", row.finetune},
+                 {"model", weights},         {"pairs", evaluate_row(model, d, c)}};
   result["train_seconds"] = train_seconds;
-  result["eval_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  result["eval_seconds"] =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   detail::make_dirs(dir);
   write_text_atomically(path, result.dump(1) + "\n");
   log::info(row.name() + ": " + std::to_string(d.pairs.size()) + " pairs scored -> " + path);
   return result;
 }
 
-/// Per pair, the mean over classes of a metric ("dice", "asd", "hd95"; null -> NaN), or the folding ratio.
+/// Per pair, the mean over classes of a metric ("dice", "asd", "hd95"; null -> NaN), or the folding
+/// ratio.
 std::vector<double> per_pair(const json& row, const std::string& metric) {
   std::vector<double> out;
   for (const auto& p : row.at("pairs")) {
@@ -163,15 +171,18 @@ std::string scale(std::vector<double> v, double k, const char* fmt) {
 }
 
 std::string summary_table(const std::vector<json>& rows, const RegConfig& c) {
-  std::string md = "| synthetic pretraining | real fine-tuning | DSC % | ASD (mm) | HD95 (mm) | \\|J\\|<0 % |";
+  std::string md =
+      "| synthetic pretraining | real fine-tuning | DSC % | ASD (mm) | HD95 (mm) | \\|J\\|<0 % |";
   for (const auto& k : c.data.classes) md += " DSC " + k + " % |";
   md += "\n|---|---|---:|---:|---:|---:|";
   for (size_t k = 0; k < c.data.classes.size(); ++k) md += "---:|";
   md += "\n";
   for (const auto& r : rows) {
-    md += "| " + r.at("pretrain").get<std::string>() + " | " + (r.at("finetune").get<bool>() ? "yes" : "no") +
-          " | " + scale(per_pair(r, "dice"), 100, "%.1f") + " | " + pm(per_pair(r, "asd"), "%.2f") + " | " +
-          pm(per_pair(r, "hd95"), "%.2f") + " | " + scale(per_pair(r, "folding"), 100, "%.3f") + " |";
+    md += "| " + r.at("pretrain").get<std::string>() + " | " +
+          (r.at("finetune").get<bool>() ? "yes" : "no") + " | " +
+          scale(per_pair(r, "dice"), 100, "%.1f") + " | " + pm(per_pair(r, "asd"), "%.2f") + " | " +
+          pm(per_pair(r, "hd95"), "%.2f") + " | " + scale(per_pair(r, "folding"), 100, "%.3f") +
+          " |";
     for (const auto& k : c.data.classes) md += " " + pm(class_dice(r, k), "%.1f") + " |";
     md += "\n";
   }
@@ -179,7 +190,9 @@ std::string summary_table(const std::vector<json>& rows, const RegConfig& c) {
 }
 
 std::string wilcoxon_table(const std::vector<json>& rows) {
-  std::string md = "| real fine-tuning | pairs | p (DSC) | p (ASD) | p (HD95) | p (\\|J\\|<0) |\n|---|---:|---:|---:|---:|---:|\n";
+  std::string md =
+      "| real fine-tuning | pairs | p (DSC) | p (ASD) | p (HD95) | p (\\|J\\|<0) "
+      "|\n|---|---:|---:|---:|---:|---:|\n";
   for (bool ft : {false, true}) {
     const json *drdm = nullptr, *mrbs = nullptr;
     for (const auto& r : rows)
@@ -188,10 +201,12 @@ std::string wilcoxon_table(const std::vector<json>& rows) {
         if (r.at("pretrain") == "mrbs") mrbs = &r;
       }
     if (!drdm || !mrbs) continue;
-    md += std::string("| ") + (ft ? "yes" : "no") + " | " + std::to_string(drdm->at("pairs").size());
+    md +=
+        std::string("| ") + (ft ? "yes" : "no") + " | " + std::to_string(drdm->at("pairs").size());
     for (const auto* m : {"dice", "asd", "hd95", "folding"}) {
       char p[32];
-      std::snprintf(p, sizeof p, "%.3g", wilcoxon_signed_rank(per_pair(*drdm, m), per_pair(*mrbs, m)));
+      std::snprintf(p, sizeof p, "%.3g",
+                    wilcoxon_signed_rank(per_pair(*drdm, m), per_pair(*mrbs, m)));
       md += std::string(" | ") + p;
     }
     md += " |\n";
@@ -201,8 +216,9 @@ std::string wilcoxon_table(const std::vector<json>& rows) {
 
 /// pair.png: the first test pair, one row per grid row: moving, fixed, warped,
 /// warped with the deformed grid, displacement magnitude (network grid).
-void write_pair_figure(const std::vector<Row>& rows, const std::map<std::string, std::string>& weights,
-                       const Data& d, const RegConfig& c, const std::string& path) {
+void write_pair_figure(const std::vector<Row>& rows,
+                       const std::map<std::string, std::string>& weights, const Data& d,
+                       const RegConfig& c, const std::string& path) {
   const auto& [m, f] = d.pairs.front();
   const auto &moving = d.test[m].image, &fixed = d.test[f].image;
   std::vector<at::Tensor> pictures;
@@ -245,14 +261,15 @@ void check_before_writing(const RegConfig& c) {
 }  // namespace
 
 void run_grid(const RegConfig& c, const std::string& out, bool progress) {
-  detail::require_output_outside(out, {{"data.images", c.data.images}, {"data.labels", c.data.labels}});
+  detail::require_output_outside(out,
+                                 {{"data.images", c.data.images}, {"data.labels", c.data.labels}});
   // The rows' results.json name their model under `out`; another program's run is not overwritten.
   detail::require_utf8(out, "the output folder '" + detail::escaped(out) + "'");
-  detail::require_run_kind(out, kProgram, [](const std::string& text) {
-    parse_reg_config(text, "config.json");
-  });
+  detail::require_run_kind(out, kProgram,
+                           [](const std::string& text) { parse_reg_config(text, "config.json"); });
   const auto d = load_data(c);
-  dist::join_for(c.pretrain.device, c.pretrain.dist_timeout, c.pretrain.dist_master);  // a data-parallel job, when launched as one
+  dist::join_for(c.pretrain.device, c.pretrain.dist_timeout,
+                 c.pretrain.dist_master);  // a data-parallel job, when launched as one
   check_before_writing(c);
   std::optional<detail::RunLock> lock;  // one run per output folder; rank 0 writes
   if (dist::world().writer()) lock.emplace(out, kProgram);
@@ -260,13 +277,16 @@ void run_grid(const RegConfig& c, const std::string& out, bool progress) {
   std::vector<Row> rows;
   for (const auto& p : c.grid.pretrain)
     for (bool f : c.grid.finetune) rows.push_back({p, f});
-  // Every bank is made before any training: generation is slow in a process that has trained (docs/reg_synth.md).
+  // Every bank is made before any training: generation is slow in a process that has trained
+  // (docs/reg_synth.md).
   std::map<std::string, PairBank> banks;
   for (const auto& p : c.grid.pretrain)
-    if (p != "none") banks[p] = synthetic_bank(p, d.train_images, c, detail::join(out, "bank-" + p), progress);
+    if (p != "none")
+      banks[p] = synthetic_bank(p, d.train_images, c, detail::join(out, "bank-" + p), progress);
   std::map<std::string, std::string> pretrained, weights;
   for (auto& [p, bank] : banks) {
-    pretrained[p] = train_registration(c, "pretrain", bank, {}, "", detail::join(out, "pretrain-" + p), progress);
+    pretrained[p] = train_registration(c, "pretrain", bank, {}, "",
+                                       detail::join(out, "pretrain-" + p), progress);
     bank = PairBank{};
   }
   std::vector<json> results;
@@ -277,15 +297,19 @@ void run_grid(const RegConfig& c, const std::string& out, bool progress) {
                                     : (row.pretrain == "none" ? "" : pretrained.at(row.pretrain));
     results.back()["model"] = weights[row.name()] = model;
   }
-  json all = {{"config", json::parse(to_json(c))}, {"test_pairs", d.pairs.size()}, {"rows", results}};
+  json all = {
+      {"config", json::parse(to_json(c))}, {"test_pairs", d.pairs.size()}, {"rows", results}};
   write_text_atomically(detail::join(out, "results.json"), all.dump(1) + "\n");
-  std::string md = "# " + c.name + ": registration with synthetic pretraining (Table 3)\n\n" +
-                   std::to_string(d.test.size()) + " test images, " + std::to_string(d.pairs.size()) +
-                   " ordered test pairs; mean ± std over pairs (each pair: the mean over classes).\n\n" +
-                   summary_table(results, c) + "\nPaired Wilcoxon signed-rank tests, DRDM vs MRBS pretraining:\n\n" +
-                   wilcoxon_table(results) + "\nFigure: pair.png (" + d.test[d.pairs.front().first].name + " -> " +
-                   d.test[d.pairs.front().second].name + "; rows in the table's order; panels: moving, fixed, " +
-                   "warped, warped with the deformed grid, displacement magnitude).\n";
+  std::string md =
+      "# " + c.name + ": registration with synthetic pretraining (Table 3)\n\n" +
+      std::to_string(d.test.size()) + " test images, " + std::to_string(d.pairs.size()) +
+      " ordered test pairs; mean ± std over pairs (each pair: the mean over classes).\n\n" +
+      summary_table(results, c) +
+      "\nPaired Wilcoxon signed-rank tests, DRDM vs MRBS pretraining:\n\n" +
+      wilcoxon_table(results) + "\nFigure: pair.png (" + d.test[d.pairs.front().first].name +
+      " -> " + d.test[d.pairs.front().second].name +
+      "; rows in the table's order; panels: moving, fixed, " +
+      "warped, warped with the deformed grid, displacement magnitude).\n";
   write_text_atomically(detail::join(out, "results.md"), md);
   write_pair_figure(rows, weights, d, c, detail::join(out, "pair.png"));
   log::info("results -> " + detail::join(out, "results.md"));

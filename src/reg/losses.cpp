@@ -10,7 +10,8 @@ namespace drdm::reg {
 torch::Tensor gradient_loss(const torch::Tensor& field, int64_t p) {
   if (p != 1 && p != 2) throw std::invalid_argument("gradient_loss: p must be 1 or 2");
   if (field.dim() != 4 && field.dim() != 5)
-    throw std::invalid_argument("gradient_loss: expected a field [N, d, ...S] with 2 or 3 spatial axes");
+    throw std::invalid_argument(
+        "gradient_loss: expected a field [N, d, ...S] with 2 or 3 spatial axes");
   const int64_t d = field.dim() - 2;
   auto total = at::zeros({}, field.options());
   for (int64_t axis = 2; axis < field.dim(); ++axis) {
@@ -34,7 +35,8 @@ at::Tensor window_sum(const at::Tensor& x, int64_t window) {
 }  // namespace
 
 torch::Tensor ncc_loss(const torch::Tensor& a, const torch::Tensor& b, int64_t window) {
-  if (window < 1 || window % 2 == 0) throw std::invalid_argument("ncc_loss: window must be odd and >= 1");
+  if (window < 1 || window % 2 == 0)
+    throw std::invalid_argument("ncc_loss: window must be odd and >= 1");
   if (a.sizes() != b.sizes() || (a.dim() != 4 && a.dim() != 5) || a.size(1) != 1)
     throw std::invalid_argument("ncc_loss: expected two images [N, 1, ...S] of one shape");
   const double n = a.dim() == 4 ? double(window * window) : double(window * window * window);
@@ -45,19 +47,23 @@ torch::Tensor ncc_loss(const torch::Tensor& a, const torch::Tensor& b, int64_t w
   return -(cross * cross / (var_a * var_b + 1e-5)).mean();
 }
 
-torch::Tensor supervised_loss(const torch::Tensor& target, const torch::Tensor& predicted, double lambda) {
+torch::Tensor supervised_loss(const torch::Tensor& target, const torch::Tensor& predicted,
+                              double lambda) {
   if (target.sizes() != predicted.sizes())
     throw std::invalid_argument("supervised_loss: target and prediction differ in shape");
   return (predicted - target).square().mean() + lambda * gradient_loss(predicted, 1);
 }
 
 torch::Tensor unsupervised_loss(const std::string& similarity, const torch::Tensor& warped,
-                                const torch::Tensor& fixed, const torch::Tensor& smoothed, double lambda,
-                                int64_t ncc_window) {
+                                const torch::Tensor& fixed, const torch::Tensor& smoothed,
+                                double lambda, int64_t ncc_window) {
   at::Tensor sim;
-  if (similarity == "mse") sim = (warped - fixed).square().mean();
-  else if (similarity == "ncc") sim = ncc_loss(warped, fixed, ncc_window);
-  else throw std::invalid_argument("unknown similarity '" + similarity + "' (expected mse or ncc)");
+  if (similarity == "mse")
+    sim = (warped - fixed).square().mean();
+  else if (similarity == "ncc")
+    sim = ncc_loss(warped, fixed, ncc_window);
+  else
+    throw std::invalid_argument("unknown similarity '" + similarity + "' (expected mse or ncc)");
   return sim + lambda * gradient_loss(smoothed, 2);
 }
 

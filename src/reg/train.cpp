@@ -5,10 +5,10 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
-#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 
@@ -33,7 +33,8 @@ namespace {
 constexpr const char* kKind = "reg-voxelmorph";
 constexpr const char* kBankKind = "reg-pair-bank";
 
-nlohmann::json bank_identity(const std::string& kind, const at::Tensor& images, const RegConfig& c) {
+nlohmann::json bank_identity(const std::string& kind, const at::Tensor& images,
+                             const RegConfig& c) {
   const auto& s = c.synthetic;
   nlohmann::json id = {{"kind", kind},
                        {"images", images.size(0)},
@@ -60,7 +61,8 @@ PairBank generate_mrbs(const at::Tensor& images, const RegConfig& c, bool progre
     throw_if_interrupted();  // SIGINT / SIGTERM: stop between pairs; nothing is written yet
     auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(c.synthetic.seed, i, 11));
     const auto p = mrbs_pairs(images.narrow(0, i / K, 1), gen, options);
-    moving.push_back(p.moving.to(at::kHalf)), fixed.push_back(p.fixed.to(at::kHalf)), target.push_back(p.target);
+    moving.push_back(p.moving.to(at::kHalf)), fixed.push_back(p.fixed.to(at::kHalf)),
+        target.push_back(p.target);
     bar.update(i + 1);
   }
   bar.finish();
@@ -72,7 +74,9 @@ PairBank generate_drdm(const at::Tensor& images, const RegConfig& c, bool progre
   const auto& s = c.synthetic;
   DeformerOptions options;
   options.generation.batch = s.drdm_batch;
-  options.generation.on_step = [](int64_t) { throw_if_interrupted(); };  // after every recovery step
+  options.generation.on_step = [](int64_t) {
+    throw_if_interrupted();
+  };  // after every recovery step
   Deformer deformer(s.drdm_model, device, options);
   const int64_t M = images.size(0), K = s.pairs_per_image;
   std::vector<at::Tensor> moving, fixed, target;
@@ -86,7 +90,8 @@ PairBank generate_drdm(const at::Tensor& images, const RegConfig& c, bool progre
     for (int64_t i = start; i < start + n; ++i) {
       index.push_back(i / K);
       levels.push_back(s.drdm_levels[(i % K) % s.drdm_levels.size()]);
-      seeds.push_back(derive_seed(s.seed, static_cast<uint64_t>(i / K), static_cast<uint64_t>(i % K)));
+      seeds.push_back(
+          derive_seed(s.seed, static_cast<uint64_t>(i / K), static_cast<uint64_t>(i % K)));
     }
     const auto batch = images.index_select(0, at::tensor(index, at::kLong)).to(device);
     const auto p = drdm_pairs(deformer, batch, levels, seeds);
@@ -122,7 +127,8 @@ PairBank synthetic_bank(const std::string& kind, const torch::Tensor& images, co
   });
   bank.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   detail::make_dirs(dir);
-  const nlohmann::json record = {{"identity", identity}, {"seconds", bank.seconds}, {"pairs", bank.target.size(0)}};
+  const nlohmann::json record = {
+      {"identity", identity}, {"seconds", bank.seconds}, {"pairs", bank.target.size(0)}};
   detail::publish_bank(dir, record, [&](const std::string& bank_path) {
     save_checkpoint(bank_path, kBankKind, record.dump(), 0,
                     {{"moving", bank.moving}, {"fixed", bank.fixed}, {"target", bank.target}});
@@ -158,12 +164,13 @@ std::string init_in_grid(const std::string& init) {
 }
 
 /// What a run's weights depend on: not the step counts (a resume may extend
-/// them), threads, device, logging, the test pairs or the grid, and for pretraining not the fine-tuning
-/// settings (so that changing those reuses a finished pretraining).
+/// them), threads, device, logging, the test pairs or the grid, and for pretraining not the
+/// fine-tuning settings (so that changing those reuses a finished pretraining).
 std::string resume_identity(const std::string& text) {
   auto c = embedded_config(text, "checkpoint config");
   const RegConfig defaults;
-  for (auto* t : {&c.pretrain, &c.finetune}) {  // how long, where and how verbosely: not what is learnt
+  for (auto* t :
+       {&c.pretrain, &c.finetune}) {  // how long, where and how verbosely: not what is learnt
     t->steps = 1, t->threads = 0, t->device = "auto", t->prefetch = 0;
     t->log_every = t->checkpoint_every = t->preview_every = 1;
   }
@@ -185,7 +192,8 @@ struct Pair {
   at::Tensor moving, fixed, target;
 };
 
-Pair synthetic_batch(const PairBank& bank, const TrainSection& t, int64_t step, const at::Device& dev) {
+Pair synthetic_batch(const PairBank& bank, const TrainSection& t, int64_t step,
+                     const at::Device& dev) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(t.seed, step, 1));
   const auto idx = at::randint(bank.target.size(0), {t.batch_size}, gen, at::kLong);
   const auto take = [&](const at::Tensor& x) { return x.index_select(0, idx).to(dev, at::kFloat); };
@@ -193,7 +201,8 @@ Pair synthetic_batch(const PairBank& bank, const TrainSection& t, int64_t step, 
 }
 
 /// Ordered pairs of distinct training images, drawn from (seed, step).
-Pair real_batch(const at::Tensor& images, const TrainSection& t, int64_t step, const at::Device& dev) {
+Pair real_batch(const at::Tensor& images, const TrainSection& t, int64_t step,
+                const at::Device& dev) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(t.seed, step, 1));
   const int64_t M = images.size(0);
   const auto a = at::randint(M, {t.batch_size}, gen, at::kLong);
@@ -201,7 +210,8 @@ Pair real_batch(const at::Tensor& images, const TrainSection& t, int64_t step, c
   return {images.index_select(0, a).to(dev), images.index_select(0, b).to(dev), {}};
 }
 
-void check_training_inputs(const std::string& phase, const PairBank& bank, const at::Tensor& images) {
+void check_training_inputs(const std::string& phase, const PairBank& bank,
+                           const at::Tensor& images) {
   if (phase == "pretrain" && (!bank.target.defined() || bank.target.size(0) == 0))
     throw std::invalid_argument("pretraining needs a bank of synthetic pairs");
   if (phase == "finetune" && (!images.defined() || images.size(0) < 2))
@@ -231,20 +241,23 @@ std::string train_registration(const RegConfig& c, const std::string& phase, con
   auto spec = run_spec(t, output_dir, kKind, run_config(c, phase, init), resume_identity,
                        detail::file_exists(output_dir + "/checkpoint.pt"), progress);
   spec.label = phase, spec.lr_key = phase + ".lr", spec.steps_key = phase + ".steps";
-  TrainingRun run(spec, [&] { return module_state(*net); },
-                  [&](const TensorMap& m) { load_module_state(*net, m); }, adam);
+  TrainingRun run(
+      spec, [&] { return module_state(*net); },
+      [&](const TensorMap& m) { load_module_state(*net, m); }, adam);
   run.start();
   const auto step = [&](int64_t s) -> StepResult {
     const bool pre = phase == "pretrain";
-    const auto global = pre ? synthetic_batch(bank, t, s, device) : real_batch(images, t, s, device);
+    const auto global =
+        pre ? synthetic_batch(bank, t, s, device) : real_batch(images, t, s, device);
     const auto rows = [&](const at::Tensor& x) {
       return x.defined() ? dist::my_rows(x, phase + ".batch_size") : x;
     };
     const Pair batch{rows(global.moving), rows(global.fixed), rows(global.target)};
     const auto out = net->forward_full(batch.moving, batch.fixed);
-    const auto loss = pre ? supervised_loss(batch.target, out.displacement, c.pretrain_lambda)
-                          : unsupervised_loss(c.similarity, warp(batch.moving, out.displacement), batch.fixed,
-                                              out.preintegration, c.finetune_lambda, c.ncc_window);
+    const auto loss =
+        pre ? supervised_loss(batch.target, out.displacement, c.pretrain_lambda)
+            : unsupervised_loss(c.similarity, warp(batch.moving, out.displacement), batch.fixed,
+                                out.preintegration, c.finetune_lambda, c.ncc_window);
     return descend(adam, loss, t, s);
   };
   return run.run(step).model;

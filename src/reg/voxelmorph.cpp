@@ -77,8 +77,7 @@ void VoxelMorphImpl::reset() {
     prev = o.decoder()[l] + e[levels - 1 - l];  // after concatenation with the skip
   }
   for (size_t k = levels; k < o.decoder().size(); ++k) {
-    rem.push_back(
-        conv3(*this, "rem" + std::to_string(k - levels), o.dims(), prev, o.decoder()[k]));
+    rem.push_back(conv3(*this, "rem" + std::to_string(k - levels), o.dims(), prev, o.decoder()[k]));
     prev = o.decoder()[k];
   }
   flow = conv3(*this, "flow", o.dims(), prev, o.dims());

@@ -1,7 +1,5 @@
 #include "drdm/seg/bigaug.h"
 
-#include "drdm/core/spatial.h"
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -12,13 +10,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "drdm/core/spatial.h"
+
 namespace drdm::seg {
 namespace {
 
 using T = BigAugSample;
 constexpr double kPi = 3.14159265358979323846;
-constexpr int64_t kColumns = 21;    // uniforms drawn per sample (draw_samples)
-constexpr int64_t kSquarings = 7;   // scaling-and-squaring steps of the elastic velocity
+constexpr int64_t kColumns = 21;   // uniforms drawn per sample (draw_samples)
+constexpr int64_t kSquarings = 7;  // scaling-and-squaring steps of the elastic velocity
 
 // ---- validation ----
 
@@ -36,11 +36,14 @@ std::string num(double v) {
 void check_range(const char* key, double v, double lo, double hi, bool open_low = false) {
   const bool ok = std::isfinite(v) && (open_low ? v > lo : v >= lo) && v <= hi;
   if (!ok)
-    fail(key, "must be in " + std::string(open_low ? "(" : "[") + num(lo) + ", " + num(hi) + "], got " + num(v));
+    fail(key, "must be in " + std::string(open_low ? "(" : "[") + num(lo) + ", " + num(hi) +
+                  "], got " + num(v));
 }
 
 void check_order(const char* min_key, double lo, const char* max_key, double hi) {
-  if (!(lo <= hi)) fail(min_key, "must be <= bigaug." + std::string(max_key) + ", got " + num(lo) + " > " + num(hi));
+  if (!(lo <= hi))
+    fail(min_key,
+         "must be <= bigaug." + std::string(max_key) + ", got " + num(lo) + " > " + num(hi));
 }
 
 // ---- helpers ----
@@ -59,12 +62,14 @@ torch::Tensor per_sample(const std::vector<double>& values, const torch::Tensor&
 std::vector<int64_t> chosen(const std::vector<T>& samples, std::initializer_list<int> transforms) {
   std::vector<int64_t> idx;
   for (size_t i = 0; i < samples.size(); ++i)
-    if (std::any_of(transforms.begin(), transforms.end(), [&](int t) { return samples[i].applied[t]; }))
+    if (std::any_of(transforms.begin(), transforms.end(),
+                    [&](int t) { return samples[i].applied[t]; }))
       idx.push_back(static_cast<int64_t>(i));
   return idx;
 }
 
-std::vector<double> pick(const std::vector<T>& samples, const std::vector<int64_t>& idx, double T::*member) {
+std::vector<double> pick(const std::vector<T>& samples, const std::vector<int64_t>& idx,
+                         double T::*member) {
   std::vector<double> out;
   for (auto i : idx) out.push_back(samples[static_cast<size_t>(i)].*member);
   return out;
@@ -84,12 +89,14 @@ void check_inputs(const torch::Tensor& images, const torch::Tensor& labels) {
   TORCH_CHECK(at::isFloatingType(images.scalar_type()), "bigaug: expected floating images, got ",
               images.scalar_type());
   if (!labels.defined()) return;
-  TORCH_CHECK(labels.scalar_type() == at::kLong, "bigaug: expected int64 labels, got ", labels.scalar_type());
-  TORCH_CHECK(labels.dim() == images.dim() && labels.size(0) == images.size(0) && labels.size(1) == 1 &&
-                  labels.sizes().slice(2) == images.sizes().slice(2),
-              "bigaug: labels ", labels.sizes(), " do not match images ", images.sizes(), " (expected [N, 1, ...S])");
-  TORCH_CHECK(labels.device() == images.device(), "bigaug: labels on ", labels.device(), " but images on ",
-              images.device());
+  TORCH_CHECK(labels.scalar_type() == at::kLong, "bigaug: expected int64 labels, got ",
+              labels.scalar_type());
+  TORCH_CHECK(labels.dim() == images.dim() && labels.size(0) == images.size(0) &&
+                  labels.size(1) == 1 && labels.sizes().slice(2) == images.sizes().slice(2),
+              "bigaug: labels ", labels.sizes(), " do not match images ", images.sizes(),
+              " (expected [N, 1, ...S])");
+  TORCH_CHECK(labels.device() == images.device(), "bigaug: labels on ", labels.device(),
+              " but images on ", images.device());
 }
 
 // ---- filters ----
@@ -98,14 +105,16 @@ void check_inputs(const torch::Tensor& images, const torch::Tensor& labels) {
 // sigma 0 gives a delta.
 torch::Tensor gaussian_kernels(const std::vector<double>& sigmas) {
   int64_t radius = 0;
-  for (double s : sigmas) radius = std::max<int64_t>(radius, static_cast<int64_t>(std::ceil(4 * s)));
+  for (double s : sigmas)
+    radius = std::max<int64_t>(radius, static_cast<int64_t>(std::ceil(4 * s)));
   auto k = at::zeros({static_cast<int64_t>(sigmas.size()), 2 * radius + 1}, at::kDouble);
   auto a = k.accessor<double, 2>();
   for (size_t i = 0; i < sigmas.size(); ++i) {
     const auto r = static_cast<int64_t>(std::ceil(4 * sigmas[i]));
     double sum = 0;
     for (int64_t t = -r; t <= r; ++t)
-      sum += a[i][radius + t] = sigmas[i] > 0 ? std::exp(-0.5 * t * t / (sigmas[i] * sigmas[i])) : 1.0;
+      sum += a[i][radius + t] =
+          sigmas[i] > 0 ? std::exp(-0.5 * t * t / (sigmas[i] * sigmas[i])) : 1.0;
     for (int64_t t = -r; t <= r; ++t) a[i][radius + t] /= sum;
   }
   return k;
@@ -116,12 +125,14 @@ torch::Tensor filter_axis(const torch::Tensor& x, const torch::Tensor& kernels, 
   const int64_t radius = (kernels.size(1) - 1) / 2, n = x.size(dim);
   auto pad_shape = x.sizes().vec();
   pad_shape[dim] = radius;
-  auto padded = at::cat({x.narrow(dim, 0, 1).expand(pad_shape), x, x.narrow(dim, n - 1, 1).expand(pad_shape)}, dim);
+  auto padded = at::cat(
+      {x.narrow(dim, 0, 1).expand(pad_shape), x, x.narrow(dim, n - 1, 1).expand(pad_shape)}, dim);
   auto w = kernels.to(x.options());
   std::vector<int64_t> wshape(x.dim(), 1);
   wshape[0] = x.size(0);
   auto out = at::zeros_like(x);
-  for (int64_t t = 0; t < kernels.size(1); ++t) out.add_(padded.narrow(dim, t, n) * w.select(1, t).view(wshape));
+  for (int64_t t = 0; t < kernels.size(1); ++t)
+    out.add_(padded.narrow(dim, t, n) * w.select(1, t).view(wshape));
   return out;
 }
 
@@ -215,14 +226,18 @@ void validate(const BigAugOptions& o) {
   check_range("elastic_control_points", static_cast<double>(o.elastic_control_points), 4, 64);
   check_range("elastic_magnitude_min", o.elastic_magnitude_min, 0, 1000);
   check_range("elastic_magnitude_max", o.elastic_magnitude_max, 0, 1000);
-  check_order("elastic_magnitude_min", o.elastic_magnitude_min, "elastic_magnitude_max", o.elastic_magnitude_max);
+  check_order("elastic_magnitude_min", o.elastic_magnitude_min, "elastic_magnitude_max",
+              o.elastic_magnitude_max);
 }
 
-std::vector<BigAugSample> draw_samples(int64_t batch, int64_t dims, const BigAugOptions& o, at::Generator& gen) {
-  TORCH_CHECK(batch >= 0 && (dims == 2 || dims == 3), "draw_samples: bad batch ", batch, " or dims ", dims);
-  auto u = at::rand({batch, kColumns}, gen, at::TensorOptions().dtype(at::kDouble).device(gen.device()))
-               .cpu()
-               .contiguous();
+std::vector<BigAugSample> draw_samples(int64_t batch, int64_t dims, const BigAugOptions& o,
+                                       at::Generator& gen) {
+  TORCH_CHECK(batch >= 0 && (dims == 2 || dims == 3), "draw_samples: bad batch ", batch,
+              " or dims ", dims);
+  auto u =
+      at::rand({batch, kColumns}, gen, at::TensorOptions().dtype(at::kDouble).device(gen.device()))
+          .cpu()
+          .contiguous();
   auto a = u.accessor<double, 2>();
   auto lerp = [](double lo, double hi, double t) { return lo + t * (hi - lo); };
   std::vector<BigAugSample> out(static_cast<size_t>(batch));
@@ -236,7 +251,8 @@ std::vector<BigAugSample> draw_samples(int64_t batch, int64_t dims, const BigAug
     s.gamma = lerp(o.gamma_min, o.gamma_max, a[i][13]);
     s.scale = lerp(o.scale_min, o.scale_max, a[i][14]);
     s.shift = lerp(-o.shift, o.shift, a[i][15]);
-    for (int k = 0; k < (dims == 2 ? 1 : 3); ++k) s.angles_deg[k] = lerp(-o.rotation_deg, o.rotation_deg, a[i][16 + k]);
+    for (int k = 0; k < (dims == 2 ? 1 : 3); ++k)
+      s.angles_deg[k] = lerp(-o.rotation_deg, o.rotation_deg, a[i][16 + k]);
     s.zoom = lerp(o.scaling_min, o.scaling_max, a[i][19]);
     s.elastic_magnitude = lerp(o.elastic_magnitude_min, o.elastic_magnitude_max, a[i][20]);
   }
@@ -244,7 +260,8 @@ std::vector<BigAugSample> draw_samples(int64_t batch, int64_t dims, const BigAug
 }
 
 torch::Tensor gaussian_blur(const torch::Tensor& images, const std::vector<double>& sigmas) {
-  TORCH_CHECK(static_cast<int64_t>(sigmas.size()) == images.size(0), "gaussian_blur: one sigma per sample");
+  TORCH_CHECK(static_cast<int64_t>(sigmas.size()) == images.size(0),
+              "gaussian_blur: one sigma per sample");
   std::vector<int64_t> idx;
   for (size_t i = 0; i < sigmas.size(); ++i) {
     TORCH_CHECK(std::isfinite(sigmas[i]) && sigmas[i] >= 0, "gaussian_blur: bad sigma ", sigmas[i]);
@@ -255,8 +272,8 @@ torch::Tensor gaussian_blur(const torch::Tensor& images, const std::vector<doubl
   return on_subset(images.clone(), idx, [&](const torch::Tensor& x) { return blur_all(x, used); });
 }
 
-torch::Tensor gaussian_sharpen(const torch::Tensor& images, const std::vector<double>& alphas, double sigma1,
-                               double sigma2) {
+torch::Tensor gaussian_sharpen(const torch::Tensor& images, const std::vector<double>& alphas,
+                               double sigma1, double sigma2) {
   const auto n = static_cast<size_t>(images.size(0));
   TORCH_CHECK(alphas.size() == n, "gaussian_sharpen: one alpha per sample");
   auto blurred = blur_all(images, std::vector<double>(n, sigma1));
@@ -265,7 +282,8 @@ torch::Tensor gaussian_sharpen(const torch::Tensor& images, const std::vector<do
 }
 
 torch::Tensor gamma_contrast(const torch::Tensor& images, const std::vector<double>& gammas) {
-  TORCH_CHECK(static_cast<int64_t>(gammas.size()) == images.size(0), "gamma_contrast: one gamma per sample");
+  TORCH_CHECK(static_cast<int64_t>(gammas.size()) == images.size(0),
+              "gamma_contrast: one gamma per sample");
   std::vector<int64_t> dims;
   for (int64_t d = 2; d < images.dim(); ++d) dims.push_back(d);
   auto lo = images.amin(dims, true), range = images.amax(dims, true) - lo;
@@ -274,21 +292,25 @@ torch::Tensor gamma_contrast(const torch::Tensor& images, const std::vector<doub
   return at::where(range > 0, out, images);
 }
 
-torch::Tensor elastic_field(at::IntArrayRef size, const std::vector<double>& magnitudes, int64_t control_points,
-                            at::Generator& gen, const torch::TensorOptions& options) {
+torch::Tensor elastic_field(at::IntArrayRef size, const std::vector<double>& magnitudes,
+                            int64_t control_points, at::Generator& gen,
+                            const torch::TensorOptions& options) {
   const auto d = static_cast<int64_t>(size.size());
   TORCH_CHECK(d == 2 || d == 3, "elastic_field: expected 2 or 3 sizes, got ", size);
-  TORCH_CHECK(control_points >= 4, "elastic_field: control_points must be >= 4, got ", control_points);
+  TORCH_CHECK(control_points >= 4, "elastic_field: control_points must be >= 4, got ",
+              control_points);
   const auto opts = float_options(options);
   std::vector<int64_t> shape{static_cast<int64_t>(magnitudes.size()), d};
   for (auto s : size) shape.push_back(s > 1 ? control_points : 1);
-  auto v = at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat).device(gen.device())).to(opts);
+  auto v =
+      at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat).device(gen.device())).to(opts);
   const int64_t longest = *std::max_element(size.begin(), size.end());
   std::vector<double> axis_scale;
   for (int64_t i = 0; i < d; ++i) {
     auto w = bspline_matrix(size[i], shape[2 + i]).t().to(opts);
     v = at::matmul(v.movedim(2 + i, -1), w).movedim(-1, 2 + i);
-    axis_scale.push_back(longest > 1 ? static_cast<double>(size[i] - 1) / static_cast<double>(longest - 1) : 0.0);
+    axis_scale.push_back(
+        longest > 1 ? static_cast<double>(size[i] - 1) / static_cast<double>(longest - 1) : 0.0);
   }
   // Every axis deforms by the same fraction of its length; size-1 axes not at all.
   std::vector<int64_t> cshape(v.dim(), 1);
@@ -328,7 +350,8 @@ torch::Tensor spatial_field(at::IntArrayRef size, const std::vector<BigAugSample
   auto grid = identity_grid(size, opts);
   std::vector<int64_t> full{static_cast<int64_t>(samples.size()), d};
   full.insert(full.end(), size.begin(), size.end());
-  auto e = elastic ? elastic_field(size, mags, options.elastic_control_points, gen, opts) : at::zeros(full, opts);
+  auto e = elastic ? elastic_field(size, mags, options.elastic_control_points, gen, opts)
+                   : at::zeros(full, opts);
   std::vector<double> centre;
   for (auto s : size) centre.push_back(0.5 * static_cast<double>(s - 1));
   std::vector<int64_t> cshape(full.size(), 1);
@@ -341,7 +364,8 @@ torch::Tensor spatial_field(at::IntArrayRef size, const std::vector<BigAugSample
   std::vector<torch::Tensor> rows;
   for (int64_t i = 0; i < d; ++i) {
     auto row = at::zeros_like(p.select(1, 0));
-    for (int64_t j = 0; j < d; ++j) row += m.select(1, i).select(1, j).view(bshape) * p.select(1, j);
+    for (int64_t j = 0; j < d; ++j)
+      row += m.select(1, i).select(1, j).view(bshape) * p.select(1, j);
     rows.push_back(row);
   }
   return at::stack(rows, 1) + c - grid;
@@ -367,24 +391,33 @@ std::pair<torch::Tensor, torch::Tensor> spatial_part(torch::Tensor x, torch::Ten
 
 }  // namespace
 
-std::pair<torch::Tensor, torch::Tensor> bigaug_apply(const torch::Tensor& images, const torch::Tensor& labels,
+std::pair<torch::Tensor, torch::Tensor> bigaug_apply(const torch::Tensor& images,
+                                                     const torch::Tensor& labels,
                                                      const std::vector<BigAugSample>& samples,
                                                      const BigAugOptions& o, at::Generator& gen) {
   validate(o);
   check_inputs(images, labels);
-  TORCH_CHECK(static_cast<int64_t>(samples.size()) == images.size(0), "bigaug_apply: ", samples.size(),
-              " sample parameters for a batch of ", images.size(0));
+  TORCH_CHECK(static_cast<int64_t>(samples.size()) == images.size(0),
+              "bigaug_apply: ", samples.size(), " sample parameters for a batch of ",
+              images.size(0));
   // Noise and elastic draw from their own CPU streams, seeded from `gen`:
   // switching one transform off leaves the other's values unchanged.
-  auto seeds = at::randint(int64_t{1} << 62, {2}, gen, at::TensorOptions().dtype(at::kLong).device(gen.device())).cpu();
-  auto noise_gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seeds[0].item<int64_t>()));
-  auto elastic_gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seeds[1].item<int64_t>()));
+  auto seeds = at::randint(int64_t{1} << 62, {2}, gen,
+                           at::TensorOptions().dtype(at::kLong).device(gen.device()))
+                   .cpu();
+  auto noise_gen =
+      at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seeds[0].item<int64_t>()));
+  auto elastic_gen =
+      at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seeds[1].item<int64_t>()));
   auto x = images.clone();
   auto idx = chosen(samples, {T::kBlur});
-  x = on_subset(x, idx, [&](const torch::Tensor& s) { return blur_all(s, pick(samples, idx, &T::blur_sigma)); });
+  x = on_subset(x, idx, [&](const torch::Tensor& s) {
+    return blur_all(s, pick(samples, idx, &T::blur_sigma));
+  });
   idx = chosen(samples, {T::kSharpen});
   x = on_subset(x, idx, [&](const torch::Tensor& s) {
-    return gaussian_sharpen(s, pick(samples, idx, &T::sharpen_alpha), o.sharpen_sigma1, o.sharpen_sigma2);
+    return gaussian_sharpen(s, pick(samples, idx, &T::sharpen_alpha), o.sharpen_sigma1,
+                            o.sharpen_sigma2);
   });
   idx = chosen(samples, {T::kNoise});
   x = on_subset(x, idx, [&](const torch::Tensor& s) {
@@ -392,18 +425,25 @@ std::pair<torch::Tensor, torch::Tensor> bigaug_apply(const torch::Tensor& images
     return s + noise.to(s.options()) * per_sample(pick(samples, idx, &T::noise_std), s);
   });
   idx = chosen(samples, {T::kBrightness});
-  x = on_subset(x, idx, [&](const torch::Tensor& s) { return s + per_sample(pick(samples, idx, &T::brightness_shift), s); });
+  x = on_subset(x, idx, [&](const torch::Tensor& s) {
+    return s + per_sample(pick(samples, idx, &T::brightness_shift), s);
+  });
   idx = chosen(samples, {T::kGamma});
-  x = on_subset(x, idx, [&](const torch::Tensor& s) { return gamma_contrast(s, pick(samples, idx, &T::gamma)); });
+  x = on_subset(x, idx, [&](const torch::Tensor& s) {
+    return gamma_contrast(s, pick(samples, idx, &T::gamma));
+  });
   idx = chosen(samples, {T::kIntensity});
   x = on_subset(x, idx, [&](const torch::Tensor& s) {
-    return s * per_sample(pick(samples, idx, &T::scale), s) + per_sample(pick(samples, idx, &T::shift), s);
+    return s * per_sample(pick(samples, idx, &T::scale), s) +
+           per_sample(pick(samples, idx, &T::shift), s);
   });
   return spatial_part(x, labels.defined() ? labels.clone() : labels, samples, o, elastic_gen);
 }
 
-std::pair<torch::Tensor, torch::Tensor> bigaug(const torch::Tensor& images, const torch::Tensor& labels,
-                                               const BigAugOptions& options, at::Generator& generator) {
+std::pair<torch::Tensor, torch::Tensor> bigaug(const torch::Tensor& images,
+                                               const torch::Tensor& labels,
+                                               const BigAugOptions& options,
+                                               at::Generator& generator) {
   validate(options);
   check_inputs(images, labels);
   auto samples = draw_samples(images.size(0), images.dim() - 2, options, generator);

@@ -1,4 +1,5 @@
-// seg_fewshot configs: one key table (engine/config_keys.h) gives the defaults, the checked parse and to_json.
+// seg_fewshot configs: one key table (engine/config_keys.h) gives the defaults, the checked parse
+// and to_json.
 #include "drdm/seg/config.h"
 
 #include <cmath>
@@ -40,27 +41,32 @@ Keys<SegConfig::Data> data_keys() {
                         {check<Ints>("must be [H, W]", [](const Ints& s) { return s.size() == 2; }),
                          entries(in_range<int64_t>(16, 4096))},
                         "voxels", "network grid (H, W) that each slice is fitted into"),
-      key_with<double, D>("clip_low_pct", low_get, low_set, {}, "percent",
-                          "intensities are clipped to these percentiles of each volume, then scaled to [0, 1]"),
+      key_with<double, D>(
+          "clip_low_pct", low_get, low_set, {}, "percent",
+          "intensities are clipped to these percentiles of each volume, then scaled to [0, 1]"),
       key_with<double, D>("clip_high_pct", high_get, high_set, {}, "percent", ""),
-      key("classes", &D::classes, {non_empty<Names>("must name at least one foreground class")}, "-",
-          "names of the labels 1..K"),
+      key("classes", &D::classes, {non_empty<Names>("must name at least one foreground class")},
+          "-", "names of the labels 1..K"),
       key("group_size", &D::group_size, {at_least<int64_t>(1)}, "subjects",
           "subject s is in group (s - 1) / group_size (ACDC: five pathology groups of 20)"),
-      key("pool_mod", &D::pool_mod, {}, "-", "the labelled pool: subjects with s mod group_size in [a, b]"),
-      key("test_mod", &D::test_mod, {}, "-", "the test set: subjects with s mod group_size in [a, b]"),
-      key("max_test_subjects", &D::max_test_subjects, {at_least<int64_t>(0, " (0 = all)")}, "subjects",
-          "test on the first this many test subjects (0 = all)"),
+      key("pool_mod", &D::pool_mod, {}, "-",
+          "the labelled pool: subjects with s mod group_size in [a, b]"),
+      key("test_mod", &D::test_mod, {}, "-",
+          "the test set: subjects with s mod group_size in [a, b]"),
+      key("max_test_subjects", &D::max_test_subjects, {at_least<int64_t>(0, " (0 = all)")},
+          "subjects", "test on the first this many test subjects (0 = all)"),
   };
 }
 
 Keys<SegConfig::Grid> grid_keys() {
   using G = SegConfig::Grid;
   return {
-      key("augmentations", &G::augmentations, {non_empty<Names>()}, "-", "the augmentations compared: none, bigaug, drdm"),
+      key("augmentations", &G::augmentations, {non_empty<Names>()}, "-",
+          "the augmentations compared: none, bigaug, drdm"),
       key("subjects", &G::subjects, {non_empty<Ints>(), entries(at_least<int64_t>(1))}, "subjects",
           "labelled subjects per run, one run per entry"),
-      key("seeds", &G::seeds, {non_empty<Ints>(), entries(at_least<int64_t>(0))}, "-", "one run per seed"),
+      key("seeds", &G::seeds, {non_empty<Ints>(), entries(at_least<int64_t>(0))}, "-",
+          "one run per seed"),
   };
 }
 
@@ -70,10 +76,13 @@ Keys<SegConfig::Drdm> drdm_keys() {
       key("model", &R::model, {}, "-", "DRDM model: a shipped name or a model.pt"),
       key("levels", &R::levels, {non_empty<Ints>(), entries(at_least<int64_t>(1))}, "steps",
           "T' of the bank's fields, used in turn"),
-      key("fields_per_slice", &R::fields_per_slice, {at_least<int64_t>(1)}, "fields", "bank size per labelled slice"),
+      key("fields_per_slice", &R::fields_per_slice, {at_least<int64_t>(1)}, "fields",
+          "bank size per labelled slice"),
       key("max_fields", &R::max_fields, {at_least<int64_t>(0, " (0 = no cap)")}, "fields",
-          "cap on a bank's fields (0 = none): M slices get min(fields_per_slice, max(1, max_fields / M)) each"),
-      key("batch", &R::batch, {at_least<int64_t>(1)}, "fields", "fields generated per network call"),
+          "cap on a bank's fields (0 = none): M slices get min(fields_per_slice, max(1, max_fields "
+          "/ M)) each"),
+      key("batch", &R::batch, {at_least<int64_t>(1)}, "fields",
+          "fields generated per network call"),
   };
 }
 
@@ -93,7 +102,9 @@ Keys<UNetOptions> unet_keys() {
 // The BigAug ranges are validate()'s (drdm/seg/bigaug.h, docs/bigaug.md).
 Keys<BigAugOptions> bigaug_keys() {
   using B = BigAugOptions;
-  const auto num = [](const char* name, double B::*field, const char* doc) { return key(name, field, {}, "", doc); };
+  const auto num = [](const char* name, double B::*field, const char* doc) {
+    return key(name, field, {}, "", doc);
+  };
   return {
       num("p", &B::p, "probability of each transform, independently per sample"),
       num("blur_sigma_min", &B::blur_sigma_min, "Gaussian blur sigma ~ U(min, max)"),
@@ -113,8 +124,10 @@ Keys<BigAugOptions> bigaug_keys() {
       num("rotation_deg", &B::rotation_deg, "rotation ~ U(-r, r) degrees"),
       num("scaling_min", &B::scaling_min, "isotropic zoom ~ U(min, max) (s > 1 enlarges)"),
       num("scaling_max", &B::scaling_max, ""),
-      key("elastic_control_points", &B::elastic_control_points, {}, "", "elastic deformation: control points per axis"),
-      num("elastic_magnitude_min", &B::elastic_magnitude_min, "elastic displacement magnitude ~ U(min, max)"),
+      key("elastic_control_points", &B::elastic_control_points, {}, "",
+          "elastic deformation: control points per axis"),
+      num("elastic_magnitude_min", &B::elastic_magnitude_min,
+          "elastic displacement magnitude ~ U(min, max)"),
       num("elastic_magnitude_max", &B::elastic_magnitude_max, ""),
   };
 }
@@ -128,10 +141,13 @@ const Keys<SegConfig>& config_keys() {
     detail::mount(k, "grid", &SegConfig::grid, grid_keys());
     detail::mount(k, "drdm", &SegConfig::drdm, drdm_keys());
     detail::mount(k, "unet", &SegConfig::unet, unet_keys());
-    detail::mount(k, "unet", Keys<SegConfig>{key(
-        "loss", &SegConfig::loss,
-        {check<std::string>("must be \"bce\" or \"dice_ce\"", [](const std::string& l) { return l == "bce" || l == "dice_ce"; })},
-        "-", "\"bce\" (Eq. 17) or \"dice_ce\"")});
+    detail::mount(
+        k, "unet",
+        Keys<SegConfig>{key(
+            "loss", &SegConfig::loss,
+            {check<std::string>("must be \"bce\" or \"dice_ce\"",
+                                [](const std::string& l) { return l == "bce" || l == "dice_ce"; })},
+            "-", "\"bce\" (Eq. 17) or \"dice_ce\"")});
     detail::mount(k, "train", &SegConfig::train, detail::train_section_keys());
     detail::mount(k, "bigaug", &SegConfig::bigaug, bigaug_keys());
     return k;

@@ -5,9 +5,9 @@
 #include <cctype>
 #include <stdexcept>
 
-#include "io/files.h"
 #include "../grid_check.h"
 #include "../input_checks.h"
+#include "io/files.h"
 
 namespace drdm::seg {
 namespace {
@@ -19,14 +19,13 @@ at::Tensor as_slices(const at::Tensor& volume) {
 }
 
 /// In-plane (H, W) spacing in mm, tensor order.
-std::vector<double> in_plane_spacing(const Geometry& g) {
-  return {g.spacing[1], g.spacing[0]};
-}
+std::vector<double> in_plane_spacing(const Geometry& g) { return {g.spacing[1], g.spacing[0]}; }
 
 /// Labels [S, 1, h, w] into the network grid: nearest neighbour (the same
 /// voxel-centre mapping as fit_image), zero padding.
 at::Tensor fit_labels(const at::Tensor& labels, const GridFit& fit) {
-  auto resized = at::_upsample_nearest_exact2d(labels.to(at::kFloat), {fit.fitted[0], fit.fitted[1]});
+  auto resized =
+      at::_upsample_nearest_exact2d(labels.to(at::kFloat), {fit.fitted[0], fit.fitted[1]});
   const auto h0 = fit.pad_before[0], w0 = fit.pad_before[1];
   resized = at::constant_pad_nd(resized, {w0, fit.model_size[1] - fit.fitted[1] - w0, h0,
                                           fit.model_size[0] - fit.fitted[0] - h0});

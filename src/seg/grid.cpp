@@ -2,13 +2,13 @@
 #include "drdm/seg/grid.h"
 
 #include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -93,8 +93,9 @@ std::vector<LabelledCase> cases_of(const std::vector<Subject>& subjects) {
 }
 
 /// One run: train (or resume), evaluate on the test cases, write test_metrics.json.
-json run_one(const SegConfig& c, const std::string& aug, int64_t n, int64_t seed, const std::vector<Subject>& chosen,
-             const std::vector<LabelledCase>& test, const std::string& out, bool progress) {
+json run_one(const SegConfig& c, const std::string& aug, int64_t n, int64_t seed,
+             const std::vector<Subject>& chosen, const std::vector<LabelledCase>& test,
+             const std::string& out, bool progress) {
   const auto dir = out + "/runs/" + run_name(aug, n, seed);
   const auto done = dir + "/test_metrics.json";
   if (detail::file_exists(done)) {
@@ -106,12 +107,16 @@ json run_one(const SegConfig& c, const std::string& aug, int64_t n, int64_t seed
   rc.train.seed = static_cast<uint64_t>(seed);
   const auto slices = load_slices(cases_of(chosen), rc.data.slices);
   at::Tensor bank;
-  if (aug == "drdm") bank = drdm_bank(slices, rc, seed, out + "/banks/n" + std::to_string(n) + "-s" + std::to_string(seed), progress);
-  log::info("seg_fewshot: " + run_name(aug, n, seed) + ": " + std::to_string(slices.images.size(0)) +
-            " labelled slices of " + std::to_string(chosen.size()) + " subject(s)");
+  if (aug == "drdm")
+    bank = drdm_bank(slices, rc, seed,
+                     out + "/banks/n" + std::to_string(n) + "-s" + std::to_string(seed), progress);
+  log::info("seg_fewshot: " + run_name(aug, n, seed) + ": " +
+            std::to_string(slices.images.size(0)) + " labelled slices of " +
+            std::to_string(chosen.size()) + " subject(s)");
   const auto begin = std::chrono::steady_clock::now();
   const auto model_path = train_segmentation(rc, aug, slices, bank, dir, progress);
-  const double train_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  const double train_secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   auto model = load_seg_model(model_path, resolve_device(c.train.device));
   const auto results = evaluate_cases(model, test);
   std::vector<int64_t> numbers;
@@ -131,7 +136,8 @@ json run_one(const SegConfig& c, const std::string& aug, int64_t n, int64_t seed
 
 std::string pm(const std::vector<double>& v, double scale, int digits) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f ± %.*f", digits, mean_of(v) * scale, digits, std_of(v) * scale);
+  std::snprintf(buf, sizeof buf, "%.*f ± %.*f", digits, mean_of(v) * scale, digits,
+                std_of(v) * scale);
   return buf;
 }
 
@@ -142,7 +148,8 @@ std::string p_text(double p) {
 }
 
 /// Pools a run's per-subject values over seeds (mean per subject).
-std::vector<double> pooled(const std::vector<json>& runs, const std::string& metric, const std::string& cls) {
+std::vector<double> pooled(const std::vector<json>& runs, const std::string& metric,
+                           const std::string& cls) {
   std::vector<double> sum;
   for (const auto& r : runs) {
     const auto v = as_values(r["per_subject"][metric][cls]);
@@ -169,22 +176,26 @@ void summary_table(std::ostringstream& md, const SegConfig& c, const Runs& runs,
       md << "| " << n << " | " << aug << " |";
       for (const auto& k : cls) md << " " << pm(pooled(it->second, "dice", k), 100, 1) << " |";
       md << " " << pm(pooled(it->second, "sensitivity", "avg"), 100, 1) << " | "
-         << pm(pooled(it->second, "precision", "avg"), 100, 1) << " | " << pm(pooled(it->second, "asd", "avg"), 1, 2)
-         << " | " << pm(pooled(it->second, "hd95", "avg"), 1, 2) << " |\n";
+         << pm(pooled(it->second, "precision", "avg"), 100, 1) << " | "
+         << pm(pooled(it->second, "asd", "avg"), 1, 2) << " | "
+         << pm(pooled(it->second, "hd95", "avg"), 1, 2) << " |\n";
     }
 }
 
 void per_class_table(std::ostringstream& md, const SegConfig& c, const Runs& runs) {
-  md << "\nPer class (sensitivity / precision / ASD / HD95):\n\n| subjects | augmentation | class | Sen | Pre | ASD | HD95 |\n"
+  md << "\nPer class (sensitivity / precision / ASD / HD95):\n\n| subjects | augmentation | class "
+        "| Sen | Pre | ASD | HD95 |\n"
      << "|---|---|---|---:|---:|---:|---:|\n";
   for (auto n : c.grid.subjects)
     for (const auto& aug : c.grid.augmentations) {
       const auto it = runs.find(aug + "-n" + std::to_string(n));
       if (it == runs.end()) continue;
       for (const auto& k : c.data.classes)
-        md << "| " << n << " | " << aug << " | " << k << " | " << pm(pooled(it->second, "sensitivity", k), 100, 1)
-           << " | " << pm(pooled(it->second, "precision", k), 100, 1) << " | "
-           << pm(pooled(it->second, "asd", k), 1, 2) << " | " << pm(pooled(it->second, "hd95", k), 1, 2) << " |\n";
+        md << "| " << n << " | " << aug << " | " << k << " | "
+           << pm(pooled(it->second, "sensitivity", k), 100, 1) << " | "
+           << pm(pooled(it->second, "precision", k), 100, 1) << " | "
+           << pm(pooled(it->second, "asd", k), 1, 2) << " | "
+           << pm(pooled(it->second, "hd95", k), 1, 2) << " |\n";
     }
 }
 
@@ -200,12 +211,14 @@ void wilcoxon_table(std::ostringstream& md, const SegConfig& c, const Runs& runs
   wilcoxon = json::array();
   for (auto n : c.grid.subjects)
     for (const char* other : {"bigaug", "none"}) {
-      const auto a = runs.find("drdm-n" + std::to_string(n)), b = runs.find(std::string(other) + "-n" + std::to_string(n));
+      const auto a = runs.find("drdm-n" + std::to_string(n)),
+                 b = runs.find(std::string(other) + "-n" + std::to_string(n));
       if (a == runs.end() || b == runs.end()) continue;
       md << "| " << n << " | drdm vs " << other << " |";
       json row = {{"subjects", n}, {"comparison", std::string("drdm vs ") + other}};
       for (const auto& k : cls) {
-        const double p = wilcoxon_signed_rank(pooled(a->second, "dice", k), pooled(b->second, "dice", k));
+        const double p =
+            wilcoxon_signed_rank(pooled(a->second, "dice", k), pooled(b->second, "dice", k));
         row[k] = p;
         md << " " << p_text(p) << " |";
       }
@@ -217,9 +230,10 @@ void wilcoxon_table(std::ostringstream& md, const SegConfig& c, const Runs& runs
 std::string results_markdown(const SegConfig& c, const Runs& runs, json& wilcoxon) {
   std::ostringstream md;
   md << "# " << c.name << ": few-shot segmentation (paper Table 2 layout)\n\n"
-     << "Mean ± std over test subjects (each subject: the mean of its cases). DSC, sensitivity and precision in %; "
-     << "ASD and HD95 in the files' units (mm as the headers give them). Seeds: " << c.grid.seeds.size()
-     << " (per-subject values averaged over seeds).\n\n";
+     << "Mean ± std over test subjects (each subject: the mean of its cases). DSC, sensitivity and "
+        "precision in %; "
+     << "ASD and HD95 in the files' units (mm as the headers give them). Seeds: "
+     << c.grid.seeds.size() << " (per-subject values averaged over seeds).\n\n";
   std::vector<std::string> cls = c.data.classes;
   cls.push_back("avg");
   summary_table(md, c, runs, cls);
@@ -235,14 +249,16 @@ at::Tensor overlay(const at::Tensor& image, const at::Tensor& labels) {
   auto grey = (image.clamp(0, 1) * 255).expand({3, image.size(0), image.size(1)}).clone();
   for (int64_t k = 1; k < 4; ++k) {
     const auto mask = (labels == k).unsqueeze(0).expand_as(grey);
-    const auto col = at::tensor({colours[k][0], colours[k][1], colours[k][2]}).view({3, 1, 1}).expand_as(grey);
+    const auto col =
+        at::tensor({colours[k][0], colours[k][1], colours[k][2]}).view({3, 1, 1}).expand_as(grey);
     grey = at::where(mask, 0.45 * grey + 0.55 * col, grey);
   }
   return grey.round().to(at::kByte);
 }
 
 /// Fig. 10-like: one test slice; per subset size a row of image | truth | each augmentation.
-void write_predictions_png(const SegConfig& c, const LabelledCase& test_case, const std::string& out) {
+void write_predictions_png(const SegConfig& c, const LabelledCase& test_case,
+                           const std::string& out) {
   const auto v = prepare_volume(test_case.image_path, test_case.label_path, c.data.slices);
   const auto counts = (v.labels > 0).sum({1, 2, 3});
   const int64_t z = counts.argmax().item<int64_t>();
@@ -258,7 +274,8 @@ void write_predictions_png(const SegConfig& c, const LabelledCase& test_case, co
       row.push_back(overlay(image, model.net->forward(v.slices.narrow(0, z, 1)).argmax(1)[0]));
     }
     std::vector<at::Tensor> spaced;
-    for (const auto& p : row) spaced.push_back(p), spaced.push_back(at::full({3, p.size(1), 4}, 255, p.options()));
+    for (const auto& p : row)
+      spaced.push_back(p), spaced.push_back(at::full({3, p.size(1), 4}, 255, p.options()));
     rows.push_back(at::cat(spaced, 2));
     rows.push_back(at::full({3, 4, rows.back().size(2)}, 255, rows.back().options()));
   }
@@ -322,9 +339,8 @@ std::string changed_keys(const json& before, const json& now) {
 /// refused: finished runs are skipped, and their results would be reported under this config.
 /// The grid may change (runs are named by augmentation, subjects and seed).
 void check_earlier_runs(const SegConfig& c, const std::string& out) {
-  detail::require_run_kind(out, kProgram, [](const std::string& text) {
-    parse_seg_config(text, "config.json");
-  });
+  detail::require_run_kind(out, kProgram,
+                           [](const std::string& text) { parse_seg_config(text, "config.json"); });
   const auto path = detail::join(out, "config.json");
   if (!detail::file_exists(path)) return;
   auto before = detail::parse_json_strict(detail::read_config_text(path), path);
@@ -342,7 +358,8 @@ void check_earlier_runs(const SegConfig& c, const std::string& out) {
 void run_grid(const SegConfig& c, const std::string& out, bool progress) {
   const auto begin = std::chrono::steady_clock::now();
   const auto split = split_subjects(c.data);  // the data is found before the output folder is made
-  dist::join_for(c.train.device, c.train.dist_timeout, c.train.dist_master);  // a data-parallel job, when launched as one
+  dist::join_for(c.train.device, c.train.dist_timeout,
+                 c.train.dist_master);  // a data-parallel job, when launched as one
   check_before_writing(c, out);
   check_label_values(c, split);
   check_earlier_runs(c, out);
@@ -353,7 +370,8 @@ void run_grid(const SegConfig& c, const std::string& out, bool progress) {
   write_text_atomically(out + "/config.json", to_json(c) + "\n");
   const auto test = cases_of(split.test);
   log::info("seg_fewshot: pool of " + std::to_string(split.pool.size()) + " subjects, " +
-            std::to_string(split.test.size()) + " test subjects (" + std::to_string(test.size()) + " cases)");
+            std::to_string(split.test.size()) + " test subjects (" + std::to_string(test.size()) +
+            " cases)");
   std::map<std::string, std::vector<json>> runs;  // "aug-nN" -> one record per seed
   json all = json::array();
   for (auto n : c.grid.subjects)
@@ -369,12 +387,17 @@ void run_grid(const SegConfig& c, const std::string& out, bool progress) {
   json wilcoxon;
   const auto md = results_markdown(c, runs, wilcoxon);
   write_predictions_png(c, test.front(), out);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
-  json results = {{"config", json::parse(to_json(c))}, {"runs", all}, {"wilcoxon", wilcoxon},
-                  {"test_subjects", split.test.size()}, {"seconds_this_call", secs}};
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  json results = {{"config", json::parse(to_json(c))},
+                  {"runs", all},
+                  {"wilcoxon", wilcoxon},
+                  {"test_subjects", split.test.size()},
+                  {"seconds_this_call", secs}};
   write_text_atomically(out + "/results.json", results.dump(1) + "\n");
   write_text_atomically(out + "/results.md", md);
-  log::info("seg_fewshot: grid done in " + detail::format_duration(secs) + "; " + out + "/results.md");
+  log::info("seg_fewshot: grid done in " + detail::format_duration(secs) + "; " + out +
+            "/results.md");
 }
 
 }  // namespace drdm::seg

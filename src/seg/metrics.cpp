@@ -54,16 +54,18 @@ torch::Tensor spatial_part(const torch::Tensor& t, size_t d) {
 
 /// Validates a pred/truth pair and returns their CPU spatial parts (int64,
 /// or bool when `masks`), contiguous.
-std::pair<torch::Tensor, torch::Tensor> canonical_pair(const torch::Tensor& pred, const torch::Tensor& truth,
-                                                       const std::vector<double>& spacing, bool masks,
-                                                       const char* what) {
+std::pair<torch::Tensor, torch::Tensor> canonical_pair(const torch::Tensor& pred,
+                                                       const torch::Tensor& truth,
+                                                       const std::vector<double>& spacing,
+                                                       bool masks, const char* what) {
   const std::string shapes = "pred " + shape_str(pred) + ", truth " + shape_str(truth);
   for (const auto* t : {&pred, &truth}) {
     const bool is_bool = t->scalar_type() == at::kBool;
     if (!at::isIntegralType(t->scalar_type(), /*includeBool=*/masks) || (!masks && is_bool))
       throw std::invalid_argument(std::string(what) + ": label maps must have an integer dtype (" +
-                                  shapes + ", dtypes " + std::string(c10::toString(pred.scalar_type())) +
-                                  ", " + c10::toString(truth.scalar_type()) + ")");
+                                  shapes + ", dtypes " +
+                                  std::string(c10::toString(pred.scalar_type())) + ", " +
+                                  c10::toString(truth.scalar_type()) + ")");
   }
   if (spacing.size() != 2 && spacing.size() != 3)
     throw std::invalid_argument(std::string(what) + ": spacing " + spacing_str(spacing) +
@@ -72,7 +74,8 @@ std::pair<torch::Tensor, torch::Tensor> canonical_pair(const torch::Tensor& pred
   auto p = spatial_part(pred, spacing.size());
   auto t = spatial_part(truth, spacing.size());
   if (!p.defined() || !t.defined())
-    throw std::invalid_argument(std::string(what) + ": expected [...S], [1, ...S] or [1, 1, ...S] with " +
+    throw std::invalid_argument(std::string(what) +
+                                ": expected [...S], [1, ...S] or [1, 1, ...S] with " +
                                 std::to_string(spacing.size()) + " spatial axes (spacing " +
                                 spacing_str(spacing) + "), got " + shapes);
   if (p.sizes() != t.sizes())
@@ -88,7 +91,8 @@ std::pair<torch::Tensor, torch::Tensor> canonical_pair(const torch::Tensor& pred
 /// where there is no feature): d[q] = min_p f[p] + (s (q - p))^2. The lower
 /// envelope of the parabolas rooted at the finite samples; v holds their
 /// indices, z the boundaries between them. Scratch v (n), z (n + 1).
-void edt_1d(const double* f, double* d, int64_t n, double s, std::vector<int64_t>& v, std::vector<double>& z) {
+void edt_1d(const double* f, double* d, int64_t n, double s, std::vector<int64_t>& v,
+            std::vector<double>& z) {
   int64_t k = -1;
   for (int64_t q = 0; q < n; ++q) {
     if (f[q] == kInf) continue;
@@ -159,7 +163,8 @@ std::pair<torch::Tensor, torch::Tensor> crop_to_union(torch::Tensor p, torch::Te
 double ratio(int64_t num, int64_t den) { return den ? static_cast<double>(num) / den : kNaN; }
 
 /// Metrics of two canonical bool masks.
-ClassMetrics metrics_of(const torch::Tensor& p, const torch::Tensor& t, const std::vector<double>& spacing) {
+ClassMetrics metrics_of(const torch::Tensor& p, const torch::Tensor& t,
+                        const std::vector<double>& spacing) {
   ClassMetrics m{};
   m.pred_voxels = p.sum().item<int64_t>();
   m.truth_voxels = t.sum().item<int64_t>();
@@ -183,26 +188,31 @@ ClassMetrics metrics_of(const torch::Tensor& p, const torch::Tensor& t, const st
 
 }  // namespace
 
-torch::Tensor distance_transform(const torch::Tensor& features, const std::vector<double>& spacing) {
+torch::Tensor distance_transform(const torch::Tensor& features,
+                                 const std::vector<double>& spacing) {
   if (!at::isIntegralType(features.scalar_type(), /*includeBool=*/true))
     throw std::invalid_argument("distance_transform: features " + shape_str(features) +
-                                " must be bool or integer, got " + c10::toString(features.scalar_type()));
+                                " must be bool or integer, got " +
+                                c10::toString(features.scalar_type()));
   if (static_cast<size_t>(features.dim()) != spacing.size())
-    throw std::invalid_argument("distance_transform: features " + shape_str(features) + " and spacing " +
-                                spacing_str(spacing) + " differ in their number of axes");
+    throw std::invalid_argument("distance_transform: features " + shape_str(features) +
+                                " and spacing " + spacing_str(spacing) +
+                                " differ in their number of axes");
   check_spacing(spacing, spacing.size(), "distance_transform");
   // Squared distances, 0 on features and +inf elsewhere, transformed one axis at a time.
   auto dist = at::full(features.sizes(), kInf, at::dtype(at::kDouble));
   dist.masked_fill_(features.to(at::kCPU).ne(0), 0.0);
   const std::vector<int64_t> sizes(features.sizes().begin(), features.sizes().end());
   if (dist.numel() > 0)
-    for (size_t a = 0; a < sizes.size(); ++a) edt_axis(dist.data_ptr<double>(), sizes, a, spacing[a]);
+    for (size_t a = 0; a < sizes.size(); ++a)
+      edt_axis(dist.data_ptr<double>(), sizes, a, spacing[a]);
   return dist.sqrt_();
 }
 
 torch::Tensor surface(const torch::Tensor& mask) {
   if (!at::isIntegralType(mask.scalar_type(), /*includeBool=*/true))
-    throw std::invalid_argument("surface: mask " + shape_str(mask) + " must be bool or integer, got " +
+    throw std::invalid_argument("surface: mask " + shape_str(mask) +
+                                " must be bool or integer, got " +
                                 c10::toString(mask.scalar_type()));
   const auto m = mask.to(at::kCPU).ne(0).contiguous();
   const auto padded = at::constant_pad_nd(m.to(at::kByte), std::vector<int64_t>(2 * m.dim(), 1), 0);
@@ -211,7 +221,8 @@ torch::Tensor surface(const torch::Tensor& mask) {
     auto core = padded;  // padded, cropped back to the mask on every axis but a
     for (int64_t b = 0; b < m.dim(); ++b)
       if (b != a) core = core.narrow(b, 1, m.size(b));
-    interior = interior.logical_and(core.narrow(a, 0, m.size(a))).logical_and(core.narrow(a, 2, m.size(a)));
+    interior = interior.logical_and(core.narrow(a, 0, m.size(a)))
+                   .logical_and(core.narrow(a, 2, m.size(a)));
   }
   return m.logical_and(interior.logical_not());
 }

@@ -4,13 +4,13 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -47,7 +47,8 @@ std::vector<Subject> group_by_subject(const std::vector<LabelledCase>& cases, in
   std::map<int64_t, Subject> by_number;
   for (const auto& c : cases) {
     const auto n = case_number(c.name);
-    if (n < 0) throw std::runtime_error("case '" + c.image_path + "' has no subject number in its name");
+    if (n < 0)
+      throw std::runtime_error("case '" + c.image_path + "' has no subject number in its name");
     auto& s = by_number[n];
     s.number = n;
     s.group = (n - 1) / group_size;
@@ -65,20 +66,25 @@ Split split_subjects(const SegConfig::Data& data) {
   detail::require_data_folder(data.labels, "data.labels");
   Split split;
   for (auto& s : group_by_subject(find_cases(data.images, data.labels), data.group_size)) {
-    if (in_mod(s.number, data.group_size, data.pool_mod)) split.pool.push_back(s);
-    else if (in_mod(s.number, data.group_size, data.test_mod)) split.test.push_back(s);
+    if (in_mod(s.number, data.group_size, data.pool_mod))
+      split.pool.push_back(s);
+    else if (in_mod(s.number, data.group_size, data.test_mod))
+      split.test.push_back(s);
   }
-  if (data.max_test_subjects > 0 && static_cast<int64_t>(split.test.size()) > data.max_test_subjects)
+  if (data.max_test_subjects > 0 &&
+      static_cast<int64_t>(split.test.size()) > data.max_test_subjects)
     split.test.resize(data.max_test_subjects);
-  if (split.pool.empty()) throw std::runtime_error("no subject of '" + data.images + "' falls in data.pool_mod");
-  if (split.test.empty()) throw std::runtime_error("no subject of '" + data.images + "' falls in data.test_mod");
+  if (split.pool.empty())
+    throw std::runtime_error("no subject of '" + data.images + "' falls in data.pool_mod");
+  if (split.test.empty())
+    throw std::runtime_error("no subject of '" + data.images + "' falls in data.test_mod");
   return split;
 }
 
 std::vector<Subject> choose_subjects(const std::vector<Subject>& pool, int64_t n, uint64_t seed) {
   if (n < 1 || n > static_cast<int64_t>(pool.size()))
-    throw std::invalid_argument("cannot choose " + std::to_string(n) + " labelled subjects from a pool of " +
-                                std::to_string(pool.size()));
+    throw std::invalid_argument("cannot choose " + std::to_string(n) +
+                                " labelled subjects from a pool of " + std::to_string(pool.size()));
   std::mt19937_64 rng(stream_seed(seed, n, 7));
   std::map<int64_t, std::vector<Subject>> groups;
   for (const auto& s : pool) groups[s.group].push_back(s);
@@ -91,7 +97,8 @@ std::vector<Subject> choose_subjects(const std::vector<Subject>& pool, int64_t n
   std::vector<Subject> chosen;
   for (size_t round = 0; static_cast<int64_t>(chosen.size()) < n; ++round)
     for (auto& list : lists)
-      if (round < list.size() && static_cast<int64_t>(chosen.size()) < n) chosen.push_back(list[round]);
+      if (round < list.size() && static_cast<int64_t>(chosen.size()) < n)
+        chosen.push_back(list[round]);
   return chosen;
 }
 
@@ -119,7 +126,9 @@ at::Tensor generate_bank(const SliceSet& slices, const SegConfig& c, uint64_t se
   const auto device = resolve_device(c.train.device);
   DeformerOptions options;
   options.generation.batch = c.drdm.batch;
-  options.generation.on_step = [](int64_t) { throw_if_interrupted(); };  // after every recovery step
+  options.generation.on_step = [](int64_t) {
+    throw_if_interrupted();
+  };  // after every recovery step
   Deformer deformer(c.drdm.model, device, options);
   const int64_t M = slices.images.size(0), K = bank_fields_per_slice(c, M);
   std::vector<at::Tensor> fields;
@@ -132,7 +141,8 @@ at::Tensor generate_bank(const SliceSet& slices, const SegConfig& c, uint64_t se
     for (int64_t i = start; i < start + n; ++i) {
       index.push_back(i / K);
       levels.push_back(c.drdm.levels[(i % K) % c.drdm.levels.size()]);
-      seeds.push_back(derive_seed(seed, static_cast<uint64_t>(i / K), static_cast<uint64_t>(i % K)));
+      seeds.push_back(
+          derive_seed(seed, static_cast<uint64_t>(i / K), static_cast<uint64_t>(i % K)));
     }
     const auto images = slices.images.index_select(0, at::tensor(index, at::kLong)).to(device);
     const auto out = deformer.deform_with_seeds(images, {}, levels, seeds);
@@ -146,8 +156,8 @@ at::Tensor generate_bank(const SliceSet& slices, const SegConfig& c, uint64_t se
 
 }  // namespace
 
-torch::Tensor drdm_bank(const SliceSet& slices, const SegConfig& c, uint64_t seed, const std::string& dir,
-                        bool progress) {
+torch::Tensor drdm_bank(const SliceSet& slices, const SegConfig& c, uint64_t seed,
+                        const std::string& dir, bool progress) {
   const auto manifest = bank_manifest(slices, c, seed);
   const auto path = dir + "/bank.pt";
   if (detail::bank_published(dir, manifest, "drdm bank")) {
@@ -162,10 +172,11 @@ torch::Tensor drdm_bank(const SliceSet& slices, const SegConfig& c, uint64_t see
   auto fields = detail::naming_out_of_memory(
       "making the DRDM bank (lower drdm.fields_per_slice or drdm.max_fields)",
       [&] { return generate_bank(slices, c, seed, progress); });
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   detail::make_dirs(dir);
-  nlohmann::json record = {{"identity", manifest}, {"seconds", secs},
-                           {"fields", fields.size(0) * fields.size(1)}};
+  nlohmann::json record = {
+      {"identity", manifest}, {"seconds", secs}, {"fields", fields.size(0) * fields.size(1)}};
   detail::publish_bank(dir, record, [&](const std::string& bank_path) {
     save_checkpoint(bank_path, kBankKind, record.dump(), 0, {{"fields", fields}});
   });
@@ -215,10 +226,12 @@ Batch training_batch(const SliceSet& s, const at::Tensor& bank, const SegConfig&
 
 }  // namespace
 
-std::string train_segmentation(const SegConfig& c, const std::string& augmentation, const SliceSet& slices,
-                               const torch::Tensor& bank, const std::string& output_dir, bool progress) {
+std::string train_segmentation(const SegConfig& c, const std::string& augmentation,
+                               const SliceSet& slices, const torch::Tensor& bank,
+                               const std::string& output_dir, bool progress) {
   if (augmentation != "none" && augmentation != "bigaug" && augmentation != "drdm")
-    throw std::invalid_argument("unknown augmentation '" + augmentation + "' (expected none, bigaug or drdm)");
+    throw std::invalid_argument("unknown augmentation '" + augmentation +
+                                "' (expected none, bigaug or drdm)");
   if (augmentation == "drdm" && (!bank.defined() || bank.size(0) != slices.images.size(0)))
     throw std::invalid_argument("augmentation drdm needs a bank with one entry per training slice");
   if (slices.images.size(0) == 0) throw std::invalid_argument("the labelled subset has no slices");
@@ -235,12 +248,14 @@ std::string train_segmentation(const SegConfig& c, const std::string& augmentati
     cfg.grid = SegConfig::Grid{};  // the grid names the runs; a run does not depend on it
     return to_json(cfg);
   };
-  dist::world().agree(true, "starting the " + augmentation + " run");  // every rank sees the same files
+  dist::world().agree(true,
+                      "starting the " + augmentation + " run");  // every rank sees the same files
   auto spec = run_spec(c.train, output_dir, kKind, to_json(c), identity,
                        detail::file_exists(output_dir + "/checkpoint.pt"), progress);
   spec.label = augmentation;
-  TrainingRun run(spec, [&] { return module_state(*net); },
-                  [&](const TensorMap& m) { load_module_state(*net, m); }, adam);
+  TrainingRun run(
+      spec, [&] { return module_state(*net); },
+      [&](const TensorMap& m) { load_module_state(*net, m); }, adam);
   run.start();
   const auto step = [&](int64_t s) -> StepResult {
     const auto batch = training_batch(slices, bank, c, augmentation, s);  // the global batch
@@ -268,9 +283,11 @@ at::Tensor slice_scores(SegModel& model, const at::Tensor& slices) {
   const auto device = model.net->parameters().front().device();
   std::vector<at::Tensor> out;
   for (int64_t s = 0; s < slices.size(0); s += 16)
-    out.push_back(model.net->forward(slices.narrow(0, s, std::min<int64_t>(16, slices.size(0) - s)).to(device))
-                      .sigmoid()
-                      .cpu());
+    out.push_back(
+        model.net
+            ->forward(slices.narrow(0, s, std::min<int64_t>(16, slices.size(0) - s)).to(device))
+            .sigmoid()
+            .cpu());
   return at::cat(out);
 }
 }  // namespace
@@ -282,15 +299,16 @@ torch::Tensor segment_file(SegModel& model, const std::string& image_path) {
 
 std::vector<CaseResult> evaluate_cases(SegModel& model, const std::vector<LabelledCase>& cases) {
   std::vector<int64_t> classes;
-  for (size_t k = 1; k <= model.config.data.classes.size(); ++k) classes.push_back(static_cast<int64_t>(k));
+  for (size_t k = 1; k <= model.config.data.classes.size(); ++k)
+    classes.push_back(static_cast<int64_t>(k));
   std::vector<CaseResult> out;
   for (const auto& c : cases) {
     throw_if_interrupted();  // SIGINT / SIGTERM: stop between cases
     const auto pred = segment_file(model, c.image_path);
     const auto truth = read_labels(c.label_path);
-    detail::require_label_range(truth.data, static_cast<int64_t>(classes.size()), c.label_path,
-                                "the model's data.classes names " + std::to_string(classes.size()) +
-                                    " classes");
+    detail::require_label_range(
+        truth.data, static_cast<int64_t>(classes.size()), c.label_path,
+        "the model's data.classes names " + std::to_string(classes.size()) + " classes");
     const auto& g = truth.geometry;
     const std::vector<double> spacing(g.spacing.rbegin(), g.spacing.rend());
     out.push_back({c.name, case_number(c.name), label_metrics(pred, truth.data, spacing, classes)});

@@ -80,9 +80,8 @@ void UNetImpl::reset() {
 
 torch::Tensor UNetImpl::forward(const torch::Tensor& image) {
   if (image.dim() != options.dims() + 2 || image.size(1) != options.in_channels())
-    throw std::invalid_argument("U-Net input must be [N, " +
-                                std::to_string(options.in_channels()) + ", ...S] with " +
-                                std::to_string(options.dims()) + " spatial dims");
+    throw std::invalid_argument("U-Net input must be [N, " + std::to_string(options.in_channels()) +
+                                ", ...S] with " + std::to_string(options.dims()) + " spatial dims");
   const int64_t levels = static_cast<int64_t>(enc.size());
   const int64_t divisor = int64_t{1} << (levels - 1);
   for (int64_t a = 2; a < image.dim(); ++a)

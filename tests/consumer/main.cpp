@@ -1,7 +1,6 @@
 // Links against an installed libdrdm and checks one convention end to end.
-#include <drdm/core/spatial.h>
-
 #include <ATen/ATen.h>
+#include <drdm/core/spatial.h>
 
 #include <iostream>
 

@@ -1,4 +1,5 @@
-/// @file Logging facade over spdlog (kept out of Torch translation units: LibTorch ships its own fmt).
+/// @file Logging facade over spdlog (kept out of Torch translation units: LibTorch ships its own
+/// fmt).
 #pragma once
 
 #include <string>

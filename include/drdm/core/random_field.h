@@ -1,4 +1,5 @@
-/// @file Smooth random diffeomorphic displacement fields (multi-scale velocity + scaling and squaring).
+/// @file Smooth random diffeomorphic displacement fields (multi-scale velocity + scaling and
+/// squaring).
 #pragma once
 
 #include <torch/types.h>

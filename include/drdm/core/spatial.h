@@ -22,7 +22,6 @@ namespace drdm {
 // CUDA alike. Spatial axes of size 1 are allowed (a single-slice volume): the
 // displacement along such an axis is ignored when sampling.
 
-
 /// Voxel coordinates of a grid: [1, d, ...size], channel i holds the index
 /// along spatial axis i. d = size.size() must be 2 or 3.
 torch::Tensor identity_grid(at::IntArrayRef size, const torch::TensorOptions& options = {});

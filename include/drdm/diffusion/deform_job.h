@@ -48,17 +48,19 @@ struct DeformJobOptions {
   int64_t samples = 4;  ///< samples per input and level, in [1, kMaxDeformSamples]
   uint64_t seed = 0;
   std::string device = "auto";
-  int64_t shard_index = 0, shard_count = 1;  ///< this job does inputs i, i + n, i + 2n, ... (0 <= i < n)
-  int64_t batch = 16;                        ///< samples per network pass (2D slices count one each), <= kMaxDeformBatch
+  int64_t shard_index = 0,
+          shard_count = 1;  ///< this job does inputs i, i + n, i + 2n, ... (0 <= i < n)
+  int64_t batch = 16;  ///< samples per network pass (2D slices count one each), <= kMaxDeformBatch
   RecoverySchedule schedule = RecoverySchedule::kFromLevel;
   LabelInterpolation label_interpolation = LabelInterpolation::kNearest;
   Padding padding = Padding::kZeros;
   int64_t slice_axis = -1;  ///< 3D inputs to a 2D model: tensor axis; -1: the model's
-  SliceMode slice_mode = SliceMode::kCoherent;  ///< 3D inputs to a 2D model: coherent volumes or independent slices
-  double slice_sigma = 2.0;                     ///< kCoherent: smoothing of recovery steps across slices, in slices
+  SliceMode slice_mode =
+      SliceMode::kCoherent;  ///< 3D inputs to a 2D model: coherent volumes or independent slices
+  double slice_sigma = 2.0;  ///< kCoherent: smoothing of recovery steps across slices, in slices
   bool previews = true;
   bool progress = true;
-  int64_t threads = 0;  ///< CPU threads (0: LibTorch's default)
+  int64_t threads = 0;                   ///< CPU threads (0: LibTorch's default)
   std::string mixed_precision = "none";  ///< "none" or "bf16": network passes under bf16 autocast
 };
 
@@ -75,11 +77,10 @@ void load_deform_config(const std::string& path, DeformJobOptions& options);
 /// The options as JSON (what `config.json` in the output holds).
 std::string to_json(const DeformJobOptions& options);
 
-
 /// What a run produced.
 struct DeformJobSummary {
-  int64_t cases = 0;     ///< input cases processed by this shard
-  int64_t samples = 0;   ///< samples written
+  int64_t cases = 0;    ///< input cases processed by this shard
+  int64_t samples = 0;  ///< samples written
   double seconds = 0;
   std::string manifest;  ///< path of the manifest
 };
@@ -122,6 +123,7 @@ struct DeformMergeSummary {
 /// with other bytes, no other run's manifest or config in `merged`. Every
 /// file is written atomically, manifest.json last. Throws
 /// std::runtime_error / std::invalid_argument naming the file and key.
-DeformMergeSummary merge_deform_shards(const std::vector<std::string>& folders, const std::string& merged = "");
+DeformMergeSummary merge_deform_shards(const std::vector<std::string>& folders,
+                                       const std::string& merged = "");
 
 }  // namespace drdm

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "drdm/diffusion/network.h"
 #include "drdm/core/spatial.h"
+#include "drdm/diffusion/network.h"
 #include "drdm/diffusion/velocity_sampler.h"
 
 namespace drdm {
@@ -37,7 +37,8 @@ uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0, uint64_t c = 0);
 /// slices for a model of `model_dims`: -1 when the dimensions match (the
 /// image goes through whole), else its first axis of size 1 (a one-slice
 /// volume is one 2D image), else `slice_axis`.
-int64_t slicing_axis(const std::vector<int64_t>& tensor_size, int64_t model_dims, int64_t slice_axis);
+int64_t slicing_axis(const std::vector<int64_t>& tensor_size, int64_t model_dims,
+                     int64_t slice_axis);
 
 struct GenerationOptions {
   RecoverySchedule schedule = RecoverySchedule::kFromLevel;
@@ -70,8 +71,9 @@ struct GeneratedFields {
 /// psi_hat = net(warp(I_0, phi), t) and phi <- compose(psi_hat, phi), always
 /// warping the ORIGINAL image. Samples of different levels share forward
 /// passes: at step t only those with T' >= t take part. No gradients.
-GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler, const torch::Tensor& images,
-                                const std::vector<int64_t>& levels, const std::vector<uint64_t>& seeds,
+GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler,
+                                const torch::Tensor& images, const std::vector<int64_t>& levels,
+                                const std::vector<uint64_t>& seeds,
                                 const GenerationOptions& options = {});
 
 /// Alg. 2 for the slices of ONE volume through a 2D model, coherent across
@@ -83,8 +85,9 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler,
 /// foreground than data.min_foreground): it is not fed to the network and
 /// takes its neighbours' smoothed step (a volume without any valid slice
 /// gets the zero field). sigma = 0 smooths nothing. Returns [Z, 2, H, W].
-torch::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sampler, const torch::Tensor& slices,
-                                     int64_t level, uint64_t seed, const std::vector<bool>& valid, double sigma,
+torch::Tensor generate_volume_fields(RecoveryNet& net, const SamplerOptions& sampler,
+                                     const torch::Tensor& slices, int64_t level, uint64_t seed,
+                                     const std::vector<bool>& valid, double sigma,
                                      const GenerationOptions& options = {});
 
 /// How far a field [N, d, ...S] changes from one slice to the next along
@@ -106,7 +109,8 @@ SliceMode parse_slice_mode(const std::string& name);
 struct DeformerOptions {
   GenerationOptions generation;
   SliceMode slice_mode = SliceMode::kCoherent;
-  double slice_sigma = 2.0;  ///< kCoherent: Gaussian smoothing of each recovery step across slices, in slices
+  double slice_sigma =
+      2.0;  ///< kCoherent: Gaussian smoothing of each recovery step across slices, in slices
   LabelInterpolation label_interpolation = LabelInterpolation::kNearest;
   Padding padding = Padding::kZeros;  ///< for images (labels: class 0 outside)
   /// 3D images given to a 2D model are deformed slice by slice along this
@@ -116,10 +120,11 @@ struct DeformerOptions {
 
 /// Images and labels deformed by one generated field per sample (Alg. 3).
 struct DeformedBatch {
-  torch::Tensor images;  ///< warp(images, fields) [N, C, ...S]
-  torch::Tensor labels;  ///< warped labels (undefined when none were given)
-  torch::Tensor fields;  ///< [N, d, ...S] in voxels of the input grid (d = image dims)
-  torch::Tensor model_fields;  ///< the generated fields on the model grid (for 2D slices of 3D: [N * slices, 2, ...])
+  torch::Tensor images;        ///< warp(images, fields) [N, C, ...S]
+  torch::Tensor labels;        ///< warped labels (undefined when none were given)
+  torch::Tensor fields;        ///< [N, d, ...S] in voxels of the input grid (d = image dims)
+  torch::Tensor model_fields;  ///< the generated fields on the model grid (for 2D slices of 3D: [N
+                               ///< * slices, 2, ...])
 };
 
 /// Registration pairs (Alg. 4): moving = warp(I, phi_aug), fixed =
@@ -147,11 +152,12 @@ struct PairBatch {
 /// batch given to a 2D model is deformed slice by slice (the through-plane
 /// displacement is 0); a slice with less foreground than the model's
 /// data.min_foreground (the rule that chose its training slices: fraction of
-/// normalised voxels > 0.05) is left undeformed, as the network never saw one. Labels: int64 [N, 1, ...S] class maps (never new
-/// classes) or one-hot float [N, K, ...S].
+/// normalised voxels > 0.05) is left undeformed, as the network never saw one. Labels: int64 [N, 1,
+/// ...S] class maps (never new classes) or one-hot float [N, K, ...S].
 class Deformer {
  public:
-  Deformer(const std::string& model_path, const torch::Device& device, DeformerOptions options = {});
+  Deformer(const std::string& model_path, const torch::Device& device,
+           DeformerOptions options = {});
   Deformer(TrainedModel model, const torch::Device& device, DeformerOptions options = {});
   ~Deformer();
   Deformer(Deformer&&) noexcept;
@@ -159,22 +165,25 @@ class Deformer {
 
   /// One field per image (labels may be undefined): levels has N entries
   /// (or one, for all); sample i is seeded with derive_seed(seed, i).
-  DeformedBatch deform(const torch::Tensor& images, const torch::Tensor& labels, const std::vector<int64_t>& levels,
-                       uint64_t seed, const std::vector<double>& spacing = {}) const;
+  DeformedBatch deform(const torch::Tensor& images, const torch::Tensor& labels,
+                       const std::vector<int64_t>& levels, uint64_t seed,
+                       const std::vector<double>& spacing = {}) const;
   /// As deform() with an explicit seed per sample (seeds.size() == N).
   DeformedBatch deform_with_seeds(const torch::Tensor& images, const torch::Tensor& labels,
-                                  const std::vector<int64_t>& levels, const std::vector<uint64_t>& seeds,
+                                  const std::vector<int64_t>& levels,
+                                  const std::vector<uint64_t>& seeds,
                                   const std::vector<double>& spacing = {}) const;
   /// Alg. 4: phi_aug at aug_levels (seeds[i]), then phi_syn generated from the
   /// moving image at syn_levels (derive_seed(seeds[i], 1)).
-  PairBatch pairs(const torch::Tensor& images, const torch::Tensor& labels, const std::vector<int64_t>& aug_levels,
-                  const std::vector<int64_t>& syn_levels, const std::vector<uint64_t>& seeds,
+  PairBatch pairs(const torch::Tensor& images, const torch::Tensor& labels,
+                  const std::vector<int64_t>& aug_levels, const std::vector<int64_t>& syn_levels,
+                  const std::vector<uint64_t>& seeds,
                   const std::vector<double>& spacing = {}) const;
 
-  int64_t dims() const;                        ///< the model's dimension (2 or 3)
+  int64_t dims() const;                            ///< the model's dimension (2 or 3)
   const std::vector<int64_t>& model_size() const;  ///< the model's grid (tensor order)
-  int64_t timesteps() const;                   ///< T
-  int64_t slice_axis() const;                  ///< used for 3D inputs to a 2D model
+  int64_t timesteps() const;                       ///< T
+  int64_t slice_axis() const;                      ///< used for 3D inputs to a 2D model
   const torch::Device& device() const;
   const DeformerOptions& options() const;
 

@@ -24,7 +24,7 @@ struct TrainedModel {
 };
 
 /// Loads model.pt or checkpoint.pt written by train(), or a shipped model by
-/// name ("cardiac2d", see drdm/models.h); the network is put on `device` in
+/// name ("cardiac2d", see drdm/io/models.h); the network is put on `device` in
 /// eval mode. Throws std::runtime_error naming the file.
 TrainedModel load_model(const std::string& name_or_path, const torch::Device& device = torch::kCPU);
 

@@ -47,8 +47,7 @@ torch::Tensor distance_loss(const torch::Tensor& psi, const torch::Tensor& psi_h
 /// distance term. The authors' code minimises +cos (their NCC of
 /// psi_hat o psi against psi), i.e. -cos(-psi, psi_hat o psi): the angle
 /// between the recovery and the inverse of the step. We follow the code.
-torch::Tensor angle_loss(const torch::Tensor& psi, const torch::Tensor& psi_hat,
-                         double eps = 1e-3);
+torch::Tensor angle_loss(const torch::Tensor& psi, const torch::Tensor& psi_hat, double eps = 1e-3);
 
 /// L1 smoothness of the field in units of the image size: with
 /// v_i = psi_hat_i / S_i (S_i the size of spatial axis i), for each axis j the

@@ -62,7 +62,7 @@ OutputUnits parse_output_units(const std::string& name);
 /// sinusoidal time embedding added at every level (multiplied at the
 /// bottleneck) and a final 3x3 conv to `dims` channels. The options
 /// time_frequencies, time_mlp_slope, decoder_norm, output_units and
-/// output_clamp reproduce the authors' RecResACNet (drdm/import.h).
+/// output_clamp reproduce the authors' RecResACNet (drdm/diffusion/import.h).
 ///
 /// With recursion K, pass 1 predicts psi_1 = net(I, t); pass k >= 2 sees the
 /// ORIGINAL image warped by the accumulated field, psi_k = net(warp(I, acc), t),
@@ -133,4 +133,3 @@ torch::Tensor forward_mixed(RecoveryNet& net, const torch::Tensor& image, const 
 bool cpu_has_native_bf16();
 
 }  // namespace drdm
-

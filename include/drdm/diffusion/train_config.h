@@ -5,11 +5,11 @@
 #include <string>
 #include <vector>
 
-#include "drdm/engine/train_section.h"
-#include "drdm/io/dataset.h"
 #include "drdm/diffusion/losses.h"
 #include "drdm/diffusion/network.h"
 #include "drdm/diffusion/velocity_sampler.h"
+#include "drdm/engine/train_section.h"
+#include "drdm/io/dataset.h"
 
 namespace drdm {
 
@@ -22,10 +22,9 @@ struct TrainConfig {
       data;  ///< "data": folders, include, exclude, dims, slice_axis, size, clip_*, min_foreground
   AugmentOptions augment;  ///< "augment"
   SamplerOptions sampler;  ///< "sampler" (process as "stationary" | "markov")
-  NetworkOptions
-      model;  ///< "model": time_embedding, recursion and the authors'-variant keys
-              ///< (docs/configs.md); dims and timesteps follow data and sampler
-  LossWeights loss;  ///< "loss": distance, angle, regularisation, eps
+  NetworkOptions model;    ///< "model": time_embedding, recursion and the authors'-variant keys
+                           ///< (docs/configs.md); dims and timesteps follow data and sampler
+  LossWeights loss;        ///< "loss": distance, angle, regularisation, eps
   using Train = TrainSection;
   TrainSection train;  ///< "train": the engine's section (drdm/engine/train_section.h)
 };

@@ -1,4 +1,5 @@
-/// @file Training the recovery network (paper Alg. 1) and its checkpoints; loading a trained model is drdm/diffusion/inference.h.
+/// @file Training the recovery network (paper Alg. 1) and its checkpoints; loading a trained model
+/// is drdm/diffusion/inference.h.
 #pragma once
 
 #include <torch/types.h>
@@ -9,8 +10,8 @@
 
 #include "drdm/diffusion/network.h"
 #include "drdm/diffusion/train_config.h"
-#include "drdm/engine/training_engine.h"
 #include "drdm/diffusion/velocity_sampler.h"
+#include "drdm/engine/training_engine.h"
 
 namespace drdm {
 
@@ -40,6 +41,5 @@ struct TrainSummary {
 /// much wall time, checkpointed at the step reached (TrainSummary::steps).
 TrainSummary train(const TrainConfig& config, const std::string& output_dir, bool resume,
                    bool progress = true, double max_seconds = 0);
-
 
 }  // namespace drdm

@@ -96,7 +96,8 @@ class VelocitySampler {
   torch::Tensor velocity(int64_t batch, at::Generator& gen) const;
   /// Rows [first, first + count) of velocity(batch, gen): the same draws, the
   /// other rows' noise dropped before any work on it.
-  torch::Tensor velocity_rows(int64_t batch, at::Generator& gen, int64_t first, int64_t count) const;
+  torch::Tensor velocity_rows(int64_t batch, at::Generator& gen, int64_t first,
+                              int64_t count) const;
 
   /// Control-grid field -> image grid: resampled to twice the image size
   /// (DESIGN's resize rule) and centre-cropped, in image voxels. For the authors' process
@@ -109,7 +110,8 @@ class VelocitySampler {
   /// Rows [first, first + count) of sample(t, gen) for the whole batch t,
   /// computed for those rows alone (a data-parallel rank's share of the
   /// global batch: the same fields as one process would draw for them).
-  ForwardSample sample_rows(const torch::Tensor& t, at::Generator& gen, int64_t first, int64_t count) const;
+  ForwardSample sample_rows(const torch::Tensor& t, at::Generator& gen, int64_t first,
+                            int64_t count) const;
 
   /// Only phi_{t:1} (what generation starts from, Alg. 2 line 3).
   torch::Tensor sample_field(const torch::Tensor& t, at::Generator& gen) const;
@@ -122,8 +124,8 @@ class VelocitySampler {
 
  private:
   ForwardSample sample_impl(const torch::Tensor& t, at::Generator& gen, bool need_psi) const;
-  ForwardSample sample_impl(const torch::Tensor& t, const std::function<torch::Tensor(int64_t)>& draw,
-                            bool need_psi) const;
+  ForwardSample sample_impl(const torch::Tensor& t,
+                            const std::function<torch::Tensor(int64_t)>& draw, bool need_psi) const;
   SamplerOptions options_;
   std::vector<int64_t> image_size_;
   torch::Device device_;

@@ -8,8 +8,8 @@
 /// through world(): the shared training engine averages gradients and metrics
 /// over it, and only rank 0 writes: in a joined world, libdrdm's file writers
 /// (every atomic write: checkpoints, images, previews, JSON) do nothing on the
-/// other ranks, which run the same program on the same inputs. Without launcher variables world() is a
-/// one-process world and nothing changes.
+/// other ranks, which run the same program on the same inputs. Without launcher variables world()
+/// is a one-process world and nothing changes.
 #pragma once
 
 #include <torch/types.h>
@@ -79,7 +79,8 @@ class World {
   /// (about DRDM_DIST_BUCKET_MB, default 1 MB), and a full bucket's
   /// all-reduce starts at once, overlapping the rest of the backward pass.
   /// Parameters without a gradient keep none. One process: loss.backward().
-  void backward(const torch::Tensor& loss, const std::vector<torch::Tensor>& params, const std::string& what) const;
+  void backward(const torch::Tensor& loss, const std::vector<torch::Tensor>& params,
+                const std::string& what) const;
   /// Every rank says whether its part of `what` went well; throws on every
   /// rank when one did not, naming the first rank that failed.
   void agree(bool ok, const std::string& what) const;
@@ -115,8 +116,6 @@ torch::Tensor my_rows(const torch::Tensor& global_batch, const std::string& key)
 /// "cpu", "cuda", "cuda:N"); resolve_device then maps a bare "cuda" to
 /// cuda:LOCAL_RANK in a multi-rank job.
 void join_for(const std::string& device_name, double config_timeout, const std::string& master);
-
-
 
 }  // namespace drdm::dist
 

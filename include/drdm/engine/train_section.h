@@ -23,14 +23,14 @@ struct TrainSection {
   /// optimiser and schedule (fine-tuning, continuing across sessions).
   std::string init_from;
   uint64_t seed = 0;
-  int64_t checkpoint_every =
-      500;                      ///< steps between checkpoints (one is always written at the end)
-  int64_t preview_every = 500;  ///< steps between preview PNGs (0 = never)
-  int64_t log_every = 10;       ///< steps between metrics lines
-  std::string mixed_precision = "none";  ///< "none" or "bf16" (autocast of the network, CPU or CUDA)
-  std::string device = "auto";           ///< "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
-  int64_t threads = 0;                   ///< CPU intra-op threads, 0 = LibTorch's default
-  int64_t prefetch = 2;                  ///< batches prepared ahead by the loader thread
+  int64_t checkpoint_every = 500;  ///< steps between checkpoints (one is always written at the end)
+  int64_t preview_every = 500;     ///< steps between preview PNGs (0 = never)
+  int64_t log_every = 10;          ///< steps between metrics lines
+  std::string mixed_precision =
+      "none";                   ///< "none" or "bf16" (autocast of the network, CPU or CUDA)
+  std::string device = "auto";  ///< "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
+  int64_t threads = 0;          ///< CPU intra-op threads, 0 = LibTorch's default
+  int64_t prefetch = 2;         ///< batches prepared ahead by the loader thread
   /// Data-parallel runs (docs/distributed.md): rendezvous and collective
   /// timeout in seconds (DRDM_DIST_TIMEOUT overrides), and the master as
   /// "host:port" when neither torchrun nor MASTER_ADDR / MASTER_PORT give it.

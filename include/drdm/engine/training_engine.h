@@ -27,9 +27,8 @@ namespace drdm {
 using TensorMap = std::map<std::string, torch::Tensor>;
 
 /// "auto" -> CUDA when available, else CPU; "cpu", "cuda", "cuda:N". In a
-/// multi-rank job (drdm/distributed.h), "auto" and "cuda" mean cuda:LOCAL_RANK.
+/// multi-rank job (drdm/engine/distributed.h), "auto" and "cuda" mean cuda:LOCAL_RANK.
 /// Throws std::invalid_argument for an unknown name or CUDA without a GPU.
-
 
 /// An independent 64-bit seed for (seed, step, purpose): the random streams
 /// of a step need no saved state.
@@ -96,8 +95,8 @@ struct RunSpec {
   double max_seconds = 0;
   bool resume = false;
   bool progress = true;
-  std::string label = "train";  ///< progress bar label
-  std::string lr_key = "train.lr";  ///< named in the NaN-stop advice
+  std::string label = "train";            ///< progress bar label
+  std::string lr_key = "train.lr";        ///< named in the NaN-stop advice
   std::string steps_key = "train.steps";  ///< named when the steps fall below a checkpoint's
 };
 

@@ -1,4 +1,5 @@
-/// @file Training images: folder scanning, preprocessing, in-memory cache, seeded augmented batches, prefetching.
+/// @file Training images: folder scanning, preprocessing, in-memory cache, seeded augmented
+/// batches, prefetching.
 #pragma once
 
 #include <torch/types.h>
@@ -88,7 +89,8 @@ class ImageDataset {
   /// replacement) and augmentation come from a generator seeded by (seed,
   /// step) only, so a step's batch is the same in any run and any thread
   /// (exact resume). Returns float32 CPU [batch, 1, ...size].
-  torch::Tensor training_batch(int64_t batch, uint64_t seed, int64_t step, const AugmentOptions& augment) const;
+  torch::Tensor training_batch(int64_t batch, uint64_t seed, int64_t step,
+                               const AugmentOptions& augment) const;
 
  private:
   DatasetOptions options_;
@@ -104,7 +106,8 @@ class ImageDataset {
 /// same number of draws whatever the options, so that disabling one part does
 /// not change the others. Returns a new tensor of the batch's shape and dtype;
 /// with every part disabled (or enabled = false) it equals the input.
-torch::Tensor augment_batch(const torch::Tensor& batch, const AugmentOptions& options, at::Generator& gen);
+torch::Tensor augment_batch(const torch::Tensor& batch, const AugmentOptions& options,
+                            at::Generator& gen);
 
 /// Preprocesses one image [1, ...S] (S 2 or 3 dims; `spacing` in mm per
 /// tensor axis) to `size` (same number of dims), keeping the physical aspect
@@ -137,7 +140,8 @@ GridFit fit_grid(const std::vector<int64_t>& input_size, const std::vector<doubl
 
 /// Intensity step of preprocess_image alone: clip to the percentiles of the
 /// image and map to [0, 1] (float32, same shape).
-torch::Tensor normalise_intensity(const torch::Tensor& image, double clip_low_pct, double clip_high_pct);
+torch::Tensor normalise_intensity(const torch::Tensor& image, double clip_low_pct,
+                                  double clip_high_pct);
 
 /// Resampling step of preprocess_image alone: image [1, ...input_size] with
 /// values in [0, 1] -> float32 [1, ...model_size] placed as `fit` says.

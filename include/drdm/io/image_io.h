@@ -10,7 +10,18 @@
 namespace drdm {
 
 /// Pixel (component) types an image file can hold.
-enum class PixelType { kUInt8, kInt8, kUInt16, kInt16, kUInt32, kInt32, kUInt64, kInt64, kFloat32, kFloat64 };
+enum class PixelType {
+  kUInt8,
+  kInt8,
+  kUInt16,
+  kInt16,
+  kUInt32,
+  kInt32,
+  kUInt64,
+  kInt64,
+  kFloat32,
+  kFloat64
+};
 
 /// "uint8", "int16", "float32", ...
 std::string to_string(PixelType type);

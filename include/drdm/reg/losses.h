@@ -25,13 +25,14 @@ torch::Tensor ncc_loss(const torch::Tensor& a, const torch::Tensor& b, int64_t w
 
 /// Eq. 20, synthetic pretraining: MSE(target, predicted) + lambda * gradient_loss(predicted, 1),
 /// both fields [N, d, ...S] in voxels.
-torch::Tensor supervised_loss(const torch::Tensor& target, const torch::Tensor& predicted, double lambda);
+torch::Tensor supervised_loss(const torch::Tensor& target, const torch::Tensor& predicted,
+                              double lambda);
 
 /// Unsupervised fine-tuning (VoxelMorph): similarity(warped, fixed) + lambda *
 /// gradient_loss(smoothed, 2), similarity "mse" or "ncc" (window ncc_window).
 /// `smoothed` is the field VoxelMorph regularises (its pre-integration field).
 torch::Tensor unsupervised_loss(const std::string& similarity, const torch::Tensor& warped,
-                                const torch::Tensor& fixed, const torch::Tensor& smoothed, double lambda,
-                                int64_t ncc_window = 9);
+                                const torch::Tensor& fixed, const torch::Tensor& smoothed,
+                                double lambda, int64_t ncc_window = 9);
 
 }  // namespace drdm::reg

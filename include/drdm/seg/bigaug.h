@@ -38,7 +38,16 @@ struct BigAugOptions {
 struct BigAugSample {
   /// The nine transforms, in the order they are applied.
   enum Transform : int {
-    kBlur, kSharpen, kNoise, kBrightness, kGamma, kIntensity, kRotation, kScaling, kElastic, kCount
+    kBlur,
+    kSharpen,
+    kNoise,
+    kBrightness,
+    kGamma,
+    kIntensity,
+    kRotation,
+    kScaling,
+    kElastic,
+    kCount
   };
   std::array<bool, kCount> applied{};
   double blur_sigma = 0, sharpen_alpha = 0, noise_std = 0, brightness_shift = 0;
@@ -61,7 +70,8 @@ std::vector<BigAugSample> draw_samples(int64_t batch, int64_t dims, const BigAug
 /// `generator` for two CPU streams, one for the noise and one for the elastic
 /// control values (so switching one transform off leaves the other's values
 /// alone); all noise is drawn on the CPU and moved to the images' device.
-/// Samples skipped by a transform are copied bit for bit. Returns augmented copies (labels undefined if given undefined).
+/// Samples skipped by a transform are copied bit for bit. Returns augmented copies (labels
+/// undefined if given undefined).
 std::pair<torch::Tensor, torch::Tensor> bigaug_apply(const torch::Tensor& images,
                                                      const torch::Tensor& labels,
                                                      const std::vector<BigAugSample>& samples,
@@ -74,8 +84,10 @@ std::pair<torch::Tensor, torch::Tensor> bigaug_apply(const torch::Tensor& images
 /// (linear, zeros) to images and drdm::warp_labels (nearest) to labels;
 /// voxels pulled from outside become 0 in both. Intensity transforms leave
 /// labels alone. The same generator state gives the same output.
-std::pair<torch::Tensor, torch::Tensor> bigaug(const torch::Tensor& images, const torch::Tensor& labels,
-                                               const BigAugOptions& options, at::Generator& generator);
+std::pair<torch::Tensor, torch::Tensor> bigaug(const torch::Tensor& images,
+                                               const torch::Tensor& labels,
+                                               const BigAugOptions& options,
+                                               at::Generator& generator);
 
 // ---- individual transforms (per-sample parameters, one entry per sample) ----
 

@@ -30,7 +30,7 @@ int64_t case_number(const std::string& name);
 
 /// How images become network inputs.
 struct SliceOptions {
-  std::vector<int64_t> size = {128, 128};  ///< network grid (H, W)
+  std::vector<int64_t> size = {128, 128};           ///< network grid (H, W)
   double clip_low_pct = 0.5, clip_high_pct = 99.5;  ///< per-volume intensity clipping, then [0, 1]
 };
 
@@ -57,9 +57,9 @@ torch::Tensor labels_on_image_grid(const torch::Tensor& scores, const PreparedVo
 
 /// Slices of many cases, stacked.
 struct SliceSet {
-  torch::Tensor images;           ///< float [M, 1, H, W]
-  torch::Tensor labels;           ///< int64 [M, 1, H, W]
-  std::vector<int64_t> case_of;   ///< per slice, its index in `cases`
+  torch::Tensor images;          ///< float [M, 1, H, W]
+  torch::Tensor labels;          ///< int64 [M, 1, H, W]
+  std::vector<int64_t> case_of;  ///< per slice, its index in `cases`
   std::vector<LabelledCase> cases;
 };
 

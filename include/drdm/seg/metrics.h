@@ -27,11 +27,11 @@ namespace drdm::seg {
 /// denominator is zero. When both are empty, everything is perfect: dice,
 /// sensitivity, precision 1, asd and hd95 0.
 struct ClassMetrics {
-  double dice;         ///< 2 |P & T| / (|P| + |T|)
-  double sensitivity;  ///< |P & T| / |T| (recall)
-  double precision;    ///< |P & T| / |P|
-  double asd;          ///< mean of the surface distances P->T and T->P pooled (mm)
-  double hd95;         ///< max of the two directed 95th percentiles (mm), see percentile()
+  double dice;           ///< 2 |P & T| / (|P| + |T|)
+  double sensitivity;    ///< |P & T| / |T| (recall)
+  double precision;      ///< |P & T| / |P|
+  double asd;            ///< mean of the surface distances P->T and T->P pooled (mm)
+  double hd95;           ///< max of the two directed 95th percentiles (mm), see percentile()
   int64_t truth_voxels;  ///< |T|
   int64_t pred_voxels;   ///< |P|
 };

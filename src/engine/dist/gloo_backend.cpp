@@ -18,15 +18,17 @@
 namespace drdm::dist::detail {
 
 #ifndef USE_C10D_GLOO
-c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>&, int, int,
-                                                    std::chrono::milliseconds) {
-  throw std::runtime_error("this LibTorch was built without Gloo (USE_C10D_GLOO): no data-parallel training on "
-                           "the CPU; see docs/install.md");
+c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>&, int,
+                                                    int, std::chrono::milliseconds) {
+  throw std::runtime_error(
+      "this LibTorch was built without Gloo (USE_C10D_GLOO): no data-parallel training on "
+      "the CPU; see docs/install.md");
 }
 #else
 
-c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank,
-                                                    int size, std::chrono::milliseconds timeout) {
+c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>& store,
+                                                    int rank, int size,
+                                                    std::chrono::milliseconds timeout) {
   // create_default picks the network interface as PyTorch does
   // (GLOO_SOCKET_IFNAME, else the host name's address, else loopback).
   auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
