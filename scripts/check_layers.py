@@ -80,6 +80,8 @@ def main():
         with open(os.path.join(root, f), encoding="utf-8") as text:
             names = INCLUDE.findall(text.read())
         for name in names:
+            if name.startswith("../"):
+                problems.append(f"{f}: includes {name} (name private headers from src/)")
             target = resolve(name, f, known)
             if target is None:
                 continue

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "core/enum_names.h"
 #include "core/seeds.h"
 #include "diffusion/cuda_graph.h"
 #include "diffusion/recovery_compose.h"
@@ -17,15 +18,27 @@
 
 namespace drdm {
 
-std::string to_string(RecoverySchedule schedule) {
-  return schedule == RecoverySchedule::kAllSteps ? "all" : "level";
+namespace {
+
+constexpr detail::EnumNames<RecoverySchedule, 2> kSchedules = {
+    {RecoverySchedule::kFromLevel, "level"}, {RecoverySchedule::kAllSteps, "all"}};
+constexpr detail::EnumNames<SliceMode, 2> kSliceModes = {{SliceMode::kCoherent, "coherent"},
+                                                         {SliceMode::kIndependent, "independent"}};
+
+/// The value named `name`, or "unknown <what> 'x' (expected 'a' or 'b')".
+template <typename E, size_t N>
+E parse_named(const detail::EnumNames<E, N>& table, const std::string& name, const char* what) {
+  if (const auto value = detail::enum_value(table, name)) return *value;
+  throw std::invalid_argument("unknown " + std::string(what) + " '" + name + "' (expected " +
+                              detail::enum_choices(table) + ")");
 }
 
+}  // namespace
+
+std::string to_string(RecoverySchedule schedule) { return detail::enum_name(kSchedules, schedule); }
+
 RecoverySchedule parse_recovery_schedule(const std::string& name) {
-  if (name == "level") return RecoverySchedule::kFromLevel;
-  if (name == "all") return RecoverySchedule::kAllSteps;
-  throw std::invalid_argument("unknown recovery schedule '" + name +
-                              "' (expected 'level' or 'all')");
+  return parse_named(kSchedules, name, "recovery schedule");
 }
 
 uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
@@ -198,15 +211,10 @@ GeneratedFields generate_fields(RecoveryNet& net, const SamplerOptions& sampler_
   return {at::cat(fields, 0), at::cat(starts, 0)};
 }
 
-std::string to_string(SliceMode mode) {
-  return mode == SliceMode::kIndependent ? "independent" : "coherent";
-}
+std::string to_string(SliceMode mode) { return detail::enum_name(kSliceModes, mode); }
 
 SliceMode parse_slice_mode(const std::string& name) {
-  if (name == "coherent") return SliceMode::kCoherent;
-  if (name == "independent") return SliceMode::kIndependent;
-  throw std::invalid_argument("unknown slice mode '" + name +
-                              "' (expected 'coherent' or 'independent')");
+  return parse_named(kSliceModes, name, "slice mode");
 }
 
 namespace {

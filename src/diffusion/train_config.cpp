@@ -256,9 +256,8 @@ TrainConfig from_json(const json& j, const std::string& src) {
 
 TrainConfig parse_train_config(const std::string& json_text, const std::string& source,
                                const std::vector<std::string>& overrides) {
-  const json merged =
-      detail::merge_config(defaults_json(TrainConfig{}), json_text, source, overrides);
-  return detail::blaming_overrides(source, overrides, [&] { return from_json(merged, source); });
+  return detail::parse_config(defaults_json(TrainConfig{}), json_text, source, overrides,
+                              from_json);
 }
 
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {

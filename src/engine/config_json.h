@@ -116,4 +116,15 @@ auto blaming_overrides(const std::string& source, const std::vector<std::string>
   }
 }
 
+/// The body of every parse_*_config: `text` merged over `defaults` (unknown
+/// keys refused, `overrides` applied), then from_json(merged, source), with
+/// errors about overridden keys blamed on their --set.
+template <typename FromJson>
+auto parse_config(const nlohmann::json& defaults, const std::string& text,
+                  const std::string& source, const std::vector<std::string>& overrides,
+                  FromJson&& from_json) {
+  const nlohmann::json merged = merge_config(defaults, text, source, overrides);
+  return blaming_overrides(source, overrides, [&] { return from_json(merged, source); });
+}
+
 }  // namespace drdm::detail

@@ -218,8 +218,7 @@ RegConfig from_json(const json& j, const std::string& src) {
 
 RegConfig parse_reg_config(const std::string& text, const std::string& src,
                            const std::vector<std::string>& overrides) {
-  const json j = detail::merge_config(defaults_json(RegConfig{}), text, src, overrides);
-  return detail::blaming_overrides(src, overrides, [&] { return from_json(j, src); });
+  return detail::parse_config(defaults_json(RegConfig{}), text, src, overrides, from_json);
 }
 
 RegConfig load_reg_config(const std::string& path, const std::vector<std::string>& overrides) {

@@ -207,8 +207,7 @@ SegConfig from_json(const json& j, const std::string& src) {
 
 SegConfig parse_seg_config(const std::string& text, const std::string& src,
                            const std::vector<std::string>& overrides) {
-  const json j = detail::merge_config(defaults_json(SegConfig{}), text, src, overrides);
-  return detail::blaming_overrides(src, overrides, [&] { return from_json(j, src); });
+  return detail::parse_config(defaults_json(SegConfig{}), text, src, overrides, from_json);
 }
 
 SegConfig load_seg_config(const std::string& path, const std::vector<std::string>& overrides) {

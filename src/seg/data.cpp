@@ -5,9 +5,9 @@
 #include <cctype>
 #include <stdexcept>
 
-#include "../grid_check.h"
-#include "../input_checks.h"
 #include "io/files.h"
+#include "io/grid_check.h"
+#include "io/input_checks.h"
 
 namespace drdm::seg {
 namespace {
