@@ -534,6 +534,16 @@ struct Deformer::Impl {
     TORCH_CHECK(labels.scalar_type() != at::kLong || labels.size(1) == 1,
                 "Deformer: int64 class maps must have one channel, got ", labels.sizes());
   }
+
+  /// The inputs checked (labels match, one seed per image) and prepared.
+  Prepared prepare_checked(const at::Tensor& images, const at::Tensor& labels, size_t seeds,
+                           const std::vector<double>& spacing) const {
+    check_labels(images, labels);
+    Prepared p = prepare(images, spacing);
+    TORCH_CHECK(static_cast<int64_t>(seeds) == p.n, "Deformer: expected ", p.n, " seeds, got ",
+                seeds);
+    return p;
+  }
 };
 
 Deformer::Deformer(const std::string& model_path, const torch::Device& device,
@@ -552,10 +562,7 @@ DeformedBatch Deformer::deform_with_seeds(const torch::Tensor& images, const tor
                                           const std::vector<uint64_t>& seeds,
                                           const std::vector<double>& spacing) const {
   const Impl& m = *impl_;
-  m.check_labels(images, labels);
-  const auto p = m.prepare(images, spacing);
-  TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ",
-              seeds.size());
+  const auto p = m.prepare_checked(images, labels, seeds.size(), spacing);
   DeformedBatch out;
   out.model_fields = m.generate_for_inputs(p, p.model_images, levels, seeds);
   const at::Tensor field = m.to_input(p, out.model_fields);
@@ -583,10 +590,7 @@ PairBatch Deformer::pairs(const torch::Tensor& images, const torch::Tensor& labe
                           const std::vector<uint64_t>& seeds,
                           const std::vector<double>& spacing) const {
   const Impl& m = *impl_;
-  m.check_labels(images, labels);
-  const auto p = m.prepare(images, spacing);
-  TORCH_CHECK(static_cast<int64_t>(seeds.size()) == p.n, "Deformer: expected ", p.n, " seeds, got ",
-              seeds.size());
+  const auto p = m.prepare_checked(images, labels, seeds.size(), spacing);
   const at::Tensor aug = m.generate_for_inputs(p, p.model_images, aug_levels, seeds);
   // phi_syn is generated for the moving image (Alg. 4 line 8).
   const at::Tensor moving_model = warp(p.model_images, aug);
