@@ -22,7 +22,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # run -> (level t whose ratio is tracked, target ratio from issue 22)
-RUNS = {"cardiac2d-128": (40, 0.55), "hippocampus3d-48": (30, 0.75)}
+RUNS = {"cardiac2d-128": (40, 0.55), "hippocampus3d-48": (30, 0.75), "chest2d-128": (40, 0.6)}
 
 
 def points(run, level):
