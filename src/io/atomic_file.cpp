@@ -67,11 +67,13 @@ struct Slot {
 };
 Slot g_slots[64];
 
-void remove_registered_temporaries_now() noexcept;
+/// Removes the temporary folders of this process that are still registered
+/// (a write in progress). Async-signal-safe: run by a second signal.
+void remove_registered_temporaries() noexcept;
 
 int register_temporary(const std::string& dir) {
   // A second SIGINT/SIGTERM removes the temporaries in flight (core/interrupt).
-  static const bool hooked = (set_second_signal_cleanup(remove_registered_temporaries_now), true);
+  static const bool hooked = (set_second_signal_cleanup(remove_registered_temporaries), true);
   (void)hooked;
   if (dir.size() >= PATH_MAX) return -1;
   for (int i = 0; i < 64; ++i) {
@@ -205,14 +207,12 @@ void move_into_place(const std::string& tmp, const std::string& parent, const st
   fsync_path(parent, path);
 }
 
-void remove_registered_temporaries_now() noexcept {
+void remove_registered_temporaries() noexcept {
   for (auto& slot : g_slots)
     if (slot.ready) remove_folder_signal_safe(slot.path);
 }
 
 }  // namespace
-
-void remove_registered_temporaries() noexcept { remove_registered_temporaries_now(); }
 
 namespace {
 std::atomic<bool> g_this_process_writes{true};

@@ -47,10 +47,6 @@ void require_distinct(const std::string& output, const std::vector<std::string>&
 /// std::invalid_argument naming `path` (and `option`, when given).
 void require_writable_output(const std::string& path, const std::string& option = "");
 
-/// Removes the temporary folders of this process that are still registered
-/// (a write in progress). Async-signal-safe: called on a second signal.
-void remove_registered_temporaries() noexcept;
-
 /// In a data-parallel job rank 0 alone writes files (docs/distributed.md):
 /// the engine's distributed layer turns writing off on the other ranks, and
 /// write_via_temporary and append_file_checked then do nothing.
