@@ -7,6 +7,7 @@
 #include "drdm/engine/distributed.h"
 #include "drdm/engine/training_engine.h"
 #include "drdm/io/models.h"
+#include "drdm/seg/augment_preview.h"
 #include "drdm/seg/fewshot.h"
 
 namespace {
@@ -16,6 +17,8 @@ struct Options {
   std::vector<std::string> sets;
   drdm::seg::EvaluateOptions eval;
   bool no_progress = false, quiet = false;
+  int64_t preview_subjects = 4;
+  uint64_t preview_seed = 0;
 };
 
 CLI::App* add_run(CLI::App& cli, Options& o) {
@@ -82,6 +85,36 @@ CLI::App* add_evaluate(CLI::App& cli, drdm::seg::EvaluateOptions& eval) {
   return e;
 }
 
+CLI::App* add_preview(CLI::App& cli, Options& o) {
+  auto* v = cli.add_subcommand(
+      "preview-bigaug",
+      "Picture of BigAug on real labelled slices: each transform alone over its range,\nthen "
+      "full samples; prints the legend (Markdown)");
+  v->add_option("--config", o.config, "seg_fewshot config: data and bigaug sections")
+      ->required()
+      ->check(CLI::ExistingFile);
+  v->add_option("--output", o.output, "PNG to write")->required()->check(drdm::app::non_empty());
+  v->add_option("--set", o.sets, "Override a config key: section.key=value (repeatable)")
+      ->take_all();
+  v->add_option("--subjects", o.preview_subjects, "Pool subjects whose slices are shown")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  v->add_option("--seed", o.preview_seed, "Seed of the sample rows")->capture_default_str();
+  return v;
+}
+
+/// preview-bigaug: slices of the first pool subjects (balanced choice, seed 0).
+std::string preview_bigaug(const Options& o) {
+  const auto c = drdm::seg::load_seg_config(o.config, o.sets);
+  const auto split = drdm::seg::split_subjects(c.data);
+  std::vector<drdm::seg::LabelledCase> cases;
+  for (const auto& s : drdm::seg::choose_subjects(
+           split.pool, std::min<int64_t>(o.preview_subjects, split.pool.size()), 0))
+    cases.insert(cases.end(), s.cases.begin(), s.cases.end());
+  return drdm::seg::write_bigaug_preview(drdm::seg::load_slices(cases, c.data.slices), c.bigaug,
+                                         o.output, 8, 2, o.preview_seed);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -94,6 +127,7 @@ int main(int argc, char** argv) {
   auto* r = add_run(cli, o);
   auto* p = add_predict(cli, o);
   add_evaluate(cli, o.eval);
+  auto* v = add_preview(cli, o);
   if (const auto code = drdm::app::parse_command_line(cli, argc, argv)) return *code;
 
   drdm::app::init_program(!o.quiet);
@@ -101,6 +135,8 @@ int main(int argc, char** argv) {
     if (*r) {
       const auto c = drdm::seg::load_seg_config(o.config, o.sets);
       drdm::seg::run_grid(c, o.output.empty() ? "runs/" + c.name : o.output, !o.no_progress);
+    } else if (*v) {
+      std::cout << preview_bigaug(o);
     } else if (*p) {
       auto m = drdm::seg::load_seg_model(o.model, drdm::resolve_device(o.device));
       drdm::seg::predict_files(m, o.input, o.output);

@@ -357,6 +357,53 @@ TEST(BigAugLabels, SpatialOnlyAgreesWithWarpedOneHot) {
   }
 }
 
+// ACDC at 128^2: a myocardium ring about 5 voxels wide around the LV. Scaled
+// by the range's 0.4 it is 2 voxels wide: nearest-neighbour resampling must
+// keep it, closed, with the area zoom^2 predicts, and agree with the image.
+TEST(BigAugLabels, StrongScalingKeepsTheThinMyocardiumRing) {
+  const int64_t n = 128;
+  const auto yy = at::arange(n, at::kDouble).view({n, 1}),
+             xx = at::arange(n, at::kDouble).view({1, n});
+  const auto r = at::sqrt((yy - 63.5).square() + (xx - 63.5).square());
+  auto labels = at::zeros({n, n}, at::kLong);
+  labels.masked_fill_(r < 22, 2);  // MYO: 17 <= r < 22
+  labels.masked_fill_(r < 17, 3);  // LV
+  labels = labels.view({1, 1, n, n});
+  const auto image = labels.to(at::kFloat) / 3;
+  BigAugOptions o;
+  for (double zoom : {0.4, 0.55, 1.6}) {
+    BigAugSample s;
+    s.applied[T::kScaling] = true;
+    s.zoom = zoom;
+    auto gen = generator(3);
+    const auto [img, lab] = drdm::seg::bigaug_apply(image, labels, {s}, o, gen);
+    for (int64_t k : {2, 3}) {
+      const double before = (labels == k).sum().item<double>(),
+                   after = (lab == k).sum().item<double>();
+      EXPECT_NEAR(after / before, zoom * zoom, 0.15 * zoom * zoom)
+          << "class " << k << " zoom " << zoom;
+    }
+    // Closed ring: every ray from the centre meets the myocardium.
+    const auto myo = (lab[0][0] == 2);
+    int rays_hit = 0;
+    for (int a = 0; a < 360; a += 5) {
+      bool hit = false;
+      for (double t = 0; t < 64 && !hit; t += 0.25) {
+        const auto y = static_cast<int64_t>(std::lround(63.5 + t * std::sin(a * M_PI / 180)));
+        const auto x = static_cast<int64_t>(std::lround(63.5 + t * std::cos(a * M_PI / 180)));
+        if (y >= 0 && y < n && x >= 0 && x < n) hit = myo[y][x].item<bool>();
+      }
+      rays_hit += hit;
+    }
+    EXPECT_EQ(rays_hit, 72) << "zoom " << zoom;
+    // The labels sit where the linearly warped image says each class is.
+    const auto from_image = (img * 3).round().to(at::kLong);
+    const auto mismatch =
+        (from_image != lab).sum().item<double>() / ((lab > 0).sum().item<double>());
+    EXPECT_LT(mismatch, 0.15) << "zoom " << zoom;
+  }
+}
+
 TEST(BigAugLabels, IntensityOnlyLeavesLabelsBitForBit) {
   BigAugOptions o;
   o.p = 1;

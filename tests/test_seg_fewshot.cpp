@@ -7,6 +7,7 @@
 #include <cmath>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <sstream>
 
 #include "drdm/core/module_state.h"
@@ -190,6 +191,83 @@ TEST_F(TinyData, SplitAndBalancedSubjects) {
   EXPECT_THROW(seg::choose_subjects(split.pool, 4, 0), std::invalid_argument);
 }
 
+TEST_F(TinyData, ValidationSubjectsComeFromThePoolNeverFromTest) {
+  const auto all = seg::split_subjects(config().data);
+  const auto split = seg::split_subjects(config({"data.validation_subjects=2"}).data);
+  ASSERT_EQ(split.validation.size(), 2u);
+  ASSERT_EQ(split.pool.size(), 1u);
+  EXPECT_NE(split.validation[0].group, split.validation[1].group);  // balanced over groups
+  std::set<int64_t> pool, test, held;
+  for (const auto& s : all.pool) pool.insert(s.number);
+  for (const auto& s : split.test) test.insert(s.number);
+  for (const auto& s : split.validation) held.insert(s.number);
+  for (auto n : held) {
+    EXPECT_TRUE(pool.count(n)) << n;   // from the labelled pool
+    EXPECT_FALSE(test.count(n)) << n;  // never a test subject
+    EXPECT_NE(split.pool[0].number, n);
+  }
+  EXPECT_EQ(split.test.size(), all.test.size());
+  // The same subjects whatever else the config says; none left to train on is an error.
+  EXPECT_EQ(seg::split_subjects(config({"data.validation_subjects=2", "train.seed=7"}).data)
+                .validation[0]
+                .number,
+            split.validation[0].number);
+  EXPECT_THROW(seg::split_subjects(config({"data.validation_subjects=3"}).data),
+               std::invalid_argument);
+}
+
+TEST_F(TinyData, ValidationChoosesTheRunsStepAndNeedsSubjects) {
+  auto c = config({"train.steps=4", "train.validate_every=2", "data.validation_subjects=1"});
+  const auto split = seg::split_subjects(c.data);
+  const auto slices = seg::load_slices(split.pool[0].cases, c.data.slices);
+  EXPECT_THROW(seg::train_segmentation(c, "none", slices, {}, out_.path("x"), false),
+               std::invalid_argument);  // validate_every without validation subjects
+  const auto val = seg::load_slices(split.validation[0].cases, c.data.slices);
+  const auto r = seg::train_segmentation(c, "none", slices, {}, out_.path("run"), false, val);
+  EXPECT_EQ(r.model, out_.path("run") + "/best.pt");
+  EXPECT_TRUE(r.chosen_step == 2 || r.chosen_step == 4) << r.chosen_step;
+  auto best = seg::load_seg_model(r.model);
+  EXPECT_NEAR(seg::validation_dice(best.net, val, 3), r.best_validation, 1e-9);
+  EXPECT_GE(r.best_validation, 0.0);
+  EXPECT_LE(r.best_validation, 1.0);
+}
+
+// The same physical volume stored with its x axis reversed and x, y swapped:
+// the prediction must be the same labels at the same physical points.
+TEST_F(TinyData, PredictDoesNotDependOnHowTheAxesAreStored) {
+  const auto c = config({"train.steps=3"});
+  const auto split = seg::split_subjects(c.data);
+  const auto slices = seg::load_slices(split.pool[0].cases, c.data.slices);
+  auto model = seg::load_seg_model(
+      seg::train_segmentation(c, "none", slices, {}, out_.path("r"), false).model);
+  const auto src = data_.dir() + "/images/patient010_frame01.nii.gz";
+  const auto image = drdm::read_image(src);
+  const auto& g = image.geometry;  // ITK axes x (48), y (40), z
+  // New ITK axis 0 = old y, new axis 1 = old x reversed; z unchanged.
+  drdm::Geometry h = g;
+  h.size = {g.size[1], g.size[0], g.size[2]};
+  h.spacing = {g.spacing[1], g.spacing[0], g.spacing[2]};
+  const double ex[3] = {g.direction[0], g.direction[3], g.direction[6]},
+               ey[3] = {g.direction[1], g.direction[4], g.direction[7]};
+  for (int r = 0; r < 3; ++r) {
+    h.direction[r * 3 + 0] = ey[r];
+    h.direction[r * 3 + 1] = -ex[r];
+    h.origin[r] = g.origin[r] + ex[r] * g.spacing[0] * double(g.size[0] - 1);
+  }
+  // Tensor [1, 1, z, y, x] -> [1, 1, z, x', y] with x' = x reversed.
+  const auto stored = image.data.flip({4}).transpose(3, 4).contiguous();
+  drdm::write_image(out_.path("o/turned.nii.gz"), stored, h, drdm::PixelType::kFloat32);
+  const auto a = seg::segment_file(model, src);
+  const auto b = seg::segment_file(model, out_.path("o/turned.nii.gz"));
+  ASSERT_EQ(b.sizes(), stored.sizes());
+  EXPECT_TRUE(at::equal(b, a.flip({4}).transpose(3, 4))) << "labels moved with the storage order";
+  // Canonical orientation of the two grids is the same grid.
+  const auto ra = seg::canonical_orientation(g), rb = seg::canonical_orientation(h);
+  EXPECT_EQ(ra.spacing, rb.spacing);
+  EXPECT_TRUE(at::equal(seg::to_canonical(image.data, ra), seg::to_canonical(stored, rb)));
+  EXPECT_TRUE(at::equal(seg::from_canonical(seg::to_canonical(stored, rb), rb), stored));
+}
+
 TEST_F(TinyData, SlicesGoToTheNetworkGridAndBack) {
   const auto c = config();
   const auto v =
@@ -225,7 +303,8 @@ TEST_F(TinyData, TrainPredictKeepsGeometryEvaluateScores) {
                std::invalid_argument);
   EXPECT_THROW(seg::train_segmentation(c, "drdm", slices, {}, out_.path("x"), false),
                std::invalid_argument);
-  const auto model_path = seg::train_segmentation(c, "bigaug", slices, {}, out_.path("run"), false);
+  const auto model_path =
+      seg::train_segmentation(c, "bigaug", slices, {}, out_.path("run"), false).model;
   auto model = seg::load_seg_model(model_path);
   const auto written = seg::predict_files(model, data_.dir() + "/images", out_.path("pred/x"));
   ASSERT_EQ(written.size(), 10u);

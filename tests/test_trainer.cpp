@@ -539,3 +539,75 @@ TEST(Checkpoint, SavesUnderAMemoryLimitWithoutAborting) {
     EXPECT_TRUE(back.model.at("w").equal(weights));
   }
 }
+
+namespace {
+
+// A one-parameter run: w descends (w - 3)^2 from 0 while validation scores
+// -(w - 1.5)^2, which rises, peaks as w passes 1.5, then falls.
+struct ToyValidatedRun {
+  at::Tensor w = at::zeros({1}).requires_grad_(true);
+  drdm::Adam adam{{w}};
+  drdm::RunSpec spec;
+  explicit ToyValidatedRun(const std::string& dir, int64_t steps, bool resume) {
+    spec.output_dir = dir, spec.kind = "toy", spec.config = "{}", spec.steps = steps;
+    spec.checkpoint_every = 1000, spec.log_every = 1, spec.resume = resume, spec.progress = false;
+    spec.validate_every = 2, spec.patience = 3;
+    spec.validate = [this] {
+      const double v = w.item<double>();
+      return -(v - 1.5) * (v - 1.5);
+    };
+  }
+  drdm::RunSummary run() {
+    drdm::TrainingRun r(
+        spec,
+        [&] {
+          return drdm::TensorMap{{"w", w.detach().clone()}};
+        },
+        [&](const drdm::TensorMap& m) {
+          at::NoGradGuard g;
+          w.copy_(m.at("w"));
+        },
+        adam);
+    drdm::TrainSection t;
+    t.lr = 0.1, t.lr_schedule = "constant";
+    return r.run([&](int64_t s) { return drdm::descend(adam, (w - 3).square().sum(), t, s); });
+  }
+};
+
+std::string text_of(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+TEST(TrainingValidation, KeepsTheBestStepStopsOnPatienceAndResumesTheSameChoices) {
+  TempDir dir;
+  ToyValidatedRun whole(dir.path("whole"), 200, false);
+  const auto s = whole.run();
+  ASSERT_TRUE(s.stopped_early);
+  // Checks every 2 steps; the run stops 3 checks after the best one.
+  EXPECT_EQ(s.chosen_step % 2, 0);
+  EXPECT_EQ(s.steps, s.chosen_step + 6);
+  EXPECT_EQ(s.model, dir.path("whole") + "/best.pt");
+  const auto best = drdm::read_checkpoint(s.model, "toy");
+  EXPECT_EQ(best.step, s.chosen_step);
+  const double wb = best.model.at("w").item<double>();
+  EXPECT_NEAR(s.best_validation, -(wb - 1.5) * (wb - 1.5), 1e-12);
+  EXPECT_GT(s.best_validation, -0.05);  // the peak was found: w passed close to 1.5
+  // The last weights (model.pt) are further along, and scored worse.
+  const double wl =
+      drdm::read_checkpoint(dir.path("whole") + "/model.pt", "toy").model.at("w").item<double>();
+  EXPECT_LT(-(wl - 1.5) * (wl - 1.5), s.best_validation);
+  // Stopped at step 6 and resumed: the same history, choice and stop.
+  {
+    ToyValidatedRun first(dir.path("split"), 6, false);
+    EXPECT_FALSE(first.run().stopped_early);
+  }
+  ToyValidatedRun rest(dir.path("split"), 200, true);
+  const auto r = rest.run();
+  EXPECT_EQ(r.chosen_step, s.chosen_step);
+  EXPECT_EQ(r.steps, s.steps);
+  EXPECT_EQ(text_of(dir.path("split") + "/validation.json"),
+            text_of(dir.path("whole") + "/validation.json"));
+}

@@ -241,6 +241,9 @@ void check_across_keys(const TrainConfig& c, const std::string& src) {
                                 m.substr(colon + 1));
   }
   detail::check_train_section(c.train, src);
+  require(c.train.validate_every == 0 && c.train.patience == 0, src, "train.validate_every",
+          "and train.patience must be 0 for drdm_train, which has no validation set: check "
+          "held-out recovery with drdm_check_recovery");
 }
 
 TrainConfig from_json(const json& j, const std::string& src) {

@@ -69,6 +69,14 @@ Keys<T> run_keys() {
       key("log_every", &T::log_every, {at_least<int64_t>(1)}, "steps",
           "one JSON line in `metrics.jsonl` per window (losses, t, lr, seconds per step, images "
           "per second)"),
+      key("validate_every", &T::validate_every, {at_least<int64_t>(0, " (0 = no validation)")},
+          "steps",
+          "`seg_fewshot` and `reg_synth`: score the held-out validation subjects every this many "
+          "steps and at the end (0 = never). The best-scoring weights are kept as `best.pt` and "
+          "are the run's result; `validation.json` holds the history. Must be 0 for `drdm_train`"),
+      key("patience", &T::patience, {at_least<int64_t>(0, " (0 = train all steps)")}, "checks",
+          "with validation: stop once this many checks in a row have not beaten the best (0 = "
+          "never stop early); `steps` is then a cap"),
       key("mixed_precision", &T::mixed_precision, {one_of({"none", "bf16"})}, "-",
           "`\"bf16\"`: the network's forward pass runs under bf16 autocast, on CUDA or the CPU "
           "(parameters, "

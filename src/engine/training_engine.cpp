@@ -196,6 +196,8 @@ RunSpec run_spec(const TrainSection& train, const std::string& output_dir, const
   spec.checkpoint_every = train.checkpoint_every;
   spec.log_every = train.log_every;
   spec.samples_per_step = train.batch_size;
+  spec.validate_every = train.validate_every;
+  spec.patience = train.patience;
   spec.resume = resume;
   spec.progress = progress;
   return spec;
@@ -249,6 +251,7 @@ void TrainingRun::start_here() {
     log::info("resuming from " + checkpoint + " at step " + std::to_string(first_step_));
   }
   started_ = true;
+  load_validation_history();
   if (!dist::world().writer()) return;
   detail::make_dirs(spec_.output_dir);
   write_text_atomically(spec_.output_dir + "/config.json", spec_.config + "\n");
@@ -339,9 +342,10 @@ RunSummary initial_summary(const RunSpec& spec, int64_t first_step) {
 RunSummary nothing_to_do(const RunSpec& spec, const std::function<TensorMap()>& weights,
                          const RunSummary& summary) {
   log::info("nothing to do: the checkpoint is at step " + std::to_string(summary.first_step));
+  const auto model = spec.output_dir + "/model.pt";
   if (dist::world().writer())
-    save_checkpoint(summary.model, spec.kind, spec.config, summary.first_step, weights(), nullptr);
-  dist::world().agree(true, "writing " + summary.model);  // every rank may read it from here on
+    save_checkpoint(model, spec.kind, spec.config, summary.first_step, weights(), nullptr);
+  dist::world().agree(true, "writing " + model);  // every rank may read it from here on
   return summary;
 }
 
@@ -367,7 +371,10 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
   if (!started_) start();
   const auto begin = Clock::now();
   RunSummary summary = initial_summary(spec_, first_step_);
-  if (first_step_ >= spec_.steps) return nothing_to_do(spec_, weights_, summary);
+  if (first_step_ >= spec_.steps) {
+    finish_validation(summary);
+    return nothing_to_do(spec_, weights_, summary);
+  }
   const bool writer = dist::world().writer();
   detail::ProgressBar bar(spec_.label, spec_.steps, first_step_, spec_.progress && writer);
   auto window_begin = Clock::now();
@@ -391,15 +398,18 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
       window_begin = Clock::now();
     }
     if (after && writer) after(done);
+    const bool check = validating() && (done % spec_.validate_every == 0 || done == spec_.steps);
+    summary.stopped_early = check && validate_now(done);
     const bool timed_out = out_of_time(done, seconds_since(begin));
-    if (done % spec_.checkpoint_every == 0 || done == spec_.steps || timed_out) save(done);
-    if (timed_out) {
+    if (done % spec_.checkpoint_every == 0 || done == spec_.steps || timed_out || check) save(done);
+    if (timed_out || summary.stopped_early) {
       summary.steps = done;
-      log_time_limit(done, spec_.steps);
+      if (timed_out) log_time_limit(done, spec_.steps);
       break;
     }
   }
   bar.finish();
+  finish_validation(summary);
   dist::world().agree(true, "writing " + summary.model);  // every rank may read it from here on
   summary.seconds = seconds_since(begin);
   summary.last_loss = last_loss_;

@@ -57,6 +57,13 @@ Keys<RegConfig::Data> data_keys() {
           "the first fraction of the sorted files trains, the rest tests"),
       key("test_pairs", &D::test_pairs, {at_least<int64_t>(0, " (0 = all ordered pairs)")}, "pairs",
           "seeded ordered test pairs (0 = all)"),
+      key("validation_images", &D::validation_images, {at_least<int64_t>(0, " (0 = none)")},
+          "images",
+          "the last this many images of the training part are held out to validate (their labels "
+          "choose each run's step by DSC, `validate_every` of the train sections); never test "
+          "images"),
+      key("validation_pairs", &D::validation_pairs, {at_least<int64_t>(0, " (0 = all)")}, "pairs",
+          "seeded ordered pairs of the validation images (0 = all)"),
       seed_key(&D::seed, "seed of the test-pair list"),
   };
 }

@@ -93,6 +93,16 @@ RegSplit split_cases(const RegConfig::Data& data) {
   RegSplit split;
   for (size_t i = 0; i < cases.size(); ++i)
     if (included(cases[i])) (i < n_train ? split.train : split.test).push_back(cases[i]);
+  const auto held = static_cast<size_t>(data.validation_images);
+  if (held > 0 && held + 2 <= split.train.size()) {
+    split.validation.assign(split.train.end() - static_cast<std::ptrdiff_t>(held),
+                            split.train.end());
+    split.train.resize(split.train.size() - held);
+  } else if (held > 0) {
+    throw std::runtime_error("data.validation_images = " + std::to_string(held) + " leaves fewer " +
+                             "than 2 of the " + std::to_string(split.train.size()) +
+                             " training images of '" + data.images + "' to train on");
+  }
   if (split.train.size() < 2 || split.test.size() < 2)
     throw std::runtime_error(
         "'" + data.images + "': the split (data.train_fraction, data.include) leaves " +

@@ -41,6 +41,25 @@ torch::Tensor register_volumes(RegModel& model, const RegVolume& moving, const R
   return field_to_input(disp, moving.fit);
 }
 
+double validation_dice(RegModel& model, const RegValidation& v, int64_t classes) {
+  if (v.pairs.empty()) throw std::invalid_argument("validation_dice: no validation pairs");
+  double total = 0;
+  for (const auto& [m, f] : v.pairs) {
+    const auto& moving = v.volumes[static_cast<size_t>(m)];
+    const auto& fixed = v.volumes[static_cast<size_t>(f)];
+    const auto warped = warp_labels(moving.labels, register_volumes(model, moving, fixed),
+                                    LabelInterpolation::kNearest);
+    double sum = 0;
+    for (int64_t k = 1; k <= classes; ++k) {
+      const auto a = warped == k, b = fixed.labels == k;
+      const double n = a.sum().item<double>() + b.sum().item<double>();
+      sum += n > 0 ? 2 * (a & b).sum().item<double>() / n : 1.0;
+    }
+    total += sum / static_cast<double>(classes);
+  }
+  return total / static_cast<double>(v.pairs.size());
+}
+
 PairResult score_pair(const RegVolume& moving, const RegVolume& fixed, const torch::Tensor& field,
                       int64_t num_classes) {
   if (!moving.labels.defined() || !fixed.labels.defined())

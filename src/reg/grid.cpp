@@ -50,7 +50,15 @@ struct Data {
   at::Tensor train_images;  // [M, 1, ...size]
   std::vector<RegVolume> test;
   std::vector<std::pair<int64_t, int64_t>> pairs;
+  RegValidation validation;  // data.validation_images of the training part, labelled
 };
+
+/// The validation score of the runs (none without validation images).
+RegValidate validator(const Data& d, const RegConfig& c) {
+  if (d.validation.volumes.empty()) return {};
+  const auto classes = static_cast<int64_t>(c.data.classes.size());
+  return [&d, classes](RegModel& m) { return validation_dice(m, d.validation, classes); };
+}
 
 Data load_data(const RegConfig& c) {
   const auto split = split_cases(c.data);
@@ -61,7 +69,13 @@ Data load_data(const RegConfig& c) {
   for (const auto& cs : split.test)
     d.test.push_back(load_volume(cs.image_path, cs.label_path, c.data));
   d.pairs = test_pairs(static_cast<int64_t>(d.test.size()), c.data.test_pairs, c.data.seed);
+  for (const auto& cs : split.validation)
+    d.validation.volumes.push_back(load_volume(cs.image_path, cs.label_path, c.data));
+  if (!split.validation.empty())
+    d.validation.pairs = test_pairs(static_cast<int64_t>(split.validation.size()),
+                                    c.data.validation_pairs, c.data.seed + 1);
   log::info("registration data: " + std::to_string(split.train.size()) + " training images, " +
+            std::to_string(split.validation.size()) + " validation images, " +
             std::to_string(split.test.size()) + " test images, " + std::to_string(d.pairs.size()) +
             " test pairs");
   return d;
@@ -113,8 +127,11 @@ json run_row(const RegConfig& c, const Row& row, const Data& d,
   std::string weights = row.pretrain == "none" ? "" : pretrained.at(row.pretrain);
   double train_seconds =
       row.pretrain == "none" ? 0 : run_seconds(detail::join(out, "pretrain-" + row.pretrain));
+  int64_t chosen = -1;
   if (row.finetune) {
-    weights = train_registration(c, "finetune", {}, d.train_images, weights, dir, progress);
+    const auto run = train_registration(c, "finetune", {}, d.train_images, weights, dir, progress,
+                                        validator(d, c));
+    weights = run.model, chosen = run.chosen_step < 0 ? run.steps : run.chosen_step;
     train_seconds += run_seconds(dir);
   }
   RegModel model = weights.empty() ? RegModel{VoxelMorph(c.voxelmorph), c, 0, true}
@@ -124,6 +141,7 @@ json run_row(const RegConfig& c, const Row& row, const Data& d,
                  {"pretrain", row.pretrain}, {"finetune", row.finetune},
                  {"model", weights},         {"pairs", evaluate_row(model, d, c)}};
   result["train_seconds"] = train_seconds;
+  if (chosen >= 0) result["finetune_step"] = chosen;
   result["eval_seconds"] =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   detail::make_dirs(dir);
@@ -284,18 +302,24 @@ void run_grid(const RegConfig& c, const std::string& out, bool progress) {
     if (p != "none")
       banks[p] = synthetic_bank(p, d.train_images, c, detail::join(out, "bank-" + p), progress);
   std::map<std::string, std::string> pretrained, weights;
+  std::map<std::string, int64_t> pretrain_steps;  // the step each pretraining was taken at
   for (auto& [p, bank] : banks) {
-    pretrained[p] = train_registration(c, "pretrain", bank, {}, "",
-                                       detail::join(out, "pretrain-" + p), progress);
+    const auto run = train_registration(
+        c, "pretrain", bank, {}, "", detail::join(out, "pretrain-" + p), progress, validator(d, c));
+    pretrained[p] = run.model;
+    pretrain_steps[p] = run.chosen_step < 0 ? run.steps : run.chosen_step;
     bank = PairBank{};
   }
   std::vector<json> results;
   for (const auto& row : rows) {
     results.push_back(run_row(c, row, d, pretrained, out, progress));
     // Where the row's model is now: a finished row of a moved or copied folder names its old place.
-    const auto model = row.finetune ? detail::join(out, row.name()) + "/model.pt"
-                                    : (row.pretrain == "none" ? "" : pretrained.at(row.pretrain));
+    const auto dir = detail::join(out, row.name());
+    const auto model =
+        row.finetune ? dir + (detail::file_exists(dir + "/best.pt") ? "/best.pt" : "/model.pt")
+                     : (row.pretrain == "none" ? "" : pretrained.at(row.pretrain));
     results.back()["model"] = weights[row.name()] = model;
+    if (row.pretrain != "none") results.back()["pretrain_step"] = pretrain_steps.at(row.pretrain);
   }
   json all = {
       {"config", json::parse(to_json(c))}, {"test_pairs", d.pairs.size()}, {"rows", results}};

@@ -54,9 +54,11 @@ torch::Tensor supervised_loss(const torch::Tensor& target, const torch::Tensor& 
   return (predicted - target).square().mean() + lambda * gradient_loss(predicted, 1);
 }
 
-torch::Tensor unsupervised_loss(const std::string& similarity, const torch::Tensor& warped,
-                                const torch::Tensor& fixed, const torch::Tensor& smoothed,
-                                double lambda, int64_t ncc_window) {
+std::pair<torch::Tensor, torch::Tensor> unsupervised_terms(const std::string& similarity,
+                                                           const torch::Tensor& warped,
+                                                           const torch::Tensor& fixed,
+                                                           const torch::Tensor& smoothed,
+                                                           int64_t ncc_window) {
   at::Tensor sim;
   if (similarity == "mse")
     sim = (warped - fixed).square().mean();
@@ -64,7 +66,14 @@ torch::Tensor unsupervised_loss(const std::string& similarity, const torch::Tens
     sim = ncc_loss(warped, fixed, ncc_window);
   else
     throw std::invalid_argument("unknown similarity '" + similarity + "' (expected mse or ncc)");
-  return sim + lambda * gradient_loss(smoothed, 2);
+  return {sim, gradient_loss(smoothed, 2)};
+}
+
+torch::Tensor unsupervised_loss(const std::string& similarity, const torch::Tensor& warped,
+                                const torch::Tensor& fixed, const torch::Tensor& smoothed,
+                                double lambda, int64_t ncc_window) {
+  const auto [sim, smooth] = unsupervised_terms(similarity, warped, fixed, smoothed, ncc_window);
+  return sim + lambda * smooth;
 }
 
 }  // namespace drdm::reg

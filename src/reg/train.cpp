@@ -222,9 +222,10 @@ void check_training_inputs(const std::string& phase, const PairBank& bank,
 
 }  // namespace
 
-std::string train_registration(const RegConfig& c, const std::string& phase, const PairBank& bank,
-                               const torch::Tensor& images, const std::string& init_weights,
-                               const std::string& output_dir, bool progress) {
+RunSummary train_registration(const RegConfig& c, const std::string& phase, const PairBank& bank,
+                              const torch::Tensor& images, const std::string& init_weights,
+                              const std::string& output_dir, bool progress,
+                              const RegValidate& validate) {
   check_training_inputs(phase, bank, images);
   const auto& t = phase == "pretrain" ? c.pretrain : c.finetune;
   const auto device = resolve_device(t.device);
@@ -241,6 +242,17 @@ std::string train_registration(const RegConfig& c, const std::string& phase, con
   auto spec = run_spec(t, output_dir, kKind, run_config(c, phase, init), resume_identity,
                        detail::file_exists(output_dir + "/checkpoint.pt"), progress);
   spec.label = phase, spec.lr_key = phase + ".lr", spec.steps_key = phase + ".steps";
+  if (t.validate_every > 0 && !validate)
+    throw std::invalid_argument(phase + ".validate_every = " + std::to_string(t.validate_every) +
+                                " needs validation images: set data.validation_images (or " +
+                                phase + ".validate_every = 0)");
+  if (validate) {
+    spec.validate = [&] {
+      RegModel model{net, c, 0, false};
+      return validate(model);
+    };
+    spec.validation_name = phase + " validation DSC";
+  }
   TrainingRun run(
       spec, [&] { return module_state(*net); },
       [&](const TensorMap& m) { load_module_state(*net, m); }, adam);
@@ -254,13 +266,18 @@ std::string train_registration(const RegConfig& c, const std::string& phase, con
     };
     const Pair batch{rows(global.moving), rows(global.fixed), rows(global.target)};
     const auto out = net->forward_full(batch.moving, batch.fixed);
-    const auto loss =
-        pre ? supervised_loss(batch.target, out.displacement, c.pretrain_lambda)
-            : unsupervised_loss(c.similarity, warp(batch.moving, out.displacement), batch.fixed,
-                                out.preintegration, c.finetune_lambda, c.ncc_window);
-    return descend(adam, loss, t, s);
+    if (pre)
+      return descend(adam, supervised_loss(batch.target, out.displacement, c.pretrain_lambda), t,
+                     s);
+    const auto [sim, smooth] =
+        unsupervised_terms(c.similarity, warp(batch.moving, out.displacement), batch.fixed,
+                           out.preintegration, c.ncc_window);
+    auto r = descend(adam, sim + c.finetune_lambda * smooth, t, s);
+    r.metrics.push_back({c.similarity, sim.item<double>()});
+    r.metrics.push_back({"smoothness", smooth.item<double>()});
+    return r;
   };
-  return run.run(step).model;
+  return run.run(step);
 }
 
 RegModel load_reg_model(const std::string& name_or_path, const torch::Device& device) {

@@ -55,6 +55,10 @@ Keys<SegConfig::Data> data_keys() {
           "the test set: subjects with s mod group_size in [a, b]"),
       key("max_test_subjects", &D::max_test_subjects, {at_least<int64_t>(0, " (0 = all)")},
           "subjects", "test on the first this many test subjects (0 = all)"),
+      key("validation_subjects", &D::validation_subjects, {at_least<int64_t>(0, " (0 = none)")},
+          "subjects",
+          "held out of the labelled pool (balanced over groups, the same for every run) to choose "
+          "each run's step by validation DSC (`train.validate_every`); never test subjects"),
   };
 }
 

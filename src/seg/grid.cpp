@@ -21,6 +21,7 @@
 #include "drdm/engine/training_engine.h"
 #include "drdm/io/image_io.h"
 #include "drdm/io/text_file.h"
+#include "drdm/seg/augment_preview.h"
 #include "drdm/seg/evaluate.h"
 #include "drdm/seg/train.h"
 #include "engine/config_json.h"
@@ -92,44 +93,58 @@ std::vector<LabelledCase> cases_of(const std::vector<Subject>& subjects) {
   return out;
 }
 
+std::string bank_dir(const std::string& out, int64_t n, int64_t seed) {
+  return out + "/banks/n" + std::to_string(n) + "-s" + std::to_string(seed);
+}
+
+/// What one run trains on and is scored against.
+struct RunInputs {
+  std::vector<Subject> chosen;
+  const SliceSet* validation;
+  std::vector<LabelledCase> test;
+};
+
 /// One run: train (or resume), evaluate on the test cases, write test_metrics.json.
 json run_one(const SegConfig& c, const std::string& aug, int64_t n, int64_t seed,
-             const std::vector<Subject>& chosen, const std::vector<LabelledCase>& test,
-             const std::string& out, bool progress) {
+             const RunInputs& in, const std::string& out, bool progress) {
   const auto dir = out + "/runs/" + run_name(aug, n, seed);
   const auto done = dir + "/test_metrics.json";
   if (detail::file_exists(done)) {
-    std::ifstream in(done);
+    std::ifstream file(done);
     log::info("seg_fewshot: " + run_name(aug, n, seed) + " is finished; skipping");
-    return json::parse(in);
+    return json::parse(file);
   }
+  const auto& chosen = in.chosen;
   auto rc = c;
   rc.train.seed = static_cast<uint64_t>(seed);
   const auto slices = load_slices(cases_of(chosen), rc.data.slices);
   at::Tensor bank;
-  if (aug == "drdm")
-    bank = drdm_bank(slices, rc, seed,
-                     out + "/banks/n" + std::to_string(n) + "-s" + std::to_string(seed), progress);
+  if (aug == "drdm") bank = drdm_bank(slices, rc, seed, bank_dir(out, n, seed), progress);
   log::info("seg_fewshot: " + run_name(aug, n, seed) + ": " +
             std::to_string(slices.images.size(0)) + " labelled slices of " +
             std::to_string(chosen.size()) + " subject(s)");
   const auto begin = std::chrono::steady_clock::now();
-  const auto model_path = train_segmentation(rc, aug, slices, bank, dir, progress);
+  const auto trained = train_segmentation(rc, aug, slices, bank, dir, progress, *in.validation);
   const double train_secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
-  auto model = load_seg_model(model_path, resolve_device(c.train.device));
-  const auto results = evaluate_cases(model, test);
+  auto model = load_seg_model(trained.model, resolve_device(c.train.device));
+  const auto results = evaluate_cases(model, in.test);
   std::vector<int64_t> numbers;
   for (const auto& s : chosen) numbers.push_back(s.number);
-  json record = {{"augmentation", aug},
-                 {"subjects", n},
-                 {"seed", seed},
-                 {"chosen", numbers},
-                 {"labelled_slices", slices.images.size(0)},
-                 {"train_seconds", train_secs},
-                 {"bank_fields_per_slice", bank.defined() ? bank.size(1) : 0},
-                 {"per_subject", per_subject(results, c)},
-                 {"cases", json::parse(results_json(results, class_labels(c), c.data.classes))}};
+  json record = {
+      {"augmentation", aug},
+      {"subjects", n},
+      {"seed", seed},
+      {"chosen", numbers},
+      {"labelled_slices", slices.images.size(0)},
+      {"train_seconds", train_secs},
+      {"bank_fields_per_slice", bank.defined() ? bank.size(1) : 0},
+      {"steps_trained", trained.steps},
+      {"chosen_step", trained.chosen_step < 0 ? trained.steps : trained.chosen_step},
+      {"validation_dsc", trained.chosen_step < 0 ? json() : json(trained.best_validation)},
+      {"stopped_early", trained.stopped_early},
+      {"per_subject", per_subject(results, c)},
+      {"cases", json::parse(results_json(results, class_labels(c), c.data.classes))}};
   write_text_atomically(done, record.dump(1) + "\n");
   return record;
 }
@@ -227,6 +242,29 @@ void wilcoxon_table(std::ostringstream& md, const SegConfig& c, const Runs& runs
     }
 }
 
+// The step each run was taken at (validation) and how long it trained.
+void steps_table(std::ostringstream& md, const SegConfig& c, const Runs& runs) {
+  md << "\nSteps per run (seed by seed): the step taken (best validation DSC, in %) of the steps "
+        "trained\n\n| subjects | augmentation | taken / trained (validation DSC) "
+        "|\n|---|---|---|\n";
+  for (auto n : c.grid.subjects)
+    for (const auto& aug : c.grid.augmentations) {
+      const auto it = runs.find(aug + "-n" + std::to_string(n));
+      if (it == runs.end()) continue;
+      md << "| " << n << " | " << aug << " |";
+      for (const auto& r : it->second) {
+        md << " " << r.value("chosen_step", json(0)).dump() << " / "
+           << r.value("steps_trained", json(0)).dump();
+        const auto v = r.value("validation_dsc", json());
+        char text[32];
+        std::snprintf(text, sizeof text, " (%.1f)", v.is_number() ? 100 * v.get<double>() : 0.0);
+        if (v.is_number()) md << text;
+        md << ";";
+      }
+      md << "\n";
+    }
+}
+
 std::string results_markdown(const SegConfig& c, const Runs& runs, json& wilcoxon) {
   std::ostringstream md;
   md << "# " << c.name << ": few-shot segmentation (paper Table 2 layout)\n\n"
@@ -239,21 +277,9 @@ std::string results_markdown(const SegConfig& c, const Runs& runs, json& wilcoxo
   summary_table(md, c, runs, cls);
   per_class_table(md, c, runs);
   wilcoxon_table(md, c, runs, cls, wilcoxon);
+  steps_table(md, c, runs);
   md << "\n![test predictions](predictions.png)\n";
   return md.str();
-}
-
-/// RGB [3, H, W] uint8: the grey slice with the class map blended in.
-at::Tensor overlay(const at::Tensor& image, const at::Tensor& labels) {
-  static const float colours[4][3] = {{0, 0, 0}, {230, 60, 60}, {60, 200, 80}, {70, 120, 240}};
-  auto grey = (image.clamp(0, 1) * 255).expand({3, image.size(0), image.size(1)}).clone();
-  for (int64_t k = 1; k < 4; ++k) {
-    const auto mask = (labels == k).unsqueeze(0).expand_as(grey);
-    const auto col =
-        at::tensor({colours[k][0], colours[k][1], colours[k][2]}).view({3, 1, 1}).expand_as(grey);
-    grey = at::where(mask, 0.45 * grey + 0.55 * col, grey);
-  }
-  return grey.round().to(at::kByte);
 }
 
 /// Fig. 10-like: one test slice; per subset size a row of image | truth | each augmentation.
@@ -265,13 +291,16 @@ void write_predictions_png(const SegConfig& c, const LabelledCase& test_case,
   const auto image = v.slices[z][0], truth = v.labels[z][0];
   std::vector<at::Tensor> rows;
   for (auto n : c.grid.subjects) {
-    std::vector<at::Tensor> row = {overlay(image, at::zeros_like(truth)), overlay(image, truth)};
+    std::vector<at::Tensor> row = {label_overlay(image, at::zeros_like(truth)),
+                                   label_overlay(image, truth)};
     for (const auto& aug : c.grid.augmentations) {
-      const auto path = out + "/runs/" + run_name(aug, n, c.grid.seeds.front()) + "/model.pt";
+      const auto dir = out + "/runs/" + run_name(aug, n, c.grid.seeds.front());
+      const auto path = dir + (detail::file_exists(dir + "/best.pt") ? "/best.pt" : "/model.pt");
       if (!detail::file_exists(path)) continue;
       auto model = load_seg_model(path);
       at::NoGradGuard no_grad;
-      row.push_back(overlay(image, model.net->forward(v.slices.narrow(0, z, 1)).argmax(1)[0]));
+      row.push_back(
+          label_overlay(image, model.net->forward(v.slices.narrow(0, z, 1)).argmax(1)[0]));
     }
     std::vector<at::Tensor> spaced;
     for (const auto& p : row)
@@ -337,6 +366,21 @@ std::string changed_keys(const json& before, const json& now) {
 
 /// A folder holding another program's run, or seg_fewshot runs made with another config, is
 /// refused: finished runs are skipped, and their results would be reported under this config.
+/// The DRDM banks of every (subjects, seed) cell, made before any training
+/// (cached: a finished bank is reused).
+void make_banks(const SegConfig& c, const Split& split, const std::string& out, bool progress) {
+  const auto& a = c.grid.augmentations;
+  if (std::find(a.begin(), a.end(), "drdm") == a.end()) return;
+  for (auto n : c.grid.subjects)
+    for (auto seed : c.grid.seeds) {
+      const auto dir = out + "/runs/" + run_name("drdm", n, seed);
+      if (detail::file_exists(dir + "/test_metrics.json")) continue;
+      const auto chosen = choose_subjects(split.pool, n, static_cast<uint64_t>(seed));
+      drdm_bank(load_slices(cases_of(chosen), c.data.slices), c, static_cast<uint64_t>(seed),
+                bank_dir(out, n, seed), progress);
+    }
+}
+
 /// The grid may change (runs are named by augmentation, subjects and seed).
 void check_earlier_runs(const SegConfig& c, const std::string& out) {
   detail::require_run_kind(out, kProgram,
@@ -370,15 +414,21 @@ void run_grid(const SegConfig& c, const std::string& out, bool progress) {
   write_text_atomically(out + "/config.json", to_json(c) + "\n");
   const auto test = cases_of(split.test);
   log::info("seg_fewshot: pool of " + std::to_string(split.pool.size()) + " subjects, " +
+            std::to_string(split.validation.size()) + " validation subjects, " +
             std::to_string(split.test.size()) + " test subjects (" + std::to_string(test.size()) +
             " cases)");
+  make_banks(c, split, out, progress);  // every bank before any training
+  SliceSet validation;
+  if (!split.validation.empty())
+    validation = load_slices(cases_of(split.validation), c.data.slices);
   std::map<std::string, std::vector<json>> runs;  // "aug-nN" -> one record per seed
   json all = json::array();
   for (auto n : c.grid.subjects)
     for (auto seed : c.grid.seeds) {
-      const auto chosen = choose_subjects(split.pool, n, static_cast<uint64_t>(seed));
+      const RunInputs in{choose_subjects(split.pool, n, static_cast<uint64_t>(seed)), &validation,
+                         test};
       for (const auto& aug : c.grid.augmentations) {
-        auto record = run_one(c, aug, n, seed, chosen, test, out, progress);
+        auto record = run_one(c, aug, n, seed, in, out, progress);
         runs[aug + "-n" + std::to_string(n)].push_back(record);
         record.erase("cases");
         all.push_back(record);

@@ -59,6 +59,26 @@ std::vector<Subject> group_by_subject(const std::vector<LabelledCase>& cases, in
   return out;
 }
 
+// Moves n subjects of the pool, balanced over groups, to split.validation.
+// Their seed is fixed, so every run of a grid validates on the same subjects.
+void hold_out_validation(Split& split, int64_t n) {
+  if (n == 0) return;
+  const auto pool_size = static_cast<int64_t>(split.pool.size());
+  if (n >= pool_size)
+    throw std::invalid_argument("data.validation_subjects = " + std::to_string(n) +
+                                " leaves no training subject in a pool of " +
+                                std::to_string(pool_size));
+  constexpr uint64_t kValidationSeed = 0x5EA1DA7E;  // any fixed value; not a grid seed
+  split.validation = choose_subjects(split.pool, n, kValidationSeed);
+  std::vector<Subject> rest;
+  for (auto& s : split.pool) {
+    const bool held = std::any_of(split.validation.begin(), split.validation.end(),
+                                  [&](const Subject& v) { return v.number == s.number; });
+    if (!held) rest.push_back(std::move(s));
+  }
+  split.pool = std::move(rest);
+}
+
 }  // namespace
 
 Split split_subjects(const SegConfig::Data& data) {
@@ -78,6 +98,7 @@ Split split_subjects(const SegConfig::Data& data) {
     throw std::runtime_error("no subject of '" + data.images + "' falls in data.pool_mod");
   if (split.test.empty())
     throw std::runtime_error("no subject of '" + data.images + "' falls in data.test_mod");
+  hold_out_validation(split, data.validation_subjects);
   return split;
 }
 
@@ -226,15 +247,63 @@ Batch training_batch(const SliceSet& s, const at::Tensor& bank, const SegConfig&
 
 }  // namespace
 
-std::string train_segmentation(const SegConfig& c, const std::string& augmentation,
-                               const SliceSet& slices, const torch::Tensor& bank,
-                               const std::string& output_dir, bool progress) {
+double validation_dice(UNet& net, const SliceSet& set, int64_t classes) {
+  const auto device = net->parameters().front().device();
+  net->train(false);
+  at::Tensor pred;
+  {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> out;
+    for (int64_t s = 0; s < set.images.size(0); s += 32) {
+      const auto n = std::min<int64_t>(32, set.images.size(0) - s);
+      out.push_back(net->forward(set.images.narrow(0, s, n).to(device)).argmax(1).cpu());
+    }
+    pred = at::cat(out);
+  }
+  net->train(true);
+  const auto truth = set.labels.squeeze(1);
+  const auto case_of = at::tensor(set.case_of, at::kLong);
+  double total = 0;
+  int64_t counted = 0;
+  for (int64_t i = 0; i < static_cast<int64_t>(set.cases.size()); ++i) {
+    const auto mine = (case_of == i).nonzero().squeeze(1);
+    const auto p = pred.index_select(0, mine), t = truth.index_select(0, mine);
+    double sum = 0;
+    int64_t present = 0;
+    for (int64_t k = 1; k <= classes; ++k) {
+      const double a = (p == k).sum().item<double>(), b = (t == k).sum().item<double>();
+      if (a + b == 0) continue;
+      sum += 2 * ((p == k) & (t == k)).sum().item<double>() / (a + b), ++present;
+    }
+    if (present > 0) total += sum / static_cast<double>(present), ++counted;
+  }
+  return counted > 0 ? total / static_cast<double>(counted) : 0.0;
+}
+
+namespace {
+
+void check_training_request(const SegConfig& c, const std::string& augmentation,
+                            const SliceSet& slices, const torch::Tensor& bank,
+                            const SliceSet& validation) {
   if (augmentation != "none" && augmentation != "bigaug" && augmentation != "drdm")
     throw std::invalid_argument("unknown augmentation '" + augmentation +
                                 "' (expected none, bigaug or drdm)");
   if (augmentation == "drdm" && (!bank.defined() || bank.size(0) != slices.images.size(0)))
     throw std::invalid_argument("augmentation drdm needs a bank with one entry per training slice");
   if (slices.images.size(0) == 0) throw std::invalid_argument("the labelled subset has no slices");
+  if (c.train.validate_every > 0 && !validation.images.defined())
+    throw std::invalid_argument(
+        "train.validate_every = " + std::to_string(c.train.validate_every) +
+        " needs validation subjects: set data.validation_subjects (or train.validate_every = 0)");
+}
+
+}  // namespace
+
+RunSummary train_segmentation(const SegConfig& c, const std::string& augmentation,
+                              const SliceSet& slices, const torch::Tensor& bank,
+                              const std::string& output_dir, bool progress,
+                              const SliceSet& validation) {
+  check_training_request(c, augmentation, slices, bank, validation);
   const auto device = resolve_device(c.train.device);
   if (c.train.threads > 0) at::set_num_threads(static_cast<int>(c.train.threads));
   at::manual_seed(c.train.seed);
@@ -253,6 +322,13 @@ std::string train_segmentation(const SegConfig& c, const std::string& augmentati
   auto spec = run_spec(c.train, output_dir, kKind, to_json(c), identity,
                        detail::file_exists(output_dir + "/checkpoint.pt"), progress);
   spec.label = augmentation;
+  if (validation.images.defined()) {
+    const auto classes = static_cast<int64_t>(c.data.classes.size());
+    spec.validate = [&net, &validation, classes] {
+      return validation_dice(net, validation, classes);
+    };
+    spec.validation_name = "validation DSC";
+  }
   TrainingRun run(
       spec, [&] { return module_state(*net); },
       [&](const TensorMap& m) { load_module_state(*net, m); }, adam);
@@ -263,7 +339,7 @@ std::string train_segmentation(const SegConfig& c, const std::string& augmentati
     const auto labels = dist::my_rows(batch.labels, "train.batch_size").to(device);
     return descend(adam, segmentation_loss(c.loss, logits, labels), c.train, s);
   };
-  return run.run(step).model;
+  return run.run(step);
 }
 
 SegModel load_seg_model(const std::string& name_or_path, const torch::Device& device) {

@@ -85,6 +85,15 @@ def register_oracle(bin_path, model, moving, fixed, min_mm, workdir, what):
           f"{what}: warped labels keep the moving image's grid")
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     check(all(0 <= c["dice"] <= 1 for c in metrics["classes"].values()), f"{what}: metrics.json has Dice per class")
+    check(all(isinstance(c.get("label"), int) and 0 <= c["before"]["dice"] <= 1 for c in metrics["classes"].values())
+          and "mean_dice_before" in metrics, f"{what}: metrics.json has each class's label number and DSC before")
+    # DSC before registration, recomputed from the files by numpy (oracle).
+    mov = sitk.GetArrayFromImage(sitk.ReadImage(lab(moving))).squeeze()
+    fix = sitk.GetArrayFromImage(sitk.ReadImage(lab(fixed))).squeeze()
+    for name, c in metrics["classes"].items():
+        a, b = mov == c["label"], fix == c["label"]
+        want = 2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+        check(abs(c["before"]["dice"] - want) < 1e-6, f"{what}: {name} DSC before = {want:.4f} (numpy)")
 
 
 def bad_input(bin_path, model, moving, fixed, workdir):
@@ -105,6 +114,24 @@ def bad_input(bin_path, model, moving, fixed, workdir):
                       "--moving-labels", missing])
     check(rc != 0 and "no-such-labels.nii.gz" in err, f"missing label file: error names it ({err.strip()[-200:]})")
     check(not os.path.exists(out), "nothing written after the missing-label error")
+
+
+def wrong_dimension(bin_path, models, data, workdir):
+    """A model refuses images of the other dimension, before writing anything."""
+    out = os.path.join(workdir, "wrong-dim")
+    jsrt = os.path.join(data, "jsrt", "images")
+    hip = os.path.join(data, "hippocampus", "images")
+    cases = [("reg-hippocampus3d", os.path.join(jsrt, "JPCNN010.nii.gz"), os.path.join(jsrt, "JPCNN020.nii.gz"),
+              "the registration network is 3D"),
+             ("reg-chest2d", os.path.join(hip, "hippocampus_308.nii.gz"), os.path.join(hip, "hippocampus_319.nii.gz"),
+              "the registration network is 2D")]
+    for model, moving, fixed, says in cases:
+        shutil.rmtree(out, ignore_errors=True)
+        rc, _, err = run([bin_path, "register", "--model", os.path.join(models, model, "model.pt"), "--moving", moving,
+                          "--fixed", fixed, "--output", out, "--device", "cpu"])
+        check(rc != 0 and says in err and os.path.basename(moving) in err,
+              f"{model} refuses an image of the other dimension ({err.strip()[-160:]})")
+        check(not os.path.exists(out), f"{model}: nothing written after the dimension error")
 
 
 def main():
@@ -130,6 +157,7 @@ def main():
                     # The shipped 3D model barely moves (its card: fields of ~0.03 mm); the 3D field
                     # convention itself is also checked by oracle_simpleitk with large random fields.
                     0.01, a.workdir, "hippocampus 3D")
+    wrong_dimension(a.bin, a.models, a.data, a.workdir)
     bad_input(a.bin, chest, os.path.join(jsrt, "JPCNN010.nii.gz"), os.path.join(jsrt, "JPCNN020.nii.gz"), a.workdir)
     print(f"{len(FAILURES)} failure(s)")
     sys.exit(1 if FAILURES else 0)

@@ -26,6 +26,11 @@ struct TrainSection {
   int64_t checkpoint_every = 500;  ///< steps between checkpoints (one is always written at the end)
   int64_t preview_every = 500;     ///< steps between preview PNGs (0 = never)
   int64_t log_every = 10;          ///< steps between metrics lines
+  /// Held-out validation (seg_fewshot, reg_synth): steps between checks (0 =
+  /// none); the best-scoring weights become the run's model (best.pt).
+  int64_t validate_every = 0;
+  /// Checks without improvement before the run stops early (0 = never).
+  int64_t patience = 0;
   std::string mixed_precision =
       "none";                   ///< "none" or "bf16" (autocast of the network, CPU or CUDA)
   std::string device = "auto";  ///< "auto" (CUDA when present), "cpu", "cuda", "cuda:N"

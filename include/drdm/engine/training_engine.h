@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "drdm/engine/optim.h"
@@ -98,6 +99,16 @@ struct RunSpec {
   std::string label = "train";            ///< progress bar label
   std::string lr_key = "train.lr";        ///< named in the NaN-stop advice
   std::string steps_key = "train.steps";  ///< named when the steps fall below a checkpoint's
+  /// Held-out validation: when set and validate_every > 0, validate() scores
+  /// the current weights (higher is better, the same on every rank) every
+  /// validate_every steps and at the end. The best weights go to best.pt, the
+  /// history to validation.json; after `patience` checks without improvement
+  /// (0 = never) the run stops early, checkpointed. Every check also writes
+  /// the checkpoint, so --resume repeats the same choices.
+  std::function<double()> validate;
+  int64_t validate_every = 0;
+  int64_t patience = 0;
+  std::string validation_name = "validation";  ///< what validate() measures, for logs
 };
 
 /// A RunSpec from a config's shared "train" section (steps, checkpoint_every,
@@ -109,12 +120,15 @@ RunSpec run_spec(const TrainSection& train, const std::string& output_dir, const
 
 /// How a run ended.
 struct RunSummary {
-  int64_t first_step = 0;  ///< where this run started (0 or the resumed step)
-  int64_t steps = 0;       ///< the step count reached
-  double seconds = 0;      ///< wall time of this run
-  double last_loss = 0;    ///< mean loss over the last logging window
-  std::string checkpoint;  ///< output_dir/checkpoint.pt
-  std::string model;       ///< output_dir/model.pt
+  int64_t first_step = 0;      ///< where this run started (0 or the resumed step)
+  int64_t steps = 0;           ///< the step count reached
+  double seconds = 0;          ///< wall time of this run
+  double last_loss = 0;        ///< mean loss over the last logging window
+  std::string checkpoint;      ///< output_dir/checkpoint.pt
+  std::string model;           ///< output_dir/model.pt, or best.pt when validated
+  int64_t chosen_step = -1;    ///< the step of best.pt (-1 without validation)
+  double best_validation = 0;  ///< its validation score
+  bool stopped_early = false;  ///< stopped by `patience`
 };
 
 /// Output files of a run: config.json, checkpoint.pt (weights + Adam, every
@@ -155,6 +169,10 @@ class TrainingRun {
   void log_window(int64_t done, double seconds);
   void save(int64_t done);
   bool out_of_time(int64_t done, double seconds) const;
+  bool validating() const { return spec_.validate && spec_.validate_every > 0; }
+  bool validate_now(int64_t done);
+  void load_validation_history();
+  void finish_validation(RunSummary& summary) const;
 
   RunSpec spec_;
   std::function<TensorMap()> weights_;
@@ -168,6 +186,9 @@ class TrainingRun {
   double last_loss_ = 0;
   std::string metrics_path_;
   double elapsed_at_start_ = 0;
+  std::vector<std::pair<int64_t, double>> history_;  ///< validation checks: (step, score)
+  int64_t best_step_ = -1;
+  double best_score_ = 0;
 };
 
 }  // namespace drdm

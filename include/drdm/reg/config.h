@@ -34,7 +34,11 @@ struct RegConfig {
     std::vector<std::string> classes = {"right lung", "left lung", "heart"};  ///< labels 1..K
     double train_fraction = 0.7;  ///< the first fraction of the sorted files train, the rest test
     int64_t test_pairs = 0;       ///< seeded ordered test pairs (0 = all ordered pairs)
-    uint64_t seed = 0;            ///< seed of the test-pair list
+    /// The last this many images of the training part validate (their labels
+    /// choose each run's step); 0 = none. Never test images.
+    int64_t validation_images = 0;
+    int64_t validation_pairs = 40;  ///< seeded ordered validation pairs (0 = all)
+    uint64_t seed = 0;              ///< seed of the test-pair list
   } data;
   VoxelMorphOptions
       voxelmorph;  ///< "voxelmorph": encoder, decoder, integration (dims from data.size)

@@ -37,7 +37,7 @@ RegVolume load_volume(const std::string& image_path, const std::string& label_pa
 /// The cases of data (sorted by name, data.include applied) split into the
 /// first train_fraction and the rest.
 struct RegSplit {
-  std::vector<seg::LabelledCase> train, test;
+  std::vector<seg::LabelledCase> train, validation, test;  ///< validation: data.validation_images
 };
 RegSplit split_cases(const RegConfig::Data& data);
 

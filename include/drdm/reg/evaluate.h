@@ -19,6 +19,17 @@ namespace drdm::reg {
 /// (an error names both files otherwise).
 torch::Tensor register_volumes(RegModel& model, const RegVolume& moving, const RegVolume& fixed);
 
+/// Labelled volumes held out of training, and the ordered pairs that score a run.
+struct RegValidation {
+  std::vector<RegVolume> volumes;
+  std::vector<std::pair<int64_t, int64_t>> pairs;  ///< (moving, fixed) indices into volumes
+};
+
+/// Mean over pairs of the mean over classes 1..classes of the DSC between the
+/// moving labels warped by the model's field (nearest neighbour) and the
+/// fixed labels, on the volumes' own grid. Classes absent from both count 1.
+double validation_dice(RegModel& model, const RegValidation& validation, int64_t classes);
+
 /// Scores of one registered pair: per class (seg::ClassMetrics of the warped
 /// moving labels against the fixed labels, spacing of the fixed file) and the
 /// fraction of voxels with det J <= 0.

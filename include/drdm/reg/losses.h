@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace drdm::reg {
 
@@ -34,5 +35,12 @@ torch::Tensor supervised_loss(const torch::Tensor& target, const torch::Tensor& 
 torch::Tensor unsupervised_loss(const std::string& similarity, const torch::Tensor& warped,
                                 const torch::Tensor& fixed, const torch::Tensor& smoothed,
                                 double lambda, int64_t ncc_window = 9);
+
+/// The two terms of unsupervised_loss, unweighted: {similarity, gradient_loss(smoothed, 2)}.
+std::pair<torch::Tensor, torch::Tensor> unsupervised_terms(const std::string& similarity,
+                                                           const torch::Tensor& warped,
+                                                           const torch::Tensor& fixed,
+                                                           const torch::Tensor& smoothed,
+                                                           int64_t ncc_window = 9);
 
 }  // namespace drdm::reg

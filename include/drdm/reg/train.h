@@ -6,8 +6,10 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
+#include "drdm/engine/training_engine.h"
 #include "drdm/reg/config.h"
 #include "drdm/reg/voxelmorph.h"
 
@@ -24,15 +26,6 @@ struct PairBank {
 PairBank synthetic_bank(const std::string& kind, const torch::Tensor& images,
                         const RegConfig& config, const std::string& dir, bool progress = true);
 
-/// Trains VoxelMorph into output_dir with the shared training engine (resumes
-/// when a checkpoint is there). phase "pretrain": on `bank` with Eq. 20;
-/// phase "finetune": on random ordered pairs of `images` (no labels), starting
-/// from init_weights (a model.pt; empty = from scratch). Returns model.pt's path.
-std::string train_registration(const RegConfig& config, const std::string& phase,
-                               const PairBank& bank, const torch::Tensor& images,
-                               const std::string& init_weights, const std::string& output_dir,
-                               bool progress = true);
-
 /// A trained registration model; identity = true registers nothing (the zero field).
 struct RegModel {
   VoxelMorph net;
@@ -40,6 +33,20 @@ struct RegModel {
   int64_t step = 0;
   bool identity = false;
 };
+
+/// Scores the network being trained (higher is better), e.g. validation_dice.
+using RegValidate = std::function<double(RegModel&)>;
+
+/// Trains VoxelMorph into output_dir with the shared training engine (resumes
+/// when a checkpoint is there). phase "pretrain": on `bank` with Eq. 20;
+/// phase "finetune": on random ordered pairs of `images` (no labels), starting
+/// from init_weights (a model.pt; empty = from scratch). With the phase's
+/// validate_every > 0, `validate` scores the run and its best step is the
+/// result (RunSummary::model is best.pt); otherwise model.pt.
+RunSummary train_registration(const RegConfig& config, const std::string& phase,
+                              const PairBank& bank, const torch::Tensor& images,
+                              const std::string& init_weights, const std::string& output_dir,
+                              bool progress = true, const RegValidate& validate = {});
 /// Loads a model.pt of train_registration (or a shipped name under models/).
 RegModel load_reg_model(const std::string& name_or_path, const torch::Device& device = torch::kCPU);
 

@@ -27,6 +27,8 @@ struct SegConfig {
     std::vector<int64_t> pool_mod = {1, 9};    ///< labelled pool: s mod group_size in [a, b]
     std::vector<int64_t> test_mod = {10, 18};  ///< test set: s mod group_size in [a, b]
     int64_t max_test_subjects = 0;             ///< 0 = all (a smaller number: the first ones)
+    /// Subjects of the pool held out for validation (balanced over groups; 0 = none).
+    int64_t validation_subjects = 0;
   } data;
   struct Grid {
     std::vector<std::string> augmentations = {"none", "bigaug", "drdm"};

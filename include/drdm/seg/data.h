@@ -34,15 +34,33 @@ struct SliceOptions {
   double clip_low_pct = 0.5, clip_high_pct = 99.5;  ///< per-volume intensity clipping, then [0, 1]
 };
 
-/// An image volume cut into 2D slices along tensor axis 0 (a 2D image is one
-/// slice), each fitted into the network grid keeping the physical aspect ratio
-/// (drdm::fit_grid): intensities linearly, labels by nearest neighbour.
+/// How a grid's voxel axes become the canonical orientation that every image
+/// is segmented in, whatever order and sign its axes are stored in: ITK axis
+/// k runs along the physical axis its direction column is closest to, with the
+/// sign of NIfTI's RAS storage (ITK directions -x, -y, +z), the orientation of
+/// ACDC, JSRT and the Decathlon volumes as stored. In tensor order.
+struct Reorientation {
+  std::vector<int64_t> permutation;  ///< canonical tensor axis i = stored axis permutation[i]
+  std::vector<int64_t> flipped;      ///< stored tensor axes reversed (before the permutation)
+  std::vector<double> spacing;       ///< the canonical grid's spacing, ITK order
+  bool identity() const;
+};
+Reorientation canonical_orientation(const Geometry& geometry);
+/// [N, C, ...S] on the stored grid -> the canonical grid, and back.
+torch::Tensor to_canonical(const torch::Tensor& x, const Reorientation& r);
+torch::Tensor from_canonical(const torch::Tensor& x, const Reorientation& r);
+
+/// An image volume brought to the canonical orientation, cut into 2D slices
+/// along tensor axis 0 (a 2D image is one slice), each fitted into the
+/// network grid keeping the physical aspect ratio (drdm::fit_grid):
+/// intensities linearly, labels by nearest neighbour.
 struct PreparedVolume {
-  torch::Tensor slices;  ///< float [S, 1, H, W] in [0, 1]
-  torch::Tensor labels;  ///< int64 [S, 1, H, W] (undefined without labels)
-  GridFit fit;           ///< in-plane fit of each slice
-  Geometry geometry;     ///< the image's own grid
-  int64_t dims = 3;      ///< the image's dimension (2: [1, 1, H, W] images)
+  torch::Tensor slices;       ///< float [S, 1, H, W] in [0, 1]
+  torch::Tensor labels;       ///< int64 [S, 1, H, W] (undefined without labels)
+  GridFit fit;                ///< in-plane fit of each slice
+  Geometry geometry;          ///< the image's own grid
+  Reorientation orientation;  ///< from the image's grid to the canonical one
+  int64_t dims = 3;           ///< the image's dimension (2: [1, 1, H, W] images)
 };
 
 /// Reads and prepares one image (and its labels when label_path is not empty).

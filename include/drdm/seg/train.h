@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "drdm/engine/training_engine.h"
 #include "drdm/seg/config.h"
 #include "drdm/seg/data.h"
 #include "drdm/seg/metrics.h"
@@ -23,9 +24,11 @@ struct Subject {
   std::vector<LabelledCase> cases;
 };
 
-/// The labelled pool and the test subjects of data, by the mod rules.
+/// The labelled pool, the validation subjects held out of it
+/// (data.validation_subjects, balanced over groups, chosen with a fixed seed)
+/// and the test subjects of data, by the mod rules.
 struct Split {
-  std::vector<Subject> pool, test;
+  std::vector<Subject> pool, validation, test;
 };
 Split split_subjects(const SegConfig::Data& data);
 
@@ -53,12 +56,20 @@ struct CaseResult {
   std::vector<ClassMetrics> classes;
 };
 
+/// Mean foreground DSC of `net` on a slice set at the network grid: per case
+/// (its slices together) the mean over the classes present in truth or
+/// prediction, then the mean over cases. The net is left in training mode.
+double validation_dice(UNet& net, const SliceSet& set, int64_t classes);
+
 /// Trains one U-Net (augmentation "none" | "bigaug" | "drdm"; bank required for
 /// "drdm") on `slices` into output_dir with the shared training engine;
-/// resumes when a checkpoint is there. Returns the path of model.pt.
-std::string train_segmentation(const SegConfig& config, const std::string& augmentation,
-                               const SliceSet& slices, const torch::Tensor& bank,
-                               const std::string& output_dir, bool progress = true);
+/// resumes when a checkpoint is there. With train.validate_every > 0 a
+/// non-empty `validation` set scores the run (validation_dice) and its best
+/// step is the result (RunSummary::model is best.pt, chosen_step its step).
+RunSummary train_segmentation(const SegConfig& config, const std::string& augmentation,
+                              const SliceSet& slices, const torch::Tensor& bank,
+                              const std::string& output_dir, bool progress = true,
+                              const SliceSet& validation = {});
 
 /// A trained segmentation model with its config.
 struct SegModel {
