@@ -588,6 +588,7 @@ TEST(TrainingValidation, KeepsTheBestStepStopsOnPatienceAndResumesTheSameChoices
   ASSERT_TRUE(s.stopped_early);
   // Checks every 2 steps; the run stops 3 checks after the best one.
   EXPECT_EQ(s.chosen_step % 2, 0);
+  EXPECT_GT(s.chosen_step, 0);  // step 0 (w = 0) was scored, and beaten
   EXPECT_EQ(s.steps, s.chosen_step + 6);
   EXPECT_EQ(s.model, dir.path("whole") + "/best.pt");
   const auto best = drdm::read_checkpoint(s.model, "toy");

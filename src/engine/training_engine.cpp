@@ -375,6 +375,8 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
     finish_validation(summary);
     return nothing_to_do(spec_, weights_, summary);
   }
+  // The starting weights are scored too: a fine-tuning that never beats them keeps them.
+  if (validating() && first_step_ == 0 && history_.empty()) validate_now(0);
   const bool writer = dist::world().writer();
   detail::ProgressBar bar(spec_.label, spec_.steps, first_step_, spec_.progress && writer);
   auto window_begin = Clock::now();

@@ -101,7 +101,8 @@ struct RunSpec {
   std::string steps_key = "train.steps";  ///< named when the steps fall below a checkpoint's
   /// Held-out validation: when set and validate_every > 0, validate() scores
   /// the current weights (higher is better, the same on every rank) every
-  /// validate_every steps and at the end. The best weights go to best.pt, the
+  /// validate_every steps, at the end, and before the first step (so a
+  /// fine-tuning that never beats its start keeps it). The best weights go to best.pt, the
   /// history to validation.json; after `patience` checks without improvement
   /// (0 = never) the run stops early, checkpointed. Every check also writes
   /// the checkpoint, so --resume repeats the same choices.
