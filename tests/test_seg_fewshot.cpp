@@ -232,6 +232,21 @@ TEST_F(TinyData, ValidationChoosesTheRunsStepAndNeedsSubjects) {
   EXPECT_LE(r.best_validation, 1.0);
 }
 
+TEST_F(TinyData, RotateFlipTrainsOnSquareGridsOnly) {
+  try {
+    config({"data.rotate_flip=true", "data.size=[32,48]"});
+    ADD_FAILURE() << "a non-square grid with rotate_flip was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("data.rotate_flip"), std::string::npos) << e.what();
+  }
+  const auto c = config({"data.rotate_flip=true", "train.steps=2"});
+  const auto split = seg::split_subjects(c.data);
+  const auto slices = seg::load_slices(split.pool[0].cases, c.data.slices);
+  const auto r = seg::train_segmentation(c, "bigaug", slices, {}, out_.path("rf"), false);
+  EXPECT_EQ(r.steps, 2);
+  EXPECT_TRUE(std::isfinite(r.last_loss));
+}
+
 // The same physical volume stored with its x axis reversed and x, y swapped:
 // the prediction must be the same labels at the same physical points.
 TEST_F(TinyData, PredictDoesNotDependOnHowTheAxesAreStored) {

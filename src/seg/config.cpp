@@ -55,6 +55,10 @@ Keys<SegConfig::Data> data_keys() {
           "the test set: subjects with s mod group_size in [a, b]"),
       key("max_test_subjects", &D::max_test_subjects, {at_least<int64_t>(0, " (0 = all)")},
           "subjects", "test on the first this many test subjects (0 = all)"),
+      key("rotate_flip", &D::rotate_flip, {}, "-",
+          "also turn every training sample by a random multiple of 90° and mirror it with p = 0.5 "
+          "(after its augmentation; needs a square `size`): for data whose in-plane axes are "
+          "stored in differing orders or signs, as ACDC's are"),
       key("validation_subjects", &D::validation_subjects, {at_least<int64_t>(0, " (0 = none)")},
           "subjects",
           "held out of the labelled pool (balanced over groups, the same for every run) to choose "
@@ -173,6 +177,8 @@ void check_data(const SegConfig::Data& d, const std::string& src) {
     require(m.size() == 2 && 0 <= m[0] && m[0] <= m[1] && m[1] < d.group_size, src,
             std::string("data.") + key, "must be [a, b] with 0 <= a <= b < data.group_size");
   }
+  require(!d.rotate_flip || d.slices.size[0] == d.slices.size[1], src, "data.rotate_flip",
+          "needs a square data.size (a quarter turn swaps its sides)");
   require(d.pool_mod[1] < d.test_mod[0] || d.test_mod[1] < d.pool_mod[0], src, "data.test_mod",
           "must not overlap data.pool_mod (no test subject may be used for training)");
 }

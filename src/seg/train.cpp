@@ -235,14 +235,35 @@ Batch drdm_batch(const SliceSet& s, const at::Tensor& bank, const SegConfig& c, 
           warp_labels(s.labels.index_select(0, idx), field, LabelInterpolation::kNearest)};
 }
 
-Batch training_batch(const SliceSet& s, const at::Tensor& bank, const SegConfig& c,
-                     const std::string& augmentation, int64_t step) {
+/// data.rotate_flip: each sample turned by k quarter turns and mirrored (p = 0.5).
+Batch rotate_flip(Batch b, const SegConfig& c, int64_t step) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(c.train.seed, step, 3));
+  const auto k = at::randint(4, {b.images.size(0)}, gen, at::kLong);
+  const auto mirror = at::randint(2, {b.images.size(0)}, gen, at::kLong);
+  for (int64_t i = 0; i < b.images.size(0); ++i) {
+    const auto turn = [&](const at::Tensor& x) {
+      auto y = at::rot90(x[i], k[i].item<int64_t>(), {1, 2});
+      return mirror[i].item<int64_t>() ? y.flip({2}) : y;
+    };
+    b.images[i] = turn(b.images), b.labels[i] = turn(b.labels);
+  }
+  return b;
+}
+
+Batch augmented_batch(const SliceSet& s, const at::Tensor& bank, const SegConfig& c,
+                      const std::string& augmentation, int64_t step) {
   if (augmentation == "drdm") return drdm_batch(s, bank, c, step);
   auto batch = draw_batch(s, c, step);
   if (augmentation == "none") return batch;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(c.train.seed, step, 2));
   auto [images, labels] = bigaug(batch.images, batch.labels, c.bigaug, gen);
   return {images, labels};
+}
+
+Batch training_batch(const SliceSet& s, const at::Tensor& bank, const SegConfig& c,
+                     const std::string& augmentation, int64_t step) {
+  auto batch = augmented_batch(s, bank, c, augmentation, step);
+  return c.data.rotate_flip ? rotate_flip(std::move(batch), c, step) : batch;
 }
 
 }  // namespace

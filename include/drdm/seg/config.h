@@ -29,6 +29,9 @@ struct SegConfig {
     int64_t max_test_subjects = 0;             ///< 0 = all (a smaller number: the first ones)
     /// Subjects of the pool held out for validation (balanced over groups; 0 = none).
     int64_t validation_subjects = 0;
+    /// Every training sample also turned by a random multiple of 90 degrees and
+    /// mirrored with p = 0.5 (after its augmentation; square grids only).
+    bool rotate_flip = false;
   } data;
   struct Grid {
     std::vector<std::string> augmentations = {"none", "bigaug", "drdm"};
