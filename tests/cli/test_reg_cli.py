@@ -21,7 +21,7 @@ SMOKE = {
     "reg-hippocampus-cpu.json": ["data.include=[\"hippocampus_00[1-4]*\", \"hippocampus_3[0-2]*\"]",
                                  "data.size=[32, 32, 32]", "synthetic.mrbs=[[4, 3.2], [8, 1.6]]"],
 }
-COMMON = ["data.test_pairs=2", "synthetic.pairs_per_image=1", "synthetic.drdm_levels=[[1, 2]]",
+COMMON = ["data.test_pairs=2", "data.validation_images=0", "synthetic.pairs_per_image=1", "synthetic.drdm_levels=[[1, 2]]",
           "pretrain.steps=2", "finetune.steps=2", "pretrain.batch_size=1", "finetune.batch_size=1",
           "pretrain.warmup_steps=0", "finetune.warmup_steps=0", "pretrain.log_every=1", "finetune.log_every=1",
           "pretrain.device=\"cpu\"", "finetune.device=\"cpu\""]
