@@ -102,6 +102,7 @@ struct RunInputs {
   std::vector<Subject> chosen;
   const SliceSet* validation;
   std::vector<LabelledCase> test;
+  at::Tensor bank;  ///< the DRDM bank of (subjects, seed), made before any training
 };
 
 /// One run: train (or resume), evaluate on the test cases, write test_metrics.json.
@@ -118,8 +119,7 @@ json run_one(const SegConfig& c, const std::string& aug, int64_t n, int64_t seed
   auto rc = c;
   rc.train.seed = static_cast<uint64_t>(seed);
   const auto slices = load_slices(cases_of(chosen), rc.data.slices);
-  at::Tensor bank;
-  if (aug == "drdm") bank = drdm_bank(slices, rc, seed, bank_dir(out, n, seed), progress);
+  const at::Tensor bank = aug == "drdm" ? in.bank : at::Tensor();
   log::info("seg_fewshot: " + run_name(aug, n, seed) + ": " +
             std::to_string(slices.images.size(0)) + " labelled slices of " +
             std::to_string(chosen.size()) + " subject(s)");
@@ -366,19 +366,23 @@ std::string changed_keys(const json& before, const json& now) {
 
 /// A folder holding another program's run, or seg_fewshot runs made with another config, is
 /// refused: finished runs are skipped, and their results would be reported under this config.
-/// The DRDM banks of every (subjects, seed) cell, made before any training
-/// (cached: a finished bank is reused).
-void make_banks(const SegConfig& c, const Split& split, const std::string& out, bool progress) {
+using Banks = std::map<std::pair<int64_t, int64_t>, at::Tensor>;  // (subjects, seed) -> bank
+
+/// The DRDM banks of every (subjects, seed) cell whose drdm run is not
+/// finished, made before any training (cached: a finished bank is reused).
+Banks make_banks(const SegConfig& c, const Split& split, const std::string& out, bool progress) {
+  Banks banks;
   const auto& a = c.grid.augmentations;
-  if (std::find(a.begin(), a.end(), "drdm") == a.end()) return;
+  if (std::find(a.begin(), a.end(), "drdm") == a.end()) return banks;
   for (auto n : c.grid.subjects)
     for (auto seed : c.grid.seeds) {
       const auto dir = out + "/runs/" + run_name("drdm", n, seed);
       if (detail::file_exists(dir + "/test_metrics.json")) continue;
       const auto chosen = choose_subjects(split.pool, n, static_cast<uint64_t>(seed));
-      drdm_bank(load_slices(cases_of(chosen), c.data.slices), c, static_cast<uint64_t>(seed),
-                bank_dir(out, n, seed), progress);
+      banks[{n, seed}] = drdm_bank(load_slices(cases_of(chosen), c.data.slices), c,
+                                   static_cast<uint64_t>(seed), bank_dir(out, n, seed), progress);
     }
+  return banks;
 }
 
 /// The grid may change (runs are named by augmentation, subjects and seed).
@@ -417,7 +421,7 @@ void run_grid(const SegConfig& c, const std::string& out, bool progress) {
             std::to_string(split.validation.size()) + " validation subjects, " +
             std::to_string(split.test.size()) + " test subjects (" + std::to_string(test.size()) +
             " cases)");
-  make_banks(c, split, out, progress);  // every bank before any training
+  const auto banks = make_banks(c, split, out, progress);  // every bank before any training
   SliceSet validation;
   if (!split.validation.empty())
     validation = load_slices(cases_of(split.validation), c.data.slices);
@@ -425,8 +429,9 @@ void run_grid(const SegConfig& c, const std::string& out, bool progress) {
   json all = json::array();
   for (auto n : c.grid.subjects)
     for (auto seed : c.grid.seeds) {
+      const auto bank = banks.find({n, seed});
       const RunInputs in{choose_subjects(split.pool, n, static_cast<uint64_t>(seed)), &validation,
-                         test};
+                         test, bank == banks.end() ? at::Tensor() : bank->second};
       for (const auto& aug : c.grid.augmentations) {
         auto record = run_one(c, aug, n, seed, in, out, progress);
         runs[aug + "-n" + std::to_string(n)].push_back(record);
