@@ -167,6 +167,12 @@ TEST(RegConfig, ParsesRoundTripsAndNamesBadKeys) {
   const auto c = reg::parse_reg_config(config_text(), "test.json");
   EXPECT_EQ(c.voxelmorph.dims(), 2);
   EXPECT_EQ(c.pretrain.steps, 4);
+  // Fine-tuning clips its gradients unless told otherwise; pretraining does not.
+  EXPECT_EQ(c.finetune.grad_clip, 5.0);
+  EXPECT_EQ(c.pretrain.grad_clip, 0.0);
+  EXPECT_EQ(reg::parse_reg_config(config_text(), "t", {"finetune.grad_clip=0"}).finetune.grad_clip,
+            0.0);
+  expect_config_error(config_text(), {"finetune.grad_clip=-1"}, "finetune.grad_clip");
   EXPECT_EQ(reg::to_json(reg::parse_reg_config(reg::to_json(c), "again")), reg::to_json(c));
   expect_config_error(config_text(), {"finetune.similarity=\"l1\""}, "finetune.similarity");
   expect_config_error(config_text(), {"pretrain.lr=0"}, "pretrain.lr");

@@ -482,6 +482,32 @@ TEST(Adam, FollowsThePapersUpdate) {
                c10::Error);
 }
 
+// Global-norm clipping: gradients (3, 4) and (12) have norm 13; clipped to 6.5
+// they halve. Below the bound nothing changes.
+TEST(Adam, GradientClippingScalesTheGlobalNormDown) {
+  auto a = at::zeros({2}, at::kDouble).requires_grad_(),
+       b = at::zeros({1}, at::kDouble).requires_grad_();
+  drdm::Adam adam({a, b});
+  a.mutable_grad() = at::tensor({3.0, 4.0}, at::kDouble);
+  b.mutable_grad() = at::tensor({12.0}, at::kDouble);
+  EXPECT_NEAR(drdm::clip_gradients(adam, 6.5), 13.0, 1e-12);
+  EXPECT_NEAR(a.grad()[0].item<double>(), 1.5, 1e-12);
+  EXPECT_NEAR(a.grad()[1].item<double>(), 2.0, 1e-12);
+  EXPECT_NEAR(b.grad()[0].item<double>(), 6.0, 1e-12);
+  EXPECT_NEAR(drdm::clip_gradients(adam, 100.0), 6.5, 1e-12);
+  EXPECT_NEAR(b.grad()[0].item<double>(), 6.0, 1e-12);
+  // descend logs the norm before clipping: loss 50 w^2 at w = 1 has gradient 100.
+  auto w = at::ones({1}, at::kDouble).requires_grad_();
+  drdm::Adam one({w});
+  drdm::TrainSection t;
+  t.lr_schedule = "constant", t.lr = 0.1, t.grad_clip = 1.0;
+  const auto r = drdm::descend(one, 50 * w.square().sum(), t, 0);
+  ASSERT_EQ(r.metrics.size(), 2u);
+  EXPECT_EQ(r.metrics[1].name, "grad_norm");
+  EXPECT_NEAR(r.metrics[1].value, 100.0, 1e-9);
+  EXPECT_NEAR(w.grad()[0].item<double>(), 1.0, 1e-12);
+}
+
 TEST(CheckRecovery, UntrainedNetworkRecoversNothing) {
   // An untrained network predicts ~0: the error after one step is the error
   // of no step (ratio 1), whatever t.

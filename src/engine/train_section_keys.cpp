@@ -40,6 +40,10 @@ Keys<T> schedule_keys() {
           "`\"exponential\"`)"),
       key("lr_min", &T::lr_min, {}, "-",
           "the learning rate the `\"cosine\"` schedule ends at (≤ lr)"),
+      key("grad_clip", &T::grad_clip, {at_least<double>(0.0, " (0 = never clip)")}, "-",
+          "largest global L2 norm of the gradients (all parameters together): a larger one is "
+          "scaled down to it before the Adam step, and the metrics log `grad_norm` (before "
+          "clipping). 0 = never clip"),
       key("init_from", &T::init_from, {}, "path",
           "start from the weights of a `model.pt` / `checkpoint.pt` (or a shipped model's name, "
           "via `drdm_train "

@@ -420,6 +420,21 @@ RunSummary TrainingRun::run(const std::function<StepResult(int64_t)>& step,
   return summary;
 }
 
+double clip_gradients(Adam& adam, double max_norm) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> grads;
+  for (const auto& p : adam.parameters())
+    if (p.grad().defined()) grads.push_back(p.grad());
+  if (grads.empty()) return 0;
+  auto squares = at::zeros({}, grads.front().options().dtype(at::kDouble));
+  for (const auto& g : grads) squares = squares + g.to(at::kDouble).square().sum();
+  const double norm = std::sqrt(squares.item<double>());
+  // A non-finite norm is left alone: the loss check stops the run.
+  if (std::isfinite(norm) && norm > max_norm)
+    for (auto& g : grads) g.mul_(max_norm / norm);
+  return norm;
+}
+
 StepResult descend(Adam& adam, const torch::Tensor& loss, const TrainSection& train, int64_t step) {
   const auto& w = dist::world();
   // Data-parallel: the loss of the global batch (every rank sees the same
@@ -430,8 +445,11 @@ StepResult descend(Adam& adam, const torch::Tensor& loss, const TrainSection& tr
   adam.zero_grad();
   w.backward(loss, adam.parameters(), "averaging the gradients of step " + std::to_string(step));
   const double lr = learning_rate(train, step);
+  StepResult r{value[0], {{"lr", lr, false}}};
+  if (train.grad_clip > 0)
+    r.metrics.push_back({"grad_norm", clip_gradients(adam, train.grad_clip)});
   adam.step(lr);
-  return {value[0], {{"lr", lr, false}}};
+  return r;
 }
 
 }  // namespace drdm

@@ -19,6 +19,9 @@ struct TrainSection {
   std::string lr_schedule = "exponential";
   int64_t warmup_steps = 0;  ///< linear warm-up from lr/warmup_steps to lr ("cosine", "constant")
   double lr_min = 0.0;       ///< the learning rate that "cosine" ends at
+  /// Largest global L2 norm of the gradients: a larger one is scaled down to
+  /// it before the step (0 = never clip).
+  double grad_clip = 0.0;
   /// Start from these weights (a model.pt or checkpoint.pt) with a fresh
   /// optimiser and schedule (fine-tuning, continuing across sessions).
   std::string init_from;

@@ -22,6 +22,15 @@ inline TrainSection default_reg_train() {
   return t;
 }
 
+/// The finetune section's defaults: as pretraining, and gradients clipped to a
+/// global norm of 5. Unclipped NCC fine-tuning collapsed after rare gradient
+/// spikes (norms of 10 to 1e5 against a typical 1-2; docs/results/table3.md).
+inline TrainSection default_reg_finetune() {
+  TrainSection t = default_reg_train();
+  t.grad_clip = 5.0;
+  return t;
+}
+
 /// Every key of a reg_synth config (configs/reg-jsrt-cpu.json; docs/reg_synth.md).
 struct RegConfig {
   std::string name = "reg";
@@ -55,10 +64,10 @@ struct RegConfig {
   } synthetic;
   TrainSection pretrain = default_reg_train();  ///< "pretrain": a train section
   double pretrain_lambda = 1.0;  ///< "pretrain.lambda": Eq. 20's weight of ||grad phi||_1
-  TrainSection finetune = default_reg_train();  ///< "finetune": a train section
-  std::string similarity = "ncc";               ///< "finetune.similarity": "mse" or "ncc"
-  int64_t ncc_window = 9;                       ///< "finetune.ncc_window"
-  double finetune_lambda = 1.0;                 ///< "finetune.lambda": weight of ||grad phi||^2
+  TrainSection finetune = default_reg_finetune();  ///< "finetune": a train section
+  std::string similarity = "ncc";                  ///< "finetune.similarity": "mse" or "ncc"
+  int64_t ncc_window = 9;                          ///< "finetune.ncc_window"
+  double finetune_lambda = 1.0;                    ///< "finetune.lambda": weight of ||grad phi||^2
   struct Grid {
     std::vector<std::string> pretrain = {"none", "mrbs", "drdm"};
     std::vector<bool> finetune = {false, true};
