@@ -254,9 +254,18 @@ TEST(Import, ConfigKeysDefaultToTheOriginalNetwork) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("model.output_units"), std::string::npos) << e.what();
   }
-  // A model file from before these keys loads into the original network.
-  const auto old = drdm::load_model(kSource + "/models/cardiac2d/model.pt");
+  // A model file from before these keys (its embedded config has none of
+  // them, like the models shipped before the import) loads into the original network.
+  auto text = json::parse(drdm::to_json(c));
+  for (const char* k :
+       {"time_frequencies", "time_mlp_slope", "decoder_norm", "output_units", "output_clamp"})
+    ASSERT_EQ(text.at("model").erase(k), 1u) << k;
+  const drdm::RecoveryNet net(drdm::network_options(c));
+  drdm::test::TempDir dir;
+  drdm::save_checkpoint(dir.path("old.pt"), "drdm", text.dump(), 7, drdm::module_state(*net));
+  const auto old = drdm::load_model(dir.path("old.pt"));
   EXPECT_TRUE(old.net->options.decoder_norm);
+  EXPECT_EQ(old.net->options.output_units, drdm::OutputUnits::kVoxels);
   EXPECT_EQ(drdm::module_state(*old.net).count("dec3.0.norm.weight"), 1u);
 }
 

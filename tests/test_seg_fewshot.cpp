@@ -7,6 +7,7 @@
 #include <cmath>
 #include <fstream>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
@@ -230,6 +231,28 @@ TEST_F(TinyData, ValidationChoosesTheRunsStepAndNeedsSubjects) {
   EXPECT_NEAR(seg::validation_dice(best.net, val, 3), r.best_validation, 1e-9);
   EXPECT_GE(r.best_validation, 0.0);
   EXPECT_LE(r.best_validation, 1.0);
+}
+
+// train.init_from starts from a model's weights: the run's validation at
+// step 0 scores exactly that model.
+TEST_F(TinyData, InitFromStartsFromTheGivenWeights) {
+  auto c = config({"train.steps=2", "train.validate_every=1", "data.validation_subjects=1"});
+  const auto split = seg::split_subjects(c.data);
+  const auto slices = seg::load_slices(split.pool[0].cases, c.data.slices);
+  const auto val = seg::load_slices(split.validation[0].cases, c.data.slices);
+  const auto first = seg::train_segmentation(c, "none", slices, {}, out_.path("a"), false, val);
+  const auto start = seg::validation_dice(seg::load_seg_model(first.model).net, val, 3);
+  auto again = config({"train.steps=2", "train.validate_every=1", "data.validation_subjects=1",
+                       "train.seed=5", "train.init_from=" + first.model});
+  seg::train_segmentation(again, "none", slices, {}, out_.path("b"), false, val);
+  std::ifstream in(out_.path("b") + "/validation.json");
+  ASSERT_TRUE(in) << "validation.json";
+  const auto history = nlohmann::json::parse(in).at("history");
+  EXPECT_EQ(history.at(0).at("step"), 0);
+  EXPECT_NEAR(history.at(0).at("score").get<double>(), start, 1e-9);
+  EXPECT_THROW(seg::train_segmentation(config({"train.init_from=" + out_.path("none.pt")}), "none",
+                                       slices, {}, out_.path("c"), false),
+               std::runtime_error);
 }
 
 TEST_F(TinyData, RotateFlipTrainsOnSquareGridsOnly) {

@@ -329,6 +329,8 @@ RunSummary train_segmentation(const SegConfig& c, const std::string& augmentatio
   if (c.train.threads > 0) at::set_num_threads(static_cast<int>(c.train.threads));
   at::manual_seed(c.train.seed);
   UNet net(c.unet);
+  if (!c.train.init_from.empty())  // fine-tuning: these weights, a fresh optimiser and schedule
+    load_module_state(*net, read_checkpoint(resolve_model_path(c.train.init_from), kKind).model);
   net->to(device);
   net->train(true);
   Adam adam(net->parameters());
