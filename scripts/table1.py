@@ -619,7 +619,7 @@ def write_markdown(path: Path, res: dict, command: str) -> None:
              "with other work, so expect less on an idle machine).")
     if "start_seconds" in t:
         L.append(f"- Start-field run (zeroed model): {t['start_seconds']:.0f} s.")
-    if "models/cardiac2d/" in cfg["model"]:  # measured with that model's 64² grid
+    if "models/cardiac2d/" in cfg["model"] and grid_text(res) == "64 × 64":  # measured at 64²
         L.append("- For scale: one slice × 5 levels × 4 samples alone (1 thread, `/usr/bin/time`) took 40 s of CPU "
                  "time, so on 2 idle cores the default run (20 + 5 slices) should take about 8–9 minutes.")
     L.append(f"- Reading the fields, metrics, figures: {t['analysis_seconds']:.0f} s; whole script about "
@@ -634,6 +634,26 @@ def write_markdown(path: Path, res: dict, command: str) -> None:
                  "the narrative below the shipped `cardiac2d` model's table speaks of that model).")
     L.append("")
     path.write_text("\n".join(L) + "\n")
+
+
+def model_facts(model: Path) -> dict:
+    """The model's grid and training steps (its config.json) and its card's recovery check, when there."""
+    facts = {}
+    cfg_path, check_path = model.parent / "config.json", model.parent / "recovery_check.json"
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text())
+        facts["size"] = cfg["data"]["size"]
+        facts["batch_size"] = cfg["train"]["batch_size"]
+    if check_path.exists():
+        check = json.loads(check_path.read_text())
+        facts["step"] = check.get("model_step")
+        facts["recovery"] = {str(r["t"]): {"ratio": r["ratio"], "cosine": r["cosine"]} for r in check["levels"]}
+    return facts
+
+
+def grid_text(res: dict) -> str:
+    size = res.get("model", {}).get("size", [64, 64])
+    return " × ".join(str(v) for v in size)
 
 
 def narrative(res: dict) -> str:
@@ -654,14 +674,20 @@ def narrative(res: dict) -> str:
         f"on average against the paper's 0.7–9.8%, though the share of fields with any folded voxel grows "
         f"({ours[lo]['samples_with_folding']} / {ours[lo]['n']} at T' = {lo}, {ours[hi]['samples_with_folding']} / "
         f"{ours[hi]['n']} at T' = {hi}). Between T' = 65 and 70 our numbers level off.")
+    facts = res.get("model", {})
+    rec40 = facts.get("recovery", {}).get("40")
+    recovery = (f"one predicted step removes {100 * (1 - rec40['ratio']):.0f}% of a step's error at t = 40 "
+                f"(cosine {rec40['cosine']:.2f} with the true inverse; its card's recovery check)"
+                if rec40 else "one predicted step removes only a small part of a step's error")
     model = (
         "- **The model (the main reason).** The paper trains on four cardiac datasets (SCD, LASC, M&Ms, M&Ms-2) for "
         "1,000 epochs at 256 × 256, batch 64, on a 48 GB GPU. `cardiac2d` was trained on MyoPS (513 slices) "
-        "for 6,000 steps of batch 8 at **64 × 64** on 2 CPU cores (`models/cardiac2d/README.md`): it has "
-        "learned the direction of the recovery (cosine ≈ 0.5 with the true inverse), but one predicted step "
-        "removes only about 18% of a step's error at t ≥ 30. Changing the learning-rate schedule, the loss "
-        "balance or the batch size did not move that (docs/results/recovery-experiments.md); steps of a "
-        "fraction of a voxel on the 64² grid are invisible to the network. Alg. 2 starts from a large random field φ_T':1 and relies on "
+        f"on 2 CPU cores, last at **{grid_text(res)}**, batch {facts.get('batch_size', 8)} "
+        f"(`models/cardiac2d/README.md` gives its stages): it has learned the direction of the recovery, but "
+        f"{recovery}, where the authors' network removes 64%. At 64² a step of a fraction of a voxel was "
+        "invisible to the network (docs/results/recovery-experiments.md), hence the larger grid; the learning "
+        "curve (docs/results/learning-curve.md) puts a converged recovery orders of magnitude more images away. "
+        "Alg. 2 starts from a large random field φ_T':1 and relies on "
         "the T' recovery steps to pull it back to a plausible deformation; a weak recovery leaves the output "
         "close to the random start.")
     if st:
@@ -678,8 +704,8 @@ def narrative(res: dict) -> str:
             f"{ours[hi]['folding_pct'][0]:.2f}%.")
     L.append(model)
     L.append(
-        "- **Grid.** Fields are generated on the 64² model grid (the slice fitted into it keeping its aspect "
-        "ratio, zero-padded) and resampled to the slice's own grid. The paper generates at 256², so its fields "
+        f"- **Grid.** Fields are generated on the {grid_text(res)} model grid (the slice fitted into it keeping "
+        "its aspect ratio, zero-padded) and resampled to the slice's own grid. The paper generates at 256², so its fields "
         "can hold finer structure; ours are smoother, which also makes local folding rarer. The size of the "
         "random start field in % of the image is set by the forward process (control grid of 64 points over "
         "twice the field of view, σ, m_t; `models/cardiac2d/config.json`); the paper does not report the "
@@ -842,6 +868,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible",
         "drdm_deform": {"command": gen_summary["command"], "seconds_reported": gen_summary.get("seconds")},
     }
+    res["model"] = model_facts(Path(args.model))
     res["warp_crosscheck"] = warp_crosscheck(gen_dir, rows, chosen)
     log(f"warp cross-check: {res['warp_crosscheck']}")
     start_rows = None

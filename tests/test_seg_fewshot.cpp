@@ -241,7 +241,8 @@ TEST_F(TinyData, InitFromStartsFromTheGivenWeights) {
   const auto slices = seg::load_slices(split.pool[0].cases, c.data.slices);
   const auto val = seg::load_slices(split.validation[0].cases, c.data.slices);
   const auto first = seg::train_segmentation(c, "none", slices, {}, out_.path("a"), false, val);
-  const auto start = seg::validation_dice(seg::load_seg_model(first.model).net, val, 3);
+  auto first_model = seg::load_seg_model(first.model);
+  const auto start = seg::validation_dice(first_model.net, val, 3);
   auto again = config({"train.steps=2", "train.validate_every=1", "data.validation_subjects=1",
                        "train.seed=5", "train.init_from=" + first.model});
   seg::train_segmentation(again, "none", slices, {}, out_.path("b"), false, val);
