@@ -732,7 +732,7 @@ def narrative(res: dict) -> str:
         "- **Seeds and levels.** `drdm_deform` derives each sample's seed from the level too, so the fields at "
         "different T' are independent draws, not one start field at several levels (as a diffusion "
         "figure like the paper's Fig. 6 would show); the figure's rows are therefore different samples.")
-    if cfg.get("schedule", "level") == "level":
+    if res["config"].get("schedule", "level") == "level":
         L.append(
             "- **Recovery schedule.** We run t = T'..1 (Alg. 2 as printed). The authors' code runs all T steps "
             "whatever T' is (`--schedule all` in `drdm_deform`); we did not use it here.")
@@ -740,11 +740,13 @@ def narrative(res: dict) -> str:
         L.append(
             "- **Recovery schedule.** t = T..1 whatever T' is (`--schedule all`), as the authors' code "
             "generates; Alg. 2 as printed runs t = T'..1.")
+    div_lo, div_hi = (res["diversity"]["generated"][l]["pairwise_distance_pct"][0] /
+                      ours[l]["mean_magnitude_pct"][0] for l in (lo, hi))
     L.append(
         f"- **Diversity.** Fields of one image with different seeds are "
         f"{res['diversity']['generated'][lo]['pairwise_distance_pct'][0]:.1f}–"
         f"{res['diversity']['generated'][hi]['pairwise_distance_pct'][0]:.1f}% of the image apart on average, "
-        "about 1.25–1.3 × their own mean magnitude: the samples are about as different from each other as "
+        f"about {div_lo:.2f}–{div_hi:.2f} × their own mean magnitude: the samples are about as different from each other as "
         "independent fields of that size, i.e. the recovery does not collapse them to one deformation per "
         "image. The paper gives no number to compare with.")
     return "\n".join(L)
