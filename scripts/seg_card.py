@@ -138,6 +138,8 @@ def card_text(a, cfg, best, how, res, checks, val, name):
     held = held_out_subjects(cfg, best)
     t = cfg["train"]
     target = "meets" if avg >= 80 else "does not meet"
+    started = (f"\n- **Started from:** `{t['init_from']}` (`train.init_from`: another run's weights, with a "
+               "fresh optimiser and schedule; the command below gives both stages)." if t.get("init_from") else "")
     chosen = (f"the step with the best validation DSC, **step {best['chosen_step']} of {best['steps_trained']}** "
               f"(validation DSC {100 * best['validation_dsc']:.1f} % on {len(held)} held-out pool subjects: "
               f"{', '.join(map(str, held))}; never a test subject)" if how == "validation" else
@@ -160,7 +162,7 @@ build/apps/seg_fewshot predict --model seg-cardiac2d --input scan.nii.gz --outpu
 - **Network:** vanilla U-Net, widths {cfg['unet']['widths']}, softmax cross-entropy + Dice, input {cfg['data']['size'][0]}×{cfg['data']['size'][1]}
   (each slice fitted keeping its aspect ratio; intensities clipped to the volume's 0.5/99.5 percentiles).
 - **Training:** up to {t['steps']} steps of batch {t['batch_size']}, Adam lr {t['lr']} ({t['lr_schedule']}), validated every
-  {t.get('validate_every', 0)} steps; {best['train_seconds'] / 60:.0f} min on 2 shared CPU cores.
+  {t.get('validate_every', 0)} steps; {best['train_seconds'] / 60:.0f} min on 2 shared CPU cores.{started}
 - **Step taken:** {chosen}.
 - **Command:** `{a.command}`
 
