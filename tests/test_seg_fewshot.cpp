@@ -307,6 +307,37 @@ TEST_F(TinyData, PredictDoesNotDependOnHowTheAxesAreStored) {
   EXPECT_TRUE(at::equal(seg::from_canonical(seg::to_canonical(stored, rb), rb), stored));
 }
 
+// A model trained with rotate_flip predicts from the mean of the 8 turned and
+// mirrored views, so a slice turned by a quarter turn gets the turned labels.
+TEST_F(TinyData, RotateFlipModelsPredictTurnedSlicesAsTurnedLabels) {
+  const auto c = config({"data.rotate_flip=true", "train.steps=150", "train.lr=0.01"});
+  const auto split = seg::split_subjects(c.data);
+  const auto slices = seg::load_slices(split.pool[0].cases, c.data.slices);
+  auto model = seg::load_seg_model(
+      seg::train_segmentation(c, "none", slices, {}, out_.path("r"), false).model);
+  // A square slice on the network's own grid, so the fit is the same for every turn.
+  at::manual_seed(3);
+  const auto yy = at::arange(32, at::kFloat).view({32, 1}), xx = at::arange(32, at::kFloat);
+  const auto r = at::sqrt((yy - 13).pow(2) + (xx - 17).pow(2));  // rings as in the training cases
+  const auto rings = r.lt(11).to(at::kFloat) * 60 + r.lt(7).to(at::kFloat) * 60;
+  const auto image = (rings + 20 + at::rand({32, 32}) * 10).expand({2, 32, 32}).contiguous();
+  const drdm::Geometry g{{32, 32, 2}, {1, 1, 1}, {0, 0, 0}, {1, 0, 0, 0, 1, 0, 0, 0, 1}};
+  const auto stored = image.unsqueeze(0).unsqueeze(0);
+  drdm::write_image(out_.path("t/a.nii.gz"), stored, g, drdm::PixelType::kFloat32);
+  drdm::write_image(out_.path("t/b.nii.gz"), at::rot90(stored, 1, {3, 4}).contiguous(), g,
+                    drdm::PixelType::kFloat32);
+  const auto a = seg::segment_file(model, out_.path("t/a.nii.gz"));
+  const auto b = seg::segment_file(model, out_.path("t/b.nii.gz"));
+  // The labels must vary, or any network would pass.
+  const auto share = at::eq(a, a.max()).to(at::kDouble).mean().item<double>();
+  ASSERT_GT(share, 0.02) << "the prediction is one label";
+  ASSERT_LT(share, 0.98) << "the prediction is one label";
+  // Equal up to the order in which the 8 views are summed (a one-view network,
+  // trained for 2 steps, is nowhere near this equivariant).
+  const double differ = at::ne(b, at::rot90(a, 1, {3, 4})).to(at::kDouble).mean().item<double>();
+  EXPECT_LT(differ, 0.005) << "share of voxels whose label did not turn with the slice";
+}
+
 TEST_F(TinyData, SlicesGoToTheNetworkGridAndBack) {
   const auto c = config();
   const auto v =
