@@ -62,8 +62,8 @@ def section(res: dict, command: str) -> str:
         "with the program users run: `seg_fewshot predict` on each stored volume (canonical orientation, "
         "and for a model trained with `data.rotate_flip` the mean softmax over the 8 quarter turns and "
         "mirrorings), then `seg_fewshot evaluate` on the volume's own grid; per subject the mean of its "
-        "frames, then mean ± std over subjects. The table above is the training grid's single-view "
-        "evaluation.", "",
+        "frames, then mean ± std over subjects. The test table above is the training grid's, from when the model "
+        "was made (before 2026-12-07 grids scored one view; since, they score as `predict` does).", "",
         f"Mean foreground DSC **{res['dsc']['avg'][0]:.1f} %**: issue 25's target (≥ 80 %) is "
         f"**{'met' if res['dsc']['avg'][0] >= 80 else 'not met'}** as users run the model.", "",
         "| " + " | ".join(res["dsc"]) + " |", "|" + "---:|" * len(res["dsc"]), f"| {rows} |", "",
