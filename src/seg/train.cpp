@@ -235,6 +235,19 @@ Batch drdm_batch(const SliceSet& s, const at::Tensor& bank, const SegConfig& c, 
           warp_labels(s.labels.index_select(0, idx), field, LabelInterpolation::kNearest)};
 }
 
+/// x turned by k quarter turns in its last two axes, then mirrored along the last.
+at::Tensor dihedral(const at::Tensor& x, int64_t k, bool mirror) {
+  const auto d = x.dim();
+  const auto y = at::rot90(x, k, {d - 2, d - 1});
+  return mirror ? y.flip({d - 1}) : y;
+}
+
+/// The inverse of dihedral(., k, mirror).
+at::Tensor undo_dihedral(const at::Tensor& y, int64_t k, bool mirror) {
+  const auto d = y.dim();
+  return at::rot90(mirror ? y.flip({d - 1}) : y, -k, {d - 2, d - 1});
+}
+
 /// data.rotate_flip: each sample turned by k quarter turns and mirrored (p = 0.5).
 Batch rotate_flip(Batch b, const SegConfig& c, int64_t step) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(stream_seed(c.train.seed, step, 3));
@@ -242,8 +255,7 @@ Batch rotate_flip(Batch b, const SegConfig& c, int64_t step) {
   const auto mirror = at::randint(2, {b.images.size(0)}, gen, at::kLong);
   for (int64_t i = 0; i < b.images.size(0); ++i) {
     const auto turn = [&](const at::Tensor& x) {
-      auto y = at::rot90(x[i], k[i].item<int64_t>(), {1, 2});
-      return mirror[i].item<int64_t>() ? y.flip({2}) : y;
+      return dihedral(x[i], k[i].item<int64_t>(), mirror[i].item<int64_t>() != 0);
     };
     b.images[i] = turn(b.images), b.labels[i] = turn(b.labels);
   }
@@ -387,9 +399,8 @@ at::Tensor batch_scores(SegModel& model, const at::Tensor& x) {
   at::Tensor sum;
   for (int64_t k = 0; k < 4; ++k)
     for (const bool mirror : {false, true}) {
-      const auto logits = model.net->forward(at::rot90(mirror ? x.flip({3}) : x, k, {2, 3}));
-      const auto back = at::rot90(bce ? logits.sigmoid() : logits.softmax(1), -k, {2, 3});
-      const auto probs = mirror ? back.flip({3}) : back;
+      const auto logits = model.net->forward(dihedral(x, k, mirror));
+      const auto probs = undo_dihedral(bce ? logits.sigmoid() : logits.softmax(1), k, mirror);
       sum = sum.defined() ? sum + probs : probs;
     }
   return sum / 8.0;

@@ -72,15 +72,15 @@ struct StepResult {
   std::vector<StepMetric> metrics;
 };
 
+/// Scales the parameters' gradients down so that their global L2 norm is at
+/// most max_norm (as torch.nn.utils.clip_grad_norm_); returns the norm before.
+double clip_gradients(Adam& adam, double max_norm);
+
 /// One optimiser step on `loss` under train's learning-rate schedule at
 /// `step`: reads the loss's value; when it is finite, backward and an Adam
 /// step. Returns {value, {"lr"}} (and "grad_norm" when train.grad_clip > 0:
 /// gradients are then clipped first); a non-finite value returns {value, {}}
 /// without a step (TrainingRun::run then stops with its NaN message).
-/// Scales the parameters' gradients down so that their global L2 norm is at
-/// most max_norm (as torch.nn.utils.clip_grad_norm_); returns the norm before.
-double clip_gradients(Adam& adam, double max_norm);
-
 StepResult descend(Adam& adam, const torch::Tensor& loss, const TrainSection& train, int64_t step);
 
 /// The run a trainer asks the engine for.
