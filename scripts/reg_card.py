@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 
+import plot_validation
 from seg_card import mean_std
 
 
@@ -74,6 +75,20 @@ def validation_of(run, row):
     return json.load(open(path)).get("best") if os.path.exists(path) else None
 
 
+def validation_curve(a, best, pre_dir, ft_dir):
+    """curve.png in --out: the validation DSC of the shipped row's runs (fine-tuning drawn from the
+    pretraining step it started from); the card's Markdown for it ('' without validation)."""
+    runs = [(n, d) for n, d in (("pretraining", pre_dir), ("fine-tuning", ft_dir))
+            if d and os.path.exists(os.path.join(d, "validation.json"))]
+    if not runs:
+        return ""
+    start = best.get("pretrain_step", 0) if pre_dir else 0
+    plot_validation.plot([(n, d, start if n == "fine-tuning" else 0) for n, d in runs],
+                         os.path.join(a.out, "curve.png"), f"{a.name}: validation DSC, the steps taken (stars)")
+    return ("![validation curve](curve.png)\n\n*Validation DSC of each phase against its step; the star is the "
+            "step taken. Fine-tuning starts from the pretraining's star.*\n\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
@@ -105,6 +120,7 @@ def main():
         if d:
             shutil.copy(os.path.join(d, "metrics.jsonl"), os.path.join(a.out, f"{tag}_metrics.jsonl"))
     shutil.copy(os.path.join(a.run, "pair.png"), os.path.join(a.out, "preview.png"))
+    curve = validation_curve(a, best, pre_dir, ft_dir)
     classes = cfg["data"]["classes"]
     per_class = "\n".join(
         f"| {c} | {fmt(pair_values(best, 'dice', c, 100), 1)} | {fmt(pair_values(best, 'asd', c), 2)} | "
@@ -136,8 +152,8 @@ with `--moving-labels`, the warped labels (docs/reg_synth.md).
 - Images `{cfg['data']['images']}` with labels `{cfg['data']['labels']}` ({', '.join(classes)});
   network grid {size} (aspect kept; intensities clipped to the
   {cfg['data']['clip_low_pct']}–{cfg['data']['clip_high_pct']} percentiles, scaled to [0, 1]).
-- Split: the first {int(cfg['data']['train_fraction'] * 100)} % of the sorted files train, the rest test
-  {('(kept: ' + str(len(cfg['data']['include'])) + ' files of data.include)') if cfg['data']['include'] else ''};
+- Split: the first {int(cfg['data']['train_fraction'] * 100)} % of the sorted files train (the last
+  {cfg['data'].get('validation_images', 0)} of them validate), the rest test{(' (kept: ' + str(len(cfg['data']['include'])) + ' files of data.include)') if cfg['data']['include'] else ''};
   {res['test_pairs']} ordered test pairs.
 - Moving and fixed images must lie on one grid; the network sees them resampled to {size}.
 
@@ -164,7 +180,7 @@ Every row of the grid (each pair's value is the mean over classes):
 |---|---|---:|---:|---:|---:|
 {all_rows}
 
-![pair](preview.png)
+{curve}![pair](preview.png)
 
 *First test pair, one row per grid row: moving, fixed, warped, warped with the deformed grid, displacement magnitude.*
 """

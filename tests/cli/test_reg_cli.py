@@ -19,7 +19,8 @@ SMOKE = {
     "reg-jsrt-cpu.json": ["data.include=[\"JPCLN00[1-3]*\", \"JPCNN08[0-2]*\"]", "data.size=[64, 64]",
                           "synthetic.mrbs=[[4, 6.4], [8, 3.2]]"],
     "reg-hippocampus-cpu.json": ["data.include=[\"hippocampus_00[1-4]*\", \"hippocampus_3[0-2]*\"]",
-                                 "data.size=[32, 32, 32]", "synthetic.mrbs=[[4, 3.2], [8, 1.6]]"],
+                                 "data.size=[32, 32, 32]", "synthetic.mrbs=[[4, 3.2], [8, 1.6]]",
+                                 "pretrain.validate_every=0", "finetune.validate_every=0"],
 }
 COMMON = ["data.test_pairs=2", "data.validation_images=0", "synthetic.pairs_per_image=1", "synthetic.drdm_levels=[[1, 2]]",
           "pretrain.steps=2", "finetune.steps=2", "pretrain.batch_size=1", "finetune.batch_size=1",
