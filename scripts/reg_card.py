@@ -89,6 +89,17 @@ def validation_curve(a, best, pre_dir, ft_dir):
             "step taken. Fine-tuning starts from the pretraining's star.*\n\n")
 
 
+def unregistered_from(run, best):
+    """The identity row of another run on the same test pairs ([] without --unregistered-from)."""
+    if not run:
+        return []
+    rows = [r for r in json.load(open(os.path.join(run, "results.json")))["rows"] if not r["model"]]
+    pairs = lambda r: [(p["moving"], p["fixed"]) for p in r["pairs"]]  # noqa: E731
+    if not rows or pairs(rows[0]) != pairs(best):
+        raise SystemExit(f"--unregistered-from {run}: no identity row on the same test pairs")
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
@@ -97,6 +108,8 @@ def main():
     p.add_argument("--what", required=True, help="the images, e.g. '2D chest radiographs (JSRT)'")
     p.add_argument("--command", default="")
     p.add_argument("--status", default="", help="a paragraph on what the model is good for (Markdown)")
+    p.add_argument("--unregistered-from", default="",
+                   help="a run whose identity row (same test pairs) gives the gain when --run has none")
     a = p.parse_args()
     res = json.load(open(os.path.join(a.run, "results.json")))
     rows = res["rows"]
@@ -108,6 +121,8 @@ def main():
     else:
         best = max(trained, key=lambda r: mean_std(pair_values(r, "dice"))[0])
     identity = [r for r in rows if not r["model"]]
+    shown = rows if identity else unregistered_from(a.unregistered_from, best) + rows
+    identity = identity or shown[:len(shown) - len(rows)]
     gain = (mean_std(pair_values(best, "dice", None, 100))[0] -
             mean_std(pair_values(identity[0], "dice", None, 100))[0]) if identity else None
     cfg = res["config"]
@@ -128,7 +143,7 @@ def main():
     all_rows = "\n".join(
         f"| {r['pretrain']}{' (**shipped**)' if r is best else ''} | {'yes' if r['finetune'] else 'no'} | {fmt(pair_values(r, 'dice', None, 100), 1)} | "
         f"{fmt(pair_values(r, 'asd'), 2)} | {fmt(pair_values(r, 'hd95'), 2)} | "
-        f"{fmt(pair_values(r, 'folding', None, 100), 3)} |" for r in rows)
+        f"{fmt(pair_values(r, 'folding', None, 100), 3)} |" for r in shown)
     syn = cfg["synthetic"]
     pre_text = {"none": "none (trained on real pairs only)",
                 "mrbs": f"{syn['pairs_per_image']} MRBS pairs per training image (levels {syn['mrbs']})",
