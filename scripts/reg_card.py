@@ -120,9 +120,9 @@ def main():
         best = max(trained, key=lambda r: validated[r["row"]])
     else:
         best = max(trained, key=lambda r: mean_std(pair_values(r, "dice"))[0])
-    identity = [r for r in rows if not r["model"]]
-    shown = rows if identity else unregistered_from(a.unregistered_from, best) + rows
-    identity = identity or shown[:len(shown) - len(rows)]
+    has_identity = any(not r["model"] for r in rows)
+    shown = rows if has_identity else unregistered_from(a.unregistered_from, best) + rows
+    identity = [r for r in shown if not r["model"]]
     gain = (mean_std(pair_values(best, "dice", None, 100))[0] -
             mean_std(pair_values(identity[0], "dice", None, 100))[0]) if identity else None
     cfg = res["config"]
